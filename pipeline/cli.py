@@ -1,0 +1,126 @@
+"""``lesionpipe``: run the pipeline locally, compile it for a cluster, ingest alone,
+open the MLflow UI."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from components.errors import UserError
+from pipeline.config import Config
+from pipeline.tracking import resolve_tracking_uri, ui_command
+
+DEFAULT_OUTPUT_DIR = "lesion_outputs"
+# TensorFlow's C++ start-up chatter hides the pipeline's progress; warnings still show.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+class LesionCLI(click.Group):
+    """Turns user mistakes into one ``Error:`` line and exit status 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def config_options(func):
+    func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                        help="Override a config value, e.g. --set train.epochs=3 (repeatable).")(func)
+    func = click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                        help="YAML run config (default: built-in defaults, synthetic data).")(func)
+    return func
+
+
+def load_config(config_path: str | None, overrides: tuple[str, ...], data: str | None = None) -> Config:
+    cfg = Config.load(config_path, overrides)
+    if data is not None:
+        cfg = cfg.with_overrides([f"data.source={data}"])
+    return cfg
+
+
+@click.group(cls=LesionCLI, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="lesion-pipeline")
+def main() -> None:
+    """Dermoscopic images in; a trained, evaluated, registered classifier out, tracked in MLflow."""
+
+
+@main.command()
+@config_options
+@click.option("--data", help="Folder of images (class subfolders, Kaggle Train/Test, or CSV + images). "
+                             "Default: the config's data.source, else a small SYNTHETIC dataset.")
+@click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+def run(config_path, overrides, data, output_dir, tracking_uri):
+    """Run the whole pipeline on this machine (KFP local runner)."""
+    from components.models import MODELS
+    from components.sources import open_source
+    from pipeline.local import PipelineFailed, run_local
+
+    cfg = load_config(config_path, overrides, data)
+    if cfg.train.model not in MODELS:
+        raise UserError(f"unknown model {cfg.train.model!r} (train.model: one of {', '.join(sorted(MODELS))})")
+    open_source(cfg.data.source)  # a missing folder fails here, before any step starts
+    uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
+    source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
+    click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
+    try:
+        summary = run_local(cfg, cfg.data.source, output_dir, uri)
+    except PipelineFailed as exc:
+        raise click.ClickException(f"{exc} (the failed step's log above says why)") from None
+    m = summary["metrics"]
+    click.echo("")
+    click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+               f"macro-F1 {m['macro_f1']:.3f}" + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
+               + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+    click.echo(f"summary:       {summary['summary_path']}")
+    click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
+    click.echo(f"open the UI:   {ui_command(uri)}")
+
+
+@main.command()
+@config_options
+@click.option("--data", required=True, help="Folder of images to ingest.")
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False))
+def ingest(config_path, overrides, data, output_dir):
+    """Run the ingest step alone: manifest.parquet, report.json, report.html."""
+    from components.ingest import ingest as run_ingest
+
+    cfg = load_config(config_path, overrides, data)
+    result = run_ingest(data, cfg.data, output_dir)
+    r = result.report
+    click.echo(f"files found {r['files_found']}: ingested {r['ingested']}, quarantined {r['quarantined']}, "
+               f"ignored {r['ignored']}; {len(r['classes'])} classes")
+    click.echo(f"report: {Path(output_dir, 'report.html')}")
+
+
+@main.command("compile")
+@config_options
+@click.option("-o", "--output", "output", default="pipeline.yaml", show_default=True, type=click.Path(dir_okay=False))
+def compile_(config_path, overrides, output):
+    """Compile the pipeline to KFP IR YAML for a cluster."""
+    from kfp import compiler
+
+    from pipeline.pipeline import create_pipeline
+
+    cfg = load_config(config_path, overrides)
+    compiler.Compiler().compile(create_pipeline(cfg), output)
+    click.echo(f"pipeline written to {output}")
+
+
+@main.command()
+@click.option("--tracking-uri", help="Store to show (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
+@click.option("--port", default=5000, show_default=True)
+def ui(tracking_uri, port):
+    """Open the MLflow UI on the local store."""
+    uri = resolve_tracking_uri(tracking_uri)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop", err=True)
+    os.execv(sys.executable, cmd)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

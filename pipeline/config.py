@@ -1,0 +1,221 @@
+"""The one run configuration: typed sections, loaded from YAML, overridable with
+``--set section.key=value``, passed to every component as a plain dict and logged
+to MLflow as flat params."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.errors import UserError
+
+
+class ConfigError(UserError):
+    """A user mistake in a config file or an override: shown as one line."""
+
+
+@dataclass
+class DataConfig:
+    # Empty source means the built-in synthetic dataset (see components.synthetic).
+    source: str = ""
+    format: str = "auto"
+    image_size: int = 128
+    # "pad" keeps the whole image (letterbox); "crop" keeps the centre square.
+    resize_mode: str = "pad"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 123
+    min_images_per_class: int = 2
+    # Cap per class after ingest (0: no cap); for quick runs on large sources.
+    max_images_per_class: int = 0
+    # Source label -> canonical class name; merged over the built-in vocabulary.
+    class_map: dict[str, str] = field(default_factory=dict)
+    num_shards: int = 2
+    synthetic_images_per_class: int = 60
+    synthetic_image_size: int = 96
+
+
+@dataclass
+class AugmentConfig:
+    enabled: bool = True
+    # Oversample every class up to this many training images (0: the largest class).
+    target_per_class: int = 0
+    # Never more than this many times a class's real images.
+    max_factor: float = 4.0
+    flip: bool = True
+    rotation: float = 0.1  # fraction of a full turn, as keras.layers.RandomRotation
+    zoom: float = 0.1
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02
+
+
+@dataclass
+class TrainConfig:
+    model: str = "seed_cnn"
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    dropout: float = 0.2
+    # val_balanced_accuracy is computed by our callback each epoch; any Keras log works.
+    monitor: str = "val_balanced_accuracy"
+    early_stopping_patience: int = 4
+    class_weight: bool = False
+    seed: int = 123
+
+
+@dataclass
+class EvaluateConfig:
+    # Class whose one-vs-rest AUC is reported as melanoma_auc.
+    melanoma_class: str = "melanoma"
+    batch_size: int = 64
+
+
+@dataclass
+class MlflowConfig:
+    experiment: str = "lesion-pipeline"
+    model_name: str = "lesion-classifier"
+    # Empty: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite in the working folder.
+    tracking_uri: str = ""
+
+
+@dataclass
+class ImagesConfig:
+    # The components' base_image: every step but training, and training (CUDA).
+    cpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline:0.1.0"
+    gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"
+
+
+@dataclass
+class Config:
+    name: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+
+    def __post_init__(self) -> None:
+        d = self.data
+        checks = [
+            (d.resize_mode in ("pad", "crop"), f"data.resize_mode must be pad or crop, not {d.resize_mode!r}"),
+            (d.image_size >= 32, "data.image_size must be at least 32"),
+            (0 <= d.val_fraction < 1 and 0 <= d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1,
+             "data.val_fraction and data.test_fraction must be in [0, 1) and add up to less than 1"),
+            (d.num_shards >= 1, "data.num_shards must be at least 1"),
+            (self.train.epochs >= 1, "train.epochs must be at least 1"),
+            (self.train.batch_size >= 1, "train.batch_size must be at least 1"),
+            (self.augment.max_factor >= 1, "augment.max_factor must be at least 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    # ---- construction ----------------------------------------------------
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> "Config":
+        return _build(cls, raw or {}, "")
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+        raw: dict[str, Any] = {}
+        if path:
+            p = Path(path)
+            if not p.is_file():
+                raise ConfigError(f"config file not found: {p}")
+            try:
+                raw = yaml.safe_load(p.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"{p} is not valid YAML: {exc}") from None
+            if not isinstance(raw, dict):
+                raise ConfigError(f"{p} must hold a mapping of sections")
+        cfg = cls.from_dict(raw)
+        return cfg.with_overrides(overrides)
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Config":
+        raw = self.to_dict()
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
+            node = raw
+            parts = key.strip().split(".")
+            for part in parts[:-1]:
+                if not isinstance(node.get(part), dict):
+                    raise ConfigError(f"unknown config key {key!r}")
+                node = node[part]
+            if parts[-1] not in node:
+                raise ConfigError(f"unknown config key {key!r}")
+            node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        return Config.from_dict(raw)
+
+    # ---- views -----------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat_params(self) -> dict[str, str]:
+        """``section.key -> str`` for mlflow.log_params."""
+        out: dict[str, str] = {}
+        for section, values in self.to_dict().items():
+            if not isinstance(values, dict):
+                out[section] = str(values)
+                continue
+            for key, value in values.items():
+                out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        return out
+
+
+def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section {where or 'root'!r} must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {where + unknown[0]!r} (known: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for name, value in raw.items():
+        kwargs[name] = _coerce(hints[name], value, where + name)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value if value is not None else {}, key + ".")
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        return {str(k): str(v) for k, v in value.items()}
+    if origin in (typing.Union, types.UnionType):
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if hint is int:
+        # KFP passes dicts as protobuf Structs, where every number is a float.
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return str(value)
+    return value
