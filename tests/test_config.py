@@ -1,0 +1,56 @@
+import pytest
+
+from pipeline.config import Config, ConfigError
+
+
+def test_yaml_then_overrides(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: x\ndata:\n  image_size: 96\ntrain:\n  epochs: 3\n")
+    cfg = Config.load(path, ["train.epochs=5", "data.class_map={mel: melanoma}", "augment.enabled=false"])
+    assert cfg.name == "x"
+    assert cfg.data.image_size == 96
+    assert cfg.train.epochs == 5
+    assert cfg.data.class_map == {"mel": "melanoma"}
+    assert cfg.augment.enabled is False
+
+
+def test_round_trip_through_kfp_struct_floats():
+    # KFP hands a dict parameter over as a protobuf Struct: every number becomes a float.
+    raw = Config().to_dict()
+    raw["train"]["epochs"] = 7.0
+    assert Config.from_dict(raw).train.epochs == 7
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epoch=3", "unknown config key 'train.epoch'"),
+    ("nosuch.key=1", "unknown config key"),
+    ("train.epochs=three", "train.epochs must be an integer"),
+    ("train.epochs", "is not key=value"),
+    ("data.resize_mode=stretch", "data.resize_mode must be pad or crop"),
+    ("data.val_fraction=0.9", "add up to less than 1"),
+])
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.load(None, [override])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        Config.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        Config.load(bad)
+
+
+def test_flat_params_for_mlflow():
+    params = Config().flat_params()
+    assert params["train.model"] == "seed_cnn"
+    assert params["data.class_map"] == "{}"
+    assert all(isinstance(v, str) for v in params.values())
+
+
+@pytest.mark.parametrize("name", ["demo", "isic9", "ham10000"])
+def test_shipped_configs_load(name):
+    cfg = Config.load(f"configs/{name}.yaml")
+    assert cfg.name == name

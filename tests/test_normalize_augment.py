@@ -1,0 +1,89 @@
+"""normalize and augment on small generated images: shards, train-only statistics,
+oversampling of train only with a recorded, seeded policy."""
+import json
+
+import numpy as np
+import pytest
+
+from components import shards
+from components.augment import Transform, augment, plan_counts
+from components.ingest import ingest
+from components.normalize import normalize
+from components.split import split
+from pipeline.config import AugmentConfig, DataConfig
+from tests.helpers import write_class_folder
+
+
+@pytest.fixture(scope="module")
+def normalized(tmp_path_factory):
+    root = tmp_path_factory.mktemp("norm")
+    data = write_class_folder(root / "data", classes=("melanoma", "nevus", "dermatofibroma"), per_class=9, size=40)
+    # An unbalanced set: remove most dermatofibroma images.
+    for p in sorted((data / "dermatofibroma").iterdir())[5:]:
+        p.unlink()
+    cfg = DataConfig(image_size=32, val_fraction=0.2, test_fraction=0.2, num_shards=2)
+    ingest(str(data), cfg, root / "manifest")
+    split(root / "manifest", cfg, root / "splits")
+    meta = normalize(root / "splits", cfg, root / "normalized")
+    return root, cfg, meta
+
+
+def test_shards_hold_every_split_image_at_target_size(normalized):
+    root, cfg, meta = normalized
+    assert meta["classes"] == ["dermatofibroma", "melanoma", "nevus"]
+    total = 0
+    for subset in ("train", "val", "test"):
+        images, labels, uris = shards.read_all(shards.shard_paths(root / "normalized", subset), 32)
+        assert images.shape[1:] == (32, 32, 3) and images.dtype == np.uint8
+        assert len(images) == meta["counts"][subset] > 0
+        assert np.bincount(labels, minlength=3).tolist() == meta["class_counts"][subset]
+        total += len(images)
+    assert total == 9 + 9 + 5
+    assert not list((root / "normalized").glob("*.partial"))
+
+
+def test_mean_std_come_from_train_only(normalized):
+    root, _, meta = normalized
+    train, _, _ = shards.read_all(shards.shard_paths(root / "normalized", "train"), 32)
+    pixels = train.reshape(-1, 3).astype(np.float64)
+    np.testing.assert_allclose(meta["mean"], pixels.mean(0), atol=1e-3)
+    np.testing.assert_allclose(meta["std"], pixels.std(0), atol=1e-3)
+    everything = np.concatenate([shards.read_all(shards.shard_paths(root / "normalized", s), 32)[0]
+                                 for s in ("train", "val", "test")]).reshape(-1, 3).mean(0)
+    assert not np.allclose(meta["mean"], everything, atol=1e-3)
+
+
+def test_augment_balances_train_only_and_records_policy(normalized, tmp_path):
+    root, _, meta = normalized
+    before = meta["class_counts"]["train"]
+    report = augment(root / "normalized", AugmentConfig(), tmp_path / "aug", seed=5)
+    assert report["train_counts_before"] == before
+    assert max(report["train_counts_after"]) == max(before)
+    assert report["train_counts_after"][0] > before[0]  # the minority class grew
+    images, labels, uris = shards.read_all(shards.shard_paths(tmp_path / "aug", "train"), 32)
+    assert len(images) == sum(report["added"])
+    assert all("#aug" in u for u in uris)
+    policy = json.loads((tmp_path / "aug" / "policy.json").read_text())
+    assert len(policy["samples"]) == len(images)
+    assert {"source_uri", "rotation_degrees", "zoom", "hue_shift"} <= set(policy["samples"][0])
+    assert not shards.shard_paths(tmp_path / "aug", "val") and not shards.shard_paths(tmp_path / "aug", "test")
+    again = augment(root / "normalized", AugmentConfig(), tmp_path / "aug2", seed=5)
+    assert again == report
+    images2, _, _ = shards.read_all(shards.shard_paths(tmp_path / "aug2", "train"), 32)
+    np.testing.assert_array_equal(images, images2)
+
+
+def test_plan_counts_respects_target_factor_and_switch():
+    assert plan_counts([100, 10, 50], AugmentConfig(max_factor=4)) == [0, 30, 50]
+    assert plan_counts([100, 10], AugmentConfig(target_per_class=20)) == [0, 10]
+    assert plan_counts([100, 10], AugmentConfig(enabled=False)) == [0, 0]
+
+
+def test_transform_changes_pixels_deterministically():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    t = Transform.draw(np.random.default_rng(1), AugmentConfig())
+    out = t.apply(image)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, image)
+    np.testing.assert_array_equal(out, Transform.draw(np.random.default_rng(1), AugmentConfig()).apply(image))

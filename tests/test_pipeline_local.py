@@ -1,0 +1,96 @@
+"""The whole pipeline through the real KFP local runner on tiny generated data, with
+MLflow on a local SQLite store (the default) and on a real tracking server."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from pipeline.config import Config
+from pipeline.local import run_local
+from tests.helpers import write_class_folder
+
+LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
+TINY = ["data.synthetic_images_per_class=8", "data.synthetic_image_size=48", "data.image_size=32",
+        "train.epochs=1", "train.batch_size=8", "data.num_shards=1"]
+
+
+def check_run(summary: dict, n_classes: int) -> None:
+    """What every finished pipeline run must show in summary.json and in MLflow."""
+    data = summary["data"]
+    assert data["files_found"] == data["ingested"] + data["quarantined"] + data["ignored"]
+    assert data["train_images"] + data["val_images"] + data["test_images"] == data["ingested"]
+    m = summary["metrics"]
+    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
+        assert 0.0 <= m[key] <= 1.0
+    assert len(m["per_class_recall"]) == n_classes
+    assert "melanoma_auc" in m
+
+    client = MlflowClient(summary["tracking_uri"])
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.tags["kfp.run_name"].startswith("lesion-pipeline")
+    assert run.info.run_name == run.data.tags["kfp.run_name"]
+    assert run.data.params["train.model"] == "seed_cnn"
+    assert run.data.metrics["test_accuracy"] == pytest.approx(m["accuracy"])
+    assert run.data.metrics["data_ingested"] == data["ingested"]
+    assert len(client.get_metric_history(run.info.run_id, "loss")) >= 1  # per-epoch training metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert "evaluation/confusion_matrix.png" in artifacts
+    assert {a.path for a in client.list_artifacts(run.info.run_id, "data")} >= {"data/report.json", "data/report.html"}
+
+    registered = summary["registered_model"]
+    version = client.get_model_version(registered["name"], registered["version"])
+    assert version.tags["mlflow_run_id"] == run.info.run_id
+
+    mlflow.set_tracking_uri(summary["tracking_uri"])
+    model = mlflow.pyfunc.load_model(summary["model_uri"])
+    assert model.metadata.signature is not None
+    size = model.metadata.get_input_schema().inputs[0].shape[1]
+    probs = np.asarray(model.predict(np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)))
+    assert probs.shape == (3, n_classes)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
+
+
+def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
+    proc = subprocess.run([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
+                           *sum((["--set", s] for s in TINY), []), "--output-dir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert summary["data"]["synthetic"] is True
+    assert summary["data"]["files_found"] == 4 * 8
+    check_run(summary, n_classes=4)
+    # The pipeline's Markdown output leads to the MLflow run; the CLI says where to look.
+    link = next(Path(summary["pipeline_run_dir"]).glob("evaluate-step/mlflow_run")).read_text()
+    assert summary["mlflow_run_id"] in link
+    assert "summary.json" in proc.stdout and "lesionpipe ui --tracking-uri" in proc.stdout
+    assert "(SYNTHETIC data)" in proc.stdout
+
+
+def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
+    data = write_class_folder(tmp_path / "data", classes=("melanoma", "nevus", "vascular_lesion"), per_class=8, size=40)
+    cfg = Config.load("configs/demo.yaml", TINY)
+    summary = run_local(cfg, str(data), tmp_path / "out", mlflow_server)
+    assert summary["tracking_uri"] == mlflow_server
+    assert summary["data"]["synthetic"] is False
+    assert summary["metrics"]["classes"] == ["melanoma", "nevus", "vascular_lesion"]
+    assert summary["mlflow_run_url"].startswith(mlflow_server)
+    check_run(summary, n_classes=3)
+
+
+@pytest.mark.parametrize("make_data, expected", [
+    (lambda d: d / "missing", "Error: data source not found"),
+    (lambda d: write_class_folder(d / "one", classes=("nevus",), per_class=4), "only one class found"),
+])
+def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
+    proc = subprocess.run([LESIONPIPE, "run", "--data", str(make_data(tmp_path)), "--output-dir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert expected in output
+    assert "Traceback" not in output
