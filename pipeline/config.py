@@ -37,6 +37,23 @@ class DataConfig:
     # Source label -> canonical class name; merged over the built-in vocabulary.
     class_map: dict[str, str] = field(default_factory=dict)
     num_shards: int = 2
+    # Ingest validation. Smaller images (either side, pixels) are quarantined; images
+    # with more pixels are refused from their header, before decoding (bombs).
+    min_image_size: int = 32
+    max_image_pixels: int = 64_000_000
+    # Identical images under two labels: "quarantine" the whole group, or keep one copy
+    # under the "majority" label when more than half the copies agree.
+    label_conflict_policy: str = "quarantine"
+    # Identical images in Train and Test: "keep_test" (one Test copy stays) or "quarantine".
+    split_leak_policy: str = "keep_test"
+    # Perceptual-hash (pHash, 64 bits) distance up to which two images are near-duplicates.
+    near_duplicate_distance: int = 4
+    # Keep near-duplicates in one split subset, like exact duplicates and lesions.
+    split_near_duplicates: bool = True
+    zip_max_entries: int = 500_000
+    zip_max_total_bytes: int = 64 * 2**30
+    # Images decoded (and downloaded) at once during ingest.
+    ingest_workers: int = 8
     synthetic_images_per_class: int = 60
     synthetic_image_size: int = 96
 
