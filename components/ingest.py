@@ -32,6 +32,8 @@ MANIFEST_COLUMNS = [
     "uri", "relpath", "label", "source_label", "group_id", "split", "md5", "phash", "width", "height",
     "bytes", "image_format", "status", "reason_code", "reason", "duplicate_of", "near_duplicate_group",
 ]
+# Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
+THUMB_SIDE = 16
 CONFLICT_POLICIES = ("quarantine", "majority")
 LEAK_POLICIES = ("keep_test", "quarantine")
 
@@ -170,8 +172,9 @@ def inspect_image(uri: str, max_pixels: int) -> dict:
         img = decode_rgb(data, max_pixels)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
+    thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
     return {"md5": md5, "width": img.width, "height": img.height, "phash": str(imagehash.phash(img)),
-            "image_format": _format_name(data), "error_code": "", "error": ""}
+            "thumb": thumb, "image_format": _format_name(data), "error_code": "", "error": ""}
 
 
 def _format_name(data: bytes) -> str:
@@ -179,11 +182,13 @@ def _format_name(data: bytes) -> str:
         return img.format or ""
 
 
-def _validate(df: pd.DataFrame, cfg: DataConfig) -> None:
-    """Decode every labelled image; quarantine the ones that cannot be used."""
+def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
+    """Decode every labelled image; quarantine the ones that cannot be used. Returns
+    each decoded image's small thumbnail, by row."""
     todo = df.index[df.status == ""]
     with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
         found = list(pool.map(lambda uri: inspect_image(uri, cfg.max_image_pixels), df.loc[todo, "uri"]))
+    thumbs = {i: f.pop("thumb") for i, f in zip(todo, found) if "thumb" in f}
     info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
@@ -197,6 +202,7 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> None:
     df.loc[small, ["status", "reason_code"]] = ["quarantined", "too_small"]
     df.loc[small, "reason"] = [f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
                                for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])]
+    return thumbs
 
 
 # ---- duplicates --------------------------------------------------------------
@@ -262,14 +268,22 @@ def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> 
     return pairs
 
 
-def mark_near_duplicates(df: pd.DataFrame, max_distance: int) -> list[dict]:
-    """Group ingested images whose pHash differs in at most ``max_distance`` bits
-    (re-encoded, resized, slightly cropped copies); they stay ingested and are reported."""
+def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+                         max_pixel_difference: float) -> list[tuple[int, int]]:
+    """Pairs close in pHash (cheap, all pairs) whose thumbnails also agree pixel for pixel."""
+    return [(i, j) for i, j in _hamming_pairs(hashes, max_distance)
+            if np.abs(thumbs[i].astype(np.int16) - thumbs[j]).mean() <= max_pixel_difference]
+
+
+def mark_near_duplicates(df: pd.DataFrame, thumbs: dict[int, np.ndarray], cfg: DataConfig) -> list[dict]:
+    """Group ingested images that are near-copies of each other (re-encoded, resized,
+    slightly shifted); they stay ingested, are reported, and split keeps them together."""
     df["near_duplicate_group"] = ""
     ingested = df[df.status == "ingested"]
-    if max_distance < 0 or len(ingested) < 2:
+    if cfg.near_duplicate_distance < 0 or len(ingested) < 2:
         return []
     hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
+    small = np.stack([thumbs[i] for i in ingested.index])
     parent = list(range(len(hashes)))
 
     def find(i: int) -> int:
@@ -278,7 +292,8 @@ def mark_near_duplicates(df: pd.DataFrame, max_distance: int) -> list[dict]:
             i = parent[i]
         return i
 
-    for i, j in _hamming_pairs(hashes, max_distance):
+    for i, j in near_duplicate_pairs(hashes, small, cfg.near_duplicate_distance,
+                                     cfg.near_duplicate_max_pixel_difference):
         parent[find(i)] = find(j)
     roots = pd.Series([find(i) for i in range(len(hashes))], index=ingested.index)
     groups = []
@@ -329,11 +344,11 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
                           ("duplicate_of", "")):
         df[column] = empty
     counts_before = df[df.label != ""].label.value_counts().sort_index().to_dict()
-    _validate(df, cfg)
+    thumbs = _validate(df, cfg)
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
-    near_groups = mark_near_duplicates(df, cfg.near_duplicate_distance)
+    near_groups = mark_near_duplicates(df, thumbs, cfg)
     df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int})
 
     report = build_report(df, source_root=source.root, synthetic=source.synthetic, fmt=fmt,

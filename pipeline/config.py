@@ -46,8 +46,12 @@ class DataConfig:
     label_conflict_policy: str = "quarantine"
     # Identical images in Train and Test: "keep_test" (one Test copy stays) or "quarantine".
     split_leak_policy: str = "keep_test"
-    # Perceptual-hash (pHash, 64 bits) distance up to which two images are near-duplicates.
-    near_duplicate_distance: int = 4
+    # Near-duplicates: pHash (64 bits) at most this many bits apart AND 16x16 RGB
+    # thumbnails at most this far apart (mean absolute difference, 0-255). pHash alone
+    # pairs different lesions (a dark blob on skin); on HAM10000 these two bounds kept
+    # only same-lesion pairs. A negative distance turns the search off.
+    near_duplicate_distance: int = 6
+    near_duplicate_max_pixel_difference: float = 5.0
     # Keep near-duplicates in one split subset, like exact duplicates and lesions.
     split_near_duplicates: bool = True
     zip_max_entries: int = 500_000
