@@ -3,57 +3,69 @@ model sees at prediction time exactly the pixels it was trained on."""
 from __future__ import annotations
 
 import io
-import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
-# Decide before decoding: Pillow raises DecompressionBombError above twice this.
+# Default pixel limit; ingest passes data.max_image_pixels. We check it ourselves from
+# the header, before any pixel is decoded, so Pillow's own (warning-based) guard is off.
 MAX_PIXELS = 64_000_000
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = None
+# A truncated file must fail, never decode as a half-grey image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
 class ImageError(ValueError):
-    """A file that cannot be used as an image; the message is the quarantine reason."""
+    """A file that cannot be used as an image; the message is the quarantine reason and
+    ``code`` its category (empty_file, not_an_image, too_many_pixels, corrupt)."""
+
+    def __init__(self, message: str, code: str):
+        super().__init__(message)
+        self.code = code
 
 
-def decode_rgb(data: bytes) -> Image.Image:
-    """Fully decode ``data`` into an RGB image with its EXIF orientation applied."""
+def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decode ``data`` into an RGB image with its EXIF orientation applied.
+
+    The pixel count is read from the header and refused before decoding, so a
+    decompression bomb never allocates its pixels.
+    """
     if not data:
-        raise ImageError("empty file (0 bytes)")
+        raise ImageError("empty file (0 bytes)", "empty_file")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            width, height = img.size
-            if width * height > MAX_PIXELS:
-                raise ImageError(f"too many pixels ({width}x{height}, limit {MAX_PIXELS})")
-            img.load()
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"decompression bomb refused: {exc}") from None
+        img = Image.open(io.BytesIO(data))
     except Image.UnidentifiedImageError:
-        raise ImageError("not an image (unrecognised format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from None
-    img = ImageOps.exif_transpose(img)
-    return to_rgb(img)
+        raise ImageError("not an image: content is no known image format", "not_an_image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt image header: {exc}", "corrupt") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(f"too many pixels ({width}x{height} > {max_pixels}), refused before decoding", "too_many_pixels")
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        return to_rgb(img)
+    # Pillow's decoders raise many types on hostile input (struct.error, KeyError from
+    # broken EXIF, ...); any failure while decoding means the file cannot be used.
+    except Exception as exc:  # noqa: BLE001
+        raise ImageError(f"corrupt or truncated image: {exc}", "corrupt") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB (alpha composited on white)."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit (and 32-bit) greyscale: map the 16-bit range to 8 bits, as a viewer does.
         arr = np.asarray(img, dtype=np.float64)
-        peak = arr.max() or 1.0
-        img = Image.fromarray((arr * (255.0 / peak)).clip(0, 255).astype(np.uint8), "L")
-    if img.mode == "P":
+        scale = 255.0 / 65535.0 if arr.max() > 255 else 1.0
+        img = Image.fromarray((arr * scale).clip(0, 255).astype(np.uint8), "L")
+    if img.mode in ("P", "PA"):
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
+    if img.mode in ("RGBA", "LA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
         background = Image.new("RGB", img.size, (255, 255, 255))
-        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        background.paste(rgba, mask=rgba.getchannel("A"))
         return background
     return img.convert("RGB")
 

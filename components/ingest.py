@@ -2,32 +2,40 @@
 every file found: ingested, quarantined (with the reason) or ignored (with the reason).
 
 Outputs ``manifest.parquet`` (one row per file found), ``report.json``, ``report.md``
-and ``report.html``.
+and ``report.html`` (see components.ingest_report).
 """
 
 import hashlib
-import html
 import io
-import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+import imagehash
+import numpy as np
 import pandas as pd
 from kfp import dsl
+from PIL import Image
 
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
-from components.labels import canonical_label
-from components.sources import Source, SourceError, SourceFile, open_source
+from components.ingest_report import build_report, write_outputs
+from components.labels import FORMATS, LabelTable, canonical_label, csv_format, label_table
+from components.sources import Source, SourceFile, open_source, read_bytes
 from pipeline.config import DataConfig
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 SPLIT_DIRS = {"train": "train", "test": "test"}
+# Files that operating systems and archivers leave behind; never data.
+SYSTEM_NAMES = {".ds_store", "thumbs.db", "desktop.ini"}
 MANIFEST_COLUMNS = [
-    "uri", "relpath", "label", "source_label", "group_id", "split", "md5",
-    "width", "height", "status", "reason",
+    "uri", "relpath", "label", "source_label", "group_id", "split", "md5", "phash", "width", "height",
+    "bytes", "image_format", "status", "reason_code", "reason", "duplicate_of", "near_duplicate_group",
 ]
+# Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
+THUMB_SIDE = 16
+CONFLICT_POLICIES = ("quarantine", "majority")
+LEAK_POLICIES = ("keep_test", "quarantine")
 
 
 class IngestError(UserError):
@@ -43,199 +51,319 @@ class IngestResult:
 # ---- labelling ---------------------------------------------------------------
 
 
-def detect_format(files: list[SourceFile], requested: str = "auto") -> str:
-    """``folders`` (class subfolders, optional Train/Test) or ``ham10000`` (CSV + images)."""
+def _suffix(relpath: str) -> str:
+    return PurePosixPath(relpath).suffix.lower()
+
+
+def _is_system_file(relpath: str) -> bool:
+    path = PurePosixPath(relpath)
+    return (path.name.lower() in SYSTEM_NAMES or path.name.startswith("._")
+            or any(part == "__MACOSX" for part in path.parts))
+
+
+def _layout_root(relpaths: list[str]) -> int:
+    """How many leading folders all images share above the layout (``data/Train/...``
+    in a zip of a folder): they are not labels. Split folders are never stripped."""
+    parts = [PurePosixPath(p).parts for p in relpaths]
+    depth = 0
+    while parts and all(len(p) > depth + 2 for p in parts):
+        first = {p[depth] for p in parts}
+        if len(first) != 1 or next(iter(first)).lower() in SPLIT_DIRS:
+            break
+        depth += 1
+    return depth
+
+
+def _split_and_rest(relpath: str, root_depth: int) -> tuple[str, tuple[str, ...]]:
+    parts = PurePosixPath(relpath).parts[root_depth:]
+    if len(parts) >= 2 and parts[0].lower() in SPLIT_DIRS:
+        return SPLIT_DIRS[parts[0].lower()], parts[1:]
+    return "", parts
+
+
+def _read_csvs(files: list[SourceFile]) -> dict[str, pd.DataFrame]:
+    """Every readable CSV, by relpath; an unreadable one is simply not a label file."""
+    csvs = {}
+    for f in files:
+        if _suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath):
+            try:
+                csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri)), dtype=str)
+            except (OSError, ValueError, UnicodeDecodeError):
+                continue
+    return csvs
+
+
+def detect_format(csvs: dict[str, pd.DataFrame], requested: str = "auto") -> str:
+    """The format asked for, else the one a CSV's columns show, else ``folders``."""
     if requested != "auto":
-        if requested not in ("folders", "ham10000"):
-            raise IngestError(f"unknown data format {requested!r} (folders, ham10000)")
+        if requested not in FORMATS:
+            raise IngestError(f"unknown data format {requested!r} (auto, {', '.join(FORMATS)})")
         return requested
-    if any(PurePosixPath(f.relpath).name.lower() == "ham10000_metadata.csv" for f in files):
-        return "ham10000"
-    return "folders"
+    found = {csv_format(list(frame.columns)) for frame in csvs.values()} - {None}
+    if len(found) > 1:
+        raise IngestError(f"label files of several formats ({', '.join(sorted(found))}): name one with --format")
+    return found.pop() if found else "folders"
 
 
-def _is_image_name(relpath: str) -> bool:
-    return PurePosixPath(relpath).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def _label_folders(files: list[SourceFile], class_map: dict[str, str]) -> pd.DataFrame:
+def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame],
+                class_map: dict[str, str]) -> tuple[pd.DataFrame, int]:
+    """One row per file with its split, labels and group; files that need no decoding
+    (ignored, refused, unlabelled) already get their status. Also returns how many
+    label-file rows name an image that is not there."""
+    table: LabelTable | None = None
+    if fmt != "folders":
+        try:
+            table = label_table(fmt, csvs)
+        except ValueError as exc:
+            raise IngestError(str(exc)) from None
+    used_csvs = {table.label_file: "label file", **{m: "lesion-id metadata file" for m in table.metadata_files}} if table else {}
+    images = [f.relpath for f in files if _suffix(f.relpath) in IMAGE_EXTENSIONS and not _is_system_file(f.relpath)]
+    root_depth = _layout_root(images)
     rows = []
+    matched_ids = set()
     for f in files:
-        parts = PurePosixPath(f.relpath).parts
-        split = ""
-        if len(parts) >= 3 and parts[0].lower() in SPLIT_DIRS:
-            split, parts = SPLIT_DIRS[parts[0].lower()], parts[1:]
-        row = {"uri": f.uri, "relpath": f.relpath, "split": split, "group_id": "", "source_label": ""}
-        if not _is_image_name(f.relpath):
-            row.update(status="ignored", reason=f"not an image file ({PurePosixPath(f.relpath).name})")
-        elif len(parts) < 2:
-            row.update(status="quarantined", reason="image outside any class folder: no label")
+        split, rest = _split_and_rest(f.relpath, root_depth)
+        row = {"uri": f.uri, "relpath": f.relpath, "bytes": f.size, "split": split, "source_label": "", "label": "",
+               "group_id": "", "status": "", "reason_code": "", "reason": ""}
+        name = PurePosixPath(f.relpath).name
+        if f.refused_code:
+            row.update(status="quarantined", reason_code=f.refused_code, reason=f.refused_reason)
+        elif _is_system_file(f.relpath):
+            row.update(status="ignored", reason_code="system_file", reason=f"operating-system or archiver file ({name})")
+        elif f.relpath in used_csvs:
+            row.update(status="ignored", reason_code="label_file", reason=used_csvs[f.relpath])
+        elif _suffix(f.relpath) not in IMAGE_EXTENSIONS:
+            kind = "a CSV that is not the label file" if _suffix(f.relpath) == ".csv" else "no image extension"
+            row.update(status="ignored", reason_code="not_image_file", reason=f"not an image file: {kind} ({name})")
+        elif table is not None:
+            image_id = PurePosixPath(f.relpath).stem
+            if image_id not in table.source_labels:
+                row.update(status="quarantined", reason_code="no_label", reason=f"no row for {image_id} in {table.label_file}")
+            else:
+                matched_ids.add(image_id)
+                row.update(source_label=table.source_labels[image_id], group_id=table.group_ids.get(image_id, ""))
+        elif len(rest) < 2:
+            row.update(status="quarantined", reason_code="no_label", reason="image outside any class folder")
         else:
-            row["source_label"] = parts[0]
-            row["label"] = canonical_label(parts[0], class_map)
+            row["source_label"] = rest[0]
+        if row["status"] == "":
+            label = canonical_label(row["source_label"], class_map)
+            if label is None:
+                row.update(status="quarantined", reason_code="no_label",
+                           reason=f"unknown or missing label {row['source_label']!r}")
+            else:
+                row["label"] = label
         rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _label_ham10000(files: list[SourceFile], source: Source, class_map: dict[str, str]) -> pd.DataFrame:
-    csv_file = next(f for f in files if PurePosixPath(f.relpath).name.lower() == "ham10000_metadata.csv")
-    try:
-        meta = pd.read_csv(io.BytesIO(source.read_bytes(csv_file.uri)), dtype=str)
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise IngestError(f"{csv_file.relpath} is not a readable CSV: {exc}") from None
-    missing = {"image_id", "dx", "lesion_id"} - set(meta.columns)
-    if missing:
-        raise IngestError(f"{csv_file.relpath} lacks columns {sorted(missing)}")
-    by_id = meta.drop_duplicates("image_id").set_index("image_id")
-    rows = []
-    for f in files:
-        row = {"uri": f.uri, "relpath": f.relpath, "split": "", "group_id": "", "source_label": ""}
-        stem = PurePosixPath(f.relpath).stem
-        if f is csv_file:
-            row.update(status="ignored", reason="label file")
-        elif not _is_image_name(f.relpath):
-            row.update(status="ignored", reason=f"not an image file ({PurePosixPath(f.relpath).name})")
-        elif stem not in by_id.index:
-            row.update(status="quarantined", reason="no row in the metadata CSV: no label")
-        else:
-            entry = by_id.loc[stem]
-            row["source_label"] = "" if pd.isna(entry["dx"]) else entry["dx"]
-            row["label"] = canonical_label(entry["dx"], class_map)
-            row["group_id"] = "" if pd.isna(entry["lesion_id"]) else entry["lesion_id"]
-        rows.append(row)
-    return pd.DataFrame(rows)
+    missing_images = len(set(table.source_labels) - matched_ids) if table else 0
+    return pd.DataFrame(rows), missing_images
 
 
 # ---- validation --------------------------------------------------------------
 
 
-def _inspect(source: Source, uri: str) -> dict:
-    """md5, size and decode status of one file; never raises for a bad image."""
+def inspect_image(uri: str, max_pixels: int) -> dict:
+    """md5, size, perceptual hash and decode status of one file; never raises for a bad one."""
     try:
-        data = source.read_bytes(uri)
-    except OSError as exc:
-        return {"md5": "", "width": 0, "height": 0, "error": f"unreadable: {exc.strerror or exc}"}
+        data = read_bytes(uri)
+    except (OSError, ValueError) as exc:
+        return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
     try:
-        img = decode_rgb(data)
+        img = decode_rgb(data, max_pixels)
     except ImageError as exc:
-        return {"md5": md5, "width": 0, "height": 0, "error": str(exc)}
-    return {"md5": md5, "width": img.width, "height": img.height, "error": ""}
+        return {"md5": md5, "error_code": exc.code, "error": str(exc)}
+    thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
+    return {"md5": md5, "width": img.width, "height": img.height, "phash": str(imagehash.phash(img)),
+            "thumb": thumb, "image_format": _format_name(data), "error_code": "", "error": ""}
 
 
-def _mark_duplicates(df: pd.DataFrame) -> dict:
-    """Exact-content groups among ingested files.
+def _format_name(data: bytes) -> str:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.format or ""
 
-    Same label: keep one (the Test copy when there is one), ignore the rest.
-    Different labels: a label conflict, the whole group is quarantined.
+
+def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
+    """Decode every labelled image; quarantine the ones that cannot be used. Returns
+    each decoded image's small thumbnail, by row."""
+    todo = df.index[df.status == ""]
+    with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
+        found = list(pool.map(lambda uri: inspect_image(uri, cfg.max_image_pixels), df.loc[todo, "uri"]))
+    thumbs = {i: f.pop("thumb") for i, f in zip(todo, found) if "thumb" in f}
+    info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
+    for column in ("md5", "phash", "image_format"):
+        df.loc[todo, column] = info[column].fillna("")
+    for column in ("width", "height"):
+        df.loc[todo, column] = info[column].fillna(0).astype(int)
+    bad = info.index[info.error_code != ""]
+    df.loc[bad, "status"] = "quarantined"
+    df.loc[bad, "reason_code"] = info.loc[bad, "error_code"]
+    df.loc[bad, "reason"] = info.loc[bad, "error"]
+    small = df.index[(df.status == "") & ((df.width < cfg.min_image_size) | (df.height < cfg.min_image_size))]
+    df.loc[small, ["status", "reason_code"]] = ["quarantined", "too_small"]
+    df.loc[small, "reason"] = [f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
+                               for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])]
+    return thumbs
+
+
+# ---- duplicates --------------------------------------------------------------
+
+
+def _set(df: pd.DataFrame, index, status: str, code: str, reason: str, duplicate_of: str = "") -> None:
+    df.loc[index, ["status", "reason_code", "reason", "duplicate_of"]] = [status, code, reason, duplicate_of]
+
+
+def resolve_duplicates(df: pd.DataFrame, conflict_policy: str, leak_policy: str) -> list[dict]:
+    """Exact-content groups (same md5) among ingested files, resolved in place.
+
+    Same label: keep one (a Test copy when there is one); the others are ignored as
+    duplicates. Different labels: a label conflict, resolved by ``conflict_policy``.
+    Test and non-Test copies: a leak, resolved by ``leak_policy``; a leak with
+    conflicting labels is always quarantined. Returns one record per group.
     """
-    ok = df[df.status == "ingested"]
-    groups = [g for _, g in ok.groupby("md5") if len(g) > 1]
-    conflicts = leaks = 0
-    for group in groups:
-        labels = set(group.label)
-        if len(labels) > 1:
-            conflicts += 1
-            df.loc[group.index, ["status", "reason"]] = [
-                "quarantined", f"label conflict: identical image filed as {', '.join(sorted(labels))}"]
+    groups = []
+    ingested = df[df.status == "ingested"]
+    for md5, group in ingested.groupby("md5", sort=True):
+        if len(group) < 2:
             continue
-        splits = set(group.split)
-        if {"train", "test"} <= splits:
-            leaks += 1
+        labels = group.label.value_counts()
+        conflict = len(labels) > 1
+        leak = bool((group.split == "test").any() and (group.split != "test").any())
+        files = group.relpath.tolist()
+        # Keep a Test copy first (leaks stay in Test), then the first path.
         ordered = group.assign(not_test=group.split != "test").sort_values(["not_test", "relpath"])
         keep = ordered.index[0]
-        for idx in ordered.index[1:]:
-            df.loc[idx, ["status", "reason"]] = ["ignored", f"exact duplicate of {df.at[keep, 'relpath']}"]
-    return {"duplicate_groups": len(groups), "label_conflict_groups": conflicts, "split_leak_groups": leaks}
+        if conflict and leak:
+            _set(df, group.index, "quarantined", "label_conflict",
+                 f"identical image in Train and Test under {', '.join(labels.index)}")
+        elif conflict:
+            majority = labels.index[0]
+            if conflict_policy == "majority" and labels.iloc[0] * 2 > len(group):
+                keep = ordered.index[ordered.label == majority][0]
+                outvoted = group.index[group.label != majority]
+                _set(df, outvoted, "quarantined", "label_conflict",
+                     f"identical image filed as {majority} more often", df.at[keep, "uri"])
+                _set(df, group.index[(group.label == majority) & (group.index != keep)], "ignored", "duplicate",
+                     f"exact duplicate of {df.at[keep, 'relpath']}", df.at[keep, "uri"])
+            else:
+                _set(df, group.index, "quarantined", "label_conflict",
+                     f"identical image filed as {', '.join(sorted(labels.index))}")
+        elif leak and leak_policy == "quarantine":
+            _set(df, group.index, "quarantined", "split_leak", "identical image in Train and Test")
+        else:
+            code, why = ("split_leak", "in Test: kept there only") if leak else ("duplicate", "exact duplicate")
+            _set(df, ordered.index[1:], "ignored", code, f"{why} of {df.at[keep, 'relpath']}", df.at[keep, "uri"])
+        groups.append({"md5": md5, "files": files, "labels": sorted(labels.index), "label_conflict": conflict,
+                       "split_leak": leak, "kept": df.at[keep, "relpath"] if df.at[keep, "status"] == "ingested" else ""})
+    return groups
+
+
+def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> list[tuple[int, int]]:
+    """Index pairs (i < j) of 64-bit hashes at most ``max_distance`` bits apart."""
+    pairs = []
+    for start in range(0, len(hashes), block):
+        distance = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
+        for i, j in zip(*np.nonzero(distance <= max_distance)):
+            if start + i < j:
+                pairs.append((start + int(i), int(j)))
+    return pairs
+
+
+def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+                         max_pixel_difference: float) -> list[tuple[int, int]]:
+    """Pairs close in pHash (cheap, all pairs) whose thumbnails also agree pixel for pixel."""
+    return [(i, j) for i, j in _hamming_pairs(hashes, max_distance)
+            if np.abs(thumbs[i].astype(np.int16) - thumbs[j]).mean() <= max_pixel_difference]
+
+
+def mark_near_duplicates(df: pd.DataFrame, thumbs: dict[int, np.ndarray], cfg: DataConfig) -> list[dict]:
+    """Group ingested images that are near-copies of each other (re-encoded, resized,
+    slightly shifted); they stay ingested, are reported, and split keeps them together."""
+    df["near_duplicate_group"] = ""
+    ingested = df[df.status == "ingested"]
+    if cfg.near_duplicate_distance < 0 or len(ingested) < 2:
+        return []
+    hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
+    small = np.stack([thumbs[i] for i in ingested.index])
+    parent = list(range(len(hashes)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in near_duplicate_pairs(hashes, small, cfg.near_duplicate_distance,
+                                     cfg.near_duplicate_max_pixel_difference):
+        parent[find(i)] = find(j)
+    roots = pd.Series([find(i) for i in range(len(hashes))], index=ingested.index)
+    groups = []
+    for number, members in enumerate((g for _, g in roots.groupby(roots) if len(g) > 1), start=1):
+        group_id = f"near-{number:05d}"
+        df.loc[members.index, "near_duplicate_group"] = group_id
+        rows = df.loc[members.index]
+        groups.append({"group": group_id, "files": rows.relpath.tolist(), "labels": sorted(set(rows.label)),
+                       "splits": sorted(set(rows.split) - {""}),
+                       "label_conflict": rows.label.nunique() > 1,
+                       "split_leak": bool((rows.split == "test").any() and (rows.split != "test").any())})
+    return groups
 
 
 def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
     if cap <= 0:
         return
-    for label, group in df[df.status == "ingested"].groupby("label"):
+    for _, group in df[df.status == "ingested"].groupby("label"):
         if len(group) > cap:
             dropped = group.sample(len(group) - cap, random_state=seed).index
-            df.loc[dropped, ["status", "reason"]] = ["ignored", f"over data.max_images_per_class={cap}"]
+            _set(df, dropped, "ignored", "over_cap", f"over data.max_images_per_class={cap}")
+
+
+# ---- the step ----------------------------------------------------------------
+
+
+def _check_options(cfg: DataConfig) -> None:
+    if cfg.label_conflict_policy not in CONFLICT_POLICIES:
+        raise IngestError(f"data.label_conflict_policy must be one of {', '.join(CONFLICT_POLICIES)}")
+    if cfg.split_leak_policy not in LEAK_POLICIES:
+        raise IngestError(f"data.split_leak_policy must be one of {', '.join(LEAK_POLICIES)}")
 
 
 def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
     """Ingest ``source_uri`` (empty: the synthetic set); write the outputs to ``output_dir``."""
-    source = open_source(
+    _check_options(cfg)
+    source: Source = open_source(
         source_uri, synthetic_images_per_class=cfg.synthetic_images_per_class,
-        synthetic_size=cfg.synthetic_image_size, seed=cfg.seed)
+        synthetic_size=cfg.synthetic_image_size, seed=cfg.seed,
+        zip_max_entries=cfg.zip_max_entries, zip_max_total_bytes=cfg.zip_max_total_bytes)
     files = source.list_files()
     if not files:
         raise IngestError(f"no files found in {source.root}")
-    fmt = "folders" if source.synthetic else detect_format(files, cfg.format)
-    if fmt == "ham10000":
-        df = _label_ham10000(files, source, cfg.class_map)
-    else:
-        df = _label_folders(files, cfg.class_map)
-    for column in ("label", "status", "reason"):
-        if column not in df:
-            df[column] = None
-    df["status"] = df["status"].fillna("")
-    df["reason"] = df["reason"].fillna("")
-
-    candidates = df.index[df.status == ""]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        inspected = list(pool.map(lambda uri: _inspect(source, uri), df.loc[candidates, "uri"]))
-    info = pd.DataFrame(inspected, index=candidates)
-    df["md5"], df["width"], df["height"] = "", 0, 0
-    df.loc[candidates, ["md5", "width", "height"]] = info[["md5", "width", "height"]]
-    bad = info.index[info.error != ""]
-    df.loc[bad, "status"] = "quarantined"
-    df.loc[bad, "reason"] = info.loc[bad, "error"]
-    unlabeled = df.index[(df.status == "") & df.label.isna()]
-    df.loc[unlabeled, ["status", "reason"]] = ["quarantined", "unknown or missing label"]
-    too_small = df.index[(df.status == "") & ((df.width < 8) | (df.height < 8))]
-    df.loc[too_small, ["status", "reason"]] = ["quarantined", "image smaller than 8x8 pixels"]
-    counts_before = df[df.status == ""].label.value_counts().sort_index().to_dict()
+    csvs = {} if source.synthetic else _read_csvs(files)
+    fmt = "folders" if source.synthetic else detect_format(csvs, cfg.format)
+    df, label_rows_without_image = label_files(files, fmt, csvs, cfg.class_map)
+    for column, empty in (("md5", ""), ("phash", ""), ("image_format", ""), ("width", 0), ("height", 0),
+                          ("duplicate_of", "")):
+        df[column] = empty
+    counts_before = df[df.label != ""].label.value_counts().sort_index().to_dict()
+    thumbs = _validate(df, cfg)
     df.loc[df.status == "", "status"] = "ingested"
-
-    dup_stats = _mark_duplicates(df)
+    duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
-    df["label"] = df["label"].fillna("")
-    df["width"] = df["width"].astype(int)
-    df["height"] = df["height"].astype(int)
-    df = df[MANIFEST_COLUMNS]
+    near_groups = mark_near_duplicates(df, thumbs, cfg)
+    df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int})
 
-    report = build_report(df, source, fmt, counts_before, dup_stats)
+    report = build_report(df, source_root=source.root, synthetic=source.synthetic, fmt=fmt,
+                          counts_before=counts_before, duplicate_groups=duplicate_groups, near_groups=near_groups,
+                          label_rows_without_image=label_rows_without_image)
     check_usable(report, cfg)
     if output_dir is not None:
         write_outputs(df, report, Path(output_dir))
     return IngestResult(df, report)
 
 
-def build_report(df: pd.DataFrame, source: Source, fmt: str, counts_before: dict, dup_stats: dict) -> dict:
-    status = df.status.value_counts()
-    ingested = df[df.status == "ingested"]
-    report = {
-        "source": source.root,
-        "format": fmt,
-        "synthetic": source.synthetic,
-        "files_found": int(len(df)),
-        "ingested": int(status.get("ingested", 0)),
-        "quarantined": int(status.get("quarantined", 0)),
-        "ignored": int(status.get("ignored", 0)),
-        **dup_stats,
-        "classes": sorted(ingested.label.unique().tolist()),
-        "class_counts_before": {k: int(v) for k, v in counts_before.items()},
-        "class_counts": {k: int(v) for k, v in ingested.label.value_counts().sort_index().items()},
-        "source_splits": {k or "none": int(v) for k, v in ingested.split.value_counts().sort_index().items()},
-        "quarantined_files": df[df.status == "quarantined"][["relpath", "reason"]].to_dict("records"),
-        "ignored_files": df[df.status == "ignored"][["relpath", "reason"]].to_dict("records"),
-    }
-    # The accounting invariant: every file found ends in exactly one place.
-    if report["files_found"] != report["ingested"] + report["quarantined"] + report["ignored"]:
-        raise AssertionError(f"ingest lost files: {report}")
-    return report
-
-
 def check_usable(report: dict, cfg: DataConfig) -> None:
     if report["ingested"] == 0:
-        reasons = pd.Series([q["reason"] for q in report["quarantined_files"]]).value_counts()
-        hint = f" (most common quarantine reason: {reasons.index[0]})" if len(reasons) else ""
+        reasons = report["reason_counts"]["quarantined"]
+        hint = f" (most common quarantine reason: {max(reasons, key=reasons.get)})" if reasons else ""
         raise IngestError(f"no usable images in {report['source']}: {report['files_found']} files found{hint}")
     if len(report["classes"]) < 2:
         raise IngestError(f"only one class found ({report['classes'][0]}): a classifier needs at least two")
@@ -244,56 +372,6 @@ def check_usable(report: dict, cfg: DataConfig) -> None:
         raise IngestError(
             f"classes with fewer than data.min_images_per_class={cfg.min_images_per_class} images: "
             + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())))
-
-
-def render_markdown(report: dict) -> str:
-    lines = [
-        "# Data report" + (" (SYNTHETIC data)" if report["synthetic"] else ""),
-        f"Source `{report['source']}` ({report['format']}).",
-        "",
-        f"Files found **{report['files_found']}** = ingested **{report['ingested']}** + "
-        f"quarantined **{report['quarantined']}** + ignored **{report['ignored']}**.",
-        f"Duplicate groups {report['duplicate_groups']}, label conflicts {report['label_conflict_groups']}, "
-        f"train/test leaks {report['split_leak_groups']}.",
-        "",
-        "| class | before validation | ingested |",
-        "|---|---:|---:|",
-    ]
-    for cls in sorted(set(report["class_counts_before"]) | set(report["class_counts"])):
-        lines.append(f"| {cls} | {report['class_counts_before'].get(cls, 0)} | {report['class_counts'].get(cls, 0)} |")
-    for title, key in (("Quarantined", "quarantined_files"), ("Ignored", "ignored_files")):
-        if report[key]:
-            lines += ["", f"## {title} files", "", "| file | reason |", "|---|---|"]
-            lines += [f"| `{r['relpath']}` | {r['reason']} |" for r in report[key]]
-    return "\n".join(lines) + "\n"
-
-
-def render_html(report: dict) -> str:
-    def table(rows: list[dict]) -> str:
-        body = "".join(f"<tr><td><code>{html.escape(r['relpath'])}</code></td><td>{html.escape(r['reason'])}</td></tr>" for r in rows)
-        return f"<table><tr><th>file</th><th>reason</th></tr>{body}</table>"
-
-    counts = "".join(
-        f"<tr><td>{html.escape(c)}</td><td>{report['class_counts_before'].get(c, 0)}</td><td>{report['class_counts'].get(c, 0)}</td></tr>"
-        for c in sorted(set(report["class_counts_before"]) | set(report["class_counts"])))
-    synthetic = "<p><strong>SYNTHETIC data: not medical images.</strong></p>" if report["synthetic"] else ""
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Data report</title>"
-        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}table{border-collapse:collapse}</style>"
-        f"</head><body><h1>Data report</h1>{synthetic}<p>Source <code>{html.escape(report['source'])}</code> ({report['format']})</p>"
-        f"<p>files found {report['files_found']} = ingested {report['ingested']} + quarantined {report['quarantined']}"
-        f" + ignored {report['ignored']}</p>"
-        f"<table><tr><th>class</th><th>before validation</th><th>ingested</th></tr>{counts}</table>"
-        f"<h2>Quarantined files</h2>{table(report['quarantined_files'])}"
-        f"<h2>Ignored files</h2>{table(report['ignored_files'])}</body></html>")
-
-
-def write_outputs(df: pd.DataFrame, report: dict, output_dir: Path) -> None:
-    output_dir.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(output_dir / "manifest.parquet", index=False)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (output_dir / "report.md").write_text(render_markdown(report))
-    (output_dir / "report.html").write_text(render_html(report))
 
 
 def ingest_step(data_uri: str, config: dict, manifest: dsl.Output[dsl.Dataset],

@@ -1,8 +1,12 @@
-"""One class vocabulary for every source: HAM10000's ``mel``, ISIC 2019's ``MEL`` and
-the Kaggle ``melanoma`` folder are the same class."""
+"""Labels: one class vocabulary for every source (HAM10000's ``mel``, ISIC 2019's
+``MEL`` and the Kaggle ``melanoma`` folder are the same class), and how each source
+format names an image's label and group (lesion or patient)."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+
+import pandas as pd
 
 # canonical name -> aliases as they appear in the public collections
 VOCABULARY: dict[str, tuple[str, ...]] = {
@@ -10,7 +14,10 @@ VOCABULARY: dict[str, tuple[str, ...]] = {
     "nevus": ("nv", "nevus", "naevus", "melanocytic nevus", "melanocytic nevi"),
     "basal_cell_carcinoma": ("bcc", "basal cell carcinoma"),
     "actinic_keratosis": ("akiec", "ak", "actinic keratosis", "actinic keratoses"),
-    "benign_keratosis": ("bkl", "pigmented benign keratosis", "benign keratosis", "benign keratosis-like lesions"),
+    # HAM10000 and ISIC 2019 define BKL as solar lentigo + lichen-planus-like keratosis
+    # (+ seborrheic keratosis, which the Kaggle set keeps apart, so we do too).
+    "benign_keratosis": ("bkl", "pigmented benign keratosis", "benign keratosis", "benign keratosis-like lesions",
+                         "solar lentigo", "lentigo nos", "lichenoid keratosis"),
     "seborrheic_keratosis": ("seborrheic keratosis",),
     "dermatofibroma": ("df", "dermatofibroma"),
     "vascular_lesion": ("vasc", "vascular lesion", "vascular lesions"),
@@ -44,3 +51,82 @@ def canonical_label(raw: object, class_map: dict[str, str] | None = None) -> str
     if key in _ALIASES:
         return _ALIASES[key]
     return re.sub(r"[^a-z0-9]+", "_", key).strip("_") or None
+
+
+# ---- source formats ------------------------------------------------------------
+
+FORMATS = ("folders", "ham10000", "isic2019", "siim2020")
+ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+# The columns that identify each CSV format (its label file).
+FORMAT_COLUMNS: dict[str, set[str]] = {
+    "ham10000": {"image_id", "dx"},
+    "isic2019": {"image", "MEL", "NV", "BCC"},
+    "siim2020": {"image_name", "diagnosis"},
+}
+
+
+@dataclass(frozen=True)
+class LabelTable:
+    """Labels from a CSV: image id (the file name without extension) -> label and group."""
+
+    format: str
+    label_file: str  # relpath of the CSV the labels come from
+    source_labels: dict[str, str]
+    group_ids: dict[str, str]
+    # Other CSVs that were read for group ids (ISIC 2019 metadata with lesion_id).
+    metadata_files: tuple[str, ...] = ()
+
+
+def csv_format(columns: list[str]) -> str | None:
+    """The label-file format whose columns ``columns`` has, if any."""
+    present = set(columns)
+    for fmt, needed in FORMAT_COLUMNS.items():
+        if needed <= present:
+            return fmt
+    return None
+
+
+def _text(value: object) -> str:
+    return "" if pd.isna(value) else str(value).strip()
+
+
+def _isic2019_label(row: pd.Series, columns: list[str]) -> str:
+    """The one-hot column set to 1; '' when none or several are (no usable label)."""
+    hot = [c for c in columns if _text(row[c]) not in ("", "0", "0.0")]
+    return hot[0] if len(hot) == 1 else ""
+
+
+def label_table(fmt: str, csvs: dict[str, pd.DataFrame]) -> LabelTable:
+    """Build the label table of format ``fmt`` from the CSVs found (relpath -> frame).
+
+    Raises ValueError with a one-line message when no CSV has the format's columns, or
+    several do (which labels to trust would be a guess).
+    """
+    label_files = [path for path, frame in csvs.items() if csv_format(list(frame.columns)) == fmt]
+    if not label_files:
+        raise ValueError(f"format {fmt} needs a CSV with columns {sorted(FORMAT_COLUMNS[fmt])}; none found")
+    if len(label_files) > 1:
+        raise ValueError(f"several {fmt} label files ({', '.join(sorted(label_files))}): keep one")
+    path = label_files[0]
+    frame = csvs[path]
+    if fmt == "ham10000":
+        ids, labels = frame["image_id"], frame["dx"]
+        groups = frame["lesion_id"] if "lesion_id" in frame else pd.Series("", index=frame.index)
+    elif fmt == "siim2020":
+        ids, labels = frame["image_name"], frame["diagnosis"]
+        groups = frame["patient_id"] if "patient_id" in frame else pd.Series("", index=frame.index)
+    else:
+        onehot = [c for c in ISIC2019_CLASSES if c in frame.columns]
+        ids, labels = frame["image"], frame.apply(_isic2019_label, axis=1, columns=onehot)
+        groups = pd.Series("", index=frame.index)
+    source_labels = {_text(i): _text(label) for i, label in zip(ids, labels) if _text(i)}
+    group_ids = {_text(i): _text(g) for i, g in zip(ids, groups) if _text(i) and _text(g)}
+    metadata_files: list[str] = []
+    if fmt == "isic2019":
+        # ISIC_2019_Training_Metadata.csv carries the lesion ids the ground truth lacks.
+        for other, meta in csvs.items():
+            if other != path and {"image", "lesion_id"} <= set(meta.columns):
+                metadata_files.append(other)
+                group_ids.update({_text(i): _text(g) for i, g in zip(meta["image"], meta["lesion_id"])
+                                  if _text(i) and _text(g)})
+    return LabelTable(fmt, path, source_labels, group_ids, tuple(metadata_files))

@@ -2,16 +2,37 @@
 
 Raw images are read from their source URIs by every step that needs pixels (ingest
 to validate, normalize to write shards, predict/evaluate on external data); nothing
-is copied between steps. ``read_bytes`` dispatches on the URI's scheme.
+is copied between steps, and on a cluster each step runs in its own pod. So every URI
+in a manifest must be readable anywhere by ``read_bytes``:
+
+- a local path (or ``file://`` path): the folder is mounted where the steps run;
+- ``gs://bucket/object``: read with google-cloud-storage, with retries;
+- ``zip://<archive>!/<member>``: a member of a zip archive, read in place (never
+  extracted); ``<archive>`` is a local path or a ``gs://`` URI, and a remote archive
+  is downloaded once per process into a local cache;
+- ``synthetic://...``: the generated demo set (components.synthetic).
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
+import threading
+import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from components import synthetic
 from components.errors import UserError
+
+ZIP_SCHEME = "zip://"
+GCS_SCHEME = "gs://"
+# A zip member URI is split at the first ".zip!/": archive names must end in .zip.
+ZIP_MEMBER_SEPARATOR = "!/"
+# Parallel GCS listing and downloads; the storage client is thread-safe.
+GCS_WORKERS = 16
+GCS_TIMEOUT_S = 60.0
 
 
 class SourceError(UserError):
@@ -23,6 +44,10 @@ class SourceFile:
     uri: str  # what read_bytes() takes
     relpath: str  # '/'-separated path below the source root, used to find labels
     size: int
+    # Set when the file must not be read at all (unsafe zip path, non-UTF-8 name):
+    # ingest quarantines it with this code and reason.
+    refused_code: str = ""
+    refused_reason: str = ""
 
 
 class Source:
@@ -34,30 +59,244 @@ class Source:
     def list_files(self) -> list[SourceFile]:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def read_bytes(self, uri: str) -> bytes:
-        return read_bytes(uri)
+
+# ---- local folders -----------------------------------------------------------
+
+
+def _utf8_or_none(name: str) -> str | None:
+    """``name`` if it is valid UTF-8 on disk; os.walk maps invalid bytes to surrogates."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return name
 
 
 class LocalFolderSource(Source):
     def __init__(self, root: str | Path):
-        path = Path(root).expanduser()
-        if not path.exists():
-            raise SourceError(f"data source not found: {root}")
-        if not path.is_dir():
-            raise SourceError(f"data source is not a folder: {root}")
-        self.path = path.resolve()
+        self.path = Path(root).expanduser().resolve()
         self.root = str(self.path)
 
     def list_files(self) -> list[SourceFile]:
         files = []
-        for dirpath, dirnames, filenames in os.walk(self.path):
+        for dirpath, dirnames, filenames in os.walk(self.path, onerror=self._raise):
             dirnames.sort()
             for name in sorted(filenames):
                 full = Path(dirpath, name)
-                if full.is_symlink() and not full.exists():
+                relpath = full.relative_to(self.path).as_posix()
+                if _utf8_or_none(relpath) is None:
+                    # Parquet, JSON and KFP all need UTF-8: keep an escaped, readable name.
+                    shown = os.fsencode(relpath).decode("utf-8", "backslashreplace")
+                    files.append(SourceFile(uri=str(self.path / shown), relpath=shown, size=_size(full),
+                                            refused_code="bad_name",
+                                            refused_reason="file name is not valid UTF-8 (shown with \\x escapes)"))
                     continue
-                files.append(SourceFile(uri=str(full), relpath=full.relative_to(self.path).as_posix(), size=full.stat().st_size))
+                files.append(SourceFile(uri=str(full), relpath=relpath, size=_size(full)))
         return files
+
+    @staticmethod
+    def _raise(exc: OSError) -> None:
+        raise SourceError(f"cannot list {exc.filename}: {exc.strerror}")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:  # a dangling symlink: listed, then quarantined as unreadable
+        return 0
+
+
+# ---- zip archives ------------------------------------------------------------
+
+
+def zip_member_uri(archive: str, member: str) -> str:
+    return f"{ZIP_SCHEME}{archive}{ZIP_MEMBER_SEPARATOR}{member}"
+
+
+def parse_zip_uri(uri: str) -> tuple[str, str]:
+    """``zip://<archive>.zip!/<member>`` -> (archive, member)."""
+    body = uri[len(ZIP_SCHEME):]
+    cut = body.lower().find(".zip" + ZIP_MEMBER_SEPARATOR)
+    if cut < 0:
+        raise ValueError(f"not a zip member URI (zip://<archive>.zip!/<member>): {uri}")
+    return body[:cut + 4], body[cut + 4 + len(ZIP_MEMBER_SEPARATOR):]
+
+
+def unsafe_member_reason(name: str) -> str:
+    """Why a zip entry name must not be used (absolute or escaping the archive root), or ''."""
+    path = PurePosixPath(name.replace("\\", "/"))
+    if path.is_absolute() or (path.parts and path.parts[0].endswith(":")):
+        return "absolute path in zip archive refused"
+    if ".." in path.parts:
+        return "'..' in zip entry path refused (would escape the archive's folder)"
+    return ""
+
+
+_archive_lock = threading.Lock()
+_open_archives: dict[str, zipfile.ZipFile] = {}
+
+
+def _local_archive(archive: str) -> Path:
+    """A local path for ``archive``: itself, or a cached download of a gs:// archive."""
+    if not archive.startswith(GCS_SCHEME):
+        return Path(archive.removeprefix("file://"))
+    cache = Path(os.environ.get("LESION_CACHE_DIR") or Path(tempfile.gettempdir(), "lesionpipe-cache"))
+    target = cache / f"{hashlib.sha256(archive.encode()).hexdigest()[:32]}.zip"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
+        bucket, name = parse_gcs_uri(archive)
+        _gcs_blob(bucket, name).download_to_filename(str(partial), retry=_gcs_retry(), timeout=GCS_TIMEOUT_S)
+        partial.replace(target)  # atomic: concurrent readers see a whole file or none
+    return target
+
+
+def _open_archive(archive: str) -> zipfile.ZipFile:
+    with _archive_lock:
+        if archive not in _open_archives:
+            try:
+                _open_archives[archive] = zipfile.ZipFile(_local_archive(archive))
+            except zipfile.BadZipFile as exc:
+                raise SourceError(f"{archive} is not a readable zip archive: {exc}") from None
+            except FileNotFoundError:
+                raise SourceError(f"zip archive not found: {archive}") from None
+        return _open_archives[archive]
+
+
+def _read_zip_member(uri: str) -> bytes:
+    archive, member = parse_zip_uri(uri)
+    if unsafe_member_reason(member):
+        raise PermissionError(f"unsafe zip member refused: {member}")
+    try:
+        # ZipFile reads through a lock-protected shared file: safe from threads. It stops
+        # at the declared size and checks the CRC, so a lying entry cannot inflate.
+        return _open_archive(archive).read(member)
+    except KeyError:
+        raise FileNotFoundError(f"no member {member!r} in {archive}") from None
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
+        # RuntimeError: encrypted entry; NotImplementedError: unsupported compression.
+        raise OSError(f"unreadable zip member: {exc}") from None
+
+
+class ZipSource(Source):
+    """A zip archive of any supported layout, read in place."""
+
+    def __init__(self, archive: str, max_entries: int, max_total_bytes: int):
+        self.root = archive
+        self.archive = archive
+        self.max_entries = max_entries
+        self.max_total_bytes = max_total_bytes
+
+    def list_files(self) -> list[SourceFile]:
+        infos = [info for info in _open_archive(self.archive).infolist() if not info.is_dir()]
+        # Limits come from the central directory, before anything is decompressed.
+        if len(infos) > self.max_entries:
+            raise SourceError(f"{self.archive} has {len(infos)} entries, over data.zip_max_entries={self.max_entries}")
+        total = sum(info.file_size for info in infos)
+        if total > self.max_total_bytes:
+            raise SourceError(f"{self.archive} would expand to {total} bytes, over "
+                              f"data.zip_max_total_bytes={self.max_total_bytes}")
+        files = []
+        for info in sorted(infos, key=lambda i: i.filename):
+            reason = unsafe_member_reason(info.filename)
+            files.append(SourceFile(uri=zip_member_uri(self.archive, info.filename),
+                                    relpath=info.filename.replace("\\", "/").lstrip("/"), size=info.file_size,
+                                    refused_code="unsafe_zip_path" if reason else "", refused_reason=reason))
+        return files
+
+
+# ---- Google Cloud Storage ----------------------------------------------------
+
+
+def parse_gcs_uri(uri: str) -> tuple[str, str]:
+    bucket, _, name = uri[len(GCS_SCHEME):].partition("/")
+    if not bucket:
+        raise SourceError(f"no bucket in {uri!r} (gs://bucket/prefix)")
+    return bucket, name
+
+
+_client_lock = threading.Lock()
+_gcs_clients: list = []
+
+
+def _gcs_client():
+    """One storage client per process. STORAGE_EMULATOR_HOST, when set, points it at an
+    emulator; without credentials (a laptop) public buckets are still readable."""
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import storage
+
+    with _client_lock:
+        if not _gcs_clients:
+            try:
+                _gcs_clients.append(storage.Client())
+            except DefaultCredentialsError:
+                _gcs_clients.append(storage.Client.create_anonymous_client())
+        return _gcs_clients[0]
+
+
+def _gcs_retry():
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    # Transient errors (429, 5xx, connection resets) are retried with backoff for up to 2 min.
+    return DEFAULT_RETRY.with_timeout(120.0)
+
+
+def _gcs_blob(bucket: str, name: str):
+    return _gcs_client().bucket(bucket).blob(name)
+
+
+def _gcs_errors() -> tuple[type[Exception], ...]:
+    import requests
+    from google.api_core.exceptions import GoogleAPIError
+    from google.auth.exceptions import GoogleAuthError
+
+    return GoogleAPIError, GoogleAuthError, requests.RequestException
+
+
+def _read_gcs(uri: str) -> bytes:
+    from google.api_core.exceptions import NotFound
+
+    bucket, name = parse_gcs_uri(uri)
+    try:
+        return _gcs_blob(bucket, name).download_as_bytes(retry=_gcs_retry(), timeout=GCS_TIMEOUT_S)
+    except NotFound:
+        raise FileNotFoundError(f"no such object: {uri}") from None
+    except _gcs_errors() as exc:
+        raise OSError(f"cannot read {uri}: {exc}") from None
+
+
+class GcsSource(Source):
+    """Every object under ``gs://bucket/prefix``, listed folder by folder in parallel."""
+
+    def __init__(self, uri: str):
+        self.bucket, prefix = parse_gcs_uri(uri.rstrip("/"))
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.root = f"{GCS_SCHEME}{self.bucket}/{self.prefix}"
+
+    def _list_level(self, prefix: str) -> tuple[list[SourceFile], list[str]]:
+        pages = _gcs_client().list_blobs(self.bucket, prefix=prefix, delimiter="/", retry=_gcs_retry(),
+                                         timeout=GCS_TIMEOUT_S)
+        files = [SourceFile(uri=f"{GCS_SCHEME}{self.bucket}/{blob.name}", relpath=blob.name[len(self.prefix):],
+                            size=int(blob.size or 0))
+                 for blob in pages if not blob.name.endswith("/")]  # "folder" placeholder objects
+        return files, sorted(pages.prefixes)
+
+    def list_files(self) -> list[SourceFile]:
+        files: list[SourceFile] = []
+        level = [self.prefix]
+        try:
+            # Breadth first: every folder of one depth (Train/Test, then the classes) at once.
+            with ThreadPoolExecutor(GCS_WORKERS) as pool:
+                while level:
+                    found = list(pool.map(self._list_level, level))
+                    files += [f for level_files, _ in found for f in level_files]
+                    level = [p for _, prefixes in found for p in prefixes]
+        except _gcs_errors() as exc:
+            raise SourceError(f"cannot list {self.root}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        return sorted(files, key=lambda f: f.relpath)
+
+
+# ---- the generated demo set --------------------------------------------------
 
 
 class SyntheticSource(Source):
@@ -72,16 +311,43 @@ class SyntheticSource(Source):
         return [SourceFile(uri=u, relpath="/".join(u.split("/")[-2:]), size=0) for u in self._uris]
 
 
-def open_source(uri: str, *, synthetic_images_per_class: int = 60, synthetic_size: int = 96, seed: int = 123) -> Source:
+# ---- entry points ------------------------------------------------------------
+
+DEFAULT_ZIP_MAX_ENTRIES = 500_000
+DEFAULT_ZIP_MAX_TOTAL_BYTES = 64 * 2**30
+
+
+def open_source(uri: str, *, synthetic_images_per_class: int = 60, synthetic_size: int = 96, seed: int = 123,
+                zip_max_entries: int = DEFAULT_ZIP_MAX_ENTRIES,
+                zip_max_total_bytes: int = DEFAULT_ZIP_MAX_TOTAL_BYTES) -> Source:
     """Open a data source named by the user. An empty URI is the synthetic dataset."""
     if not uri or uri.startswith(synthetic.SCHEME):
         return SyntheticSource(synthetic_images_per_class, synthetic_size, seed)
+    if uri.startswith(GCS_SCHEME):
+        parse_gcs_uri(uri)
+        if uri.lower().endswith(".zip"):
+            return ZipSource(uri, zip_max_entries, zip_max_total_bytes)
+        return GcsSource(uri)
     if "://" in uri and not uri.startswith("file://"):
-        raise SourceError(f"unsupported data source {uri!r}: use a folder path")
-    return LocalFolderSource(uri.removeprefix("file://"))
+        raise SourceError(f"unsupported data source {uri!r}: use a folder, a .zip or gs://bucket/prefix")
+    path = Path(uri.removeprefix("file://")).expanduser()
+    if path.is_dir():
+        return LocalFolderSource(path)
+    if not path.exists():
+        raise SourceError(f"data source not found: {uri}")
+    if zipfile.is_zipfile(path):
+        if path.suffix.lower() != ".zip":  # member URIs are cut at ".zip!/"
+            raise SourceError(f"zip archive {uri} must be named *.zip")
+        return ZipSource(str(path.resolve()), zip_max_entries, zip_max_total_bytes)
+    raise SourceError(f"data source is neither a folder nor a zip archive: {uri}")
 
 
 def read_bytes(uri: str) -> bytes:
+    """The bytes of any URI a manifest can hold; OSError when it cannot be read."""
     if uri.startswith(synthetic.SCHEME):
         return synthetic.render_uri(uri)
+    if uri.startswith(ZIP_SCHEME):
+        return _read_zip_member(uri)
+    if uri.startswith(GCS_SCHEME):
+        return _read_gcs(uri)
     return Path(uri.removeprefix("file://")).read_bytes()

@@ -16,14 +16,22 @@ from components.errors import UserError
 from pipeline.config import DataConfig
 
 SUBSETS = ("train", "val", "test")
+# Copies that ingest ignored because they repeat an ingested image.
+LINKING_REASONS = ("duplicate", "split_leak")
 
 
 class SplitError(UserError):
     """The requested split cannot be made from this data: one line for the user."""
 
 
-def group_keys(df: pd.DataFrame) -> pd.Series:
-    """One key per row: rows sharing a lesion/patient id or identical content share a key."""
+def group_keys(manifest: pd.DataFrame, link_near_duplicates: bool) -> pd.Series:
+    """One key per ingested row: rows that share a lesion/patient id, identical content or
+    (optionally) a near-duplicate group share a key.
+
+    Copies that ingest set aside as duplicates still link their lesion id to the kept
+    copy's, so two lesion ids that share an image stay on one side.
+    """
+    linked = manifest[(manifest.status == "ingested") | manifest.reason_code.isin(LINKING_REASONS)]
     parent: dict[str, str] = {}
 
     def find(x: str) -> str:
@@ -35,13 +43,14 @@ def group_keys(df: pd.DataFrame) -> pd.Series:
     def union(a: str, b: str) -> None:
         parent[find(a)] = find(b)
 
-    for gid, md5, uri in zip(df.group_id, df.md5, df.uri):
+    near = linked.near_duplicate_group if link_near_duplicates else pd.Series("", index=linked.index)
+    for uri, gid, md5, near_group in zip(linked.uri, linked.group_id, linked.md5, near):
         node = f"file:{uri}"
-        if gid:
-            union(node, f"group:{gid}")
-        if md5:
-            union(node, f"md5:{md5}")
-    return pd.Series([find(f"file:{u}") for u in df.uri], index=df.index)
+        for key, prefix in ((gid, "group"), (md5, "md5"), (near_group, "near")):
+            if key:
+                union(node, f"{prefix}:{key}")
+    ingested = manifest[manifest.status == "ingested"]
+    return pd.Series([find(f"file:{u}") for u in ingested.uri], index=ingested.index)
 
 
 def _assign(groups: pd.DataFrame, fractions: dict[str, float], rng: np.random.Generator) -> dict[str, str]:
@@ -77,7 +86,7 @@ def _assign(groups: pd.DataFrame, fractions: dict[str, float], rng: np.random.Ge
 def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
     """Return the ingested rows with a ``subset`` column, and the split report."""
     df = manifest[manifest.status == "ingested"].copy()
-    df["group_key"] = group_keys(df)
+    df["group_key"] = group_keys(manifest, cfg.split_near_duplicates)
     rng = np.random.default_rng(cfg.seed)
     # A group with any member in the source's Test split goes to test whole.
     in_source_test = df.groupby("group_key").split.transform(lambda s: (s == "test").any())
@@ -108,6 +117,7 @@ def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFram
         "subset_sizes": {s: int((df.subset == s).sum()) for s in SUBSETS},
         "class_counts": {s: {c: int(v) for c, v in counts.loc[s].items()} for s in SUBSETS},
         "groups_spanning_subsets": 0,
+        "near_duplicates_grouped": cfg.split_near_duplicates,
     }
     return df.drop(columns=["group_key"]), report
 

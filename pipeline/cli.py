@@ -83,13 +83,19 @@ def run(config_path, overrides, data, output_dir, tracking_uri):
 
 @main.command()
 @config_options
-@click.option("--data", required=True, help="Folder of images to ingest.")
+@click.option("--data", required=True,
+              help="Source to ingest: a folder, a .zip, or gs://bucket/prefix (class folders, Kaggle Train/Test, "
+                   "or CSV + images).")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False))
-def ingest(config_path, overrides, data, output_dir):
-    """Run the ingest step alone: manifest.parquet, report.json, report.html."""
+@click.option("--format", "data_format", type=click.Choice(["auto", "folders", "ham10000", "isic2019", "siim2020"]),
+              help="Source layout (default: the config's data.format, auto-detected).")
+def ingest(config_path, overrides, data, output_dir, data_format):
+    """Run the ingest step alone: manifest.parquet, report.json, report.md, report.html."""
     from components.ingest import ingest as run_ingest
 
     cfg = load_config(config_path, overrides, data)
+    if data_format:
+        cfg = cfg.with_overrides([f"data.format={data_format}"])
     result = run_ingest(data, cfg.data, output_dir)
     r = result.report
     click.echo(f"files found {r['files_found']}: ingested {r['ingested']}, quarantined {r['quarantined']}, "

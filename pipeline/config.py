@@ -37,6 +37,27 @@ class DataConfig:
     # Source label -> canonical class name; merged over the built-in vocabulary.
     class_map: dict[str, str] = field(default_factory=dict)
     num_shards: int = 2
+    # Ingest validation. Smaller images (either side, pixels) are quarantined; images
+    # with more pixels are refused from their header, before decoding (bombs).
+    min_image_size: int = 32
+    max_image_pixels: int = 64_000_000
+    # Identical images under two labels: "quarantine" the whole group, or keep one copy
+    # under the "majority" label when more than half the copies agree.
+    label_conflict_policy: str = "quarantine"
+    # Identical images in Train and Test: "keep_test" (one Test copy stays) or "quarantine".
+    split_leak_policy: str = "keep_test"
+    # Near-duplicates: pHash (64 bits) at most this many bits apart AND 16x16 RGB
+    # thumbnails at most this far apart (mean absolute difference, 0-255). pHash alone
+    # pairs different lesions (a dark blob on skin); on HAM10000 these two bounds kept
+    # only same-lesion pairs. A negative distance turns the search off.
+    near_duplicate_distance: int = 6
+    near_duplicate_max_pixel_difference: float = 5.0
+    # Keep near-duplicates in one split subset, like exact duplicates and lesions.
+    split_near_duplicates: bool = True
+    zip_max_entries: int = 500_000
+    zip_max_total_bytes: int = 64 * 2**30
+    # Images decoded (and downloaded) at once during ingest.
+    ingest_workers: int = 8
     synthetic_images_per_class: int = 60
     synthetic_image_size: int = 96
 

@@ -64,3 +64,33 @@ def lesion_data() -> Path:
     if not value or not Path(value).is_dir():
         pytest.skip("LESION_DATA is not set (real ISIC/HAM10000 data)")
     return Path(value)
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory) -> str:
+    """A real gcp-storage-emulator on 127.0.0.1 (in memory); STORAGE_EMULATOR_HOST points
+    google-cloud-storage at it for the whole session, so no test reaches the network."""
+    root = tmp_path_factory.mktemp("gcs_emulator")
+    port = free_port()
+    host = f"http://127.0.0.1:{port}"
+    log = open(root / "emulator.log", "w")
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
+         "--port", str(port), "--in-memory"],
+        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    previous = os.environ.get("STORAGE_EMULATOR_HOST")
+    os.environ["STORAGE_EMULATOR_HOST"] = host
+    try:
+        wait_http(f"{host}/storage/v1/b", 60, proc)
+        yield host
+    finally:
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()

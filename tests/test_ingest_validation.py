@@ -1,0 +1,280 @@
+"""Ingest on a generated corpus of broken and odd files: every case gets the status and
+reason it should, and every file on disk is accounted for."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from components import synthetic
+from components.imaging import ImageError, decode_rgb
+from components.ingest import IngestError, ingest
+from pipeline.config import DataConfig
+
+
+def lesion(index: int, cls: str = "melanoma", size: int = 64) -> Image.Image:
+    return synthetic.render(cls, index, size, seed=11)
+
+
+def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but carries almost no data: a
+    decompression bomb as far as any decoder that trusts the header is concerned."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def write(root: Path, relpath: str | bytes, data: bytes) -> None:
+    path = os.path.join(os.fsencode(root), relpath if isinstance(relpath, bytes) else os.fsencode(relpath))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+def save(root: Path, relpath: str, img: Image.Image, **params) -> None:
+    path = root / relpath
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, **params)
+
+
+# relpath -> (status, reason_code) for every file the corpus holds.
+EXPECTED: dict[str, tuple[str, str]] = {}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("corpus")
+    expect = EXPECTED
+    for i in range(6):
+        for cls, folder in (("melanoma", "melanoma"), ("nevus", "nevus")):
+            write(root, f"Train/{folder}/{cls[:3]}_{i}.jpg", jpeg_bytes(lesion(i, cls)))
+            expect[f"Train/{folder}/{cls[:3]}_{i}.jpg"] = ("ingested", "")
+    for i in range(6, 8):
+        write(root, f"Test/nevus/nev_{i}.jpg", jpeg_bytes(lesion(i, "nevus")))
+        expect[f"Test/nevus/nev_{i}.jpg"] = ("ingested", "")
+    # HAM10000's short code as a folder name: the same class as "melanoma".
+    write(root, "Test/MEL/mel_8.jpg", jpeg_bytes(lesion(8)))
+    expect["Test/MEL/mel_8.jpg"] = ("ingested", "")
+
+    # Odd but usable: every mode and container is converted to RGB.
+    odd = {
+        "gray.png": (lesion(20, "nevus").convert("L"), {}),
+        "cmyk.jpg": (lesion(21, "nevus").convert("CMYK"), {}),
+        "palette.gif": (lesion(22, "nevus").convert("P"), {}),
+        "rgba.png": (lesion(23, "nevus").convert("RGBA"), {}),
+        "bitmap.bmp": (lesion(24, "nevus"), {}),
+        "scan.TIFF": (lesion(25, "nevus"), {}),
+        "upper.JPG": (lesion(26, "nevus"), {"format": "JPEG"}),
+        "sixteen.png": (Image.fromarray((np.arange(64 * 64).reshape(64, 64) * 16).astype(np.uint16)), {}),
+    }
+    for name, (img, params) in odd.items():
+        save(root, f"Train/nevus/odd/{name}", img, **params)
+        expect[f"Train/nevus/odd/{name}"] = ("ingested", "")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    save(root, "Train/melanoma/rotated.jpg", lesion(27).resize((80, 48)), exif=exif)
+    expect["Train/melanoma/rotated.jpg"] = ("ingested", "")
+
+    # Broken files.
+    good = jpeg_bytes(lesion(30))
+    for relpath, data, code in (
+        ("Train/melanoma/empty.jpg", b"", "empty_file"),
+        ("Train/melanoma/truncated.jpg", good[: len(good) * 2 // 3], "corrupt"),
+        ("Train/melanoma/garbage.jpg", np.random.default_rng(0).bytes(3000), "not_an_image"),
+        ("Train/melanoma/letter.png", b"Dear colleague, this is not an image.", "not_an_image"),
+        ("Train/melanoma/bomb.png", png_header_only(100_000, 100_000), "too_many_pixels"),
+        ("Train/melanoma/tiny.png", None, "too_small"),
+        ("root_image.jpg", jpeg_bytes(lesion(31)), "no_label"),
+        ("Train/stray.jpg", jpeg_bytes(lesion(32)), "no_label"),
+        ("Train/unknown/u.jpg", jpeg_bytes(lesion(33)), "no_label"),
+    ):
+        if data is None:
+            save(root, relpath, lesion(34).resize((8, 8)))
+        else:
+            write(root, relpath, data)
+        expect[relpath] = ("quarantined", code)
+    write(root, b"Train/melanoma/m\xe9lanome.jpg", jpeg_bytes(lesion(35)))  # Latin-1, not UTF-8
+    expect["Train/melanoma/m\\xe9lanome.jpg"] = ("quarantined", "bad_name")
+
+    # Not images at all.
+    for relpath, code in (("README.md", "not_image_file"), ("notes.csv", "not_image_file"),
+                          (".DS_Store", "system_file"), ("Train/melanoma/._mel_0.jpg", "system_file")):
+        write(root, relpath, b"a,b\n1,2\n")
+        expect[relpath] = ("ignored", code)
+
+    # Exact duplicates, conflicts and leaks.
+    write(root, "Train/melanoma/mel_0_copy.jpg", (root / "Train/melanoma/mel_0.jpg").read_bytes())
+    expect["Train/melanoma/mel_0_copy.jpg"] = ("ignored", "duplicate")
+    conflict = jpeg_bytes(lesion(40))
+    write(root, "Train/melanoma/conflict.jpg", conflict)
+    write(root, "Train/nevus/conflict.jpg", conflict)
+    expect["Train/melanoma/conflict.jpg"] = expect["Train/nevus/conflict.jpg"] = ("quarantined", "label_conflict")
+    leak = jpeg_bytes(lesion(41, "nevus"))
+    write(root, "Train/nevus/leak.jpg", leak)
+    write(root, "Test/nevus/leak.jpg", leak)
+    expect["Train/nevus/leak.jpg"] = ("ignored", "split_leak")
+    expect["Test/nevus/leak.jpg"] = ("ingested", "")
+    leak_conflict = jpeg_bytes(lesion(42))
+    write(root, "Train/melanoma/leak_conflict.jpg", leak_conflict)
+    write(root, "Test/nevus/leak_conflict.jpg", leak_conflict)
+    expect["Train/melanoma/leak_conflict.jpg"] = expect["Test/nevus/leak_conflict.jpg"] = ("quarantined", "label_conflict")
+
+    # A near-duplicate: the same picture re-encoded smaller as PNG.
+    near = lesion(43, size=96)
+    save(root, "Train/melanoma/near_a.jpg", near, quality=95)
+    save(root, "Train/melanoma/near_b.png", near.resize((88, 88)))
+    expect["Train/melanoma/near_a.jpg"] = expect["Train/melanoma/near_b.png"] = ("ingested", "")
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(corpus, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ingest_out")
+    return ingest(str(corpus), DataConfig(), out), out
+
+
+def test_every_file_on_disk_is_accounted_for(corpus, result):
+    res, _ = result
+    on_disk = sum(len(files) for _, _, files in os.walk(corpus))
+    r = res.report
+    assert r["files_found"] == on_disk == len(EXPECTED) == len(res.manifest)
+    assert r["files_found"] == r["ingested"] + r["quarantined"] + r["ignored"]
+    set_aside = res.manifest[res.manifest.status != "ingested"]
+    assert (set_aside.reason != "").all() and (set_aside.reason_code != "").all()
+    assert len(r["quarantined_files"]) == r["quarantined"] and len(r["ignored_files"]) == r["ignored"]
+
+
+def test_each_case_gets_its_status_and_reason(result):
+    manifest = result[0].manifest.set_index("relpath")
+    got = {p: (row.status, row.reason_code) for p, row in manifest.iterrows()}
+    assert got == EXPECTED
+
+
+def test_images_are_measured_after_exif_orientation(result):
+    manifest = result[0].manifest.set_index("relpath")
+    assert tuple(manifest.loc["Train/melanoma/rotated.jpg", ["width", "height"]]) == (48, 80)
+    assert manifest.loc["Train/nevus/odd/scan.TIFF", "image_format"] == "TIFF"
+
+
+def test_labels_splits_and_vocabulary(result):
+    manifest = result[0].manifest.set_index("relpath")
+    assert manifest.loc["Test/MEL/mel_8.jpg", ["label", "source_label", "split"]].tolist() == ["melanoma", "MEL", "test"]
+    assert manifest.loc["Train/nevus/odd/gray.png", ["label", "split"]].tolist() == ["nevus", "train"]
+    report = result[0].report
+    assert report["classes"] == ["melanoma", "nevus"]
+    # Before validation counts every labelled image, the broken ones included.
+    assert report["class_counts_before"]["melanoma"] > report["class_counts"]["melanoma"]
+
+
+def test_duplicate_conflict_and_leak_groups(result):
+    res, _ = result
+    r = res.report
+    assert (r["duplicate_groups"], r["label_conflict_groups"], r["split_leak_groups"]) == (4, 2, 2)
+    manifest = res.manifest.set_index("relpath")
+    assert manifest.loc["Train/melanoma/mel_0_copy.jpg", "duplicate_of"] == manifest.loc["Train/melanoma/mel_0.jpg", "uri"]
+    assert manifest.loc["Train/nevus/leak.jpg", "duplicate_of"] == manifest.loc["Test/nevus/leak.jpg", "uri"]
+
+
+def test_near_duplicates_are_grouped_not_removed(result):
+    manifest = result[0].manifest.set_index("relpath")
+    group = manifest.loc["Train/melanoma/near_a.jpg", "near_duplicate_group"]
+    assert group and manifest.loc["Train/melanoma/near_b.png", "near_duplicate_group"] == group
+    assert (manifest.near_duplicate_group == group).sum() == 2
+    assert manifest.loc["Train/melanoma/near_b.png", "status"] == "ingested"
+    assert result[0].report["near_duplicate_groups"] >= 1
+
+
+def test_outputs_written(result):
+    res, out = result
+    manifest = pd.read_parquet(out / "manifest.parquet")
+    assert len(manifest) == res.report["files_found"]
+    assert {"uri", "label", "group_id", "split", "md5", "width", "height", "status", "reason"} <= set(manifest.columns)
+    report = json.loads((out / "report.json").read_text())
+    for key in ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
+                "split_leak_groups", "near_duplicate_groups", "class_counts_before", "class_counts"):
+        assert key in report
+    page = (out / "report.html").read_text()
+    assert "bomb.png" in page and "label_conflict" in page and "Samples per class" in page
+    assert page.count("data:image/jpeg;base64,") >= 10 and "data:image/png;base64," in page
+    markdown = (out / "report.md").read_text()
+    assert "| melanoma |" in markdown and "Train/Test leaks" in markdown
+
+
+def test_conflict_majority_and_leak_quarantine_policies(tmp_path):
+    for i in range(3):
+        write(tmp_path, f"Train/melanoma/m{i}.jpg", jpeg_bytes(lesion(i)))
+        write(tmp_path, f"Train/nevus/n{i}.jpg", jpeg_bytes(lesion(i, "nevus")))
+    shared = jpeg_bytes(lesion(50))
+    for relpath in ("Train/melanoma/a.jpg", "Train/melanoma/b.jpg", "Train/nevus/c.jpg"):
+        write(tmp_path, relpath, shared)
+    leak = jpeg_bytes(lesion(51, "nevus"))
+    write(tmp_path, "Train/nevus/leak.jpg", leak)
+    write(tmp_path, "Test/nevus/leak.jpg", leak)
+    cfg = DataConfig(label_conflict_policy="majority", split_leak_policy="quarantine")
+    manifest = ingest(str(tmp_path), cfg).manifest.set_index("relpath")
+    assert manifest.loc[["Train/melanoma/a.jpg", "Train/melanoma/b.jpg", "Train/nevus/c.jpg"], "status"].tolist() == [
+        "ingested", "ignored", "quarantined"]
+    assert manifest.loc[["Train/nevus/leak.jpg", "Test/nevus/leak.jpg"], "reason_code"].tolist() == ["split_leak"] * 2
+    assert (manifest.loc[["Train/nevus/leak.jpg", "Test/nevus/leak.jpg"], "status"] == "quarantined").all()
+
+
+def test_minimum_size_and_pixel_limit_are_configurable(tmp_path):
+    for cls in ("melanoma", "nevus"):
+        for i in range(2):
+            save(tmp_path, f"{cls}/{i}.png", lesion(i, cls, size=64))
+    save(tmp_path, "nevus/big.png", lesion(9, "nevus", size=120))
+    cfg = DataConfig(min_image_size=16, max_image_pixels=100 * 100)
+    manifest = ingest(str(tmp_path), cfg).manifest.set_index("relpath")
+    assert manifest.loc["nevus/big.png", "reason_code"] == "too_many_pixels"
+    assert (manifest.drop(index="nevus/big.png").status == "ingested").all()
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I", "I;16", "1", "F"])
+def test_decode_rgb_converts_every_mode(mode):
+    img = lesion(1).convert("RGBA").convert(mode) if mode not in ("I;16", "F", "I") else \
+        Image.fromarray(np.full((40, 40), 65535 if mode == "I;16" else 200, dtype={"I;16": np.uint16, "F": np.float32, "I": np.int32}[mode]))
+    buf = io.BytesIO()
+    img.save(buf, format="TIFF")
+    decoded = decode_rgb(buf.getvalue())
+    assert decoded.mode == "RGB" and decoded.size == img.size
+    if mode == "I;16":  # full-scale 16-bit white stays white, not wrapped or clipped to grey
+        assert decoded.getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_transparent_pixels_become_white():
+    img = Image.new("RGBA", (40, 40), (255, 0, 0, 0))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    assert decode_rgb(buf.getvalue()).getpixel((5, 5)) == (255, 255, 255)
+
+
+def test_pixel_limit_is_checked_before_decoding():
+    with pytest.raises(ImageError) as info:
+        decode_rgb(png_header_only(30_000, 30_000), max_pixels=10_000)
+    assert info.value.code == "too_many_pixels"
+
+
+def test_unusable_sources_are_one_line_errors(tmp_path):
+    write(tmp_path, "melanoma/readme.txt", b"no images here")
+    with pytest.raises(IngestError, match="no usable images"):
+        ingest(str(tmp_path), DataConfig())
+    for i in range(3):
+        write(tmp_path, f"melanoma/{i}.jpg", jpeg_bytes(lesion(i)))
+    write(tmp_path, "nevus/0.jpg", jpeg_bytes(lesion(0, "nevus")))
+    with pytest.raises(IngestError, match=r"nevus \(1\)"):
+        ingest(str(tmp_path), DataConfig())

@@ -1,0 +1,212 @@
+"""Every kind of source through the same ingest: zip archives (with hostile entries),
+the three CSV formats, gs:// on a real gcp-storage-emulator, and `lesionpipe ingest`."""
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from components import sources
+from components.ingest import IngestError, ingest
+from components.sources import SourceError, read_bytes
+from pipeline.cli import main
+from pipeline.config import DataConfig
+from tests.test_ingest_validation import jpeg_bytes, lesion
+
+
+def kaggle_files(per_class: int = 3) -> dict[str, bytes]:
+    files = {}
+    for split, offset in (("Train", 0), ("Test", 100)):
+        for cls in ("melanoma", "nevus"):
+            for i in range(per_class):
+                files[f"{split}/{cls}/{cls[:3]}_{i}.jpg"] = jpeg_bytes(lesion(offset + i, cls))
+    return files
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+# ---- zip ---------------------------------------------------------------------
+
+
+def test_zip_of_a_kaggle_folder_is_read_in_place(tmp_path):
+    files = {f"isic/{name}": data for name, data in kaggle_files().items()}
+    files["isic/README.txt"] = b"about"
+    archive = write_zip(tmp_path / "data.zip", files)
+    result = ingest(str(archive), DataConfig(), tmp_path / "out")
+    m = result.manifest
+    assert result.report["ingested"] == 12 and result.report["ignored"] == 1
+    # The wrapping "isic/" folder is not a label; Train/Test still give the split.
+    assert set(m[m.status == "ingested"].label) == {"melanoma", "nevus"}
+    assert (m[m.status == "ingested"].split == "test").sum() == 6
+    row = m[m.relpath == "isic/Test/nevus/nev_1.jpg"].iloc[0]
+    assert row.uri == f"zip://{archive.resolve()}!/isic/Test/nevus/nev_1.jpg"
+    assert read_bytes(row.uri) == files["isic/Test/nevus/nev_1.jpg"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zip", "out"]  # nothing extracted
+
+
+def test_zip_traversal_entries_are_refused_and_reported(tmp_path):
+    files = kaggle_files()
+    files["../escape.jpg"] = jpeg_bytes(lesion(60))
+    files["Train/melanoma/../../../up.jpg"] = jpeg_bytes(lesion(61))
+    files["/abs/root.jpg"] = jpeg_bytes(lesion(62))
+    archive = tmp_path / "inner" / "evil.zip"
+    archive.parent.mkdir()
+    write_zip(archive, files)
+    result = ingest(str(archive), DataConfig())
+    refused = result.manifest[result.manifest.reason_code == "unsafe_zip_path"]
+    assert len(refused) == 3 and (refused.status == "quarantined").all()
+    assert result.report["files_found"] == len(files)
+    assert not (tmp_path / "escape.jpg").exists() and not Path("/abs/root.jpg").exists()
+    with pytest.raises(PermissionError):
+        read_bytes(f"zip://{archive}!/../escape.jpg")
+
+
+def test_zip_limits_refuse_the_archive(tmp_path):
+    archive = write_zip(tmp_path / "many.zip", kaggle_files())
+    with pytest.raises(SourceError, match="zip_max_entries"):
+        ingest(str(archive), DataConfig(zip_max_entries=5))
+    with pytest.raises(SourceError, match="zip_max_total_bytes"):
+        ingest(str(archive), DataConfig(zip_max_total_bytes=1000))
+
+
+# ---- CSV formats -------------------------------------------------------------
+
+CLASSES = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal_cell_carcinoma"}
+
+
+def csv_source(root: Path, fmt: str) -> Path:
+    """Nine images of three classes plus the label file of ``fmt``; image 0 has no row,
+    and the label file names one image that is not there."""
+    rows = []
+    for i in range(9):
+        code = list(CLASSES)[i % 3]
+        name = f"ISIC_{i:07d}"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "images" / f"{name}.jpg").write_bytes(jpeg_bytes(lesion(i, CLASSES[code].replace("basal_cell_carcinoma", "nevus"))))
+        rows.append((name, code, f"L{i // 2}"))
+    rows.append(("ISIC_9999999", "MEL", "L99"))
+    rows = rows[1:]
+    if fmt == "ham10000":
+        frame = pd.DataFrame({"lesion_id": [r[2] for r in rows], "image_id": [r[0] for r in rows],
+                              "dx": [r[1].lower() for r in rows], "age": 50})
+        frame.to_csv(root / "HAM10000_metadata.csv", index=False)
+    elif fmt == "isic2019":
+        frame = pd.DataFrame({"image": [r[0] for r in rows]})
+        for code in ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"):
+            frame[code] = [1.0 if r[1] == code else 0.0 for r in rows]
+        frame.to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
+        pd.DataFrame({"image": [r[0] for r in rows], "lesion_id": [r[2] for r in rows]}).to_csv(
+            root / "ISIC_2019_Training_Metadata.csv", index=False)
+    else:
+        names = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal cell carcinoma"}
+        frame = pd.DataFrame({"image_name": [r[0] for r in rows], "patient_id": [r[2] for r in rows],
+                              "diagnosis": [names[r[1]] for r in rows],
+                              "benign_malignant": ["malignant" if r[1] == "MEL" else "benign" for r in rows],
+                              "target": [int(r[1] == "MEL") for r in rows]})
+        frame.to_csv(root / "train.csv", index=False)
+    (root / "other.csv").write_text("x,y\n1,2\n")
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["ham10000", "isic2019", "siim2020"])
+def test_csv_formats_are_detected_and_labelled(tmp_path, fmt):
+    result = ingest(str(csv_source(tmp_path, fmt)), DataConfig())
+    r, m = result.report, result.manifest.set_index("relpath")
+    assert r["format"] == fmt
+    assert r["class_counts"] == {"basal_cell_carcinoma": 3, "melanoma": 2, "nevus": 3}
+    assert r["label_rows_without_image"] == 1
+    assert m.loc["images/ISIC_0000000.jpg", "reason_code"] == "no_label"
+    assert m.loc["images/ISIC_0000003.jpg", ["label", "group_id"]].tolist() == ["melanoma", "L1"]
+    assert m.loc["other.csv", "reason_code"] == "not_image_file"
+    assert (m[m.reason_code == "label_file"].shape[0]) == (2 if fmt == "isic2019" else 1)
+    assert r["files_found"] == r["ingested"] + r["quarantined"] + r["ignored"]
+
+
+def test_named_format_must_match_the_files(tmp_path):
+    root = csv_source(tmp_path, "ham10000")
+    assert ingest(str(root), DataConfig(format="ham10000")).report["format"] == "ham10000"
+    with pytest.raises(IngestError, match="siim2020 needs a CSV with columns"):
+        ingest(str(root), DataConfig(format="siim2020"))
+    with pytest.raises(IngestError, match="unknown data format"):
+        ingest(str(root), DataConfig(format="dicom"))
+
+
+def test_class_map_merges_source_labels(tmp_path):
+    root = csv_source(tmp_path, "ham10000")
+    result = ingest(str(root), DataConfig(class_map={"bcc": "carcinoma", "mel": "carcinoma"}))
+    assert result.report["class_counts"] == {"carcinoma": 5, "nevus": 3}
+
+
+# ---- Google Cloud Storage (emulator) ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bucket(gcs_emulator):
+    from google.cloud import storage
+
+    client = storage.Client()
+    bucket = client.create_bucket("lesions")
+    for name, data in kaggle_files().items():
+        bucket.blob(f"kaggle/{name}").upload_from_string(data)
+    bucket.blob("kaggle/.DS_Store").upload_from_string(b"\0")
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in kaggle_files(2).items():
+            zf.writestr(name, data)
+    bucket.blob("archives/kaggle.zip").upload_from_string(archive.getvalue())
+    return bucket
+
+
+def test_gcs_prefix_is_listed_and_read(bucket, tmp_path):
+    result = ingest("gs://lesions/kaggle", DataConfig(), tmp_path)
+    r, m = result.report, result.manifest
+    assert (r["files_found"], r["ingested"], r["ignored"]) == (13, 12, 1)
+    assert r["source_splits"] == {"test": 6, "train": 6}
+    uri = m[m.relpath == "Train/nevus/nev_2.jpg"].uri.iloc[0]
+    assert uri == "gs://lesions/kaggle/Train/nevus/nev_2.jpg"
+    assert read_bytes(uri) == kaggle_files()["Train/nevus/nev_2.jpg"]
+
+
+def test_zip_on_gcs_is_cached_and_read(bucket, tmp_path, monkeypatch):
+    monkeypatch.setenv("LESION_CACHE_DIR", str(tmp_path / "cache"))
+    result = ingest("gs://lesions/archives/kaggle.zip", DataConfig())
+    assert result.report["ingested"] == 8
+    uri = result.manifest.uri.iloc[0]
+    assert uri.startswith("zip://gs://lesions/archives/kaggle.zip!/")
+    assert read_bytes(uri)[:2] == b"\xff\xd8"
+
+
+def test_gcs_errors_are_user_errors(bucket):
+    with pytest.raises(SourceError, match="cannot list gs://no-such-bucket/"):
+        ingest("gs://no-such-bucket/x", DataConfig())
+    with pytest.raises(IngestError, match="no files found"):
+        ingest("gs://lesions/empty-prefix", DataConfig())
+    with pytest.raises(FileNotFoundError):
+        sources.read_bytes("gs://lesions/kaggle/missing.jpg")
+
+
+# ---- lesionpipe ingest ---------------------------------------------------------
+
+
+def test_cli_ingest_writes_outputs_and_fails_in_one_line(tmp_path):
+    root = csv_source(tmp_path / "ham", "ham10000")
+    runner = CliRunner()
+    ok = runner.invoke(main, ["ingest", "--data", str(root), "--output-dir", str(tmp_path / "out"), "--format", "ham10000"])
+    assert ok.exit_code == 0, ok.output
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"manifest.parquet", "report.json", "report.md", "report.html"}
+    (tmp_path / "empty" / "melanoma").mkdir(parents=True)
+    (tmp_path / "empty" / "melanoma" / "notes.txt").write_text("nothing")
+    for data in (tmp_path / "empty", tmp_path / "missing", "gs://"):
+        bad = runner.invoke(main, ["ingest", "--data", str(data), "--output-dir", str(tmp_path / "bad")])
+        assert bad.exit_code != 0
+        lines = bad.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("Error: ") and "Traceback" not in bad.output

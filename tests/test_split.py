@@ -1,0 +1,81 @@
+"""Split: grouped by lesion/patient, identical content and near-duplicates; stratified;
+deterministic; the source's Test kept; a clear error when a class is too small."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from components.split import SplitError, split, split_manifest
+from pipeline.config import DataConfig
+
+
+def manifest(rows: list[dict]) -> pd.DataFrame:
+    defaults = {"group_id": "", "split": "", "md5": "", "status": "ingested", "reason_code": "", "reason": "",
+                "duplicate_of": "", "near_duplicate_group": ""}
+    frame = pd.DataFrame([{**defaults, **row} for row in rows])
+    frame["md5"] = [m or f"md5-{u}" for m, u in zip(frame.md5, frame.uri)]
+    return frame
+
+
+def lesions(per_class: int = 20, images_per_lesion: int = 3) -> list[dict]:
+    return [{"uri": f"{cls}/{lesion}/{i}.jpg", "label": cls, "group_id": f"{cls}-{lesion}"}
+            for cls in ("melanoma", "nevus") for lesion in range(per_class) for i in range(images_per_lesion)]
+
+
+def subsets_of(df: pd.DataFrame, column: str) -> pd.Series:
+    return df.groupby(column).subset.nunique()
+
+
+def test_lesions_never_span_subsets_and_classes_are_stratified():
+    df, report = split_manifest(manifest(lesions()), DataConfig(val_fraction=0.2, test_fraction=0.2))
+    assert (subsets_of(df, "group_id") == 1).all()
+    for subset, expected in (("train", 36), ("val", 12), ("test", 12)):
+        assert report["class_counts"][subset] == {"melanoma": expected, "nevus": expected}
+
+
+def test_duplicates_and_near_duplicates_link_lesions():
+    rows = lesions(per_class=10, images_per_lesion=1)
+    # melanoma-0 and melanoma-1 share an image (ingest kept one copy, ignored the other);
+    # melanoma-2 and melanoma-3 are near-duplicates.
+    rows.append({"uri": "dup.jpg", "label": "melanoma", "group_id": "melanoma-1", "md5": "md5-melanoma/0/0.jpg",
+                 "status": "ignored", "reason_code": "duplicate", "reason": "exact duplicate"})
+    frame = manifest(rows)
+    frame.loc[frame.group_id.isin(["melanoma-2", "melanoma-3"]), "near_duplicate_group"] = "near-00001"
+    for seed in range(5):
+        df, _ = split_manifest(frame, DataConfig(seed=seed))
+        subset = df.set_index("group_id").subset
+        assert subset["melanoma-0"] == subset["melanoma-1"]
+        assert subset["melanoma-2"] == subset["melanoma-3"]
+        assert "dup.jpg" not in set(df.uri)
+
+
+def test_split_is_deterministic_and_seeded(tmp_path):
+    path = tmp_path / "ingest"
+    path.mkdir()
+    manifest(lesions()).to_parquet(path / "manifest.parquet")
+    first = split(path, DataConfig(seed=1), tmp_path / "a")
+    again = split(path, DataConfig(seed=1), tmp_path / "b")
+    assert first == again
+    a = pd.read_parquet(tmp_path / "a" / "splits.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "splits.parquet")
+    other, _ = split_manifest(manifest(lesions()), DataConfig(seed=2))
+    assert a.subset.tolist() == b.subset.tolist() != other.subset.tolist()
+
+
+def test_source_test_split_is_kept_with_its_groups():
+    rows = lesions(per_class=10, images_per_lesion=2)
+    for row in rows:
+        if row["group_id"].endswith(("-0", "-1")) and row["uri"].endswith("0.jpg"):
+            row["split"] = "test"
+    df, report = split_manifest(manifest(rows), DataConfig())
+    assert report["source_test_split_kept"]
+    test_groups = {r["group_id"] for r in rows if r.get("split") == "test"}
+    assert set(df[df.subset == "test"].group_id) == test_groups  # whole lesions, and only those
+    assert set(df[df.split == "test"].subset) == {"test"}
+
+
+def test_too_few_groups_is_a_clear_error():
+    rows = lesions(per_class=10) + [{"uri": f"df/{i}.jpg", "label": "dermatofibroma", "group_id": "df-0"}
+                                    for i in range(8)]
+    with pytest.raises(SplitError, match="class 'dermatofibroma' has 1 independent groups"):
+        split_manifest(manifest(rows), DataConfig())
