@@ -297,9 +297,10 @@ def pins(*files: Path) -> dict[str, str]:
         for line in file.read_text().splitlines():
             line = line.split("#")[0].strip()
             if line:
-                name, sep, version = line.partition("==")
-                assert sep, f"{file.name}: {line!r} is not an exact pin"
-                out[canonicalize_name(name)] = version.strip()
+                req = Requirement(line)
+                specs = list(req.specifier)
+                assert len(specs) == 1 and specs[0].operator == "==", f"{file.name}: {line!r} is not an exact pin"
+                out[canonicalize_name(req.name)] = specs[0].version
     return out
 
 
@@ -320,11 +321,14 @@ def test_gpu_lock_pins_tensorflow_to_the_cpu_release():
 def test_mlflow_server_image_matches_the_lock():
     server = pins(DOCKER / "mlflow-server-requirements.txt")
     locked = pins(ROOT / "constraints.txt")
-    assert {"mlflow", "psycopg2-binary", "google-cloud-storage"} <= set(server)
+    assert {"mlflow", "psycopg2-binary", "google-cloud-storage", "flask-wtf"} <= set(server)
     for dist, version in server.items():
         if dist in locked:
             assert locked[dist] == version, f"{dist}: {version} for the server, {locked[dist]} in constraints.txt"
-    reqs = [Requirement(f"{k}=={v}") for k, v in server.items()]
+    reqs = [Requirement(line.split("#")[0]) for line in (DOCKER / "mlflow-server-requirements.txt").read_text().splitlines()
+            if line.split("#")[0].strip()]
+    # basic-auth (--app-name basic-auth in the Deployment) needs mlflow's `auth` extra.
+    assert any(r.name == "mlflow" and "auth" in r.extras for r in reqs)
     unpinned = sorted(closure(reqs) - set(locked) - set(server) - {"pip", "setuptools", "wheel"})
     assert not unpinned, f"the MLflow server image installs these without a pin: {unpinned}"
 

@@ -457,3 +457,71 @@ def test_every_secret_the_workloads_use_has_a_template(name):
             if "secret" in volume:
                 for item in volume["secret"].get("items", []):
                     assert item["key"] in templates.get(volume["secret"]["secretName"], ()), f"{where}: {item}"
+
+
+# ---- the Deployment's command line starts a real server ----------------------------
+
+def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
+    """`mlflow server` with the local overlay's exact flags and env (values a cluster
+    would inject replaced by local ones): /health answers for the probes, the API wants
+    credentials, and a foreign Host header is refused."""
+    import base64
+    import os
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from conftest import free_port, wait_http
+
+    port = free_port()
+    container = mlflow_container("overlays/local")
+    settings = one("overlays/local", "ConfigMap", "mlflow-settings")["data"]
+    auth_template = yaml.safe_load((MANIFESTS / "secrets" / "mlflow-auth.example.yaml").read_text())["stringData"]
+    database = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ini = re.sub(r"(?m)^database_uri = .*$", f"database_uri = {database}", auth_template["basic_auth.ini"])
+    (tmp_path / "basic_auth.ini").write_text(ini)
+    env = {
+        "MLFLOW_BACKEND_STORE_URI": database,
+        "MLFLOW_ARTIFACTS_DESTINATION": str(tmp_path / "artifacts"),
+        "MLFLOW_ALLOWED_HOSTS": settings["allowed-hosts"] + f",127.0.0.1:{port}",
+        "MLFLOW_AUTH_CONFIG_PATH": str(tmp_path / "basic_auth.ini"),
+        "MLFLOW_AUTH_ADMIN_PASSWORD": "test-admin-password-1234",
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-secret-key",
+    }
+    assert {e["name"] for e in container["env"]} - {"HOME", "TMPDIR"} == set(env)
+    args = []
+    for arg in container["args"]:
+        arg = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
+        arg = {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}"}.get(arg, arg)
+        args.append(arg)
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=tmp_path, stdout=log,
+                            stderr=subprocess.STDOUT, env=os.environ | env | {"HOME": str(tmp_path)})
+    url = f"http://127.0.0.1:{port}"
+
+    def status(path: str, headers: dict[str, str]) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url + path, headers=headers), timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    try:
+        try:
+            wait_http(f"{url}/health", 90, proc)
+        except (RuntimeError, TimeoutError):
+            log.flush()
+            pytest.fail((tmp_path / "server.log").read_text()[-3000:])
+        admin = "Basic " + base64.b64encode(f"admin:{env['MLFLOW_AUTH_ADMIN_PASSWORD']}".encode()).decode()
+        search = "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert status("/health", {"Host": "10.1.2.3:5000"}) == 200  # a kubelet probe's Host
+        assert status(search, {}) == 401
+        assert status(search, {"Authorization": admin}) == 200
+        assert status(search, {"Authorization": admin, "Host": "evil.example.com"}) == 403
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
