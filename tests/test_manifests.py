@@ -18,7 +18,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
-from kustomize_lite import RenderError, UnsupportedFeature, render
+from tests.kustomize_lite import RenderError, UnsupportedFeature, render
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -471,7 +471,7 @@ def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
     import urllib.error
     import urllib.request
 
-    from conftest import free_port, wait_http
+    from tests.conftest import free_port, wait_http
 
     port = free_port()
     container = mlflow_container("overlays/local")
