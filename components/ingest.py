@@ -297,8 +297,9 @@ def write_outputs(df: pd.DataFrame, report: dict, output_dir: Path) -> None:
 
 
 def ingest_step(data_uri: str, config: dict, manifest: dsl.Output[dsl.Dataset],
-                report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML]):
-    """KFP wrapper: the ingest step."""
+                report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML], source_listing: str = ""):
+    """KFP wrapper: the ingest step. ``source_listing`` (a digest of the source's file list) is
+    not read: it is there so that KFP's cache key changes whenever the source does."""
     import shutil
     from pathlib import Path
 

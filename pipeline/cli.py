@@ -54,7 +54,9 @@ def main() -> None:
                              "Default: the config's data.source, else a small SYNTHETIC dataset.")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-def run(config_path, overrides, data, output_dir, tracking_uri):
+@click.option("--force-retrain", is_flag=True,
+              help="Train even when the data is the data the current champion was trained on.")
+def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
     from components.models import MODELS
     from components.sources import open_source
@@ -68,14 +70,18 @@ def run(config_path, overrides, data, output_dir, tracking_uri):
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
     click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
     try:
-        summary = run_local(cfg, cfg.data.source, output_dir, uri)
+        summary = run_local(cfg, cfg.data.source, output_dir, uri, force_retrain)
     except PipelineFailed as exc:
         raise click.ClickException(f"{exc} (the failed step's log above says why)") from None
-    m = summary["metrics"]
     click.echo("")
-    click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-               f"macro-F1 {m['macro_f1']:.3f}" + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
-               + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+    if summary["skipped"]:
+        click.echo(f"skipped: {summary['skip_reason']} (--force-retrain trains anyway)")
+    else:
+        m = summary["metrics"]
+        click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+                   f"macro-F1 {m['macro_f1']:.3f}"
+                   + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
+                   + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
     click.echo(f"summary:       {summary['summary_path']}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")
