@@ -159,20 +159,26 @@ def _experiment_id(conn: Connection, name: str, namespace: str | None) -> str:
     return conn.call(lambda: conn.client.create_experiment(name=name, namespace=namespace)).experiment_id
 
 
+def without_caching(cfg: Config) -> Config:
+    """The per-run switch. Compiled in rather than kfp.Client's enable_caching, which only
+    reaches the tasks of the pipeline's top level, not those inside its If branch."""
+    return cfg.with_overrides(["cluster.caching=false"])
+
+
 def submit(conn: Connection, cfg: Config, experiment: str, namespace: str | None = None, run_name: str | None = None,
-           enable_caching: bool | None = None, force_retrain: bool = False) -> SubmittedRun:
-    """Compile, create or reuse the experiment, start one run; None keeps the compiled caching."""
+           force_retrain: bool = False) -> SubmittedRun:
+    """Compile, create or reuse the experiment, start one run."""
     check_ready_for_cluster(cfg)
     experiment_id = _experiment_id(conn, experiment, namespace)
     with compiled_package(cfg) as package:
         result = conn.call(lambda: conn.client.create_run_from_pipeline_package(
             package, arguments=pipeline_arguments(cfg, force_retrain), run_name=run_name or f"{PIPELINE_NAME}-{cfg.name}",
-            experiment_id=experiment_id, enable_caching=enable_caching))
+            experiment_id=experiment_id))
     return SubmittedRun(result.run_id, experiment_id, f"{conn.ui_base}/#/runs/details/{result.run_id}")
 
 
 def create_schedule(conn: Connection, cfg: Config, cron: str, experiment: str, namespace: str | None = None,
-                    name: str | None = None, enable_caching: bool | None = None) -> Schedule:
+                    name: str | None = None) -> Schedule:
     """A recurring run: at most one run at a time, and no backfill of missed times."""
     cron = validate_cron(cron)
     check_ready_for_cluster(cfg)
@@ -185,7 +191,7 @@ def create_schedule(conn: Connection, cfg: Config, cron: str, experiment: str, n
     with compiled_package(cfg) as package:
         created = conn.call(lambda: conn.client.create_recurring_run(
             experiment_id=experiment_id, job_name=name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-            params=pipeline_arguments(cfg), pipeline_package_path=package, enable_caching=enable_caching))
+            params=pipeline_arguments(cfg), pipeline_package_path=package))
     return _schedule(conn, created)
 
 
