@@ -303,12 +303,13 @@ def ingest_step(data_uri: str, config: dict, manifest: dsl.Output[dsl.Dataset],
     import shutil
     from pathlib import Path
 
+    from components import atomic
     from components.errors import user_errors
     from components.ingest import ingest
     from pipeline.config import Config
 
-    with user_errors():
-        result = ingest(data_uri, Config.from_dict(config).data, manifest.path)
+    with user_errors(), atomic.output_dir(manifest.path) as partial:
+        result = ingest(data_uri, Config.from_dict(config).data, partial)
     out = Path(manifest.path)
     shutil.copyfile(out / "report.md", report_md.path)
     shutil.copyfile(out / "report.html", report_html.path)

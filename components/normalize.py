@@ -10,6 +10,7 @@ shards and their train pixel sums together into one dataset folder.
 import json
 import os
 import shutil
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import List
@@ -18,7 +19,7 @@ import numpy as np
 import pandas as pd
 from kfp import dsl
 
-from components import shards
+from components import atomic, shards
 from components.errors import UserError
 from components.imaging import load_for_model
 from components.sources import read_bytes
@@ -42,7 +43,7 @@ def shard_name(subset: str, index: int, count: int) -> str:
 
 def normalize_shard(splits_dir: str | Path, cfg: DataConfig, shard_index: int, output_dir: str | Path) -> dict:
     """Write shard ``shard_index`` of ``cfg.num_shards`` for every split (rows sorted by URI,
-    every num_shards-th one; a shard may be empty) and return the train pixel sums."""
+    every num_shards-th one; a shard may be empty), then the train pixel sums (STATS_FILE)."""
     df = _read_splits(splits_dir)
     classes = sorted(df.label.unique().tolist())
     index = {c: i for i, c in enumerate(classes)}
@@ -62,7 +63,10 @@ def normalize_shard(splits_dir: str | Path, cfg: DataConfig, shard_index: int, o
                     pixel_count += len(pixels)
             shards.write_shard(out / shard_name(subset, shard_index, cfg.num_shards),
                                zip(images, (index[label] for label in part.label), part.uri))
-    return {"pixel_sum": pixel_sum.tolist(), "pixel_sq": pixel_sq.tolist(), "pixel_count": pixel_count}
+    stats = {"shard_index": shard_index, "pixel_sum": pixel_sum.tolist(), "pixel_sq": pixel_sq.tolist(),
+             "pixel_count": pixel_count}
+    atomic.write_text(out / STATS_FILE, json.dumps(stats))
+    return stats
 
 
 def dataset_meta(splits_dir: str | Path, cfg: DataConfig, pixel_stats: list[dict], synthetic: bool) -> dict:
@@ -110,25 +114,25 @@ def gather_shards(shard_dirs: list[str | Path], splits_dir: str | Path, cfg: Dat
 
 
 def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, synthetic: bool = False) -> dict:
-    """Every shard in this process, then the dataset metadata: what the pipeline's fan-out builds."""
-    stats = [normalize_shard(splits_dir, cfg, i, output_dir) for i in range(cfg.num_shards)]
-    meta = dataset_meta(splits_dir, cfg, stats, synthetic)
-    shards.write_meta(output_dir, meta)
-    return meta
+    """The pipeline's fan-out and gather, one shard after the other in this process."""
+    out = Path(output_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".shards-") as scratch:
+        folders = [Path(scratch, str(i)) for i in range(cfg.num_shards)]
+        for i, folder in enumerate(folders):
+            normalize_shard(splits_dir, cfg, i, folder)
+        return gather_shards(folders, splits_dir, cfg, out, synthetic)
 
 
 def normalize_shard_step(splits: dsl.Input[dsl.Dataset], config: dict, shard_index: int,
                          shard: dsl.Output[dsl.Dataset]):
     """KFP wrapper: one shard of every split (the pipeline fans out over data.num_shards of these)."""
-    import json
-
     from components import atomic
-    from components.normalize import STATS_FILE, normalize_shard
+    from components.normalize import normalize_shard
     from pipeline.config import Config
 
     with atomic.output_dir(shard.path) as out:
         stats = normalize_shard(splits.path, Config.from_dict(config).data, shard_index, out)
-        (out / STATS_FILE).write_text(json.dumps({"shard_index": shard_index, **stats}))
     shard.metadata["train_pixels"] = stats["pixel_count"]
 
 
