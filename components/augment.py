@@ -113,9 +113,11 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
 
 def augment_step(normalized: dsl.Input[dsl.Dataset], config: dict, augmented: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the augment step."""
+    from components import atomic
     from components.augment import augment
     from pipeline.config import Config
 
     cfg = Config.from_dict(config)
-    report = augment(normalized.path, cfg.augment, augmented.path, seed=cfg.data.seed)
+    with atomic.output_dir(augmented.path) as partial:
+        report = augment(normalized.path, cfg.augment, partial, seed=cfg.data.seed)
     augmented.metadata["added"] = sum(report["added"])

@@ -109,7 +109,7 @@ def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path,
 
 def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset], manifest: dsl.Input[dsl.Dataset],
                   splits: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Dataset], config: dict, tracking_uri: str,
-                  kfp_run_name: str, kfp_run_id: str, model_uri: str,
+                  kfp_run_name: str, kfp_run_id: str, model_uri: str, data_fingerprint: str,
                   metrics: dsl.Output[dsl.Metrics], classification: dsl.Output[dsl.ClassificationMetrics],
                   report: dsl.Output[dsl.HTML], mlflow_run: dsl.Output[dsl.Markdown], summary: dsl.Output[dsl.Artifact]):
     """KFP wrapper: the evaluate step."""
@@ -121,6 +121,7 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
 
     from components.evaluate import evaluate, headline_metrics, log_to_mlflow
     from components.metrics import roc_points
+    from components.retrain_gate import record_fingerprint
     from pipeline import tracking
     from pipeline.config import Config
 
@@ -138,6 +139,7 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
     registered = log_to_mlflow(tracking_uri, run_id, result, eval_dir,
                                {"data": Path(manifest.path), "split": Path(splits.path), "augment": Path(augmented.path)},
                                data, model_uri, cfg.mlflow.model_name)
+    record_fingerprint(tracking_uri, registered["name"], registered["version"], data_fingerprint)
 
     for name, value in headline_metrics(result).items():
         metrics.log_metric(name, value)

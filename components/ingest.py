@@ -375,17 +375,19 @@ def check_usable(report: dict, cfg: DataConfig) -> None:
 
 
 def ingest_step(data_uri: str, config: dict, manifest: dsl.Output[dsl.Dataset],
-                report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML]):
-    """KFP wrapper: the ingest step."""
+                report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML], source_listing: str = ""):
+    """KFP wrapper: the ingest step. ``source_listing`` (a digest of the source's file list) is
+    not read: it is there so that KFP's cache key changes whenever the source does."""
     import shutil
     from pathlib import Path
 
+    from components import atomic
     from components.errors import user_errors
     from components.ingest import ingest
     from pipeline.config import Config
 
-    with user_errors():
-        result = ingest(data_uri, Config.from_dict(config).data, manifest.path)
+    with user_errors(), atomic.output_dir(manifest.path) as partial:
+        result = ingest(data_uri, Config.from_dict(config).data, partial)
     out = Path(manifest.path)
     shutil.copyfile(out / "report.md", report_md.path)
     shutil.copyfile(out / "report.html", report_html.path)

@@ -56,7 +56,9 @@ def read_meta(folder: str | Path) -> dict:
 
 
 def write_meta(folder: str | Path, meta: dict) -> None:
-    (Path(folder) / META_FILE).write_text(json.dumps(meta, indent=2))
+    from components import atomic
+
+    atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=2))
 
 
 def parse_fn(image_size: int):

@@ -133,10 +133,11 @@ def split(manifest_dir: str | Path, cfg: DataConfig, output_dir: str | Path) -> 
 
 def split_step(manifest: dsl.Input[dsl.Dataset], config: dict, splits: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the split step."""
+    from components import atomic
     from components.errors import user_errors
     from components.split import split
     from pipeline.config import Config
 
-    with user_errors():
-        report = split(manifest.path, Config.from_dict(config).data, splits.path)
+    with user_errors(), atomic.output_dir(splits.path) as partial:
+        report = split(manifest.path, Config.from_dict(config).data, partial)
     splits.metadata.update(report["subset_sizes"])

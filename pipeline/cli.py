@@ -1,10 +1,11 @@
-"""``lesionpipe``: run the pipeline locally, compile it for a cluster, ingest alone,
-open the MLflow UI."""
+"""``lesionpipe``: run the pipeline locally, compile, submit and schedule it on a
+Kubeflow Pipelines cluster, ingest alone, open the MLflow UI."""
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -54,7 +55,9 @@ def main() -> None:
                              "Default: the config's data.source, else a small SYNTHETIC dataset.")
 @click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-def run(config_path, overrides, data, output_dir, tracking_uri):
+@click.option("--force-retrain", is_flag=True,
+              help="Train even when the data is the data the current champion was trained on.")
+def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
     from components.models import MODELS
     from components.sources import open_source
@@ -68,14 +71,18 @@ def run(config_path, overrides, data, output_dir, tracking_uri):
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
     click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
     try:
-        summary = run_local(cfg, cfg.data.source, output_dir, uri)
+        summary = run_local(cfg, cfg.data.source, output_dir, uri, force_retrain)
     except PipelineFailed as exc:
         raise click.ClickException(f"{exc} (the failed step's log above says why)") from None
-    m = summary["metrics"]
     click.echo("")
-    click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-               f"macro-F1 {m['macro_f1']:.3f}" + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
-               + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+    if summary["skipped"]:
+        click.echo(f"skipped: {summary['skip_reason']} (--force-retrain trains anyway)")
+    else:
+        m = summary["metrics"]
+        click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
+                   f"macro-F1 {m['macro_f1']:.3f}"
+                   + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
+                   + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
     click.echo(f"summary:       {summary['summary_path']}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")
@@ -115,6 +122,115 @@ def compile_(config_path, overrides, output):
     cfg = load_config(config_path, overrides)
     compiler.Compiler().compile(create_pipeline(cfg), output)
     click.echo(f"pipeline written to {output}")
+
+
+def cluster_options(func):
+    """How to reach Kubeflow Pipelines (KF_PIPELINES_ENDPOINT, KF_PIPELINES_TOKEN as fallbacks)."""
+    func = click.option("--namespace", help="Kubernetes namespace of a multi-user Kubeflow (your profile).")(func)
+    func = click.option("--token", envvar="KF_PIPELINES_TOKEN", show_envvar=True,
+                        help="Bearer token (default: none, or the pod's service-account token in the cluster).")(func)
+    func = click.option("--host", envvar="KF_PIPELINES_ENDPOINT", show_envvar=True,
+                        help="Kubeflow Pipelines API URL, e.g. http://localhost:8080 after a port-forward.")(func)
+    return func
+
+
+def experiment_option(func):
+    return click.option("--experiment", help="KFP experiment, created if missing (default: the config's "
+                                             "mlflow.experiment).")(func)
+
+
+@main.command()
+@config_options
+@cluster_options
+@experiment_option
+@click.option("--run-name", help="Run name (default: lesion-pipeline-<config name>).")
+@click.option("--no-cache", is_flag=True, help="Run every step even where KFP has cached outputs.")
+@click.option("--force-retrain", is_flag=True,
+              help="Train even when the data is the data the current champion was trained on.")
+def submit(config_path, overrides, host, token, namespace, experiment, run_name, no_cache, force_retrain):
+    """Compile the pipeline and start one run on a Kubeflow Pipelines cluster."""
+    from pipeline import kfp_client
+
+    cfg = load_config(config_path, overrides)
+    cfg = kfp_client.without_caching(cfg) if no_cache else cfg
+    kfp_client.check_ready_for_cluster(cfg)  # before connecting: a config mistake should not wait on the network
+    conn = kfp_client.connect(host, token, namespace)
+    run = kfp_client.submit(conn, cfg, experiment or cfg.mlflow.experiment, namespace, run_name, force_retrain)
+    click.echo(f"run {run.run_id} started: {run.url}")
+
+
+@main.group(invoke_without_command=True)
+@config_options
+@cluster_options
+@experiment_option
+@click.option("--cron", help='Six fields, seconds first: "0 0 3 * * 0" is Sundays at 03:00.')
+@click.option("--name", "schedule_name", help="Schedule name (default: lesion-pipeline-<config name>-retrain).")
+@click.option("--no-cache", is_flag=True, help="Scheduled runs run every step even where KFP has cached outputs.")
+@click.pass_context
+def schedule(ctx, config_path, overrides, host, token, namespace, experiment, cron, schedule_name, no_cache):
+    """Schedule retraining (a recurring run, one at a time, no catch-up); or list, pause, resume, delete."""
+    from pipeline import kfp_client
+
+    ctx.obj = {"host": host, "token": token, "namespace": namespace}
+    if ctx.invoked_subcommand is not None:
+        return
+    if not cron:
+        raise UserError('--cron is required to create a schedule, e.g. --cron "0 0 3 * * 0"')
+    kfp_client.validate_cron(cron)  # before connecting: a typo should not wait on the network
+    cfg = load_config(config_path, overrides)
+    cfg = kfp_client.without_caching(cfg) if no_cache else cfg
+    kfp_client.check_ready_for_cluster(cfg)
+    conn = kfp_client.connect(host, token, namespace)
+    created = kfp_client.create_schedule(conn, cfg, cron, experiment or cfg.mlflow.experiment, namespace,
+                                         schedule_name)
+    click.echo(f"schedule {created.recurring_run_id} ({created.name}) created, cron {created.cron!r}: {created.url}")
+
+
+def schedule_connection(ctx: click.Context, host, token, namespace):
+    """Options given after the subcommand win over those given before it."""
+    from pipeline import kfp_client
+
+    parent = ctx.obj or {}
+    return kfp_client.connect(host or parent.get("host"), token or parent.get("token"),
+                              namespace or parent.get("namespace"))
+
+
+@schedule.command("list")
+@cluster_options
+@click.pass_context
+def schedule_list(ctx, host, token, namespace):
+    """List recurring runs."""
+    from pipeline import kfp_client
+
+    conn = schedule_connection(ctx, host, token, namespace)
+    schedules = kfp_client.list_schedules(conn, namespace=namespace or (ctx.obj or {}).get("namespace"))
+    if not schedules:
+        click.echo("no schedules")
+    for s in schedules:
+        click.echo(f"{s.recurring_run_id}  {s.status:<9} {s.cron!r:<18} {s.name}")
+
+
+def _schedule_action(verb: str, help_text: str, act: Callable) -> None:
+    @schedule.command(verb, help=help_text)
+    @click.argument("recurring_run_id")
+    @cluster_options
+    @click.pass_context
+    def command(ctx, recurring_run_id, host, token, namespace):
+        act(schedule_connection(ctx, host, token, namespace), recurring_run_id)
+        click.echo(f"schedule {recurring_run_id}: {verb}d")
+
+
+def _register_schedule_actions() -> None:
+    from pipeline import kfp_client
+
+    _schedule_action("pause", "Stop starting runs (the schedule is kept).",
+                     lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, False))
+    _schedule_action("resume", "Start runs again; missed times are not caught up.",
+                     lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, True))
+    _schedule_action("delete", "Delete the schedule (runs it started are kept).", kfp_client.delete_schedule)
+
+
+_register_schedule_actions()
 
 
 @main.command()

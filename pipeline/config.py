@@ -115,6 +115,74 @@ class ImagesConfig:
 
 
 @dataclass
+class StepResources:
+    """Kubernetes requests and limits of one step's pod (quantities as kubectl writes them)."""
+    cpu_request: str = "500m"
+    cpu_limit: str = "1"
+    memory_request: str = "1Gi"
+    memory_limit: str = "2Gi"
+
+
+@dataclass
+class ResourcesConfig:
+    """Per step; the local runner ignores them. Sized for HAM10000-scale data at 128 px."""
+    list_source: StepResources = field(default_factory=lambda: StepResources("250m", "1", "512Mi", "1Gi"))
+    ingest: StepResources = field(default_factory=lambda: StepResources("1", "2", "2Gi", "4Gi"))
+    retrain_gate: StepResources = field(default_factory=lambda: StepResources("250m", "1", "1Gi", "2Gi"))
+    split: StepResources = field(default_factory=StepResources)
+    # Per shard task: decoding and resizing images with 8 threads.
+    normalize_shard: StepResources = field(default_factory=lambda: StepResources("2", "4", "4Gi", "8Gi"))
+    normalize_gather: StepResources = field(default_factory=StepResources)
+    augment: StepResources = field(default_factory=lambda: StepResources("1", "2", "4Gi", "8Gi"))
+    train: StepResources = field(default_factory=lambda: StepResources("4", "8", "16Gi", "32Gi"))
+    evaluate: StepResources = field(default_factory=lambda: StepResources("2", "4", "8Gi", "16Gi"))
+    report: StepResources = field(default_factory=lambda: StepResources("100m", "500m", "256Mi", "512Mi"))
+
+
+@dataclass
+class TolerationConfig:
+    # GKE taints GPU nodes with nvidia.com/gpu=present:NoSchedule.
+    key: str = "nvidia.com/gpu"
+    operator: str = "Exists"
+    value: str = ""
+    effect: str = "NoSchedule"
+
+
+@dataclass
+class GpuConfig:
+    """The train task's accelerator; count 0 trains on CPU (no toleration, no node selector)."""
+    accelerator_type: str = "nvidia.com/gpu"
+    count: int = 1
+    node_selector: dict[str, str] = field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"})
+    toleration: TolerationConfig = field(default_factory=TolerationConfig)
+
+
+@dataclass
+class SecretsConfig:
+    """Names of Kubernetes secrets (never their contents) that steps read credentials from."""
+    # Keys `username` and `password` -> MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+    mlflow: str = "mlflow-credentials"
+    # Key `key.json`: a GCP service-account key, mounted for GOOGLE_APPLICATION_CREDENTIALS.
+    # Empty: no key; pods use the pipeline runner's Workload Identity.
+    gcs: str = "gcs-credentials"
+
+
+@dataclass
+class ClusterConfig:
+    """How the pipeline runs on Kubeflow Pipelines; none of it changes a local run's results."""
+    # Where KFP stores every step's outputs, e.g. gs://my-bucket/lesion-pipeline.
+    pipeline_root: str = ""
+    # Caching of steps whose outputs depend only on their inputs; submit --no-cache overrides it per run.
+    caching: bool = True
+    # Retries of steps that touch the network (GCS, MLflow), with exponential backoff.
+    retries: int = 3
+    retry_backoff: str = "30s"
+    gpu: GpuConfig = field(default_factory=GpuConfig)
+    secrets: SecretsConfig = field(default_factory=SecretsConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+
+@dataclass
 class Config:
     name: str = "demo"
     data: DataConfig = field(default_factory=DataConfig)
@@ -123,6 +191,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         d = self.data
@@ -135,6 +204,12 @@ class Config:
             (self.train.epochs >= 1, "train.epochs must be at least 1"),
             (self.train.batch_size >= 1, "train.batch_size must be at least 1"),
             (self.augment.max_factor >= 1, "augment.max_factor must be at least 1"),
+            (self.cluster.retries >= 0, "cluster.retries must be 0 or more"),
+            (self.cluster.gpu.count >= 0, "cluster.gpu.count must be 0 or more"),
+            (self.cluster.gpu.toleration.operator in ("Exists", "Equal"),
+             "cluster.gpu.toleration.operator must be Exists or Equal"),
+            (not self.cluster.pipeline_root or "://" in self.cluster.pipeline_root,
+             f"cluster.pipeline_root must be a URI such as gs://bucket/path, not {self.cluster.pipeline_root!r}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -202,8 +277,12 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(f"unknown config key {where + unknown[0]!r} (known: {', '.join(sorted(names))})")
+    defaults = {f.name: f.default_factory for f in dataclasses.fields(cls) if f.default_factory is not dataclasses.MISSING}
     kwargs: dict[str, Any] = {}
     for name, value in raw.items():
+        if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and name in defaults:
+            # A partial section keeps this field's own defaults (e.g. train's resources), not the class's.
+            value = {**dataclasses.asdict(defaults[name]()), **value}
         kwargs[name] = _coerce(hints[name], value, where + name)
     return cls(**kwargs)
 

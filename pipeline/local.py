@@ -6,34 +6,40 @@ import warnings
 from pathlib import Path
 
 from pipeline.config import Config
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import PIPELINE_NAME, create_pipeline
 
 SUMMARY_FILE = "summary.json"
+# Cluster settings that would change what a local run does: retries would repeat a
+# failing step (with backoff), and the GCS key path exists only in the cluster's pods.
+LOCAL_CLUSTER_OVERRIDES = ("cluster.retries=0", "cluster.secrets.gcs=")
 
 
 class PipelineFailed(RuntimeError):
     """A step failed; its own log (printed above) says why."""
 
 
-def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: str) -> dict:
+def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: str,
+              force_retrain: bool = False) -> dict:
     """Run every step through ``kfp.local.SubprocessRunner``; write and return summary.json."""
     from kfp import local
 
-    # The local runner warns that it ignores base_image and display names: expected here.
+    # The local runner warns that it ignores base_image, display names and the pods'
+    # resources: expected here.
     warnings.filterwarnings("ignore", message=".*(non-Python base image|have no effect in the current local runner).*")
+    cfg = cfg.with_overrides(LOCAL_CLUSTER_OVERRIDES)
     out = Path(output_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "pipeline_root"),
-               raise_on_error=True)
+    pipeline_root = out / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     lesion_pipeline = create_pipeline(cfg)
     try:
-        task = lesion_pipeline(data_uri=data_uri, config=cfg.to_dict(), tracking_uri=tracking_uri)
+        task = lesion_pipeline(data_uri=data_uri, config=cfg.to_dict(), tracking_uri=tracking_uri,
+                               force_retrain=force_retrain)
     except RuntimeError as exc:
         raise PipelineFailed(str(exc).strip().splitlines()[0]) from None
-    summary_artifact = Path(task.output.path)
-    summary = json.loads(summary_artifact.read_text())
-    # <pipeline_root>/<pipeline>-<timestamp>/<task>/<output>
-    summary["pipeline_run_dir"] = str(summary_artifact.parent.parent)
+    summary = json.loads(task.output)
+    # <pipeline_root>/<pipeline>-<timestamp>/<task>/<output>: the newest run folder is this run's.
+    summary["pipeline_run_dir"] = str(max(pipeline_root.glob(f"{PIPELINE_NAME}-*"), key=lambda p: p.name))
     summary["config_name"] = cfg.name
     summary_path = out / SUMMARY_FILE
     summary_path.write_text(json.dumps(summary, indent=2))

@@ -1,70 +1,164 @@
 """The KFP v2 pipeline: one factory, ``create_pipeline(cfg)``, used by every runner
 (local, compile, submit, schedule), so the pipeline that runs on a laptop is the one
-that runs on the cluster."""
+that runs on the cluster.
+
+Shape: list the source -> ingest -> retraining gate; then, only when the data changed
+since the champion (or the run is forced): split -> normalize (N shard tasks, gathered)
+-> augment -> train (GPU) -> evaluate. Either branch ends in a ``report`` task whose
+JSON string is the pipeline's output.
+
+Kubernetes settings (resources, GPU, secrets, retries, caching) come from
+``cfg.cluster``; the local runner ignores the Kubernetes ones.
+"""
 
 from dataclasses import dataclass
 from typing import Callable
 
-from kfp import dsl
+from kfp import dsl, kubernetes
+from kfp.dsl import PipelineTask
 
 from components.augment import augment_step
 from components.evaluate import evaluate_step
+from components.fingerprint import list_source_step
 from components.ingest import ingest_step
-from components.normalize import normalize_step
+from components.normalize import normalize_gather_step, normalize_shard_step
+from components.retrain_gate import TRAIN, report_step, retrain_gate_step
 from components.split import split_step
 from components.train import train_step
-from pipeline.config import Config
+from pipeline.config import ClusterConfig, Config, GpuConfig
 
 PIPELINE_NAME = "lesion-pipeline"
+GCS_KEY_MOUNT = "/var/secrets/gcs"
+GCS_KEY_FILE = "key.json"
+# Secret key -> environment variable MLflow's client reads for basic auth.
+MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
+
+
+@dataclass(frozen=True)
+class StepPolicy:
+    network: bool  # reads the data source or talks to MLflow: retried with backoff
+    cacheable: bool  # outputs depend only on its inputs, so KFP may reuse them
+    mlflow: bool  # needs the MLflow credentials
+
+
+# Keyed like Ops and cluster.resources. Never cached: list_source (its job is to look at the
+# source now), the gate (the champion moves between runs), train and evaluate (each run
+# logs and registers in MLflow). Ingest is cached only while the source lists the same files.
+STEP_POLICIES = {
+    "list_source": StepPolicy(network=True, cacheable=False, mlflow=False),
+    "ingest": StepPolicy(network=True, cacheable=True, mlflow=False),
+    "retrain_gate": StepPolicy(network=True, cacheable=False, mlflow=True),
+    "split": StepPolicy(network=False, cacheable=True, mlflow=False),
+    "normalize_shard": StepPolicy(network=True, cacheable=True, mlflow=False),
+    "normalize_gather": StepPolicy(network=False, cacheable=True, mlflow=False),
+    "augment": StepPolicy(network=False, cacheable=True, mlflow=False),
+    "train": StepPolicy(network=True, cacheable=False, mlflow=True),
+    "evaluate": StepPolicy(network=True, cacheable=False, mlflow=True),
+    "report": StepPolicy(network=False, cacheable=True, mlflow=False),
+}
 
 
 @dataclass
 class Ops:
+    list_source: Callable
     ingest: Callable
+    retrain_gate: Callable
     split: Callable
-    normalize: Callable
+    normalize_shard: Callable
+    normalize_gather: Callable
     augment: Callable
     train: Callable
     evaluate: Callable
+    report: Callable
 
 
 def component_ops(cfg: Config) -> Ops:
-    """The six steps as KFP components on our images (kfp is already in them)."""
+    """Every step as a KFP component on our images (kfp is already in them)."""
 
     def op(func: Callable, image: str) -> Callable:
         return dsl.component(func, base_image=image, install_kfp_package=False)
 
+    cpu, gpu = cfg.images.cpu, cfg.images.gpu
     return Ops(
-        ingest=op(ingest_step, cfg.images.cpu),
-        split=op(split_step, cfg.images.cpu),
-        normalize=op(normalize_step, cfg.images.cpu),
-        augment=op(augment_step, cfg.images.cpu),
-        train=op(train_step, cfg.images.gpu),
-        evaluate=op(evaluate_step, cfg.images.cpu),
+        list_source=op(list_source_step, cpu),
+        ingest=op(ingest_step, cpu),
+        retrain_gate=op(retrain_gate_step, cpu),
+        split=op(split_step, cpu),
+        normalize_shard=op(normalize_shard_step, cpu),
+        normalize_gather=op(normalize_gather_step, cpu),
+        augment=op(augment_step, cpu),
+        train=op(train_step, gpu),
+        evaluate=op(evaluate_step, cpu),
+        report=op(report_step, cpu),
     )
+
+
+def configure_task(task: PipelineTask, step: str, cluster: ClusterConfig) -> PipelineTask:
+    """Pod resources, caching, retries and credentials of one step, from the config."""
+    policy = STEP_POLICIES[step]
+    res = getattr(cluster.resources, step)
+    task.set_display_name(step.replace("_", "-"))
+    task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
+    task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
+    task.set_caching_options(cluster.caching and policy.cacheable)
+    if policy.network and cluster.retries:
+        task.set_retry(cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0)
+    if cluster.secrets.gcs:
+        # Every pod: its step may read gs:// data, and KFP's launcher in the same pod moves
+        # the step's artifacts to and from the GCS pipeline_root.
+        kubernetes.use_secret_as_volume(task, secret_name=cluster.secrets.gcs, mount_path=GCS_KEY_MOUNT)
+        task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/{GCS_KEY_FILE}")
+    if policy.mlflow and cluster.secrets.mlflow:
+        kubernetes.use_secret_as_env(task, secret_name=cluster.secrets.mlflow, secret_key_to_env=MLFLOW_SECRET_KEYS)
+    return task
+
+
+def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
+    if gpu.count == 0:
+        return task
+    task.set_accelerator_type(gpu.accelerator_type).set_accelerator_limit(gpu.count)
+    t = gpu.toleration
+    if t.key:
+        kubernetes.add_toleration(task, key=t.key, operator=t.operator, value=t.value or None, effect=t.effect or None)
+    for label, value in gpu.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    return task
 
 
 def create_pipeline(cfg: Config) -> Callable:
     ops = component_ops(cfg)
 
-    @dsl.pipeline(name=PIPELINE_NAME,
+    def step(name: str, **kwargs) -> PipelineTask:
+        return configure_task(getattr(ops, name)(**kwargs), name, cfg.cluster)
+
+    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None,
                   description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)")
     def lesion_pipeline(data_uri: str = cfg.data.source, config: dict = cfg.to_dict(),
-                        tracking_uri: str = cfg.mlflow.tracking_uri) -> dsl.Artifact:
-        ingest = ops.ingest(data_uri=data_uri, config=config).set_display_name("ingest")
-        split = ops.split(manifest=ingest.outputs["manifest"], config=config).set_display_name("split")
-        normalize = ops.normalize(splits=split.outputs["splits"], manifest=ingest.outputs["manifest"],
-                                  config=config).set_display_name("normalize")
-        augment = ops.augment(normalized=normalize.outputs["normalized"], config=config).set_display_name("augment")
-        train = ops.train(normalized=normalize.outputs["normalized"], augmented=augment.outputs["augmented"],
-                          config=config, tracking_uri=tracking_uri, kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                          kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER).set_display_name("train")
-        evaluate = ops.evaluate(model=train.outputs["model"], normalized=normalize.outputs["normalized"],
-                                manifest=ingest.outputs["manifest"], splits=split.outputs["splits"],
-                                augmented=augment.outputs["augmented"], config=config, tracking_uri=tracking_uri,
-                                kfp_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-                                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                                model_uri=train.outputs["Output"]).set_display_name("evaluate")
-        return evaluate.outputs["summary"]
+                        tracking_uri: str = cfg.mlflow.tracking_uri, force_retrain: bool = False) -> str:
+        run_name, run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, dsl.PIPELINE_JOB_ID_PLACEHOLDER
+        listing = step("list_source", data_uri=data_uri, config=config)
+        ingest = step("ingest", data_uri=data_uri, config=config, source_listing=listing.output)
+        manifest = ingest.outputs["manifest"]
+        gate = step("retrain_gate", manifest=manifest, config=config, tracking_uri=tracking_uri,
+                    force_retrain=force_retrain, kfp_run_name=run_name, kfp_run_id=run_id)
+
+        with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
+            splits = step("split", manifest=manifest, config=config).outputs["splits"]
+            with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
+                shard = step("normalize_shard", splits=splits, config=config, shard_index=shard_index)
+            normalized = step("normalize_gather", shards=dsl.Collected(shard.outputs["shard"]), splits=splits,
+                              manifest=manifest, config=config).outputs["normalized"]
+            augmented = step("augment", normalized=normalized, config=config).outputs["augmented"]
+            train = request_gpu(step("train", normalized=normalized, augmented=augmented, config=config,
+                                     tracking_uri=tracking_uri, kfp_run_name=run_name, kfp_run_id=run_id),
+                                cfg.cluster.gpu)
+            evaluate = step("evaluate", model=train.outputs["model"], normalized=normalized, manifest=manifest,
+                            splits=splits, augmented=augmented, config=config, tracking_uri=tracking_uri,
+                            kfp_run_name=run_name, kfp_run_id=run_id, model_uri=train.outputs["Output"],
+                            data_fingerprint=gate.outputs["fingerprint"])
+            trained = step("report", gate_details=gate.outputs["details"], summary=evaluate.outputs["summary"])
+        with dsl.Else(name="data-unchanged"):
+            skipped = step("report", gate_details=gate.outputs["details"])
+        return dsl.OneOf(trained.output, skipped.output)
 
     return lesion_pipeline

@@ -1,0 +1,47 @@
+"""Two digests of the data a pipeline run sees.
+
+- ``source_listing_digest``: the source's file names and sizes, read without opening a
+  file. It is ingest's cache key on the cluster: ingest is cached only while the
+  source lists the same files, so a scheduled run never reuses a stale manifest.
+- ``data_fingerprint``: the ingested content, from the manifest (md5 and label of every
+  ingested file). The retraining gate compares it with the champion's.
+"""
+
+import hashlib
+from pathlib import Path
+
+from pipeline.config import DataConfig
+
+MANIFEST_FILE = "manifest.parquet"
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
+
+
+def source_listing_digest(source_uri: str, cfg: DataConfig) -> str:
+    from components.sources import open_source
+
+    source = open_source(source_uri, synthetic_images_per_class=cfg.synthetic_images_per_class,
+                         synthetic_size=cfg.synthetic_image_size, seed=cfg.seed)
+    return _digest([f"{f.relpath}\t{f.size}" for f in source.list_files()])
+
+
+def data_fingerprint(manifest_dir: str | Path) -> str:
+    """sha256 over the sorted ``md5<TAB>label`` lines of the ingested files: independent of
+    file names, order and quarantined files; changes when any image or label does."""
+    import pandas as pd
+
+    df = pd.read_parquet(Path(manifest_dir) / MANIFEST_FILE, columns=["md5", "label", "status"])
+    ingested = df[df.status == "ingested"]
+    return _digest([f"{md5}\t{label}" for md5, label in zip(ingested.md5, ingested.label)])
+
+
+def list_source_step(data_uri: str, config: dict) -> str:
+    """KFP wrapper: the source listing's digest (never cached; ingest's cache key)."""
+    from components.errors import user_errors
+    from components.fingerprint import source_listing_digest
+    from pipeline.config import Config
+
+    with user_errors():
+        return source_listing_digest(data_uri, Config.from_dict(config).data)

@@ -1,0 +1,122 @@
+"""`lesionpipe compile`: the KFP IR YAML a cluster runs, checked task by task against the
+config (resources, GPU, secrets, retries, caching, images, fan-out, pipeline root)."""
+import dataclasses
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from kfp import components
+
+from pipeline.cli import main
+from pipeline.config import Config
+from pipeline.pipeline import STEP_POLICIES
+
+CONFIG = "configs/cluster.yaml"
+# Executor name -> the step (config key) it runs; the skipped branch has its own report executor.
+EXECUTORS = {f"exec-{step.replace('_', '-')}-step": step for step in STEP_POLICIES} | {"exec-report-step-2": "report"}
+
+
+def compile_yaml(tmp_path, *overrides: str) -> tuple[dict, dict, str]:
+    out = tmp_path / "pipeline.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", CONFIG, *sum((["--set", o] for o in overrides), []),
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec, platform = yaml.safe_load_all(out.read_text())
+    return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], str(out)
+
+
+def all_tasks(spec: dict) -> dict[str, dict]:
+    dags = [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]
+    return {name: task for dag in dags for name, task in dag["tasks"].items() if name.endswith(("-step", "-step-2"))}
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    return compile_yaml(tmp_path_factory.mktemp("compile"))
+
+
+def test_loads_back_as_a_component(compiled):
+    _, _, path = compiled
+    loaded = components.load_component_from_file(path)
+    assert loaded.name == "lesion-pipeline"
+    assert set(loaded.component_spec.inputs) == {"data_uri", "config", "tracking_uri", "force_retrain"}
+
+
+def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
+    spec, _, _ = compiled
+    cfg = Config.load(CONFIG)
+    executors = spec["deploymentSpec"]["executors"]
+    assert set(executors) == set(EXECUTORS)
+    for name, step in EXECUTORS.items():
+        container = executors[name]["container"]
+        want = getattr(cfg.cluster.resources, step)
+        assert {k: container["resources"][k] for k in ("resourceCpuRequest", "resourceCpuLimit",
+                                                        "resourceMemoryRequest", "resourceMemoryLimit")} == {
+            "resourceCpuRequest": want.cpu_request, "resourceCpuLimit": want.cpu_limit,
+            "resourceMemoryRequest": want.memory_request, "resourceMemoryLimit": want.memory_limit}, name
+        assert container["image"] == (cfg.images.gpu if step == "train" else cfg.images.cpu)
+        assert ("accelerator" in container["resources"]) == (step == "train")
+    assert executors["exec-train-step"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert executors["exec-train-step"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+
+
+def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets(compiled):
+    spec, k8s, _ = compiled
+    train = k8s["exec-train-step"]
+    assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert train["nodeSelector"] == {"labels": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}}
+    assert not any("tolerations" in k8s[e] or "nodeSelector" in k8s[e] for e in EXECUTORS if e != "exec-train-step")
+    for name, step in EXECUTORS.items():
+        assert [(v["secretName"], v["mountPath"]) for v in k8s[name]["secretAsVolume"]] == [
+            ("gcs-credentials", "/var/secrets/gcs")]
+        env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
+        assert env == [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/gcs/key.json"}]
+        mlflow_env = [(s["secretName"], {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]})
+                      for s in k8s[name].get("secretAsEnv", [])]
+        assert mlflow_env == ([("mlflow-credentials", {"username": "MLFLOW_TRACKING_USERNAME",
+                                                       "password": "MLFLOW_TRACKING_PASSWORD"})]
+                              if step in ("retrain_gate", "train", "evaluate") else []), name
+
+
+def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
+    spec, _, _ = compiled
+    tasks = all_tasks(spec)
+    assert set(tasks) == {n.removeprefix("exec-") for n in EXECUTORS}
+    for name, task in tasks.items():
+        policy = STEP_POLICIES[EXECUTORS[f"exec-{name}"]]
+        assert ("retryPolicy" in task) == policy.network, name
+        if policy.network:
+            assert task["retryPolicy"]["maxRetryCount"] == 3 and task["retryPolicy"]["backoffDuration"] == "30s"
+        assert task["cachingOptions"].get("enableCache", False) == policy.cacheable, name
+    assert not STEP_POLICIES["retrain_gate"].cacheable and not STEP_POLICIES["train"].cacheable
+
+
+def test_gate_fan_out_and_pipeline_root(compiled):
+    spec, _, _ = compiled
+    assert spec["defaultPipelineRoot"] == "gs://YOUR-BUCKET/pipeline-root"
+    loop = spec["components"]["comp-condition-4"]["dag"]["tasks"]["for-loop-3"]
+    assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.num_shards: 4 in cluster.yaml
+    gather = spec["components"]["comp-condition-4"]["dag"]["tasks"]["normalize-gather-step"]
+    assert gather["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-3"
+    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
+    assert branches["condition-4"]["triggerPolicy"]["condition"] == \
+        "inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train'"
+    assert branches["condition-5"]["triggerPolicy"]["condition"] == \
+        "!(inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train')"
+
+
+def test_config_switches_change_the_spec(tmp_path):
+    spec, k8s, _ = compile_yaml(tmp_path, "cluster.caching=false", "cluster.gpu.count=0", "cluster.retries=0",
+                                "cluster.secrets.gcs=", "images.cpu=registry.example/lesion:9",
+                                "cluster.resources.train.memory_limit=64Gi")
+    assert not any(t["cachingOptions"].get("enableCache") for t in all_tasks(spec).values())
+    assert not any("retryPolicy" in t for t in all_tasks(spec).values())
+    train = spec["deploymentSpec"]["executors"]["exec-train-step"]["container"]
+    assert "accelerator" not in train["resources"] and train["resources"]["resourceMemoryLimit"] == "64Gi"
+    assert "tolerations" not in k8s["exec-train-step"]
+    assert not any("secretAsVolume" in e for e in k8s.values())
+    assert spec["deploymentSpec"]["executors"]["exec-ingest-step"]["container"]["image"] == "registry.example/lesion:9"
+
+
+def test_resources_config_covers_every_step():
+    assert {f.name for f in dataclasses.fields(Config().cluster.resources)} == set(STEP_POLICIES)

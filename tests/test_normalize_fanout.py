@@ -1,0 +1,50 @@
+"""normalize as the pipeline runs it: one task per shard, then a gather that refuses an
+incomplete set; shards may be empty when a split has fewer images than shards."""
+import shutil
+
+import pytest
+
+from components import shards
+from components.errors import UserError
+from components.ingest import ingest
+from components.normalize import STATS_FILE, gather_shards, normalize_shard
+from components.split import split
+from pipeline.config import DataConfig
+from tests.helpers import write_class_folder
+
+
+@pytest.fixture(scope="module")
+def shard_tasks(tmp_path_factory):
+    """Three shard tasks' outputs, as three separate folders (as on a cluster)."""
+    root = tmp_path_factory.mktemp("fanout")
+    data = write_class_folder(root / "data", classes=("melanoma", "nevus"), per_class=5, size=40)
+    cfg = DataConfig(image_size=32, val_fraction=0.2, test_fraction=0.2, num_shards=3)
+    ingest(str(data), cfg, root / "manifest")
+    split(root / "manifest", cfg, root / "splits")
+    folders = [root / f"shard-{i}" for i in range(cfg.num_shards)]
+    for i, folder in enumerate(folders):
+        normalize_shard(root / "splits", cfg, i, folder)
+    return root, cfg, folders
+
+
+def test_gather_puts_every_image_in_one_dataset(shard_tasks, tmp_path):
+    root, cfg, folders = shard_tasks
+    meta = gather_shards(folders, root / "splits", cfg, tmp_path / "normalized")
+    assert sum(meta["counts"].values()) == 10
+    for subset in ("train", "val", "test"):
+        paths = shards.shard_paths(tmp_path / "normalized", subset)
+        assert [p.rsplit("/", 1)[1] for p in paths] == [f"{subset}-{i:05d}-of-00003.tfrecord" for i in range(3)]
+        assert len(shards.read_all(paths, 32)[1]) == meta["counts"][subset]
+    assert meta["counts"]["test"] < 3  # so at least one test shard is empty, and still read fine
+    assert (tmp_path / "normalized" / shards.META_FILE).is_file()
+
+
+def test_gather_refuses_a_missing_or_unfinished_shard(shard_tasks, tmp_path):
+    root, cfg, folders = shard_tasks
+    with pytest.raises(UserError, match=r"expected complete shards 0..2, got \[0, 1\]"):
+        gather_shards(folders[:2], root / "splits", cfg, tmp_path / "a")
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(folders[2], unfinished)
+    (unfinished / STATS_FILE).unlink()  # the stats file is written last
+    with pytest.raises(UserError, match="got \\[0, 1\\]"):
+        gather_shards([*folders[:2], unfinished], root / "splits", cfg, tmp_path / "b")
