@@ -161,7 +161,7 @@ class GpuConfig:
 class SecretsConfig:
     """Names of Kubernetes secrets (never their contents) that steps read credentials from."""
     # Keys `username` and `password` -> MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
-    mlflow: str = "mlflow-credentials"
+    mlflow: str = "mlflow-client"
     # Key `key.json`: a GCP service-account key, mounted for GOOGLE_APPLICATION_CREDENTIALS.
     # Empty: no key; pods use the pipeline runner's Workload Identity.
     gcs: str = "gcs-credentials"

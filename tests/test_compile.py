@@ -1,6 +1,7 @@
 """`lesionpipe compile`: the KFP IR YAML a cluster runs, checked task by task against the
 config (resources, GPU, secrets, retries, caching, images, fan-out, pipeline root)."""
 import dataclasses
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,7 +74,7 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
         assert env == [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/gcs/key.json"}]
         mlflow_env = [(s["secretName"], {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]})
                       for s in k8s[name].get("secretAsEnv", [])]
-        assert mlflow_env == ([("mlflow-credentials", {"username": "MLFLOW_TRACKING_USERNAME",
+        assert mlflow_env == ([("mlflow-client", {"username": "MLFLOW_TRACKING_USERNAME",
                                                        "password": "MLFLOW_TRACKING_PASSWORD"})]
                               if step in ("retrain_gate", "train", "evaluate") else []), name
 
@@ -120,3 +121,18 @@ def test_config_switches_change_the_spec(tmp_path):
 
 def test_resources_config_covers_every_step():
     assert {f.name for f in dataclasses.fields(Config().cluster.resources)} == set(STEP_POLICIES)
+
+
+def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled):
+    """The pipeline and manifests/ are written apart: a renamed secret or key must fail here, not in a pod."""
+    _, k8s, _ = compiled
+    shipped = {}
+    for template in Path("manifests/secrets").glob("*.example.yaml"):
+        doc = yaml.safe_load(template.read_text())
+        shipped[doc["metadata"]["name"]] = set(doc["stringData"])
+    for executor in k8s.values():
+        for secret in executor.get("secretAsEnv", []):
+            assert {k["secretKey"] for k in secret["keyToEnv"]} <= shipped[secret["secretName"]]
+        for secret in executor.get("secretAsVolume", []):
+            assert secret["secretName"] in shipped
+    assert "key.json" in shipped[Config().cluster.secrets.gcs]
