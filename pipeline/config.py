@@ -177,6 +177,9 @@ class ClusterConfig:
     # Retries of steps that touch the network (GCS, MLflow), with exponential backoff.
     retries: int = 3
     retry_backoff: str = "30s"
+    # The Kubernetes ServiceAccount runs' pods use (manifests/base/pipeline-runner-serviceaccount.yaml:
+    # Workload Identity for GCS, the namespaced Role). Empty: the KFP installation's default.
+    service_account: str = "lesion-pipeline-runner"
     gpu: GpuConfig = field(default_factory=GpuConfig)
     secrets: SecretsConfig = field(default_factory=SecretsConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)

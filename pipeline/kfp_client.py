@@ -173,7 +173,7 @@ def submit(conn: Connection, cfg: Config, experiment: str, namespace: str | None
     with compiled_package(cfg) as package:
         result = conn.call(lambda: conn.client.create_run_from_pipeline_package(
             package, arguments=pipeline_arguments(cfg, force_retrain), run_name=run_name or f"{PIPELINE_NAME}-{cfg.name}",
-            experiment_id=experiment_id))
+            experiment_id=experiment_id, service_account=cfg.cluster.service_account or None))
     return SubmittedRun(result.run_id, experiment_id, f"{conn.ui_base}/#/runs/details/{result.run_id}")
 
 
@@ -191,7 +191,8 @@ def create_schedule(conn: Connection, cfg: Config, cron: str, experiment: str, n
     with compiled_package(cfg) as package:
         created = conn.call(lambda: conn.client.create_recurring_run(
             experiment_id=experiment_id, job_name=name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-            params=pipeline_arguments(cfg), pipeline_package_path=package))
+            params=pipeline_arguments(cfg), pipeline_package_path=package,
+            service_account=cfg.cluster.service_account or None))
     return _schedule(conn, created)
 
 

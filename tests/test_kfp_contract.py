@@ -48,7 +48,7 @@ def compiled(tmp_path, *overrides: str) -> dict:
 def expected_parameters(force_retrain: bool = False) -> dict:
     cfg = Config.load(CONFIG)
     return {"data_uri": "gs://YOUR-BUCKET/data/ham10000", "config": json.loads(json.dumps(cfg.to_dict())),
-            "tracking_uri": "http://mlflow.mlflow.svc.cluster.local:5000", "force_retrain": force_retrain}
+            "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000", "force_retrain": force_retrain}
 
 
 def caching_of(pipeline_spec: dict) -> dict[str, bool]:
@@ -74,6 +74,7 @@ def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_paramet
     run = stub.only("POST", f"{API}/runs").body
     assert run["experiment_id"] == "exp-1"
     assert run["display_name"] == "lesion-pipeline-cluster"
+    assert run["service_account"] == "lesion-pipeline-runner"  # the one manifests/ binds to its Role
     assert run["runtime_config"] == {"parameters": expected_parameters()}
     # The spec sent is the compiled pipeline, byte for byte, Kubernetes platform spec included.
     assert run["pipeline_spec"] == compiled(tmp_path)
@@ -116,6 +117,7 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp
     assert body["mode"] == "ENABLE"
     assert body["experiment_id"] == "exp-1"
     assert body["display_name"] == "lesion-pipeline-cluster-retrain"
+    assert body["service_account"] == "lesion-pipeline-runner"
     assert body["runtime_config"] == {"parameters": expected_parameters(force_retrain=False)}
     assert body["pipeline_spec"] == compiled(tmp_path)
 
