@@ -161,15 +161,17 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if layer.name not in head]
 
 
-def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None) -> None:
+def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None, pretrained: bool = True) -> None:
     """Freeze the whole backbone (0), or unfreeze its top N layers (None: all).
-    Batch normalization stays frozen: in Keras a frozen BatchNormalization runs in
-    inference mode, which keeps the ImageNet statistics stable on small batches."""
+    Batch normalization of pretrained weights stays frozen: in Keras a frozen
+    BatchNormalization runs in inference mode, which keeps the ImageNet statistics
+    stable on small batches. Randomly initialised ones must learn their statistics."""
     layers_ = backbone_layers(model)
     first_trainable = len(layers_) if trainable_top_layers == 0 else (
         0 if trainable_top_layers is None else max(0, len(layers_) - trainable_top_layers))
     for i, layer in enumerate(layers_):
-        layer.trainable = i >= first_trainable and not isinstance(layer, layers.BatchNormalization)
+        frozen_statistics = pretrained and isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= first_trainable and not frozen_statistics
 
 
 def build_model(name: str, num_classes: int, image_size: int, mean: list[float], std: list[float],

@@ -143,12 +143,16 @@ def sparse_focal_loss(gamma: float):
     return focal_loss
 
 
-def _learning_rate(tc: TrainConfig, initial: float, phase_steps: int):
+def _learning_rate(tc: TrainConfig, peak: float, phase_steps: int, steps_per_epoch: int):
+    """Cosine: a linear warm-up over the first epoch (a fresh Adam's first steps move
+    every pretrained weight by about the full rate), then decay to 1 % of the peak."""
     import keras
 
     if tc.lr_schedule == "cosine":
-        return keras.optimizers.schedules.CosineDecay(initial, decay_steps=max(1, phase_steps), alpha=0.01)
-    return initial
+        warmup = min(steps_per_epoch, phase_steps // 4)
+        return keras.optimizers.schedules.CosineDecay(peak * 0.01, decay_steps=max(1, phase_steps - warmup), alpha=0.01,
+                                                      warmup_target=peak, warmup_steps=warmup)
+    return peak
 
 
 # ---- callbacks ------------------------------------------------------------------
@@ -326,7 +330,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                             weights=tc.weights, alpha=tc.alpha)
 
         def compile_for(learning_rate: float, phase_epochs: int) -> None:
-            model.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch)),
+            model.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch, steps_per_epoch)),
                           loss=loss, metrics=["accuracy"], jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
@@ -343,7 +347,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
             model.load_weights(out / FROZEN_DONE_FILE)
         else:
             with devices.strategy.scope():
-                set_backbone_trainable(model, 0)
+                set_backbone_trainable(model, 0, pretrained=bool(tc.weights))
                 compile_for(tc.learning_rate, frozen_epochs)
             _fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
                        callbacks(0), class_weight)
@@ -351,7 +355,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
             if transfer:
-                set_backbone_trainable(model, tc.fine_tune_layers or None)
+                set_backbone_trainable(model, tc.fine_tune_layers or None, pretrained=bool(tc.weights))
             compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, tc.epochs - frozen_epochs)
         _fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
                    callbacks(frozen_epochs), class_weight)
@@ -368,7 +372,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     return TrainResult(str(model_path), history, len(epochs), tracker.best_epoch, devices.description)
 
 
-def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str]) -> str:
+def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str],
+              resize_mode: str = "pad") -> str:
     """Log the Keras model to the MLflow run with signature and input example; return its URI."""
     import keras
     import mlflow
@@ -380,7 +385,8 @@ def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
-                                           metadata={"classes": classes, "image_size": image_size})
+                                           metadata={"classes": classes, "image_size": image_size,
+                                                     "resize_mode": resize_mode})
     return info.model_uri
 
 
@@ -400,4 +406,5 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     meta = shards.read_meta(normalized.path)
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                            "device": result.device})
-    return log_model(result.model_path, meta["image_size"], tracking_uri, run_id, meta["classes"])
+    return log_model(result.model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
+                     meta.get("resize_mode", "pad"))
