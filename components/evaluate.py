@@ -1,96 +1,280 @@
-"""Evaluate: score the trained model on the held-out test split, write the metrics and
-the pictures people look at, log them to the pipeline's MLflow run and register the
-model."""
+"""Evaluate: score a model on held-out images, write every metric and the pictures
+people look at (confusion matrices, ROC curves, reliability diagram, worst
+misclassified images, Grad-CAM on melanomas) into one self-contained HTML report, and,
+in the pipeline, run the champion gate and log it all to the pipeline's MLflow run."""
 
+import base64
 import html
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from kfp import dsl
 
 from components import shards
-from components.metrics import classification_metrics
-from pipeline.config import Config
+from components.metrics import classification_metrics, reliability_bins, roc_points
+from pipeline.config import Config, EvaluateConfig
+
+HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc",
+            "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity", "ece")
+# KFP keeps ROC points in the run's metadata: enough for a smooth curve, no more.
+MAX_ROC_POINTS = 200
 
 
-def predict_subset(model, normalized_dir: str | Path, subset: str, batch_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    meta = shards.read_meta(normalized_dir)
-    images, labels, uris = shards.read_all(shards.shard_paths(normalized_dir, subset), meta["image_size"])
-    probs = model.predict(images.astype(np.float32), batch_size=batch_size, verbose=0) if len(images) else np.zeros((0, len(meta["classes"])))
-    return labels, np.asarray(probs, dtype=np.float64), uris
+@dataclass
+class Evaluation:
+    metrics: dict
+    y_true: np.ndarray
+    probs: np.ndarray
+    # (title, PNG file name in the output folder)
+    pictures: list[tuple[str, str]] = field(default_factory=list)
 
 
-def plot_confusion_matrix(matrix: list[list[int]], classes: list[str], path: str | Path) -> None:
+# ---- pictures -----------------------------------------------------------------
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    m = np.asarray(matrix)
-    size = max(4.0, 0.8 * len(classes) + 2)
-    fig, ax = plt.subplots(figsize=(size, size))
-    ax.imshow(m, cmap="Blues")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    for i in range(m.shape[0]):
-        for j in range(m.shape[1]):
-            ax.text(j, i, str(m[i, j]), ha="center", va="center", color="white" if m[i, j] > m.max() / 2 else "black")
+    return plt
+
+
+def plot_confusion_matrices(matrix: list[list[int]], classes: list[str], path: Path) -> None:
+    """Counts and row-normalised (each true class's recall on the diagonal), side by side."""
+    plt = _pyplot()
+    counts = np.asarray(matrix)
+    normalised = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+    size = max(4.0, 0.7 * len(classes) + 2.5)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
+    for ax, values, title, fmt in ((axes[0], counts, "counts", "{:d}"), (axes[1], normalised, "normalised by true class", "{:.2f}")):
+        ax.imshow(values, cmap="Blues")
+        ax.set_title(title)
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        for i in range(values.shape[0]):
+            for j in range(values.shape[1]):
+                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
+                        color="white" if values[i, j] > values.max() / 2 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], metrics: dict, path: Path) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 6))
+    for i, c in enumerate(classes):
+        auc = metrics["per_class"][c]["auc"]
+        if auc is None:
+            continue
+        fpr, tpr, _ = roc_points(y_true, probs, i)
+        ax.plot(fpr, tpr, lw=2.5 if c == "melanoma" else 1.2, label=f"{c} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false positive rate (1 - specificity)")
+    ax.set_ylabel("true positive rate (sensitivity)")
+    ax.set_title("ROC, one class vs rest")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float, path: Path) -> None:
+    plt = _pyplot()
+    bins = reliability_bins(y_true, probs)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    centres = [(b["low"] + b["high"]) / 2 for b in bins]
+    ax.bar(centres, [b["accuracy"] or 0 for b in bins], width=0.09, edgecolor="k", label="accuracy in bin")
+    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
+    for x, b in zip(centres, bins):
+        if b["count"]:
+            ax.text(x, 0.02, str(b["count"]), ha="center", fontsize=7, rotation=90)
+    ax.set_xlabel("confidence (top class probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram (ECE {ece:.3f}); numbers: images per bin")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def worst_misclassified(y_true: np.ndarray, probs: np.ndarray, count: int) -> np.ndarray:
+    """Indices of wrong predictions, lowest probability on the true class first."""
+    wrong = np.flatnonzero(probs.argmax(1) != y_true)
+    true_prob = probs[wrong, y_true[wrong]]
+    return wrong[np.argsort(true_prob, kind="stable")][:count]
+
+
+def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, overlays: list[np.ndarray] | None = None) -> None:
+    plt = _pyplot()
+    columns = min(4, len(images))
+    rows = -(-len(images) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, (image, caption) in enumerate(zip(images, captions)):
+        ax = axes.flat[k]
+        ax.imshow(image.astype(np.uint8))
+        if overlays is not None:
+            ax.imshow(overlays[k], cmap="jet", alpha=0.4, vmin=0, vmax=1)
+        ax.set_title(caption, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def gradcam(model, images: np.ndarray, class_index: int) -> np.ndarray:
+    """Grad-CAM (Selvaraju et al. 2017): the last feature map weighted by the pooled
+    gradient of the class probability, ReLU, scaled to [0, 1] and resized to the image."""
+    import keras
+    import tensorflow as tf
+
+    feature_layer = next(layer for layer in reversed(model.layers) if len(layer.output.shape) == 4)
+    grad_model = keras.Model(model.inputs, [feature_layer.output, model.output])
+    x = tf.convert_to_tensor(images, tf.float32)
+    with tf.GradientTape() as tape:
+        features, probs = grad_model(x, training=False)
+        score = probs[:, class_index]
+    grads = tape.gradient(score, features)
+    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
+    cam = tf.nn.relu(tf.reduce_sum(tf.cast(features, tf.float32) * weights, axis=-1))[..., None]
+    cam = tf.image.resize(cam, images.shape[1:3])[..., 0].numpy()
+    peak = cam.reshape(len(cam), -1).max(1)[:, None, None]
+    return cam / np.maximum(peak, 1e-8)
+
+
+def make_pictures(model, images: np.ndarray, ev: Evaluation, classes: list[str], cfg: EvaluateConfig, out: Path) -> None:
+    m = ev.metrics
+    plot_confusion_matrices(m["confusion_matrix"], classes, out / "confusion_matrix.png")
+    ev.pictures.append(("Confusion matrix", "confusion_matrix.png"))
+    if m["macro_auc"] is not None:
+        plot_roc_curves(ev.y_true, ev.probs, classes, m, out / "roc_curves.png")
+        ev.pictures.append(("ROC curves", "roc_curves.png"))
+    if m["ece"] is not None:
+        plot_reliability(ev.y_true, ev.probs, m["ece"], out / "reliability.png")
+        ev.pictures.append(("Reliability diagram", "reliability.png"))
+    worst = worst_misclassified(ev.y_true, ev.probs, cfg.worst_images)
+    if len(worst):
+        captions = [f"true {classes[ev.y_true[i]]}\npred {classes[ev.probs[i].argmax()]} ({ev.probs[i].max():.2f})"
+                    for i in worst]
+        plot_image_grid([images[i] for i in worst], captions, out / "worst_misclassified.png")
+        ev.pictures.append(("Worst misclassified test images (lowest probability on the true class)",
+                            "worst_misclassified.png"))
+    if cfg.melanoma_class in classes and cfg.gradcam_images:
+        mel = classes.index(cfg.melanoma_class)
+        members = np.flatnonzero(ev.y_true == mel)
+        picked = members[np.argsort(-ev.probs[members, mel], kind="stable")][:cfg.gradcam_images]
+        if len(picked):
+            heat = gradcam(model, images[picked].astype(np.float32), mel)
+            plot_image_grid([images[i] for i in picked], [f"melanoma, p(melanoma) {ev.probs[i, mel]:.2f}" for i in picked],
+                            out / "gradcam_melanoma.png", overlays=list(heat))
+            ev.pictures.append(("Grad-CAM on test melanomas (where the melanoma score looks)", "gradcam_melanoma.png"))
+
+
+# ---- evaluation -----------------------------------------------------------------
+
+
+def evaluate_images(model, classes: list[str], images: np.ndarray, y_true: np.ndarray, cfg: EvaluateConfig,
+                    output_dir: str | Path) -> Evaluation:
+    """Metrics and pictures of ``model`` on labelled images (uint8, the model's size);
+    writes metrics.json, predictions.npz and the PNGs to ``output_dir``."""
+    from components.predict import predict_probabilities
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    probs = predict_probabilities(model, images, cfg.batch_size, cfg.tta)
+    metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class)
+    metrics["tta"] = cfg.tta
+    ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    np.savez_compressed(out / "predictions.npz", y_true=ev.y_true, probs=probs)
+    make_pictures(model, images, ev, classes, cfg, out)
+    return ev
+
+
+def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: Config, output_dir: str | Path) -> Evaluation:
+    """The pipeline's evaluation: the model on the normalized test split."""
+    import keras
+
+    model = keras.models.load_model(model_path, compile=False)
+    meta = shards.read_meta(normalized_dir)
+    images, labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "test"), meta["image_size"])
+    return evaluate_images(model, meta["classes"], images, labels, cfg.evaluate, output_dir)
+
+
+# ---- report ---------------------------------------------------------------------
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def render_report(metrics: dict, synthetic: bool) -> str:
+def _gate_section(gate: dict | None) -> str:
+    if not gate:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v.get('new'))}</td><td>{_fmt(v.get('champion'))}</td>"
+                   f"<td>{_fmt(v.get('minimum'))}</td></tr>" for k, v in gate["comparison"].items())
+    return (f"<h2>Champion gate: <span class='{gate['alias']}'>{html.escape(gate['alias'].upper())}</span></h2>"
+            f"<p>{html.escape(gate['reason'])}</p><p>Registered as <code>{html.escape(gate.get('model_uri', ''))}</code>"
+            f"; current champion before this run: {html.escape(gate.get('previous_champion') or 'none')}.</p>"
+            "<table><tr><th>metric (same test split)</th><th>this model</th><th>champion</th><th>minimum</th></tr>"
+            f"{rows}</table>")
+
+
+def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, title: str, synthetic: bool,
+                  gate: dict | None = None) -> str:
+    """One self-contained HTML page (pictures inlined), readable in MLflow, KFP and a mail."""
     rows = "".join(
         f"<tr><td>{html.escape(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td>"
         f"<td>{_fmt(v['auc'])}</td><td>{v['support']}</td></tr>"
         for c, v in metrics["per_class"].items())
-    headline = "".join(
-        f"<li>{k}: {metrics[k]:.4f}</li>" for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc")
-        if metrics.get(k) is not None)
-    warning = "<p><strong>SYNTHETIC data: these numbers say nothing about real lesions.</strong></p>" if synthetic else ""
+    headline = "".join(f"<tr><td>{k.replace('_', ' ')}</td><td>{metrics[k]:.4f}</td></tr>"
+                       for k in HEADLINE if metrics.get(k) is not None)
+    warning = "<p class='warn'>SYNTHETIC data: these numbers say nothing about real lesions.</p>" if synthetic else ""
+    images = "".join(
+        f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
+        f"{base64.b64encode((folder / name).read_bytes()).decode()}'>" for caption, name in pictures)
+    tta = " with test-time augmentation (8 flips/turns averaged)" if metrics.get("tta") else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
-        "<style>body{font-family:sans-serif}td,th{border:1px solid #ccc;padding:2px 6px}table{border-collapse:collapse}</style>"
-        f"</head><body><h1>Evaluation on the held-out test split ({metrics['n']} images)</h1>{warning}<ul>{headline}</ul>"
-        "<table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AUC</th><th>support</th></tr>"
-        f"{rows}</table><h2>Confusion matrix</h2><img src='confusion_matrix.png' alt='confusion matrix'></body></html>")
+        "<style>body{font-family:sans-serif;max-width:1200px}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "table{border-collapse:collapse}.warn{color:#b00;font-weight:bold}.champion{color:#070}"
+        ".challenger{color:#b60}img{max-width:100%}</style></head><body>"
+        f"<h1>{html.escape(title)} ({metrics['n']} images{tta})</h1>{warning}{_gate_section(gate)}"
+        f"<h2>Metrics</h2><table>{headline}</table>"
+        "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AUC</th>"
+        f"<th>support</th></tr>{rows}</table>{images}</body></html>")
 
 
-def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: Config, output_dir: str | Path) -> dict:
-    import keras
-
-    model = keras.models.load_model(model_path)
-    meta = shards.read_meta(normalized_dir)
-    y_true, probs, _ = predict_subset(model, normalized_dir, "test", cfg.evaluate.batch_size)
-    metrics = classification_metrics(y_true, probs, meta["classes"], cfg.evaluate.melanoma_class)
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    np.savez_compressed(out / "predictions.npz", y_true=y_true, probs=probs)
-    plot_confusion_matrix(metrics["confusion_matrix"], meta["classes"], out / "confusion_matrix.png")
-    (out / "report.html").write_text(render_report(metrics, meta.get("synthetic", False)))
-    return metrics
+def write_report(ev: Evaluation, folder: str | Path, title: str, synthetic: bool, gate: dict | None = None) -> Path:
+    path = Path(folder) / "report.html"
+    path.write_text(render_report(ev.metrics, ev.pictures, Path(folder), title, synthetic, gate))
+    return path
 
 
 def headline_metrics(metrics: dict) -> dict[str, float]:
-    """Flat name -> value for MLflow and KFP Metrics (undefined AUCs left out)."""
-    flat = {k: metrics[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc")
-            if metrics.get(k) is not None}
+    """Flat name -> value for MLflow and KFP Metrics (undefined values left out)."""
+    flat = {k: metrics[k] for k in HEADLINE if metrics.get(k) is not None}
     flat.update({f"recall_{c}": r for c, r in metrics["per_class_recall"].items()})
+    flat.update({f"auc_{c}": v["auc"] for c, v in metrics["per_class"].items() if v["auc"] is not None})
     return flat
 
 
+def thinned_roc(y_true: np.ndarray, probs: np.ndarray, class_index: int) -> tuple[list[float], list[float], list[float]]:
+    fpr, tpr, thresholds = roc_points(y_true, probs, class_index)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), MAX_ROC_POINTS)).round().astype(int))
+    return [fpr[i] for i in keep], [tpr[i] for i in keep], [thresholds[i] for i in keep]
+
+
 def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path, data_dirs: dict[str, Path],
-                  data_counts: dict[str, int | bool], model_uri: str, model_name: str) -> dict:
-    """Test metrics, data counts and reports into the run; register the model."""
+                  data_counts: dict[str, int | bool]) -> None:
+    """Test metrics, data counts, the report and the data reports into the run."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -103,8 +287,6 @@ def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path,
             for f in sorted(folder.glob("*")):
                 if f.suffix in (".json", ".html", ".md"):
                     mlflow.log_artifact(str(f), artifact_path=name)
-    version = mlflow.register_model(model_uri, model_name, tags={"mlflow_run_id": run_id})
-    return {"name": model_name, "version": str(version.version), "uri": f"models:/{model_name}/{version.version}"}
 
 
 def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset], manifest: dsl.Input[dsl.Dataset],
@@ -112,47 +294,54 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
                   kfp_run_name: str, kfp_run_id: str, model_uri: str, data_fingerprint: str,
                   metrics: dsl.Output[dsl.Metrics], classification: dsl.Output[dsl.ClassificationMetrics],
                   report: dsl.Output[dsl.HTML], mlflow_run: dsl.Output[dsl.Markdown], summary: dsl.Output[dsl.Artifact]):
-    """KFP wrapper: the evaluate step."""
+    """KFP wrapper: the evaluate step (test metrics, report, champion gate)."""
     import json
     import shutil
     from pathlib import Path
 
-    import numpy as np
-
-    from components.evaluate import evaluate, headline_metrics, log_to_mlflow
-    from components.metrics import roc_points
+    from components import shards
+    from components.errors import user_errors
+    from components.evaluate import evaluate, headline_metrics, log_to_mlflow, thinned_roc, write_report
     from components.retrain_gate import record_fingerprint
-    from pipeline import tracking
+    from pipeline import registry, tracking
     from pipeline.config import Config
 
     cfg = Config.from_dict(config)
     eval_dir = Path(report.path).parent / "evaluation"
-    result = evaluate(Path(model.path) / "model.keras", normalized.path, cfg, eval_dir)
-    shutil.copyfile(eval_dir / "report.html", report.path)
+    meta = shards.read_meta(normalized.path)
+    with user_errors():
+        result = evaluate(Path(model.path) / "model.keras", normalized.path, cfg, eval_dir)
+        gate = registry.register_with_gate(tracking_uri, cfg.mlflow.model_name, model_uri, result.metrics,
+                                           normalized.path, cfg.evaluate)
     ingest_report = json.loads((Path(manifest.path) / "report.json").read_text())
     split_report = json.loads((Path(splits.path) / "split_report.json").read_text())
     data = {k: ingest_report[k] for k in ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups",
                                           "label_conflict_groups", "split_leak_groups", "synthetic")}
     data.update({f"{k}_images": v for k, v in split_report["subset_sizes"].items()})
+    write_report(result, eval_dir, "Evaluation on the held-out test split", meta.get("synthetic", False), gate)
+    shutil.copyfile(eval_dir / "report.html", report.path)
+    (eval_dir / "gate.json").write_text(json.dumps(gate, indent=2))
 
     run_id = tracking.pipeline_run(tracking_uri, cfg.mlflow.experiment, kfp_run_name, kfp_run_id, cfg.flat_params())
-    registered = log_to_mlflow(tracking_uri, run_id, result, eval_dir,
-                               {"data": Path(manifest.path), "split": Path(splits.path), "augment": Path(augmented.path)},
-                               data, model_uri, cfg.mlflow.model_name)
-    record_fingerprint(tracking_uri, registered["name"], registered["version"], data_fingerprint)
+    log_to_mlflow(tracking_uri, run_id, result.metrics, eval_dir,
+                  {"data": Path(manifest.path), "split": Path(splits.path), "augment": Path(augmented.path)}, data)
+    registry.log_gate(tracking_uri, run_id, gate)
+    record_fingerprint(tracking_uri, cfg.mlflow.model_name, gate["version"], data_fingerprint)
 
-    for name, value in headline_metrics(result).items():
+    for name, value in headline_metrics(result.metrics).items():
         metrics.log_metric(name, value)
-    classification.log_confusion_matrix(result["classes"], result["confusion_matrix"])
-    if cfg.evaluate.melanoma_class in result["classes"]:
-        predictions = np.load(eval_dir / "predictions.npz")
-        fpr, tpr, thresholds = roc_points(predictions["y_true"], predictions["probs"],
-                                          result["classes"].index(cfg.evaluate.melanoma_class))
+    classification.log_confusion_matrix(result.metrics["classes"], result.metrics["confusion_matrix"])
+    if cfg.evaluate.melanoma_class in result.metrics["classes"]:
+        fpr, tpr, thresholds = thinned_roc(result.y_true, result.probs,
+                                           result.metrics["classes"].index(cfg.evaluate.melanoma_class))
         classification.log_roc_curve(fpr, tpr, thresholds)
     url = tracking.run_url(tracking_uri, run_id)
     with open(mlflow_run.path, "w") as f:
         f.write(f"# MLflow run\n\n[{run_id}]({url}) in `{tracking_uri}`\n\nRegistered model: "
-                f"`{registered['uri']}`\n\nOpen the UI: `{tracking.ui_command(tracking_uri)}`\n")
+                f"`{gate['model_uri']}` ({gate['alias']}: {gate['reason']})\n\n"
+                f"Open the UI: `{tracking.ui_command(tracking_uri)}`\n")
+    registered = {"name": cfg.mlflow.model_name, "version": gate["version"], "uri": gate["model_uri"],
+                  "alias": gate["alias"]}
     with open(summary.path, "w") as f:
         json.dump({"mlflow_run_id": run_id, "mlflow_run_url": url, "tracking_uri": tracking_uri, "model_uri": model_uri,
-                   "registered_model": registered, "data": data, "metrics": result}, f, indent=2)
+                   "registered_model": registered, "gate": gate, "data": data, "metrics": result.metrics}, f, indent=2)

@@ -1,19 +1,44 @@
 """Model architectures by name. Every model takes images as float32 pixels in
-[0, 255] and returns class probabilities; the train-set mean/std normalization is a
-layer inside the model, so serving needs no preprocessing beyond resizing."""
+[0, 255] and returns class probabilities, so serving needs no preprocessing beyond
+resizing. Networks trained from scratch normalize with the train-set mean/std (a layer
+inside the model); transfer backbones apply the preprocessing their ImageNet weights
+were trained with.
+
+Transfer models are built flat (the backbone's layers are the model's layers, not a
+nested model), so Grad-CAM can reach the last feature map and freezing is per layer.
+"""
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import keras
 import numpy as np
 from keras import layers
 
+from components.errors import UserError
+
+# Grad-CAM reads the feature map entering this layer (the last convolutional output).
+FEATURE_POOL_LAYER = "feature_pool"
+
+
+class ModelError(UserError):
+    """Unknown model name, unusable weights: one line for the user."""
+
 
 def _normalized_input(image_size: int, mean: list[float], std: list[float]):
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Normalization(mean=np.asarray(mean), variance=np.asarray(std) ** 2, name="train_mean_std")(inputs)
     return inputs, x
+
+
+def _classifier_head(x, num_classes: int, dropout: float):
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    # float32 softmax keeps probabilities exact under mixed precision.
+    return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
 
 
 def seed_cnn(num_classes: int, image_size: int, mean: list[float], std: list[float], dropout: float = 0.2) -> keras.Model:
@@ -23,21 +48,140 @@ def seed_cnn(num_classes: int, image_size: int, mean: list[float], std: list[flo
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.MaxPooling2D()(x)
     x = layers.Dropout(dropout)(x)
-    x = layers.Flatten()(x)
+    x = layers.Flatten(name=FEATURE_POOL_LAYER)(x)
     x = layers.Dense(128, activation="relu")(x)
     logits = layers.Dense(num_classes, name="logits")(x)
-    # float32 softmax keeps probabilities exact under mixed precision.
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-MODELS: dict[str, Callable[..., keras.Model]] = {
-    "seed_cnn": seed_cnn,
-}
+def small_resnet(num_classes: int, image_size: int, mean: list[float], std: list[float], dropout: float = 0.2) -> keras.Model:
+    """A stronger network trained from scratch: a ResNet of four stages of residual
+    blocks with batch normalization and global average pooling (about 1.2 M weights)."""
+    inputs, x = _normalized_input(image_size, mean, std)
+    x = layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    for stage, filters in enumerate((32, 64, 128, 256)):
+        strides = 1 if stage == 0 else 2
+        shortcut = x
+        y = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False)(x)
+        y = layers.BatchNormalization()(y)
+        y = layers.ReLU()(y)
+        y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+        y = layers.BatchNormalization()(y)
+        if strides != 1 or shortcut.shape[-1] != filters:
+            shortcut = layers.Conv2D(filters, 1, strides=strides, use_bias=False)(shortcut)
+            shortcut = layers.BatchNormalization()(shortcut)
+        x = layers.ReLU()(layers.Add()([y, shortcut]))
+    x = layers.GlobalAveragePooling2D(name=FEATURE_POOL_LAYER)(x)
+    return keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="small_resnet")
+
+
+@dataclass(frozen=True)
+class Backbone:
+    constructor: Callable[..., keras.Model]
+    # [0, 255] -> the [-1, 1] MobileNet weights expect; EfficientNet rescales inside.
+    # A plain Rescaling layer, not a Lambda, so saved models load in Keras safe mode.
+    scale_to_unit_range: bool
+    # keras.applications' width multipliers with published weights (None: no alpha).
+    alphas: tuple[float, ...] | None = None
+
+
+def _backbones() -> dict[str, Backbone]:
+    apps = keras.applications
+    return {
+        "mobilenet_v2": Backbone(apps.MobileNetV2, True, (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
+        "mobilenet": Backbone(apps.MobileNet, True, (0.25, 0.5, 0.75, 1.0)),
+        "efficientnet_b0": Backbone(apps.EfficientNetB0, False),
+    }
+
+
+TRANSFER_MODELS = ("mobilenet_v2", "mobilenet", "efficientnet_b0")
+SCRATCH_MODELS: dict[str, Callable[..., keras.Model]] = {"seed_cnn": seed_cnn, "small_resnet": small_resnet}
+MODEL_NAMES = tuple(sorted((*SCRATCH_MODELS, *TRANSFER_MODELS)))
+
+
+def resolve_weights(weights: str) -> str | None:
+    """The ``weights=`` argument for keras.applications: None (random), 'imagenet'
+    (download), or a local file (a gs:// file is copied to the local cache first)."""
+    if not weights or weights == "none":
+        return None
+    if weights == "imagenet":
+        return weights
+    if weights.startswith("gs://"):
+        return _fetch_gcs(weights)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {weights} (train.weights: 'imagenet', a file, gs://..., or empty)")
+    return str(path)
+
+
+def _fetch_gcs(uri: str) -> str:
+    """Copy a gs:// weights file into Keras' model cache (once) and return the local path."""
+    from google.cloud import storage
+
+    bucket_name, _, blob_name = uri.removeprefix("gs://").partition("/")
+    local = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / Path(blob_name).name
+    if not local.is_file():
+        local.parent.mkdir(parents=True, exist_ok=True)
+        blob = storage.Client().bucket(bucket_name).blob(blob_name)
+        if not blob.exists():
+            raise ModelError(f"weights file not found: {uri}")
+        blob.download_to_filename(str(local))
+    return str(local)
+
+
+def transfer_model(name: str, num_classes: int, image_size: int, weights: str = "", alpha: float = 1.0,
+                   dropout: float = 0.2) -> keras.Model:
+    """A keras.applications backbone without its top, global average pooling and a new
+    softmax head."""
+    spec = _backbones()[name]
+    kwargs: dict = {"include_top": False, "weights": resolve_weights(weights)}
+    if spec.alphas is not None:
+        if alpha not in spec.alphas:
+            raise ModelError(f"{name} has no alpha {alpha} (one of {', '.join(map(str, spec.alphas))})")
+        kwargs["alpha"] = alpha
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="backbone_preprocess")(inputs) if spec.scale_to_unit_range else inputs
+    try:
+        base = spec.constructor(input_tensor=x, **kwargs)
+    except ValueError as exc:  # wrong file for this architecture, or input too small
+        raise ModelError(f"cannot build {name} (alpha {alpha}) with weights {weights or 'none'!r}: "
+                         f"{str(exc).splitlines()[0]}") from None
+    features = layers.GlobalAveragePooling2D(name=FEATURE_POOL_LAYER)(base.output)
+    return keras.Model(inputs, _classifier_head(features, num_classes, dropout), name=f"{name}_transfer")
+
+
+def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The pretrained layers of a transfer model, input to output (empty for scratch models)."""
+    head = {"image", "backbone_preprocess", FEATURE_POOL_LAYER, "head_dropout", "logits", "probabilities"}
+    if not model.name.endswith("_transfer"):
+        return []
+    return [layer for layer in model.layers if layer.name not in head]
+
+
+def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None, pretrained: bool = True) -> None:
+    """Freeze the whole backbone (0), or unfreeze its top N layers (None: all).
+    Batch normalization of pretrained weights stays frozen: in Keras a frozen
+    BatchNormalization runs in inference mode, which keeps the ImageNet statistics
+    stable on small batches. Randomly initialised ones must learn their statistics."""
+    layers_ = backbone_layers(model)
+    first_trainable = len(layers_) if trainable_top_layers == 0 else (
+        0 if trainable_top_layers is None else max(0, len(layers_) - trainable_top_layers))
+    for i, layer in enumerate(layers_):
+        frozen_statistics = pretrained and isinstance(layer, layers.BatchNormalization)
+        layer.trainable = i >= first_trainable and not frozen_statistics
 
 
 def build_model(name: str, num_classes: int, image_size: int, mean: list[float], std: list[float],
-                dropout: float = 0.2) -> keras.Model:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} (train.model: one of {', '.join(sorted(MODELS))})")
-    return MODELS[name](num_classes, image_size, mean, std, dropout=dropout)
+                dropout: float = 0.2, weights: str = "", alpha: float = 1.0) -> keras.Model:
+    if name in SCRATCH_MODELS:
+        return SCRATCH_MODELS[name](num_classes, image_size, mean, std, dropout=dropout)
+    if name in TRANSFER_MODELS:
+        return transfer_model(name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout)
+    raise ModelError(f"unknown model {name!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+
+
+def is_transfer(name: str) -> bool:
+    return name in TRANSFER_MODELS

@@ -1,21 +1,30 @@
 """Train: a Keras model on the normalized (and augmented) training shards.
 
-Early stopping on a validation metric of the config's choice with the best weights
-restored, per-epoch metrics to MLflow, a backup after each epoch so a killed step
-resumes, mixed precision on a GPU when one is visible.
+Transfer models train in two phases (backbone frozen, then fine-tuned). Early
+stopping on a validation metric of the config's choice with the best weights restored;
+per-epoch metrics to MLflow; a backup after each epoch in the step's output folder so a
+killed step resumes from its last completed epoch; mixed precision, XLA and
+MirroredStrategy when GPUs are visible; deterministic with a seed on CPU.
 """
 
 import json
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from kfp import dsl
 
 from components import shards
-from pipeline.config import Config
+from pipeline.config import Config, TrainConfig
 
 MODEL_FILE = "model.keras"
+BEST_WEIGHTS_FILE = "best.weights.h5"
+BEST_STATE_FILE = "best.json"
+EPOCH_LOG_FILE = "epochs.jsonl"
+FROZEN_DONE_FILE = "frozen_phase.weights.h5"
 
 
 @dataclass
@@ -27,120 +36,357 @@ class TrainResult:
     device: str
 
 
-def _configure_devices() -> str:
+@dataclass
+class Devices:
+    strategy: object  # tf.distribute.Strategy
+    description: str
+    gpu: bool
+
+
+def configure_devices(seed: int) -> Devices:
+    """GPUs: mixed precision and MirroredStrategy over all visible ones. CPU: op
+    determinism, so a seeded run repeats exactly."""
     import keras
     import tensorflow as tf
 
+    keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         for gpu in gpus:
             tf.config.experimental.set_memory_growth(gpu, True)
         keras.mixed_precision.set_global_policy("mixed_float16")
-        return f"{len(gpus)} GPU(s), mixed_float16"
-    return "CPU"
+        return Devices(tf.distribute.MirroredStrategy(), f"{len(gpus)} GPU(s), mixed_float16, XLA", True)
+    keras.mixed_precision.set_global_policy("float32")
+    tf.config.experimental.enable_op_determinism()
+    return Devices(tf.distribute.get_strategy(), "CPU", False)
 
 
-def _validation_callback(val_images: np.ndarray, val_labels: np.ndarray, classes: list[str], batch_size: int):
-    """Adds val_balanced_accuracy and val_macro_auc to the epoch logs (before EarlyStopping reads them)."""
+# ---- input pipeline -----------------------------------------------------------
+
+
+def _augment_fn():
+    """Random flips, 90-degree turns, brightness and contrast, from stateless ops fed by
+    a seeded random stream: deterministic, and no Python in the hot loop."""
+    import tensorflow as tf
+
+    def augment(image, label, seeds):
+        s = tf.random.experimental.stateless_split(seeds, 5)
+        image = tf.image.stateless_random_flip_left_right(image, s[0])
+        image = tf.image.stateless_random_flip_up_down(image, s[1])
+        turns = tf.random.stateless_uniform([], s[2], 0, 4, dtype=tf.int32)
+        image = tf.image.rot90(image, turns)
+        image = tf.image.stateless_random_brightness(image, 0.1 * 255.0, s[3])
+        image = tf.image.stateless_random_contrast(image, 0.9, 1.1, s[4])
+        return tf.clip_by_value(image, 0.0, 255.0), label
+
+    return augment
+
+
+def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int):
+    """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
+    cache of the decoded uint8 images, shuffle, balanced sampling, online augmentation,
+    prefetch."""
+    import tensorflow as tf
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parse = shards.parse_fn(image_size)
+    ds = records.map(lambda r: parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if tc.cache:
+        ds = ds.cache()
+    if tc.imbalance == "balanced_sampling":
+        # Each class its own endless, shuffled stream; draw from them uniformly.
+        per_class = [ds.filter(lambda _, label, c=c: label == c).shuffle(1024, seed=tc.seed + c).repeat()
+                     for c in range(num_classes)]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[1.0 / num_classes] * num_classes,
+                                                  seed=tc.seed, stop_on_empty_dataset=False)
+    else:
+        ds = ds.shuffle(4096, seed=tc.seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    if tc.online_augment:
+        seeds = tf.data.Dataset.random(seed=tc.seed, rerandomize_each_iteration=True).batch(2)
+        augment = _augment_fn()
+        ds = tf.data.Dataset.zip(ds, seeds).map(lambda example, s: augment(*example, s),
+                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def training_class_counts(normalized_dir: str | Path, augmented_dir: str | Path | None) -> np.ndarray:
+    """Images per class the model trains on: the train split plus what augment added."""
+    counts = np.asarray(shards.read_meta(normalized_dir)["class_counts"]["train"])
+    policy = Path(augmented_dir or "", "policy.json")
+    if augmented_dir and policy.is_file():
+        counts = counts + np.asarray(json.loads(policy.read_text())["added"])
+    return counts
+
+
+def class_weights(counts: np.ndarray) -> dict[int, float]:
+    """Inverse-frequency weights, mean 1 over the training images."""
+    return {i: float(counts.sum() / (len(counts) * max(int(c), 1))) for i, c in enumerate(counts)}
+
+
+# ---- loss and schedule ----------------------------------------------------------
+
+
+def sparse_focal_loss(gamma: float):
+    """Focal loss (Lin et al. 2017) on integer labels: cross-entropy scaled by
+    (1 - p_true)^gamma, so easy majority-class images count less."""
+    import keras
+    from keras import ops
+
+    def focal_loss(y_true, y_pred):
+        ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+        return ops.power(1.0 - ops.exp(-ce), gamma) * ce
+
+    return focal_loss
+
+
+def _learning_rate(tc: TrainConfig, peak: float, phase_steps: int, steps_per_epoch: int):
+    """Cosine: a linear warm-up over the first epoch (a fresh Adam's first steps move
+    every pretrained weight by about the full rate), then decay to 1 % of the peak."""
+    import keras
+
+    if tc.lr_schedule == "cosine":
+        warmup = min(steps_per_epoch, phase_steps // 4)
+        return keras.optimizers.schedules.CosineDecay(peak * 0.01, decay_steps=max(1, phase_steps - warmup), alpha=0.01,
+                                                      warmup_target=peak, warmup_steps=warmup)
+    return peak
+
+
+# ---- callbacks ------------------------------------------------------------------
+
+
+def _validation_callback(val_images: np.ndarray, val_labels: np.ndarray, classes: list[str], batch_size: int,
+                         melanoma_class: str):
+    """Adds val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1, val_macro_auc and
+    val_melanoma_auc to the epoch logs (before the best-epoch tracker reads them), from
+    one prediction pass over the validation split."""
     import keras
 
     from components.metrics import classification_metrics
 
     class ValidationMetrics(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            probs = self.model.predict(val_images, batch_size=batch_size, verbose=0)
-            m = classification_metrics(val_labels, probs, classes)
+            probs = np.asarray(self.model.predict(val_images, batch_size=batch_size, verbose=0), dtype=np.float64)
+            m = classification_metrics(val_labels, probs, classes, melanoma_class)
+            picked = np.clip(probs[np.arange(len(val_labels)), val_labels], 1e-7, 1.0)
+            logs["val_loss"] = float(-np.log(picked).mean())
+            logs["val_accuracy"] = m["accuracy"]
             logs["val_balanced_accuracy"] = m["balanced_accuracy"]
             logs["val_macro_f1"] = m["macro_f1"]
-            logs["val_macro_auc"] = m["macro_auc"] if m["macro_auc"] is not None else 0.0
+            logs["val_macro_auc"] = m["macro_auc"] or 0.0
+            logs["val_melanoma_auc"] = m.get("melanoma_auc") or 0.0
 
     return ValidationMetrics()
 
 
-def _mlflow_callback(tracking_uri: str, run_id: str):
+class BestEpochTracker:
+    """Early stopping and best-weights restoring that survive a restart: the best value,
+    its epoch and its weights live in the output folder, not in the process.
+
+    Stops when ``patience`` epochs have passed since the best one, counting only epochs
+    of the current phase (fine-tuning starts with a full patience)."""
+
+    def __init__(self, out: Path, monitor: str, patience: int):
+        self.out = out
+        self.monitor = monitor
+        self.mode = "min" if monitor.endswith("loss") else "max"
+        self.patience = patience
+        state_file = out / BEST_STATE_FILE
+        state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+        self.best: float | None = state.get("best")
+        self.best_epoch: int = state.get("best_epoch", -1)
+
+    def improved(self, value: float) -> bool:
+        if self.best is None or not math.isfinite(self.best):
+            return math.isfinite(value)
+        return value < self.best if self.mode == "min" else value > self.best
+
+    def callback(self, phase_start: int):
+        import keras
+
+        tracker = self
+
+        class Track(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                value = float(logs[tracker.monitor])
+                if tracker.improved(value):
+                    tracker.best, tracker.best_epoch = value, epoch
+                    self.model.save_weights(tracker.out / BEST_WEIGHTS_FILE)
+                    (tracker.out / BEST_STATE_FILE).write_text(json.dumps(
+                        {"monitor": tracker.monitor, "best": value, "best_epoch": epoch}))
+                since_best = epoch - max(tracker.best_epoch, phase_start - 1)
+                if since_best >= tracker.patience:
+                    self.model.stop_training = True
+
+        return Track()
+
+    def restore_best(self, model) -> None:
+        if (self.out / BEST_WEIGHTS_FILE).is_file():
+            model.load_weights(self.out / BEST_WEIGHTS_FILE)
+
+
+def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
+    """Appends every finished epoch's logs to epochs.jsonl and to the MLflow run."""
     import keras
-    from mlflow.entities import Metric
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    client = None
+    if run_id:
+        from mlflow.tracking import MlflowClient
 
-    class MlflowEpochLogger(keras.callbacks.Callback):
+        client = MlflowClient(tracking_uri)
+
+    class EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            import time
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            values["learning_rate"] = float(self.model.optimizer.learning_rate)
+            with open(out / EPOCH_LOG_FILE, "a") as f:
+                f.write(json.dumps({"epoch": epoch, **values}) + "\n")
+            if client is not None:
+                from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(k, float(v), now, epoch) for k, v in (logs or {}).items()])
+                now = int(time.time() * 1000)
+                client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
 
-    return MlflowEpochLogger()
+    return EpochLog()
+
+
+def _time_budget_callback(minutes: float, started: float):
+    """Stops training at an epoch end once the budget is spent (the best epoch is kept)."""
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if time.monotonic() - started > minutes * 60:
+                print(f"train.max_train_minutes ({minutes}) spent after epoch {epoch + 1}: stopping", flush=True)
+                self.model.stop_training = True
+
+    return TimeBudget()
+
+
+def read_epoch_log(out: str | Path) -> list[dict]:
+    """Every epoch logged so far, a resumed epoch's latest record winning."""
+    path = Path(out) / EPOCH_LOG_FILE
+    if not path.is_file():
+        return []
+    by_epoch = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+# ---- training -------------------------------------------------------------------
+
+
+def _fit_phase(model, train_ds, steps_per_epoch: int | None, first_epoch: int, last_epoch: int, backup_dir: Path,
+               callbacks: list, class_weight: dict | None) -> None:
+    import keras
+
+    # BackupAndRestore sets model._initial_epoch when it restores, and Keras prefers that
+    # over fit(initial_epoch=...): clear a value left over from the previous phase.
+    model._initial_epoch = None
+    model.fit(train_ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
+              callbacks=[keras.callbacks.BackupAndRestore(str(backup_dir)), *callbacks],
+              class_weight=class_weight, verbose=2)
 
 
 def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Config, output_dir: str | Path,
-          tracking_uri: str = "", mlflow_run_id: str = "") -> TrainResult:
-    import keras
-    import tensorflow as tf
+          tracking_uri: str = "", mlflow_run_id: str = "", extra_callbacks: Sequence = ()) -> TrainResult:
+    """Train ``cfg.train.model`` and save the best epoch's model to ``output_dir``.
 
-    from components.models import build_model
+    Started again on the same ``output_dir`` after being killed, it resumes from the last
+    completed epoch (and skips a finished frozen phase). ``extra_callbacks`` run after
+    ours at every epoch end."""
+    import keras
+
+    from components.models import build_model, is_transfer, set_backbone_trainable
 
     tc = cfg.train
-    keras.utils.set_random_seed(tc.seed)
-    device = _configure_devices()
-    if device == "CPU":
-        tf.config.experimental.enable_op_determinism()
+    devices = configure_devices(tc.seed)
     meta = shards.read_meta(normalized_dir)
     classes, size = meta["classes"], meta["image_size"]
     train_paths = shards.shard_paths(normalized_dir, "train")
     if augmented_dir:
         train_paths += shards.shard_paths(augmented_dir, "train")
-    train_ds = shards.dataset(train_paths, size, batch_size=tc.batch_size, shuffle_seed=tc.seed)
+    counts = training_class_counts(normalized_dir, augmented_dir)
+    train_ds = training_dataset(train_paths, size, tc, len(classes))
+    steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
     val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), size)
-
-    model = build_model(tc.model, len(classes), size, meta["mean"], meta["std"], dropout=tc.dropout)
-    model.compile(optimizer=keras.optimizers.Adam(tc.learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    mode = "min" if tc.monitor.endswith("loss") else "max"
-    callbacks = [
-        _validation_callback(val_images.astype(np.float32), val_labels, classes, tc.batch_size),
-        keras.callbacks.EarlyStopping(monitor=tc.monitor, mode=mode, patience=tc.early_stopping_patience,
-                                      restore_best_weights=True),
-        keras.callbacks.BackupAndRestore(str(out / "backup")),
-    ]
-    if mlflow_run_id:
-        callbacks.append(_mlflow_callback(tracking_uri, mlflow_run_id))
-    class_weight = None
-    if tc.class_weight:
-        counts = np.asarray(meta["class_counts"]["train"])
-        policy = Path(augmented_dir or "", "policy.json")
-        if augmented_dir and policy.is_file():
-            counts = counts + np.asarray(json.loads(policy.read_text())["added"])
-        class_weight = {i: float(counts.sum() / (len(classes) * max(c, 1))) for i, c in enumerate(counts)}
-    history = model.fit(train_ds, validation_data=(val_images.astype(np.float32), val_labels),
-                        epochs=tc.epochs, callbacks=callbacks, class_weight=class_weight, verbose=2)
-    hist = {k: [float(v) for v in vals] for k, vals in history.history.items()}
-    monitored = hist.get(tc.monitor, [])
-    best = int(np.argmin(monitored) if mode == "min" else np.argmax(monitored)) if monitored else 0
+    transfer = is_transfer(tc.model)
+    frozen_epochs = tc.frozen_epochs if transfer else 0
+    loss = sparse_focal_loss(tc.focal_gamma) if tc.imbalance == "focal" else keras.losses.SparseCategoricalCrossentropy()
+    class_weight = class_weights(counts) if tc.imbalance == "class_weight" else None
+    tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience)
+    started = time.monotonic()
+
+    with devices.strategy.scope():
+        model = build_model(tc.model, len(classes), size, meta["mean"], meta["std"], dropout=tc.dropout,
+                            weights=tc.weights, alpha=tc.alpha)
+
+        def compile_for(learning_rate: float, phase_epochs: int) -> None:
+            model.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch, steps_per_epoch)),
+                          loss=loss, metrics=["accuracy"], jit_compile=devices.gpu)
+
+    def callbacks(phase_start: int) -> list:
+        return [_validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
+                                     cfg.evaluate.melanoma_class),
+                tracker.callback(phase_start), _epoch_log_callback(out, tracking_uri, mlflow_run_id),
+                *([_time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
+                *extra_callbacks]
+
+    # balanced_sampling repeats forever: epochs are a fixed number of steps then.
+    fixed_steps = steps_per_epoch if tc.imbalance == "balanced_sampling" else None
+    if frozen_epochs:
+        if (out / FROZEN_DONE_FILE).is_file():
+            model.load_weights(out / FROZEN_DONE_FILE)
+        else:
+            with devices.strategy.scope():
+                set_backbone_trainable(model, 0, pretrained=bool(tc.weights))
+                compile_for(tc.learning_rate, frozen_epochs)
+            _fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
+                       callbacks(0), class_weight)
+            model.save_weights(out / FROZEN_DONE_FILE)
+    if tc.epochs > frozen_epochs:
+        with devices.strategy.scope():
+            if transfer:
+                set_backbone_trainable(model, tc.fine_tune_layers or None, pretrained=bool(tc.weights))
+            compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, tc.epochs - frozen_epochs)
+        _fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
+                   callbacks(frozen_epochs), class_weight)
+
+    tracker.restore_best(model)
     model_path = out / MODEL_FILE
     model.save(model_path)
+    epochs = read_epoch_log(out)
+    history = {k: [e.get(k) for e in epochs] for k in epochs[0] if k != "epoch"} if epochs else {}
     (out / "classes.json").write_text(json.dumps(classes))
-    (out / "history.json").write_text(json.dumps({"history": hist, "best_epoch": best, "device": device}, indent=1))
-    return TrainResult(str(model_path), hist, len(monitored), best, device)
+    (out / "history.json").write_text(json.dumps(
+        {"history": history, "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "device": devices.description},
+        indent=1))
+    return TrainResult(str(model_path), history, len(epochs), tracker.best_epoch, devices.description)
 
 
-def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str]) -> str:
+def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str],
+              resize_mode: str = "pad") -> str:
     """Log the Keras model to the MLflow run with signature and input example; return its URI."""
     import keras
     import mlflow
     from mlflow.models import infer_signature
 
-    model = keras.models.load_model(model_path)
+    model = keras.models.load_model(model_path, compile=False)
     example = np.full((1, image_size, image_size, 3), 128.0, dtype=np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
-                                           metadata={"classes": classes, "image_size": image_size})
+                                           metadata={"classes": classes, "image_size": image_size,
+                                                     "resize_mode": resize_mode})
     return info.model_uri
 
 
@@ -148,13 +394,17 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
                tracking_uri: str, kfp_run_name: str, kfp_run_id: str, model: dsl.Output[dsl.Model]) -> str:
     """KFP wrapper: the train step. Returns the MLflow model URI."""
     from components import shards
+    from components.errors import user_errors
     from components.train import log_model, train
     from pipeline import tracking
     from pipeline.config import Config
 
     cfg = Config.from_dict(config)
     run_id = tracking.pipeline_run(tracking_uri, cfg.mlflow.experiment, kfp_run_name, kfp_run_id, cfg.flat_params())
-    result = train(normalized.path, augmented.path, cfg, model.path, tracking_uri, run_id)
+    with user_errors():
+        result = train(normalized.path, augmented.path, cfg, model.path, tracking_uri, run_id)
     meta = shards.read_meta(normalized.path)
-    model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device})
-    return log_model(result.model_path, meta["image_size"], tracking_uri, run_id, meta["classes"])
+    model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                           "device": result.device})
+    return log_model(result.model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
+                     meta.get("resize_mode", "pad"))

@@ -59,13 +59,13 @@ def main() -> None:
               help="Train even when the data is the data the current champion was trained on.")
 def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.models import MODELS
+    from components.models import MODEL_NAMES
     from components.sources import open_source
     from pipeline.local import PipelineFailed, run_local
 
     cfg = load_config(config_path, overrides, data)
-    if cfg.train.model not in MODELS:
-        raise UserError(f"unknown model {cfg.train.model!r} (train.model: one of {', '.join(sorted(MODELS))})")
+    if cfg.train.model not in MODEL_NAMES:
+        raise UserError(f"unknown model {cfg.train.model!r} (train.model: one of {', '.join(MODEL_NAMES)})")
     open_source(cfg.data.source)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
@@ -108,6 +108,49 @@ def ingest(config_path, overrides, data, output_dir, data_format):
     click.echo(f"files found {r['files_found']}: ingested {r['ingested']}, quarantined {r['quarantined']}, "
                f"ignored {r['ignored']}; {len(r['classes'])} classes")
     click.echo(f"report: {Path(output_dir, 'report.html')}")
+
+
+@main.command()
+@config_options
+@click.option("--model", "model_uri", required=True,
+              help="Model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, or a local path.")
+@click.option("--data", required=True, help="Labelled images: any source ingest reads (an external test set).")
+@click.option("--out", "out_path", default="metrics.json", show_default=True, type=click.Path(dir_okay=False),
+              help="Metrics JSON; report.html and the pictures go beside it.")
+@click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
+def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
+    """Score a model on every labelled image of a source: same metrics and report as the pipeline."""
+    from components.predict import evaluate_source, load_model
+
+    cfg = load_config(config_path, overrides, data)
+    loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri))
+    result = evaluate_source(loaded, data, cfg, out_path)
+    m = result["metrics"]
+    click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
+               + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") is not None else ""))
+    if result["skipped"]:
+        click.echo(f"not scored: {result['skipped']} images ({result['skipped_reason']})", err=True)
+    click.echo(f"metrics: {out_path}")
+    click.echo(f"report:  {result['report']}")
+
+
+@main.command()
+@click.option("--model", "model_uri", required=True,
+              help="Model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, or a local path.")
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", "out_path", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
+@click.option("--melanoma-class", default="melanoma", show_default=True)
+@click.option("--tta", is_flag=True, help="Average over 8 flips/turns of each image.")
+@click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
+def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
+    """Every class's probability and the melanoma probability for each IMAGE_OR_DIR (CSV)."""
+    from components.predict import find_images, load_model, predict_files, write_csv
+
+    loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri))
+    rows = predict_files(loaded, find_images(list(images)), melanoma_class, tta=tta)
+    write_csv(rows, out_path)
+    failed = sum(1 for r in rows if r["error"])
+    click.echo(f"{len(rows)} images -> {out_path}" + (f" ({failed} unreadable, see the error column)" if failed else ""))
 
 
 @main.command("compile")

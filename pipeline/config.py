@@ -16,6 +16,10 @@ import yaml
 from components.errors import UserError
 
 
+IMBALANCE_METHODS = ("none", "class_weight", "focal", "balanced_sampling")
+GATE_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "melanoma_auc")
+
+
 class ConfigError(UserError):
     """A user mistake in a config file or an override: shown as one line."""
 
@@ -80,15 +84,40 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
+    # seed_cnn, small_resnet (from scratch), or a transfer backbone: mobilenet_v2,
+    # mobilenet, efficientnet_b0 (see components.models).
     model: str = "seed_cnn"
+    # Transfer backbones: "imagenet" (download), a local file or gs:// file, or "" (random).
+    # A relative path is relative to the working folder (the project root).
+    weights: str = ""
+    # Width multiplier of mobilenet/mobilenet_v2.
+    alpha: float = 1.0
+    # All epochs, both phases; transfer models spend the first frozen_epochs with the
+    # backbone frozen (only the new head learns), then fine-tune.
     epochs: int = 10
+    frozen_epochs: int = 0
+    # Backbone layers unfrozen for fine-tuning, counted from the top (0: all).
+    fine_tune_layers: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    # constant, or cosine (decay to 0 over each phase).
+    lr_schedule: str = "constant"
     dropout: float = 0.2
-    # val_balanced_accuracy is computed by our callback each epoch; any Keras log works.
+    # Random flips, 90-degree turns, brightness and contrast in the input pipeline
+    # (dermoscopy has no up or left), on top of the augment step's oversampling.
+    online_augment: bool = False
+    # Class imbalance: none, class_weight, focal (loss), or balanced_sampling.
+    imbalance: str = "none"
+    focal_gamma: float = 2.0
+    # val_balanced_accuracy, val_macro_auc, val_melanoma_auc, val_macro_f1 are computed
+    # by our callback each epoch; val_loss and val_accuracy too.
     monitor: str = "val_balanced_accuracy"
     early_stopping_patience: int = 4
-    class_weight: bool = False
+    # Wall-clock budget for training (0: none): no new epoch starts after it is spent.
+    max_train_minutes: float = 0.0
+    # Keep decoded training images in memory between epochs.
+    cache: bool = True
     seed: int = 123
 
 
@@ -97,6 +126,19 @@ class EvaluateConfig:
     # Class whose one-vs-rest AUC is reported as melanoma_auc.
     melanoma_class: str = "melanoma"
     batch_size: int = 64
+    # Test-time augmentation: average the probabilities over flips and 90-degree turns.
+    tta: bool = False
+    # Report pictures: worst misclassified test images, Grad-CAM melanoma images.
+    worst_images: int = 16
+    gradcam_images: int = 4
+    # Champion gate: a new model gets the champion alias only if every metric reaches
+    # its minimum and it is not worse than the current champion on champion_metric by
+    # more than champion_margin (both scored on this test split); else challenger.
+    champion_metric: str = "balanced_accuracy"
+    champion_margin: float = 0.0
+    min_balanced_accuracy: float = 0.0
+    min_melanoma_auc: float = 0.0
+    min_macro_auc: float = 0.0
 
 
 @dataclass
@@ -213,6 +255,13 @@ class Config:
              "cluster.gpu.toleration.operator must be Exists or Equal"),
             (not self.cluster.pipeline_root or "://" in self.cluster.pipeline_root,
              f"cluster.pipeline_root must be a URI such as gs://bucket/path, not {self.cluster.pipeline_root!r}"),
+            (0 <= self.train.frozen_epochs <= self.train.epochs, "train.frozen_epochs must be in [0, train.epochs]"),
+            (self.train.imbalance in IMBALANCE_METHODS,
+             f"train.imbalance must be one of {', '.join(IMBALANCE_METHODS)}, not {self.train.imbalance!r}"),
+            (self.train.lr_schedule in ("constant", "cosine"),
+             f"train.lr_schedule must be constant or cosine, not {self.train.lr_schedule!r}"),
+            (self.evaluate.champion_metric in GATE_METRICS,
+             f"evaluate.champion_metric must be one of {', '.join(GATE_METRICS)}"),
         ]
         for ok, message in checks:
             if not ok:

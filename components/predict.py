@@ -1,0 +1,187 @@
+"""Load a trained model from any URI and score images with exactly the preprocessing
+the pipeline used (components.imaging.load_for_model at the model's size and resize
+mode), for ``lesionpipe predict``, ``lesionpipe evaluate`` and the champion gate."""
+from __future__ import annotations
+
+import csv
+import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from components.errors import UserError
+from components.imaging import ImageError, load_for_model
+from components.ingest import IMAGE_EXTENSIONS
+from components.sources import read_bytes
+from pipeline.config import Config
+
+KERAS_FILE = "model.keras"
+MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "gs://", "s3://", "http://", "https://")
+
+
+class ModelLoadError(UserError):
+    """A model URI that names nothing loadable: one line for the user."""
+
+
+@dataclass
+class LoadedModel:
+    model: object  # keras.Model
+    classes: list[str]
+    image_size: int
+    resize_mode: str
+    uri: str
+
+    def predict(self, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+        """Class probabilities of uint8 or float images in [0, 255], shape (n, size, size, 3)."""
+        return predict_probabilities(self.model, images, batch_size, tta)
+
+
+def _dihedral(images: np.ndarray) -> list[np.ndarray]:
+    """The 8 flips and 90-degree turns of a batch (a lesion has no up or left)."""
+    turns = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    return turns + [t[:, :, ::-1] for t in turns]
+
+
+def predict_probabilities(model, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    if len(images) == 0:
+        return np.zeros((0, int(model.output_shape[-1])))
+    views = _dihedral(images) if tta else [images]
+    probs = [model.predict(np.ascontiguousarray(v, dtype=np.float32), batch_size=batch_size, verbose=0) for v in views]
+    return np.mean(np.asarray(probs, dtype=np.float64), axis=0)
+
+
+def _local_model_files(path: Path) -> tuple[Path, dict]:
+    """The .keras file and metadata of a local model: a .keras file, a train step's output
+    folder (model.keras + classes.json), or a downloaded MLflow model folder."""
+    if path.is_file() and path.suffix == ".keras":
+        classes_file = path.parent / "classes.json"
+        return path, {"classes": json.loads(classes_file.read_text())} if classes_file.is_file() else {}
+    if (path / "MLmodel").is_file():
+        mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+        found = sorted(path.rglob("*.keras"))
+        if not found:
+            raise ModelLoadError(f"{path} is an MLflow model without a Keras model file")
+        return found[0], mlmodel.get("metadata") or {}
+    if (path / KERAS_FILE).is_file():
+        return _local_model_files(path / KERAS_FILE)
+    raise ModelLoadError(f"no model at {path} (a .keras file, a train output folder, or an MLflow model folder)")
+
+
+def _download(uri: str, tracking_uri: str | None) -> Path:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
+    except MlflowException as exc:
+        raise ModelLoadError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
+
+
+def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
+    """A model from a local path or any MLflow URI (``models:/<name>@champion``,
+    ``models:/<name>/<version>``, ``runs:/<run>/model``, ...)."""
+    import keras
+
+    if not uri:
+        raise ModelLoadError("no model URI given")
+    path = _download(uri, tracking_uri) if uri.startswith(MLFLOW_SCHEMES) else Path(uri).expanduser()
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {uri}")
+    keras_file, metadata = _local_model_files(path)
+    try:
+        model = keras.models.load_model(keras_file, compile=False)
+    except (ValueError, OSError) as exc:
+        raise ModelLoadError(f"cannot load Keras model {keras_file}: {str(exc).splitlines()[0]}") from None
+    image_size = int(model.input_shape[1])
+    classes = list(metadata.get("classes") or [f"class_{i}" for i in range(int(model.output_shape[-1]))])
+    return LoadedModel(model, classes, image_size, str(metadata.get("resize_mode", "pad")), uri)
+
+
+def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
+    """Decode and resize images by URI in parallel; (images, error per URI, '' when fine)."""
+    def one(uri: str) -> tuple[np.ndarray | None, str]:
+        try:
+            return load_for_model(read_bytes(uri), size, mode), ""
+        except (ImageError, OSError) as exc:
+            return None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(one, uris))
+    blank = np.zeros((size, size, 3), np.uint8)
+    images = np.stack([image if image is not None else blank for image, _ in results]) if results else \
+        np.zeros((0, size, size, 3), np.uint8)
+    return images, [error for _, error in results]
+
+
+def find_images(paths: list[str]) -> list[str]:
+    """Image files named directly, or found below named folders (sorted)."""
+    found: list[str] = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir():
+            found += sorted(str(f) for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+        elif path.is_file():
+            found.append(str(path))
+        else:
+            raise UserError(f"no such image or folder: {p}")
+    if not found:
+        raise UserError(f"no images found in {', '.join(paths)}")
+    return found
+
+
+def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64,
+                  tta: bool = False) -> list[dict]:
+    """One row per file: path, predicted class, every class's probability, the melanoma
+    probability, and the reason when the file could not be read as an image."""
+    images, errors = load_images(files, loaded.image_size, loaded.resize_mode)
+    probs = loaded.predict(images, batch_size, tta)
+    rows = []
+    for path, p, error in zip(files, probs, errors):
+        row: dict = {"path": path, "predicted_class": "" if error else loaded.classes[int(p.argmax())]}
+        row.update({f"p_{c}": ("" if error else round(float(v), 6)) for c, v in zip(loaded.classes, p)})
+        if melanoma_class in loaded.classes:
+            row["melanoma_probability"] = "" if error else round(float(p[loaded.classes.index(melanoma_class)]), 6)
+        row["error"] = error
+        rows.append(row)
+    return rows
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def evaluate_source(loaded: LoadedModel, source_uri: str, cfg: Config, out_path: str | Path) -> dict:
+    """``lesionpipe evaluate``: every labelled image ingest accepts from ``source_uri``,
+    scored with the pipeline's metrics and report. Images of classes the model does not
+    know are counted, not scored."""
+    from components.evaluate import evaluate_images, write_report
+    from components.ingest import ingest
+
+    manifest = ingest(source_uri, cfg.data).manifest
+    usable = manifest[manifest.status == "ingested"]
+    known = usable[usable.label.isin(loaded.classes)]
+    unknown = sorted(set(usable.label) - set(loaded.classes))
+    if known.empty:
+        raise UserError(f"no image of {source_uri} has a class the model knows ({', '.join(loaded.classes)})")
+    images, errors = load_images(known.uri.tolist(), loaded.image_size, loaded.resize_mode)
+    if any(errors):
+        raise UserError(f"unreadable image: {next(e for e in errors if e)}")
+    labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()
+    out = Path(out_path)
+    folder = out.parent / (out.stem + "_report")
+    ev = evaluate_images(loaded.model, loaded.classes, images, labels, cfg.evaluate, folder)
+    ev.metrics["model_uri"] = loaded.uri
+    ev.metrics["data"] = source_uri
+    report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(ev.metrics, indent=2))
+    return {"metrics": ev.metrics, "report": str(report), "skipped": int(len(usable) - len(known)),
+            "skipped_reason": f"classes unknown to the model: {', '.join(unknown)}" if unknown else ""}

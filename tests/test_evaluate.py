@@ -1,0 +1,117 @@
+"""Evaluation: metrics against hand-computed values, TTA, Grad-CAM, and the report with
+every picture, on a model really trained on tiny synthetic shards."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import shards
+from components.evaluate import evaluate, gradcam, thinned_roc, worst_misclassified, write_report
+from components.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
+from components.predict import predict_probabilities
+from components.train import train
+from tiny_data import make_tiny_shards, tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    normalized = make_tiny_shards(root)
+    result = train(normalized, None, tiny_config(epochs=3, learning_rate=0.003), root / "model")
+    return Path(result.model_path), normalized
+
+
+def test_melanoma_sensitivity_at_fixed_specificity():
+    # 10 negatives with scores 0.0..0.9, 4 melanomas with scores 0.95, 0.85, 0.75, 0.05.
+    negatives = np.arange(10) / 10
+    positives = np.array([0.95, 0.85, 0.75, 0.05])
+    y = np.r_[np.zeros(10), np.ones(4)].astype(int)
+    scores = np.r_[negatives, positives]
+    # Specificity 90 %: one negative (0.9) may score above the threshold -> 0.95 and 0.85? no:
+    # a threshold of 0.85 passes 0.9 (1 false positive of 10) and catches 0.95 and 0.85.
+    assert sensitivity_at_specificity(y, scores, 0.9) == pytest.approx(0.5)
+    # Specificity 80 %: threshold 0.75 passes 0.8 and 0.9, catches three melanomas.
+    assert sensitivity_at_specificity(y, scores, 0.8) == pytest.approx(0.75)
+    assert sensitivity_at_specificity(np.zeros(5, int), np.zeros(5), 0.9) is None
+
+
+def test_expected_calibration_error_of_known_predictions():
+    y = np.array([0, 0, 0, 0, 1])
+    # Five predictions at confidence 0.8, four right: perfectly calibrated.
+    probs = np.array([[0.8, 0.2]] * 5)
+    assert expected_calibration_error(y, probs) == pytest.approx(0.0, abs=1e-9)
+    # Always 1.0 confident, 80 % right: ECE 0.2.
+    assert expected_calibration_error(y, np.array([[1.0, 0.0]] * 5)) == pytest.approx(0.2)
+
+
+def test_metrics_carry_every_number_the_issue_lists():
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 20)
+    probs = rng.dirichlet(np.ones(3), 60)
+    probs[np.arange(60), y] += 0.5
+    probs /= probs.sum(1, keepdims=True)
+    m = classification_metrics(y, probs, ["nevus", "melanoma", "benign_keratosis"])
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc", "ece",
+                "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity"):
+        assert m[key] is not None and 0 <= m[key] <= 1, key
+    assert set(m["per_class"]["melanoma"]) == {"precision", "recall", "f1", "support", "auc"}
+    assert np.asarray(m["confusion_matrix"]).sum() == 60
+
+
+def test_test_time_augmentation_averages_the_eight_flips_and_turns(trained):
+    import keras
+
+    model = keras.models.load_model(trained[0], compile=False)
+    images = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
+    views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
+    views += [v[:, :, ::-1] for v in views]
+    expected = np.mean([model.predict(v.astype(np.float32), verbose=0) for v in views], axis=0)
+    np.testing.assert_allclose(predict_probabilities(model, images, tta=True), expected, rtol=1e-5)
+    # A whole-image symmetry: a turned image gets the same TTA probabilities.
+    np.testing.assert_allclose(predict_probabilities(model, np.rot90(images, 1, axes=(1, 2)), tta=True), expected,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_gradcam_highlights_a_region_not_the_whole_image(trained):
+    import keras
+
+    model = keras.models.load_model(trained[0], compile=False)
+    images, labels, _ = shards.read_all(shards.shard_paths(trained[1], "test"), 32)
+    heat = gradcam(model, images[:3].astype(np.float32), 0)
+    assert heat.shape == (3, 32, 32)
+    assert heat.min() >= 0 and heat.max() <= 1 + 1e-6
+    assert all(h.max() > h.min() for h in heat)
+
+
+def test_evaluation_writes_metrics_pictures_and_a_self_contained_report(trained, tmp_path):
+    model_path, normalized = trained
+    cfg = tiny_config()
+    ev = evaluate(model_path, normalized, cfg, tmp_path)
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["n"] == shards.read_meta(normalized)["counts"]["test"]
+    assert written["accuracy"] > 0.5  # 4 classes: chance is 0.25
+    names = {name for _, name in ev.pictures}
+    assert {"confusion_matrix.png", "roc_curves.png", "reliability.png", "gradcam_melanoma.png"} <= names
+    for name in names:
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    gate = {"alias": "challenger", "reason": "balanced_accuracy 0.4 < minimum 0.9", "model_uri": "models:/m/2",
+            "previous_champion": "version 1", "comparison": {"balanced_accuracy": {"new": 0.4, "champion": 0.5, "minimum": 0.9}}}
+    page = write_report(ev, tmp_path, "Tiny", synthetic=True, gate=gate).read_text()
+    assert page.count("data:image/png;base64,") == len(ev.pictures)
+    assert "SYNTHETIC" in page and "CHALLENGER" in page and "balanced_accuracy 0.4 &lt; minimum 0.9" in page
+    for label in ("balanced accuracy", "melanoma auc", "melanoma sensitivity at 90 specificity", "ece"):
+        assert label in page
+
+
+def test_worst_misclassified_and_thinned_roc():
+    y = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.95, 0.05], [0.2, 0.8]])
+    assert worst_misclassified(y, probs, 5).tolist() == [2, 1]  # true-class probability 0.05, then 0.3
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 5000)
+    probs = rng.dirichlet([1, 1], 5000)
+    fpr, tpr, thresholds = thinned_roc(y, probs, 1)
+    assert len(fpr) <= 200 and fpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1

@@ -1,0 +1,105 @@
+"""`lesionpipe predict` and `lesionpipe evaluate` through the real CLI (in process), on a
+model trained on tiny synthetic shards and on images written as files."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from components import shards, synthetic
+from components.train import train
+from helpers import write_class_folder
+from pipeline.cli import main
+from tiny_data import make_tiny_shards, tiny_config
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("predict")
+    normalized = make_tiny_shards(root)
+    train(normalized, None, tiny_config(epochs=3, learning_rate=0.003), root / "model")
+    return root / "model"
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    # Larger than the model's 32 px and not square-padded: the CLI must resize like normalize.
+    return write_class_folder(tmp_path_factory.mktemp("images"), per_class=4, size=48, seed=99)
+
+
+def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, tmp_path):
+    out = tmp_path / "predictions.csv"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(images), str(broken), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "17 images" in result.output and "1 unreadable" in result.output
+    rows = list(csv.DictReader(out.open()))
+    classes = json.loads((model_dir / "classes.json").read_text())
+    assert list(rows[0]) == ["path", "predicted_class", *[f"p_{c}" for c in classes], "melanoma_probability", "error"]
+    good = [r for r in rows if not r["error"]]
+    assert len(good) == 16 and "not an image" in next(r for r in rows if r["error"])["error"]
+    for row in good:
+        probs = np.array([float(row[f"p_{c}"]) for c in classes])
+        assert probs.sum() == pytest.approx(1.0, abs=1e-4)
+        assert row["predicted_class"] == classes[int(probs.argmax())]
+        assert float(row["melanoma_probability"]) == float(row["p_melanoma"])
+    # The model learned something: most of the synthetic images get their own class.
+    right = sum(r["predicted_class"] == Path(r["path"]).parent.name for r in good)
+    assert right >= 10, right
+
+
+def test_evaluate_scores_a_folder_with_the_pipelines_metrics_and_report(model_dir, images, tmp_path):
+    out = tmp_path / "external" / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(model_dir / "model.keras"), "--data", str(images),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["n"] == 16 and metrics["data"] == str(images)
+    for key in ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc", "ece", "per_class", "confusion_matrix",
+                "melanoma_sensitivity_at_90_specificity"):
+        assert key in metrics
+    report = (tmp_path / "external" / "metrics_report" / "report.html").read_text()
+    assert "confusion matrix" in report.lower() and "data:image/png;base64," in report
+
+
+def test_evaluate_counts_images_of_classes_the_model_does_not_know(model_dir, tmp_path):
+    folder = write_class_folder(tmp_path / "data", classes=(*synthetic.CLASSES[:2], "lentigo"), per_class=3, size=40)
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(model_dir), "--data", str(folder), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["n"] == 6
+    assert "not scored: 3 images (classes unknown to the model: lentigo)" in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "--model", "models:/nope@champion", "x.jpg"], "Error: cannot load model models:/nope@champion"),
+    (["predict", "--model", "/no/such/model.keras", "x.jpg"], "Error: model not found: /no/such/model.keras"),
+    (["run", "--set", "train.model=vgg99"], "Error: unknown model 'vgg99'"),
+    (["run", "--set", "train.imbalance=smote"], "Error: train.imbalance must be one of"),
+])
+def test_user_mistakes_are_one_error_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1].startswith(message), result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
+    """An image saved as PNG at the model's size predicts exactly as its shard record."""
+    from components.predict import load_model, predict_files
+    from PIL import Image
+
+    normalized = model_dir.parent / "normalized"
+    images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    path = tmp_path / "one.png"
+    Image.fromarray(images[0]).save(path)
+    loaded = load_model(str(model_dir))
+    row = predict_files(loaded, [str(path)])[0]
+    direct = loaded.predict(images[:1])[0]
+    assert [row[f"p_{c}"] for c in loaded.classes] == pytest.approx(direct.tolist(), abs=1e-6)

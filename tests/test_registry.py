@@ -1,0 +1,94 @@
+"""The champion gate: the decision rules, and the real thing on an MLflow server
+(register, aliases, re-scoring the champion on the same test split)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import shards
+from components.evaluate import evaluate
+from components.predict import ModelLoadError, load_model
+from components.train import log_model, train
+from pipeline import registry
+from pipeline.config import EvaluateConfig
+from pipeline.registry import CHALLENGER, CHAMPION, decide, register_with_gate
+from pipeline.tracking import pipeline_run
+from tiny_data import make_tiny_shards, tiny_config
+
+
+def _cfg(**kwargs) -> EvaluateConfig:
+    return EvaluateConfig(champion_metric="balanced_accuracy", champion_margin=0.02, **kwargs)
+
+
+def test_gate_rules():
+    new = {"balanced_accuracy": 0.70, "melanoma_auc": 0.90, "macro_auc": 0.9}
+    assert decide(new, None, _cfg()).alias == CHAMPION
+    below = decide(new, None, _cfg(min_melanoma_auc=0.93))
+    assert below.alias == CHALLENGER and "melanoma_auc 0.900 < minimum 0.930" in below.reason
+    assert below.comparison["melanoma_auc"] == {"new": 0.9, "champion": None, "minimum": 0.93}
+    # Within the margin of the champion: promoted; beyond it: not.
+    assert decide(new, {"balanced_accuracy": 0.715}, _cfg()).alias == CHAMPION
+    worse = decide(new, {"balanced_accuracy": 0.73}, _cfg())
+    assert worse.alias == CHALLENGER and "worse than the champion" in worse.reason and "-0.0300" in worse.reason
+    assert decide(new, None, _cfg(), champion_problem="it predicts other classes").alias == CHALLENGER
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory, mlflow_server) -> dict:
+    """A trained model and an untrained one, both logged to one MLflow run each."""
+    root = tmp_path_factory.mktemp("registry")
+    normalized = make_tiny_shards(root)
+    classes = shards.read_meta(normalized)["classes"]
+    out = {"normalized": normalized, "classes": classes}
+    for name, epochs, lr in (("good", 3, 0.003), ("bad", 1, 1e-7)):
+        cfg = tiny_config(epochs=epochs, learning_rate=lr)
+        run_id = pipeline_run(mlflow_server, "registry-test", name, f"kfp-{name}-{root.name}")
+        result = train(normalized, None, cfg, root / name)
+        out[name] = {"uri": log_model(result.model_path, 32, mlflow_server, run_id, classes),
+                     "metrics": evaluate(result.model_path, normalized, cfg, root / f"eval-{name}").metrics}
+    return out
+
+
+def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_server):
+    from mlflow.tracking import MlflowClient
+
+    name = f"gate-test-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    cfg = _cfg(min_balanced_accuracy=0.1)
+    good, bad = two_models["good"], two_models["bad"]
+    assert good["metrics"]["balanced_accuracy"] > bad["metrics"]["balanced_accuracy"] + cfg.champion_margin
+
+    first = register_with_gate(mlflow_server, name, good["uri"], good["metrics"], two_models["normalized"], cfg)
+    assert (first["alias"], first["version"], first["previous_champion"]) == (CHAMPION, "1", None)
+
+    second = register_with_gate(mlflow_server, name, bad["uri"], bad["metrics"], two_models["normalized"], cfg)
+    assert second["alias"] == CHALLENGER and second["version"] == "2"
+    # The champion was re-scored on the same test split: the same numbers it got when evaluated.
+    assert second["comparison"]["balanced_accuracy"]["champion"] == pytest.approx(good["metrics"]["balanced_accuracy"])
+    client = MlflowClient(mlflow_server)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+    assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"
+    assert client.get_model_version(name, "2").tags["gate.alias"] == CHALLENGER
+
+    # models:/<name>@champion is a model URI like any other.
+    champion = load_model(f"models:/{name}@{CHAMPION}", mlflow_server)
+    assert champion.classes == two_models["classes"] and champion.image_size == 32
+    images = np.zeros((2, 32, 32, 3), np.uint8)
+    np.testing.assert_allclose(champion.predict(images).sum(1), 1.0, atol=1e-5)
+
+    # The decision lands in the pipeline's run too.
+    run_id = pipeline_run(mlflow_server, "registry-test", "gate", f"kfp-gate-{name}")
+    registry.log_gate(mlflow_server, run_id, second)
+    run = client.get_run(run_id)
+    assert run.data.tags["gate.alias"] == CHALLENGER and "worse than the champion" in run.data.tags["gate.reason"]
+    assert run.data.metrics["gate_champion_balanced_accuracy"] == pytest.approx(good["metrics"]["balanced_accuracy"])
+
+
+def test_bad_model_uris_are_one_line_errors(mlflow_server, tmp_path):
+    with pytest.raises(ModelLoadError, match="cannot load model models:/no-such-model@champion"):
+        load_model("models:/no-such-model@champion", mlflow_server)
+    with pytest.raises(ModelLoadError, match="model not found"):
+        load_model(str(tmp_path / "nothing.keras"))
+    with pytest.raises(ModelLoadError, match="no model at"):
+        load_model(str(tmp_path))

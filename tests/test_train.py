@@ -1,0 +1,218 @@
+"""Training: models by name, transfer weights, two phases, imbalance, determinism,
+early stopping with best weights, resume after a kill. Real TF on 32 px images."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import shards
+from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
+from components.train import (BestEpochTracker, class_weights, read_epoch_log, sparse_focal_loss, train,
+                              training_class_counts, training_dataset)
+from tiny_data import make_tiny_shards, tiny_config
+
+MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
+MOBILENET_V2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+
+
+@pytest.fixture(scope="module")
+def normalized(tmp_path_factory) -> Path:
+    return make_tiny_shards(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture
+def weights_dir() -> Path:
+    value = os.environ.get("LESION_WEIGHTS")
+    if not value or not Path(value).is_dir():
+        pytest.skip("LESION_WEIGHTS is not set (ImageNet weights in ../shared/weights)")
+    return Path(value)
+
+
+@pytest.mark.parametrize("name, size, kwargs", [
+    ("seed_cnn", 32, {}), ("small_resnet", 32, {}), ("mobilenet_v2", 32, {"alpha": 0.35}), ("mobilenet", 32, {"alpha": 0.25}),
+])
+def test_every_model_name_builds_a_probability_model(name, size, kwargs):
+    model = build_model(name, 5, size, MEAN, STD, **kwargs)
+    probs = model.predict(np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32), verbose=0)
+    assert probs.shape == (3, 5)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+
+
+def test_user_mistakes_in_model_settings_are_one_line_errors(tmp_path):
+    with pytest.raises(ModelError, match="unknown model 'vgg99'.*seed_cnn"):
+        build_model("vgg99", 3, 32, MEAN, STD)
+    with pytest.raises(ModelError, match="weights file not found: .*missing.h5"):
+        build_model("mobilenet_v2", 3, 96, MEAN, STD, weights=str(tmp_path / "missing.h5"), alpha=0.35)
+    with pytest.raises(ModelError, match="has no alpha 0.3"):
+        build_model("mobilenet_v2", 3, 96, MEAN, STD, alpha=0.3)
+
+
+def test_transfer_backbone_loads_imagenet_weights_from_a_local_file(weights_dir):
+    import h5py
+
+    path = weights_dir / MOBILENET_V2_035
+    model = build_model("mobilenet_v2", 7, 96, MEAN, STD, weights=str(path), alpha=0.35)
+    with h5py.File(path, "r") as f:
+        stored = np.asarray(f["Conv1"]["Conv1"]["kernel:0"])
+    np.testing.assert_array_equal(model.get_layer("Conv1").get_weights()[0], stored)
+
+    set_backbone_trainable(model, 0)
+    assert {w.path.split("/")[0] for w in model.trainable_weights} == {"logits"}
+    set_backbone_trainable(model, 10)
+    trainable = [layer for layer in backbone_layers(model) if layer.trainable]
+    assert 0 < len(trainable) <= 10 and not any("bn" in layer.name.lower() for layer in trainable)
+
+
+def _snapshot_callback(layer_name: str, store: list):
+    import keras
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            store.append(self.model.get_layer(layer_name).get_weights()[0].copy())
+
+    return Snapshot()
+
+
+def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
+    import keras
+
+    cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=2, frozen_epochs=1, lr_schedule="cosine")
+    keras.utils.set_random_seed(cfg.train.seed)  # the initialisation train() will draw
+    initial = build_model("mobilenet", 4, 32, MEAN, STD, alpha=0.25).get_layer("conv1").get_weights()[0]
+    kernels: list[np.ndarray] = []
+    result = train(normalized, None, cfg, tmp_path, extra_callbacks=[_snapshot_callback("conv1", kernels)])
+    assert len(kernels) == 2 and result.epochs_run == 2
+    # Same seed, same random initialisation: unchanged after the frozen epoch, moved after fine-tuning.
+    np.testing.assert_array_equal(kernels[0], initial)
+    assert not np.allclose(kernels[1], kernels[0])
+    epochs = read_epoch_log(tmp_path)
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert epochs[1]["learning_rate"] < cfg.train.fine_tune_learning_rate  # cosine decay is under way
+    assert (tmp_path / "model.keras").is_file() and (tmp_path / "frozen_phase.weights.h5").is_file()
+
+
+def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
+    cfg = tiny_config(model="seed_cnn", epochs=2, online_augment=True, imbalance="class_weight")
+    first = train(normalized, None, cfg, tmp_path / "a")
+    second = train(normalized, None, cfg, tmp_path / "b")
+    assert first.history["loss"] == second.history["loss"]
+    import keras
+
+    a = keras.models.load_model(first.model_path, compile=False).get_weights()
+    b = keras.models.load_model(second.model_path, compile=False).get_weights()
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_early_stopping_keeps_the_best_epochs_weights_across_a_restart(tmp_path):
+    model = build_model("seed_cnn", 3, 32, MEAN, STD)
+    values = {0: 0.5, 1: 0.7, 2: 0.6, 3: 0.65}
+    weights_at = {}
+    model.stop_training = False  # what fit() sets before the first epoch
+    tracker = BestEpochTracker(tmp_path, "val_balanced_accuracy", patience=2)
+    callback = tracker.callback(phase_start=0)
+    callback.set_model(model)
+    for epoch in range(3):
+        model.get_layer("logits").set_weights([w + epoch for w in model.get_layer("logits").get_weights()])
+        weights_at[epoch] = model.get_layer("logits").get_weights()[0].copy()
+        callback.on_epoch_end(epoch, {"val_balanced_accuracy": values[epoch]})
+        assert not model.stop_training
+    # A new process: the best value and epoch come back from the output folder.
+    restarted = BestEpochTracker(tmp_path, "val_balanced_accuracy", patience=2)
+    assert (restarted.best, restarted.best_epoch) == (0.7, 1)
+    callback = restarted.callback(phase_start=0)
+    callback.set_model(model)
+    callback.on_epoch_end(3, {"val_balanced_accuracy": values[3]})
+    assert model.stop_training  # two epochs without beating epoch 1
+    restarted.restore_best(model)
+    np.testing.assert_array_equal(model.get_layer("logits").get_weights()[0], weights_at[1])
+
+
+def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tmp_path):
+    counts = np.array([10, 30, 60])
+    weights = class_weights(counts)
+    assert weights[0] == pytest.approx(100 / 30) and weights[2] == pytest.approx(100 / 180)
+    assert sum(w * c for w, c in zip(weights.values(), counts)) == pytest.approx(counts.sum())
+
+    import keras
+
+    y_true, y_pred = np.array([0, 1]), np.array([[0.9, 0.1], [0.6, 0.4]], dtype=np.float32)
+    ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred).numpy()
+    focal = np.asarray(sparse_focal_loss(2.0)(y_true, y_pred))
+    np.testing.assert_allclose(focal, ce * (1 - np.array([0.9, 0.4])) ** 2, rtol=1e-5)
+
+    # 2 images of class 0, 6 of class 1, 40 of class 2: balanced sampling draws each a third of the time.
+    skewed = tmp_path / "train-00000-of-00001.tfrecord"
+    labels = [0] * 2 + [1] * 6 + [2] * 40
+    shards.write_shard(skewed, ((np.full((32, 32, 3), i, np.uint8), y, f"x{i}") for i, y in enumerate(labels)))
+    cfg = tiny_config(imbalance="balanced_sampling", batch_size=30).train
+    drawn = np.concatenate([y.numpy() for _, y in training_dataset([str(skewed)], 32, cfg, 3).take(40)])
+    share = np.bincount(drawn, minlength=3) / len(drawn)
+    assert np.all(np.abs(share - 1 / 3) < 0.04), share
+    assert training_class_counts(normalized, None).sum() == shards.read_meta(normalized)["counts"]["train"]
+
+
+RESUMABLE_TRAINING = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import keras
+    from components.train import train
+    sys.path.insert(0, "tests")
+    from tiny_data import tiny_config
+
+    normalized, out, kill_epoch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+
+    class SignalMidEpoch(keras.callbacks.Callback):
+        # In epoch kill_epoch, after two batches: tell the test, then wait to be killed.
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == kill_epoch and batch == 1:
+                (out / "kill-me").write_text(str(self.epoch))
+                time.sleep(600)
+
+    cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=3, frozen_epochs=1, batch_size=8)
+    result = train(normalized, None, cfg, out, extra_callbacks=[SignalMidEpoch()] if kill_epoch >= 0 else [])
+    print("EPOCHS_RUN", result.epochs_run)
+""")
+
+
+def test_a_killed_training_resumes_from_its_last_completed_epoch(normalized, tmp_path):
+    script = tmp_path / "train_once.py"
+    script.write_text(RESUMABLE_TRAINING)
+    out = tmp_path / "model"
+    out.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    # Killed in the middle of epoch 2 (0-based), the second fine-tuning epoch.
+    proc = subprocess.Popen([sys.executable, str(script), str(normalized), str(out), "2"], env=env, cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    while not (out / "kill-me").exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline, "training never reached epoch 2"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(30)
+    before = [e["epoch"] for e in read_epoch_log(out)]
+    assert before == [0, 1]  # the frozen epoch and one fine-tuning epoch complete, epoch 2 cut off
+    assert (out / "backup" / "fine_tune").is_dir()
+
+    done = subprocess.run([sys.executable, str(script), str(normalized), str(out), "-1"], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    log = (out / "epochs.jsonl").read_text().splitlines()
+    epochs = [json.loads(line)["epoch"] for line in log]
+    # The restart neither redid the frozen phase nor the finished fine-tuning epoch.
+    assert epochs == [0, 1, 2]
+    assert "Epoch 3/3" in done.stdout and "Epoch 1/3" not in done.stdout and "Epoch 2/3" not in done.stdout
+    assert "EPOCHS_RUN 3" in done.stdout
+    assert not (out / "backup" / "fine_tune").exists()  # removed once training finished
