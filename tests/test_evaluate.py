@@ -13,7 +13,7 @@ from components.evaluate import evaluate, gradcam, thinned_roc, worst_misclassif
 from components.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
 from components.predict import predict_probabilities
 from components.train import train
-from tiny_data import make_tiny_shards, tiny_config
+from tests.tiny_data import make_tiny_shards, tiny_config
 
 
 @pytest.fixture(scope="module")

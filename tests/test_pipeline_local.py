@@ -44,7 +44,7 @@ def check_run(summary: dict, n_classes: int) -> None:
 
     registered = summary["registered_model"]
     version = client.get_model_version(registered["name"], registered["version"])
-    assert version.tags["mlflow_run_id"] == run.info.run_id
+    assert version.run_id == run.info.run_id
 
     mlflow.set_tracking_uri(summary["tracking_uri"])
     model = mlflow.pyfunc.load_model(summary["model_uri"])

@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from components import shards, synthetic
 from components.train import train
-from helpers import write_class_folder
+from tests.helpers import write_class_folder
 from pipeline.cli import main
-from tiny_data import make_tiny_shards, tiny_config
+from tests.tiny_data import make_tiny_shards, tiny_config
 
 
 @pytest.fixture(scope="module")

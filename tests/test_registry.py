@@ -15,7 +15,7 @@ from pipeline import registry
 from pipeline.config import EvaluateConfig
 from pipeline.registry import CHALLENGER, CHAMPION, decide, register_with_gate
 from pipeline.tracking import pipeline_run
-from tiny_data import make_tiny_shards, tiny_config
+from tests.tiny_data import make_tiny_shards, tiny_config
 
 
 def _cfg(**kwargs) -> EvaluateConfig:

@@ -18,7 +18,7 @@ from components import shards
 from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
 from components.train import (BestEpochTracker, class_weights, read_epoch_log, sparse_focal_loss, train,
                               training_class_counts, training_dataset)
-from tiny_data import make_tiny_shards, tiny_config
+from tests.tiny_data import make_tiny_shards, tiny_config
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
 MOBILENET_V2_035 = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
