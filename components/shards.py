@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import tensorflow as tf
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 META_FILE = "dataset.json"
 
 
-def _bytes(value: bytes) -> tf.train.Feature:
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+def _tf():
+    # Imported on first use: the CLI and the pipeline definition import this module, and
+    # compile/submit/--help should not pay TensorFlow's start-up.
+    import tensorflow
 
-
-def _int(value: int) -> tf.train.Feature:
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=[value]))
+    return tensorflow
 
 
 def write_shard(path: str | Path, records: Iterable[tuple[np.ndarray, int, str]]) -> int:
@@ -34,12 +36,14 @@ def write_shard(path: str | Path, records: Iterable[tuple[np.ndarray, int, str]]
     path = Path(path)
     tmp = path.with_name(path.name + ".partial")
     count = 0
+    tf = _tf()
     with tf.io.TFRecordWriter(str(tmp)) as writer:
         for image, label, uri in records:
             example = tf.train.Example(features=tf.train.Features(feature={
-                "image": _bytes(np.ascontiguousarray(image, dtype=np.uint8).tobytes()),
-                "label": _int(int(label)),
-                "uri": _bytes(uri.encode("utf-8")),
+                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
+                    value=[np.ascontiguousarray(image, dtype=np.uint8).tobytes()])),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                "uri": tf.train.Feature(bytes_list=tf.train.BytesList(value=[uri.encode("utf-8")])),
             }))
             writer.write(example.SerializeToString())
             count += 1
@@ -62,6 +66,7 @@ def write_meta(folder: str | Path, meta: dict) -> None:
 
 
 def parse_fn(image_size: int):
+    tf = _tf()
     spec = {
         "image": tf.io.FixedLenFeature([], tf.string),
         "label": tf.io.FixedLenFeature([], tf.int64),
@@ -79,6 +84,7 @@ def parse_fn(image_size: int):
 def dataset(paths: list[str], image_size: int, *, batch_size: int | None = None, shuffle_seed: int | None = None,
             with_uri: bool = False) -> tf.data.Dataset:
     """Records as ``(image float32 in [0, 255], label)`` (and the URI), optionally shuffled and batched."""
+    tf = _tf()
     files = tf.data.Dataset.from_tensor_slices(paths)
     ds = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -99,6 +105,7 @@ def dataset(paths: list[str], image_size: int, *, batch_size: int | None = None,
 
 def read_all(paths: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All records of ``paths`` in memory as (uint8 images, labels, uris)."""
+    tf = _tf()
     images, labels, uris = [], [], []
     parse = parse_fn(image_size)
     for serialized in tf.data.TFRecordDataset(paths):
