@@ -265,6 +265,30 @@ def _read_gcs(uri: str) -> bytes:
         raise OSError(f"cannot read {uri}: {exc}") from None
 
 
+def download_folder(uri: str, dest: str | Path) -> Path:
+    """A step output folder (local path or gs://bucket/prefix) as a local folder."""
+    if not uri.startswith(GCS_SCHEME):
+        return Path(uri)
+    dest = Path(dest)
+    for f in GcsSource(uri).list_files():
+        target = dest / f.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(read_bytes(f.uri))
+    return dest
+
+
+def upload_folder(local: str | Path, uri: str) -> None:
+    """Copy every file under ``local`` to ``gs://bucket/prefix`` (same relative paths)."""
+    bucket, prefix = parse_gcs_uri(uri)
+    for path in sorted(Path(local).rglob("*")):
+        if path.is_file():
+            name = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}".lstrip("/")
+            try:
+                _gcs_blob(bucket, name).upload_from_filename(str(path), retry=_gcs_retry(), timeout=GCS_TIMEOUT_S)
+            except _gcs_errors() as exc:
+                raise OSError(f"cannot write gs://{bucket}/{name}: {exc}") from None
+
+
 class GcsSource(Source):
     """Every object under ``gs://bucket/prefix``, listed folder by folder in parallel."""
 

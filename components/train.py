@@ -9,6 +9,7 @@ MirroredStrategy when GPUs are visible; deterministic with a seed on CPU.
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 from kfp import dsl
 
 from components import shards
+from components.errors import UserError
 from pipeline.config import Config, TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -43,12 +45,24 @@ class Devices:
     gpu: bool
 
 
+def tf_config_workers() -> int:
+    """How many workers TF_CONFIG names (a TFJob's Training Operator sets it); 0 without it."""
+    cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
+
+
 def configure_devices(seed: int) -> Devices:
     """GPUs: mixed precision and MirroredStrategy over all visible ones. CPU: op
     determinism, so a seeded run repeats exactly."""
     import keras
     import tensorflow as tf
 
+    workers = tf_config_workers()
+    if workers > 1:
+        # Checked here (a 2-worker run on 127.0.0.1 fails inside fit with "Attempt to convert
+        # a value (PerReplica...)"), so a TFJob with several workers stops with a reason.
+        raise UserError(f"TF_CONFIG names {workers} workers, but Keras 3's Model.fit does not run under "
+                        "MultiWorkerMirroredStrategy (keras-team/keras#20585): use one worker with several GPUs")
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:

@@ -1,0 +1,85 @@
+"""``python -m components.train_job``: the train step outside KFP, for a TFJob.
+
+The Kubeflow Training Operator starts one process per worker and sets TF_CONFIG; the
+strategy (MultiWorkerMirroredStrategy for several workers, see
+``components.train.configure_devices``) comes from it. Inputs are a pipeline run's
+normalize and augment outputs (local paths or gs:// prefixes); only the chief writes
+the model to ``--output-dir`` and logs to MLflow, the other workers train into scratch
+folders.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from components.errors import UserError
+
+
+def is_chief() -> bool:
+    """No TF_CONFIG, the ``chief`` task, or worker 0 of a cluster without a chief (a TFJob
+    with Worker replicas only)."""
+    tf_config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    task = tf_config.get("task")
+    if not task or task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in tf_config.get("cluster", {})
+
+
+def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
+        run_id_tag: str = "") -> dict:
+    from components import shards
+    from components.sources import download_folder, upload_folder
+    from components.train import log_model, train
+    from pipeline import tracking
+    from pipeline.config import Config
+
+    cfg = Config.load(config_path)
+    chief = is_chief()
+    with tempfile.TemporaryDirectory(prefix="lesion-train-job-") as scratch:
+        normalized_dir = download_folder(normalized, Path(scratch, "normalized"))
+        augmented_dir = download_folder(augmented, Path(scratch, "augmented")) if augmented else None
+        remote_output = output_dir.startswith("gs://")
+        out = Path(output_dir) if chief and not remote_output else Path(scratch, "model")
+        run_id = ""
+        if chief and tracking_uri:
+            job_id = run_id_tag or f"tfjob-{uuid.uuid4().hex[:12]}"
+            run_id = tracking.pipeline_run(tracking_uri, cfg.mlflow.experiment, f"lesion-train-job-{job_id}", job_id,
+                                           cfg.flat_params(), tags={"lesion.trainer": "tfjob"})
+        result = train(normalized_dir, augmented_dir, cfg, out, tracking_uri if run_id else "", run_id)
+        summary = {"chief": chief, "device": result.device, "epochs_run": result.epochs_run,
+                   "best_epoch": result.best_epoch, "mlflow_run_id": run_id, "model_uri": ""}
+        if chief:
+            meta = shards.read_meta(normalized_dir)
+            if run_id:
+                summary["model_uri"] = log_model(result.model_path, meta["image_size"], tracking_uri, run_id,
+                                                 meta["classes"], meta.get("resize_mode", "pad"))
+            if remote_output:
+                upload_folder(out, output_dir)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.train_job", description=__doc__.splitlines()[0])
+    parser.add_argument("--normalized", required=True, help="normalize step output (folder or gs:// prefix)")
+    parser.add_argument("--augmented", default="", help="augment step output (folder or gs:// prefix)")
+    parser.add_argument("--config", required=True, help="run config YAML")
+    parser.add_argument("--output-dir", required=True, help="where the chief writes the model (folder or gs://)")
+    parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""))
+    parser.add_argument("--run-id", default="", help="the KFP run id whose MLflow run to log into (default: new run)")
+    args = parser.parse_args(argv)
+    try:
+        summary = run(args.normalized, args.augmented, args.config, args.output_dir, args.tracking_uri, args.run_id)
+    except (UserError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
