@@ -6,7 +6,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -33,21 +35,21 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
     raise TimeoutError(f"{url} did not answer within {timeout} s")
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory) -> str:
-    """A real `mlflow server` on 127.0.0.1 with an SQLite store and proxied artifacts."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    url = f"http://127.0.0.1:{port}"
+@contextmanager
+def running_server(command: list[str], health_url: str, log_path: Path, timeout: float = 120,
+                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+    """Start a real server, wait until ``health_url`` answers 200, stop it afterwards.
+    If it never answers, fail with the end of its log."""
+    log = open(log_path, "w")
+    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent,
+                            env={**os.environ, **(env or {})})
     try:
-        wait_http(f"{url}/health", 120, proc)
-        yield url
+        try:
+            wait_http(health_url, timeout, proc)
+        except (RuntimeError, TimeoutError) as exc:
+            log.flush()
+            pytest.fail(f"{exc}\n{log_path.read_text()[-3000:]}")
+        yield proc
     finally:
         proc.terminate()
         try:
@@ -55,6 +57,19 @@ def mlflow_server(tmp_path_factory) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real `mlflow server` on 127.0.0.1 with an SQLite store and proxied artifacts."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
+               str(root / "artifacts"), "--workers", "1"]
+    with running_server(command, f"{url}/health", root / "server.log"):
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -73,24 +88,15 @@ def gcs_emulator(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("gcs_emulator")
     port = free_port()
     host = f"http://127.0.0.1:{port}"
-    log = open(root / "emulator.log", "w")
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
-         "--port", str(port), "--in-memory"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    command = [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
+               "--port", str(port), "--in-memory"]
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = host
     try:
-        wait_http(f"{host}/storage/v1/b", 60, proc)
-        yield host
+        with running_server(command, f"{host}/storage/v1/b", root / "emulator.log", timeout=60):
+            yield host
     finally:
         if previous is None:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()

@@ -467,12 +467,11 @@ def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
     would inject replaced by local ones): /health answers for the probes, the API wants
     credentials, and a foreign Host header is refused."""
     import base64
-    import os
     import sys
     import urllib.error
     import urllib.request
 
-    from tests.conftest import free_port, wait_http
+    from tests.conftest import free_port, running_server
 
     port = free_port()
     container = mlflow_container("overlays/local")
@@ -497,9 +496,6 @@ def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
         arg = {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}",
                "--workers=2": "--workers=1"}.get(arg, arg)
         args.append(arg)
-    log = open(tmp_path / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", *args], cwd=tmp_path, stdout=log,
-                            stderr=subprocess.STDOUT, env=os.environ | env | {"HOME": str(tmp_path)})
     url = f"http://127.0.0.1:{port}"
 
     def status(path: str, headers: dict[str, str]) -> int:
@@ -509,22 +505,11 @@ def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
         except urllib.error.HTTPError as e:
             return e.code
 
-    try:
-        try:
-            wait_http(f"{url}/health", 90, proc)
-        except (RuntimeError, TimeoutError):
-            log.flush()
-            pytest.fail((tmp_path / "server.log").read_text()[-3000:])
+    with running_server([sys.executable, "-m", "mlflow", "server", *args], f"{url}/health", tmp_path / "server.log",
+                        timeout=90, env=env | {"HOME": str(tmp_path)}):
         admin = "Basic " + base64.b64encode(f"admin:{env['MLFLOW_AUTH_ADMIN_PASSWORD']}".encode()).decode()
         search = "/api/2.0/mlflow/experiments/search?max_results=1"
         assert status("/health", {"Host": "10.1.2.3:5000"}) == 200  # a kubelet probe's Host
         assert status(search, {}) == 401
         assert status(search, {"Authorization": admin}) == 200
         assert status(search, {"Authorization": admin, "Host": "evil.example.com"}) == 403
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
