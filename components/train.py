@@ -330,8 +330,9 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                             weights=tc.weights, alpha=tc.alpha)
 
         def compile_for(learning_rate: float, phase_epochs: int) -> None:
-            model.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch, steps_per_epoch)),
-                          loss=loss, metrics=["accuracy"], jit_compile=devices.gpu)
+            schedule = _learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch, steps_per_epoch)
+            model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"],
+                          jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
         return [_validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,

@@ -76,6 +76,9 @@ def run(config_path, overrides, data, output_dir, tracking_uri):
     click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
                f"macro-F1 {m['macro_f1']:.3f}" + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
                + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+    gate = summary.get("gate")
+    if gate:
+        click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
     click.echo(f"summary:       {summary['summary_path']}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")
