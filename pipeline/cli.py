@@ -56,13 +56,15 @@ def main() -> None:
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 def run(config_path, overrides, data, output_dir, tracking_uri):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.models import MODEL_NAMES
+    from components.models import MODEL_NAMES, resolve_weights
     from components.sources import open_source
     from pipeline.local import PipelineFailed, run_local
 
     cfg = load_config(config_path, overrides, data)
     if cfg.train.model not in MODEL_NAMES:
         raise UserError(f"unknown model {cfg.train.model!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+    if not cfg.train.weights.startswith("gs://"):
+        resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
     open_source(cfg.data.source)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
