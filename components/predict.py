@@ -39,18 +39,25 @@ class LoadedModel:
         return predict_probabilities(self.model, images, batch_size, tta)
 
 
-def _dihedral(images: np.ndarray) -> list[np.ndarray]:
-    """The 8 flips and 90-degree turns of a batch (a lesion has no up or left)."""
-    turns = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
-    return turns + [t[:, :, ::-1] for t in turns]
-
-
 def predict_probabilities(model, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Class probabilities; with ``tta`` averaged over the 8 flips and 90-degree turns of
+    each image (a lesion has no up or left), made on the fly in one predict() pass."""
+    import tensorflow as tf
+
     if len(images) == 0:
         return np.zeros((0, int(model.output_shape[-1])))
-    views = _dihedral(images) if tta else [images]
-    probs = [model.predict(np.ascontiguousarray(v, dtype=np.float32), batch_size=batch_size, verbose=0) for v in views]
-    return np.mean(np.asarray(probs, dtype=np.float64), axis=0)
+    if not tta:
+        return np.asarray(model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0),
+                          dtype=np.float64)
+
+    def views(image):
+        turns = [tf.image.rot90(image, k) for k in range(4)]
+        return tf.stack(turns + [tf.image.flip_left_right(t) for t in turns])
+
+    dataset = (tf.data.Dataset.from_tensor_slices(images).map(lambda x: views(tf.cast(x, tf.float32)))
+               .unbatch().batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    probs = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
+    return probs.reshape(len(images), 8, -1).mean(axis=1)
 
 
 def _local_model_files(path: Path) -> tuple[Path, dict]:
@@ -74,6 +81,10 @@ def _download(uri: str, tracking_uri: str | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    if tracking_uri:
+        # models:/ URIs are resolved by the registry, which does not follow tracking_uri=.
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     except MlflowException as exc:

@@ -344,8 +344,9 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                             weights=tc.weights, alpha=tc.alpha)
 
         def compile_for(learning_rate: float, phase_epochs: int) -> None:
-            model.compile(optimizer=keras.optimizers.Adam(_learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch, steps_per_epoch)),
-                          loss=loss, metrics=["accuracy"], jit_compile=devices.gpu)
+            schedule = _learning_rate(tc, learning_rate, phase_epochs * steps_per_epoch, steps_per_epoch)
+            model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"],
+                          jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
         return [_validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
@@ -361,7 +362,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
             model.load_weights(out / FROZEN_DONE_FILE)
         else:
             with devices.strategy.scope():
-                set_backbone_trainable(model, 0, pretrained=bool(tc.weights))
+                set_backbone_trainable(model, 0)
                 compile_for(tc.learning_rate, frozen_epochs)
             _fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
                        callbacks(0), class_weight)
@@ -369,7 +370,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
             if transfer:
-                set_backbone_trainable(model, tc.fine_tune_layers or None, pretrained=bool(tc.weights))
+                set_backbone_trainable(model, tc.fine_tune_layers or None,
+                                       freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm)
             compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, tc.epochs - frozen_epochs)
         _fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
                    callbacks(frozen_epochs), class_weight)

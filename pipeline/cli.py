@@ -59,13 +59,15 @@ def main() -> None:
               help="Train even when the data is the data the current champion was trained on.")
 def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.models import MODEL_NAMES
+    from components.models import MODEL_NAMES, resolve_weights
     from components.sources import open_source
     from pipeline.local import PipelineFailed, run_local
 
     cfg = load_config(config_path, overrides, data)
     if cfg.train.model not in MODEL_NAMES:
         raise UserError(f"unknown model {cfg.train.model!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+    if not cfg.train.weights.startswith("gs://"):
+        resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
     open_source(cfg.data.source)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
@@ -83,6 +85,9 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
                    f"macro-F1 {m['macro_f1']:.3f}"
                    + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
                    + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+        gate = summary.get("gate")
+        if gate:
+            click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
     click.echo(f"summary:       {summary['summary_path']}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")

@@ -98,6 +98,9 @@ class TrainConfig:
     frozen_epochs: int = 0
     # Backbone layers unfrozen for fine-tuning, counted from the top (0: all).
     fine_tune_layers: int = 0
+    # Let pretrained batch normalization re-estimate its statistics while fine-tuning
+    # (dermoscopy is far from ImageNet); off keeps the ImageNet statistics.
+    fine_tune_batchnorm: bool = False
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4

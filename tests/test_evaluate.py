@@ -67,7 +67,7 @@ def test_test_time_augmentation_averages_the_eight_flips_and_turns(trained):
     model = keras.models.load_model(trained[0], compile=False)
     images = np.random.default_rng(1).integers(0, 255, (3, 32, 32, 3)).astype(np.uint8)
     views = [np.rot90(images, k, axes=(1, 2)) for k in range(4)]
-    views += [v[:, :, ::-1] for v in views]
+    views += [v[:, :, ::-1] for v in views]  # all 8 symmetries of the square, computed independently
     expected = np.mean([model.predict(v.astype(np.float32), verbose=0) for v in views], axis=0)
     np.testing.assert_allclose(predict_probabilities(model, images, tta=True), expected, rtol=1e-5)
     # A whole-image symmetry: a turned image gets the same TTA probabilities.

@@ -68,7 +68,9 @@ def test_evaluate_scores_a_folder_with_the_pipelines_metrics_and_report(model_di
 
 
 def test_evaluate_counts_images_of_classes_the_model_does_not_know(model_dir, tmp_path):
-    folder = write_class_folder(tmp_path / "data", classes=(*synthetic.CLASSES[:2], "lentigo"), per_class=3, size=40)
+    folder = write_class_folder(tmp_path / "data", classes=synthetic.CLASSES[:2], per_class=3, size=40)
+    # Another seed: the unknown class's images must not duplicate the known ones (ingest drops conflicts).
+    write_class_folder(folder, classes=("lentigo",), per_class=3, size=40, seed=11)
     out = tmp_path / "m.json"
     result = CliRunner().invoke(main, ["evaluate", "--model", str(model_dir), "--data", str(folder), "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -81,6 +83,8 @@ def test_evaluate_counts_images_of_classes_the_model_does_not_know(model_dir, tm
     (["predict", "--model", "/no/such/model.keras", "x.jpg"], "Error: model not found: /no/such/model.keras"),
     (["run", "--set", "train.model=vgg99"], "Error: unknown model 'vgg99'"),
     (["run", "--set", "train.imbalance=smote"], "Error: train.imbalance must be one of"),
+    (["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=/no/such/weights.h5"],
+     "Error: weights file not found: /no/such/weights.h5"),
 ])
 def test_user_mistakes_are_one_error_line(args, message, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")

@@ -2,10 +2,14 @@
 (register, aliases, re-scoring the champion on the same test split)."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from components import shards
 from components.evaluate import evaluate
@@ -51,7 +55,7 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
     return out
 
 
-def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_server):
+def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
     name = f"gate-test-{abs(hash(str(two_models['normalized']))) % 10**6}"
@@ -76,6 +80,16 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     assert champion.classes == two_models["classes"] and champion.image_size == 32
     images = np.zeros((2, 32, 32, 3), np.uint8)
     np.testing.assert_allclose(champion.predict(images).sum(1), 1.0, atol=1e-5)
+
+    # ... also for the CLI in a fresh process (no tracking URI set by earlier calls).
+    image = tmp_path / "one.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--model", f"models:/{name}@{CHAMPION}",
+                          "--tracking-uri", mlflow_server, str(image), "--out", str(tmp_path / "p.csv")],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    assert "melanoma_probability" in (tmp_path / "p.csv").read_text().splitlines()[0]
 
     # The decision lands in the pipeline's run too.
     run_id = pipeline_run(mlflow_server, "registry-test", "gate", f"kfp-gate-{name}")
