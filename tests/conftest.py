@@ -15,6 +15,22 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uris():
+    """mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ: without
+    this, one test's store leaks into the next test's subprocesses (and their defaults)."""
+    saved = {name: os.environ.pop(name, None) for name in MLFLOW_URI_VARIABLES}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
