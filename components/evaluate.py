@@ -277,7 +277,9 @@ def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path,
     """Test metrics, data counts, the report and the data reports into the run."""
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri)
+    from pipeline import tracking
+
+    tracking.use_store(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in headline_metrics(metrics).items()})
         mlflow.log_metrics({f"data_{k}": float(v) for k, v in data_counts.items()})

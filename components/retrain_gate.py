@@ -38,10 +38,10 @@ class Decision:
 def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
     """The version behind ``@champion``, or None when there is no such model or alias yet."""
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from pipeline import tracking
 
     try:
-        version = MlflowClient(tracking_uri).get_model_version_by_alias(model_name, CHAMPION_ALIAS)
+        version = tracking.client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION_ALIAS)
     except MlflowException as exc:
         # No registered model: RESOURCE_DOES_NOT_EXIST; a model without the alias: INVALID_PARAMETER_VALUE.
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
@@ -65,8 +65,6 @@ def decide(fingerprint: str, champion: Champion | None, force: bool) -> Decision
 def gate(manifest_dir: str | Path, cfg: Config, tracking_uri: str, force: bool, kfp_run_name: str,
          kfp_run_id: str) -> dict:
     """Decide, record the decision on the pipeline's MLflow run, and return the details."""
-    from mlflow.tracking import MlflowClient
-
     from components.fingerprint import data_fingerprint
     from pipeline import tracking
 
@@ -74,7 +72,7 @@ def gate(manifest_dir: str | Path, cfg: Config, tracking_uri: str, force: bool, 
     champion = find_champion(tracking_uri, cfg.mlflow.model_name)
     decision = decide(fingerprint, champion, force)
     run_id = tracking.pipeline_run(tracking_uri, cfg.mlflow.experiment, kfp_run_name, kfp_run_id, cfg.flat_params())
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     for key, value in {FINGERPRINT_TAG: fingerprint, "retrain.decision": decision.action,
                        "retrain.reason": decision.reason}.items():
         client.set_tag(run_id, key, value)
@@ -87,9 +85,9 @@ def gate(manifest_dir: str | Path, cfg: Config, tracking_uri: str, force: bool, 
 
 def record_fingerprint(tracking_uri: str, model_name: str, version: str, fingerprint: str) -> None:
     """Tag a registered version with the fingerprint of the data it was trained on."""
-    from mlflow.tracking import MlflowClient
+    from pipeline import tracking
 
-    MlflowClient(tracking_uri).set_model_version_tag(model_name, version, FINGERPRINT_TAG, fingerprint)
+    tracking.client(tracking_uri).set_model_version_tag(model_name, version, FINGERPRINT_TAG, fingerprint)
 
 
 def run_summary(gate_details: dict, evaluation: dict | None) -> dict:

@@ -248,9 +248,9 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
 
     client = None
     if run_id:
-        from mlflow.tracking import MlflowClient
+        from pipeline import tracking
 
-        client = MlflowClient(tracking_uri)
+        client = tracking.client(tracking_uri)
 
     class EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -395,10 +395,12 @@ def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, 
     import mlflow
     from mlflow.models import infer_signature
 
+    from pipeline import tracking
+
     model = keras.models.load_model(model_path, compile=False)
     example = np.full((1, image_size, image_size, 3), 128.0, dtype=np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    mlflow.set_tracking_uri(tracking_uri)
+    tracking.use_store(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
                                            metadata={"classes": classes, "image_size": image_size,

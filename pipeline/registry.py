@@ -101,9 +101,9 @@ def register_with_gate(tracking_uri: str, model_name: str, model_uri: str, new_m
     gate decides; returns the decision with version, URIs and the previous champion."""
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
+    from pipeline import tracking
 
-    client = MlflowClient(tracking_uri)
+    client = tracking.client(tracking_uri)
     try:
         previous = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:  # no such model or no champion alias yet
@@ -114,7 +114,7 @@ def register_with_gate(tracking_uri: str, model_name: str, model_uri: str, new_m
             f"models:/{model_name}@{CHAMPION}", tracking_uri, normalized_dir, cfg)
     decision = decide(new_metrics, champion_metrics, cfg, problem)
 
-    mlflow.set_tracking_uri(tracking_uri)
+    tracking.use_store(tracking_uri)
     try:
         version = mlflow.register_model(model_uri, model_name)
     except MlflowException as exc:
@@ -133,11 +133,11 @@ def register_with_gate(tracking_uri: str, model_name: str, model_uri: str, new_m
 def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
     """The decision, its reason and both models' numbers into the pipeline's MLflow run."""
     from mlflow.entities import Metric, RunTag
-    from mlflow.tracking import MlflowClient
+    from pipeline import tracking
 
     now = int(time.time() * 1000)
     metrics = [Metric(f"gate_{who}_{k}", float(v[who]), now, 0)
                for k, v in gate["comparison"].items() for who in ("new", "champion") if v[who] is not None]
     tags = [RunTag("gate.alias", gate["alias"]), RunTag("gate.reason", gate["reason"][:5000]),
             RunTag("gate.registered_version", gate["model_uri"])]
-    MlflowClient(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
+    tracking.client(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)

@@ -14,6 +14,23 @@ KFP_RUN_ID_TAG = "kfp.run_id"
 KFP_RUN_NAME_TAG = "kfp.run_name"
 
 
+def client(tracking_uri: str):
+    """An MlflowClient on one store, model registry included. MLflow keeps the registry URI
+    apart from the tracking URI (a process-wide setting): naming only the tracking URI
+    would leave registry calls on whatever store was set before."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def use_store(tracking_uri: str) -> None:
+    """Point mlflow's fluent API (start_run, register_model, models:/ URIs) at one store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
 def resolve_tracking_uri(explicit: str | None = None, configured: str = "") -> str:
     """``--tracking-uri``, else the config's, else ``MLFLOW_TRACKING_URI``, else an SQLite
     file in the working folder (absolute, so subprocess steps all find the same store)."""
@@ -33,41 +50,37 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
+    store = client(tracking_uri)
+    found = store.get_experiment_by_name(experiment)
     if found:
         return found.experiment_id
     try:
-        return client.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri, experiment))
+        return store.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri, experiment))
     except MlflowException:  # created meanwhile by a parallel step
-        return client.get_experiment_by_name(experiment).experiment_id
+        return store.get_experiment_by_name(experiment).experiment_id
 
 
 def pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, kfp_run_id: str,
                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> str:
     """The id of the MLflow run for this KFP run, created (with params and tags) if needed."""
     from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    store = client(tracking_uri)
     experiment_id = ensure_experiment(tracking_uri, experiment)
-    found = client.search_runs([experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'", max_results=1)
+    found = store.search_runs([experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'", max_results=1)
     if found:
         return found[0].info.run_id
-    run = client.create_run(experiment_id, run_name=kfp_run_name,
+    run = store.create_run(experiment_id, run_name=kfp_run_name,
                             tags={KFP_RUN_ID_TAG: kfp_run_id, KFP_RUN_NAME_TAG: kfp_run_name, **(tags or {})})
     if params:
-        client.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
+        store.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     return run.info.run_id
 
 
 def run_url(tracking_uri: str, run_id: str) -> str:
     """A browser URL for the run (for a local store: the URL `lesionpipe ui` serves)."""
-    from mlflow.tracking import MlflowClient
-
-    experiment_id = MlflowClient(tracking_uri).get_run(run_id).info.experiment_id
+    experiment_id = client(tracking_uri).get_run(run_id).info.experiment_id
     scheme = urlparse(tracking_uri).scheme
     base = tracking_uri.rstrip("/") if scheme in ("http", "https") else "http://127.0.0.1:5000"
     return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"

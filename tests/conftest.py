@@ -20,10 +20,15 @@ MLFLOW_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 @pytest.fixture(autouse=True)
 def isolated_mlflow_uris():
-    """mlflow.set_tracking_uri() also writes MLFLOW_TRACKING_URI into os.environ: without
-    this, one test's store leaks into the next test's subprocesses (and their defaults)."""
+    """mlflow.set_tracking_uri()/set_registry_uri() are process-wide and also export
+    MLFLOW_TRACKING_URI/MLFLOW_REGISTRY_URI: without this, one test's store leaks into the
+    next test's clients and subprocesses."""
+    import mlflow
+
     saved = {name: os.environ.pop(name, None) for name in MLFLOW_URI_VARIABLES}
     yield
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
     for name, value in saved.items():
         if value is None:
             os.environ.pop(name, None)
