@@ -81,10 +81,10 @@ def _download(uri: str, tracking_uri: str | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    if tracking_uri:
-        # models:/ URIs are resolved by the registry, which does not follow tracking_uri=.
-        mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_registry_uri(tracking_uri)
+    from pipeline.registry import use_mlflow_store
+
+    if tracking_uri:  # models:/ URIs are resolved by the registry, which ignores tracking_uri=
+        use_mlflow_store(tracking_uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
     except MlflowException as exc:

@@ -30,6 +30,15 @@ class GateDecision:
     comparison: dict[str, dict[str, float | None]]
 
 
+def use_mlflow_store(uri: str) -> None:
+    """Point MLflow's fluent API at ``uri`` for tracking AND the model registry: the
+    registry does not follow the tracking URI once either was set in this process."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def minimums(cfg: EvaluateConfig) -> dict[str, float]:
     """The absolute thresholds in force (0 in the config: no threshold)."""
     values = {"balanced_accuracy": cfg.min_balanced_accuracy, "melanoma_auc": cfg.min_melanoma_auc,
@@ -103,7 +112,8 @@ def register_with_gate(tracking_uri: str, model_name: str, model_uri: str, new_m
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri)
+    # Explicit registry: a client otherwise follows whatever registry URI the process set last.
+    client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
     try:
         previous = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:  # no such model or no champion alias yet
@@ -114,7 +124,7 @@ def register_with_gate(tracking_uri: str, model_name: str, model_uri: str, new_m
             f"models:/{model_name}@{CHAMPION}", tracking_uri, normalized_dir, cfg)
     decision = decide(new_metrics, champion_metrics, cfg, problem)
 
-    mlflow.set_tracking_uri(tracking_uri)
+    use_mlflow_store(tracking_uri)
     try:
         version = mlflow.register_model(model_uri, model_name)
     except MlflowException as exc:
