@@ -136,9 +136,10 @@ def training_class_counts(normalized_dir: str | Path, augmented_dir: str | Path 
     return counts
 
 
-def class_weights(counts: np.ndarray) -> dict[int, float]:
-    """Inverse-frequency weights, mean 1 over the training images."""
-    return {i: float(counts.sum() / (len(counts) * max(int(c), 1))) for i, c in enumerate(counts)}
+def class_weights(counts: np.ndarray, cap: float = 0.0) -> dict[int, float]:
+    """Inverse-frequency weights (mean 1 over the training images), at most ``cap`` (0: no cap)."""
+    weights = {i: float(counts.sum() / (len(counts) * max(int(c), 1))) for i, c in enumerate(counts)}
+    return {i: min(w, cap) if cap else w for i, w in weights.items()}
 
 
 # ---- loss and schedule ----------------------------------------------------------
@@ -335,7 +336,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     transfer = is_transfer(tc.model)
     frozen_epochs = tc.frozen_epochs if transfer else 0
     loss = sparse_focal_loss(tc.focal_gamma) if tc.imbalance == "focal" else keras.losses.SparseCategoricalCrossentropy()
-    class_weight = class_weights(counts) if tc.imbalance == "class_weight" else None
+    class_weight = class_weights(counts, tc.max_class_weight) if tc.imbalance == "class_weight" else None
     tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience)
     started = time.monotonic()
 

@@ -112,6 +112,9 @@ class TrainConfig:
     online_augment: bool = False
     # Class imbalance: none, class_weight, focal (loss), or balanced_sampling.
     imbalance: str = "none"
+    # class_weight: the largest weight any class gets (0: no cap). Inverse frequency
+    # gives a class with one training image a weight in the hundreds, which wrecks training.
+    max_class_weight: float = 0.0
     focal_gamma: float = 2.0
     # val_balanced_accuracy, val_macro_auc, val_melanoma_auc, val_macro_f1 are computed
     # by our callback each epoch; val_loss and val_accuracy too.

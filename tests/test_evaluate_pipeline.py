@@ -31,7 +31,7 @@ def test_pipeline_evaluates_registers_and_gates_the_model(tmp_path, mlflow_serve
     html = (evaluate_dir / "report").read_text()
     assert "Champion gate" in html and "CHAMPION" in html and html.count("data:image/png;base64,") >= 4
 
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     run = client.get_run(summary["mlflow_run_id"])
     assert run.data.tags["gate.alias"] == "champion"
     assert run.data.metrics["test_balanced_accuracy"] == summary["metrics"]["balanced_accuracy"]

@@ -70,7 +70,7 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     assert second["alias"] == CHALLENGER and second["version"] == "2"
     # The champion was re-scored on the same test split: the same numbers it got when evaluated.
     assert second["comparison"]["balanced_accuracy"]["champion"] == pytest.approx(good["metrics"]["balanced_accuracy"])
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"
     assert client.get_model_version(name, "2").tags["gate.alias"] == CHALLENGER

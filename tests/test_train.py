@@ -141,6 +141,7 @@ def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tm
     weights = class_weights(counts)
     assert weights[0] == pytest.approx(100 / 30) and weights[2] == pytest.approx(100 / 180)
     assert sum(w * c for w, c in zip(weights.values(), counts)) == pytest.approx(counts.sum())
+    assert class_weights(np.array([1, 500]), cap=10.0) == {0: 10.0, 1: pytest.approx(501 / 1000)}
 
     import keras
 
