@@ -81,28 +81,6 @@ def parse_fn(image_size: int):
     return parse
 
 
-def dataset(paths: list[str], image_size: int, *, batch_size: int | None = None, shuffle_seed: int | None = None,
-            with_uri: bool = False) -> tf.data.Dataset:
-    """Records as ``(image float32 in [0, 255], label)`` (and the URI), optionally shuffled and batched."""
-    tf = _tf()
-    files = tf.data.Dataset.from_tensor_slices(paths)
-    ds = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
-    parse = parse_fn(image_size)
-
-    def to_model(serialized):
-        image, label, uri = parse(serialized)
-        image = tf.cast(image, tf.float32)
-        return (image, label, uri) if with_uri else (image, label)
-
-    ds = ds.map(to_model, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if batch_size:
-        ds = ds.batch(batch_size)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 def read_all(paths: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """All records of ``paths`` in memory as (uint8 images, labels, uris)."""
     tf = _tf()
