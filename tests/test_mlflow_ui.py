@@ -5,7 +5,6 @@ screenshots go to the test's tmp folder."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 
@@ -15,7 +14,7 @@ from components import shards
 from components.evaluate import evaluate, log_to_mlflow, write_report
 from components.models import build_model
 from components.train import log_model
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port, running_server
 from pipeline.registry import log_gate, register_with_gate
 from pipeline.tracking import ensure_experiment, pipeline_run
 from tests.tiny_data import make_tiny_shards, tiny_config
@@ -60,18 +59,11 @@ def store(tmp_path_factory) -> dict:
 @pytest.fixture(scope="module")
 def ui(store) -> str:
     port = free_port()
-    log = open(store["root"] / "ui.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store["uri"],
-                             "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=store["root"])
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", 120, proc)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store["uri"],
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    with running_server(command, f"{url}/health", store["root"] / "ui.log"):
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
 
 
 def _wait_for_text(driver, texts: list[str], timeout: float = 90) -> str:
