@@ -174,13 +174,17 @@ def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None,
         layer.trainable = i >= first_trainable and not frozen_statistics
 
 
+def check_model_name(name: str) -> None:
+    if name not in MODEL_NAMES:
+        raise ModelError(f"unknown model {name!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+
+
 def build_model(name: str, num_classes: int, image_size: int, mean: list[float], std: list[float],
                 dropout: float = 0.2, weights: str = "", alpha: float = 1.0) -> keras.Model:
+    check_model_name(name)
     if name in SCRATCH_MODELS:
         return SCRATCH_MODELS[name](num_classes, image_size, mean, std, dropout=dropout)
-    if name in TRANSFER_MODELS:
-        return transfer_model(name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout)
-    raise ModelError(f"unknown model {name!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+    return transfer_model(name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout)
 
 
 def is_transfer(name: str) -> bool:

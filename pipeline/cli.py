@@ -59,13 +59,12 @@ def main() -> None:
               help="Train even when the data is the data the current champion was trained on.")
 def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.models import MODEL_NAMES, resolve_weights
+    from components.models import check_model_name, resolve_weights
     from components.sources import open_source
     from pipeline.local import PipelineFailed, run_local
 
     cfg = load_config(config_path, overrides, data)
-    if cfg.train.model not in MODEL_NAMES:
-        raise UserError(f"unknown model {cfg.train.model!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+    check_model_name(cfg.train.model)
     if not cfg.train.weights.startswith("gs://"):
         resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
     open_source(cfg.data.source)  # a missing folder fails here, before any step starts
