@@ -304,6 +304,7 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
     from components import shards
     from components.errors import user_errors
     from components.evaluate import evaluate, headline_metrics, log_to_mlflow, thinned_roc, write_report
+    from components.ingest_report import summary_counts
     from components.retrain_gate import record_fingerprint
     from pipeline import registry, tracking
     from pipeline.config import Config
@@ -317,8 +318,7 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
                                            normalized.path, cfg.evaluate)
     ingest_report = json.loads((Path(manifest.path) / "report.json").read_text())
     split_report = json.loads((Path(splits.path) / "split_report.json").read_text())
-    data = {k: ingest_report[k] for k in ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups",
-                                          "label_conflict_groups", "split_leak_groups", "synthetic")}
+    data = summary_counts(ingest_report)
     data.update({f"{k}_images": v for k, v in split_report["subset_sizes"].items()})
     write_report(result, eval_dir, "Evaluation on the held-out test split", meta.get("synthetic", False), gate)
     shutil.copyfile(eval_dir / "report.html", report.path)

@@ -25,6 +25,15 @@ MAX_GROUPS_SHOWN = 40
 SAMPLES_PER_CLASS = 8
 
 
+# The report's figures that a run's summary.json and MLflow run carry.
+SUMMARY_COUNTS = ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
+                  "split_leak_groups", "synthetic")
+
+
+def summary_counts(report: dict) -> dict:
+    return {k: report[k] for k in SUMMARY_COUNTS}
+
+
 class AccountingError(AssertionError):
     """Files were lost or counted twice: a bug, never a data problem."""
 

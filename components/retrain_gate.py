@@ -18,9 +18,6 @@ CHAMPION_ALIAS = "champion"
 FINGERPRINT_TAG = "data_fingerprint"
 TRAIN = "train"
 SKIP = "skip"
-# Ingest report counts carried into the summary of a run that stops after ingest.
-DATA_COUNTS = ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
-               "synthetic")
 
 
 @dataclass(frozen=True)
@@ -66,6 +63,7 @@ def gate(manifest_dir: str | Path, cfg: Config, tracking_uri: str, force: bool, 
          kfp_run_id: str) -> dict:
     """Decide, record the decision on the pipeline's MLflow run, and return the details."""
     from components.fingerprint import data_fingerprint
+    from components.ingest_report import summary_counts
     from pipeline import tracking
 
     fingerprint = data_fingerprint(manifest_dir)
@@ -80,7 +78,7 @@ def gate(manifest_dir: str | Path, cfg: Config, tracking_uri: str, force: bool, 
     return {"decision": decision.action, "reason": decision.reason, "fingerprint": fingerprint,
             "champion_version": champion.version if champion else "", "mlflow_run_id": run_id,
             "mlflow_run_url": tracking.run_url(tracking_uri, run_id), "tracking_uri": tracking_uri,
-            "data": {k: report[k] for k in DATA_COUNTS if k in report}}
+            "data": summary_counts(report)}
 
 
 def record_fingerprint(tracking_uri: str, model_name: str, version: str, fingerprint: str) -> None:
