@@ -161,17 +161,21 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if layer.name not in head]
 
 
-def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None, freeze_batchnorm: bool = True) -> None:
+def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None, freeze_batchnorm: bool = True,
+                           batchnorm_momentum: float = 0.0) -> None:
     """Freeze the whole backbone (0), or unfreeze its top N layers (None: all).
     ``freeze_batchnorm``: a frozen BatchNormalization runs in inference mode in Keras,
     keeping pretrained statistics stable on small batches; randomly initialised ones,
-    or pretrained ones adapting to a new image domain, must stay trainable."""
+    or pretrained ones adapting to a new image domain, must stay trainable, with
+    ``batchnorm_momentum`` (0: unchanged) for their moving statistics."""
     layers_ = backbone_layers(model)
     first_trainable = len(layers_) if trainable_top_layers == 0 else (
         0 if trainable_top_layers is None else max(0, len(layers_) - trainable_top_layers))
     for i, layer in enumerate(layers_):
         frozen_statistics = freeze_batchnorm and isinstance(layer, layers.BatchNormalization)
         layer.trainable = i >= first_trainable and not frozen_statistics
+        if batchnorm_momentum and isinstance(layer, layers.BatchNormalization):
+            layer.momentum = batchnorm_momentum
 
 
 def check_model_name(name: str) -> None:

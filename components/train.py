@@ -158,6 +158,25 @@ def sparse_focal_loss(gamma: float):
     return focal_loss
 
 
+def logit_adjusted_loss(class_counts: np.ndarray, tau: float = 1.0):
+    """Logit-adjusted cross-entropy (Menon et al. 2021) on the model's probabilities:
+    the loss sees softmax(logits + tau * log prior), the model outputs softmax(logits).
+    Frequent classes must then win by their prior's margin, so the plain argmax aims at
+    balanced error, without class weights scaling rare classes' gradients a hundredfold."""
+    import keras
+    from keras import ops
+
+    prior = np.maximum(np.asarray(class_counts, dtype=np.float64), 1.0)
+    prior_weight = ops.convert_to_tensor((prior / prior.sum()) ** tau, dtype="float32")
+
+    def logit_adjusted(y_true, y_pred):
+        adjusted = ops.cast(y_pred, "float32") * prior_weight
+        adjusted = adjusted / ops.sum(adjusted, axis=-1, keepdims=True)
+        return keras.losses.sparse_categorical_crossentropy(y_true, adjusted)
+
+    return logit_adjusted
+
+
 def _learning_rate(tc: TrainConfig, peak: float, phase_steps: int, steps_per_epoch: int):
     """Cosine: a linear warm-up over the first epoch (a fresh Adam's first steps move
     every pretrained weight by about the full rate), then decay to 1 % of the peak."""
@@ -335,7 +354,9 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     out.mkdir(parents=True, exist_ok=True)
     transfer = is_transfer(tc.model)
     frozen_epochs = tc.frozen_epochs if transfer else 0
-    loss = sparse_focal_loss(tc.focal_gamma) if tc.imbalance == "focal" else keras.losses.SparseCategoricalCrossentropy()
+    loss = (sparse_focal_loss(tc.focal_gamma) if tc.imbalance == "focal"
+            else logit_adjusted_loss(counts) if tc.imbalance == "logit_adjusted"
+            else keras.losses.SparseCategoricalCrossentropy())
     class_weight = class_weights(counts, tc.max_class_weight) if tc.imbalance == "class_weight" else None
     tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience)
     started = time.monotonic()
@@ -372,7 +393,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
         with devices.strategy.scope():
             if transfer:
                 set_backbone_trainable(model, tc.fine_tune_layers or None,
-                                       freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm)
+                                       freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
+                                       batchnorm_momentum=tc.batchnorm_momentum)
             compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, tc.epochs - frozen_epochs)
         _fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
                    callbacks(frozen_epochs), class_weight)

@@ -16,7 +16,7 @@ import yaml
 from components.errors import UserError
 
 
-IMBALANCE_METHODS = ("none", "class_weight", "focal", "balanced_sampling")
+IMBALANCE_METHODS = ("none", "class_weight", "focal", "balanced_sampling", "logit_adjusted")
 GATE_METRICS = ("balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "melanoma_auc")
 
 
@@ -101,6 +101,9 @@ class TrainConfig:
     # Let pretrained batch normalization re-estimate its statistics while fine-tuning
     # (dermoscopy is far from ImageNet); off keeps the ImageNet statistics.
     fine_tune_batchnorm: bool = False
+    # Momentum of those adapting statistics (0: the backbone's own; MobileNetV2's 0.999
+    # averages over ~1000 steps, longer than a short fine-tuning, so they lag behind).
+    batchnorm_momentum: float = 0.0
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4
@@ -110,7 +113,8 @@ class TrainConfig:
     # Random flips, 90-degree turns, brightness and contrast in the input pipeline
     # (dermoscopy has no up or left), on top of the augment step's oversampling.
     online_augment: bool = False
-    # Class imbalance: none, class_weight, focal (loss), or balanced_sampling.
+    # Class imbalance: none, class_weight, focal (loss), balanced_sampling, or
+    # logit_adjusted (loss on logits + log class prior; Menon et al. 2021).
     imbalance: str = "none"
     # class_weight: the largest weight any class gets (0: no cap). Inverse frequency
     # gives a class with one training image a weight in the hundreds, which wrecks training.

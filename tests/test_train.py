@@ -16,8 +16,8 @@ import pytest
 
 from components import shards
 from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
-from components.train import (BestEpochTracker, class_weights, read_epoch_log, sparse_focal_loss, train,
-                              training_class_counts, training_dataset)
+from components.train import (BestEpochTracker, class_weights, logit_adjusted_loss, read_epoch_log,
+                              sparse_focal_loss, train, training_class_counts, training_dataset)
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
@@ -70,6 +70,10 @@ def test_transfer_backbone_loads_imagenet_weights_from_a_local_file(weights_dir)
     set_backbone_trainable(model, 10)
     trainable = [layer for layer in backbone_layers(model) if layer.trainable]
     assert 0 < len(trainable) <= 10 and not any("bn" in layer.name.lower() for layer in trainable)
+
+    set_backbone_trainable(model, None, freeze_batchnorm=False, batchnorm_momentum=0.9)
+    norms = [layer for layer in backbone_layers(model) if "bn" in layer.name.lower()]
+    assert norms and all(layer.trainable and layer.momentum == 0.9 for layer in norms)
 
 
 def _snapshot_callback(layer_name: str, store: list):
@@ -149,6 +153,17 @@ def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tm
     ce = keras.losses.sparse_categorical_crossentropy(y_true, y_pred).numpy()
     focal = np.asarray(sparse_focal_loss(2.0)(y_true, y_pred))
     np.testing.assert_allclose(focal, ce * (1 - np.array([0.9, 0.4])) ** 2, rtol=1e-5)
+
+    # Logit adjustment: the loss is the cross-entropy of softmax(logits + log prior).
+    counts = np.array([10, 90])
+    logits = np.array([[2.0, 0.5], [0.1, 0.3]])
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    shifted = logits + np.log(counts / counts.sum())
+    expected = -(shifted - np.log(np.exp(shifted).sum(1, keepdims=True)))[[0, 1], [0, 1]]
+    adjusted = np.asarray(logit_adjusted_loss(counts)(y_true, probs.astype(np.float32)))
+    np.testing.assert_allclose(adjusted, expected, rtol=1e-5)
+    # A rare-class image the model scores at 0.6 costs more than plain cross-entropy says.
+    assert adjusted[0] > -np.log(probs[0, 0])
 
     # 2 images of class 0, 6 of class 1, 40 of class 2: balanced sampling draws each a third of the time.
     skewed = tmp_path / "train-00000-of-00001.tfrecord"
