@@ -78,13 +78,20 @@ def configure_devices(seed: int) -> Devices:
 # ---- input pipeline -----------------------------------------------------------
 
 
-def _augment_fn():
-    """Random flips, 90-degree turns, brightness and contrast, from stateless ops fed by
+def _augment_fn(zoom: float = 0.0):
+    """Random flips, 90-degree turns, brightness and contrast, and with ``zoom`` a random
+    square crop of (1 - zoom) to 1 of the side scaled back up, from stateless ops fed by
     a seeded random stream: deterministic, and no Python in the hot loop."""
     import tensorflow as tf
 
     def augment(image, label, seeds):
-        s = tf.random.experimental.stateless_split(seeds, 5)
+        s = tf.random.experimental.stateless_split(seeds, 7)
+        if zoom:
+            size = tf.shape(image)[:2]
+            side = tf.random.stateless_uniform([], s[5], 1.0 - zoom, 1.0)
+            corner = tf.random.stateless_uniform([2], s[6], 0.0, 1.0) * (1.0 - side)
+            box = tf.concat([corner, corner + side], 0)[tf.newaxis]
+            image = tf.image.crop_and_resize(image[tf.newaxis], box, [0], size)[0]
         image = tf.image.stateless_random_flip_left_right(image, s[0])
         image = tf.image.stateless_random_flip_up_down(image, s[1])
         turns = tf.random.stateless_uniform([], s[2], 0, 4, dtype=tf.int32)
@@ -121,7 +128,7 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
                 deterministic=True)
     if tc.online_augment:
         seeds = tf.data.Dataset.random(seed=tc.seed, rerandomize_each_iteration=True).batch(2)
-        augment = _augment_fn()
+        augment = _augment_fn(tc.online_zoom)
         ds = tf.data.Dataset.zip(ds, seeds).map(lambda example, s: augment(*example, s),
                                                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)

@@ -113,6 +113,9 @@ class TrainConfig:
     # Random flips, 90-degree turns, brightness and contrast in the input pipeline
     # (dermoscopy has no up or left), on top of the augment step's oversampling.
     online_augment: bool = False
+    # With online_augment: also a random square crop of down to (1 - online_zoom) of the
+    # side, scaled back up (lesions come at every size and framing).
+    online_zoom: float = 0.0
     # Class imbalance: none, class_weight, focal (loss), balanced_sampling, or
     # logit_adjusted (loss on logits + log class prior; Menon et al. 2021).
     imbalance: str = "none"
@@ -266,6 +269,7 @@ class Config:
             (not self.cluster.pipeline_root or "://" in self.cluster.pipeline_root,
              f"cluster.pipeline_root must be a URI such as gs://bucket/path, not {self.cluster.pipeline_root!r}"),
             (0 <= self.train.frozen_epochs <= self.train.epochs, "train.frozen_epochs must be in [0, train.epochs]"),
+            (0 <= self.train.online_zoom < 1, "train.online_zoom must be in [0, 1)"),
             (self.train.imbalance in IMBALANCE_METHODS,
              f"train.imbalance must be one of {', '.join(IMBALANCE_METHODS)}, not {self.train.imbalance!r}"),
             (self.train.lr_schedule in ("constant", "cosine"),

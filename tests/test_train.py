@@ -105,7 +105,7 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
 
 
 def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
-    cfg = tiny_config(model="seed_cnn", epochs=2, online_augment=True, imbalance="class_weight")
+    cfg = tiny_config(model="seed_cnn", epochs=2, online_augment=True, online_zoom=0.2, imbalance="class_weight")
     first = train(normalized, None, cfg, tmp_path / "a")
     second = train(normalized, None, cfg, tmp_path / "b")
     assert first.history["loss"] == second.history["loss"]
@@ -114,6 +114,25 @@ def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
     a = keras.models.load_model(first.model_path, compile=False).get_weights()
     b = keras.models.load_model(second.model_path, compile=False).get_weights()
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_online_zoom_crops_a_random_part_of_the_image_at_full_size():
+    import tensorflow as tf
+
+    from components.train import _augment_fn
+
+    gradient = tf.constant(np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1))[..., None].repeat(3, -1))
+
+    def value_ranges(zoom: float) -> np.ndarray:
+        augment = _augment_fn(zoom)
+        outputs = [augment(gradient, 0, tf.constant([i, 7], tf.int64))[0].numpy() for i in range(24)]
+        assert all(o.shape == (64, 64, 3) for o in outputs)
+        return np.array([o.max() - o.min() for o in outputs])
+
+    # Flips, turns, brightness and contrast keep the whole 0-255 ramp in view; a crop of
+    # 50-100 % of the side shows only part of it.
+    whole, zoomed = value_ranges(0.0), value_ranges(0.5)
+    assert np.median(zoomed) < 0.85 * np.median(whole), (whole, zoomed)
 
 
 def test_early_stopping_keeps_the_best_epochs_weights_across_a_restart(tmp_path):
