@@ -294,26 +294,6 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
     return EpochLog()
 
 
-def _batchnorm_callback(train_ds, steps: int):
-    """Re-estimates the frozen batch-norm statistics on ``steps`` training batches when a
-    phase starts and after every epoch, before the validation callback reads the model."""
-    import keras
-
-    from components.models import recalibrate_batchnorm
-
-    class RecalibrateBatchNorm(keras.callbacks.Callback):
-        def recalibrate(self):
-            recalibrate_batchnorm(self.model, (images for images, _ in train_ds.take(steps)))
-
-        def on_train_begin(self, logs=None):
-            self.recalibrate()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.recalibrate()
-
-    return RecalibrateBatchNorm()
-
-
 def _time_budget_callback(minutes: float, started: float):
     """Stops training at an epoch end once the budget is spent (the best epoch is kept)."""
     import keras
@@ -398,8 +378,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                           jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
-        recalibrate = [_batchnorm_callback(train_ds, tc.recalibrate_batchnorm_steps)] if tc.recalibrate_batchnorm_steps else []
-        return [*recalibrate, _validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
+        return [_validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
                                      cfg.evaluate.melanoma_class),
                 tracker.callback(phase_start), _epoch_log_callback(out, tracking_uri, mlflow_run_id),
                 *([_time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
