@@ -103,10 +103,11 @@ def _augment_fn(zoom: float = 0.0):
     return augment
 
 
-def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int):
+def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None):
     """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
     cache of the decoded uint8 images, shuffle, balanced sampling, online augmentation,
-    prefetch."""
+    prefetch. ``count``, the number of records, makes the epoch length known to Keras
+    (else every epoch ends by running out of data, with a warning)."""
     import tensorflow as tf
 
     files = tf.data.Dataset.from_tensor_slices(paths)
@@ -114,6 +115,8 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     parse = shards.parse_fn(image_size)
     ds = records.map(lambda r: parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if count is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if tc.cache:
         ds = ds.cache()
     if tc.imbalance == "balanced_sampling":
@@ -353,7 +356,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     if augmented_dir:
         train_paths += shards.shard_paths(augmented_dir, "train")
     counts = training_class_counts(normalized_dir, augmented_dir)
-    train_ds = training_dataset(train_paths, size, tc, len(classes))
+    train_ds = training_dataset(train_paths, size, tc, len(classes), int(counts.sum()))
     steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
     val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), size)
 

@@ -195,6 +195,18 @@ def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tm
     assert training_class_counts(normalized, None).sum() == shards.read_meta(normalized)["counts"]["train"]
 
 
+def test_the_training_dataset_knows_its_epoch_length(normalized):
+    import tensorflow as tf
+
+    cfg = tiny_config(online_augment=True, batch_size=8).train
+    paths = shards.shard_paths(normalized, "train")
+    count = int(training_class_counts(normalized, None).sum())
+    dataset = training_dataset(paths, 32, cfg, 4, count)
+    assert int(dataset.cardinality()) == -(-count // 8) == sum(1 for _ in dataset)
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+        sum(1 for _ in training_dataset(paths, 32, cfg, 4, count + 5))
+
+
 RESUMABLE_TRAINING = textwrap.dedent("""
     import sys, time
     from pathlib import Path
