@@ -256,7 +256,8 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
     class EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             values = {k: float(v) for k, v in (logs or {}).items()}
-            values["learning_rate"] = float(self.model.optimizer.learning_rate)
+            # np.asarray: under a distribution strategy a constant rate is a MirroredVariable, which float() refuses.
+            values["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
             with open(out / EPOCH_LOG_FILE, "a") as f:
                 f.write(json.dumps({"epoch": epoch, **values}) + "\n")
             if client is not None:
