@@ -2,14 +2,16 @@
 
 The Kubeflow Training Operator starts one process per worker and sets TF_CONFIG; the
 strategy (MultiWorkerMirroredStrategy for several workers, see
-``components.train.configure_devices``) comes from it. Inputs are a pipeline run's
-normalize and augment outputs (local paths or gs:// prefixes); only the chief writes
-the model to ``--output-dir`` and logs to MLflow, the other workers train into scratch
-folders.
+``components.train.configure_devices`` and ``components.distributed``) comes from it.
+Inputs are a pipeline run's normalize and augment outputs (local paths or gs://
+prefixes); only the chief writes the model to ``--output-dir`` and logs to MLflow, the
+other workers train into scratch folders. Every worker prints a summary with a
+checksum of its final weights: the same on all workers of a job.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -28,6 +30,16 @@ def is_chief() -> bool:
     if not task or task.get("type") == "chief":
         return True
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in tf_config.get("cluster", {})
+
+
+def weights_checksum(model_path: str | Path) -> str:
+    """SHA-256 of a saved model's weights, in order: equal for the workers of one job."""
+    import keras
+
+    digest = hashlib.sha256()
+    for weights in keras.models.load_model(model_path, compile=False).get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()
 
 
 def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
@@ -52,7 +64,8 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
                                            cfg.flat_params(), tags={"lesion.trainer": "tfjob"})
         result = train(normalized_dir, augmented_dir, cfg, out, tracking_uri if run_id else "", run_id)
         summary = {"chief": chief, "device": result.device, "epochs_run": result.epochs_run,
-                   "best_epoch": result.best_epoch, "mlflow_run_id": run_id, "model_uri": ""}
+                   "best_epoch": result.best_epoch, "weights_sha256": weights_checksum(result.model_path),
+                   "mlflow_run_id": run_id, "model_uri": ""}
         if chief:
             meta = shards.read_meta(normalized_dir)
             if run_id:
