@@ -27,8 +27,12 @@ forever. What keeps them in step:
 from __future__ import annotations
 
 import io
+import json
+import os
 import shutil
+import socket
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +48,42 @@ def replica_batch_size(global_batch_size: int, replicas: int) -> int:
         raise UserError(f"train.batch_size {global_batch_size} does not split evenly over {replicas} replicas "
                         f"(workers x devices each): use a multiple of {replicas}")
     return global_batch_size // replicas
+
+
+def wait_for_workers(timeout_s: float) -> None:
+    """Return once every other worker named in TF_CONFIG accepts connections; raise
+    UserError if one does not within ``timeout_s``.
+
+    MultiWorkerMirroredStrategy waits forever for a missing worker, inside TensorFlow
+    with the GIL held (no Python timer can interrupt it), so this runs before it.
+    Meanwhile this worker listens on its own TF_CONFIG port, so that workers waiting
+    for each other all see each other; the port is free again for TensorFlow's server
+    when this returns."""
+    tf_config = json.loads(os.environ["TF_CONFIG"])
+    cluster, task = tf_config["cluster"], tf_config["task"]
+    own = cluster[task["type"]][int(task["index"])]
+    peers = {address for job in ("chief", "worker") for address in cluster.get(job, []) if address != own}
+    dual_stack = socket.has_dualstack_ipv6()
+    with socket.create_server(("", int(own.rpartition(":")[2])), family=socket.AF_INET6 if dual_stack else socket.AF_INET,
+                              dualstack_ipv6=dual_stack):
+        deadline = time.monotonic() + timeout_s
+        while True:
+            peers = {peer for peer in peers if not _accepts_connections(peer)}
+            if not peers:
+                return
+            if time.monotonic() > deadline:
+                raise UserError(f"{task['type']} {task['index']} could not reach {', '.join(sorted(peers))} (TF_CONFIG) "
+                                f"within {timeout_s:.0f} s: are all the TFJob's replicas running?")
+            time.sleep(1)
+
+
+def _accepts_connections(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except OSError:  # not resolvable yet, refused, timed out
+        return False
 
 
 # ---- values from the chief -------------------------------------------------------

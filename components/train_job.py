@@ -43,10 +43,11 @@ def weights_checksum(model_path: str | Path) -> str:
 
 
 def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
-        run_id_tag: str = "") -> dict:
+        run_id_tag: str = "", wait_for_workers_minutes: float = 15.0) -> dict:
     from components import shards
+    from components.distributed import wait_for_workers
     from components.sources import download_folder, upload_folder
-    from components.train import log_model, train
+    from components.train import log_model, tf_config_workers, train
     from pipeline import tracking
     from pipeline.config import Config
 
@@ -55,6 +56,8 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
     with tempfile.TemporaryDirectory(prefix="lesion-train-job-") as scratch:
         normalized_dir = download_folder(normalized, Path(scratch, "normalized"))
         augmented_dir = download_folder(augmented, Path(scratch, "augmented")) if augmented else None
+        if tf_config_workers() > 1:
+            wait_for_workers(wait_for_workers_minutes * 60)
         remote_output = output_dir.startswith("gs://")
         out = Path(output_dir) if chief and not remote_output else Path(scratch, "model")
         run_id = ""
@@ -84,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True, help="where the chief writes the model (folder or gs://)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""))
     parser.add_argument("--run-id", default="", help="the KFP run id whose MLflow run to log into (default: new run)")
+    parser.add_argument("--wait-for-workers-minutes", type=float, default=15.0,
+                        help="several workers: how long to wait for all to be up before giving up (default: 15)")
     args = parser.parse_args(argv)
     try:
-        summary = run(args.normalized, args.augmented, args.config, args.output_dir, args.tracking_uri, args.run_id)
+        summary = run(args.normalized, args.augmented, args.config, args.output_dir, args.tracking_uri, args.run_id,
+                      args.wait_for_workers_minutes)
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

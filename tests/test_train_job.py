@@ -81,6 +81,17 @@ def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_pat
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_balanced_accuracy")] == [0, 1]
 
 
+def test_a_worker_whose_peer_never_comes_up_stops_with_one_error_line(tmp_path):
+    config = write_config(tmp_path / "c.yaml")
+    lonely = worker_environments(2)[1]
+    proc = job("--normalized", str(make_tiny_shards(tmp_path)), "--config", str(config), "--output-dir",
+               str(tmp_path / "out"), "--wait-for-workers-minutes", "0.05", env=lonely)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("error: worker 1 could not reach 127.0.0.1:")
+    assert "within 3 s" in err and "Traceback" not in err
+
+
 def test_chief_is_worker_zero_without_a_chief_task(monkeypatch):
     from components.train_job import is_chief
 
