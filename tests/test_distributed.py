@@ -1,6 +1,6 @@
 """Multi-worker training (components.distributed): the global batch's split, and two
 real workers on 127.0.0.1 killed mid-training and restarted, the other worker with an
-empty folder as a TFJob's restarted pod has."""
+empty folder as a TFJob's restarted pod has, then stopped by the chief alone."""
 from __future__ import annotations
 
 import json
@@ -36,11 +36,11 @@ RESUMABLE_WORKER = textwrap.dedent("""
     from pathlib import Path
     import keras
     from components.train import train
-    from components.train_job import weights_checksum
+    from components.train_job import is_chief, weights_checksum
     sys.path.insert(0, "tests")
     from tiny_data import tiny_config
 
-    normalized, out, kill_epoch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+    normalized, out, kill_epoch, chief_stops_epoch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
     class WaitToBeKilled(keras.callbacks.Callback):
         # At the start of epoch kill_epoch: tell the test, then wait to be killed.
@@ -49,20 +49,27 @@ RESUMABLE_WORKER = textwrap.dedent("""
                 (out / "kill-me").write_text(str(epoch))
                 time.sleep(600)
 
-    cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=3, frozen_epochs=1, batch_size=8)
-    result = train(normalized, None, cfg, out, extra_callbacks=[WaitToBeKilled()] if kill_epoch >= 0 else [])
+    class ChiefAloneStops(keras.callbacks.Callback):
+        # As the chief's own clock would with train.max_train_minutes.
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == chief_stops_epoch and is_chief():
+                self.model.stop_training = True
+
+    cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=4, frozen_epochs=1, batch_size=8)
+    result = train(normalized, None, cfg, out, extra_callbacks=[WaitToBeKilled(), ChiefAloneStops()])
     print("EPOCHS_RUN", result.epochs_run, "WEIGHTS", weights_checksum(result.model_path))
 """)
 
 
-def test_killed_workers_resume_from_the_chiefs_last_epoch(tmp_path):
+def test_killed_workers_resume_from_the_chiefs_last_epoch_and_stop_when_the_chief_does(tmp_path):
     normalized = make_tiny_shards(tmp_path)
     script = tmp_path / "worker.py"
     script.write_text(RESUMABLE_WORKER)
     root = Path(__file__).resolve().parents[1]
 
-    def start(environments: list[dict], folders: list[Path], kill_epoch: int) -> list[subprocess.Popen]:
-        return [subprocess.Popen([sys.executable, str(script), str(normalized), str(folder), str(kill_epoch)],
+    def start(environments: list[dict], folders: list[Path], kill_epoch: int, chief_stops_epoch: int):
+        return [subprocess.Popen([sys.executable, str(script), str(normalized), str(folder), str(kill_epoch),
+                                  str(chief_stops_epoch)],
                                  env={**os.environ, **env, "PYTHONPATH": str(root)}, cwd=root, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
                 for env, folder in zip(environments, folders)]
@@ -72,7 +79,7 @@ def test_killed_workers_resume_from_the_chiefs_last_epoch(tmp_path):
     for folder in first:
         folder.mkdir()
     # Killed at the start of epoch 2 (0-based), the second fine-tuning epoch.
-    procs = start(worker_environments(2), first, 2)
+    procs = start(worker_environments(2), first, 2, -1)
     deadline = time.time() + 240
     while not all((folder / "kill-me").exists() for folder in first):
         for proc in procs:
@@ -84,11 +91,13 @@ def test_killed_workers_resume_from_the_chiefs_last_epoch(tmp_path):
         proc.wait(30)
     assert [e["epoch"] for e in read_epoch_log(chief_out)] == [0, 1]
 
-    # The restarted other worker has lost its folder: it continues from the chief's.
+    # The restarted other worker has lost its folder: it continues from the chief's. After
+    # epoch 2 the chief alone asks to stop: the other worker stops with it (else it would
+    # wait for the chief in epoch 3's collectives, and fail when the chief is gone).
     second = [chief_out, tmp_path / "scratch-2"]
     second[1].mkdir()
     outputs = []
-    for proc in start(worker_environments(2), second, -1):
+    for proc in start(worker_environments(2), second, -1, 2):
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-3000:]
         outputs.append(output)
@@ -96,7 +105,7 @@ def test_killed_workers_resume_from_the_chiefs_last_epoch(tmp_path):
         # Neither worker redid the frozen phase or the finished fine-tuning epoch (had one
         # of them, the two would not have met in the same collectives).
         assert "at epoch 3" in output.split("resuming from ")[1].splitlines()[0]
-        assert "Epoch 3/3" in output and "Epoch 1/3" not in output and "Epoch 2/3" not in output
+        assert "Epoch 3/4" in output and "Epoch 2/4" not in output and "Epoch 4/4" not in output
         assert "EPOCHS_RUN 3" in output
     weights = {output.split("WEIGHTS ")[1].split()[0] for output in outputs}
     assert len(weights) == 1
