@@ -41,9 +41,9 @@ from components.errors import UserError
 
 
 def replica_batch_size(global_batch_size: int, replicas: int) -> int:
-    """Images each replica takes per step: ``train.batch_size`` is the global batch, as
-    with fit under MirroredStrategy, split evenly so that every replica computes the
-    same kind of step (never an empty or a short batch)."""
+    """Images each replica takes per step. ``train.batch_size`` is the global batch, as
+    with fit under MirroredStrategy, and every replica takes an equal share of it (of a
+    pass's last, short batch as equal as it goes): all hold the same batch, none idles."""
     if global_batch_size % replicas:
         raise UserError(f"train.batch_size {global_batch_size} does not split evenly over {replicas} replicas "
                         f"(workers x devices each): use a multiple of {replicas}")
@@ -147,9 +147,10 @@ def _per_example_loss(loss):
 
 def _step_function(model, class_weight: dict | None, global_batch_size: int):
     """One global step: every replica's forward and backward pass on its share of the
-    batch, gradients summed across all replicas by the optimizer. Returns the step's
-    loss and the class-weighted count of correct images and of images (the loss and
-    accuracy fit would report)."""
+    batch, gradients summed across all replicas by the optimizer. Every image weighs
+    1 / global_batch_size (times its class weight), also in a pass's last, short batch.
+    Returns the step's loss and the class-weighted counts of correct images and of
+    images (for the accuracy fit would report)."""
     import tensorflow as tf
 
     strategy = model.distribute_strategy
