@@ -51,7 +51,8 @@ def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_pat
     import keras
 
     normalized = make_tiny_shards(tmp_path)
-    # small_resnet: batch normalization, whose moving statistics each worker updates from its own images.
+    # small_resnet: batch normalization, whose moving statistics each worker updates from
+    # its own images; class weights: per-image weights in the loss.
     config = write_config(tmp_path / "c.yaml", model="small_resnet", epochs=2, imbalance="class_weight")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     procs = [job("--normalized", str(normalized), "--config", str(config), "--output-dir", str(tmp_path / f"out{i}"),
@@ -78,6 +79,7 @@ def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_pat
     client = MlflowClient(tracking)
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.run_id == chief["mlflow_run_id"] and other["mlflow_run_id"] == ""
+    assert chief["model_uri"].startswith("models:/") and other["model_uri"] == ""
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_balanced_accuracy")] == [0, 1]
 
 
