@@ -178,26 +178,6 @@ def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None,
             layer.momentum = batchnorm_momentum
 
 
-def recalibrate_batchnorm(model: keras.Model, batches) -> int:
-    """Re-estimate the moving statistics of the frozen batch-norm layers as the plain
-    average over ``batches`` (image tensors), weights untouched (AdaBN, Li et al. 2016):
-    ImageNet's statistics do not fit dermoscopy, and training the layers instead costs
-    far more time on a CPU. Returns the number of layers re-estimated."""
-    norms = [layer for layer in model.layers if isinstance(layer, layers.BatchNormalization) and not layer.trainable]
-    momenta = [layer.momentum for layer in norms]
-    try:
-        for layer in norms:
-            layer.trainable = True  # Keras only updates the statistics of a trainable layer
-        for step, images in enumerate(batches):
-            for layer in norms:
-                layer.momentum = step / (step + 1)  # running mean: batch k weighs 1/(k+1)
-            model(images, training=True)
-    finally:
-        for layer, momentum in zip(norms, momenta):
-            layer.trainable, layer.momentum = False, momentum
-    return len(norms)
-
-
 def check_model_name(name: str) -> None:
     if name not in MODEL_NAMES:
         raise ModelError(f"unknown model {name!r} (train.model: one of {', '.join(MODEL_NAMES)})")

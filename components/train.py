@@ -4,7 +4,9 @@ Transfer models train in two phases (backbone frozen, then fine-tuned). Early
 stopping on a validation metric of the config's choice with the best weights restored;
 per-epoch metrics to MLflow; a backup after each epoch in the step's output folder so a
 killed step resumes from its last completed epoch; mixed precision, XLA and
-MirroredStrategy when GPUs are visible; deterministic with a seed on CPU.
+MirroredStrategy when GPUs are visible; deterministic with a seed on CPU. Several
+workers (a TFJob) train under MultiWorkerMirroredStrategy in the custom loop of
+``components.distributed``.
 """
 
 import json
@@ -12,14 +14,14 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from kfp import dsl
 
-from components import shards
-from components.errors import UserError
+from components import distributed, shards
 from pipeline.config import Config, TrainConfig
 
 MODEL_FILE = "model.keras"
@@ -43,6 +45,7 @@ class Devices:
     strategy: object  # tf.distribute.Strategy
     description: str
     gpu: bool
+    workers: int = 1
 
 
 def tf_config_workers() -> int:
@@ -53,25 +56,29 @@ def tf_config_workers() -> int:
 
 def configure_devices(seed: int) -> Devices:
     """GPUs: mixed precision and MirroredStrategy over all visible ones. CPU: op
-    determinism, so a seeded run repeats exactly."""
+    determinism, so a seeded run repeats exactly. Several workers in TF_CONFIG:
+    MultiWorkerMirroredStrategy over all their GPUs or CPUs."""
     import keras
     import tensorflow as tf
 
     workers = tf_config_workers()
-    if workers > 1:
-        # Checked here (a 2-worker run on 127.0.0.1 fails inside fit with "Attempt to convert
-        # a value (PerReplica...)"), so a TFJob with several workers stops with a reason.
-        raise UserError(f"TF_CONFIG names {workers} workers, but Keras 3's Model.fit does not run under "
-                        "MultiWorkerMirroredStrategy (keras-team/keras#20585): use one worker with several GPUs")
     keras.utils.set_random_seed(seed)
     gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    # Connects to the other workers, so it comes after the GPU settings (they cannot
+    # change once TensorFlow has started its devices).
+    multi_worker = tf.distribute.MultiWorkerMirroredStrategy() if workers > 1 else None
     if gpus:
-        for gpu in gpus:
-            tf.config.experimental.set_memory_growth(gpu, True)
         keras.mixed_precision.set_global_policy("mixed_float16")
+        if multi_worker:
+            return Devices(multi_worker, f"{workers} workers (MultiWorkerMirroredStrategy), {len(gpus)} GPU(s) each, "
+                           "mixed_float16", True, workers)
         return Devices(tf.distribute.MirroredStrategy(), f"{len(gpus)} GPU(s), mixed_float16, XLA", True)
     keras.mixed_precision.set_global_policy("float32")
     tf.config.experimental.enable_op_determinism()
+    if multi_worker:
+        return Devices(multi_worker, f"{workers} workers (MultiWorkerMirroredStrategy), CPU", False, workers)
     return Devices(tf.distribute.get_strategy(), "CPU", False)
 
 
@@ -103,10 +110,11 @@ def _augment_fn(zoom: float = 0.0):
     return augment
 
 
-def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int):
+def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None):
     """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
     cache of the decoded uint8 images, shuffle, balanced sampling, online augmentation,
-    prefetch."""
+    prefetch. ``count``, the number of records, makes the epoch length known to Keras
+    (else every epoch ends by running out of data, with a warning)."""
     import tensorflow as tf
 
     files = tf.data.Dataset.from_tensor_slices(paths)
@@ -114,6 +122,8 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     parse = shards.parse_fn(image_size)
     ds = records.map(lambda r: parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if count is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
     if tc.cache:
         ds = ds.cache()
     if tc.imbalance == "balanced_sampling":
@@ -282,7 +292,8 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
     class EpochLog(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             values = {k: float(v) for k, v in (logs or {}).items()}
-            values["learning_rate"] = float(self.model.optimizer.learning_rate)
+            # np.asarray: under a distribution strategy a constant rate is a MirroredVariable, which float() refuses.
+            values["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
             with open(out / EPOCH_LOG_FILE, "a") as f:
                 f.write(json.dumps({"epoch": epoch, **values}) + "\n")
             if client is not None:
@@ -292,26 +303,6 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
                 client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
 
     return EpochLog()
-
-
-def _batchnorm_callback(train_ds, steps: int):
-    """Re-estimates the frozen batch-norm statistics on ``steps`` training batches when a
-    phase starts and after every epoch, before the validation callback reads the model."""
-    import keras
-
-    from components.models import recalibrate_batchnorm
-
-    class RecalibrateBatchNorm(keras.callbacks.Callback):
-        def recalibrate(self):
-            recalibrate_batchnorm(self.model, (images for images, _ in train_ds.take(steps)))
-
-        def on_train_begin(self, logs=None):
-            self.recalibrate()
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.recalibrate()
-
-    return RecalibrateBatchNorm()
 
 
 def _time_budget_callback(minutes: float, started: float):
@@ -373,12 +364,14 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     if augmented_dir:
         train_paths += shards.shard_paths(augmented_dir, "train")
     counts = training_class_counts(normalized_dir, augmented_dir)
-    train_ds = training_dataset(train_paths, size, tc, len(classes))
+    train_ds = training_dataset(train_paths, size, tc, len(classes), int(counts.sum()))
     steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
     val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), size)
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if devices.workers > 1:
+        distributed.copy_folder_from_chief(devices.strategy, out)
     transfer = is_transfer(tc.model)
     frozen_epochs = tc.frozen_epochs if transfer else 0
     loss = (sparse_focal_loss(tc.focal_gamma) if tc.imbalance == "focal"
@@ -398,15 +391,16 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                           jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
-        recalibrate = [_batchnorm_callback(train_ds, tc.recalibrate_batchnorm_steps)] if tc.recalibrate_batchnorm_steps else []
-        return [*recalibrate, _validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
+        return [_validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
                                      cfg.evaluate.melanoma_class),
                 tracker.callback(phase_start), _epoch_log_callback(out, tracking_uri, mlflow_run_id),
                 *([_time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
                 *extra_callbacks]
 
-    # balanced_sampling repeats forever: epochs are a fixed number of steps then.
-    fixed_steps = steps_per_epoch if tc.imbalance == "balanced_sampling" else None
+    # balanced_sampling repeats forever, and workers must agree on when an epoch ends:
+    # epochs are a fixed number of steps then.
+    fixed_steps = steps_per_epoch if tc.imbalance == "balanced_sampling" or devices.workers > 1 else None
+    fit_phase = partial(distributed.fit_phase, global_batch_size=tc.batch_size) if devices.workers > 1 else _fit_phase
     if frozen_epochs:
         if (out / FROZEN_DONE_FILE).is_file():
             model.load_weights(out / FROZEN_DONE_FILE)
@@ -414,8 +408,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
             with devices.strategy.scope():
                 set_backbone_trainable(model, 0)
                 compile_for(tc.learning_rate, frozen_epochs)
-            _fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
-                       callbacks(0), class_weight)
+            fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
+                      callbacks(0), class_weight)
             model.save_weights(out / FROZEN_DONE_FILE)
     if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
@@ -424,8 +418,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                                        freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
                                        batchnorm_momentum=tc.batchnorm_momentum)
             compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, tc.epochs - frozen_epochs)
-        _fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
-                   callbacks(frozen_epochs), class_weight)
+        fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
+                  callbacks(frozen_epochs), class_weight)
 
     tracker.restore_best(model)
     model_path = out / MODEL_FILE

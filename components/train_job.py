@@ -2,14 +2,16 @@
 
 The Kubeflow Training Operator starts one process per worker and sets TF_CONFIG; the
 strategy (MultiWorkerMirroredStrategy for several workers, see
-``components.train.configure_devices``) comes from it. Inputs are a pipeline run's
-normalize and augment outputs (local paths or gs:// prefixes); only the chief writes
-the model to ``--output-dir`` and logs to MLflow, the other workers train into scratch
-folders.
+``components.train.configure_devices`` and ``components.distributed``) comes from it.
+Inputs are a pipeline run's normalize and augment outputs (local paths or gs://
+prefixes); only the chief writes the model to ``--output-dir`` and logs to MLflow, the
+other workers train into scratch folders. Every worker prints a summary with a
+checksum of its final weights: the same on all workers of a job.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -30,11 +32,22 @@ def is_chief() -> bool:
     return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in tf_config.get("cluster", {})
 
 
+def weights_checksum(model_path: str | Path) -> str:
+    """SHA-256 of a saved model's weights, in order: equal for the workers of one job."""
+    import keras
+
+    digest = hashlib.sha256()
+    for weights in keras.models.load_model(model_path, compile=False).get_weights():
+        digest.update(weights.tobytes())
+    return digest.hexdigest()
+
+
 def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
-        run_id_tag: str = "") -> dict:
+        run_id_tag: str = "", wait_for_workers_minutes: float = 15.0) -> dict:
     from components import shards
+    from components.distributed import wait_for_workers
     from components.sources import download_folder, upload_folder
-    from components.train import log_model, train
+    from components.train import log_model, tf_config_workers, train
     from pipeline import tracking
     from pipeline.config import Config
 
@@ -43,6 +56,8 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
     with tempfile.TemporaryDirectory(prefix="lesion-train-job-") as scratch:
         normalized_dir = download_folder(normalized, Path(scratch, "normalized"))
         augmented_dir = download_folder(augmented, Path(scratch, "augmented")) if augmented else None
+        if tf_config_workers() > 1:
+            wait_for_workers(wait_for_workers_minutes * 60)
         remote_output = output_dir.startswith("gs://")
         out = Path(output_dir) if chief and not remote_output else Path(scratch, "model")
         run_id = ""
@@ -52,7 +67,8 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
                                            cfg.flat_params(), tags={"lesion.trainer": "tfjob"})
         result = train(normalized_dir, augmented_dir, cfg, out, tracking_uri if run_id else "", run_id)
         summary = {"chief": chief, "device": result.device, "epochs_run": result.epochs_run,
-                   "best_epoch": result.best_epoch, "mlflow_run_id": run_id, "model_uri": ""}
+                   "best_epoch": result.best_epoch, "weights_sha256": weights_checksum(result.model_path),
+                   "mlflow_run_id": run_id, "model_uri": ""}
         if chief:
             meta = shards.read_meta(normalized_dir)
             if run_id:
@@ -71,9 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True, help="where the chief writes the model (folder or gs://)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""))
     parser.add_argument("--run-id", default="", help="the KFP run id whose MLflow run to log into (default: new run)")
+    parser.add_argument("--wait-for-workers-minutes", type=float, default=15.0,
+                        help="several workers: how long to wait for all to be up before giving up (default: 15)")
     args = parser.parse_args(argv)
     try:
-        summary = run(args.normalized, args.augmented, args.config, args.output_dir, args.tracking_uri, args.run_id)
+        summary = run(args.normalized, args.augmented, args.config, args.output_dir, args.tracking_uri, args.run_id,
+                      args.wait_for_workers_minutes)
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -104,10 +104,6 @@ class TrainConfig:
     # Momentum of those adapting statistics (0: the backbone's own; MobileNetV2's 0.999
     # averages over ~1000 steps, longer than a short fine-tuning, so they lag behind).
     batchnorm_momentum: float = 0.0
-    # Or keep them frozen but re-estimate their statistics on this many training batches
-    # when each phase starts and after every epoch (0: never); a forward pass only, so
-    # much cheaper on a CPU than fine_tune_batchnorm.
-    recalibrate_batchnorm_steps: int = 0
     batch_size: int = 32
     learning_rate: float = 1e-3
     fine_tune_learning_rate: float = 1e-4

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -40,6 +41,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def worker_environments(workers: int) -> list[dict[str, str]]:
+    """TF_CONFIG for each of ``workers`` processes on 127.0.0.1, as the Training Operator
+    sets it for a TFJob with Worker replicas only (worker 0 is the chief)."""
+    cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(workers)]}
+    return [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
+            for i in range(workers)]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:

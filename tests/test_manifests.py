@@ -393,9 +393,11 @@ def test_tfjob_structure(name):
     assert set(spec["runPolicy"]) <= {"suspend", "cleanPodPolicy", "backoffLimit", "ttlSecondsAfterFinished",
                                       "activeDeadlineSeconds", "schedulingPolicy"}
     assert set(spec["tfReplicaSpecs"]) <= {"Chief", "Worker", "PS", "Evaluator", "Master"}
+    # Worker replicas only: worker 0 is the chief (components.train_job.is_chief), and
+    # several train together under MultiWorkerMirroredStrategy (components.distributed).
+    assert set(spec["tfReplicaSpecs"]) == {"Worker"}
     worker = spec["tfReplicaSpecs"]["Worker"]
-    # One worker: components.train_job refuses several (Keras 3 has no MultiWorkerMirroredStrategy fit).
-    assert worker["replicas"] == 1
+    assert worker["replicas"] == 2
     assert worker["restartPolicy"] in {"Always", "OnFailure", "Never", "ExitCode"}
     pod = worker["template"]["spec"]
     assert pod["serviceAccountName"] == "lesion-pipeline-runner"
@@ -414,10 +416,16 @@ def test_tfjob_structure(name):
     assert one(name, "ConfigMap", config_volume)["data"]["config.yaml"]
 
 
-def test_tfjob_config_is_a_valid_run_config():
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(name):
+    from components.distributed import replica_batch_size
     from pipeline.config import Config
-    config = one("base", "ConfigMap", "lesion-train-config")["data"]["config.yaml"]
-    assert Config.from_dict(yaml.safe_load(config)).train.epochs >= 1
+
+    train = Config.from_dict(yaml.safe_load(one(name, "ConfigMap", "lesion-train-config")["data"]["config.yaml"])).train
+    assert train.epochs >= 1
+    worker = one(name, "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]
+    gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 1))
+    replica_batch_size(train.batch_size, worker["replicas"] * gpus)  # raises if it does not split evenly
 
 
 # ---- secrets -----------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from components import shards
-from components.models import ModelError, backbone_layers, build_model, recalibrate_batchnorm, set_backbone_trainable
+from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
 from components.train import (BestEpochTracker, class_weights, logit_adjusted_loss, read_epoch_log,
                               sparse_focal_loss, train, training_class_counts, training_dataset)
 from tests.tiny_data import make_tiny_shards, tiny_config
@@ -76,30 +76,12 @@ def test_transfer_backbone_loads_imagenet_weights_from_a_local_file(weights_dir)
     assert norms and all(layer.trainable and layer.momentum == 0.9 for layer in norms)
 
 
-def test_batchnorm_recalibration_averages_the_statistics_of_the_given_batches():
-    import keras
-
-    inputs = keras.Input((4,))
-    norm = keras.layers.BatchNormalization(momentum=0.99)
-    model = keras.Model(inputs, norm(inputs))
-    norm.trainable = False
-    gamma = norm.gamma.numpy().copy()
-    rng = np.random.default_rng(0)
-    batches = [rng.normal(loc, 2.0, (16, 4)).astype(np.float32) for loc in (1.0, 3.0, 8.0)]
-    assert recalibrate_batchnorm(model, batches) == 1
-    np.testing.assert_allclose(norm.moving_mean.numpy(), np.mean([b.mean(0) for b in batches], 0), rtol=1e-5)
-    np.testing.assert_allclose(norm.moving_variance.numpy(), np.mean([b.var(0) for b in batches], 0), rtol=1e-4)
-    # The layer is left as it was found: frozen, its momentum and its weights unchanged.
-    assert not norm.trainable and norm.momentum == 0.99
-    np.testing.assert_array_equal(norm.gamma.numpy(), gamma)
-
-
-def _snapshot_callback(layer_name: str, store: list, weight_index: int = 0):
+def _snapshot_callback(layer_name: str, store: list):
     import keras
 
     class Snapshot(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            store.append(self.model.get_layer(layer_name).get_weights()[weight_index].copy())
+            store.append(self.model.get_layer(layer_name).get_weights()[0].copy())
 
     return Snapshot()
 
@@ -107,14 +89,11 @@ def _snapshot_callback(layer_name: str, store: list, weight_index: int = 0):
 def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
     import keras
 
-    cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=2, frozen_epochs=1, lr_schedule="cosine",
-                      recalibrate_batchnorm_steps=2)
+    cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=2, frozen_epochs=1, lr_schedule="cosine")
     keras.utils.set_random_seed(cfg.train.seed)  # the initialisation train() will draw
     initial = build_model("mobilenet", 4, 32, MEAN, STD, alpha=0.25).get_layer("conv1").get_weights()[0]
     kernels: list[np.ndarray] = []
-    moving_means: list[np.ndarray] = []
-    result = train(normalized, None, cfg, tmp_path, extra_callbacks=[_snapshot_callback("conv1", kernels),
-                                                                      _snapshot_callback("conv1_bn", moving_means, 2)])
+    result = train(normalized, None, cfg, tmp_path, extra_callbacks=[_snapshot_callback("conv1", kernels)])
     assert len(kernels) == 2 and result.epochs_run == 2
     # Same seed, same random initialisation: unchanged after the frozen epoch, moved after fine-tuning.
     np.testing.assert_array_equal(kernels[0], initial)
@@ -123,8 +102,6 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[1]["learning_rate"] < cfg.train.fine_tune_learning_rate  # cosine decay is under way
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "frozen_phase.weights.h5").is_file()
-    # The frozen batch norm's statistics were re-estimated on the training images (fresh ones are 0).
-    assert not np.allclose(moving_means[0], 0.0)
 
 
 def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
@@ -216,6 +193,18 @@ def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tm
     share = np.bincount(drawn, minlength=3) / len(drawn)
     assert np.all(np.abs(share - 1 / 3) < 0.04), share
     assert training_class_counts(normalized, None).sum() == shards.read_meta(normalized)["counts"]["train"]
+
+
+def test_the_training_dataset_knows_its_epoch_length(normalized):
+    import tensorflow as tf
+
+    cfg = tiny_config(online_augment=True, batch_size=8).train
+    paths = shards.shard_paths(normalized, "train")
+    count = int(training_class_counts(normalized, None).sum())
+    dataset = training_dataset(paths, 32, cfg, 4, count)
+    assert int(dataset.cardinality()) == -(-count // 8) == sum(1 for _ in dataset)
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+        sum(1 for _ in training_dataset(paths, 32, cfg, 4, count + 5))
 
 
 RESUMABLE_TRAINING = textwrap.dedent("""

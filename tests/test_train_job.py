@@ -6,16 +6,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
 from components.sources import GcsSource, upload_folder
-from tests.conftest import free_port
+from components.train import read_epoch_log
+from components.train_job import weights_checksum
+from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 
 def write_config(path: Path, **train) -> Path:
-    cfg = tiny_config(epochs=1, **train)
+    cfg = tiny_config(**{"epochs": 1, **train})
     path.write_text(yaml.safe_dump(cfg.to_dict()))
     return path
 
@@ -44,20 +47,51 @@ def test_single_worker_reads_and_writes_gcs_and_logs_to_mlflow(tmp_path, gcs_emu
     assert summary["model_uri"].startswith("models:/")
 
 
-def test_several_workers_stop_with_the_reason_before_training(tmp_path):
-    """Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585):
-    a TFJob with two workers must say so, not die inside fit with a PerReplica traceback."""
+def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_path):
+    import keras
+
     normalized = make_tiny_shards(tmp_path)
-    config = write_config(tmp_path / "c.yaml")
-    cluster = {"worker": [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]}
+    # small_resnet: batch normalization, whose moving statistics each worker updates from
+    # its own images; class weights: per-image weights in the loss.
+    config = write_config(tmp_path / "c.yaml", model="small_resnet", epochs=2, imbalance="class_weight")
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
     procs = [job("--normalized", str(normalized), "--config", str(config), "--output-dir", str(tmp_path / f"out{i}"),
-                 env={"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
-             for i in range(2)]
+                 "--tracking-uri", tracking, env=env) for i, env in enumerate(worker_environments(2))]
+    summaries = []
     for proc in procs:
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 2
-        assert "TF_CONFIG names 2 workers" in err and "keras-team/keras#20585" in err and "Traceback" not in err
-    assert not (tmp_path / "out0").exists()
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+        summaries.append(json.loads(out.strip().splitlines()[-1]))
+    chief, other = summaries
+    assert chief["chief"] and not other["chief"]
+    assert chief["device"] == other["device"] == "2 workers (MultiWorkerMirroredStrategy), CPU"
+    assert chief["epochs_run"] == other["epochs_run"] == 2
+    # One model: the same final weights on both workers.
+    assert chief["weights_sha256"] == other["weights_sha256"]
+
+    model_path = tmp_path / "out0" / "model.keras"
+    assert not (tmp_path / "out1").exists()  # the other worker trained in a scratch folder
+    assert weights_checksum(model_path) == chief["weights_sha256"]
+    probabilities = keras.models.load_model(model_path, compile=False).predict(
+        np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    assert [e["epoch"] for e in read_epoch_log(tmp_path / "out0")] == [0, 1]
+    client = MlflowClient(tracking)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.run_id == chief["mlflow_run_id"] and other["mlflow_run_id"] == ""
+    assert chief["model_uri"].startswith("models:/") and other["model_uri"] == ""
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_balanced_accuracy")] == [0, 1]
+
+
+def test_a_worker_whose_peer_never_comes_up_stops_with_one_error_line(tmp_path):
+    config = write_config(tmp_path / "c.yaml")
+    lonely = worker_environments(2)[1]
+    proc = job("--normalized", str(make_tiny_shards(tmp_path)), "--config", str(config), "--output-dir",
+               str(tmp_path / "out"), "--wait-for-workers-minutes", "0.05", env=lonely)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("error: worker 1 could not reach 127.0.0.1:")
+    assert "within 3 s" in err and "Traceback" not in err
 
 
 def test_chief_is_worker_zero_without_a_chief_task(monkeypatch):
