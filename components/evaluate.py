@@ -131,11 +131,18 @@ def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, o
 
 def gradcam(model, images: np.ndarray, class_index: int) -> np.ndarray:
     """Grad-CAM (Selvaraju et al. 2017): the last feature map weighted by the pooled
-    gradient of the class probability, ReLU, scaled to [0, 1] and resized to the image."""
+    gradient of the class probability, ReLU, scaled to [0, 1] and resized to the image.
+    For an ensemble, its first member's."""
     import keras
     import tensorflow as tf
 
-    feature_layer = next(layer for layer in reversed(model.layers) if len(layer.output.shape) == 4)
+    def feature_maps(model) -> list:
+        return [layer for layer in model.layers
+                if len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer)]
+
+    while not feature_maps(model):  # an ensemble: the heatmap of its first member
+        model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    feature_layer = feature_maps(model)[-1]
     grad_model = keras.Model(model.inputs, [feature_layer.output, model.output])
     x = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:

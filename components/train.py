@@ -6,14 +6,15 @@ per-epoch metrics to MLflow; a backup after each epoch in the step's output fold
 killed step resumes from its last completed epoch; mixed precision, XLA and
 MirroredStrategy when GPUs are visible; deterministic with a seed on CPU. Several
 workers (a TFJob) train under MultiWorkerMirroredStrategy in the custom loop of
-``components.distributed``.
+``components.distributed``. ``train.ensemble`` trains several models in turn and saves
+one model that averages their probabilities.
 """
 
 import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -29,6 +30,8 @@ BEST_WEIGHTS_FILE = "best.weights.h5"
 BEST_STATE_FILE = "best.json"
 EPOCH_LOG_FILE = "epochs.jsonl"
 FROZEN_DONE_FILE = "frozen_phase.weights.h5"
+# Written last: a folder holding it has a finished model.
+HISTORY_FILE = "history.json"
 
 
 @dataclass
@@ -36,8 +39,9 @@ class TrainResult:
     model_path: str
     history: dict
     epochs_run: int
-    best_epoch: int
+    best_epoch: int  # -1 for an ensemble: see members
     device: str
+    members: list["TrainResult"] = field(default_factory=list)
 
 
 @dataclass
@@ -279,8 +283,9 @@ class BestEpochTracker:
             model.load_weights(self.out / BEST_WEIGHTS_FILE)
 
 
-def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
-    """Appends every finished epoch's logs to epochs.jsonl and to the MLflow run."""
+def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix: str = ""):
+    """Appends every finished epoch's logs to epochs.jsonl and to the MLflow run (with
+    ``metric_prefix`` before each name there)."""
     import keras
 
     client = None
@@ -297,10 +302,8 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str):
             with open(out / EPOCH_LOG_FILE, "a") as f:
                 f.write(json.dumps({"epoch": epoch, **values}) + "\n")
             if client is not None:
-                from mlflow.entities import Metric
-
-                now = int(time.time() * 1000)
-                client.log_batch(run_id, metrics=[Metric(k, v, now, epoch) for k, v in values.items()])
+                client.log_batch(run_id, metrics=_mlflow_metrics(
+                    {metric_prefix + k: v for k, v in values.items()}, step=epoch))
 
     return EpochLog()
 
@@ -345,33 +348,130 @@ def _fit_phase(model, train_ds, steps_per_epoch: int | None, first_epoch: int, l
               class_weight=class_weight, verbose=2)
 
 
+@dataclass
+class TrainingData:
+    """What every model trained in one step shares: the splits' shards, sizes and classes."""
+    meta: dict
+    train_paths: list[str]
+    class_counts: np.ndarray
+    val_images: np.ndarray
+    val_labels: np.ndarray
+
+    @classmethod
+    def load(cls, normalized_dir: str | Path, augmented_dir: str | Path | None) -> "TrainingData":
+        meta = shards.read_meta(normalized_dir)
+        train_paths = shards.shard_paths(normalized_dir, "train")
+        if augmented_dir:
+            train_paths += shards.shard_paths(augmented_dir, "train")
+        val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), meta["image_size"])
+        return cls(meta, train_paths, training_class_counts(normalized_dir, augmented_dir), val_images, val_labels)
+
+
 def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Config, output_dir: str | Path,
           tracking_uri: str = "", mlflow_run_id: str = "", extra_callbacks: Sequence = ()) -> TrainResult:
-    """Train ``cfg.train.model`` and save the best epoch's model to ``output_dir``.
+    """Train ``cfg.train.model`` and save the best epoch's model to ``output_dir``; with
+    ``train.ensemble``, train every member in turn (in ``output_dir/members/<i>``) and save
+    a model that averages their probabilities.
 
     Started again on the same ``output_dir`` after being killed, it resumes from the last
-    completed epoch (and skips a finished frozen phase). ``extra_callbacks`` run after
-    ours at every epoch end."""
+    completed epoch (and skips a finished frozen phase, or a finished ensemble member).
+    ``extra_callbacks`` run after ours at every epoch end."""
     import keras
 
-    from components.models import build_model, is_transfer, set_backbone_trainable
-
-    tc = cfg.train
-    devices = configure_devices(tc.seed)
-    meta = shards.read_meta(normalized_dir)
-    classes, size = meta["classes"], meta["image_size"]
-    train_paths = shards.shard_paths(normalized_dir, "train")
-    if augmented_dir:
-        train_paths += shards.shard_paths(augmented_dir, "train")
-    counts = training_class_counts(normalized_dir, augmented_dir)
-    train_ds = training_dataset(train_paths, size, tc, len(classes), int(counts.sum()))
-    steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
-    val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), size)
-
+    members = cfg.train.members()
+    devices = configure_devices(cfg.train.seed)
+    data = TrainingData.load(normalized_dir, augmented_dir)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if devices.workers > 1:
         distributed.copy_folder_from_chief(devices.strategy, out)
+    if len(members) == 1:
+        return _train_model(cfg.train, data, cfg, devices, out, tracking_uri, mlflow_run_id, extra_callbacks)
+
+    started = time.monotonic()
+    results = []
+    for i, tc in enumerate(members):
+        if cfg.train.max_train_minutes:  # the whole ensemble's budget: what is left, shared by the members to come
+            left = cfg.train.max_train_minutes - (time.monotonic() - started) / 60
+            tc = replace(tc, max_train_minutes=max(left, 0.01) / (len(members) - i))
+        member_out = out / "members" / str(i)
+        if (member_out / HISTORY_FILE).is_file():
+            results.append(_finished_model(member_out))
+            continue
+        print(f"ensemble member {i + 1}/{len(members)}: {tc.model}"
+              f"{f' alpha {tc.alpha}' if tc.model.startswith('mobilenet') else ''}, seed {tc.seed}", flush=True)
+        results.append(_train_model(tc, data, cfg, devices, member_out, tracking_uri, mlflow_run_id, extra_callbacks,
+                                    metric_prefix=f"member{i}_"))
+
+    with devices.strategy.scope():
+        model = ensemble_model([keras.models.load_model(r.model_path, compile=False) for r in results],
+                               data.meta["image_size"])
+    model_path = out / MODEL_FILE
+    model.save(model_path)
+    val_metrics = _validation_metrics(model, data, cfg)
+    if mlflow_run_id:
+        from pipeline import tracking
+
+        tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=_mlflow_metrics(
+            {f"ensemble_{k}": v for k, v in val_metrics.items()}, step=0))
+    (out / "classes.json").write_text(json.dumps(data.meta["classes"]))
+    history = {"members": [{"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run}
+                           for r in results], "ensemble_validation": val_metrics, "device": devices.description}
+    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    return TrainResult(str(model_path), {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
+                       sum(r.epochs_run for r in results), -1, devices.description, results)
+
+
+def ensemble_model(members: list, image_size: int):
+    """One model whose output is the mean of the members' probabilities (each member a
+    whole saved model, preprocessing included)."""
+    import keras
+
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    outputs = []
+    for i, member in enumerate(members):
+        member.name = f"member_{i}"  # two members of one architecture would share a name
+        outputs.append(member(inputs))
+    probs = keras.layers.Average(dtype="float32", name="probabilities")(outputs)
+    return keras.Model(inputs, probs, name="ensemble")
+
+
+def _validation_metrics(model, data: TrainingData, cfg: Config) -> dict[str, float]:
+    from components.metrics import classification_metrics
+
+    probs = np.asarray(model.predict(data.val_images.astype(np.float32), batch_size=cfg.evaluate.batch_size,
+                                     verbose=0), dtype=np.float64)
+    m = classification_metrics(data.val_labels, probs, data.meta["classes"], cfg.evaluate.melanoma_class)
+    return {f"val_{k}": float(m[k] or 0.0) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc",
+                                                    "melanoma_auc") if k in m}
+
+
+def _mlflow_metrics(values: dict[str, float], step: int) -> list:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(k, v, now, step) for k, v in values.items()]
+
+
+def _finished_model(out: Path) -> TrainResult:
+    """The result of a model trained to the end in ``out`` by an earlier, killed run."""
+    saved = json.loads((out / HISTORY_FILE).read_text())
+    return TrainResult(str(out / MODEL_FILE), saved["history"], len(read_epoch_log(out)), saved["best_epoch"],
+                       saved["device"])
+
+
+def _train_model(tc: TrainConfig, data: TrainingData, cfg: Config, devices: Devices, out: Path, tracking_uri: str,
+                 mlflow_run_id: str, extra_callbacks: Sequence, metric_prefix: str = "") -> TrainResult:
+    """One model, both phases, into ``out``; ``metric_prefix`` names its MLflow metrics."""
+    import keras
+
+    from components.models import build_model, is_transfer, set_backbone_trainable
+
+    classes, size = data.meta["classes"], data.meta["image_size"]
+    counts = data.class_counts
+    train_ds = training_dataset(data.train_paths, size, tc, len(classes), int(counts.sum()))
+    steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
+    out.mkdir(parents=True, exist_ok=True)
     transfer = is_transfer(tc.model)
     frozen_epochs = tc.frozen_epochs if transfer else 0
     loss = (sparse_focal_loss(tc.focal_gamma) if tc.imbalance == "focal"
@@ -382,7 +482,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     started = time.monotonic()
 
     with devices.strategy.scope():
-        model = build_model(tc.model, len(classes), size, meta["mean"], meta["std"], dropout=tc.dropout,
+        keras.utils.set_random_seed(tc.seed)
+        model = build_model(tc.model, len(classes), size, data.meta["mean"], data.meta["std"], dropout=tc.dropout,
                             weights=tc.weights, alpha=tc.alpha)
 
         def compile_for(learning_rate: float, phase_epochs: int) -> None:
@@ -391,9 +492,9 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                           jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
-        return [_validation_callback(val_images.astype(np.float32), val_labels, classes, cfg.evaluate.batch_size,
-                                     cfg.evaluate.melanoma_class),
-                tracker.callback(phase_start), _epoch_log_callback(out, tracking_uri, mlflow_run_id),
+        return [_validation_callback(data.val_images.astype(np.float32), data.val_labels, classes,
+                                     cfg.evaluate.batch_size, cfg.evaluate.melanoma_class),
+                tracker.callback(phase_start), _epoch_log_callback(out, tracking_uri, mlflow_run_id, metric_prefix),
                 *([_time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
                 *extra_callbacks]
 
@@ -427,7 +528,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
     epochs = read_epoch_log(out)
     history = {k: [e.get(k) for e in epochs] for k in epochs[0] if k != "epoch"} if epochs else {}
     (out / "classes.json").write_text(json.dumps(classes))
-    (out / "history.json").write_text(json.dumps(
+    (out / HISTORY_FILE).write_text(json.dumps(
         {"history": history, "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "device": devices.description},
         indent=1))
     return TrainResult(str(model_path), history, len(epochs), tracker.best_epoch, devices.description)
@@ -467,7 +568,7 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     with user_errors():
         result = train(normalized.path, augmented.path, cfg, model.path, tracking_uri, run_id)
     meta = shards.read_meta(normalized.path)
-    model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                           "device": result.device})
+    model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
+                           "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
     return log_model(result.model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
                      meta.get("resize_mode", "pad"))

@@ -132,6 +132,24 @@ class TrainConfig:
     # Keep decoded training images in memory between epochs.
     cache: bool = True
     seed: int = 123
+    # More members for an ensemble, each a mapping of the settings above that differ
+    # from this section's (e.g. {alpha: 0.35, weights: ..., seed: 7}). Every member
+    # trains in turn with its own early stopping, max_train_minutes is shared among them,
+    # and the saved model averages their probabilities.
+    ensemble: list[dict[str, Any]] = field(default_factory=list)
+
+    def members(self) -> list["TrainConfig"]:
+        """This section's model first, then one config per ensemble entry."""
+        base = {k: v for k, v in dataclasses.asdict(self).items() if k != "ensemble"}
+        members = [self]
+        for i, overrides in enumerate(self.ensemble):
+            where = f"train.ensemble[{i}]."
+            if not isinstance(overrides, dict):
+                raise ConfigError(f"{where[:-1]} must be a mapping of train settings, got {overrides!r}")
+            if "ensemble" in overrides:
+                raise ConfigError(f"{where}ensemble: a member cannot have members")
+            members.append(_build(TrainConfig, {**base, **overrides}, where))
+        return members
 
 
 @dataclass
@@ -274,12 +292,19 @@ class Config:
              f"train.imbalance must be one of {', '.join(IMBALANCE_METHODS)}, not {self.train.imbalance!r}"),
             (self.train.lr_schedule in ("constant", "cosine"),
              f"train.lr_schedule must be constant or cosine, not {self.train.lr_schedule!r}"),
+            (isinstance(self.train.ensemble, list),
+             f"train.ensemble must be a list of mappings, not {self.train.ensemble!r}"),
             (self.evaluate.champion_metric in GATE_METRICS,
              f"evaluate.champion_metric must be one of {', '.join(GATE_METRICS)}"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for i, member in enumerate(self.train.members()[1:]):
+            try:  # every check above, on the member's train settings
+                dataclasses.replace(self, train=member)
+            except ConfigError as exc:
+                raise ConfigError(f"train.ensemble[{i}]: {exc}") from None
 
     # ---- construction ----------------------------------------------------
     @classmethod

@@ -54,3 +54,27 @@ def test_flat_params_for_mlflow():
 def test_shipped_configs_load(name):
     cfg = Config.load(f"configs/{name}.yaml")
     assert cfg.name == name
+
+
+def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
+    # As KFP hands it back: numbers as floats.
+    cfg = Config.from_dict({"train": {"model": "mobilenet_v2", "alpha": 0.5, "epochs": 9, "seed": 1,
+                                      "ensemble": [{"alpha": 0.35, "seed": 2.0}, {"model": "mobilenet", "alpha": 0.25}]}})
+    members = cfg.train.members()
+    assert [(m.model, m.alpha, m.seed, m.epochs) for m in members] == [
+        ("mobilenet_v2", 0.5, 1, 9), ("mobilenet_v2", 0.35, 2, 9), ("mobilenet", 0.25, 1, 9)]
+    assert all(m.ensemble == [] for m in members[1:])
+    assert Config.load(None, ["train.ensemble=[{seed: 5}]"]).train.members()[1].seed == 5
+    assert '"alpha": 0.35' in cfg.flat_params()["train.ensemble"]
+
+
+@pytest.mark.parametrize("ensemble, message", [
+    ("resnet", "train.ensemble must be a list of mappings"),
+    ([3], r"train.ensemble\[0\] must be a mapping of train settings"),
+    ([{"alpah": 0.35}], r"unknown config key 'train.ensemble\[0\].alpah'"),
+    ([{}, {"online_zoom": 1.5}], r"train.ensemble\[1\]: train.online_zoom must be in \[0, 1\)"),
+    ([{"ensemble": [{}]}], r"train.ensemble\[0\].ensemble: a member cannot have members"),
+])
+def test_bad_ensemble_members_are_one_line_errors(ensemble, message):
+    with pytest.raises(ConfigError, match=message):
+        Config.from_dict({"train": {"ensemble": ensemble}})

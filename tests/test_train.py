@@ -263,3 +263,49 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(normalized, tmp
     assert "Epoch 3/3" in done.stdout and "Epoch 1/3" not in done.stdout and "Epoch 2/3" not in done.stdout
     assert "EPOCHS_RUN 3" in done.stdout
     assert not (out / "backup" / "fine_tune").exists()  # removed once training finished
+
+
+def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normalized, tmp_path, mlflow_server):
+    import keras
+    from mlflow import MlflowClient
+
+    from components.evaluate import gradcam
+    from pipeline import tracking
+
+    run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
+    cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10,
+                      ensemble=[{"model": "small_resnet", "seed": 7}, {"seed": 8, "epochs": 1}])
+    result = train(normalized, None, cfg, tmp_path, mlflow_server, run_id)
+    assert [m.epochs_run for m in result.members] == [2, 2, 1] and result.epochs_run == 5
+
+    images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    images = images.astype(np.float32)
+    ensemble = keras.models.load_model(result.model_path, compile=False)
+    members = [keras.models.load_model(tmp_path / "members" / str(i) / "model.keras", compile=False) for i in range(3)]
+    member_probs = [m.predict(images, verbose=0) for m in members]
+    np.testing.assert_allclose(ensemble.predict(images, verbose=0), np.mean(member_probs, axis=0), atol=1e-5)
+    assert not np.allclose(member_probs[0], member_probs[2], atol=1e-3)  # same network, another seed
+    assert [layer.name for layer in ensemble.layers] == ["image", "member_0", "member_1", "member_2", "probabilities"]
+    assert members[1].name == "small_resnet"
+
+    # Each member's epochs under its own name in the one MLflow run, and the ensemble's validation score.
+    metrics = MlflowClient(mlflow_server).get_run(run_id).data.metrics
+    assert {"member0_val_balanced_accuracy", "member1_val_balanced_accuracy", "member2_val_balanced_accuracy",
+            "ensemble_val_balanced_accuracy"} <= set(metrics)
+    assert "val_balanced_accuracy" not in metrics
+
+    # Grad-CAM looks into the first member.
+    heat = gradcam(ensemble, images[:2], 0)
+    assert heat.shape == (2, 32, 32) and 0 <= heat.min() and heat.max() <= 1
+
+    # Started again on the same folder (a restarted step), finished members are not trained again.
+    epochs_seen: list[int] = []
+
+    class Count(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epochs_seen.append(epoch)
+
+    again = train(normalized, None, cfg, tmp_path, extra_callbacks=[Count()])
+    assert epochs_seen == [] and again.epochs_run == 5
+    np.testing.assert_allclose(keras.models.load_model(again.model_path, compile=False).predict(images, verbose=0),
+                               np.mean(member_probs, axis=0), atol=1e-5)
