@@ -213,26 +213,28 @@ def _learning_rate(tc: TrainConfig, peak: float, phase_steps: int, steps_per_epo
 # ---- callbacks ------------------------------------------------------------------
 
 
+def validation_metrics(model, val_images: np.ndarray, val_labels: np.ndarray, classes: list[str], batch_size: int,
+                       melanoma_class: str) -> dict[str, float]:
+    """val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1, val_macro_auc and
+    val_melanoma_auc of ``model``, from one prediction pass over the validation split."""
+    from components.metrics import classification_metrics
+
+    probs = np.asarray(model.predict(val_images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    m = classification_metrics(val_labels, probs, classes, melanoma_class)
+    picked = np.clip(probs[np.arange(len(val_labels)), val_labels], 1e-7, 1.0)
+    return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": m["accuracy"],
+            "val_balanced_accuracy": m["balanced_accuracy"], "val_macro_f1": m["macro_f1"],
+            "val_macro_auc": m["macro_auc"] or 0.0, "val_melanoma_auc": m.get("melanoma_auc") or 0.0}
+
+
 def _validation_callback(val_images: np.ndarray, val_labels: np.ndarray, classes: list[str], batch_size: int,
                          melanoma_class: str):
-    """Adds val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1, val_macro_auc and
-    val_melanoma_auc to the epoch logs (before the best-epoch tracker reads them), from
-    one prediction pass over the validation split."""
+    """Adds the validation metrics to the epoch logs (before the best-epoch tracker reads them)."""
     import keras
-
-    from components.metrics import classification_metrics
 
     class ValidationMetrics(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            probs = np.asarray(self.model.predict(val_images, batch_size=batch_size, verbose=0), dtype=np.float64)
-            m = classification_metrics(val_labels, probs, classes, melanoma_class)
-            picked = np.clip(probs[np.arange(len(val_labels)), val_labels], 1e-7, 1.0)
-            logs["val_loss"] = float(-np.log(picked).mean())
-            logs["val_accuracy"] = m["accuracy"]
-            logs["val_balanced_accuracy"] = m["balanced_accuracy"]
-            logs["val_macro_f1"] = m["macro_f1"]
-            logs["val_macro_auc"] = m["macro_auc"] or 0.0
-            logs["val_melanoma_auc"] = m.get("melanoma_auc") or 0.0
+            logs.update(validation_metrics(self.model, val_images, val_labels, classes, batch_size, melanoma_class))
 
     return ValidationMetrics()
 
@@ -408,7 +410,8 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                                data.meta["image_size"])
     model_path = out / MODEL_FILE
     model.save(model_path)
-    val_metrics = _validation_metrics(model, data, cfg)
+    val_metrics = validation_metrics(model, data.val_images.astype(np.float32), data.val_labels,
+                                     data.meta["classes"], cfg.evaluate.batch_size, cfg.evaluate.melanoma_class)
     if mlflow_run_id:
         from pipeline import tracking
 
@@ -434,16 +437,6 @@ def ensemble_model(members: list, image_size: int):
         outputs.append(member(inputs))
     probs = keras.layers.Average(dtype="float32", name="probabilities")(outputs)
     return keras.Model(inputs, probs, name="ensemble")
-
-
-def _validation_metrics(model, data: TrainingData, cfg: Config) -> dict[str, float]:
-    from components.metrics import classification_metrics
-
-    probs = np.asarray(model.predict(data.val_images.astype(np.float32), batch_size=cfg.evaluate.batch_size,
-                                     verbose=0), dtype=np.float64)
-    m = classification_metrics(data.val_labels, probs, data.meta["classes"], cfg.evaluate.melanoma_class)
-    return {f"val_{k}": float(m[k] or 0.0) for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc",
-                                                    "melanoma_auc") if k in m}
 
 
 def _mlflow_metrics(values: dict[str, float], step: int) -> list:
