@@ -9,7 +9,6 @@ version's tags, the pipeline's MLflow run and the report.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,12 +131,11 @@ def register_with_gate(tracking_uri: str, model_name: str, model_uri: str, new_m
 
 def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
     """The decision, its reason and both models' numbers into the pipeline's MLflow run."""
-    from mlflow.entities import Metric, RunTag
+    from mlflow.entities import RunTag
     from pipeline import tracking
 
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"gate_{who}_{k}", float(v[who]), now, 0)
-               for k, v in gate["comparison"].items() for who in ("new", "champion") if v[who] is not None]
+    metrics = tracking.metrics_at({f"gate_{who}_{k}": v[who] for k, v in gate["comparison"].items()
+                                   for who in ("new", "champion") if v[who] is not None})
     tags = [RunTag("gate.alias", gate["alias"]), RunTag("gate.reason", gate["reason"][:5000]),
             RunTag("gate.registered_version", gate["model_uri"])]
     tracking.client(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)

@@ -6,6 +6,7 @@ so no step needs another's output to log, and a cached step never points at a st
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -21,6 +22,14 @@ def client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def metrics_at(values: dict[str, float], step: int = 0) -> list:
+    """``values`` as mlflow Metric entities of one timestamp and step, for log_batch."""
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    return [Metric(key, float(value), now, step) for key, value in values.items()]
 
 
 def use_store(tracking_uri: str) -> None:
