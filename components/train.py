@@ -304,7 +304,7 @@ def _epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix
             with open(out / EPOCH_LOG_FILE, "a") as f:
                 f.write(json.dumps({"epoch": epoch, **values}) + "\n")
             if client is not None:
-                client.log_batch(run_id, metrics=_mlflow_metrics(
+                client.log_batch(run_id, metrics=tracking.metrics_at(
                     {metric_prefix + k: v for k, v in values.items()}, step=epoch))
 
     return EpochLog()
@@ -356,7 +356,7 @@ class TrainingData:
     meta: dict
     train_paths: list[str]
     class_counts: np.ndarray
-    val_images: np.ndarray
+    val_images: np.ndarray  # float32, as the models take them
     val_labels: np.ndarray
 
     @classmethod
@@ -366,7 +366,8 @@ class TrainingData:
         if augmented_dir:
             train_paths += shards.shard_paths(augmented_dir, "train")
         val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), meta["image_size"])
-        return cls(meta, train_paths, training_class_counts(normalized_dir, augmented_dir), val_images, val_labels)
+        return cls(meta, train_paths, training_class_counts(normalized_dir, augmented_dir),
+                   val_images.astype(np.float32), val_labels)
 
 
 def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Config, output_dir: str | Path,
@@ -410,13 +411,13 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, cfg: Con
                                data.meta["image_size"])
     model_path = out / MODEL_FILE
     model.save(model_path)
-    val_metrics = validation_metrics(model, data.val_images.astype(np.float32), data.val_labels,
+    val_metrics = validation_metrics(model, data.val_images, data.val_labels,
                                      data.meta["classes"], cfg.evaluate.batch_size, cfg.evaluate.melanoma_class)
     if mlflow_run_id:
         from pipeline import tracking
 
-        tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=_mlflow_metrics(
-            {f"ensemble_{k}": v for k, v in val_metrics.items()}, step=0))
+        tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=tracking.metrics_at(
+            {f"ensemble_{k}": v for k, v in val_metrics.items()}))
     (out / "classes.json").write_text(json.dumps(data.meta["classes"]))
     history = {"members": [{"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run}
                            for r in results], "ensemble_validation": val_metrics, "device": devices.description}
@@ -437,13 +438,6 @@ def ensemble_model(members: list, image_size: int):
         outputs.append(member(inputs))
     probs = keras.layers.Average(dtype="float32", name="probabilities")(outputs)
     return keras.Model(inputs, probs, name="ensemble")
-
-
-def _mlflow_metrics(values: dict[str, float], step: int) -> list:
-    from mlflow.entities import Metric
-
-    now = int(time.time() * 1000)
-    return [Metric(k, v, now, step) for k, v in values.items()]
 
 
 def _finished_model(out: Path) -> TrainResult:
@@ -485,7 +479,7 @@ def _train_model(tc: TrainConfig, data: TrainingData, cfg: Config, devices: Devi
                           jit_compile=devices.gpu)
 
     def callbacks(phase_start: int) -> list:
-        return [_validation_callback(data.val_images.astype(np.float32), data.val_labels, classes,
+        return [_validation_callback(data.val_images, data.val_labels, classes,
                                      cfg.evaluate.batch_size, cfg.evaluate.melanoma_class),
                 tracker.callback(phase_start), _epoch_log_callback(out, tracking_uri, mlflow_run_id, metric_prefix),
                 *([_time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
