@@ -16,7 +16,7 @@ from pathlib import Path
 from PIL import Image
 
 from components.ingest import ingest
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 
 
 def decode_file(path: Path) -> None:

@@ -23,13 +23,13 @@ def synthetic_shards(root: Path, size: int, per_class: int) -> Path:
     from components.ingest import ingest
     from components.normalize import normalize
     from components.split import split
-    from pipeline.config import Config
+    from components.settings import DataConfig
 
-    cfg = Config.from_dict({"data": {"image_size": size, "synthetic_images_per_class": per_class,
-                                     "synthetic_image_size": size, "val_fraction": 0.1, "test_fraction": 0.1}})
-    ingest("", cfg.data, root / "ingest")
-    split(root / "ingest", cfg.data, root / "split")
-    normalize(root / "split", cfg.data, root / "normalized", synthetic=True)
+    data = DataConfig(image_size=size, synthetic_images_per_class=per_class, synthetic_image_size=size,
+                      val_fraction=0.1, test_fraction=0.1)
+    ingest("", data, root / "ingest")
+    split(root / "ingest", data, root / "split")
+    normalize(root / "split", data, root / "normalized", synthetic=True)
     return root / "normalized"
 
 
@@ -57,8 +57,9 @@ def main() -> None:
 
     from components import shards
     from components.models import build_model
-    from components.train import configure_devices, training_dataset
-    from pipeline.config import TrainConfig
+    from components.devices import configure_devices
+    from components.settings import TrainConfig
+    from components.train_input import training_dataset
 
     devices = configure_devices(123)
     with tempfile.TemporaryDirectory() as tmp:

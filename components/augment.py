@@ -14,8 +14,8 @@ import numpy as np
 from kfp import dsl
 from PIL import Image, ImageEnhance
 
-from components import shards
-from pipeline.config import AugmentConfig
+from components import artifacts, shards
+from components.settings import AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -101,23 +101,23 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
         shards.write_shard(out / "train-00000-of-00001.tfrecord", records)
     report = {
         "seed": seed,
-        "policy": asdict(cfg),
+        "policy": cfg.to_dict(),
         "classes": meta["classes"],
         "train_counts_before": counts,
         "added": extra,
         "train_counts_after": [c + e for c, e in zip(counts, extra)],
     }
-    (out / "policy.json").write_text(json.dumps({**report, "samples": samples}, indent=1))
+    (out / artifacts.AUGMENT_POLICY).write_text(json.dumps({**report, "samples": samples}, indent=1))
     return report
 
 
-def augment_step(normalized: dsl.Input[dsl.Dataset], config: dict, augmented: dsl.Output[dsl.Dataset]):
-    """KFP wrapper: the augment step."""
+def augment_step(normalized: dsl.Input[dsl.Dataset], augment: dict, seed: int, augmented: dsl.Output[dsl.Dataset]):
+    """KFP wrapper: the augment step; ``seed`` is the run's data seed."""
     from components import atomic
-    from components.augment import augment
-    from pipeline.config import Config
+    from components.augment import augment as oversample
+    from components.errors import user_errors
+    from components.settings import AugmentConfig, load_section
 
-    cfg = Config.from_dict(config)
-    with atomic.output_dir(augmented.path) as partial:
-        report = augment(normalized.path, cfg.augment, partial, seed=cfg.data.seed)
+    with user_errors(), atomic.output_dir(augmented.path) as partial:
+        report = oversample(normalized.path, load_section(AugmentConfig, augment, "augment."), partial, seed=seed)
     augmented.metadata["added"] = sum(report["added"])

@@ -1,7 +1,8 @@
 """Evaluate: score a model on held-out images, write every metric and the pictures
 people look at (confusion matrices, ROC curves, reliability diagram, worst
 misclassified images, Grad-CAM on melanomas) into one self-contained HTML report, and,
-in the pipeline, run the champion gate and log it all to the pipeline's MLflow run."""
+in the pipeline, log them to the pipeline's MLflow run. Registering the model and the
+champion decision are the next step's (components.register)."""
 
 import base64
 import html
@@ -12,14 +13,17 @@ from pathlib import Path
 import numpy as np
 from kfp import dsl
 
-from components import shards
+from components import artifacts, shards
 from components.metrics import classification_metrics, reliability_bins, roc_points
-from pipeline.config import Config, EvaluateConfig
+from components.settings import DataConfig, EvaluateConfig
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc",
             "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity", "ece")
 # KFP keeps ROC points in the run's metadata: enough for a smooth curve, no more.
 MAX_ROC_POINTS = 200
+# (title, PNG file) of every picture made, so the report can be rendered again from the folder.
+PICTURES_FILE = "pictures.json"
+PIPELINE_REPORT_TITLE = "Evaluation on the held-out test split"
 
 
 @dataclass
@@ -188,7 +192,7 @@ def make_pictures(model, images: np.ndarray, ev: Evaluation, classes: list[str],
 
 
 def evaluate_images(model, classes: list[str], images: np.ndarray, y_true: np.ndarray, cfg: EvaluateConfig,
-                    output_dir: str | Path) -> Evaluation:
+                    output_dir: str | Path, synthetic: bool = False) -> Evaluation:
     """Metrics and pictures of ``model`` on labelled images (uint8, the model's size);
     writes metrics.json, predictions.npz and the PNGs to ``output_dir``."""
     from components.predict import predict_probabilities
@@ -197,22 +201,54 @@ def evaluate_images(model, classes: list[str], images: np.ndarray, y_true: np.nd
     out.mkdir(parents=True, exist_ok=True)
     probs = predict_probabilities(model, images, cfg.batch_size, cfg.tta)
     metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class)
-    metrics["tta"] = cfg.tta
+    metrics.update(tta=cfg.tta, synthetic=synthetic)
     ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    np.savez_compressed(out / "predictions.npz", y_true=ev.y_true, probs=probs)
+    (out / artifacts.METRICS).write_text(json.dumps(metrics, indent=2))
+    np.savez_compressed(out / artifacts.PREDICTIONS, y_true=ev.y_true, probs=probs)
     make_pictures(model, images, ev, classes, cfg, out)
+    (out / PICTURES_FILE).write_text(json.dumps(ev.pictures))
     return ev
 
 
-def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: Config, output_dir: str | Path) -> Evaluation:
+def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig,
+             output_dir: str | Path) -> Evaluation:
     """The pipeline's evaluation: the model on the normalized test split."""
     import keras
 
     model = keras.models.load_model(model_path, compile=False)
     meta = shards.read_meta(normalized_dir)
     images, labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "test"), meta["image_size"])
-    return evaluate_images(model, meta["classes"], images, labels, cfg.evaluate, output_dir)
+    return evaluate_images(model, meta["classes"], images, labels, cfg, output_dir, meta.get("synthetic", False))
+
+
+def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConfig, out_path: str | Path) -> dict:
+    """``lesionpipe evaluate``: every labelled image ingest accepts from ``source_uri``,
+    scored by a loaded model (components.predict.LoadedModel) with the pipeline's metrics
+    and report. Images of classes the model does not know are counted, not scored."""
+    from components.errors import UserError
+    from components.ingest import ingest
+    from components.predict import load_images
+
+    manifest = ingest(source_uri, data).manifest
+    usable = manifest[manifest.status == "ingested"]
+    known = usable[usable.label.isin(loaded.classes)]
+    unknown = sorted(set(usable.label) - set(loaded.classes))
+    if known.empty:
+        raise UserError(f"no image of {source_uri} has a class the model knows ({', '.join(loaded.classes)})")
+    images, errors = load_images(known.uri.tolist(), loaded.image_size, loaded.resize_mode)
+    if any(errors):
+        raise UserError(f"unreadable image: {next(e for e in errors if e)}")
+    labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()
+    out = Path(out_path)
+    folder = out.parent / (out.stem + "_report")
+    ev = evaluate_images(loaded.model, loaded.classes, images, labels, cfg, folder, synthetic=source_uri == "")
+    ev.metrics["model_uri"] = loaded.uri
+    ev.metrics["data"] = source_uri
+    report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(ev.metrics, indent=2))
+    return {"metrics": ev.metrics, "report": str(report), "skipped": int(len(usable) - len(known)),
+            "skipped_reason": f"classes unknown to the model: {', '.join(unknown)}" if unknown else ""}
 
 
 # ---- report ---------------------------------------------------------------------
@@ -260,9 +296,20 @@ def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, 
 
 
 def write_report(ev: Evaluation, folder: str | Path, title: str, synthetic: bool, gate: dict | None = None) -> Path:
-    path = Path(folder) / "report.html"
+    path = Path(folder) / artifacts.EVALUATION_REPORT
     path.write_text(render_report(ev.metrics, ev.pictures, Path(folder), title, synthetic, gate))
     return path
+
+
+def report_with_gate(eval_dir: str | Path, gate: dict, path: str | Path) -> Path:
+    """The pipeline's evaluation report, rendered again from its folder with the champion
+    gate's decision (the register step's view of it)."""
+    folder = Path(eval_dir)
+    metrics = json.loads((folder / artifacts.METRICS).read_text())
+    pictures = [(title, name) for title, name in json.loads((folder / PICTURES_FILE).read_text())]
+    Path(path).write_text(render_report(metrics, pictures, folder, PIPELINE_REPORT_TITLE,
+                                        bool(metrics.get("synthetic")), gate))
+    return Path(path)
 
 
 def headline_metrics(metrics: dict) -> dict[str, float]:
@@ -279,78 +326,45 @@ def thinned_roc(y_true: np.ndarray, probs: np.ndarray, class_index: int) -> tupl
     return [fpr[i] for i in keep], [tpr[i] for i in keep], [thresholds[i] for i in keep]
 
 
-def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path, data_dirs: dict[str, Path],
-                  data_counts: dict[str, int | bool]) -> None:
-    """Test metrics, data counts, the report and the data reports into the run."""
+def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path) -> None:
+    """Test metrics (``test_*``) and the evaluation folder (report, pictures) into the run."""
     import mlflow
 
-    from pipeline import tracking
+    from components import tracking
 
     tracking.use_store(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in headline_metrics(metrics).items()})
-        mlflow.log_metrics({f"data_{k}": float(v) for k, v in data_counts.items()})
-        mlflow.set_tag("data.synthetic", str(bool(data_counts.get("synthetic"))).lower())
         mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
-        for name, folder in data_dirs.items():
-            for f in sorted(folder.glob("*")):
-                if f.suffix in (".json", ".html", ".md"):
-                    mlflow.log_artifact(str(f), artifact_path=name)
 
 
-def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset], manifest: dsl.Input[dsl.Dataset],
-                  splits: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Dataset], config: dict, tracking_uri: str,
-                  kfp_run_name: str, kfp_run_id: str, model_uri: str, data_fingerprint: str,
-                  metrics: dsl.Output[dsl.Metrics], classification: dsl.Output[dsl.ClassificationMetrics],
-                  report: dsl.Output[dsl.HTML], mlflow_run: dsl.Output[dsl.Markdown], summary: dsl.Output[dsl.Artifact]):
-    """KFP wrapper: the evaluate step (test metrics, report, champion gate)."""
-    import json
+def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset], evaluate: dict, experiment: str,
+                  tracking_uri: str, kfp_run_name: str, kfp_run_id: str, metrics: dsl.Output[dsl.Metrics],
+                  classification: dsl.Output[dsl.ClassificationMetrics], report: dsl.Output[dsl.HTML],
+                  evaluation: dsl.Output[dsl.Dataset]):
+    """KFP wrapper: the evaluate step (test metrics, pictures, report; logged to MLflow)."""
     import shutil
     from pathlib import Path
 
-    from components import shards
+    from components import artifacts, tracking
     from components.errors import user_errors
-    from components.evaluate import evaluate, headline_metrics, log_to_mlflow, thinned_roc, write_report
-    from components.ingest_report import summary_counts
-    from components.retrain_gate import record_fingerprint
-    from pipeline import registry, tracking
-    from pipeline.config import Config
+    from components.evaluate import (PIPELINE_REPORT_TITLE, evaluate as score, headline_metrics, log_to_mlflow,
+                                     thinned_roc, write_report)
+    from components.settings import EvaluateConfig, load_section
 
-    cfg = Config.from_dict(config)
-    eval_dir = Path(report.path).parent / "evaluation"
-    meta = shards.read_meta(normalized.path)
+    eval_dir = Path(evaluation.path)
     with user_errors():
-        result = evaluate(Path(model.path) / "model.keras", normalized.path, cfg, eval_dir)
-        gate = registry.register_with_gate(tracking_uri, cfg.mlflow.model_name, model_uri, result.metrics,
-                                           normalized.path, cfg.evaluate)
-    ingest_report = json.loads((Path(manifest.path) / "report.json").read_text())
-    split_report = json.loads((Path(splits.path) / "split_report.json").read_text())
-    data = summary_counts(ingest_report)
-    data.update({f"{k}_images": v for k, v in split_report["subset_sizes"].items()})
-    write_report(result, eval_dir, "Evaluation on the held-out test split", meta.get("synthetic", False), gate)
-    shutil.copyfile(eval_dir / "report.html", report.path)
-    (eval_dir / "gate.json").write_text(json.dumps(gate, indent=2))
-
-    run_id = tracking.pipeline_run(tracking_uri, cfg.mlflow.experiment, kfp_run_name, kfp_run_id, cfg.flat_params())
-    log_to_mlflow(tracking_uri, run_id, result.metrics, eval_dir,
-                  {"data": Path(manifest.path), "split": Path(splits.path), "augment": Path(augmented.path)}, data)
-    registry.log_gate(tracking_uri, run_id, gate)
-    record_fingerprint(tracking_uri, cfg.mlflow.model_name, gate["version"], data_fingerprint)
+        cfg = load_section(EvaluateConfig, evaluate, "evaluate.")
+        result = score(Path(model.path) / artifacts.MODEL, normalized.path, cfg, eval_dir)
+    write_report(result, eval_dir, PIPELINE_REPORT_TITLE, result.metrics["synthetic"])
+    shutil.copyfile(eval_dir / artifacts.EVALUATION_REPORT, report.path)
+    run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
+    log_to_mlflow(tracking_uri, run_id, result.metrics, eval_dir)
 
     for name, value in headline_metrics(result.metrics).items():
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(result.metrics["classes"], result.metrics["confusion_matrix"])
-    if cfg.evaluate.melanoma_class in result.metrics["classes"]:
+    if cfg.melanoma_class in result.metrics["classes"]:
         fpr, tpr, thresholds = thinned_roc(result.y_true, result.probs,
-                                           result.metrics["classes"].index(cfg.evaluate.melanoma_class))
+                                           result.metrics["classes"].index(cfg.melanoma_class))
         classification.log_roc_curve(fpr, tpr, thresholds)
-    url = tracking.run_url(tracking_uri, run_id)
-    with open(mlflow_run.path, "w") as f:
-        f.write(f"# MLflow run\n\n[{run_id}]({url}) in `{tracking_uri}`\n\nRegistered model: "
-                f"`{gate['model_uri']}` ({gate['alias']}: {gate['reason']})\n\n"
-                f"Open the UI: `{tracking.ui_command(tracking_uri)}`\n")
-    registered = {"name": cfg.mlflow.model_name, "version": gate["version"], "uri": gate["model_uri"],
-                  "alias": gate["alias"]}
-    with open(summary.path, "w") as f:
-        json.dump({"mlflow_run_id": run_id, "mlflow_run_url": url, "tracking_uri": tracking_uri, "model_uri": model_uri,
-                   "registered_model": registered, "gate": gate, "data": data, "metrics": result.metrics}, f, indent=2)

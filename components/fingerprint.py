@@ -10,9 +10,9 @@
 import hashlib
 from pathlib import Path
 
-from pipeline.config import DataConfig
+from components import artifacts
+from components.settings import DataConfig
 
-MANIFEST_FILE = "manifest.parquet"
 
 
 def _digest(lines: list[str]) -> str:
@@ -32,16 +32,16 @@ def data_fingerprint(manifest_dir: str | Path) -> str:
     file names, order and quarantined files; changes when any image or label does."""
     import pandas as pd
 
-    df = pd.read_parquet(Path(manifest_dir) / MANIFEST_FILE, columns=["md5", "label", "status"])
+    df = pd.read_parquet(Path(manifest_dir) / artifacts.MANIFEST, columns=["md5", "label", "status"])
     ingested = df[df.status == "ingested"]
     return _digest([f"{md5}\t{label}" for md5, label in zip(ingested.md5, ingested.label)])
 
 
-def list_source_step(data_uri: str, config: dict) -> str:
+def list_source_step(data_uri: str, data: dict) -> str:
     """KFP wrapper: the source listing's digest (never cached; ingest's cache key)."""
     from components.errors import user_errors
     from components.fingerprint import source_listing_digest
-    from pipeline.config import Config
+    from components.settings import DataConfig, load_section
 
     with user_errors():
-        return source_listing_digest(data_uri, Config.from_dict(config).data)
+        return source_listing_digest(data_uri, load_section(DataConfig, data, "data."))

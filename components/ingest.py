@@ -20,9 +20,10 @@ from PIL import Image
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
 from components.ingest_report import build_report, write_outputs
-from components.labels import FORMATS, LabelTable, canonical_label, csv_format, label_table
+from components.labels import LabelTable, canonical_label, csv_format, label_table
 from components.sources import Source, SourceFile, open_source, read_bytes
-from pipeline.config import DataConfig
+from components.settings import DataConfig
+from components.union_find import UnionFind
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 SPLIT_DIRS = {"train": "train", "test": "test"}
@@ -34,8 +35,6 @@ MANIFEST_COLUMNS = [
 ]
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
-CONFLICT_POLICIES = ("quarantine", "majority")
-LEAK_POLICIES = ("keep_test", "quarantine")
 
 
 class IngestError(UserError):
@@ -96,8 +95,6 @@ def _read_csvs(files: list[SourceFile]) -> dict[str, pd.DataFrame]:
 def detect_format(csvs: dict[str, pd.DataFrame], requested: str = "auto") -> str:
     """The format asked for, else the one a CSV's columns show, else ``folders``."""
     if requested != "auto":
-        if requested not in FORMATS:
-            raise IngestError(f"unknown data format {requested!r} (auto, {', '.join(FORMATS)})")
         return requested
     found = {csv_format(list(frame.columns)) for frame in csvs.values()} - {None}
     if len(found) > 1:
@@ -284,18 +281,11 @@ def mark_near_duplicates(df: pd.DataFrame, thumbs: dict[int, np.ndarray], cfg: D
         return []
     hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
     small = np.stack([thumbs[i] for i in ingested.index])
-    parent = list(range(len(hashes)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sets = UnionFind()
     for i, j in near_duplicate_pairs(hashes, small, cfg.near_duplicate_distance,
                                      cfg.near_duplicate_max_pixel_difference):
-        parent[find(i)] = find(j)
-    roots = pd.Series([find(i) for i in range(len(hashes))], index=ingested.index)
+        sets.union(i, j)
+    roots = pd.Series([sets.find(i) for i in range(len(hashes))], index=ingested.index)
     groups = []
     for number, members in enumerate((g for _, g in roots.groupby(roots) if len(g) > 1), start=1):
         group_id = f"near-{number:05d}"
@@ -320,16 +310,8 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
 # ---- the step ----------------------------------------------------------------
 
 
-def _check_options(cfg: DataConfig) -> None:
-    if cfg.label_conflict_policy not in CONFLICT_POLICIES:
-        raise IngestError(f"data.label_conflict_policy must be one of {', '.join(CONFLICT_POLICIES)}")
-    if cfg.split_leak_policy not in LEAK_POLICIES:
-        raise IngestError(f"data.split_leak_policy must be one of {', '.join(LEAK_POLICIES)}")
-
-
 def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
     """Ingest ``source_uri`` (empty: the synthetic set); write the outputs to ``output_dir``."""
-    _check_options(cfg)
     source: Source = open_source(
         source_uri, synthetic_images_per_class=cfg.synthetic_images_per_class,
         synthetic_size=cfg.synthetic_image_size, seed=cfg.seed,
@@ -374,21 +356,21 @@ def check_usable(report: dict, cfg: DataConfig) -> None:
             + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())))
 
 
-def ingest_step(data_uri: str, config: dict, manifest: dsl.Output[dsl.Dataset],
+def ingest_step(data_uri: str, data: dict, manifest: dsl.Output[dsl.Dataset],
                 report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML], source_listing: str = ""):
     """KFP wrapper: the ingest step. ``source_listing`` (a digest of the source's file list) is
     not read: it is there so that KFP's cache key changes whenever the source does."""
     import shutil
     from pathlib import Path
 
-    from components import atomic
+    from components import artifacts, atomic
     from components.errors import user_errors
     from components.ingest import ingest
-    from pipeline.config import Config
+    from components.settings import DataConfig, load_section
 
     with user_errors(), atomic.output_dir(manifest.path) as partial:
-        result = ingest(data_uri, Config.from_dict(config).data, partial)
+        result = ingest(data_uri, load_section(DataConfig, data, "data."), partial)
     out = Path(manifest.path)
-    shutil.copyfile(out / "report.md", report_md.path)
-    shutil.copyfile(out / "report.html", report_html.path)
+    shutil.copyfile(out / artifacts.INGEST_REPORT_MD, report_md.path)
+    shutil.copyfile(out / artifacts.INGEST_REPORT_HTML, report_html.path)
     manifest.metadata.update({k: result.report[k] for k in ("files_found", "ingested", "quarantined", "ignored")})

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from components import artifacts
 from components.imaging import ImageError, decode_rgb
 from components.sources import read_bytes
 
@@ -258,8 +259,8 @@ def render_html(report: dict, groups: list[tuple[str, list[dict]]], samples: dic
 
 def write_outputs(df: pd.DataFrame, report: dict, output_dir: Path) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(output_dir / "manifest.parquet", index=False)
-    (output_dir / "report.json").write_text(json.dumps(report, indent=2))
+    df.to_parquet(output_dir / artifacts.MANIFEST, index=False)
+    (output_dir / artifacts.INGEST_REPORT).write_text(json.dumps(report, indent=2))
     groups, samples, histogram = _group_sections(df, report), _samples(df), size_histogram_uri(df)
-    (output_dir / "report.md").write_text(render_markdown(report, groups, samples, histogram))
-    (output_dir / "report.html").write_text(render_html(report, groups, samples, histogram))
+    (output_dir / artifacts.INGEST_REPORT_MD).write_text(render_markdown(report, groups, samples, histogram))
+    (output_dir / artifacts.INGEST_REPORT_HTML).write_text(render_html(report, groups, samples, histogram))

@@ -55,7 +55,6 @@ def canonical_label(raw: object, class_map: dict[str, str] | None = None) -> str
 
 # ---- source formats ------------------------------------------------------------
 
-FORMATS = ("folders", "ham10000", "isic2019", "siim2020")
 ISIC2019_CLASSES = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
 # The columns that identify each CSV format (its label file).
 FORMAT_COLUMNS: dict[str, set[str]] = {

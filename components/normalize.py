@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 from kfp import dsl
 
-from components import atomic, shards
+from components import artifacts, atomic, shards
 from components.errors import UserError
 from components.imaging import load_for_model
 from components.sources import read_bytes
 from components.split import SUBSETS
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 
 STATS_FILE = "pixel_stats.json"
 
@@ -34,7 +34,7 @@ def _load(uri: str, size: int, mode: str) -> np.ndarray:
 
 
 def _read_splits(splits_dir: str | Path) -> pd.DataFrame:
-    return pd.read_parquet(Path(splits_dir) / "splits.parquet")
+    return pd.read_parquet(Path(splits_dir) / artifacts.SPLITS)
 
 
 def shard_name(subset: str, index: int, count: int) -> str:
@@ -124,30 +124,32 @@ def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, s
         return gather_shards(folders, splits_dir, cfg, out, synthetic)
 
 
-def normalize_shard_step(splits: dsl.Input[dsl.Dataset], config: dict, shard_index: int,
+def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index: int,
                          shard: dsl.Output[dsl.Dataset]):
     """KFP wrapper: one shard of every split (the pipeline fans out over data.num_shards of these)."""
     from components import atomic
+    from components.errors import user_errors
     from components.normalize import normalize_shard
-    from pipeline.config import Config
+    from components.settings import DataConfig, load_section
 
-    with atomic.output_dir(shard.path) as out:
-        stats = normalize_shard(splits.path, Config.from_dict(config).data, shard_index, out)
+    with user_errors(), atomic.output_dir(shard.path) as out:
+        stats = normalize_shard(splits.path, load_section(DataConfig, data, "data."), shard_index, out)
     shard.metadata["train_pixels"] = stats["pixel_count"]
 
 
 def normalize_gather_step(shards: dsl.Input[List[dsl.Dataset]], splits: dsl.Input[dsl.Dataset],
-                          manifest: dsl.Input[dsl.Dataset], config: dict, normalized: dsl.Output[dsl.Dataset]):
+                          manifest: dsl.Input[dsl.Dataset], data: dict, normalized: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the shard tasks' outputs as one normalized dataset."""
     import json
     from pathlib import Path
 
-    from components import atomic
+    from components import artifacts, atomic
     from components.errors import user_errors
     from components.normalize import gather_shards
-    from pipeline.config import Config
+    from components.settings import DataConfig, load_section
 
-    synthetic = json.loads((Path(manifest.path) / "report.json").read_text())["synthetic"]
+    synthetic = json.loads((Path(manifest.path) / artifacts.INGEST_REPORT).read_text())["synthetic"]
     with user_errors(), atomic.output_dir(normalized.path) as out:
-        meta = gather_shards([s.path for s in shards], splits.path, Config.from_dict(config).data, out, synthetic)
+        meta = gather_shards([s.path for s in shards], splits.path, load_section(DataConfig, data, "data."), out,
+                             synthetic)
     normalized.metadata.update(meta["counts"])

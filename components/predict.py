@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from components import artifacts
 from components.errors import UserError
 from components.imaging import ImageError, load_for_model
 from components.ingest import IMAGE_EXTENSIONS
 from components.sources import read_bytes
-from pipeline.config import Config
 
-KERAS_FILE = "model.keras"
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "gs://", "s3://", "http://", "https://")
 
 
@@ -64,7 +63,7 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
     """The .keras file and metadata of a local model: a .keras file, a train step's output
     folder (model.keras + classes.json), or a downloaded MLflow model folder."""
     if path.is_file() and path.suffix == ".keras":
-        classes_file = path.parent / "classes.json"
+        classes_file = path.parent / artifacts.CLASSES
         return path, {"classes": json.loads(classes_file.read_text())} if classes_file.is_file() else {}
     if (path / "MLmodel").is_file():
         mlmodel = yaml.safe_load((path / "MLmodel").read_text())
@@ -72,8 +71,8 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
         if not found:
             raise ModelLoadError(f"{path} is an MLflow model without a Keras model file")
         return found[0], mlmodel.get("metadata") or {}
-    if (path / KERAS_FILE).is_file():
-        return _local_model_files(path / KERAS_FILE)
+    if (path / artifacts.MODEL).is_file():
+        return _local_model_files(path / artifacts.MODEL)
     raise ModelLoadError(f"no model at {path} (a .keras file, a train output folder, or an MLflow model folder)")
 
 
@@ -81,7 +80,7 @@ def _download(uri: str, tracking_uri: str | None) -> Path:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from pipeline import tracking
+    from components import tracking
 
     if tracking_uri:
         # models:/ URIs are resolved by the registry, which does not follow tracking_uri=.
@@ -168,32 +167,3 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def evaluate_source(loaded: LoadedModel, source_uri: str, cfg: Config, out_path: str | Path) -> dict:
-    """``lesionpipe evaluate``: every labelled image ingest accepts from ``source_uri``,
-    scored with the pipeline's metrics and report. Images of classes the model does not
-    know are counted, not scored."""
-    from components.evaluate import evaluate_images, write_report
-    from components.ingest import ingest
-
-    manifest = ingest(source_uri, cfg.data).manifest
-    usable = manifest[manifest.status == "ingested"]
-    known = usable[usable.label.isin(loaded.classes)]
-    unknown = sorted(set(usable.label) - set(loaded.classes))
-    if known.empty:
-        raise UserError(f"no image of {source_uri} has a class the model knows ({', '.join(loaded.classes)})")
-    images, errors = load_images(known.uri.tolist(), loaded.image_size, loaded.resize_mode)
-    if any(errors):
-        raise UserError(f"unreadable image: {next(e for e in errors if e)}")
-    labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()
-    out = Path(out_path)
-    folder = out.parent / (out.stem + "_report")
-    ev = evaluate_images(loaded.model, loaded.classes, images, labels, cfg.evaluate, folder)
-    ev.metrics["model_uri"] = loaded.uri
-    ev.metrics["data"] = source_uri
-    report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(ev.metrics, indent=2))
-    return {"metrics": ev.metrics, "report": str(report), "skipped": int(len(usable) - len(known)),
-            "skipped_reason": f"classes unknown to the model: {', '.join(unknown)}" if unknown else ""}

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 from kfp import dsl
 
+from components import artifacts
 from components.errors import UserError
-from pipeline.config import DataConfig
+from components.settings import DataConfig
+from components.union_find import UnionFind
 
 SUBSETS = ("train", "val", "test")
 # Copies that ingest ignored because they repeat an ingested image.
@@ -32,25 +34,15 @@ def group_keys(manifest: pd.DataFrame, link_near_duplicates: bool) -> pd.Series:
     copy's, so two lesion ids that share an image stay on one side.
     """
     linked = manifest[(manifest.status == "ingested") | manifest.reason_code.isin(LINKING_REASONS)]
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        while parent.setdefault(x, x) != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(a: str, b: str) -> None:
-        parent[find(a)] = find(b)
-
+    sets = UnionFind()
     near = linked.near_duplicate_group if link_near_duplicates else pd.Series("", index=linked.index)
     for uri, gid, md5, near_group in zip(linked.uri, linked.group_id, linked.md5, near):
         node = f"file:{uri}"
         for key, prefix in ((gid, "group"), (md5, "md5"), (near_group, "near")):
             if key:
-                union(node, f"{prefix}:{key}")
+                sets.union(node, f"{prefix}:{key}")
     ingested = manifest[manifest.status == "ingested"]
-    return pd.Series([find(f"file:{u}") for u in ingested.uri], index=ingested.index)
+    return pd.Series([sets.find(f"file:{u}") for u in ingested.uri], index=ingested.index)
 
 
 def _assign(groups: pd.DataFrame, fractions: dict[str, float], rng: np.random.Generator) -> dict[str, str]:
@@ -122,22 +114,22 @@ def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFram
 
 
 def split(manifest_dir: str | Path, cfg: DataConfig, output_dir: str | Path) -> dict:
-    manifest = pd.read_parquet(Path(manifest_dir) / "manifest.parquet")
+    manifest = pd.read_parquet(Path(manifest_dir) / artifacts.MANIFEST)
     splits, report = split_manifest(manifest, cfg)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splits.to_parquet(out / "splits.parquet", index=False)
-    (out / "split_report.json").write_text(json.dumps(report, indent=2))
+    splits.to_parquet(out / artifacts.SPLITS, index=False)
+    (out / artifacts.SPLIT_REPORT).write_text(json.dumps(report, indent=2))
     return report
 
 
-def split_step(manifest: dsl.Input[dsl.Dataset], config: dict, splits: dsl.Output[dsl.Dataset]):
+def split_step(manifest: dsl.Input[dsl.Dataset], data: dict, splits: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the split step."""
     from components import atomic
     from components.errors import user_errors
+    from components.settings import DataConfig, load_section
     from components.split import split
-    from pipeline.config import Config
 
     with user_errors(), atomic.output_dir(splits.path) as partial:
-        report = split(manifest.path, Config.from_dict(config).data, partial)
+        report = split(manifest.path, load_section(DataConfig, data, "data."), partial)
     splits.metadata.update(report["subset_sizes"])

@@ -2,7 +2,7 @@
 
 The Kubeflow Training Operator starts one process per worker and sets TF_CONFIG; the
 strategy (MultiWorkerMirroredStrategy for several workers, see
-``components.train.configure_devices`` and ``components.distributed``) comes from it.
+``components.devices.configure_devices`` and ``components.distributed``) comes from it.
 Inputs are a pipeline run's normalize and augment outputs (local paths or gs://
 prefixes); only the chief writes the model to ``--output-dir`` and logs to MLflow, the
 other workers train into scratch folders. Every worker prints a summary with a
@@ -44,14 +44,19 @@ def weights_checksum(model_path: str | Path) -> str:
 
 def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
         run_id_tag: str = "", wait_for_workers_minutes: float = 15.0) -> dict:
-    from components import shards
+    from components import shards, tracking
+    from components.devices import tf_config_workers
     from components.distributed import wait_for_workers
+    from components.settings import (EvaluateConfig, MlflowConfig, TrainConfig, flat_params, load_section,
+                                     read_yaml_mapping)
     from components.sources import download_folder, upload_folder
-    from components.train import log_model, tf_config_workers, train
-    from pipeline import tracking
-    from pipeline.config import Config
+    from components.train import train
 
-    cfg = Config.load(config_path)
+    # The run config's sections this job reads; the others belong to the pipeline's steps.
+    sections = read_yaml_mapping(config_path)
+    train_settings = load_section(TrainConfig, sections.get("train") or {}, "train.")
+    mlflow_settings = load_section(MlflowConfig, sections.get("mlflow") or {}, "mlflow.")
+    melanoma_class = load_section(EvaluateConfig, sections.get("evaluate") or {}, "evaluate.").melanoma_class
     chief = is_chief()
     with tempfile.TemporaryDirectory(prefix="lesion-train-job-") as scratch:
         normalized_dir = download_folder(normalized, Path(scratch, "normalized"))
@@ -63,16 +68,18 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
         run_id = ""
         if chief and tracking_uri:
             job_id = run_id_tag or f"tfjob-{uuid.uuid4().hex[:12]}"
-            run_id = tracking.pipeline_run(tracking_uri, cfg.mlflow.experiment, f"lesion-train-job-{job_id}", job_id,
-                                           cfg.flat_params(), tags={"lesion.trainer": "tfjob"})
-        result = train(normalized_dir, augmented_dir, cfg, out, tracking_uri if run_id else "", run_id)
+            run_id = tracking.pipeline_run(tracking_uri, mlflow_settings.experiment, f"lesion-train-job-{job_id}",
+                                           job_id, flat_params({"train": train_settings.to_dict()}),
+                                           tags={"lesion.trainer": "tfjob"})
+        result = train(normalized_dir, augmented_dir, train_settings, out, tracking_uri if run_id else "", run_id,
+                       melanoma_class=melanoma_class)
         summary = {"chief": chief, "device": result.device, "epochs_run": result.epochs_run,
                    "best_epoch": result.best_epoch, "weights_sha256": weights_checksum(result.model_path),
                    "mlflow_run_id": run_id, "model_uri": ""}
         if chief:
             meta = shards.read_meta(normalized_dir)
             if run_id:
-                summary["model_uri"] = log_model(result.model_path, meta["image_size"], tracking_uri, run_id,
+                summary["model_uri"] = tracking.log_model(result.model_path, meta["image_size"], tracking_uri, run_id,
                                                  meta["classes"], meta.get("resize_mode", "pad"))
             if remote_output:
                 upload_folder(out, output_dir)

@@ -10,8 +10,9 @@ from typing import Callable
 import click
 
 from components.errors import UserError
+from components.settings import DATA_FORMATS
 from pipeline.config import Config
-from pipeline.tracking import resolve_tracking_uri, ui_command
+from components.tracking import resolve_tracking_uri, ui_command
 
 DEFAULT_OUTPUT_DIR = "lesion_outputs"
 # TensorFlow's C++ start-up chatter hides the pipeline's progress; warnings still show.
@@ -98,7 +99,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
               help="Source to ingest: a folder, a .zip, or gs://bucket/prefix (class folders, Kaggle Train/Test, "
                    "or CSV + images).")
 @click.option("--output-dir", required=True, type=click.Path(file_okay=False))
-@click.option("--format", "data_format", type=click.Choice(["auto", "folders", "ham10000", "isic2019", "siim2020"]),
+@click.option("--format", "data_format", type=click.Choice(["auto", *DATA_FORMATS]),
               help="Source layout (default: the config's data.format, auto-detected).")
 def ingest(config_path, overrides, data, output_dir, data_format):
     """Run the ingest step alone: manifest.parquet, report.json, report.md, report.html."""
@@ -124,11 +125,12 @@ def ingest(config_path, overrides, data, output_dir, data_format):
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
 def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
     """Score a model on every labelled image of a source: same metrics and report as the pipeline."""
-    from components.predict import evaluate_source, load_model
+    from components.evaluate import evaluate_source
+    from components.predict import load_model
 
     cfg = load_config(config_path, overrides, data)
     loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri))
-    result = evaluate_source(loaded, data, cfg, out_path)
+    result = evaluate_source(loaded, data, cfg.data, cfg.evaluate, out_path)
     m = result["metrics"]
     click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
                + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") is not None else ""))

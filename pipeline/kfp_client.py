@@ -91,8 +91,7 @@ def _cron_field_ok(field: str, name: str, low: int, high: int) -> bool:
 def pipeline_arguments(cfg: Config, force_retrain: bool = False) -> dict[str, Any]:
     """The run's parameters, all from the config (the compiled defaults say the same; sending
     them makes the run's page show what it ran with)."""
-    return {"data_uri": cfg.data.source, "config": cfg.to_dict(), "tracking_uri": cfg.mlflow.tracking_uri,
-            "force_retrain": force_retrain}
+    return {"data_uri": cfg.data.source, "tracking_uri": cfg.mlflow.tracking_uri, "force_retrain": force_retrain}
 
 
 def check_ready_for_cluster(cfg: Config) -> None:

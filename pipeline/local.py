@@ -5,10 +5,10 @@ import json
 import warnings
 from pathlib import Path
 
+from components import artifacts
 from pipeline.config import Config
 from pipeline.pipeline import PIPELINE_NAME, create_pipeline
 
-SUMMARY_FILE = "summary.json"
 # Cluster settings that would change what a local run does: retries would repeat a
 # failing step (with backoff), and the GCS key path exists only in the cluster's pods.
 LOCAL_CLUSTER_OVERRIDES = ("cluster.retries=0", "cluster.secrets.gcs=")
@@ -33,15 +33,14 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     lesion_pipeline = create_pipeline(cfg)
     try:
-        task = lesion_pipeline(data_uri=data_uri, config=cfg.to_dict(), tracking_uri=tracking_uri,
-                               force_retrain=force_retrain)
+        task = lesion_pipeline(data_uri=data_uri, tracking_uri=tracking_uri, force_retrain=force_retrain)
     except RuntimeError as exc:
         raise PipelineFailed(str(exc).strip().splitlines()[0]) from None
     summary = json.loads(task.output)
     # <pipeline_root>/<pipeline>-<timestamp>/<task>/<output>: the newest run folder is this run's.
     summary["pipeline_run_dir"] = str(max(pipeline_root.glob(f"{PIPELINE_NAME}-*"), key=lambda p: p.name))
     summary["config_name"] = cfg.name
-    summary_path = out / SUMMARY_FILE
+    summary_path = out / artifacts.SUMMARY
     summary_path.write_text(json.dumps(summary, indent=2))
     summary["summary_path"] = str(summary_path)
     return summary

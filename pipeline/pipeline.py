@@ -4,8 +4,13 @@ that runs on the cluster.
 
 Shape: list the source -> ingest -> retraining gate; then, only when the data changed
 since the champion (or the run is forced): split -> normalize (N shard tasks, gathered)
--> augment -> train (GPU) -> evaluate. Either branch ends in a ``report`` task whose
-JSON string is the pipeline's output.
+-> augment -> train (GPU) -> evaluate -> register. Either branch ends in a ``report``
+task whose JSON string is the pipeline's output.
+
+Each task receives only the config section it reads, as a constant of the compiled
+pipeline: a task's KFP cache key covers its inputs, so a change to ``train.*`` or
+``evaluate.*`` keeps the data steps' cached outputs. The retraining gate alone gets the
+whole config, as the flat params it logs to the MLflow run.
 
 Kubernetes settings (resources, GPU, secrets, retries, caching) come from
 ``cfg.cluster``; the local runner ignores the Kubernetes ones.
@@ -22,7 +27,9 @@ from components.evaluate import evaluate_step
 from components.fingerprint import list_source_step
 from components.ingest import ingest_step
 from components.normalize import normalize_gather_step, normalize_shard_step
-from components.retrain_gate import TRAIN, report_step, retrain_gate_step
+from components.register import register_step
+from components.report import report_step
+from components.retrain_gate import TRAIN, retrain_gate_step
 from components.split import split_step
 from components.train import train_step
 from pipeline.config import ClusterConfig, Config, GpuConfig
@@ -43,7 +50,8 @@ class StepPolicy:
 
 # Keyed like Ops and cluster.resources. Never cached: list_source (its job is to look at the
 # source now), the gate (the champion moves between runs), train and evaluate (each run
-# logs and registers in MLflow). Ingest is cached only while the source lists the same files.
+# logs in MLflow), register (the champion moves) and report (it logs the data reports). Ingest
+# is cached only while the source lists the same files.
 STEP_POLICIES = {
     "list_source": StepPolicy(network=True, cacheable=False, mlflow=False),
     "ingest": StepPolicy(network=True, cacheable=True, mlflow=False),
@@ -54,7 +62,8 @@ STEP_POLICIES = {
     "augment": StepPolicy(network=False, cacheable=True, mlflow=False),
     "train": StepPolicy(network=True, cacheable=False, mlflow=True),
     "evaluate": StepPolicy(network=True, cacheable=False, mlflow=True),
-    "report": StepPolicy(network=False, cacheable=True, mlflow=False),
+    "register": StepPolicy(network=True, cacheable=False, mlflow=True),
+    "report": StepPolicy(network=True, cacheable=False, mlflow=True),
 }
 
 
@@ -69,6 +78,7 @@ class Ops:
     augment: Callable
     train: Callable
     evaluate: Callable
+    register: Callable
     report: Callable
 
 
@@ -89,6 +99,7 @@ def component_ops(cfg: Config) -> Ops:
         augment=op(augment_step, cpu),
         train=op(train_step, gpu),
         evaluate=op(evaluate_step, cpu),
+        register=op(register_step, cpu),
         report=op(report_step, cpu),
     )
 
@@ -127,38 +138,45 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
 
 def create_pipeline(cfg: Config) -> Callable:
     ops = component_ops(cfg)
+    data, augment, train, evaluate = (cfg.data.to_dict(), cfg.augment.to_dict(), cfg.train.to_dict(),
+                                      cfg.evaluate.to_dict())
+    experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
 
     def step(name: str, **kwargs) -> PipelineTask:
         return configure_task(getattr(ops, name)(**kwargs), name, cfg.cluster)
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None,
                   description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)")
-    def lesion_pipeline(data_uri: str = cfg.data.source, config: dict = cfg.to_dict(),
-                        tracking_uri: str = cfg.mlflow.tracking_uri, force_retrain: bool = False) -> str:
-        run_name, run_id = dsl.PIPELINE_JOB_NAME_PLACEHOLDER, dsl.PIPELINE_JOB_ID_PLACEHOLDER
-        listing = step("list_source", data_uri=data_uri, config=config)
-        ingest = step("ingest", data_uri=data_uri, config=config, source_listing=listing.output)
+    def lesion_pipeline(data_uri: str = cfg.data.source, tracking_uri: str = cfg.mlflow.tracking_uri,
+                        force_retrain: bool = False) -> str:
+        run = {"tracking_uri": tracking_uri, "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+               "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        listing = step("list_source", data_uri=data_uri, data=data)
+        ingest = step("ingest", data_uri=data_uri, data=data, source_listing=listing.output)
         manifest = ingest.outputs["manifest"]
-        gate = step("retrain_gate", manifest=manifest, config=config, tracking_uri=tracking_uri,
-                    force_retrain=force_retrain, kfp_run_name=run_name, kfp_run_id=run_id)
+        gate = step("retrain_gate", manifest=manifest, model_name=model_name, experiment=experiment,
+                    run_params=cfg.flat_params(), force_retrain=force_retrain, **run)
 
         with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
-            splits = step("split", manifest=manifest, config=config).outputs["splits"]
+            splits = step("split", manifest=manifest, data=data).outputs["splits"]
             with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
-                shard = step("normalize_shard", splits=splits, config=config, shard_index=shard_index)
+                shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
             normalized = step("normalize_gather", shards=dsl.Collected(shard.outputs["shard"]), splits=splits,
-                              manifest=manifest, config=config).outputs["normalized"]
-            augmented = step("augment", normalized=normalized, config=config).outputs["augmented"]
-            train = request_gpu(step("train", normalized=normalized, augmented=augmented, config=config,
-                                     tracking_uri=tracking_uri, kfp_run_name=run_name, kfp_run_id=run_id),
-                                cfg.cluster.gpu)
-            evaluate = step("evaluate", model=train.outputs["model"], normalized=normalized, manifest=manifest,
-                            splits=splits, augmented=augmented, config=config, tracking_uri=tracking_uri,
-                            kfp_run_name=run_name, kfp_run_id=run_id, model_uri=train.outputs["Output"],
-                            data_fingerprint=gate.outputs["fingerprint"])
-            trained = step("report", gate_details=gate.outputs["details"], summary=evaluate.outputs["summary"])
+                              manifest=manifest, data=data).outputs["normalized"]
+            augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs["augmented"]
+            trained = request_gpu(step("train", normalized=normalized, augmented=augmented, train=train,
+                                       melanoma_class=cfg.evaluate.melanoma_class, experiment=experiment, **run),
+                                  cfg.cluster.gpu)
+            evaluation = step("evaluate", model=trained.outputs["model"], normalized=normalized, evaluate=evaluate,
+                              experiment=experiment, **run).outputs["evaluation"]
+            registered = step("register", evaluation=evaluation, normalized=normalized, evaluate=evaluate,
+                              model_name=model_name, model_uri=trained.outputs["Output"],
+                              data_fingerprint=gate.outputs["fingerprint"], experiment=experiment, **run)
+            trained_report = step("report", gate_details=gate.outputs["details"], manifest=manifest, splits=splits,
+                                  augmented=augmented, evaluation=evaluation,
+                                  registration=registered.outputs["registration"], model_uri=trained.outputs["Output"])
         with dsl.Else(name="data-unchanged"):
-            skipped = step("report", gate_details=gate.outputs["details"])
-        return dsl.OneOf(trained.output, skipped.output)
+            skipped_report = step("report", gate_details=gate.outputs["details"], manifest=manifest)
+        return dsl.OneOf(trained_report.outputs["Output"], skipped_report.outputs["Output"])
 
     return lesion_pipeline

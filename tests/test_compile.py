@@ -1,6 +1,5 @@
 """`lesionpipe compile`: the KFP IR YAML a cluster runs, checked task by task against the
 config (resources, GPU, secrets, retries, caching, images, fan-out, pipeline root)."""
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -40,7 +39,7 @@ def test_loads_back_as_a_component(compiled):
     _, _, path = compiled
     loaded = components.load_component_from_file(path)
     assert loaded.name == "lesion-pipeline"
-    assert set(loaded.component_spec.inputs) == {"data_uri", "config", "tracking_uri", "force_retrain"}
+    assert set(loaded.component_spec.inputs) == {"data_uri", "tracking_uri", "force_retrain"}
 
 
 def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
@@ -76,7 +75,7 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
                       for s in k8s[name].get("secretAsEnv", [])]
         assert mlflow_env == ([("mlflow-client", {"username": "MLFLOW_TRACKING_USERNAME",
                                                        "password": "MLFLOW_TRACKING_PASSWORD"})]
-                              if step in ("retrain_gate", "train", "evaluate") else []), name
+                              if STEP_POLICIES[step].mlflow else []), name
 
 
 def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
@@ -120,7 +119,7 @@ def test_config_switches_change_the_spec(tmp_path):
 
 
 def test_resources_config_covers_every_step():
-    assert {f.name for f in dataclasses.fields(Config().cluster.resources)} == set(STEP_POLICIES)
+    assert set(type(Config().cluster.resources).model_fields) == set(STEP_POLICIES)
 
 
 def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled):
@@ -136,3 +135,41 @@ def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled):
         for secret in executor.get("secretAsVolume", []):
             assert secret["secretName"] in shipped
     assert "key.json" in shipped[Config().cluster.secrets.gcs]
+
+
+DATA_TASKS = ("list-source-step", "ingest-step", "split-step", "normalize-shard-step", "normalize-gather-step")
+
+
+def data_task_specs(spec: dict) -> dict[str, tuple]:
+    """Each data task as KFP sees it: its DAG entry (inputs: constants and upstream
+    outputs), its component's interface and its executor (image, command, code)."""
+    out = {}
+    for dag in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]:
+        for name, task in dag["tasks"].items():
+            if name in DATA_TASKS:
+                component = spec["components"][task["componentRef"]["name"]]
+                out[name] = (task, component, spec["deploymentSpec"]["executors"][component["executorLabel"]])
+    return out
+
+
+def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
+    """KFP's cache key covers a task's spec and resolved inputs: a new train.* or
+    evaluate.* value must leave the data tasks byte for byte as they were, so that a
+    retraining with other training settings reuses ingest, split and normalize."""
+    spec, _, _ = compile_yaml(tmp_path)
+    changed, _, _ = compile_yaml(tmp_path, "train.epochs=99", "train.model=mobilenet_v2", "train.learning_rate=0.5",
+                                 "evaluate.tta=true", "evaluate.champion_margin=0.2", "augment.max_factor=2",
+                                 "mlflow.model_name=another")
+    before, after = data_task_specs(spec), data_task_specs(changed)
+    assert sorted(before) == sorted(DATA_TASKS)
+    for name in DATA_TASKS:
+        assert yaml.safe_dump(before[name]) == yaml.safe_dump(after[name]), name
+    # Their inputs are the data section and upstream outputs only; no pipeline parameter
+    # (those carry only the data URI, the tracking URI and force_retrain).
+    ingest = before["ingest-step"][0]["inputs"]["parameters"]
+    assert set(ingest) == {"data_uri", "data", "source_listing"}
+    assert ingest["data"]["runtimeValue"]["constant"] == Config.load(CONFIG).data.to_dict()
+    # ... while the train task does see the change.
+    train = [t for c in changed["components"].values() if "dag" in c for n, t in c["dag"]["tasks"].items()
+             if n == "train-step"][0]
+    assert train["inputs"]["parameters"]["train"]["runtimeValue"]["constant"]["epochs"] == 99

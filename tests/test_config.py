@@ -22,11 +22,15 @@ def test_round_trip_through_kfp_struct_floats():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("train.epoch=3", "unknown config key 'train.epoch'"),
+    ("train.epoch=3", "unknown config key 'train.epoch' \\(did you mean 'epochs'\\? known: alpha, "),
     ("nosuch.key=1", "unknown config key"),
     ("train.epochs=three", "train.epochs must be an integer"),
     ("train.epochs", "is not key=value"),
-    ("data.resize_mode=stretch", "data.resize_mode must be pad or crop"),
+    ("data.resize_mode=stretch", "data.resize_mode must be pad or crop, not 'stretch'"),
+    ("train.imbalance=smote", "train.imbalance must be none, class_weight, focal, balanced_sampling or logit_adjusted"),
+    ("data.format=dicom", "data.format must be auto, folders, ham10000, isic2019 or siim2020"),
+    ("train.frozen_epochs=99", r"train: frozen_epochs \(99\) must be at most epochs"),
+    ("data.label_conflict_policy=vote", "data.label_conflict_policy must be quarantine or majority"),
     ("data.val_fraction=0.9", "add up to less than 1"),
 ])
 def test_bad_overrides_are_one_line_errors(override, message):
@@ -69,11 +73,11 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
 
 
 @pytest.mark.parametrize("ensemble, message", [
-    ("resnet", "train.ensemble must be a list of mappings"),
-    ([3], r"train.ensemble\[0\] must be a mapping of train settings"),
-    ([{"alpah": 0.35}], r"unknown config key 'train.ensemble\[0\].alpah'"),
-    ([{}, {"online_zoom": 1.5}], r"train.ensemble\[1\]: train.online_zoom must be in \[0, 1\)"),
-    ([{"ensemble": [{}]}], r"train.ensemble\[0\].ensemble: a member cannot have members"),
+    ("resnet", "train.ensemble must be a list"),
+    ([3], r"train.ensemble: member 0 must be a mapping of train settings"),
+    ([{"alpah": 0.35}], r"unknown config key 'train.ensemble\[0\].alpah' \(did you mean 'alpha'"),
+    ([{}, {"online_zoom": 1.5}], r"train.ensemble\[1\].online_zoom must be below 1, got 1.5"),
+    ([{"ensemble": [{}]}], r"train.ensemble: member 0: a member cannot have members"),
 ])
 def test_bad_ensemble_members_are_one_line_errors(ensemble, message):
     with pytest.raises(ConfigError, match=message):

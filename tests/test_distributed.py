@@ -16,7 +16,7 @@ import pytest
 
 from components.distributed import replica_batch_size
 from components.errors import UserError
-from components.train import read_epoch_log
+from components.callbacks import read_epoch_log
 from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards
 
@@ -56,7 +56,7 @@ RESUMABLE_WORKER = textwrap.dedent("""
                 self.model.stop_training = True
 
     cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=4, frozen_epochs=1, batch_size=8)
-    result = train(normalized, None, cfg, out, extra_callbacks=[WaitToBeKilled(), ChiefAloneStops()])
+    result = train(normalized, None, cfg.train, out, extra_callbacks=[WaitToBeKilled(), ChiefAloneStops()])
     print("EPOCHS_RUN", result.epochs_run, "WEIGHTS", weights_checksum(result.model_path))
 """)
 

@@ -20,7 +20,7 @@ from tests.tiny_data import make_tiny_shards, tiny_config
 def trained(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("evaluate")
     normalized = make_tiny_shards(root)
-    result = train(normalized, None, tiny_config(epochs=3, learning_rate=0.003), root / "model")
+    result = train(normalized, None, tiny_config(epochs=3, learning_rate=0.003).train, root / "model")
     return Path(result.model_path), normalized
 
 
@@ -89,7 +89,7 @@ def test_gradcam_highlights_a_region_not_the_whole_image(trained):
 def test_evaluation_writes_metrics_pictures_and_a_self_contained_report(trained, tmp_path):
     model_path, normalized = trained
     cfg = tiny_config()
-    ev = evaluate(model_path, normalized, cfg, tmp_path)
+    ev = evaluate(model_path, normalized, cfg.evaluate, tmp_path)
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["n"] == shards.read_meta(normalized)["counts"]["test"]
     assert written["accuracy"] > 0.5  # 4 classes: chance is 0.25

@@ -5,7 +5,7 @@ import pytest
 
 from components.ingest import ingest
 from components.split import split_manifest
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 
 pytestmark = pytest.mark.real_data
 

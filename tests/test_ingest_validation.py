@@ -17,7 +17,7 @@ from PIL import Image
 from components import synthetic
 from components.imaging import ImageError, decode_rgb
 from components.ingest import IngestError, ingest
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 
 
 def lesion(index: int, cls: str = "melanoma", size: int = 64) -> Image.Image:

@@ -47,8 +47,8 @@ def compiled(tmp_path, *overrides: str) -> dict:
 
 def expected_parameters(force_retrain: bool = False) -> dict:
     cfg = Config.load(CONFIG)
-    return {"data_uri": "gs://YOUR-BUCKET/data/ham10000", "config": json.loads(json.dumps(cfg.to_dict())),
-            "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000", "force_retrain": force_retrain}
+    return {"data_uri": cfg.data.source, "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000",
+            "force_retrain": force_retrain}
 
 
 def caching_of(pipeline_spec: dict) -> dict[str, bool]:
@@ -96,7 +96,6 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
     sent = caching_of(run["pipeline_spec"]["pipeline_spec"])
     assert set(sent) >= {"ingest-step", "split-step", "train-step", "normalize-shard-step"}
     assert not any(sent.values())
-    assert run["runtime_config"]["parameters"]["config"]["cluster"]["caching"] is False
     # Without --no-cache the compiled per-step choice stands: deterministic steps cached, not train.
     default = caching_of(compiled(tmp_path)["pipeline_spec"])
     assert default["ingest-step"] and default["split-step"] and not default["train-step"]

@@ -11,12 +11,11 @@ import time
 import pytest
 
 from components import shards
+from components.champion import log_gate, register_and_promote
 from components.evaluate import evaluate, log_to_mlflow, write_report
 from components.models import build_model
-from components.train import log_model
+from components.tracking import ensure_experiment, log_model, pipeline_run
 from tests.conftest import free_port, running_server
-from pipeline.registry import log_gate, register_with_gate
-from pipeline.tracking import ensure_experiment, pipeline_run
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -48,10 +47,10 @@ def store(tmp_path_factory) -> dict:
     model.save(root / "model.keras")
     run_id = pipeline_run(uri, "ui-test", "lesion-pipeline-ui-test", "kfp-ui-test", cfg.flat_params())
     model_uri = log_model(str(root / "model.keras"), 32, uri, run_id, meta["classes"])
-    ev = evaluate(root / "model.keras", normalized, cfg, root / "evaluation")
-    gate = register_with_gate(uri, MODEL_NAME, model_uri, ev.metrics, normalized, cfg.evaluate)
+    ev = evaluate(root / "model.keras", normalized, cfg.evaluate, root / "evaluation")
+    gate = register_and_promote(uri, MODEL_NAME, model_uri, ev.metrics, normalized, cfg.evaluate, "f" * 64)
     write_report(ev, root / "evaluation", "UI test", synthetic=True, gate=gate)
-    log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation", {}, {"ingested": 64})
+    log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
     log_gate(uri, run_id, gate)
     return {"uri": uri, "run_id": run_id, "experiment_id": ensure_experiment(uri, "ui-test"), "gate": gate, "root": root}
 

@@ -10,7 +10,7 @@ from components.augment import Transform, augment, plan_counts
 from components.ingest import ingest
 from components.normalize import normalize
 from components.split import split
-from pipeline.config import AugmentConfig, DataConfig
+from components.settings import AugmentConfig, DataConfig
 from tests.helpers import write_class_folder
 
 

@@ -9,7 +9,7 @@ from components.errors import UserError
 from components.ingest import ingest
 from components.normalize import STATS_FILE, gather_shards, normalize_shard
 from components.split import split
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 from tests.helpers import write_class_folder
 
 

@@ -66,7 +66,7 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     assert summary["data"]["files_found"] == 4 * 8
     check_run(summary, n_classes=4)
     # The pipeline's Markdown output leads to the MLflow run; the CLI says where to look.
-    link = next(Path(summary["pipeline_run_dir"]).glob("evaluate-step/mlflow_run")).read_text()
+    link = next(Path(summary["pipeline_run_dir"]).glob("report-step/mlflow_run")).read_text()
     assert summary["mlflow_run_id"] in link
     assert "summary.json" in proc.stdout and "lesionpipe ui --tracking-uri" in proc.stdout
     assert "(SYNTHETIC data)" in proc.stdout

@@ -21,7 +21,7 @@ from tests.tiny_data import make_tiny_shards, tiny_config
 def model_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("predict")
     normalized = make_tiny_shards(root)
-    train(normalized, None, tiny_config(epochs=3, learning_rate=0.003), root / "model")
+    train(normalized, None, tiny_config(epochs=3, learning_rate=0.003).train, root / "model")
     return root / "model"
 
 

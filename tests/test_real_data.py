@@ -7,7 +7,7 @@ from components import shards
 from components.ingest import ingest
 from components.normalize import normalize
 from components.split import split
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 
 pytestmark = pytest.mark.real_data
 

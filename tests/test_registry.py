@@ -14,11 +14,11 @@ from PIL import Image
 from components import shards
 from components.evaluate import evaluate
 from components.predict import ModelLoadError, load_model
-from components.train import log_model, train
-from pipeline import registry
-from pipeline.config import EvaluateConfig
-from pipeline.registry import CHALLENGER, CHAMPION, decide, register_with_gate
-from pipeline.tracking import pipeline_run
+from components.champion import (CHALLENGER, CHAMPION, FINGERPRINT_TAG, decide, log_gate,
+                                  register_and_promote)
+from components.settings import EvaluateConfig
+from components.tracking import log_model, pipeline_run
+from components.train import train
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -49,9 +49,9 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
     for name, epochs, lr in (("good", 3, 0.003), ("bad", 1, 1e-7)):
         cfg = tiny_config(epochs=epochs, learning_rate=lr)
         run_id = pipeline_run(mlflow_server, "registry-test", name, f"kfp-{name}-{root.name}")
-        result = train(normalized, None, cfg, root / name)
+        result = train(normalized, None, cfg.train, root / name)
         out[name] = {"uri": log_model(result.model_path, 32, mlflow_server, run_id, classes),
-                     "metrics": evaluate(result.model_path, normalized, cfg, root / f"eval-{name}").metrics}
+                     "metrics": evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}").metrics}
     return out
 
 
@@ -63,17 +63,21 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     good, bad = two_models["good"], two_models["bad"]
     assert good["metrics"]["balanced_accuracy"] > bad["metrics"]["balanced_accuracy"] + cfg.champion_margin
 
-    first = register_with_gate(mlflow_server, name, good["uri"], good["metrics"], two_models["normalized"], cfg)
+    first = register_and_promote(mlflow_server, name, good["uri"], good["metrics"], two_models["normalized"], cfg,
+                                 "f" * 64)
     assert (first["alias"], first["version"], first["previous_champion"]) == (CHAMPION, "1", None)
 
-    second = register_with_gate(mlflow_server, name, bad["uri"], bad["metrics"], two_models["normalized"], cfg)
+    second = register_and_promote(mlflow_server, name, bad["uri"], bad["metrics"], two_models["normalized"], cfg,
+                                  "e" * 64)
     assert second["alias"] == CHALLENGER and second["version"] == "2"
     # The champion was re-scored on the same test split: the same numbers it got when evaluated.
     assert second["comparison"]["balanced_accuracy"]["champion"] == pytest.approx(good["metrics"]["balanced_accuracy"])
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"
+    # Every version carries its decision and the fingerprint of its training data.
     assert client.get_model_version(name, "2").tags["gate.alias"] == CHALLENGER
+    assert client.get_model_version(name, "1").tags[FINGERPRINT_TAG] == "f" * 64
 
     # models:/<name>@champion is a model URI like any other.
     champion = load_model(f"models:/{name}@{CHAMPION}", mlflow_server)
@@ -93,7 +97,7 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
 
     # The decision lands in the pipeline's run too.
     run_id = pipeline_run(mlflow_server, "registry-test", "gate", f"kfp-gate-{name}")
-    registry.log_gate(mlflow_server, run_id, second)
+    log_gate(mlflow_server, run_id, second)
     run = client.get_run(run_id)
     assert run.data.tags["gate.alias"] == CHALLENGER and "worse than the champion" in run.data.tags["gate.reason"]
     assert run.data.metrics["gate_champion_balanced_accuracy"] == pytest.approx(good["metrics"]["balanced_accuracy"])

@@ -11,8 +11,9 @@ from mlflow.tracking import MlflowClient
 
 from components.fingerprint import data_fingerprint
 from components.ingest import ingest
-from components.retrain_gate import (CHAMPION_ALIAS, FINGERPRINT_TAG, SKIP, TRAIN, Champion, decide,
-                                     find_champion)
+from components.champion import CHAMPION as CHAMPION_ALIAS
+from components.champion import FINGERPRINT_TAG, Champion, find_champion
+from components.retrain_gate import SKIP, TRAIN, decide
 from pipeline.cli import main
 from pipeline.config import Config
 from pipeline.local import run_local

@@ -14,7 +14,7 @@ from components import sources
 from components.ingest import IngestError, ingest
 from components.sources import SourceError, read_bytes
 from pipeline.cli import main
-from pipeline.config import DataConfig
+from components.settings import DataConfig, SettingsError, load_section
 from tests.test_ingest_validation import jpeg_bytes, lesion
 
 
@@ -136,8 +136,8 @@ def test_named_format_must_match_the_files(tmp_path):
     assert ingest(str(root), DataConfig(format="ham10000")).report["format"] == "ham10000"
     with pytest.raises(IngestError, match="siim2020 needs a CSV with columns"):
         ingest(str(root), DataConfig(format="siim2020"))
-    with pytest.raises(IngestError, match="unknown data format"):
-        ingest(str(root), DataConfig(format="dicom"))
+    with pytest.raises(SettingsError, match="data.format must be auto, folders, ham10000, isic2019 or siim2020"):
+        load_section(DataConfig, {"format": "dicom"}, "data.")
 
 
 def test_class_map_merges_source_labels(tmp_path):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from components.split import SplitError, split, split_manifest
-from pipeline.config import DataConfig
+from components.settings import DataConfig
 
 
 def manifest(rows: list[dict]) -> pd.DataFrame:

@@ -16,8 +16,10 @@ import pytest
 
 from components import shards
 from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
-from components.train import (BestEpochTracker, class_weights, logit_adjusted_loss, read_epoch_log,
-                              sparse_focal_loss, train, training_class_counts, training_dataset)
+from components.callbacks import BestEpochTracker, read_epoch_log
+from components.imbalance import class_weights, logit_adjusted_loss, sparse_focal_loss
+from components.train import train
+from components.train_input import training_class_counts, training_dataset
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
@@ -93,7 +95,7 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
     keras.utils.set_random_seed(cfg.train.seed)  # the initialisation train() will draw
     initial = build_model("mobilenet", 4, 32, MEAN, STD, alpha=0.25).get_layer("conv1").get_weights()[0]
     kernels: list[np.ndarray] = []
-    result = train(normalized, None, cfg, tmp_path, extra_callbacks=[_snapshot_callback("conv1", kernels)])
+    result = train(normalized, None, cfg.train, tmp_path, extra_callbacks=[_snapshot_callback("conv1", kernels)])
     assert len(kernels) == 2 and result.epochs_run == 2
     # Same seed, same random initialisation: unchanged after the frozen epoch, moved after fine-tuning.
     np.testing.assert_array_equal(kernels[0], initial)
@@ -106,8 +108,8 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
 
 def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
     cfg = tiny_config(model="seed_cnn", epochs=2, online_augment=True, online_zoom=0.2, imbalance="class_weight")
-    first = train(normalized, None, cfg, tmp_path / "a")
-    second = train(normalized, None, cfg, tmp_path / "b")
+    first = train(normalized, None, cfg.train, tmp_path / "a")
+    second = train(normalized, None, cfg.train, tmp_path / "b")
     assert first.history["loss"] == second.history["loss"]
     import keras
 
@@ -119,12 +121,12 @@ def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
 def test_online_zoom_crops_a_random_part_of_the_image_at_full_size():
     import tensorflow as tf
 
-    from components.train import _augment_fn
+    from components.train_input import online_augment_fn
 
     gradient = tf.constant(np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1))[..., None].repeat(3, -1))
 
     def value_ranges(zoom: float) -> np.ndarray:
-        augment = _augment_fn(zoom)
+        augment = online_augment_fn(zoom)
         outputs = [augment(gradient, 0, tf.constant([i, 7], tf.int64))[0].numpy() for i in range(24)]
         assert all(o.shape == (64, 64, 3) for o in outputs)
         return np.array([o.max() - o.min() for o in outputs])
@@ -227,7 +229,7 @@ RESUMABLE_TRAINING = textwrap.dedent("""
                 time.sleep(600)
 
     cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=3, frozen_epochs=1, batch_size=8)
-    result = train(normalized, None, cfg, out, extra_callbacks=[SignalMidEpoch()] if kill_epoch >= 0 else [])
+    result = train(normalized, None, cfg.train, out, extra_callbacks=[SignalMidEpoch()] if kill_epoch >= 0 else [])
     print("EPOCHS_RUN", result.epochs_run)
 """)
 
@@ -270,12 +272,12 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     from mlflow import MlflowClient
 
     from components.evaluate import gradcam
-    from pipeline import tracking
+    from components import tracking
 
     run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
     cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10,
                       ensemble=[{"model": "small_resnet", "seed": 7}, {"seed": 8, "epochs": 1}])
-    result = train(normalized, None, cfg, tmp_path, mlflow_server, run_id)
+    result = train(normalized, None, cfg.train, tmp_path, mlflow_server, run_id)
     assert [m.epochs_run for m in result.members] == [2, 2, 1] and result.epochs_run == 5
 
     images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
@@ -305,7 +307,7 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
         def on_epoch_end(self, epoch, logs=None):
             epochs_seen.append(epoch)
 
-    again = train(normalized, None, cfg, tmp_path, extra_callbacks=[Count()])
+    again = train(normalized, None, cfg.train, tmp_path, extra_callbacks=[Count()])
     assert epochs_seen == [] and again.epochs_run == 5
     np.testing.assert_allclose(keras.models.load_model(again.model_path, compile=False).predict(images, verbose=0),
                                np.mean(member_probs, axis=0), atol=1e-5)

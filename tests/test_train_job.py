@@ -11,7 +11,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from components.sources import GcsSource, upload_folder
-from components.train import read_epoch_log
+from components.callbacks import read_epoch_log
 from components.train_job import weights_checksum
 from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards, tiny_config

@@ -1,4 +1,5 @@
-"""MLflow helpers: where the tracking store is, and the one MLflow run of a pipeline run.
+"""MLflow helpers: where the tracking store is, the one MLflow run of a pipeline run, and
+logging a Keras model into it.
 
 Steps find the pipeline's MLflow run by the KFP run id tag (creating it on first use),
 so no step needs another's output to log, and a cached step never points at a stale run.
@@ -99,3 +100,22 @@ def ui_command(tracking_uri: str) -> str:
     if urlparse(tracking_uri).scheme in ("http", "https"):
         return f"open {tracking_uri}"
     return f"lesionpipe ui --tracking-uri {tracking_uri}"
+
+
+def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str],
+              resize_mode: str = "pad") -> str:
+    """Log the Keras model to the MLflow run with signature and input example; return its URI."""
+    import keras
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    model = keras.models.load_model(model_path, compile=False)
+    example = np.full((1, image_size, image_size, 3), 128.0, dtype=np.float32)
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    use_store(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
+                                           metadata={"classes": classes, "image_size": image_size,
+                                                     "resize_mode": resize_mode})
+    return info.model_uri

@@ -1,0 +1,26 @@
+"""The names of the files steps hand to each other: one place, so a producer and its
+consumers cannot drift apart. Files private to one module (training checkpoints, shard
+statistics) are named in that module."""
+
+# ingest
+MANIFEST = "manifest.parquet"
+INGEST_REPORT = "report.json"
+INGEST_REPORT_MD = "report.md"
+INGEST_REPORT_HTML = "report.html"
+# split
+SPLITS = "splits.parquet"
+SPLIT_REPORT = "split_report.json"
+# normalize: components.shards.META_FILE describes the shards
+# augment
+AUGMENT_POLICY = "policy.json"
+# train
+MODEL = "model.keras"
+CLASSES = "classes.json"
+# evaluate
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.npz"
+EVALUATION_REPORT = "report.html"
+# register
+GATE = "gate.json"
+# the run
+SUMMARY = "summary.json"

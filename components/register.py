@@ -1,0 +1,61 @@
+"""Register: the trained model becomes a new version in the MLflow model registry, and
+the champion gate (components.champion) decides whether it takes ``@champion``. The
+decision goes to the version's tags, the pipeline's MLflow run, and the evaluation
+report rendered again with it."""
+
+import json
+from pathlib import Path
+
+from kfp import dsl
+
+from components import artifacts
+from components.settings import EvaluateConfig
+
+
+def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig, model_name: str,
+             model_uri: str, data_fingerprint: str, tracking_uri: str, mlflow_run_id: str,
+             output_dir: str | Path) -> dict:
+    """Register and gate the evaluated model; write gate.json and the report with the
+    decision to ``output_dir`` and log both into the pipeline's MLflow run."""
+    import mlflow
+
+    from components import champion, tracking
+    from components.evaluate import report_with_gate
+
+    new_metrics = json.loads((Path(evaluation_dir) / artifacts.METRICS).read_text())
+    gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new_metrics, normalized_dir, cfg,
+                                         data_fingerprint)
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / artifacts.GATE).write_text(json.dumps(gate, indent=2))
+    report = report_with_gate(evaluation_dir, gate, out / artifacts.EVALUATION_REPORT)
+    champion.log_gate(tracking_uri, mlflow_run_id, gate)
+    tracking.use_store(tracking_uri)
+    with mlflow.start_run(run_id=mlflow_run_id):
+        # Replaces evaluate's report in the run: the same page, now with the decision.
+        mlflow.log_artifact(str(report), artifact_path="evaluation")
+        mlflow.log_artifact(str(out / artifacts.GATE), artifact_path="evaluation")
+    return gate
+
+
+def register_step(evaluation: dsl.Input[dsl.Dataset], normalized: dsl.Input[dsl.Dataset], evaluate: dict,
+                  model_name: str, model_uri: str, data_fingerprint: str, experiment: str, tracking_uri: str,
+                  kfp_run_name: str, kfp_run_id: str, registration: dsl.Output[dsl.Artifact],
+                  report: dsl.Output[dsl.HTML]):
+    """KFP wrapper: register the model and move the champion alias only to a better one
+    (never cached: the champion changes between runs)."""
+    import shutil
+    from pathlib import Path
+
+    from components import artifacts, tracking
+    from components.errors import user_errors
+    from components.register import register
+    from components.settings import EvaluateConfig, load_section
+
+    run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
+    with user_errors():
+        gate = register(evaluation.path, normalized.path, load_section(EvaluateConfig, evaluate, "evaluate."),
+                        model_name, model_uri, data_fingerprint, tracking_uri, run_id, registration.path)
+    shutil.copyfile(Path(registration.path) / artifacts.EVALUATION_REPORT, report.path)
+    registration.metadata.update({"version": gate["version"], "alias": gate["alias"], "model_uri": gate["model_uri"]})
+    print(f"registered {gate['model_uri']} -> {gate['alias']}: {gate['reason']}")

@@ -1,0 +1,102 @@
+"""The training input pipeline: TFRecord shards -> shuffled (or class-balanced), online
+augmented batches for fit(), and the validation split in memory."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from components import artifacts, shards
+from components.settings import TrainConfig
+
+
+def online_augment_fn(zoom: float = 0.0):
+    """Random flips, 90-degree turns, brightness and contrast, and with ``zoom`` a random
+    square crop of (1 - zoom) to 1 of the side scaled back up, from stateless ops fed by
+    a seeded random stream: deterministic, and no Python in the hot loop."""
+    import tensorflow as tf
+
+    def augment(image, label, seeds):
+        s = tf.random.experimental.stateless_split(seeds, 7)
+        if zoom:
+            size = tf.shape(image)[:2]
+            side = tf.random.stateless_uniform([], s[5], 1.0 - zoom, 1.0)
+            corner = tf.random.stateless_uniform([2], s[6], 0.0, 1.0) * (1.0 - side)
+            box = tf.concat([corner, corner + side], 0)[tf.newaxis]
+            image = tf.image.crop_and_resize(image[tf.newaxis], box, [0], size)[0]
+        image = tf.image.stateless_random_flip_left_right(image, s[0])
+        image = tf.image.stateless_random_flip_up_down(image, s[1])
+        turns = tf.random.stateless_uniform([], s[2], 0, 4, dtype=tf.int32)
+        image = tf.image.rot90(image, turns)
+        image = tf.image.stateless_random_brightness(image, 0.1 * 255.0, s[3])
+        image = tf.image.stateless_random_contrast(image, 0.9, 1.1, s[4])
+        return tf.clip_by_value(image, 0.0, 255.0), label
+
+    return augment
+
+
+
+def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None):
+    """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
+    cache of the decoded uint8 images, shuffle, balanced sampling, online augmentation,
+    prefetch. ``count``, the number of records, makes the epoch length known to Keras
+    (else every epoch ends by running out of data, with a warning)."""
+    import tensorflow as tf
+
+    files = tf.data.Dataset.from_tensor_slices(paths)
+    records = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    parse = shards.parse_fn(image_size)
+    ds = records.map(lambda r: parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if count is not None:
+        ds = ds.apply(tf.data.experimental.assert_cardinality(count))
+    if tc.cache:
+        ds = ds.cache()
+    if tc.imbalance == "balanced_sampling":
+        # Each class its own endless, shuffled stream; draw from them uniformly.
+        per_class = [ds.filter(lambda _, label, c=c: label == c).shuffle(1024, seed=tc.seed + c).repeat()
+                     for c in range(num_classes)]
+        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[1.0 / num_classes] * num_classes,
+                                                  seed=tc.seed, stop_on_empty_dataset=False)
+    else:
+        ds = ds.shuffle(4096, seed=tc.seed, reshuffle_each_iteration=True)
+    ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    if tc.online_augment:
+        seeds = tf.data.Dataset.random(seed=tc.seed, rerandomize_each_iteration=True).batch(2)
+        augment = online_augment_fn(tc.online_zoom)
+        ds = tf.data.Dataset.zip(ds, seeds).map(lambda example, s: augment(*example, s),
+                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+
+def training_class_counts(normalized_dir: str | Path, augmented_dir: str | Path | None) -> np.ndarray:
+    """Images per class the model trains on: the train split plus what augment added."""
+    counts = np.asarray(shards.read_meta(normalized_dir)["class_counts"]["train"])
+    policy = Path(augmented_dir or "", artifacts.AUGMENT_POLICY)
+    if augmented_dir and policy.is_file():
+        counts = counts + np.asarray(json.loads(policy.read_text())["added"])
+    return counts
+
+
+@dataclass
+class TrainingData:
+    """What every model trained in one step shares: the splits' shards, sizes and classes."""
+    meta: dict
+    train_paths: list[str]
+    class_counts: np.ndarray
+    val_images: np.ndarray  # float32, as the models take them
+    val_labels: np.ndarray
+
+    @classmethod
+    def load(cls, normalized_dir: str | Path, augmented_dir: str | Path | None) -> "TrainingData":
+        meta = shards.read_meta(normalized_dir)
+        train_paths = shards.shard_paths(normalized_dir, "train")
+        if augmented_dir:
+            train_paths += shards.shard_paths(augmented_dir, "train")
+        val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), meta["image_size"])
+        return cls(meta, train_paths, training_class_counts(normalized_dir, augmented_dir),
+                   val_images.astype(np.float32), val_labels)
