@@ -82,7 +82,7 @@ def test_evaluate_counts_images_of_classes_the_model_does_not_know(model_dir, tm
     (["predict", "--model", "models:/nope@champion", "x.jpg"], "Error: cannot load model models:/nope@champion"),
     (["predict", "--model", "/no/such/model.keras", "x.jpg"], "Error: model not found: /no/such/model.keras"),
     (["run", "--set", "train.model=vgg99"], "Error: unknown model 'vgg99'"),
-    (["run", "--set", "train.imbalance=smote"], "Error: train.imbalance must be one of"),
+    (["run", "--set", "train.imbalance=smote"], "Error: train.imbalance must be none, class_weight, focal"),
     (["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=/no/such/weights.h5"],
      "Error: weights file not found: /no/such/weights.h5"),
 ])
