@@ -6,6 +6,7 @@ is copied between steps, and on a cluster each step runs in its own pod. So ever
 in a manifest must be readable anywhere by ``read_bytes``:
 
 - a local path (or ``file://`` path): the folder is mounted where the steps run;
+  symbolic links are followed only where they stay inside the source;
 - ``gs://bucket/object``: read with google-cloud-storage, with retries;
 - ``zip://<archive>!/<member>``: a member of a zip archive, read in place (never
   extracted); ``<archive>`` is a local path or a ``gs://`` URI, and a remote archive
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 import threading
 import zipfile
@@ -72,6 +74,11 @@ def _utf8_or_none(name: str) -> str | None:
     return name
 
 
+def _shown(name: str) -> str:
+    """``name`` as UTF-8 text (Parquet, JSON and KFP need it), invalid bytes as \\x escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 class LocalFolderSource(Source):
     def __init__(self, root: str | Path):
         self.path = Path(root).expanduser().resolve()
@@ -81,29 +88,53 @@ class LocalFolderSource(Source):
         files = []
         for dirpath, dirnames, filenames in os.walk(self.path, onerror=self._raise):
             dirnames.sort()
-            for name in sorted(filenames):
+            # os.walk lists a linked folder with the folders but does not enter it: list
+            # the link itself, so that a class folder linked from elsewhere is reported.
+            linked = [d for d in dirnames if Path(dirpath, d).is_symlink()]
+            for name in sorted(filenames + linked):
                 full = Path(dirpath, name)
                 relpath = full.relative_to(self.path).as_posix()
                 if _utf8_or_none(relpath) is None:
-                    # Parquet, JSON and KFP all need UTF-8: keep an escaped, readable name.
-                    shown = os.fsencode(relpath).decode("utf-8", "backslashreplace")
-                    files.append(SourceFile(uri=str(self.path / shown), relpath=shown, size=_size(full),
+                    shown = _shown(relpath)
+                    files.append(SourceFile(uri=str(self.path / shown), relpath=shown, size=0,
                                             refused_code="bad_name",
                                             refused_reason="file name is not valid UTF-8 (shown with \\x escapes)"))
-                    continue
-                files.append(SourceFile(uri=str(full), relpath=relpath, size=_size(full)))
+                else:
+                    files.append(self._file(full, relpath))
         return files
+
+    def _file(self, path: Path, relpath: str) -> SourceFile:
+        """The listing of ``path``, refused when it must not be read. A link leaving the
+        source is never followed: x.jpg -> /etc/shadow must not be read, and an image
+        elsewhere is not this source's data. A link inside the source is followed (its
+        target is listed too: an exact duplicate). A pipe or device would block the read."""
+        def refused(code: str, reason: str) -> SourceFile:
+            return SourceFile(uri=str(path), relpath=relpath, size=0, refused_code=code, refused_reason=reason)
+
+        if path.is_symlink():
+            target = Path(os.path.realpath(path))
+            link = _shown(os.readlink(path))
+            if not target.is_relative_to(self.path):
+                return refused("symlink_outside_source", f"symbolic link to {link}, outside the source: not read")
+            if not target.exists():
+                return refused("dangling_symlink",
+                               f"symbolic link to {link}, which leads nowhere (missing target or a loop)")
+            if target.is_dir():
+                folder = target.relative_to(self.path).as_posix()
+                return refused("symlinked_folder",
+                               f"symbolic link to the folder {folder} in the source: not followed, its files are listed there")
+        try:
+            info = path.stat()
+        except OSError as exc:
+            return refused("unreadable", f"unreadable: {exc.strerror}")
+        if not stat.S_ISREG(info.st_mode):
+            return refused("not_regular_file", "not a regular file (a pipe, socket or device): not read")
+        return SourceFile(uri=str(path), relpath=relpath, size=info.st_size)
 
     @staticmethod
     def _raise(exc: OSError) -> None:
         raise SourceError(f"cannot list {exc.filename}: {exc.strerror}")
 
-
-def _size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:  # a dangling symlink: listed, then quarantined as unreadable
-        return 0
 
 
 # ---- zip archives ------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""Every kind of source through the same ingest: zip archives (with hostile entries),
-the three CSV formats, gs:// on a real gcp-storage-emulator, and `lesionpipe ingest`."""
+"""Every kind of source through the same ingest: local folders (with hostile links),
+zip archives (with hostile entries), the three CSV formats, gs:// on a real
+gcp-storage-emulator, and `lesionpipe ingest`."""
 from __future__ import annotations
 
 import io
+import os
 import zipfile
 from pathlib import Path
 
@@ -12,7 +14,7 @@ from click.testing import CliRunner
 
 from components import sources
 from components.ingest import IngestError, ingest
-from components.sources import SourceError, read_bytes
+from components.sources import LocalFolderSource, SourceError, read_bytes
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from tests.test_ingest_validation import jpeg_bytes, lesion
@@ -32,6 +34,61 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
         for name, data in files.items():
             archive.writestr(name, data)
     return path
+
+
+# ---- local folders -----------------------------------------------------------
+
+def two_classes(root: Path, per_class: int = 3) -> None:
+    for cls in ("melanoma", "nevus"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / cls / f"{i}.jpg").write_bytes(jpeg_bytes(lesion(i, cls)))
+
+
+def test_links_are_followed_only_inside_the_source(tmp_path):
+    source, outside = tmp_path / "source", tmp_path / "outside"
+    two_classes(source)
+    (outside / "more_nevus").mkdir(parents=True)
+    (outside / "secret.jpg").write_bytes(jpeg_bytes(lesion(70)))
+    (outside / "more_nevus" / "n.jpg").write_bytes(jpeg_bytes(lesion(71, "nevus")))
+    links = {
+        "melanoma/shadow.jpg": "/etc/shadow",
+        "melanoma/elsewhere.jpg": str(outside / "secret.jpg"),
+        "melanoma/up.jpg": "../../outside/secret.jpg",
+        "nevus/alias.jpg": "0.jpg",
+        "melanoma/dangling.jpg": "missing.jpg",
+        "melanoma/loop.jpg": "loop.jpg",
+        "more_nevus": str(outside / "more_nevus"),
+        "nevus_again": "nevus",
+    }
+    for name, target in links.items():
+        os.symlink(target, source / name)
+    result = ingest(str(source), DataConfig())
+    m = result.manifest.set_index("relpath")
+    assert m.at["melanoma/shadow.jpg", "reason"] == "symbolic link to /etc/shadow, outside the source: not read"
+    assert (m.loc[["melanoma/shadow.jpg", "melanoma/elsewhere.jpg", "melanoma/up.jpg"], "md5"] == "").all()
+    expected = {
+        "melanoma/shadow.jpg": ("quarantined", "symlink_outside_source"),
+        "melanoma/elsewhere.jpg": ("quarantined", "symlink_outside_source"),
+        "melanoma/up.jpg": ("quarantined", "symlink_outside_source"),
+        "more_nevus": ("quarantined", "symlink_outside_source"),
+        "nevus/alias.jpg": ("ignored", "duplicate"),  # of nevus/0.jpg, its target
+        "melanoma/dangling.jpg": ("quarantined", "dangling_symlink"),
+        "melanoma/loop.jpg": ("quarantined", "dangling_symlink"),
+        "nevus_again": ("quarantined", "symlinked_folder"),
+    }
+    assert {p: (m.at[p, "status"], m.at[p, "reason_code"]) for p in links} == expected
+    assert m.at["nevus/alias.jpg", "duplicate_of"] == str(source / "nevus" / "0.jpg")
+    # Every entry accounted for: the six images and the eight links.
+    assert result.report["files_found"] == len(m) == 6 + len(links)
+    assert result.report["class_counts"] == {"melanoma": 3, "nevus": 3}
+
+
+def test_pipes_and_devices_are_listed_unread(tmp_path):
+    two_classes(tmp_path)
+    os.mkfifo(tmp_path / "melanoma" / "pipe.jpg")  # reading it would block for ever
+    listed = {f.relpath: f.refused_code for f in LocalFolderSource(tmp_path).list_files()}
+    assert listed["melanoma/pipe.jpg"] == "not_regular_file" and listed["melanoma/0.jpg"] == ""
 
 
 # ---- zip ---------------------------------------------------------------------
