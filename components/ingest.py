@@ -3,10 +3,14 @@ every file found: ingested, quarantined (with the reason) or ignored (with the r
 
 Outputs ``manifest.parquet`` (one row per file found), ``report.json``, ``report.md``
 and ``report.html`` (see components.ingest_report).
+
+A source that fails (SourceUnavailable) fails the step: only a file's own content or
+listing can quarantine it, never a network fault.
 """
 
 import hashlib
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -21,7 +25,7 @@ from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
 from components.ingest_report import build_report, write_outputs
 from components.labels import FORMATS, LabelTable, canonical_label, csv_format, label_table
-from components.sources import Source, SourceFile, open_source, read_bytes
+from components.sources import Source, SourceFile, SourceUnavailable, open_source, read_bytes
 from pipeline.config import DataConfig
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -88,6 +92,8 @@ def _read_csvs(files: list[SourceFile]) -> dict[str, pd.DataFrame]:
         if _suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath):
             try:
                 csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri)), dtype=str)
+            except SourceUnavailable:
+                raise
             except (OSError, ValueError, UnicodeDecodeError):
                 continue
     return csvs
@@ -161,10 +167,14 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 # ---- validation --------------------------------------------------------------
 
 
-def inspect_image(uri: str, max_pixels: int) -> dict:
-    """md5, size, perceptual hash and decode status of one file; never raises for a bad one."""
+def inspect_image(uri: str, max_pixels: int, stop: threading.Event | None = None) -> dict:
+    """md5, size, perceptual hash and decode status of one file. Never raises for a bad
+    file; raises SourceUnavailable when the source failed, since the file may be fine and
+    must not be quarantined for it."""
     try:
-        data = read_bytes(uri)
+        data = read_bytes(uri, stop)
+    except SourceUnavailable:
+        raise
     except (OSError, ValueError) as exc:
         return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
@@ -184,10 +194,29 @@ def _format_name(data: bytes) -> str:
 
 def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
     """Decode every labelled image; quarantine the ones that cannot be used. Returns
-    each decoded image's small thumbnail, by row."""
+    each decoded image's small thumbnail, by row.
+
+    When the source fails, the step fails with the first read that failed for good; the
+    reads still running stop retrying and the ones not started never start.
+    """
     todo = df.index[df.status == ""]
+    stop = threading.Event()
+    failures: list[SourceUnavailable] = []
+
+    def inspect(uri: str) -> dict:
+        try:
+            return inspect_image(uri, cfg.max_image_pixels, stop)
+        except SourceUnavailable as exc:
+            failures.append(exc)
+            stop.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
-        found = list(pool.map(lambda uri: inspect_image(uri, cfg.max_image_pixels), df.loc[todo, "uri"]))
+        try:
+            # On the first exception, map's iterator cancels every future not yet started.
+            found = list(pool.map(inspect, df.loc[todo, "uri"]))
+        except SourceUnavailable:
+            raise failures[0] from None
     thumbs = {i: f.pop("thumb") for i, f in zip(todo, found) if "thumb" in f}
     info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
     for column in ("md5", "phash", "image_format"):

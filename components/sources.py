@@ -12,6 +12,10 @@ in a manifest must be readable anywhere by ``read_bytes``:
   extracted); ``<archive>`` is a local path or a ``gs://`` URI, and a remote archive
   is downloaded once per process into a local cache;
 - ``synthetic://...``: the generated demo set (components.synthetic).
+
+A file that cannot be used is the file's problem: the caller quarantines it. A source
+that does not answer is not: ``SourceUnavailable`` fails the step, so an outage never
+turns into a smaller dataset.
 """
 from __future__ import annotations
 
@@ -20,10 +24,13 @@ import os
 import stat
 import tempfile
 import threading
+import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path, PurePosixPath
+from typing import Callable, TypeVar
 
 from components import synthetic
 from components.errors import UserError
@@ -35,10 +42,23 @@ ZIP_MEMBER_SEPARATOR = "!/"
 # Parallel GCS listing and downloads; the storage client is thread-safe.
 GCS_WORKERS = 16
 GCS_TIMEOUT_S = 60.0
+# How long listing or reading a gs:// source retries transient failures (connection
+# refused, reset or timed out; HTTP 408, 429, 5xx) before the step fails. Short on
+# purpose: a source that is down for a minute is down, and every read waits this long.
+SOURCE_RETRY_SECONDS = 60.0
+# Step outputs written to gs:// (upload_folder) are worth waiting longer for.
+UPLOAD_RETRY_SECONDS = 120.0
+
+T = TypeVar("T")
 
 
 class SourceError(UserError):
     """The source cannot be read at all (missing, empty, unsupported): one line for the user."""
+
+
+class SourceUnavailable(SourceError):
+    """The source failed, not a file: it did not answer within SOURCE_RETRY_SECONDS, or
+    refused us. The step fails; no file may be quarantined for it, since the file may be fine."""
 
 
 @dataclass(frozen=True)
@@ -136,7 +156,6 @@ class LocalFolderSource(Source):
         raise SourceError(f"cannot list {exc.filename}: {exc.strerror}")
 
 
-
 # ---- zip archives ------------------------------------------------------------
 
 
@@ -176,8 +195,8 @@ def _local_archive(archive: str) -> Path:
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-        bucket, name = parse_gcs_uri(archive)
-        _gcs_blob(bucket, name).download_to_filename(str(partial), retry=_gcs_retry(), timeout=GCS_TIMEOUT_S)
+        blob = _gcs_blob(*parse_gcs_uri(archive))
+        _gcs_call(archive, lambda timeout: blob.download_to_filename(str(partial), retry=None, timeout=timeout))
         partial.replace(target)  # atomic: concurrent readers see a whole file or none
     return target
 
@@ -265,11 +284,11 @@ def _gcs_client():
         return _gcs_clients[0]
 
 
-def _gcs_retry():
+def _gcs_retry(seconds: float):
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    # Transient errors (429, 5xx, connection resets) are retried with backoff for up to 2 min.
-    return DEFAULT_RETRY.with_timeout(120.0)
+    # Transient errors (429, 5xx, connection resets) are retried with backoff for ``seconds``.
+    return DEFAULT_RETRY.with_timeout(seconds)
 
 
 def _gcs_blob(bucket: str, name: str):
@@ -284,16 +303,83 @@ def _gcs_errors() -> tuple[type[Exception], ...]:
     return GoogleAPIError, GoogleAuthError, requests.RequestException
 
 
-def _read_gcs(uri: str) -> bytes:
+def _transient(exc: BaseException) -> bool:
+    """Worth another try: the connection failed (refused, reset, cut short, timed out) or
+    the service said so (408, 429, 5xx). Any other answer would be the same next time."""
+    import requests
+    from google.api_core.exceptions import GoogleAPICallError
+    from google.auth.exceptions import TransportError
+
+    if isinstance(exc, GoogleAPICallError):
+        return exc.code in (408, 429) or (exc.code or 0) >= 500
+    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
+                            TransportError))
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a GCS call failed, in a few words ('connection refused', 'HTTP 503 Service
+    Unavailable'): the libraries' own messages run to lines of URLs and object reprs."""
+    import requests
+    from google.api_core.exceptions import GoogleAPICallError, RetryError
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and len(chain) < 10:
+        chain.append(current)
+        reason = getattr(current, "reason", None)  # urllib3's MaxRetryError names the failure here
+        current = (current.cause if isinstance(current, RetryError) else reason if isinstance(reason, BaseException)
+                   else current.__cause__ or current.__context__)
+    for link in chain:
+        if isinstance(link, GoogleAPICallError) and link.code:
+            try:
+                return f"HTTP {link.code} {HTTPStatus(link.code).phrase}"
+            except ValueError:
+                return f"HTTP {link.code}"
+        if isinstance(link, (requests.Timeout, TimeoutError)):
+            return "timed out"
+    for link in reversed(chain):  # the innermost OS error says it best: "Connection refused"
+        if isinstance(link, OSError) and link.strerror:
+            return link.strerror[:1].lower() + link.strerror[1:]
+    text = str(chain[-1]).strip()
+    return f"{type(chain[-1]).__name__}: {text.splitlines()[0]}" if text else type(chain[-1]).__name__
+
+
+def _gcs_call(uri: str, call: Callable[[float], T], stop: threading.Event | None = None) -> T:
+    """``call(timeout)`` on ``uri``, tried again after transient failures for up to
+    SOURCE_RETRY_SECONDS; then, or at once for any other failure, SourceUnavailable.
+    ``stop`` set (another read failed for good) ends the retries early. A 404 is the
+    server's answer about this one object (deleted since it was listed): FileNotFoundError,
+    for the caller to quarantine."""
     from google.api_core.exceptions import NotFound
 
-    bucket, name = parse_gcs_uri(uri)
-    try:
-        return _gcs_blob(bucket, name).download_as_bytes(retry=_gcs_retry(), timeout=GCS_TIMEOUT_S)
-    except NotFound:
-        raise FileNotFoundError(f"no such object: {uri}") from None
-    except _gcs_errors() as exc:
-        raise OSError(f"cannot read {uri}: {exc}") from None
+    started = time.monotonic()
+    deadline = started + SOURCE_RETRY_SECONDS
+    tries, cause = 0, ""
+    while stop is None or not stop.is_set():
+        tries += 1
+        try:
+            return call(max(1.0, min(GCS_TIMEOUT_S, deadline - time.monotonic())))
+        except NotFound:
+            raise FileNotFoundError(f"no such object: {uri}") from None
+        except _gcs_errors() as exc:
+            if not _transient(exc):
+                raise SourceUnavailable(f"cannot read {uri}: {_cause(exc)}") from None
+            cause = _cause(exc)
+        delay = min(0.5 * 2 ** (tries - 1), 8.0, deadline - time.monotonic())
+        if delay <= 0:
+            break
+        if stop is None:
+            time.sleep(delay)
+        else:
+            stop.wait(delay)
+    if not tries:
+        raise SourceUnavailable(f"{uri} not read: another read from the source failed")
+    raise SourceUnavailable(f"cannot read {uri}: {cause} after {tries} tries in {time.monotonic() - started:.0f} s")
+
+
+def _read_gcs(uri: str, stop: threading.Event | None) -> bytes:
+    blob = _gcs_blob(*parse_gcs_uri(uri))
+    return _gcs_call(uri, lambda timeout: blob.download_as_bytes(retry=None, timeout=timeout), stop)
 
 
 def download_folder(uri: str, dest: str | Path) -> Path:
@@ -315,7 +401,8 @@ def upload_folder(local: str | Path, uri: str) -> None:
         if path.is_file():
             name = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}".lstrip("/")
             try:
-                _gcs_blob(bucket, name).upload_from_filename(str(path), retry=_gcs_retry(), timeout=GCS_TIMEOUT_S)
+                _gcs_blob(bucket, name).upload_from_filename(str(path), retry=_gcs_retry(UPLOAD_RETRY_SECONDS),
+                                                             timeout=GCS_TIMEOUT_S)
             except _gcs_errors() as exc:
                 raise OSError(f"cannot write gs://{bucket}/{name}: {exc}") from None
 
@@ -329,16 +416,19 @@ class GcsSource(Source):
         self.root = f"{GCS_SCHEME}{self.bucket}/{self.prefix}"
 
     def _list_level(self, prefix: str) -> tuple[list[SourceFile], list[str]]:
-        pages = _gcs_client().list_blobs(self.bucket, prefix=prefix, delimiter="/", retry=_gcs_retry(),
-                                         timeout=GCS_TIMEOUT_S)
+        pages = _gcs_client().list_blobs(self.bucket, prefix=prefix, delimiter="/",
+                                         retry=_gcs_retry(SOURCE_RETRY_SECONDS), timeout=GCS_TIMEOUT_S)
         files = [SourceFile(uri=f"{GCS_SCHEME}{self.bucket}/{blob.name}", relpath=blob.name[len(self.prefix):],
                             size=int(blob.size or 0))
                  for blob in pages if not blob.name.endswith("/")]  # "folder" placeholder objects
         return files, sorted(pages.prefixes)
 
     def list_files(self) -> list[SourceFile]:
+        from google.api_core.exceptions import RetryError
+
         files: list[SourceFile] = []
         level = [self.prefix]
+        started = time.monotonic()
         try:
             # Breadth first: every folder of one depth (Train/Test, then the classes) at once.
             with ThreadPoolExecutor(GCS_WORKERS) as pool:
@@ -346,6 +436,9 @@ class GcsSource(Source):
                     found = list(pool.map(self._list_level, level))
                     files += [f for level_files, _ in found for f in level_files]
                     level = [p for _, prefixes in found for p in prefixes]
+        except RetryError as exc:  # transient failures until the deadline
+            raise SourceUnavailable(f"cannot list {self.root}: {_cause(exc)}, still failing after "
+                                    f"{time.monotonic() - started:.0f} s of retries") from None
         except _gcs_errors() as exc:
             raise SourceError(f"cannot list {self.root}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
         return sorted(files, key=lambda f: f.relpath)
@@ -397,12 +490,17 @@ def open_source(uri: str, *, synthetic_images_per_class: int = 60, synthetic_siz
     raise SourceError(f"data source is neither a folder nor a zip archive: {uri}")
 
 
-def read_bytes(uri: str) -> bytes:
-    """The bytes of any URI a manifest can hold; OSError when it cannot be read."""
+def read_bytes(uri: str, stop: threading.Event | None = None) -> bytes:
+    """The bytes of any URI a manifest can hold.
+
+    Raises OSError when this file cannot be read, and SourceUnavailable when the source
+    failed instead: after SOURCE_RETRY_SECONDS of retries, or sooner once ``stop`` is
+    set (another read already failed for good).
+    """
     if uri.startswith(synthetic.SCHEME):
         return synthetic.render_uri(uri)
     if uri.startswith(ZIP_SCHEME):
         return _read_zip_member(uri)
     if uri.startswith(GCS_SCHEME):
-        return _read_gcs(uri)
+        return _read_gcs(uri, stop)
     return Path(uri.removeprefix("file://")).read_bytes()
