@@ -23,7 +23,7 @@ from PIL import Image
 
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
-from components.ingest_report import build_report, write_outputs
+from components.ingest_report import build_report, preview_jpeg, write_outputs
 from components.labels import FORMATS, LabelTable, canonical_label, csv_format, label_table
 from components.sources import Source, SourceFile, SourceUnavailable, open_source, read_bytes
 from pipeline.config import DataConfig
@@ -168,9 +168,9 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 
 
 def inspect_image(uri: str, max_pixels: int, stop: threading.Event | None = None) -> dict:
-    """md5, size, perceptual hash and decode status of one file. Never raises for a bad
-    file; raises SourceUnavailable when the source failed, since the file may be fine and
-    must not be quarantined for it."""
+    """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
+    preview of one file. Never raises for a bad file; raises SourceUnavailable when the
+    source failed, since the file may be fine and must not be quarantined for it."""
     try:
         data = read_bytes(uri, stop)
     except SourceUnavailable:
@@ -184,7 +184,8 @@ def inspect_image(uri: str, max_pixels: int, stop: threading.Event | None = None
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
     thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
     return {"md5": md5, "width": img.width, "height": img.height, "phash": str(imagehash.phash(img)),
-            "thumb": thumb, "image_format": _format_name(data), "error_code": "", "error": ""}
+            "thumb": thumb, "preview": preview_jpeg(img), "image_format": _format_name(data), "error_code": "",
+            "error": ""}
 
 
 def _format_name(data: bytes) -> str:
@@ -192,9 +193,9 @@ def _format_name(data: bytes) -> str:
         return img.format or ""
 
 
-def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
+def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[dict[int, np.ndarray], dict[str, bytes]]:
     """Decode every labelled image; quarantine the ones that cannot be used. Returns
-    each decoded image's small thumbnail, by row.
+    each decoded image's 16x16 thumbnail by row, and its report preview by URI.
 
     When the source fails, the step fails with the first read that failed for good; the
     reads still running stop retrying and the ones not started never start.
@@ -218,6 +219,7 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
         except SourceUnavailable:
             raise failures[0] from None
     thumbs = {i: f.pop("thumb") for i, f in zip(todo, found) if "thumb" in f}
+    previews = {uri: f.pop("preview") for uri, f in zip(df.loc[todo, "uri"], found) if "preview" in f}
     info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
@@ -231,7 +233,7 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
     df.loc[small, ["status", "reason_code"]] = ["quarantined", "too_small"]
     df.loc[small, "reason"] = [f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
                                for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])]
-    return thumbs
+    return thumbs, previews
 
 
 # ---- duplicates --------------------------------------------------------------
@@ -373,7 +375,7 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
                           ("duplicate_of", "")):
         df[column] = empty
     counts_before = df[df.label != ""].label.value_counts().sort_index().to_dict()
-    thumbs = _validate(df, cfg)
+    thumbs, previews = _validate(df, cfg)
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
@@ -385,7 +387,7 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
                           label_rows_without_image=label_rows_without_image)
     check_usable(report, cfg)
     if output_dir is not None:
-        write_outputs(df, report, Path(output_dir))
+        write_outputs(df, report, Path(output_dir), previews)
     return IngestResult(df, report)
 
 

@@ -110,6 +110,14 @@ def test_an_outage_shorter_than_the_deadline_is_retried_through(faulty, monkeypa
     assert (result.report["ingested"], result.report["quarantined"]) == (PER_CLASS * len(CLASSES), 0)
 
 
+def test_the_report_never_reads_the_source_again(faulty, tmp_path):
+    proxy = faulty()
+    ingest(SOURCE, DataConfig(), tmp_path / "out")
+    assert (tmp_path / "out" / "report.html").read_text().count("data:image/jpeg;base64,") >= PER_CLASS * len(CLASSES)
+    names = downloads(proxy)
+    assert sorted(names) == sorted(set(names)) and len(names) == PER_CLASS * len(CLASSES)  # each object once
+
+
 def test_listing_a_failing_source_fails_in_one_line(faulty):
     faulty().fail()
     started = time.monotonic()
