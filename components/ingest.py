@@ -25,7 +25,7 @@ from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
 from components.ingest_report import build_report, preview_jpeg, write_outputs
 from components.labels import FORMATS, LabelTable, canonical_label, csv_format, label_table
-from components.sources import Source, SourceFile, SourceUnavailable, open_source, read_bytes
+from components.sources import FileTooLarge, Source, SourceFile, SourceUnavailable, open_source, read_bytes
 from pipeline.config import DataConfig
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -85,13 +85,15 @@ def _split_and_rest(relpath: str, root_depth: int) -> tuple[str, tuple[str, ...]
     return "", parts
 
 
-def _read_csvs(files: list[SourceFile]) -> dict[str, pd.DataFrame]:
-    """Every readable CSV, by relpath; an unreadable one is simply not a label file."""
+def _read_csvs(files: list[SourceFile], max_file_bytes: int) -> dict[str, pd.DataFrame]:
+    """Every readable CSV, by relpath; an unreadable one is simply not a label file (one
+    over ``max_file_bytes`` is not read: _refuse_too_large quarantines it)."""
     csvs = {}
     for f in files:
-        if _suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath):
+        if (_suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath)
+                and f.size <= max_file_bytes):
             try:
-                csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri)), dtype=str)
+                csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri, max_file_bytes)), dtype=str)
             except SourceUnavailable:
                 raise
             except (OSError, ValueError, UnicodeDecodeError):
@@ -167,14 +169,16 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 # ---- validation --------------------------------------------------------------
 
 
-def inspect_image(uri: str, max_pixels: int, stop: threading.Event | None = None) -> dict:
+def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
     """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
     preview of one file. Never raises for a bad file; raises SourceUnavailable when the
     source failed, since the file may be fine and must not be quarantined for it."""
     try:
-        data = read_bytes(uri, stop)
+        data = read_bytes(uri, max_bytes, stop)
     except SourceUnavailable:
         raise
+    except FileTooLarge as exc:  # grew past the limit since it was listed
+        return {"md5": "", "error_code": "too_large", "error": str(exc)}
     except (OSError, ValueError) as exc:
         return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
@@ -193,6 +197,16 @@ def _format_name(data: bytes) -> str:
         return img.format or ""
 
 
+def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
+    """Quarantine, unread, every file ingest would read (an image to decode, a CSV that
+    may be the label file) whose listed size is over data.max_file_bytes."""
+    would_read = (df.status == "") | ((df.reason_code == "not_image_file") & (df.relpath.map(_suffix) == ".csv"))
+    big = df.index[would_read & (df.bytes > max_file_bytes)]
+    df.loc[big, ["status", "reason_code"]] = ["quarantined", "too_large"]
+    df.loc[big, "reason"] = [f"{n} bytes is over data.max_file_bytes={max_file_bytes}: not read"
+                             for n in df.loc[big, "bytes"]]
+
+
 def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[dict[int, np.ndarray], dict[str, bytes]]:
     """Decode every labelled image; quarantine the ones that cannot be used. Returns
     each decoded image's 16x16 thumbnail by row, and its report preview by URI.
@@ -206,7 +220,7 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[dict[int, np.ndarray],
 
     def inspect(uri: str) -> dict:
         try:
-            return inspect_image(uri, cfg.max_image_pixels, stop)
+            return inspect_image(uri, cfg.max_image_pixels, cfg.max_file_bytes, stop)
         except SourceUnavailable as exc:
             failures.append(exc)
             stop.set()
@@ -368,9 +382,10 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
     files = source.list_files()
     if not files:
         raise IngestError(f"no files found in {source.root}")
-    csvs = {} if source.synthetic else _read_csvs(files)
+    csvs = {} if source.synthetic else _read_csvs(files, cfg.max_file_bytes)
     fmt = "folders" if source.synthetic else detect_format(csvs, cfg.format)
     df, label_rows_without_image = label_files(files, fmt, csvs, cfg.class_map)
+    _refuse_too_large(df, cfg.max_file_bytes)
     for column, empty in (("md5", ""), ("phash", ""), ("image_format", ""), ("width", 0), ("height", 0),
                           ("duplicate_of", "")):
         df[column] = empty

@@ -20,6 +20,7 @@ turns into a smaller dataset.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import stat
 import tempfile
@@ -30,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path, PurePosixPath
-from typing import Callable, TypeVar
+from typing import BinaryIO, Callable, TypeVar
 
 from components import synthetic
 from components.errors import UserError
@@ -48,6 +49,8 @@ GCS_TIMEOUT_S = 60.0
 SOURCE_RETRY_SECONDS = 60.0
 # Step outputs written to gs:// (upload_folder) are worth waiting longer for.
 UPLOAD_RETRY_SECONDS = 120.0
+# Bounded reads go by chunks of this size (see _bounded_read).
+READ_CHUNK = 2**20
 
 T = TypeVar("T")
 
@@ -59,6 +62,10 @@ class SourceError(UserError):
 class SourceUnavailable(SourceError):
     """The source failed, not a file: it did not answer within SOURCE_RETRY_SECONDS, or
     refused us. The step fails; no file may be quarantined for it, since the file may be fine."""
+
+
+class FileTooLarge(OSError):
+    """A file longer than the caller's limit; it was not read past the limit."""
 
 
 @dataclass(frozen=True)
@@ -156,6 +163,36 @@ class LocalFolderSource(Source):
         raise SourceError(f"cannot list {exc.filename}: {exc.strerror}")
 
 
+# ---- reads bounded by size -----------------------------------------------------
+
+
+def _bounded_read(fh: BinaryIO, max_bytes: int | None) -> bytes:
+    """All of ``fh``, but never more than ``max_bytes`` (+1 to tell that it is longer).
+    Read in chunks: read(max_bytes + 1) would allocate the whole limit up front."""
+    if max_bytes is None:
+        return fh.read()
+    chunks, size = [], 0
+    while chunk := fh.read(min(READ_CHUNK, max_bytes + 1 - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > max_bytes:
+            raise FileTooLarge(f"more than {max_bytes} bytes (data.max_file_bytes): not read further")
+    return b"".join(chunks)
+
+
+class _BoundedBuffer(io.BytesIO):
+    """A download's bytes in memory; the download stops once it passes ``max_bytes``."""
+
+    def __init__(self, max_bytes: int | None):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def write(self, data: bytes) -> int:
+        if self.max_bytes is not None and self.tell() + len(data) > self.max_bytes:
+            raise FileTooLarge(f"more than {self.max_bytes} bytes (data.max_file_bytes): not read further")
+        return super().write(data)
+
+
 # ---- zip archives ------------------------------------------------------------
 
 
@@ -213,14 +250,15 @@ def _open_archive(archive: str) -> zipfile.ZipFile:
         return _open_archives[archive]
 
 
-def _read_zip_member(uri: str) -> bytes:
+def _read_zip_member(uri: str, max_bytes: int | None) -> bytes:
     archive, member = parse_zip_uri(uri)
     if unsafe_member_reason(member):
         raise PermissionError(f"unsafe zip member refused: {member}")
     try:
         # ZipFile reads through a lock-protected shared file: safe from threads. It stops
         # at the declared size and checks the CRC, so a lying entry cannot inflate.
-        return _open_archive(archive).read(member)
+        with _open_archive(archive).open(member) as fh:
+            return _bounded_read(fh, max_bytes)
     except KeyError:
         raise FileNotFoundError(f"no member {member!r} in {archive}") from None
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
@@ -377,9 +415,15 @@ def _gcs_call(uri: str, call: Callable[[float], T], stop: threading.Event | None
     raise SourceUnavailable(f"cannot read {uri}: {cause} after {tries} tries in {time.monotonic() - started:.0f} s")
 
 
-def _read_gcs(uri: str, stop: threading.Event | None) -> bytes:
+def _read_gcs(uri: str, max_bytes: int | None, stop: threading.Event | None) -> bytes:
     blob = _gcs_blob(*parse_gcs_uri(uri))
-    return _gcs_call(uri, lambda timeout: blob.download_as_bytes(retry=None, timeout=timeout), stop)
+
+    def download(timeout: float) -> bytes:
+        buffer = _BoundedBuffer(max_bytes)
+        blob.download_to_file(buffer, retry=None, timeout=timeout)
+        return buffer.getvalue()
+
+    return _gcs_call(uri, download, stop)
 
 
 def download_folder(uri: str, dest: str | Path) -> Path:
@@ -490,17 +534,18 @@ def open_source(uri: str, *, synthetic_images_per_class: int = 60, synthetic_siz
     raise SourceError(f"data source is neither a folder nor a zip archive: {uri}")
 
 
-def read_bytes(uri: str, stop: threading.Event | None = None) -> bytes:
-    """The bytes of any URI a manifest can hold.
+def read_bytes(uri: str, max_bytes: int | None = None, stop: threading.Event | None = None) -> bytes:
+    """The bytes of any URI a manifest can hold, never more than ``max_bytes``.
 
-    Raises OSError when this file cannot be read, and SourceUnavailable when the source
-    failed instead: after SOURCE_RETRY_SECONDS of retries, or sooner once ``stop`` is
-    set (another read already failed for good).
+    Raises OSError when this file cannot be read (FileTooLarge past ``max_bytes``), and
+    SourceUnavailable when the source failed instead: after SOURCE_RETRY_SECONDS of
+    retries, or sooner once ``stop`` is set (another read already failed for good).
     """
     if uri.startswith(synthetic.SCHEME):
         return synthetic.render_uri(uri)
     if uri.startswith(ZIP_SCHEME):
-        return _read_zip_member(uri)
+        return _read_zip_member(uri, max_bytes)
     if uri.startswith(GCS_SCHEME):
-        return _read_gcs(uri, stop)
-    return Path(uri.removeprefix("file://")).read_bytes()
+        return _read_gcs(uri, max_bytes, stop)
+    with open(uri.removeprefix("file://"), "rb") as fh:
+        return _bounded_read(fh, max_bytes)

@@ -1,10 +1,11 @@
-"""Every kind of source through the same ingest: local folders (with hostile links),
-zip archives (with hostile entries), the three CSV formats, gs:// on a real
-gcp-storage-emulator, and `lesionpipe ingest`."""
+"""Every kind of source through the same ingest: local folders (with hostile links and
+oversized files), zip archives (with hostile entries), the three CSV formats, gs:// on a
+real gcp-storage-emulator, and `lesionpipe ingest`."""
 from __future__ import annotations
 
 import io
 import os
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 from components import sources
 from components.ingest import IngestError, ingest
-from components.sources import LocalFolderSource, SourceError, read_bytes
+from components.sources import FileTooLarge, LocalFolderSource, SourceError, read_bytes
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from tests.test_ingest_validation import jpeg_bytes, lesion
@@ -37,6 +38,9 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
 
 
 # ---- local folders -----------------------------------------------------------
+
+MAX_FILE_BYTES = 256 * 2**20  # DataConfig().max_file_bytes
+
 
 def two_classes(root: Path, per_class: int = 3) -> None:
     for cls in ("melanoma", "nevus"):
@@ -89,6 +93,44 @@ def test_pipes_and_devices_are_listed_unread(tmp_path):
     os.mkfifo(tmp_path / "melanoma" / "pipe.jpg")  # reading it would block for ever
     listed = {f.relpath: f.refused_code for f in LocalFolderSource(tmp_path).list_files()}
     assert listed["melanoma/pipe.jpg"] == "not_regular_file" and listed["melanoma/0.jpg"] == ""
+
+
+def test_files_over_max_file_bytes_are_quarantined_unread(tmp_path):
+    two_classes(tmp_path)
+    for name in ("melanoma/huge.jpg", "labels.csv"):
+        with open(tmp_path / name, "wb") as fh:  # sparse: no disk, but listed this size
+            fh.truncate(MAX_FILE_BYTES + 1)
+    tracemalloc.start()
+    try:
+        result = ingest(str(tmp_path), DataConfig())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    m = result.manifest.set_index("relpath")
+    for name in ("melanoma/huge.jpg", "labels.csv"):
+        assert (m.at[name, "status"], m.at[name, "reason_code"], m.at[name, "md5"]) == ("quarantined", "too_large", "")
+        assert m.at[name, "reason"] == (f"{MAX_FILE_BYTES + 1} bytes is over "
+                                        f"data.max_file_bytes={MAX_FILE_BYTES}: not read")
+    assert peak < 32 * 2**20  # neither file was read into memory
+    assert result.report["ingested"] == 6 and result.report["files_found"] == 8
+
+
+def test_zip_members_over_max_file_bytes_are_quarantined_by_their_listed_size(tmp_path):
+    files = kaggle_files()
+    files["Train/melanoma/big.jpg"] = os.urandom(50_000)
+    result = ingest(str(write_zip(tmp_path / "data.zip", files)), DataConfig(max_file_bytes=20_000))
+    row = result.manifest.set_index("relpath").loc["Train/melanoma/big.jpg"]
+    assert (row.status, row.reason_code, row.md5) == ("quarantined", "too_large", "")
+    assert result.report["ingested"] == 12
+
+
+def test_reads_never_go_past_max_bytes(tmp_path):
+    (tmp_path / "grown.jpg").write_bytes(b"x" * 5000)  # listed small, then grew
+    archive = write_zip(tmp_path / "data.zip", {"a/grown.jpg": b"x" * 5000})
+    for uri in (str(tmp_path / "grown.jpg"), f"zip://{archive}!/a/grown.jpg"):
+        assert read_bytes(uri, 5000) == b"x" * 5000
+        with pytest.raises(FileTooLarge, match="more than 4999 bytes"):
+            read_bytes(uri, 4999)
 
 
 # ---- zip ---------------------------------------------------------------------
@@ -240,6 +282,19 @@ def test_zip_on_gcs_is_cached_and_read(bucket, tmp_path, monkeypatch):
     uri = result.manifest.uri.iloc[0]
     assert uri.startswith("zip://gs://lesions/archives/kaggle.zip!/")
     assert read_bytes(uri)[:2] == b"\xff\xd8"
+
+
+def test_gcs_objects_over_max_file_bytes_are_quarantined_unread(bucket):
+    for name, data in kaggle_files().items():
+        bucket.blob(f"sized/{name}").upload_from_string(data)
+    bucket.blob("sized/Train/nevus/big.jpg").upload_from_string(os.urandom(50_000))
+    result = ingest("gs://lesions/sized", DataConfig(max_file_bytes=20_000))
+    row = result.manifest.set_index("relpath").loc["Train/nevus/big.jpg"]
+    assert (row.bytes, row.status, row.reason_code, row.md5) == (50_000, "quarantined", "too_large", "")
+    assert result.report["ingested"] == 12
+    assert read_bytes("gs://lesions/sized/Train/nevus/big.jpg", 50_000)[:1]
+    with pytest.raises(FileTooLarge):  # a download stops at the limit
+        read_bytes("gs://lesions/sized/Train/nevus/big.jpg", 49_999)
 
 
 def test_gcs_errors_are_user_errors(bucket):
