@@ -22,8 +22,7 @@ def _digest(lines: list[str]) -> str:
 def source_listing_digest(source_uri: str, cfg: DataConfig) -> str:
     from components.sources import open_source
 
-    source = open_source(source_uri, synthetic_images_per_class=cfg.synthetic_images_per_class,
-                         synthetic_size=cfg.synthetic_image_size, seed=cfg.seed)
+    source = open_source(source_uri, cfg)
     return _digest([f"{f.relpath}\t{f.size}" for f in source.list_files()])
 
 

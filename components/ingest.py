@@ -3,10 +3,14 @@ every file found: ingested, quarantined (with the reason) or ignored (with the r
 
 Outputs ``manifest.parquet`` (one row per file found), ``report.json``, ``report.md``
 and ``report.html`` (see components.ingest_report).
+
+A source that fails (SourceUnavailable) fails the step: only a file's own content or
+listing can quarantine it, never a network fault.
 """
 
 import hashlib
 import io
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,10 +23,10 @@ from PIL import Image
 
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
-from components.ingest_report import build_report, write_outputs
+from components.ingest_report import build_report, preview_jpeg, write_outputs
 from components.labels import LabelTable, canonical_label, csv_format, label_table
-from components.sources import Source, SourceFile, open_source, read_bytes
 from components.settings import DataConfig
+from components.sources import FileTooLarge, Source, SourceFile, SourceUnavailable, open_source, read_bytes
 from components.union_find import UnionFind
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
@@ -80,13 +84,17 @@ def _split_and_rest(relpath: str, root_depth: int) -> tuple[str, tuple[str, ...]
     return "", parts
 
 
-def _read_csvs(files: list[SourceFile]) -> dict[str, pd.DataFrame]:
-    """Every readable CSV, by relpath; an unreadable one is simply not a label file."""
+def _read_csvs(files: list[SourceFile], max_file_bytes: int) -> dict[str, pd.DataFrame]:
+    """Every readable CSV, by relpath; an unreadable one is simply not a label file (one
+    over ``max_file_bytes`` is not read: _refuse_too_large quarantines it)."""
     csvs = {}
     for f in files:
-        if _suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath):
+        if (_suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath)
+                and f.size <= max_file_bytes):
             try:
-                csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri)), dtype=str)
+                csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri, max_file_bytes)), dtype=str)
+            except SourceUnavailable:
+                raise
             except (OSError, ValueError, UnicodeDecodeError):
                 continue
     return csvs
@@ -158,10 +166,16 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 # ---- validation --------------------------------------------------------------
 
 
-def inspect_image(uri: str, max_pixels: int) -> dict:
-    """md5, size, perceptual hash and decode status of one file; never raises for a bad one."""
+def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
+    """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
+    preview of one file. Never raises for a bad file; raises SourceUnavailable when the
+    source failed, since the file may be fine and must not be quarantined for it."""
     try:
-        data = read_bytes(uri)
+        data = read_bytes(uri, max_bytes, stop)
+    except SourceUnavailable:
+        raise
+    except FileTooLarge as exc:  # grew past the limit since it was listed
+        return {"md5": "", "error_code": "too_large", "error": str(exc)}
     except (OSError, ValueError) as exc:
         return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
@@ -171,7 +185,8 @@ def inspect_image(uri: str, max_pixels: int) -> dict:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
     thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
     return {"md5": md5, "width": img.width, "height": img.height, "phash": str(imagehash.phash(img)),
-            "thumb": thumb, "image_format": _format_name(data), "error_code": "", "error": ""}
+            "thumb": thumb, "preview": preview_jpeg(img), "image_format": _format_name(data), "error_code": "",
+            "error": ""}
 
 
 def _format_name(data: bytes) -> str:
@@ -179,13 +194,43 @@ def _format_name(data: bytes) -> str:
         return img.format or ""
 
 
-def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
+def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
+    """Quarantine, unread, every file ingest would read (an image to decode, a CSV that
+    may be the label file) whose listed size is over data.max_file_bytes."""
+    would_read = (df.status == "") | ((df.reason_code == "not_image_file") & (df.relpath.map(_suffix) == ".csv"))
+    big = df.index[would_read & (df.bytes > max_file_bytes)]
+    df.loc[big, ["status", "reason_code"]] = ["quarantined", "too_large"]
+    df.loc[big, "reason"] = [f"{n} bytes is over data.max_file_bytes={max_file_bytes}: not read"
+                             for n in df.loc[big, "bytes"]]
+
+
+def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[dict[int, np.ndarray], dict[str, bytes]]:
     """Decode every labelled image; quarantine the ones that cannot be used. Returns
-    each decoded image's small thumbnail, by row."""
+    each decoded image's 16x16 thumbnail by row, and its report preview by URI.
+
+    When the source fails, the step fails with the first read that failed for good; the
+    reads still running stop retrying and the ones not started never start.
+    """
     todo = df.index[df.status == ""]
+    stop = threading.Event()
+    failures: list[SourceUnavailable] = []
+
+    def inspect(uri: str) -> dict:
+        try:
+            return inspect_image(uri, cfg.max_image_pixels, cfg.max_file_bytes, stop)
+        except SourceUnavailable as exc:
+            failures.append(exc)
+            stop.set()
+            raise
+
     with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
-        found = list(pool.map(lambda uri: inspect_image(uri, cfg.max_image_pixels), df.loc[todo, "uri"]))
+        try:
+            # On the first exception, map's iterator cancels every future not yet started.
+            found = list(pool.map(inspect, df.loc[todo, "uri"]))
+        except SourceUnavailable:
+            raise failures[0] from None
     thumbs = {i: f.pop("thumb") for i, f in zip(todo, found) if "thumb" in f}
+    previews = {uri: f.pop("preview") for uri, f in zip(df.loc[todo, "uri"], found) if "preview" in f}
     info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
@@ -199,7 +244,7 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> dict[int, np.ndarray]:
     df.loc[small, ["status", "reason_code"]] = ["quarantined", "too_small"]
     df.loc[small, "reason"] = [f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
                                for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])]
-    return thumbs
+    return thumbs, previews
 
 
 # ---- duplicates --------------------------------------------------------------
@@ -312,21 +357,19 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
 
 def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
     """Ingest ``source_uri`` (empty: the synthetic set); write the outputs to ``output_dir``."""
-    source: Source = open_source(
-        source_uri, synthetic_images_per_class=cfg.synthetic_images_per_class,
-        synthetic_size=cfg.synthetic_image_size, seed=cfg.seed,
-        zip_max_entries=cfg.zip_max_entries, zip_max_total_bytes=cfg.zip_max_total_bytes)
+    source: Source = open_source(source_uri, cfg)
     files = source.list_files()
     if not files:
         raise IngestError(f"no files found in {source.root}")
-    csvs = {} if source.synthetic else _read_csvs(files)
+    csvs = {} if source.synthetic else _read_csvs(files, cfg.max_file_bytes)
     fmt = "folders" if source.synthetic else detect_format(csvs, cfg.format)
     df, label_rows_without_image = label_files(files, fmt, csvs, cfg.class_map)
+    _refuse_too_large(df, cfg.max_file_bytes)
     for column, empty in (("md5", ""), ("phash", ""), ("image_format", ""), ("width", 0), ("height", 0),
                           ("duplicate_of", "")):
         df[column] = empty
     counts_before = df[df.label != ""].label.value_counts().sort_index().to_dict()
-    thumbs = _validate(df, cfg)
+    thumbs, previews = _validate(df, cfg)
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
@@ -338,7 +381,7 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
                           label_rows_without_image=label_rows_without_image)
     check_usable(report, cfg)
     if output_dir is not None:
-        write_outputs(df, report, Path(output_dir))
+        write_outputs(df, report, Path(output_dir), previews)
     return IngestResult(df, report)
 
 

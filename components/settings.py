@@ -176,6 +176,10 @@ class DataConfig(Section):
     # with more pixels are refused from their header, before decoding (bombs).
     min_image_size: int = 32
     max_image_pixels: int = 64_000_000
+    # Files larger than this (their listed size) are quarantined as too_large without
+    # being read, and no read goes past it: a dermoscopic image is a few MB, and a stray
+    # video or disk image must not be pulled into the ingest pod's memory.
+    max_file_bytes: int = Field(256 * 2**20, ge=1)
     # Identical images under two labels: "quarantine" the whole group, or keep one copy
     # under the "majority" label when more than half the copies agree.
     label_conflict_policy: Literal["quarantine", "majority"] = "quarantine"

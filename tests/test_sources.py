@@ -1,8 +1,11 @@
-"""Every kind of source through the same ingest: zip archives (with hostile entries),
-the three CSV formats, gs:// on a real gcp-storage-emulator, and `lesionpipe ingest`."""
+"""Every kind of source through the same ingest: local folders (with hostile links and
+oversized files), zip archives (with hostile entries), the three CSV formats, gs:// on a
+real gcp-storage-emulator, and `lesionpipe ingest`."""
 from __future__ import annotations
 
 import io
+import os
+import tracemalloc
 import zipfile
 from pathlib import Path
 
@@ -12,7 +15,7 @@ from click.testing import CliRunner
 
 from components import sources
 from components.ingest import IngestError, ingest
-from components.sources import SourceError, read_bytes
+from components.sources import FileTooLarge, LocalFolderSource, SourceError, read_bytes
 from pipeline.cli import main
 from components.settings import DataConfig, SettingsError, load_section
 from tests.test_ingest_validation import jpeg_bytes, lesion
@@ -32,6 +35,102 @@ def write_zip(path: Path, files: dict[str, bytes]) -> Path:
         for name, data in files.items():
             archive.writestr(name, data)
     return path
+
+
+# ---- local folders -----------------------------------------------------------
+
+MAX_FILE_BYTES = 256 * 2**20  # DataConfig().max_file_bytes
+
+
+def two_classes(root: Path, per_class: int = 3) -> None:
+    for cls in ("melanoma", "nevus"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            (root / cls / f"{i}.jpg").write_bytes(jpeg_bytes(lesion(i, cls)))
+
+
+def test_links_are_followed_only_inside_the_source(tmp_path):
+    source, outside = tmp_path / "source", tmp_path / "outside"
+    two_classes(source)
+    (outside / "more_nevus").mkdir(parents=True)
+    (outside / "secret.jpg").write_bytes(jpeg_bytes(lesion(70)))
+    (outside / "more_nevus" / "n.jpg").write_bytes(jpeg_bytes(lesion(71, "nevus")))
+    links = {
+        "melanoma/shadow.jpg": "/etc/shadow",
+        "melanoma/elsewhere.jpg": str(outside / "secret.jpg"),
+        "melanoma/up.jpg": "../../outside/secret.jpg",
+        "nevus/alias.jpg": "0.jpg",
+        "melanoma/dangling.jpg": "missing.jpg",
+        "melanoma/loop.jpg": "loop.jpg",
+        "more_nevus": str(outside / "more_nevus"),
+        "nevus_again": "nevus",
+    }
+    for name, target in links.items():
+        os.symlink(target, source / name)
+    result = ingest(str(source), DataConfig())
+    m = result.manifest.set_index("relpath")
+    assert m.at["melanoma/shadow.jpg", "reason"] == "symbolic link to /etc/shadow, outside the source: not read"
+    assert (m.loc[["melanoma/shadow.jpg", "melanoma/elsewhere.jpg", "melanoma/up.jpg"], "md5"] == "").all()
+    expected = {
+        "melanoma/shadow.jpg": ("quarantined", "symlink_outside_source"),
+        "melanoma/elsewhere.jpg": ("quarantined", "symlink_outside_source"),
+        "melanoma/up.jpg": ("quarantined", "symlink_outside_source"),
+        "more_nevus": ("quarantined", "symlink_outside_source"),
+        "nevus/alias.jpg": ("ignored", "duplicate"),  # of nevus/0.jpg, its target
+        "melanoma/dangling.jpg": ("quarantined", "dangling_symlink"),
+        "melanoma/loop.jpg": ("quarantined", "dangling_symlink"),
+        "nevus_again": ("quarantined", "symlinked_folder"),
+    }
+    assert {p: (m.at[p, "status"], m.at[p, "reason_code"]) for p in links} == expected
+    assert m.at["nevus/alias.jpg", "duplicate_of"] == str(source / "nevus" / "0.jpg")
+    # Every entry accounted for: the six images and the eight links.
+    assert result.report["files_found"] == len(m) == 6 + len(links)
+    assert result.report["class_counts"] == {"melanoma": 3, "nevus": 3}
+
+
+def test_pipes_and_devices_are_listed_unread(tmp_path):
+    two_classes(tmp_path)
+    os.mkfifo(tmp_path / "melanoma" / "pipe.jpg")  # reading it would block for ever
+    listed = {f.relpath: f.refused_code for f in LocalFolderSource(tmp_path).list_files()}
+    assert listed["melanoma/pipe.jpg"] == "not_regular_file" and listed["melanoma/0.jpg"] == ""
+
+
+def test_files_over_max_file_bytes_are_quarantined_unread(tmp_path):
+    two_classes(tmp_path)
+    for name in ("melanoma/huge.jpg", "labels.csv"):
+        with open(tmp_path / name, "wb") as fh:  # sparse: no disk, but listed this size
+            fh.truncate(MAX_FILE_BYTES + 1)
+    tracemalloc.start()
+    try:
+        result = ingest(str(tmp_path), DataConfig())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    m = result.manifest.set_index("relpath")
+    for name in ("melanoma/huge.jpg", "labels.csv"):
+        assert (m.at[name, "status"], m.at[name, "reason_code"], m.at[name, "md5"]) == ("quarantined", "too_large", "")
+        assert m.at[name, "reason"] == (f"{MAX_FILE_BYTES + 1} bytes is over "
+                                        f"data.max_file_bytes={MAX_FILE_BYTES}: not read")
+    assert peak < 32 * 2**20  # neither file was read into memory
+    assert result.report["ingested"] == 6 and result.report["files_found"] == 8
+
+
+def test_zip_members_over_max_file_bytes_are_quarantined_by_their_listed_size(tmp_path):
+    files = kaggle_files()
+    files["Train/melanoma/big.jpg"] = os.urandom(50_000)
+    result = ingest(str(write_zip(tmp_path / "data.zip", files)), DataConfig(max_file_bytes=20_000))
+    row = result.manifest.set_index("relpath").loc["Train/melanoma/big.jpg"]
+    assert (row.status, row.reason_code, row.md5) == ("quarantined", "too_large", "")
+    assert result.report["ingested"] == 12
+
+
+def test_reads_never_go_past_max_bytes(tmp_path):
+    (tmp_path / "grown.jpg").write_bytes(b"x" * 5000)  # listed small, then grew
+    archive = write_zip(tmp_path / "data.zip", {"a/grown.jpg": b"x" * 5000})
+    for uri in (str(tmp_path / "grown.jpg"), f"zip://{archive}!/a/grown.jpg"):
+        assert read_bytes(uri, 5000) == b"x" * 5000
+        with pytest.raises(FileTooLarge, match="more than 4999 bytes"):
+            read_bytes(uri, 4999)
 
 
 # ---- zip ---------------------------------------------------------------------
@@ -183,6 +282,19 @@ def test_zip_on_gcs_is_cached_and_read(bucket, tmp_path, monkeypatch):
     uri = result.manifest.uri.iloc[0]
     assert uri.startswith("zip://gs://lesions/archives/kaggle.zip!/")
     assert read_bytes(uri)[:2] == b"\xff\xd8"
+
+
+def test_gcs_objects_over_max_file_bytes_are_quarantined_unread(bucket):
+    for name, data in kaggle_files().items():
+        bucket.blob(f"sized/{name}").upload_from_string(data)
+    bucket.blob("sized/Train/nevus/big.jpg").upload_from_string(os.urandom(50_000))
+    result = ingest("gs://lesions/sized", DataConfig(max_file_bytes=20_000))
+    row = result.manifest.set_index("relpath").loc["Train/nevus/big.jpg"]
+    assert (row.bytes, row.status, row.reason_code, row.md5) == (50_000, "quarantined", "too_large", "")
+    assert result.report["ingested"] == 12
+    assert read_bytes("gs://lesions/sized/Train/nevus/big.jpg", 50_000)[:1]
+    with pytest.raises(FileTooLarge):  # a download stops at the limit
+        read_bytes("gs://lesions/sized/Train/nevus/big.jpg", 49_999)
 
 
 def test_gcs_errors_are_user_errors(bucket):
