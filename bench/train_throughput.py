@@ -22,8 +22,8 @@ def synthetic_shards(root: Path, size: int, per_class: int) -> Path:
     """The project's synthetic images through the real ingest -> split -> normalize steps."""
     from components.ingest import ingest
     from components.normalize import normalize
-    from components.split import split
     from components.settings import DataConfig
+    from components.split import split
 
     data = DataConfig(image_size=size, synthetic_images_per_class=per_class, synthetic_image_size=size,
                       val_fraction=0.1, test_fraction=0.1)
@@ -56,8 +56,8 @@ def main() -> None:
     import tensorflow as tf
 
     from components import shards
-    from components.models import build_model
     from components.devices import configure_devices
+    from components.models import build_model
     from components.settings import TrainConfig
     from components.train_input import training_dataset
 

@@ -14,7 +14,6 @@ from components import artifacts
 from components.settings import DataConfig
 
 
-
 def _digest(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
 

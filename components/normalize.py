@@ -22,9 +22,9 @@ from kfp import dsl
 from components import artifacts, atomic, shards
 from components.errors import UserError
 from components.imaging import load_for_model
+from components.settings import DataConfig
 from components.sources import read_bytes
 from components.split import SUBSETS
-from components.settings import DataConfig
 
 STATS_FILE = "pixel_stats.json"
 

@@ -10,9 +10,9 @@ from typing import Callable
 import click
 
 from components.errors import UserError
-from components.settings import DATA_FORMATS
-from pipeline.config import Config
+from components.settings import DATA_FORMATS, EvaluateConfig
 from components.tracking import resolve_tracking_uri, ui_command
+from pipeline.config import Config
 
 DEFAULT_OUTPUT_DIR = "lesion_outputs"
 # TensorFlow's C++ start-up chatter hides the pipeline's progress; warnings still show.
@@ -68,7 +68,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     check_model_name(cfg.train.model)
     if not cfg.train.weights.startswith("gs://"):
         resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
-    open_source(cfg.data.source)  # a missing folder fails here, before any step starts
+    open_source(cfg.data.source, cfg.data)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
     click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
@@ -145,7 +145,7 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
               help="Model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, or a local path.")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", "out_path", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--melanoma-class", default="melanoma", show_default=True)
+@click.option("--melanoma-class", default=EvaluateConfig().melanoma_class, show_default=True)
 @click.option("--tta", is_flag=True, help="Average over 8 flips/turns of each image.")
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
 def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from components.callbacks import read_epoch_log
 from components.distributed import replica_batch_size
 from components.errors import UserError
-from components.callbacks import read_epoch_log
 from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from components.ingest import ingest
-from components.split import split_manifest
 from components.settings import DataConfig
+from components.split import split_manifest
 
 pytestmark = pytest.mark.real_data
 

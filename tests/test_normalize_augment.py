@@ -9,8 +9,8 @@ from components import shards
 from components.augment import Transform, augment, plan_counts
 from components.ingest import ingest
 from components.normalize import normalize
-from components.split import split
 from components.settings import AugmentConfig, DataConfig
+from components.split import split
 from tests.helpers import write_class_folder
 
 

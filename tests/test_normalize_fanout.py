@@ -8,8 +8,8 @@ from components import shards
 from components.errors import UserError
 from components.ingest import ingest
 from components.normalize import STATS_FILE, gather_shards, normalize_shard
-from components.split import split
 from components.settings import DataConfig
+from components.split import split
 from tests.helpers import write_class_folder
 
 

@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from components import shards, synthetic
 from components.train import train
-from tests.helpers import write_class_folder
 from pipeline.cli import main
+from tests.helpers import write_class_folder
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -96,8 +96,9 @@ def test_user_mistakes_are_one_error_line(args, message, tmp_path, monkeypatch):
 
 def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
     """An image saved as PNG at the model's size predicts exactly as its shard record."""
-    from components.predict import load_model, predict_files
     from PIL import Image
+
+    from components.predict import load_model, predict_files
 
     normalized = model_dir.parent / "normalized"
     images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)

@@ -6,8 +6,8 @@ import pytest
 from components import shards
 from components.ingest import ingest
 from components.normalize import normalize
-from components.split import split
 from components.settings import DataConfig
+from components.split import split
 
 pytestmark = pytest.mark.real_data
 

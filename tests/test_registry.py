@@ -12,10 +12,9 @@ import pytest
 from PIL import Image
 
 from components import shards
+from components.champion import CHALLENGER, CHAMPION, FINGERPRINT_TAG, decide, log_gate, register_and_promote
 from components.evaluate import evaluate
 from components.predict import ModelLoadError, load_model
-from components.champion import (CHALLENGER, CHAMPION, FINGERPRINT_TAG, decide, log_gate,
-                                  register_and_promote)
 from components.settings import EvaluateConfig
 from components.tracking import log_model, pipeline_run
 from components.train import train

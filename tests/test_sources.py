@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from components import sources
 from components.ingest import IngestError, ingest
+from components.settings import DataConfig, SettingsError, load_section
 from components.sources import FileTooLarge, LocalFolderSource, SourceError, read_bytes
 from pipeline.cli import main
-from components.settings import DataConfig, SettingsError, load_section
 from tests.test_ingest_validation import jpeg_bytes, lesion
 
 

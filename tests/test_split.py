@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from components.split import SplitError, split, split_manifest
 from components.settings import DataConfig
+from components.split import SplitError, split, split_manifest
 
 
 def manifest(rows: list[dict]) -> pd.DataFrame:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from components import shards
-from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
 from components.callbacks import BestEpochTracker, read_epoch_log
 from components.imbalance import class_weights, logit_adjusted_loss, sparse_focal_loss
+from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
 from components.train import train
 from components.train_input import training_class_counts, training_dataset
 from tests.tiny_data import make_tiny_shards, tiny_config
@@ -271,8 +271,8 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     import keras
     from mlflow import MlflowClient
 
-    from components.evaluate import gradcam
     from components import tracking
+    from components.evaluate import gradcam
 
     run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
     cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10,

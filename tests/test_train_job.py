@@ -10,8 +10,8 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components.sources import GcsSource, upload_folder
 from components.callbacks import read_epoch_log
+from components.sources import GcsSource, upload_folder
 from components.train_job import weights_checksum
 from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards, tiny_config
