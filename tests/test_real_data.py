@@ -1,5 +1,8 @@
 """ingest + split + normalize on slices of the real collections in LESION_DATA
-(../shared/data in CI). Slices are symlinked, never copied."""
+(../shared/data in CI). Slices are copied into the test's temporary folder: a symlink
+leaving its source is refused by ingest (symlink_outside_source), as a user's would be."""
+import shutil
+
 import pandas as pd
 import pytest
 
@@ -15,11 +18,11 @@ ISIC9_CLASSES = ["actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis"
                  "nevus", "seborrheic_keratosis", "squamous_cell_carcinoma", "vascular_lesion"]
 
 
-def symlink_slice(src_root, dst_root, relpaths):
+def copy_slice(src_root, dst_root, relpaths):
     for rel in relpaths:
         dst = dst_root / rel
         dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to((src_root / rel).resolve())
+        shutil.copyfile(src_root / rel, dst)
 
 
 def run_steps(source, tmp_path, cfg):
@@ -35,7 +38,7 @@ def test_isic9_slice_keeps_kaggle_test_split(lesion_data, tmp_path):
     for part, per_class in (("Train", 12), ("Test", 3)):
         for class_dir in sorted((src / part).iterdir()):
             picked += [f.relative_to(src) for f in sorted(class_dir.glob("*.jpg"))[:per_class]]
-    symlink_slice(src, tmp_path / "isic9", picked)
+    copy_slice(src, tmp_path / "isic9", picked)
     cfg = DataConfig(image_size=48, val_fraction=0.25, test_fraction=0.0)
     result, splits, meta = run_steps(tmp_path / "isic9", tmp_path, cfg)
 
@@ -60,7 +63,7 @@ def test_ham10000_slice_never_splits_a_lesion(lesion_data, tmp_path):
     # Whole lesions, about 24 images per diagnosis, in CSV order (a lesion's images are adjacent).
     lesions = meta_csv.groupby("dx").apply(lambda g: g[g.lesion_id.isin(g.lesion_id.unique()[:16])], include_groups=False)
     rows = meta_csv[meta_csv.lesion_id.isin(lesions.lesion_id)]
-    symlink_slice(src, tmp_path / "ham", ["HAM10000_metadata.csv"] + [f"images/{i}.jpg" for i in rows.image_id])
+    copy_slice(src, tmp_path / "ham", ["HAM10000_metadata.csv"] + [f"images/{i}.jpg" for i in rows.image_id])
     cfg = DataConfig(image_size=48, format="ham10000", val_fraction=0.2, test_fraction=0.2)
     result, splits, meta = run_steps(tmp_path / "ham", tmp_path, cfg)
 
