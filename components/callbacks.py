@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components import atomic
+
 BEST_WEIGHTS_FILE = "best.weights.h5"
 BEST_STATE_FILE = "best.json"
 EPOCH_LOG_FILE = "epochs.jsonl"
@@ -75,8 +77,8 @@ class BestEpochTracker:
                 value = float(logs[tracker.monitor])
                 if tracker.improved(value):
                     tracker.best, tracker.best_epoch = value, epoch
-                    self.model.save_weights(tracker.out / BEST_WEIGHTS_FILE)
-                    (tracker.out / BEST_STATE_FILE).write_text(json.dumps(
+                    save_weights_atomically(self.model, tracker.out / BEST_WEIGHTS_FILE)
+                    atomic.write_text(tracker.out / BEST_STATE_FILE, json.dumps(
                         {"monitor": tracker.monitor, "best": value, "best_epoch": epoch}))
                 since_best = epoch - max(tracker.best_epoch, phase_start - 1)
                 if since_best >= tracker.patience:
@@ -106,8 +108,7 @@ def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix:
             values = {k: float(v) for k, v in (logs or {}).items()}
             # np.asarray: under a distribution strategy a constant rate is a MirroredVariable, which float() refuses.
             values["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
-            with open(out / EPOCH_LOG_FILE, "a") as f:
-                f.write(json.dumps({"epoch": epoch, **values}) + "\n")
+            append_line(out / EPOCH_LOG_FILE, json.dumps({"epoch": epoch, **values}))
             if client is not None:
                 client.log_batch(run_id, metrics=tracking.metrics_at(
                     {metric_prefix + k: v for k, v in values.items()}, step=epoch))
@@ -130,13 +131,67 @@ def time_budget_callback(minutes: float, started: float):
 
 
 
+def save_weights_atomically(model, path: Path) -> None:
+    """``model.save_weights(path)`` such that a kill leaves the old file or the new one,
+    never half of one."""
+    import os
+
+    partial = path.with_name(f".partial-{path.name}")  # Keras wants the .weights.h5 suffix
+    model.save_weights(partial, overwrite=True)
+    os.replace(partial, path)
+
+
+def backup_and_restore(backup_dir: Path):
+    """Keras' BackupAndRestore, with a backup that a kill at any moment leaves whole: the
+    epoch's weights go to a new file, then the metadata naming that file and the epoch is
+    replaced in one rename. (Keras overwrites both in place: a kill while it writes the
+    weights leaves an HDF5 file that the next run cannot open.)"""
+    import keras
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self):
+            folder = Path(self.backup_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            weights = folder / f"epoch-{self._current_epoch:05d}.weights.h5"
+            save_weights_atomically(self.model, weights)
+            atomic.write_text(self._training_metadata_path, json.dumps(
+                {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": weights.name}))
+            for old in folder.glob("epoch-*.weights.h5"):
+                if old != weights:
+                    old.unlink()
+
+        def _load_model(self):
+            metadata = Path(self._training_metadata_path)
+            if not metadata.is_file():
+                return
+            state = json.loads(metadata.read_text())
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(Path(self.backup_dir) / state["weights"])
+            self.model._initial_epoch = state["epoch"]
+
+    return AtomicBackupAndRestore(str(backup_dir))
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` on a line of its own, even after a line that a kill cut short."""
+    with open(path, "a+b") as f:
+        if f.seek(0, 2) and (f.seek(-1, 2), f.read(1))[1] != b"\n":
+            f.write(b"\n")
+        f.write(line.encode() + b"\n")
+
+
 def read_epoch_log(out: str | Path) -> list[dict]:
-    """Every epoch logged so far, a resumed epoch's latest record winning."""
+    """Every epoch logged so far, a resumed epoch's latest record winning; a last line
+    cut short by a kill is not a record."""
     path = Path(out) / EPOCH_LOG_FILE
     if not path.is_file():
         return []
     by_epoch = {}
     for line in path.read_text().splitlines():
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
         by_epoch[record["epoch"]] = record
     return [by_epoch[e] for e in sorted(by_epoch)]

@@ -25,6 +25,9 @@ from components.settings import EvaluateConfig
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 FINGERPRINT_TAG = "data_fingerprint"
+# The champion version a decision was made against ("none": there was none): versions
+# decided against the same one were promoted concurrently.
+COMPARED_WITH_TAG = "gate.compared_with"
 # A promotion re-reads the alias before moving it; if another run moved it meanwhile,
 # the decision is made again against the new champion, at most this many times.
 MAX_PROMOTION_ATTEMPTS = 3
@@ -169,17 +172,36 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
 
     from components import tracking
 
-    client = tracking.client(tracking_uri)
     compared_with = find_champion(tracking_uri, model_name)
     decision = _decide_against(compared_with, model_name, tracking_uri, new_metrics, normalized_dir, cfg)
     tracking.use_store(tracking_uri)
     try:
         version = str(mlflow.register_model(model_uri, model_name, tags={
-            **_decision_tags(decision), FINGERPRINT_TAG: data_fingerprint}).version)
+            **_decision_tags(decision, compared_with), FINGERPRINT_TAG: data_fingerprint}).version)
     except MlflowException as exc:
         raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: "
                                   f"{exc.message.splitlines()[0]}") from None
 
+    try:
+        decision, compared_with = _promote(tracking_uri, model_name, version, compared_with, decision, new_metrics,
+                                           normalized_dir, cfg, data_fingerprint)
+    except MlflowException as exc:
+        raise RegistryUnavailable(f"version {version} of {model_name} is registered with its decision and data "
+                                  f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}") from None
+    return {**asdict(decision), "model_name": model_name, "version": version,
+            "model_uri": f"models:/{model_name}/{version}",
+            "previous_champion": f"version {compared_with.version}" if compared_with is not None else None,
+            "metric": cfg.champion_metric, "margin": cfg.champion_margin}
+
+
+def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Champion | None,
+             decision: GateDecision, new_metrics: dict, normalized_dir: str | Path, cfg: EvaluateConfig,
+             data_fingerprint: str) -> tuple[GateDecision, Champion | None]:
+    """Give ``version`` the decided alias, deciding again if the champion moved since the
+    comparison; returns the final decision and the champion it was made against."""
+    from components import tracking
+
+    client = tracking.client(tracking_uri)
     for _ in range(MAX_PROMOTION_ATTEMPTS):
         current = find_champion(tracking_uri, model_name)
         if current == compared_with:
@@ -190,17 +212,56 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     else:
         raise RegistryUnavailable(f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
                                   f"compare with it: version {version} registered without an alias")
-    for key, value in _decision_tags(decision).items():
+    for key, value in _decision_tags(decision, compared_with).items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, decision.alias, version)
-    return {**asdict(decision), "model_name": model_name, "version": version,
-            "model_uri": f"models:/{model_name}/{version}",
-            "previous_champion": f"version {compared_with.version}" if compared_with is not None else None,
-            "metric": cfg.champion_metric, "margin": cfg.champion_margin}
+    if decision.alias == CHAMPION:
+        decision = _settle_concurrent_promotions(tracking_uri, model_name, version, compared_with, decision, cfg,
+                                                 data_fingerprint)
+    return decision, compared_with
 
 
-def _decision_tags(decision: GateDecision) -> dict[str, str]:
+def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: str, compared_with: Champion | None,
+                                  decision: GateDecision, cfg: EvaluateConfig, data_fingerprint: str) -> GateDecision:
+    """After moving ``@champion`` to ``version``: if runs on the same data promoted
+    their own versions at the same time (each compared with the same old champion, so
+    neither saw the other: the same ``gate.compared_with``), leave the alias on the best
+    of them on ``cfg.champion_metric``
+    (same data, so the same test split and comparable numbers), whichever write landed
+    last. A champion that no run of this set chose is left alone: it was decided later,
+    knowing ours. Returns this version's decision, changed if it lost."""
+    from components import tracking
+
+    client = tracking.client(tracking_uri)
+    current = find_champion(tracking_uri, model_name)
+    baseline = _baseline(compared_with)
+    metric_tag = f"test.{cfg.champion_metric}"
+    rivals = {str(v.version): float(v.tags[metric_tag]) for v in client.search_model_versions(f"name='{model_name}'")
+              if v.tags.get(COMPARED_WITH_TAG) == baseline and v.tags.get("gate.alias") == CHAMPION
+              and metric_tag in v.tags and v.tags.get(FINGERPRINT_TAG) == data_fingerprint}
+    if current is None or current.version not in rivals or version not in rivals:
+        return decision
+    best = max(rivals, key=lambda v: (rivals[v], int(v)))
+    if best != current.version:
+        client.set_registered_model_alias(model_name, CHAMPION, best)
+    if best == version:
+        return decision
+    lost = GateDecision(CHALLENGER, f"promoted at the same time as version {best} of the same data, which has the "
+                        f"better {cfg.champion_metric} ({rivals[best]:.4f} vs {rivals[version]:.4f}): "
+                        f"{decision.reason}", decision.comparison)
+    for key, value in _decision_tags(lost, compared_with).items():
+        client.set_model_version_tag(model_name, version, key, value)
+    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    return lost
+
+
+def _baseline(compared_with: Champion | None) -> str:
+    return compared_with.version if compared_with is not None else "none"
+
+
+def _decision_tags(decision: GateDecision, compared_with: Champion | None) -> dict[str, str]:
     return {"gate.alias": decision.alias, "gate.reason": decision.reason[:5000],
+            COMPARED_WITH_TAG: _baseline(compared_with),
             **{f"test.{k}": f"{v['new']:.4f}" for k, v in decision.comparison.items() if v["new"] is not None}}
 
 

@@ -249,8 +249,8 @@ def fit_phase(model, train_ds, steps_per_epoch: int, first_epoch: int, last_epoc
         logs = {"loss": float(loss / steps_per_epoch), "accuracy": float(correct / seen)}
         average_moving_statistics()
         next_epoch.assign(epoch + 1)
-        manager.save()  # before the callbacks, as fit's BackupAndRestore comes first
         callback_list.on_epoch_end(epoch, logs)
+        manager.save()  # after the callbacks, as in components.train: an epoch is saved once it is logged
         model.stop_training = bool(_from_chief(strategy, np.array([model.stop_training], np.int32))[0])
         if model.stop_training:
             break

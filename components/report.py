@@ -12,8 +12,9 @@ from components import artifacts
 DATA_REPORT_SUFFIXES = (".json", ".html", ".md")
 
 
-def run_summary(gate_details: dict, evaluation_dir: str | Path | None = None, registration_dir: str | Path | None = None,
-                splits_dir: str | Path | None = None, model_uri: str = "") -> dict:
+def run_summary(gate_details: dict, evaluation_dir: str | Path | None = None,
+                registration_dir: str | Path | None = None, splits_dir: str | Path | None = None,
+                model_uri: str = "") -> dict:
     """evaluate's metrics and register's decision when the run trained, else why it stopped."""
     data = dict(gate_details["data"])
     common = {"mlflow_run_id": gate_details["mlflow_run_id"], "mlflow_run_url": gate_details["mlflow_run_url"],
@@ -48,7 +49,8 @@ def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
 def mlflow_run_markdown(summary: dict) -> str:
     from components import tracking
 
-    lines = [f"# MLflow run\n\n[{summary['mlflow_run_id']}]({summary['mlflow_run_url']}) in `{summary['tracking_uri']}`"]
+    run = f"[{summary['mlflow_run_id']}]({summary['mlflow_run_url']})"
+    lines = [f"# MLflow run\n\n{run} in `{summary['tracking_uri']}`"]
     if not summary["skipped"]:
         gate = summary["gate"]
         lines.append(f"Registered model: `{gate['model_uri']}` ({gate['alias']}: {gate['reason']})")

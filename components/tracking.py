@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse
 
+from components.errors import UserError
+
 DEFAULT_DB_NAME = "mlflow.db"
 KFP_RUN_ID_TAG = "kfp.run_id"
 KFP_RUN_NAME_TAG = "kfp.run_name"
@@ -48,6 +50,53 @@ def resolve_tracking_uri(explicit: str | None = None, configured: str = "") -> s
     if uri:
         return uri
     return f"sqlite:///{Path.cwd() / DEFAULT_DB_NAME}"
+
+
+# Long enough for a busy server to answer /health, short enough that a wrong URL or a
+# server that is down is reported in seconds, not after the client's minutes of retries.
+HEALTH_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailable(UserError):
+    """The MLflow tracking server does not answer: one line, before any step starts."""
+
+
+def check_reachable(tracking_uri: str, timeout: float = HEALTH_TIMEOUT_S) -> None:
+    """An http(s) tracking server must answer ``GET /health`` within ``timeout``."""
+    import urllib.error
+    import urllib.request
+
+    if urlparse(tracking_uri).scheme not in ("http", "https"):
+        return
+    url = f"{tracking_uri.rstrip('/')}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        problem = f"HTTP {exc.code} {exc.reason}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} does not answer ({problem} from {url} within "
+                              f"{timeout:g} s): start it, or leave out --tracking-uri to use ./{DEFAULT_DB_NAME}")
+
+
+def ensure_store(tracking_uri: str) -> None:
+    """Create a local SQLite store once, under a file lock: two runs that start together
+    on a new store would otherwise both run MLflow's schema migration, and one fails
+    ("Online migration expected to match one row")."""
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    if not tracking_uri.startswith("sqlite:///"):
+        return
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(tracking_uri).search_experiments(max_results=1)  # creates and migrates the tables
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:

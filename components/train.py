@@ -11,8 +11,10 @@ the custom loop of ``components.distributed``. ``train.ensemble`` trains several
 in turn and saves one model that averages their probabilities.
 """
 
+import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -21,9 +23,10 @@ from typing import Sequence
 
 from kfp import dsl
 
-from components import artifacts, distributed
-from components.callbacks import (BestEpochTracker, epoch_log_callback, read_epoch_log, time_budget_callback,
-                                  validation_callback, validation_metrics)
+from components import artifacts, distributed, shards
+from components.callbacks import (EPOCH_LOG_FILE, BestEpochTracker, backup_and_restore, epoch_log_callback,
+                                  read_epoch_log, save_weights_atomically, time_budget_callback, validation_callback,
+                                  validation_metrics)
 from components.devices import Devices, configure_devices
 from components.ensemble import ensemble_model
 from components.imbalance import loss_and_class_weights
@@ -48,15 +51,13 @@ class TrainResult:
 
 def _fit_phase(model, train_ds, steps_per_epoch: int | None, first_epoch: int, last_epoch: int, backup_dir: Path,
                callbacks: list, class_weight: dict | None) -> None:
-    import keras
-
     # BackupAndRestore sets model._initial_epoch when it restores, and Keras prefers that
     # over fit(initial_epoch=...): clear a value left over from the previous phase.
     model._initial_epoch = None
     model.fit(train_ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
               # The backup last: an epoch is saved only after every callback of ours has logged
               # it and kept its weights if best, so a resume never skips an epoch's record.
-              callbacks=[*callbacks, keras.callbacks.BackupAndRestore(str(backup_dir))],
+              callbacks=[*callbacks, backup_and_restore(backup_dir)],
               class_weight=class_weight, verbose=2)
 
 
@@ -74,9 +75,11 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
     import keras
 
     members = tc.members()
+    out = Path(output_dir)
+    if len(members) == 1 and (out / HISTORY_FILE).is_file():
+        return _finished_model(out)  # trained to the end by an earlier run that died later
     devices = configure_devices(tc.seed)
     data = TrainingData.load(normalized_dir, augmented_dir)
-    out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if devices.workers > 1:
         distributed.copy_folder_from_chief(devices.strategy, out)
@@ -117,6 +120,40 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
     (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     return TrainResult(str(model_path), {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
                        sum(r.epochs_run for r in results), -1, devices.description, results)
+
+
+def checkpoint_dir(checkpoint_root: str | Path, normalized_dir: str | Path, augmented_dir: str | Path | None,
+                   tc: TrainConfig, data_fingerprint: str) -> Path:
+    """Where a training of this data with these settings keeps its checkpoints, under
+    ``checkpoint_root``: the same folder for the same run started again, so it resumes."""
+    identity = [data_fingerprint, json.dumps(tc.to_dict(), sort_keys=True),
+                (Path(normalized_dir) / shards.META_FILE).read_text()]
+    if augmented_dir and (Path(augmented_dir) / artifacts.AUGMENT_POLICY).is_file():
+        identity.append((Path(augmented_dir) / artifacts.AUGMENT_POLICY).read_text())
+    return Path(checkpoint_root) / hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+
+
+def progress_so_far(out: Path) -> str:
+    """What an earlier, interrupted training left in ``out``, for the log ('' if nothing)."""
+    if (out / HISTORY_FILE).is_file():
+        return f"training finished earlier in {out}: reusing its model"
+    logs = sorted(out.rglob(EPOCH_LOG_FILE))
+    if not logs:
+        return ""
+    epochs = sum(len(read_epoch_log(log.parent)) for log in logs)
+    return f"resuming training from epoch {epochs} ({epochs} epochs done in {out})"
+
+
+def keep_model(work: str | Path, output_dir: str | Path) -> str:
+    """The trained model's files (not the checkpoints) from ``work`` into the step's
+    output folder; returns the model's path there."""
+    work, out = Path(work), Path(output_dir)
+    if work != out:
+        out.mkdir(parents=True, exist_ok=True)
+        for name in (artifacts.MODEL, artifacts.CLASSES, HISTORY_FILE, EPOCH_LOG_FILE):
+            if (work / name).is_file():
+                shutil.copy2(work / name, out / name)
+    return str(out / artifacts.MODEL)
 
 
 def _finished_model(out: Path) -> TrainResult:
@@ -174,7 +211,7 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
                 compile_for(tc.learning_rate, frozen_epochs)
             fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
                       callbacks(0), class_weight)
-            model.save_weights(out / FROZEN_DONE_FILE)
+            save_weights_atomically(model, out / FROZEN_DONE_FILE)
     if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
             if transfer:
@@ -198,20 +235,31 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
 
 
 def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Dataset], train: dict,
-               melanoma_class: str, experiment: str, tracking_uri: str, kfp_run_name: str, kfp_run_id: str,
-               model: dsl.Output[dsl.Model]) -> str:
-    """KFP wrapper: the train step. Returns the MLflow model URI."""
+               melanoma_class: str, data_fingerprint: str, checkpoint_root: str, experiment: str, tracking_uri: str,
+               kfp_run_name: str, kfp_run_id: str, model: dsl.Output[dsl.Model]) -> str:
+    """KFP wrapper: the train step. Returns the MLflow model URI. With ``checkpoint_root``
+    (a local run's output folder) it trains in a folder there that the same run started
+    again finds, and resumes from its last completed epoch."""
+    from pathlib import Path
+
     from components import shards, tracking
     from components.errors import user_errors
     from components.settings import TrainConfig, load_section
+    from components.train import checkpoint_dir, keep_model, progress_so_far
     from components.train import train as train_model
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
     with user_errors():
-        result = train_model(normalized.path, augmented.path, load_section(TrainConfig, train, "train."), model.path,
-                             tracking_uri, run_id, melanoma_class=melanoma_class)
+        tc = load_section(TrainConfig, train, "train.")
+        work = (checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint)
+                if checkpoint_root else Path(model.path))
+        if progress := progress_so_far(work):
+            print(progress, flush=True)
+        result = train_model(normalized.path, augmented.path, tc, work, tracking_uri, run_id,
+                             melanoma_class=melanoma_class)
+    model_path = keep_model(work, model.path)
     meta = shards.read_meta(normalized.path)
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
                            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
-    return tracking.log_model(result.model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
+    return tracking.log_model(model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
                               meta.get("resize_mode", "pad"))

@@ -62,6 +62,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
     from components.models import check_model_name, resolve_weights
     from components.sources import open_source
+    from components.tracking import check_reachable, ensure_store
     from pipeline.local import PipelineFailed, run_local
 
     cfg = load_config(config_path, overrides, data)
@@ -70,6 +71,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
         resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
     open_source(cfg.data.source, cfg.data)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
+    check_reachable(uri)  # a server that is down is found now, not after minutes of retries in a step
+    ensure_store(uri)
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
     click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
     try:

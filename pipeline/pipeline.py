@@ -148,7 +148,7 @@ def create_pipeline(cfg: Config) -> Callable:
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None,
                   description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)")
     def lesion_pipeline(data_uri: str = cfg.data.source, tracking_uri: str = cfg.mlflow.tracking_uri,
-                        force_retrain: bool = False) -> str:
+                        force_retrain: bool = False, checkpoint_root: str = "") -> str:
         run = {"tracking_uri": tracking_uri, "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         listing = step("list_source", data_uri=data_uri, data=data)
@@ -165,7 +165,9 @@ def create_pipeline(cfg: Config) -> Callable:
                               manifest=manifest, data=data).outputs["normalized"]
             augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs["augmented"]
             trained = request_gpu(step("train", normalized=normalized, augmented=augmented, train=train,
-                                       melanoma_class=cfg.evaluate.melanoma_class, experiment=experiment, **run),
+                                       melanoma_class=cfg.evaluate.melanoma_class,
+                                       data_fingerprint=gate.outputs["fingerprint"], checkpoint_root=checkpoint_root,
+                                       experiment=experiment, **run),
                                   cfg.cluster.gpu)
             evaluation = step("evaluate", model=trained.outputs["model"], normalized=normalized, evaluate=evaluate,
                               experiment=experiment, **run).outputs["evaluation"]

@@ -43,15 +43,19 @@ class FaultProxy:
     It fails when ``fail()`` is called or, with ``fail_after_requests=N``, on the
     (N+1)-th request whose request line contains ``counting`` (every request when
     empty); failing drops every open connection. ``heal_after_s`` (or ``heal()``) makes
-    it forward again.
+    it forward again. Apart from failing, a request whose request line contains
+    ``delaying`` reaches the server ``delay_s`` seconds late (a slow network or gateway).
     """
 
     def __init__(self, target: tuple[str, int], mode: str = "refuse", *, fail_after_requests: int | None = None,
-                 counting: str = "", status: int = 503, heal_after_s: float | None = None):
+                 counting: str = "", status: int = 503, heal_after_s: float | None = None, delaying: str = "",
+                 delay_s: float = 0.0):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.target, self.mode, self.status = target, mode, status
         self.fail_after_requests, self.counting, self.heal_after_s = fail_after_requests, counting, heal_after_s
+        self.delaying, self.delay_s = delaying, delay_s
+        self.delayed: list[str] = []  # the requests held back, when their hold began (after the list append)
         self.requests: list[str] = []  # "GET /path" of every request seen, failed ones included
         self.failed_at: float | None = None  # time.monotonic() when it failed
         self._counted = 0
@@ -168,12 +172,14 @@ class FaultProxy:
             while data := client.recv(_CHUNK):
                 pending += data
                 last = 0
+                delay = False
                 for match in _REQUEST_LINE.finditer(pending):
                     with self._lock:
                         self.requests.append(f"{match[1].decode()} {match[2].decode()}")
                         self._counted += self.counting in self.requests[-1]
                         count = self._counted
                     last = match.end()
+                    delay |= bool(self.delaying) and self.delaying in self.requests[-1]
                     # "==", not ">": it fails once, so that heal() holds.
                     if self.fail_after_requests is not None and count == self.fail_after_requests + 1:
                         self.fail(keep=(client, upstream))
@@ -182,6 +188,10 @@ class FaultProxy:
                     _reset(upstream)
                     self._answer_failing(client, data, counted=True)
                     return
+                if delay:
+                    with self._lock:
+                        self.delayed.append(self.requests[-1])
+                    time.sleep(self.delay_s)
                 upstream.sendall(data)
         except OSError:
             pass

@@ -1,8 +1,12 @@
 """The whole pipeline through the real KFP local runner on tiny generated data, with
 MLflow on a local SQLite store (the default) and on a real tracking server."""
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -94,3 +98,32 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
     output = proc.stdout + proc.stderr
     assert expected in output
     assert "Traceback" not in output
+
+
+def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
+    """Was: a new pipeline_root/<timestamp> folder and training from epoch 1 again."""
+    command = [LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
+               *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=16",
+               "--set", "train.early_stopping_patience=16", "--output-dir", "out"]
+    killed = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 300
+    logs: list[Path] = []
+    while not any(len(log.read_text().splitlines()) >= 2 for log in logs):
+        assert killed.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline, "training never started"
+        time.sleep(0.05)
+        logs = list((tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl"))
+    os.killpg(killed.pid, signal.SIGKILL)  # the CLI and its step's process, as a power cut would
+    killed.wait(30)
+    done_before = len(logs[0].read_text().splitlines())
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = re.search(r"resuming training from epoch (\d+)", again.stdout + again.stderr)
+    assert resumed and int(resumed[1]) >= done_before >= 2
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    epochs = [json.loads(line)["epoch"] for line in
+              (Path(summary["pipeline_run_dir"]) / "train-step" / "model" / "epochs.jsonl").read_text().splitlines()]
+    assert sorted(set(epochs)) == list(range(16))  # every epoch logged, none lost across the kill
+    assert not (tmp_path / "out" / "checkpoints").exists()  # a finished run leaves no checkpoint behind

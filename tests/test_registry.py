@@ -2,9 +2,11 @@
 (register, aliases, re-scoring the champion on the same test split)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +14,14 @@ import pytest
 from PIL import Image
 
 from components import shards
-from components.champion import CHALLENGER, CHAMPION, FINGERPRINT_TAG, decide, log_gate, register_and_promote
+from components.champion import (CHALLENGER, CHAMPION, FINGERPRINT_TAG, RegistryUnavailable, decide, find_champion,
+                                  log_gate, register_and_promote)
 from components.evaluate import evaluate
 from components.predict import ModelLoadError, load_model
 from components.settings import EvaluateConfig
 from components.tracking import log_model, pipeline_run
 from components.train import train
+from tests.fault_proxy import FaultProxy
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -109,3 +113,100 @@ def test_bad_model_uris_are_one_line_errors(mlflow_server, tmp_path):
         load_model(str(tmp_path / "nothing.keras"))
     with pytest.raises(ModelLoadError, match="no model at"):
         load_model(str(tmp_path))
+
+
+# ---- faults: a registry error never decides the champion ------------------------------------------
+
+ALIAS_PATH = "/api/2.0/mlflow/registered-models/alias"
+
+
+def _server_address(url: str) -> tuple[str, int]:
+    host, port = url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+@pytest.fixture
+def quick_mlflow_failures(monkeypatch):
+    """The MLflow client gives up on a failing server at once instead of its 7 retries."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+
+
+@pytest.mark.parametrize("status", [403, 500])
+def test_a_registry_error_while_looking_up_the_champion_fails_the_step(two_models, mlflow_server, status,
+                                                                       quick_mlflow_failures):
+    """Was: any MlflowException meant "no champion yet", and a 0.35 model took @champion."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"registry-fault-{status}-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    cfg = _cfg()
+    good, bad = two_models["good"], two_models["bad"]
+    register_and_promote(mlflow_server, name, good["uri"], good["metrics"], two_models["normalized"], cfg, "f" * 64)
+    with FaultProxy(_server_address(mlflow_server), "status", status=status, fail_after_requests=0,
+                    counting=f"GET {ALIAS_PATH}") as proxy:
+        with pytest.raises(RegistryUnavailable, match=f"cannot look up {name}@champion in {proxy.url}"):
+            register_and_promote(proxy.url, name, bad["uri"], bad["metrics"], two_models["normalized"], cfg, "e" * 64)
+        with pytest.raises(RegistryUnavailable):  # the retraining gate's lookup: the same policy
+            find_champion(proxy.url, name)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+    assert [v.version for v in client.search_model_versions(f"name='{name}'")] == ["1"]
+
+
+def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_fingerprint(
+        two_models, mlflow_server, quick_mlflow_failures):
+    from mlflow.tracking import MlflowClient
+
+    name = f"alias-fault-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    good = two_models["good"]
+    with FaultProxy(_server_address(mlflow_server), "status", status=500, fail_after_requests=0,
+                    counting=f"POST {ALIAS_PATH}") as proxy:
+        with pytest.raises(RegistryUnavailable, match="registered with its decision and data fingerprint, but"):
+            register_and_promote(proxy.url, name, good["uri"], good["metrics"], two_models["normalized"], _cfg(),
+                                 "d" * 64)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    tags = client.get_model_version(name, "1").tags
+    assert tags[FINGERPRINT_TAG] == "d" * 64 and tags["gate.alias"] == CHAMPION and "gate.reason" in tags
+
+
+PROMOTE_IN_A_SUBPROCESS = """
+import json, sys
+from components.champion import register_and_promote
+from components.settings import EvaluateConfig
+tracking_uri, name, uri, metrics, normalized, fingerprint = sys.argv[1:]
+gate = register_and_promote(tracking_uri, name, uri, json.loads(metrics), normalized,
+                            EvaluateConfig(champion_margin=1.0), fingerprint)
+print(json.dumps(gate))
+"""
+
+
+def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, mlflow_server, tmp_path):
+    """Was: both compared with v1 and both moved @champion; the worse one, whose alias
+    write landed last, stayed champion. A margin of 1.0 makes each run's own gate say
+    champion; the worse run's alias write is held 8 s by a slow proxy."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"concurrent-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    cfg = EvaluateConfig(champion_margin=1.0)
+    good, bad, normalized = two_models["good"], two_models["bad"], str(two_models["normalized"])
+    register_and_promote(mlflow_server, name, bad["uri"], bad["metrics"], normalized, cfg, "c" * 64)  # v1
+    script = tmp_path / "promote.py"
+    script.write_text(PROMOTE_IN_A_SUBPROCESS)
+    root = Path(__file__).resolve().parents[1]
+    with FaultProxy(_server_address(mlflow_server), delaying=f"POST {ALIAS_PATH}", delay_s=8.0) as slow:
+        worse = subprocess.Popen([sys.executable, str(script), slow.url, name, bad["uri"], json.dumps(bad["metrics"]),
+                                  normalized, "c" * 64], cwd=root, stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(root)})
+        deadline = time.time() + 120
+        while not slow.delayed:  # the worse run has compared with v1 and is moving the alias
+            assert worse.poll() is None and time.time() < deadline, "the worse run never reached its alias write"
+            time.sleep(0.1)
+        better = register_and_promote(mlflow_server, name, good["uri"], good["metrics"], normalized, cfg, "c" * 64)
+        out, _ = worse.communicate(timeout=120)
+    assert worse.returncode == 0
+    late = json.loads(out.splitlines()[-1])
+    assert (late["previous_champion"], better["previous_champion"]) == ("version 1", "version 1")
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == better["version"]
+    assert late["alias"] == CHALLENGER and "promoted at the same time as version" in late["reason"]
+    assert client.get_model_version(name, late["version"]).tags["gate.alias"] == CHALLENGER

@@ -311,3 +311,39 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     assert epochs_seen == [] and again.epochs_run == 5
     np.testing.assert_allclose(keras.models.load_model(again.model_path, compile=False).predict(images, verbose=0),
                                np.mean(member_probs, axis=0), atol=1e-5)
+
+
+def test_the_epoch_log_survives_a_line_cut_short_by_a_kill(tmp_path):
+    from components.callbacks import EPOCH_LOG_FILE, append_line
+
+    (tmp_path / EPOCH_LOG_FILE).write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo')  # killed mid-write
+    append_line(tmp_path / EPOCH_LOG_FILE, '{"epoch": 1, "loss": 0.5}')
+    assert read_epoch_log(tmp_path) == [{"epoch": 0, "loss": 1.0}, {"epoch": 1, "loss": 0.5}]
+
+
+def test_a_killed_backup_write_leaves_the_previous_backup_whole(normalized, tmp_path):
+    """Keras' own BackupAndRestore overwrote its one weights file in place: a kill while
+    it wrote left an HDF5 file the next run could not open."""
+    from components.callbacks import backup_and_restore
+
+    cfg = tiny_config(epochs=2).train
+    model = build_model("seed_cnn", 4, 32, MEAN, STD)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    paths = shards.shard_paths(normalized, "train")
+    data = training_dataset(paths, 32, cfg, 4)
+    model.fit(data, epochs=1, callbacks=[backup_and_restore(tmp_path / "backup")], verbose=0)
+    # fit() removes its backup when it ends; keep one as a killed run leaves it.
+    backup = backup_and_restore(tmp_path / "kept")
+    backup.set_model(model)
+    backup._current_epoch = 1
+    backup._save_model()
+    saved = [w.copy() for w in model.get_weights()]
+    (tmp_path / "kept" / ".partial-epoch-00002.weights.h5").write_bytes(b"\x89HDF\r\n half written")  # the kill
+    fresh = build_model("seed_cnn", 4, 32, MEAN, STD)
+    fresh.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    restore = backup_and_restore(tmp_path / "kept")
+    restore.set_model(fresh)
+    restore.on_train_begin()
+    assert fresh._initial_epoch == 1
+    for got, want in zip(fresh.get_weights(), saved):
+        np.testing.assert_array_equal(got, want)
