@@ -37,6 +37,7 @@ MAX_PROMOTION_ATTEMPTS = 3
 class Champion:
     version: str
     fingerprint: str  # empty when the version was registered without one
+    run_id: str = ""  # the MLflow run that logged it (empty for a version made without one)
 
 
 @dataclass
@@ -69,7 +70,7 @@ def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
             return None
         raise RegistryUnavailable(f"cannot look up {model_name}@{CHAMPION} in {tracking_uri}: "
                                   f"{exc.message.splitlines()[0] if exc.message else exc}") from None
-    return Champion(str(version.version), version.tags.get(FINGERPRINT_TAG, ""))
+    return Champion(str(version.version), version.tags.get(FINGERPRINT_TAG, ""), str(version.run_id or ""))
 
 
 class RegistryUnavailable(UserError):

@@ -20,7 +20,9 @@ def run_summary(gate_details: dict, evaluation_dir: str | Path | None = None,
     common = {"mlflow_run_id": gate_details["mlflow_run_id"], "mlflow_run_url": gate_details["mlflow_run_url"],
               "tracking_uri": gate_details["tracking_uri"], "retrain": gate_details}
     if evaluation_dir is None:
-        return {**common, "skipped": True, "skip_reason": gate_details["reason"], "data": data}
+        # The model this run keeps serving: the champion, with its numbers.
+        return {**common, "skipped": True, "skip_reason": gate_details["reason"], "data": data,
+                "champion": gate_details.get("champion") or {}}
     split_report = json.loads((Path(splits_dir) / artifacts.SPLIT_REPORT).read_text())
     data.update({f"{k}_images": v for k, v in split_report["subset_sizes"].items()})
     gate = json.loads((Path(registration_dir) / artifacts.GATE).read_text())

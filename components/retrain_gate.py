@@ -53,8 +53,14 @@ def gate(manifest_dir: str | Path, model_name: str, experiment: str, run_params:
                        "retrain.reason": decision.reason}.items():
         client.set_tag(run_id, key, value)
     report = json.loads((Path(manifest_dir) / artifacts.INGEST_REPORT).read_text())
+    kept = {}
+    if champion is not None:
+        metrics = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
+        kept = {"version": champion.version, "model_uri": f"models:/{model_name}/{champion.version}",
+                "test_metrics": {k.removeprefix("test_"): v for k, v in sorted(metrics.items())
+                                 if k.startswith("test_")}}
     return {"decision": decision.action, "reason": decision.reason, "fingerprint": fingerprint,
-            "champion_version": champion.version if champion else "", "mlflow_run_id": run_id,
+            "champion_version": champion.version if champion else "", "champion": kept, "mlflow_run_id": run_id,
             "mlflow_run_url": tracking.run_url(tracking_uri, run_id), "tracking_uri": tracking_uri,
             "data": summary_counts(report)}
 

@@ -87,6 +87,7 @@ def ensure_store(tracking_uri: str) -> None:
     on a new store would otherwise both run MLflow's schema migration, and one fails
     ("Online migration expected to match one row")."""
     import fcntl
+    import logging
 
     from mlflow.tracking import MlflowClient
 
@@ -96,7 +97,13 @@ def ensure_store(tracking_uri: str) -> None:
     db.parent.mkdir(parents=True, exist_ok=True)
     with open(db.with_name(db.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        MlflowClient(tracking_uri).search_experiments(max_results=1)  # creates and migrates the tables
+        migrations = logging.getLogger("mlflow.store.db.utils")
+        level = migrations.level
+        migrations.setLevel(logging.WARNING)  # "Creating initial MLflow database tables...": not news
+        try:
+            MlflowClient(tracking_uri).search_experiments(max_results=1)  # creates and migrates the tables
+        finally:
+            migrations.setLevel(level)
 
 
 def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
@@ -135,6 +142,19 @@ def pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, kfp_run_
     if params:
         store.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     return run.info.run_id
+
+
+def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, status: str, reason: str) -> None:
+    """End a pipeline's MLflow run that is still RUNNING as ``status`` (FAILED, KILLED),
+    with the reason as the tag ``lesion.end_reason``."""
+    store = client(tracking_uri)
+    found = store.get_experiment_by_name(experiment)
+    if found is None:
+        return
+    for run in store.search_runs([found.experiment_id], filter_string=f"tags.`{KFP_RUN_NAME_TAG}` = '{kfp_run_name}'"):
+        if run.info.status == "RUNNING":
+            store.set_tag(run.info.run_id, "lesion.end_reason", reason[:5000])
+            store.set_terminated(run.info.run_id, status)
 
 
 def run_url(tracking_uri: str, run_id: str) -> str:

@@ -2,10 +2,11 @@
 Kubeflow Pipelines cluster, ingest alone, open the MLflow UI."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import click
 
@@ -17,6 +18,21 @@ from pipeline.config import Config
 DEFAULT_OUTPUT_DIR = "lesion_outputs"
 # TensorFlow's C++ start-up chatter hides the pipeline's progress; warnings still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null for the block: native libraries write there
+    directly, past sys.stderr. Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 class LesionCLI(click.Group):
@@ -58,13 +74,15 @@ def main() -> None:
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--force-retrain", is_flag=True,
               help="Train even when the data is the data the current champion was trained on.")
-def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
+@click.option("--verbose", "-v", is_flag=True, help="Show every line the steps print (always in the run's logs/).")
+def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, verbose):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.models import check_model_name, resolve_weights
     from components.sources import open_source
     from components.tracking import check_reachable, ensure_store
     from pipeline.local import PipelineFailed, run_local
 
+    with native_stderr_silenced():  # TensorFlow's C++ start-up lines, printed whatever the log level
+        from components.models import check_model_name, resolve_weights
     cfg = load_config(config_path, overrides, data)
     check_model_name(cfg.train.model)
     if not cfg.train.weights.startswith("gs://"):
@@ -76,12 +94,19 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
     click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
     try:
-        summary = run_local(cfg, cfg.data.source, output_dir, uri, force_retrain)
+        summary = run_local(cfg, cfg.data.source, output_dir, uri, force_retrain,
+                            echo=lambda line: click.echo(line, err=True), verbose=verbose)
     except PipelineFailed as exc:
-        raise click.ClickException(f"{exc} (the failed step's log above says why)") from None
+        raise click.ClickException(str(exc)) from None
     click.echo("")
     if summary["skipped"]:
         click.echo(f"skipped: {summary['skip_reason']} (--force-retrain trains anyway)")
+        kept = summary.get("champion") or {}
+        if kept:
+            scores = kept.get("test_metrics", {})
+            click.echo(f"champion kept: {kept['model_uri']}"
+                       + (f" (test balanced accuracy {scores['balanced_accuracy']:.3f})"
+                          if "balanced_accuracy" in scores else ""))
     else:
         m = summary["metrics"]
         click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
@@ -92,6 +117,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
         if gate:
             click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
     click.echo(f"summary:       {summary['summary_path']}")
+    click.echo(f"logs:          {Path(summary['run_dir']) / 'logs'}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")
 

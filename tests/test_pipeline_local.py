@@ -64,7 +64,7 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
                            *sum((["--set", s] for s in TINY), []), "--output-dir", "out"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
     assert summary["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert summary["data"]["synthetic"] is True
     assert summary["data"]["files_found"] == 4 * 8
@@ -74,6 +74,15 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     assert summary["mlflow_run_id"] in link
     assert "summary.json" in proc.stdout and "lesionpipe ui --tracking-uri" in proc.stdout
     assert "(SYNTHETIC data)" in proc.stdout
+    # A console a person reads: a line as each task starts and ends, one per epoch; the
+    # rest in the run's logs.
+    console = proc.stderr.splitlines()
+    assert len(console) + len(proc.stdout.splitlines()) <= 100
+    assert "[1/12] list_source ..." in console and any(re.match(r"\[4/12\] split  \d+\.\d s$", c) for c in console)
+    assert any(re.match(r" +epoch 1/1  loss [\d.]+  val_loss", c) for c in console)
+    run_dir = Path(summary["run_dir"])
+    assert run_dir.parent == tmp_path / "out" and (run_dir / "logs" / "train.log").is_file()
+    assert "executor_input" in (run_dir / "pipeline.log").read_text()  # everything KFP printed is kept
 
 
 def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
@@ -98,6 +107,8 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
     output = proc.stdout + proc.stderr
     assert expected in output
     assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]  # the cause, in words, is the last line
+    assert last.startswith("Error: ") and expected.removeprefix("Error: ") in last
 
 
 def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
@@ -122,8 +133,53 @@ def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     resumed = re.search(r"resuming training from epoch (\d+)", again.stdout + again.stderr)
     assert resumed and int(resumed[1]) >= done_before >= 2
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
     epochs = [json.loads(line)["epoch"] for line in
               (Path(summary["pipeline_run_dir"]) / "train-step" / "model" / "epochs.jsonl").read_text().splitlines()]
     assert sorted(set(epochs)) == list(range(16))  # every epoch logged, none lost across the kill
     assert not (tmp_path / "out" / "checkpoints").exists()  # a finished run leaves no checkpoint behind
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:  # the process ended meanwhile
+        return ""
+
+
+def _mlflow_run_of(tracking_uri: str, experiment: str):
+    client = MlflowClient(tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return run
+
+
+def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line(tmp_path):
+    proc = subprocess.run([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
+                           *sum((["--set", s] for s in TINY), []), "--set", "train.model=mobilenet_v2",
+                           "--set", "train.alpha=0.3", "--output-dir", "out"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
+    assert re.fullmatch(r"Error: train failed: mobilenet_v2 has no alpha 0\.3 \(one of .*\) \(full log: .*train\.log\)",
+                        last), last
+    assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
+    run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
+    assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
+
+
+def test_ctrl_c_ends_the_mlflow_run_killed_and_leaves_no_process_behind(tmp_path):
+    """Was: "Aborted!", the MLflow run RUNNING forever, the training child alive ~20 s more."""
+    cli = subprocess.Popen([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
+                            *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=50",
+                            "--set", "train.early_stopping_patience=50", "--output-dir", "out"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl")):
+        assert cli.poll() is None and time.time() < deadline, "training never started"
+        time.sleep(0.1)
+    cli.send_signal(signal.SIGINT)  # the CLI alone, as a terminal's Ctrl-C reaches it first
+    assert cli.wait(60) != 0
+    time.sleep(1)
+    assert [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path) in _read_or_empty(p)] == []
+    run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
+    assert run.info.status == "KILLED" and run.data.tags["lesion.end_reason"] == "interrupted (Ctrl-C)"

@@ -88,8 +88,9 @@ def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, m
                                        "--data", str(data), "--tracking-uri", tracking_uri, "--output-dir", "skipped"])
     assert result.exit_code == 0, result.output
     assert f"skipped: data unchanged since champion v{champion} (--force-retrain trains anyway)" in result.output
-    skipped = json.loads((tmp_path / "skipped" / "summary.json").read_text())
+    skipped = json.loads((tmp_path / "skipped" / "latest" / "summary.json").read_text())
     assert skipped["skipped"] is True and skipped["data"]["ingested"] == 18
+    assert skipped["champion"]["model_uri"] == f"models:/{cfg.mlflow.model_name}/{champion}"  # what it keeps serving
     run_dir = tmp_path / "skipped" / "pipeline_root"
     ran = {p.name for p in next(run_dir.iterdir()).iterdir()}
     assert {"ingest-step", "retrain-gate-step"} <= ran and not ran & {"split-step", "train-step", "evaluate-step"}

@@ -1,0 +1,160 @@
+"""What a person sees while ``lesionpipe run`` works: one line when a task starts and
+when it ends (with its duration), one line per training epoch, the few lines that
+matter (the retraining gate's decision, a resumed training, the registered model), and
+for a failed task the end of its log and its cause. Everything the KFP local runner
+prints goes, whole, to ``pipeline.log`` and each task's own ``logs/<task>.log`` in the
+run's folder; ``--verbose`` shows it all on the console as well.
+
+The local runner prints through ``sys.stdout`` from one thread per running task
+(normalize's shards run side by side), so a line belongs to the task its thread is
+running.
+"""
+from __future__ import annotations
+
+import io
+import re
+import threading
+import time
+from pathlib import Path
+from typing import Callable, TextIO
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_STARTED = re.compile(r"Executing task '([^']+)'")
+_FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+_EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
+_EPOCH_RESULT = re.compile(r"^\d+/\d+ - (\d+m?s) - .*?- (loss: [\d.]+.*)$")
+# Lines of a step worth a person's attention (printed by our step wrappers).
+_NOTABLE = re.compile(r"^(retraining gate: |resuming training from epoch|training finished earlier|registered |"
+                      r"ensemble member |train\.max_train_minutes|warning: )")
+_ERROR = re.compile(r"^error: (.+)$")
+_EPOCH_METRICS = ("loss", "val_loss", "val_balanced_accuracy", "val_melanoma_auc")
+FAILED_TAIL_LINES = 15
+
+
+def _short(name: str) -> str:
+    return name.removesuffix("-step").replace("-", "_")
+
+
+class RunConsole(io.TextIOBase):
+    """A ``sys.stdout`` stand-in for the duration of a local run."""
+
+    def __init__(self, run_dir: Path, total_tasks: int, echo: Callable[[str], None], verbose: bool = False,
+                 terminal: TextIO | None = None):
+        self.run_dir = run_dir
+        self.logs = run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.total = total_tasks
+        self.echo = echo
+        self.verbose = verbose
+        self.terminal = terminal
+        self._full = open(run_dir / "pipeline.log", "a", encoding="utf-8")
+        self._lock = threading.Lock()
+        self._pending: dict[int, str] = {}
+        self._task_of_thread: dict[int, str] = {}
+        self._task_logs: dict[str, TextIO] = {}
+        self._started: dict[str, tuple[int, float]] = {}
+        self._epochs: dict[str, str] = {}
+        self._causes: dict[str, str] = {}
+        self.failures: list[str] = []
+
+    # ---- the stream ------------------------------------------------------------------
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if self.verbose and self.terminal is not None:
+            self.terminal.write(text)
+        thread = threading.get_ident()
+        with self._lock:
+            buffered = self._pending.pop(thread, "") + text
+            *lines, rest = buffered.split("\n")
+            if rest:
+                self._pending[thread] = rest
+            for line in lines:
+                self._line(thread, _ANSI.sub("", line))
+        return len(text)
+
+    def flush(self) -> None:
+        self._full.flush()
+        for log in self._task_logs.values():
+            log.flush()
+        if self.terminal is not None:
+            self.terminal.flush()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.flush()
+        super().close()  # before the files: it flushes once more
+        self._full.close()
+        for log in self._task_logs.values():
+            log.close()
+
+    # ---- lines -----------------------------------------------------------------------
+    def _line(self, thread: int, line: str) -> None:
+        self._full.write(line + "\n")
+        if started := _STARTED.search(line):
+            self._task_started(thread, started[1])
+            return
+        if finished := _FINISHED.search(line):
+            self._task_finished(thread, finished[1], finished[2])
+            return
+        task = self._task_of_thread.get(thread)
+        if task is None:
+            return
+        self._task_logs[task].write(line + "\n")
+        self._step_line(task, line.strip())
+
+    def _step_line(self, task: str, text: str) -> None:
+        if epoch := _EPOCH.match(text):
+            self._epochs[task] = f"{epoch[1]}/{epoch[2]}"
+        elif (result := _EPOCH_RESULT.match(text)) and task in self._epochs:
+            values = dict(re.findall(r"(\w+): ([\d.]+)", result[2]))
+            shown = "  ".join(f"{k} {float(values[k]):.3f}" for k in _EPOCH_METRICS if k in values)
+            self._say(f"        epoch {self._epochs.pop(task)}  {shown}  ({result[1]})")
+        elif _NOTABLE.match(text):
+            self._say(f"        {text}")
+        elif error := _ERROR.match(text):
+            self._causes[task] = error[1]
+
+    def _task_started(self, thread: int, task: str) -> None:
+        # Shards of one step share its task name: the second one's log is <step>_2.log.
+        same = sum(1 for uid in self._started if uid.split("#")[0] == task)
+        uid = f"{task}#{same + 1}" if same else task
+        self._task_of_thread[thread] = uid
+        number = len(self._started) + 1
+        self._task_logs[uid] = open(self.logs / f"{self._log_name(uid)}.log", "a", encoding="utf-8")
+        self._started[uid] = (number, time.monotonic())
+        self._say(f"[{number}/{self.total}] {_short(task)} ...")
+
+    def _task_finished(self, thread: int, task: str, status: str) -> None:
+        uid = self._task_of_thread.get(thread, task)
+        number, began = self._started.get(uid, (0, time.monotonic()))
+        seconds = time.monotonic() - began
+        if status == "SUCCESS":
+            self._say(f"[{number}/{self.total}] {_short(task)}  {seconds:.1f} s")
+            return
+        self.failures.append(uid)
+        self._task_logs[uid].flush()
+        log = self.logs / f"{self._log_name(uid)}.log"
+        tail = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()][-FAILED_TAIL_LINES:]
+        self._say(f"[{number}/{self.total}] {_short(task)}  FAILED after {seconds:.1f} s; the end of its log:")
+        for line in tail:
+            self._say(f"    | {line.strip()[:200]}")
+
+    @staticmethod
+    def _log_name(uid: str) -> str:
+        task, _, copy = uid.partition("#")
+        return _short(task) + (f"_{copy}" if copy else "")
+
+    def _say(self, text: str) -> None:
+        if not self.verbose:
+            self.echo(text)
+
+    def failure(self) -> str:
+        """The first failed task's cause in words, and where its whole log is."""
+        if not self.failures:
+            return ""
+        uid = self.failures[0]
+        cause = self._causes.get(uid, "it ended with an error (see its log)")
+        return f"{self._log_name(uid)} failed: {cause} (full log: {self.logs / (self._log_name(uid) + '.log')})"
