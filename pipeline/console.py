@@ -108,10 +108,11 @@ class RunConsole(io.TextIOBase):
     def _step_line(self, task: str, text: str) -> None:
         if epoch := _EPOCH.match(text):
             self._epochs[task] = f"{epoch[1]}/{epoch[2]}"
-        elif (result := _EPOCH_RESULT.match(text)) and task in self._epochs:
+        elif result := _EPOCH_RESULT.match(text):
+            # Keras heads each epoch with "Epoch i/n", except when fit() runs a single one.
             values = dict(re.findall(r"(\w+): ([\d.]+)", result[2]))
             shown = "  ".join(f"{k} {float(values[k]):.3f}" for k in _EPOCH_METRICS if k in values)
-            self._say(f"        epoch {self._epochs.pop(task)}  {shown}  ({result[1]})")
+            self._say(f"        epoch {self._epochs.pop(task, '1/1')}  {shown}  ({result[1]})")
         elif _NOTABLE.match(text):
             self._say(f"        {text}")
         elif error := _ERROR.match(text):
