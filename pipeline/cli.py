@@ -60,15 +60,14 @@ def main() -> None:
               help="Train even when the data is the data the current champion was trained on.")
 def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.models import check_model_name, resolve_weights
+    from components.models import check_model_name, check_weights
     from components.sources import open_source
     from components.tracking import check_reachable, ensure_store
     from pipeline.local import PipelineFailed, run_local
 
     cfg = load_config(config_path, overrides, data)
     check_model_name(cfg.train.model)
-    if not cfg.train.weights.startswith("gs://"):
-        resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
+    check_weights(cfg.train.model, cfg.train.weights)  # missing weights fail here, before any step starts
     open_source(cfg.data.source, cfg.data)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     check_reachable(uri)  # a server that is down is found now, not after minutes of retries in a step
