@@ -126,12 +126,24 @@ def ingest(config_path, overrides, data, output_dir, data_format):
               help="Metrics JSON; report.html and the pictures go beside it.")
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
 def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
-    """Score a model on every labelled image of a source: same metrics and report as the pipeline."""
+    """Score a model on every labelled image of a source: same metrics and report as the pipeline.
+    Without --config, with the evaluate settings (TTA included) of the pipeline run that
+    logged the model, where there is one; --set evaluate.KEY=VALUE overrides them."""
     from components.evaluate import evaluate_source
     from components.predict import load_model
+    from components.settings import EvaluateConfig
+    from components.tracking import run_params
 
     cfg = load_config(config_path, overrides, data)
-    loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
+    loaded = load_model(model_uri, uri)
+    if not config_path and loaded.run_id:
+        ran_with = {k: v for k, v in run_params(uri, loaded.run_id, "evaluate.").items()
+                    if k.removeprefix("evaluate.") in EvaluateConfig.model_fields}
+        if ran_with:
+            cfg = load_config(None, (*(f"{k}={v}" for k, v in sorted(ran_with.items())), *overrides), data)
+            click.echo(f"evaluate settings of the model's run {loaded.run_id} (tta {str(cfg.evaluate.tta).lower()})",
+                       err=True)
     result = evaluate_source(loaded, data, cfg.data, cfg.evaluate, out_path)
     m = result["metrics"]
     click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
