@@ -150,6 +150,10 @@ def test_lite_backbone_freezes_per_layer_and_keeps_pretrained_weights():
     assert model.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
     # Grad-CAM's layer follows the last feature map.
     assert model.get_layer("feature_pool").input.shape[-1] == 1280
+    from components.evaluate import gradcam
+
+    heat = gradcam(model, np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32), 1)
+    assert heat.shape == (2, 64, 64) and np.isfinite(heat).all() and heat.max() <= 1.0
 
     layers_ = backbone_layers(model)
     assert layers_[0].name == "stem_conv" and layers_[-1].name == "top_relu6"
