@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from components.errors import UserError
+from components.models import ModelError
 
 # name: (width multiplier, depth multiplier, default resolution)
 VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
@@ -38,7 +38,7 @@ INPUT_SCALE, INPUT_OFFSET = 1 / 128, -127 / 128
 IMAGENET_CLASSES = 1000
 
 
-class LiteWeightsError(UserError):
+class LiteWeightsError(ModelError):
     """Missing or unusable EfficientNet-Lite weights: one line for the user."""
 
 
