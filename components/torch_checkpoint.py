@@ -53,10 +53,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _Tensor(storage, int(storage_offset), tuple(int(s) for s in size), tuple(int(s) for s in stride))
 
 
-ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-           ("torch", "FloatStorage"): _StorageType("FloatStorage"),
-           ("torch", "LongStorage"): _StorageType("LongStorage"),
-           ("collections", "OrderedDict"): collections.OrderedDict}
+# The only names a state dict's pickle may load (each storage type a fresh object per
+# lookup, so a crafted file cannot change one that another file's reading sees).
+ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): lambda: _rebuild_tensor_v2,
+           ("torch", "FloatStorage"): lambda: _StorageType("FloatStorage"),
+           ("torch", "LongStorage"): lambda: _StorageType("LongStorage"),
+           ("collections", "OrderedDict"): lambda: collections.OrderedDict}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -67,7 +69,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return ALLOWED[(module, name)]
+            return ALLOWED[(module, name)]()
         except KeyError:
             raise CheckpointError(f"{self.path}: refused to load {module}.{name} (a PyTorch state dict "
                                   f"needs only tensors; this file may run code)") from None
@@ -78,6 +80,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType)):
             raise CheckpointError(f"{self.path}: unsupported persistent id {str(pid)[:80]!r}")
         _, storage_type, key, _location, size = pid[:5]
+        if not isinstance(size, int) or size < 0:
+            raise CheckpointError(f"{self.path}: bad storage size {size!r}")
         if len(pid) > 5 and pid[5] is not None:
             raise CheckpointError(f"{self.path}: storage views are not supported")
         if key not in self.storages:
@@ -90,6 +94,7 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
+    file_size = path.stat().st_size
     with path.open("rb") as f:
         if f.read(2) == b"PK":
             raise CheckpointError(f"{path}: a zip-format PyTorch file (torch >= 1.6); only the legacy format is read")
@@ -120,8 +125,11 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             count = np.frombuffer(f.read(8), "<i8")
             if count.size != 1 or int(count[0]) != storage.size:
                 raise CheckpointError(f"{path}: storage {key!r} is truncated or its size is wrong")
-            raw = f.read(storage.size * storage.type.dtype.itemsize)
-            if len(raw) != storage.size * storage.type.dtype.itemsize:
+            nbytes = storage.size * storage.type.dtype.itemsize
+            if nbytes > file_size - f.tell():  # before reading: a crafted size must not allocate
+                raise CheckpointError(f"{path}: truncated (storage {key!r})")
+            raw = f.read(nbytes)
+            if len(raw) != nbytes:
                 raise CheckpointError(f"{path}: truncated (storage {key!r})")
             storage.data = np.frombuffer(raw, storage.type.dtype)
 
