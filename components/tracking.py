@@ -157,6 +157,17 @@ def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, stat
             store.set_terminated(run.info.run_id, status)
 
 
+def run_params(tracking_uri: str, run_id: str, prefix: str = "") -> dict[str, str]:
+    """The params of an MLflow run whose names start with ``prefix`` ({} if the run is gone)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        params = client(tracking_uri).get_run(run_id).data.params
+    except MlflowException:
+        return {}
+    return {k: v for k, v in params.items() if k.startswith(prefix)}
+
+
 def run_url(tracking_uri: str, run_id: str) -> str:
     """A browser URL for the run (for a local store: the URL `lesionpipe ui` serves)."""
     experiment_id = client(tracking_uri).get_run(run_id).info.experiment_id

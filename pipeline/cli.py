@@ -82,11 +82,10 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     from pipeline.local import PipelineFailed, run_local
 
     with native_stderr_silenced():  # TensorFlow's C++ start-up lines, printed whatever the log level
-        from components.models import check_model_name, resolve_weights
+        from components.models import check_model_name, check_weights
     cfg = load_config(config_path, overrides, data)
     check_model_name(cfg.train.model)
-    if not cfg.train.weights.startswith("gs://"):
-        resolve_weights(cfg.train.weights)  # a missing local weights file fails here, before any step starts
+    check_weights(cfg.train.model, cfg.train.weights)  # missing weights fail here, before any step starts
     open_source(cfg.data.source, cfg.data)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     check_reachable(uri)  # a server that is down is found now, not after minutes of retries in a step
@@ -153,12 +152,24 @@ def ingest(config_path, overrides, data, output_dir, data_format):
               help="Metrics JSON; report.html and the pictures go beside it.")
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
 def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
-    """Score a model on every labelled image of a source: same metrics and report as the pipeline."""
+    """Score a model on every labelled image of a source: same metrics and report as the pipeline.
+    Without --config, with the evaluate settings (TTA included) of the pipeline run that
+    logged the model, where there is one; --set evaluate.KEY=VALUE overrides them."""
     from components.evaluate import evaluate_source
     from components.predict import load_model
+    from components.settings import EvaluateConfig
+    from components.tracking import run_params
 
     cfg = load_config(config_path, overrides, data)
-    loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri))
+    uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
+    loaded = load_model(model_uri, uri)
+    if not config_path and loaded.run_id:
+        ran_with = {k: v for k, v in run_params(uri, loaded.run_id, "evaluate.").items()
+                    if k.removeprefix("evaluate.") in EvaluateConfig.model_fields}
+        if ran_with:
+            cfg = load_config(None, (*(f"{k}={v}" for k, v in sorted(ran_with.items())), *overrides), data)
+            click.echo(f"evaluate settings of the model's run {loaded.run_id} (tta {str(cfg.evaluate.tta).lower()})",
+                       err=True)
     result = evaluate_source(loaded, data, cfg.data, cfg.evaluate, out_path)
     m = result["metrics"]
     click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"

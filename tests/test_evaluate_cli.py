@@ -1,0 +1,85 @@
+"""`lesionpipe evaluate` scores as the pipeline's evaluate step does: with test-time
+augmentation when the run config asks for it (from --config, or, without one, from the
+pipeline run that logged the model), unless told otherwise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from components import shards
+from components.predict import load_images, load_model
+from components.tracking import log_model, pipeline_run
+from components.train import train
+from pipeline.cli import main
+from tests.helpers import write_class_folder
+from tests.tiny_data import make_tiny_shards, tiny_config
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory) -> dict:
+    """A tiny model logged to an SQLite store by a run whose config has evaluate.tta true."""
+    root = tmp_path_factory.mktemp("evaluate_cli")
+    cfg = tiny_config(epochs=1).with_overrides(["evaluate.tta=true"])
+    normalized = make_tiny_shards(root, cfg)
+    result = train(normalized, None, cfg.train, root / "model")
+    meta = shards.read_meta(normalized)
+    store = f"sqlite:///{root / 'mlflow.db'}"
+    run_id = pipeline_run(store, "evaluate-cli", "evaluate-cli-run", "kfp-evaluate-cli", cfg.flat_params())
+    uri = log_model(result.model_path, meta["image_size"], store, run_id, meta["classes"])
+    images = write_class_folder(root / "images", per_class=3, size=48, seed=5)
+    return {"store": store, "uri": uri, "run_id": run_id, "images": images, "model": Path(result.model_path)}
+
+
+def _evaluate(logged, tmp_path, *args) -> tuple[dict, np.ndarray, str]:
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", logged["uri"], "--data", str(logged["images"]),
+                                       "--out", str(out), "--tracking-uri", logged["store"], *args])
+    assert result.exit_code == 0, result.output
+    probs = np.load(tmp_path / "m_report" / "predictions.npz")["probs"]
+    return json.loads(out.read_text()), probs, result.output
+
+
+def _expected(logged, tta: bool) -> np.ndarray:
+    loaded = load_model(logged["uri"], logged["store"])
+    uris = sorted(str(p) for p in Path(logged["images"]).rglob("*.jpg"))
+    images, _ = load_images(uris, loaded.image_size, loaded.resize_mode)
+    return loaded.predict(images, tta=tta), uris
+
+
+def test_evaluate_without_config_uses_the_model_runs_tta(logged, tmp_path):
+    assert load_model(logged["uri"], logged["store"]).run_id == logged["run_id"]
+    metrics, probs, output = _evaluate(logged, tmp_path)
+    assert metrics["tta"] is True
+    assert f"evaluate settings of the model's run {logged['run_id']} (tta true)" in output
+    with_tta, _ = _expected(logged, tta=True)
+    without, _ = _expected(logged, tta=False)
+    # Same images either way; the scores are the TTA ones (compared as sets of rows:
+    # the CLI's order is ingest's).
+    assert len(probs) == len(with_tta)
+    np.testing.assert_allclose(np.sort(probs, axis=0), np.sort(with_tta, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.sort(probs, axis=0), np.sort(without, axis=0), atol=1e-6)
+
+
+def test_evaluate_is_told_otherwise_by_set_or_config(logged, tmp_path):
+    metrics, _, _ = _evaluate(logged, tmp_path / "set", "--set", "evaluate.tta=false")
+    assert metrics["tta"] is False
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"evaluate": {"tta": True}}))
+    metrics, _, _ = _evaluate(logged, tmp_path / "config_true", "--config", str(config))
+    assert metrics["tta"] is True
+    config.write_text(yaml.safe_dump({"evaluate": {"tta": False}}))
+    metrics, _, output = _evaluate(logged, tmp_path / "config_false", "--config", str(config))
+    assert metrics["tta"] is False and "evaluate settings of the model's run" not in output
+
+
+def test_evaluate_of_a_local_model_file_uses_the_defaults_or_config(logged, tmp_path):
+    out = tmp_path / "m.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(logged["model"]), "--data", str(logged["images"]),
+                                       "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["tta"] is False
