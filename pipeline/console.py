@@ -48,7 +48,8 @@ class RunConsole(io.TextIOBase):
         self.verbose = verbose
         self.terminal = terminal
         self._full = open(run_dir / "pipeline.log", "a", encoding="utf-8")
-        self._lock = threading.Lock()
+        # Reentrant: a line shown may come back through this stream (the runner's print).
+        self._lock = threading.RLock()
         self._pending: dict[int, str] = {}
         self._task_of_thread: dict[int, str] = {}
         self._task_logs: dict[str, TextIO] = {}

@@ -81,7 +81,10 @@ def expected_tasks(cfg: Config) -> int:
 
 
 def _to_stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    # Not print(): while a task runs, the local runner replaces builtins.print with one
+    # that indents onto sys.stdout, which is the run's console.
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _new_run_dir(out: Path, config_name: str) -> Path:
