@@ -39,6 +39,8 @@ MANIFEST_COLUMNS = [
 ]
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
+# Rows of a pHash bucket compared at once in the near-duplicate search (memory: block x bucket).
+NEAR_DUPLICATE_BLOCK = 2048
 
 
 class IngestError(UserError):
@@ -299,22 +301,91 @@ def resolve_duplicates(df: pd.DataFrame, conflict_policy: str, leak_policy: str)
     return groups
 
 
-def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> list[tuple[int, int]]:
-    """Index pairs (i < j) of 64-bit hashes at most ``max_distance`` bits apart."""
-    pairs = []
-    for start in range(0, len(hashes), block):
-        distance = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
-        for i, j in zip(*np.nonzero(distance <= max_distance)):
-            if start + i < j:
-                pairs.append((start + int(i), int(j)))
-    return pairs
+def _bands(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of the ``max_distance + 1`` bands the 64 bits are cut into: two hashes
+    at most ``max_distance`` bits apart agree exactly on at least one band (pigeonhole)."""
+    count = min(64, max_distance + 1)
+    widths = [64 // count + (1 if b < 64 % count else 0) for b in range(count)]
+    shifts = [sum(widths[:b]) for b in range(count)]
+    return list(zip(shifts, widths))
+
+
+def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPLICATE_BLOCK) -> np.ndarray:
+    """Index pairs (i < j, shape (k, 2), sorted) of 64-bit hashes at most ``max_distance``
+    bits apart, by multi-index hashing: for each band, hashes are bucketed by the band's
+    value and only hashes sharing a bucket are compared (exactly, all 64 bits). The work is
+    the sum of the buckets' squared sizes, not n²; a large bucket (many images alike in a
+    band) is compared ``block`` rows at a time so memory stays bounded."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if n < 2 or max_distance < 0:
+        return np.empty((0, 2), dtype=np.int64)
+    if max_distance >= 63:  # every pair: a band would be under one bit wide
+        i, j = np.triu_indices(n, k=1)
+        keep = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
+        return np.stack([i[keep], j[keep]], axis=1).astype(np.int64)
+    found = []
+    for shift, width in _bands(max_distance):
+        keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+        order = np.argsort(keys, kind="stable")
+        sorted_keys = keys[order]
+        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+        sizes = np.diff(np.r_[starts, n])
+        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+            members = np.sort(order[start:start + size])  # ascending: pairs come out as i < j
+            member_hashes = hashes[members]
+            for row in range(0, size, block):
+                rows = member_hashes[row:row + block]
+                # Only columns after the block's first row can pair with it as i < j.
+                distance = np.bitwise_count(rows[:, None] ^ member_hashes[None, row:])
+                a, b = np.nonzero(distance <= max_distance)
+                keep = a + row < b + row
+                found.append(np.stack([members[a[keep] + row], members[b[keep] + row]], axis=1))
+    if not found:
+        return np.empty((0, 2), dtype=np.int64)
+    pairs = np.concatenate(found).astype(np.int64)
+    # A pair agreeing on several bands is found once per band.
+    codes = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def _close_thumbnails(thumbs: np.ndarray, pairs: np.ndarray, max_pixel_difference: float,
+                      chunk: int = 65536) -> np.ndarray:
+    """Which ``pairs`` have thumbnails at most ``max_pixel_difference`` apart (mean absolute
+    difference over every pixel and channel, 0-255)."""
+    flat = thumbs.reshape(len(thumbs), -1)
+    keep = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), chunk):
+        i, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        total = np.abs(flat[i].astype(np.int16) - flat[j]).sum(axis=1, dtype=np.int64)
+        keep[start:start + chunk] = total / flat.shape[1] <= max_pixel_difference
+    return keep
 
 
 def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
                          max_pixel_difference: float) -> list[tuple[int, int]]:
-    """Pairs close in pHash (cheap, all pairs) whose thumbnails also agree pixel for pixel."""
-    return [(i, j) for i, j in _hamming_pairs(hashes, max_distance)
-            if np.abs(thumbs[i].astype(np.int16) - thumbs[j]).mean() <= max_pixel_difference]
+    """Pairs (i < j, sorted) close in pHash (multi-index hashing, exact within candidates)
+    whose thumbnails also agree pixel for pixel."""
+    pairs = _hamming_pairs(hashes, max_distance)
+    pairs = pairs[_close_thumbnails(thumbs, pairs, max_pixel_difference)]
+    return [(int(i), int(j)) for i, j in pairs]
+
+
+def near_duplicate_edges(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+                         max_pixel_difference: float) -> list[tuple[int, int]]:
+    """Edges whose connected components are the near-duplicate groups: the same groups as
+    near_duplicate_pairs gives, without its k² pairs among k copies that are identical in
+    pHash and thumbnail (blank or repeated images): those are joined to their first copy
+    and searched once."""
+    flat = thumbs.reshape(len(thumbs), -1)
+    keys = np.concatenate([hashes.astype(np.uint64).view(np.uint8).reshape(len(hashes), 8), flat], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    edges = [(int(first[k]), i) for i, k in enumerate(inverse) if first[k] != i] if max_pixel_difference >= 0 else []
+    reps = np.sort(first)
+    for a, b in near_duplicate_pairs(hashes[reps], thumbs[reps], max_distance, max_pixel_difference):
+        edges.append((int(reps[a]), int(reps[b])))
+    return edges
 
 
 def mark_near_duplicates(df: pd.DataFrame, thumbs: dict[int, np.ndarray], cfg: DataConfig) -> list[dict]:
@@ -327,12 +398,15 @@ def mark_near_duplicates(df: pd.DataFrame, thumbs: dict[int, np.ndarray], cfg: D
     hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
     small = np.stack([thumbs[i] for i in ingested.index])
     sets = UnionFind()
-    for i, j in near_duplicate_pairs(hashes, small, cfg.near_duplicate_distance,
+    for i, j in near_duplicate_edges(hashes, small, cfg.near_duplicate_distance,
                                      cfg.near_duplicate_max_pixel_difference):
         sets.union(i, j)
     roots = pd.Series([sets.find(i) for i in range(len(hashes))], index=ingested.index)
+    # Numbered in manifest order of each group's first file, whatever order the search found them in.
+    members_of = [g for _, g in roots.groupby(roots) if len(g) > 1]
+    members_of.sort(key=lambda g: g.index.min())
     groups = []
-    for number, members in enumerate((g for _, g in roots.groupby(roots) if len(g) > 1), start=1):
+    for number, members in enumerate(members_of, start=1):
         group_id = f"near-{number:05d}"
         df.loc[members.index, "near_duplicate_group"] = group_id
         rows = df.loc[members.index]
