@@ -10,10 +10,12 @@ listing can quarantine it, never a network fault.
 
 import hashlib
 import io
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import List
 
 import imagehash
 import numpy as np
@@ -21,6 +23,7 @@ import pandas as pd
 from kfp import dsl
 from PIL import Image
 
+from components import artifacts
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
 from components.ingest_report import build_report, preview_jpeg, write_outputs
@@ -436,11 +439,27 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
             _set(df, dropped, "ignored", "over_cap", f"over data.max_images_per_class={cap}")
 
 
-# ---- the step ----------------------------------------------------------------
+# ---- the step: shards and their merge ------------------------------------------
 
 
-def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
-    """Ingest ``source_uri`` (empty: the synthetic set); write the outputs to ``output_dir``."""
+@dataclass
+class IngestShard:
+    """One shard's share of ingest: every ``num_shards``-th file of the listing decoded
+    and checked. ``rows`` are its files' manifest rows so far (index: the file's position
+    in the whole listing), ``thumbs[k]`` the thumbnail of ``rows``' ``k``-th row, and
+    ``meta`` what every shard sees alike (the listing's digest, format, label counts)."""
+    rows: pd.DataFrame
+    thumbs: np.ndarray
+    previews: dict[str, bytes]
+    meta: dict
+
+
+def ingest_shard(source_uri: str, cfg: DataConfig, shard_index: int = 0, num_shards: int = 1) -> IngestShard:
+    """List and label the whole source (cheap: no file is opened but the CSVs), then
+    decode and check shard ``shard_index`` of ``num_shards``: the files at listing
+    positions ``shard_index``, ``shard_index + num_shards``, ..."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard {shard_index} of {num_shards}")
     source: Source = open_source(source_uri, cfg)
     files = source.list_files()
     if not files:
@@ -452,21 +471,77 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
     for column, empty in (("md5", ""), ("phash", ""), ("image_format", ""), ("width", 0), ("height", 0),
                           ("duplicate_of", "")):
         df[column] = empty
-    counts_before = df[df.label != ""].label.value_counts().sort_index().to_dict()
-    thumbs, previews = _validate(df, cfg)
+    meta = {"shard_index": shard_index, "num_shards": num_shards, "source_root": source.root,
+            "synthetic": source.synthetic, "format": fmt, "files_found": len(df),
+            "listing_digest": hashlib.sha256("\n".join(f"{f.relpath}\t{f.size}" for f in files).encode()).hexdigest(),
+            "counts_before": {k: int(v) for k, v in df[df.label != ""].label.value_counts().sort_index().items()},
+            "label_rows_without_image": int(label_rows_without_image)}
+    rows = df.iloc[shard_index::num_shards].copy()
+    thumbs, previews = _validate(rows, cfg)
+    return IngestShard(rows, thumbs, previews, meta)
+
+
+def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
+    """The whole ingest from its shards: exact duplicates, label conflicts and Train/Test
+    leaks (md5), the per-class cap and near-duplicates (pHash + thumbnail) across every
+    shard, then the manifest and reports, the same as one shard over the whole listing."""
+    if not shards:
+        raise IngestError("ingest: no shards to merge")
+    first = shards[0].meta
+    found = sorted(s.meta["shard_index"] for s in shards)
+    if found != list(range(first["num_shards"])):
+        raise IngestError(f"ingest: expected shards 0..{first['num_shards'] - 1}, got {found}")
+    if len({s.meta["listing_digest"] for s in shards}) > 1:
+        raise IngestError(f"the source {first['source_root']} changed while it was ingested: run again")
+    df = pd.concat([s.rows for s in shards])
+    order = np.argsort(df.index.to_numpy(), kind="stable")
+    df = df.iloc[order]
+    thumbs = np.concatenate([s.thumbs for s in shards])[order]
+    previews = {uri: jpeg for s in shards for uri, jpeg in s.previews.items()}
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
     near_groups = mark_near_duplicates(df, thumbs, cfg)
-    df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int})
+    del thumbs
+    df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int}).reset_index(drop=True)
 
-    report = build_report(df, source_root=source.root, synthetic=source.synthetic, fmt=fmt,
-                          counts_before=counts_before, duplicate_groups=duplicate_groups, near_groups=near_groups,
-                          label_rows_without_image=label_rows_without_image)
+    report = build_report(df, source_root=first["source_root"], synthetic=first["synthetic"], fmt=first["format"],
+                          counts_before=first["counts_before"], duplicate_groups=duplicate_groups,
+                          near_groups=near_groups, label_rows_without_image=first["label_rows_without_image"])
     check_usable(report, cfg)
     if output_dir is not None:
         write_outputs(df, report, Path(output_dir), previews)
     return IngestResult(df, report)
+
+
+def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
+    """Ingest ``source_uri`` (empty: the synthetic set) in this process, as one shard;
+    write the outputs to ``output_dir``."""
+    return merge_shards([ingest_shard(source_uri, cfg)], cfg, output_dir)
+
+
+def save_shard(shard: IngestShard, output_dir: str | Path) -> None:
+    """A shard as files, for the merge task: rows, thumbnails, previews, meta (written last:
+    a folder without it is incomplete)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shard.rows.rename_axis("position").reset_index().to_parquet(out / artifacts.INGEST_SHARD_ROWS, index=False)
+    np.save(out / artifacts.INGEST_SHARD_THUMBS, shard.thumbs)
+    pd.DataFrame({"uri": list(shard.previews), "jpeg": list(shard.previews.values())}).to_parquet(
+        out / artifacts.INGEST_SHARD_PREVIEWS, index=False)
+    (out / artifacts.INGEST_SHARD_META).write_text(json.dumps(shard.meta))
+
+
+def load_shard(shard_dir: str | Path) -> IngestShard:
+    folder = Path(shard_dir)
+    meta_file = folder / artifacts.INGEST_SHARD_META
+    if not meta_file.exists():
+        raise IngestError(f"ingest: incomplete shard in {folder}")
+    rows = pd.read_parquet(folder / artifacts.INGEST_SHARD_ROWS).set_index("position")
+    rows.index.name = None
+    previews = pd.read_parquet(folder / artifacts.INGEST_SHARD_PREVIEWS)
+    return IngestShard(rows, np.load(folder / artifacts.INGEST_SHARD_THUMBS),
+                       dict(zip(previews.uri, previews.jpeg)), json.loads(meta_file.read_text()))
 
 
 def check_usable(report: dict, cfg: DataConfig) -> None:
@@ -483,20 +558,34 @@ def check_usable(report: dict, cfg: DataConfig) -> None:
             + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())))
 
 
-def ingest_step(data_uri: str, data: dict, manifest: dsl.Output[dsl.Dataset],
-                report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML], source_listing: str = ""):
-    """KFP wrapper: the ingest step. ``source_listing`` (a digest of the source's file list) is
-    not read: it is there so that KFP's cache key changes whenever the source does."""
+def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset],
+                      source_listing: str = ""):
+    """KFP wrapper: shard ``shard_index`` of ``data.ingest_shards``. ``source_listing`` (a
+    digest of the source's file list) is not read: it is there so that KFP's cache key
+    changes whenever the source does."""
+    from components import atomic
+    from components.errors import user_errors
+    from components.ingest import ingest_shard, save_shard
+    from components.settings import DataConfig, load_section
+
+    with user_errors(), atomic.output_dir(shard.path) as partial:
+        cfg = load_section(DataConfig, data, "data.")
+        save_shard(ingest_shard(data_uri, cfg, shard_index, cfg.ingest_shards), partial)
+
+
+def ingest_merge_step(shards: dsl.Input[List[dsl.Dataset]], data: dict, manifest: dsl.Output[dsl.Dataset],
+                      report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML]):
+    """KFP wrapper: the shard tasks' outputs as one manifest and report."""
     import shutil
     from pathlib import Path
 
     from components import artifacts, atomic
     from components.errors import user_errors
-    from components.ingest import ingest
+    from components.ingest import load_shard, merge_shards
     from components.settings import DataConfig, load_section
 
     with user_errors(), atomic.output_dir(manifest.path) as partial:
-        result = ingest(data_uri, load_section(DataConfig, data, "data."), partial)
+        result = merge_shards([load_shard(s.path) for s in shards], load_section(DataConfig, data, "data."), partial)
     out = Path(manifest.path)
     shutil.copyfile(out / artifacts.INGEST_REPORT_MD, report_md.path)
     shutil.copyfile(out / artifacts.INGEST_REPORT_HTML, report_html.path)
