@@ -42,8 +42,9 @@ MANIFEST_COLUMNS = [
 ]
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
-# Rows of a pHash bucket compared at once in the near-duplicate search (memory: block x bucket).
-NEAR_DUPLICATE_BLOCK = 2048
+# Hash pairs compared at once in the near-duplicate search: a large pHash bucket is
+# compared in blocks of rows of about this many pairs (8 bytes each, so ~32 MB).
+NEAR_DUPLICATE_BLOCK = 1 << 22
 
 
 class IngestError(UserError):
@@ -327,7 +328,7 @@ def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPL
     bits apart, by multi-index hashing: for each band, hashes are bucketed by the band's
     value and only hashes sharing a bucket are compared (exactly, all 64 bits). The work is
     the sum of the buckets' squared sizes, not n²; a large bucket (many images alike in a
-    band) is compared ``block`` rows at a time so memory stays bounded."""
+    band) is compared a few rows at a time, about ``block`` pairs, so memory stays bounded."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     n = len(hashes)
     if n < 2 or max_distance < 0:
@@ -346,8 +347,9 @@ def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPL
         for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
             members = np.sort(order[start:start + size])  # ascending: pairs come out as i < j
             member_hashes = hashes[members]
-            for row in range(0, size, block):
-                rows = member_hashes[row:row + block]
+            step = max(1, block // size)
+            for row in range(0, size, step):
+                rows = member_hashes[row:row + step]
                 # Only columns after the block's first row can pair with it as i < j.
                 distance = np.bitwise_count(rows[:, None] ^ member_hashes[None, row:])
                 a, b = np.nonzero(distance <= max_distance)
