@@ -364,9 +364,9 @@ def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPL
 
 
 def _close_thumbnails(thumbs: np.ndarray, pairs: np.ndarray, max_pixel_difference: float,
-                      chunk: int = 65536) -> np.ndarray:
+                      chunk: int = 4096) -> np.ndarray:
     """Which ``pairs`` have thumbnails at most ``max_pixel_difference`` apart (mean absolute
-    difference over every pixel and channel, 0-255)."""
+    difference over every pixel and channel, 0-255); ``chunk`` pairs at a time (~20 MB)."""
     flat = thumbs.reshape(len(thumbs), -1)
     keep = np.zeros(len(pairs), dtype=bool)
     for start in range(0, len(pairs), chunk):
