@@ -323,41 +323,48 @@ def _bands(max_distance: int) -> list[tuple[int, int]]:
     return list(zip(shifts, widths))
 
 
-def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPLICATE_BLOCK) -> np.ndarray:
+def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPLICATE_BLOCK,
+                   keep=None) -> np.ndarray:
     """Index pairs (i < j, shape (k, 2), sorted) of 64-bit hashes at most ``max_distance``
     bits apart, by multi-index hashing: for each band, hashes are bucketed by the band's
     value and only hashes sharing a bucket are compared (exactly, all 64 bits). The work is
     the sum of the buckets' squared sizes, not n²; a large bucket (many images alike in a
-    band) is compared a few rows at a time, about ``block`` pairs, so memory stays bounded."""
+    band) is compared a few rows at a time, about ``block`` pairs, so memory stays bounded.
+    ``keep`` (pairs -> bool mask), when given, filters each block's pairs as they are
+    found, so that only the pairs it keeps are ever held."""
     hashes = np.asarray(hashes, dtype=np.uint64)
     n = len(hashes)
     if n < 2 or max_distance < 0:
         return np.empty((0, 2), dtype=np.int64)
+    found = []
+
+    def add(pairs: np.ndarray) -> None:
+        pairs = pairs.astype(np.int64)
+        found.append(pairs[keep(pairs)] if keep is not None and len(pairs) else pairs)
+
     if max_distance >= 63:  # every pair: a band would be under one bit wide
         i, j = np.triu_indices(n, k=1)
-        keep = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
-        return np.stack([i[keep], j[keep]], axis=1).astype(np.int64)
-    found = []
-    for shift, width in _bands(max_distance):
-        keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
-        order = np.argsort(keys, kind="stable")
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        sizes = np.diff(np.r_[starts, n])
-        for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            members = np.sort(order[start:start + size])  # ascending: pairs come out as i < j
-            member_hashes = hashes[members]
-            step = max(1, block // size)
-            for row in range(0, size, step):
-                rows = member_hashes[row:row + step]
-                # Only columns after the block's first row can pair with it as i < j.
-                distance = np.bitwise_count(rows[:, None] ^ member_hashes[None, row:])
-                a, b = np.nonzero(distance <= max_distance)
-                keep = a + row < b + row
-                found.append(np.stack([members[a[keep] + row], members[b[keep] + row]], axis=1))
-    if not found:
-        return np.empty((0, 2), dtype=np.int64)
-    pairs = np.concatenate(found).astype(np.int64)
+        close = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
+        add(np.stack([i[close], j[close]], axis=1))
+    else:
+        for shift, width in _bands(max_distance):
+            keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            sizes = np.diff(np.r_[starts, n])
+            for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+                members = np.sort(order[start:start + size])  # ascending: pairs come out as i < j
+                member_hashes = hashes[members]
+                step = max(1, block // size)
+                for row in range(0, size, step):
+                    rows = member_hashes[row:row + step]
+                    # Only columns after the block's first row can pair with it as i < j.
+                    distance = np.bitwise_count(rows[:, None] ^ member_hashes[None, row:])
+                    a, b = np.nonzero(distance <= max_distance)
+                    upper = a < b
+                    add(np.stack([members[a[upper] + row], members[b[upper] + row]], axis=1))
+    pairs = np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
     # A pair agreeing on several bands is found once per band.
     codes = np.unique(pairs[:, 0] * n + pairs[:, 1])
     return np.stack([codes // n, codes % n], axis=1)
@@ -380,8 +387,8 @@ def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: i
                          max_pixel_difference: float) -> list[tuple[int, int]]:
     """Pairs (i < j, sorted) close in pHash (multi-index hashing, exact within candidates)
     whose thumbnails also agree pixel for pixel."""
-    pairs = _hamming_pairs(hashes, max_distance)
-    pairs = pairs[_close_thumbnails(thumbs, pairs, max_pixel_difference)]
+    pairs = _hamming_pairs(hashes, max_distance,
+                           keep=lambda pairs: _close_thumbnails(thumbs, pairs, max_pixel_difference))
     return [(int(i), int(j)) for i, j in pairs]
 
 
