@@ -10,10 +10,12 @@ listing can quarantine it, never a network fault.
 
 import hashlib
 import io
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import List
 
 import imagehash
 import numpy as np
@@ -21,6 +23,7 @@ import pandas as pd
 from kfp import dsl
 from PIL import Image
 
+from components import artifacts
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb
 from components.ingest_report import build_report, preview_jpeg, write_outputs
@@ -39,6 +42,9 @@ MANIFEST_COLUMNS = [
 ]
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
+# Hash pairs compared at once in the near-duplicate search: a large pHash bucket is
+# compared in blocks of rows of about this many pairs (8 bytes each, so ~32 MB).
+NEAR_DUPLICATE_BLOCK = 1 << 22
 
 
 class IngestError(UserError):
@@ -204,14 +210,18 @@ def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
                              for n in df.loc[big, "bytes"]]
 
 
-def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[dict[int, np.ndarray], dict[str, bytes]]:
-    """Decode every labelled image; quarantine the ones that cannot be used. Returns
-    each decoded image's 16x16 thumbnail by row, and its report preview by URI.
+def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[np.ndarray, dict[str, bytes]]:
+    """Decode every labelled image; quarantine the ones that cannot be used. Returns the
+    16x16 RGB thumbnails as one uint8 array, row ``k`` for ``df``'s ``k``-th row (zeros
+    where nothing was decoded: 768 bytes a file), and each decoded image's report preview
+    by URI.
 
     When the source fails, the step fails with the first read that failed for good; the
     reads still running stop retrying and the ones not started never start.
     """
     todo = df.index[df.status == ""]
+    thumbs = np.zeros((len(df), THUMB_SIDE, THUMB_SIDE, 3), dtype=np.uint8)
+    previews: dict[str, bytes] = {}
     stop = threading.Event()
     failures: list[SourceUnavailable] = []
 
@@ -223,14 +233,19 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[dict[int, np.ndarray],
             stop.set()
             raise
 
+    found = []
+    positions = df.index.get_indexer(todo)
     with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
         try:
             # On the first exception, map's iterator cancels every future not yet started.
-            found = list(pool.map(inspect, df.loc[todo, "uri"]))
+            # Thumbnails and previews leave each result as it arrives.
+            for position, uri, f in zip(positions, df.loc[todo, "uri"], pool.map(inspect, df.loc[todo, "uri"])):
+                if "thumb" in f:
+                    thumbs[position] = f.pop("thumb")
+                    previews[uri] = f.pop("preview")
+                found.append(f)
         except SourceUnavailable:
             raise failures[0] from None
-    thumbs = {i: f.pop("thumb") for i, f in zip(todo, found) if "thumb" in f}
-    previews = {uri: f.pop("preview") for uri, f in zip(df.loc[todo, "uri"], found) if "preview" in f}
     info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
@@ -299,40 +314,121 @@ def resolve_duplicates(df: pd.DataFrame, conflict_policy: str, leak_policy: str)
     return groups
 
 
-def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = 1024) -> list[tuple[int, int]]:
-    """Index pairs (i < j) of 64-bit hashes at most ``max_distance`` bits apart."""
-    pairs = []
-    for start in range(0, len(hashes), block):
-        distance = np.bitwise_count(hashes[start:start + block, None] ^ hashes[None, :])
-        for i, j in zip(*np.nonzero(distance <= max_distance)):
-            if start + i < j:
-                pairs.append((start + int(i), int(j)))
-    return pairs
+def _bands(max_distance: int) -> list[tuple[int, int]]:
+    """(shift, width) of the ``max_distance + 1`` bands the 64 bits are cut into: two hashes
+    at most ``max_distance`` bits apart agree exactly on at least one band (pigeonhole)."""
+    count = min(64, max_distance + 1)
+    widths = [64 // count + (1 if b < 64 % count else 0) for b in range(count)]
+    shifts = [sum(widths[:b]) for b in range(count)]
+    return list(zip(shifts, widths))
+
+
+def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPLICATE_BLOCK,
+                   keep=None) -> np.ndarray:
+    """Index pairs (i < j, shape (k, 2), sorted) of 64-bit hashes at most ``max_distance``
+    bits apart, by multi-index hashing: for each band, hashes are bucketed by the band's
+    value and only hashes sharing a bucket are compared (exactly, all 64 bits). The work is
+    the sum of the buckets' squared sizes, not n²; a large bucket (many images alike in a
+    band) is compared a few rows at a time, about ``block`` pairs, so memory stays bounded.
+    ``keep`` (pairs -> bool mask), when given, filters each block's pairs as they are
+    found, so that only the pairs it keeps are ever held."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if n < 2 or max_distance < 0:
+        return np.empty((0, 2), dtype=np.int64)
+    found = []
+
+    def add(pairs: np.ndarray) -> None:
+        pairs = pairs.astype(np.int64)
+        found.append(pairs[keep(pairs)] if keep is not None and len(pairs) else pairs)
+
+    if max_distance >= 63:  # every pair: a band would be under one bit wide
+        i, j = np.triu_indices(n, k=1)
+        close = np.bitwise_count(hashes[i] ^ hashes[j]) <= max_distance
+        add(np.stack([i[close], j[close]], axis=1))
+    else:
+        for shift, width in _bands(max_distance):
+            keys = (hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+            order = np.argsort(keys, kind="stable")
+            sorted_keys = keys[order]
+            starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+            sizes = np.diff(np.r_[starts, n])
+            for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+                members = np.sort(order[start:start + size])  # ascending: pairs come out as i < j
+                member_hashes = hashes[members]
+                step = max(1, block // size)
+                for row in range(0, size, step):
+                    rows = member_hashes[row:row + step]
+                    # Only columns after the block's first row can pair with it as i < j.
+                    distance = np.bitwise_count(rows[:, None] ^ member_hashes[None, row:])
+                    a, b = np.nonzero(distance <= max_distance)
+                    upper = a < b
+                    add(np.stack([members[a[upper] + row], members[b[upper] + row]], axis=1))
+    pairs = np.concatenate(found) if found else np.empty((0, 2), dtype=np.int64)
+    # A pair agreeing on several bands is found once per band.
+    codes = np.unique(pairs[:, 0] * n + pairs[:, 1])
+    return np.stack([codes // n, codes % n], axis=1)
+
+
+def _close_thumbnails(thumbs: np.ndarray, pairs: np.ndarray, max_pixel_difference: float,
+                      chunk: int = 4096) -> np.ndarray:
+    """Which ``pairs`` have thumbnails at most ``max_pixel_difference`` apart (mean absolute
+    difference over every pixel and channel, 0-255); ``chunk`` pairs at a time (~20 MB)."""
+    flat = thumbs.reshape(len(thumbs), -1)
+    keep = np.zeros(len(pairs), dtype=bool)
+    for start in range(0, len(pairs), chunk):
+        i, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
+        total = np.abs(flat[i].astype(np.int16) - flat[j]).sum(axis=1, dtype=np.int64)
+        keep[start:start + chunk] = total / flat.shape[1] <= max_pixel_difference
+    return keep
 
 
 def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
                          max_pixel_difference: float) -> list[tuple[int, int]]:
-    """Pairs close in pHash (cheap, all pairs) whose thumbnails also agree pixel for pixel."""
-    return [(i, j) for i, j in _hamming_pairs(hashes, max_distance)
-            if np.abs(thumbs[i].astype(np.int16) - thumbs[j]).mean() <= max_pixel_difference]
+    """Pairs (i < j, sorted) close in pHash (multi-index hashing, exact within candidates)
+    whose thumbnails also agree pixel for pixel."""
+    pairs = _hamming_pairs(hashes, max_distance,
+                           keep=lambda pairs: _close_thumbnails(thumbs, pairs, max_pixel_difference))
+    return [(int(i), int(j)) for i, j in pairs]
 
 
-def mark_near_duplicates(df: pd.DataFrame, thumbs: dict[int, np.ndarray], cfg: DataConfig) -> list[dict]:
+def near_duplicate_edges(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+                         max_pixel_difference: float) -> list[tuple[int, int]]:
+    """Edges whose connected components are the near-duplicate groups: the same groups as
+    near_duplicate_pairs gives, without its k² pairs among k copies that are identical in
+    pHash and thumbnail (blank or repeated images): those are joined to their first copy
+    and searched once."""
+    flat = thumbs.reshape(len(thumbs), -1)
+    keys = np.concatenate([hashes.astype(np.uint64).view(np.uint8).reshape(len(hashes), 8), flat], axis=1)
+    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    edges = [(int(first[k]), i) for i, k in enumerate(inverse) if first[k] != i] if max_pixel_difference >= 0 else []
+    reps = np.sort(first)
+    for a, b in near_duplicate_pairs(hashes[reps], thumbs[reps], max_distance, max_pixel_difference):
+        edges.append((int(reps[a]), int(reps[b])))
+    return edges
+
+
+def mark_near_duplicates(df: pd.DataFrame, thumbs: np.ndarray, cfg: DataConfig) -> list[dict]:
     """Group ingested images that are near-copies of each other (re-encoded, resized,
-    slightly shifted); they stay ingested, are reported, and split keeps them together."""
+    slightly shifted); they stay ingested, are reported, and split keeps them together.
+    ``thumbs[k]`` is the thumbnail of ``df``'s ``k``-th row."""
     df["near_duplicate_group"] = ""
     ingested = df[df.status == "ingested"]
     if cfg.near_duplicate_distance < 0 or len(ingested) < 2:
         return []
     hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
-    small = np.stack([thumbs[i] for i in ingested.index])
+    small = thumbs[df.index.get_indexer(ingested.index)]
     sets = UnionFind()
-    for i, j in near_duplicate_pairs(hashes, small, cfg.near_duplicate_distance,
+    for i, j in near_duplicate_edges(hashes, small, cfg.near_duplicate_distance,
                                      cfg.near_duplicate_max_pixel_difference):
         sets.union(i, j)
     roots = pd.Series([sets.find(i) for i in range(len(hashes))], index=ingested.index)
+    # Numbered in manifest order of each group's first file, whatever order the search found them in.
+    members_of = [g for _, g in roots.groupby(roots) if len(g) > 1]
+    members_of.sort(key=lambda g: g.index.min())
     groups = []
-    for number, members in enumerate((g for _, g in roots.groupby(roots) if len(g) > 1), start=1):
+    for number, members in enumerate(members_of, start=1):
         group_id = f"near-{number:05d}"
         df.loc[members.index, "near_duplicate_group"] = group_id
         rows = df.loc[members.index]
@@ -352,11 +448,27 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
             _set(df, dropped, "ignored", "over_cap", f"over data.max_images_per_class={cap}")
 
 
-# ---- the step ----------------------------------------------------------------
+# ---- the step: shards and their merge ------------------------------------------
 
 
-def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
-    """Ingest ``source_uri`` (empty: the synthetic set); write the outputs to ``output_dir``."""
+@dataclass
+class IngestShard:
+    """One shard's share of ingest: every ``num_shards``-th file of the listing decoded
+    and checked. ``rows`` are its files' manifest rows so far (index: the file's position
+    in the whole listing), ``thumbs[k]`` the thumbnail of ``rows``' ``k``-th row, and
+    ``meta`` what every shard sees alike (the listing's digest, format, label counts)."""
+    rows: pd.DataFrame
+    thumbs: np.ndarray
+    previews: dict[str, bytes]
+    meta: dict
+
+
+def ingest_shard(source_uri: str, cfg: DataConfig, shard_index: int = 0, num_shards: int = 1) -> IngestShard:
+    """List and label the whole source (cheap: no file is opened but the CSVs), then
+    decode and check shard ``shard_index`` of ``num_shards``: the files at listing
+    positions ``shard_index``, ``shard_index + num_shards``, ..."""
+    if not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard {shard_index} of {num_shards}")
     source: Source = open_source(source_uri, cfg)
     files = source.list_files()
     if not files:
@@ -368,21 +480,77 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
     for column, empty in (("md5", ""), ("phash", ""), ("image_format", ""), ("width", 0), ("height", 0),
                           ("duplicate_of", "")):
         df[column] = empty
-    counts_before = df[df.label != ""].label.value_counts().sort_index().to_dict()
-    thumbs, previews = _validate(df, cfg)
+    meta = {"shard_index": shard_index, "num_shards": num_shards, "source_root": source.root,
+            "synthetic": source.synthetic, "format": fmt, "files_found": len(df),
+            "listing_digest": hashlib.sha256("\n".join(f"{f.relpath}\t{f.size}" for f in files).encode()).hexdigest(),
+            "counts_before": {k: int(v) for k, v in df[df.label != ""].label.value_counts().sort_index().items()},
+            "label_rows_without_image": int(label_rows_without_image)}
+    rows = df.iloc[shard_index::num_shards].copy()
+    thumbs, previews = _validate(rows, cfg)
+    return IngestShard(rows, thumbs, previews, meta)
+
+
+def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
+    """The whole ingest from its shards: exact duplicates, label conflicts and Train/Test
+    leaks (md5), the per-class cap and near-duplicates (pHash + thumbnail) across every
+    shard, then the manifest and reports, the same as one shard over the whole listing."""
+    if not shards:
+        raise IngestError("ingest: no shards to merge")
+    first = shards[0].meta
+    found = sorted(s.meta["shard_index"] for s in shards)
+    if found != list(range(first["num_shards"])):
+        raise IngestError(f"ingest: expected shards 0..{first['num_shards'] - 1}, got {found}")
+    if len({s.meta["listing_digest"] for s in shards}) > 1:
+        raise IngestError(f"the source {first['source_root']} changed while it was ingested: run again")
+    df = pd.concat([s.rows for s in shards])
+    order = np.argsort(df.index.to_numpy(), kind="stable")
+    df = df.iloc[order]
+    thumbs = np.concatenate([s.thumbs for s in shards])[order]
+    previews = {uri: jpeg for s in shards for uri, jpeg in s.previews.items()}
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
     near_groups = mark_near_duplicates(df, thumbs, cfg)
-    df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int})
+    del thumbs
+    df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int}).reset_index(drop=True)
 
-    report = build_report(df, source_root=source.root, synthetic=source.synthetic, fmt=fmt,
-                          counts_before=counts_before, duplicate_groups=duplicate_groups, near_groups=near_groups,
-                          label_rows_without_image=label_rows_without_image)
+    report = build_report(df, source_root=first["source_root"], synthetic=first["synthetic"], fmt=first["format"],
+                          counts_before=first["counts_before"], duplicate_groups=duplicate_groups,
+                          near_groups=near_groups, label_rows_without_image=first["label_rows_without_image"])
     check_usable(report, cfg)
     if output_dir is not None:
         write_outputs(df, report, Path(output_dir), previews)
     return IngestResult(df, report)
+
+
+def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
+    """Ingest ``source_uri`` (empty: the synthetic set) in this process, as one shard;
+    write the outputs to ``output_dir``."""
+    return merge_shards([ingest_shard(source_uri, cfg)], cfg, output_dir)
+
+
+def save_shard(shard: IngestShard, output_dir: str | Path) -> None:
+    """A shard as files, for the merge task: rows, thumbnails, previews, meta (written last:
+    a folder without it is incomplete)."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shard.rows.rename_axis("position").reset_index().to_parquet(out / artifacts.INGEST_SHARD_ROWS, index=False)
+    np.save(out / artifacts.INGEST_SHARD_THUMBS, shard.thumbs)
+    pd.DataFrame({"uri": list(shard.previews), "jpeg": list(shard.previews.values())}).to_parquet(
+        out / artifacts.INGEST_SHARD_PREVIEWS, index=False)
+    (out / artifacts.INGEST_SHARD_META).write_text(json.dumps(shard.meta))
+
+
+def load_shard(shard_dir: str | Path) -> IngestShard:
+    folder = Path(shard_dir)
+    meta_file = folder / artifacts.INGEST_SHARD_META
+    if not meta_file.exists():
+        raise IngestError(f"ingest: incomplete shard in {folder}")
+    rows = pd.read_parquet(folder / artifacts.INGEST_SHARD_ROWS).set_index("position")
+    rows.index.name = None
+    previews = pd.read_parquet(folder / artifacts.INGEST_SHARD_PREVIEWS)
+    return IngestShard(rows, np.load(folder / artifacts.INGEST_SHARD_THUMBS),
+                       dict(zip(previews.uri, previews.jpeg)), json.loads(meta_file.read_text()))
 
 
 def check_usable(report: dict, cfg: DataConfig) -> None:
@@ -399,20 +567,34 @@ def check_usable(report: dict, cfg: DataConfig) -> None:
             + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())))
 
 
-def ingest_step(data_uri: str, data: dict, manifest: dsl.Output[dsl.Dataset],
-                report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML], source_listing: str = ""):
-    """KFP wrapper: the ingest step. ``source_listing`` (a digest of the source's file list) is
-    not read: it is there so that KFP's cache key changes whenever the source does."""
+def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset],
+                      source_listing: str = ""):
+    """KFP wrapper: shard ``shard_index`` of ``data.ingest_shards``. ``source_listing`` (a
+    digest of the source's file list) is not read: it is there so that KFP's cache key
+    changes whenever the source does."""
+    from components import atomic
+    from components.errors import user_errors
+    from components.ingest import ingest_shard, save_shard
+    from components.settings import DataConfig, load_section
+
+    with user_errors(), atomic.output_dir(shard.path) as partial:
+        cfg = load_section(DataConfig, data, "data.")
+        save_shard(ingest_shard(data_uri, cfg, shard_index, cfg.ingest_shards), partial)
+
+
+def ingest_merge_step(shards: dsl.Input[List[dsl.Dataset]], data: dict, manifest: dsl.Output[dsl.Dataset],
+                      report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML]):
+    """KFP wrapper: the shard tasks' outputs as one manifest and report."""
     import shutil
     from pathlib import Path
 
     from components import artifacts, atomic
     from components.errors import user_errors
-    from components.ingest import ingest
+    from components.ingest import load_shard, merge_shards
     from components.settings import DataConfig, load_section
 
     with user_errors(), atomic.output_dir(manifest.path) as partial:
-        result = ingest(data_uri, load_section(DataConfig, data, "data."), partial)
+        result = merge_shards([load_shard(s.path) for s in shards], load_section(DataConfig, data, "data."), partial)
     out = Path(manifest.path)
     shutil.copyfile(out / artifacts.INGEST_REPORT_MD, report_md.path)
     shutil.copyfile(out / artifacts.INGEST_REPORT_HTML, report_html.path)

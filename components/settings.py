@@ -197,6 +197,10 @@ class DataConfig(Section):
     zip_max_total_bytes: int = Field(64 * 2**30, ge=1)
     # Images decoded (and downloaded) at once during ingest.
     ingest_workers: int = Field(8, ge=1)
+    # Parallel ingest tasks on the cluster, each decoding every ingest_shards-th file of the
+    # listing; a merge task then finds duplicates, conflicts, leaks and near-duplicates
+    # across all of them. One-process ingest (the CLI, evaluate) is one shard.
+    ingest_shards: int = Field(2, ge=1)
     synthetic_images_per_class: int = Field(60, ge=1)
     synthetic_image_size: int = Field(96, ge=16)
 

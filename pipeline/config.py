@@ -44,7 +44,10 @@ warnings.filterwarnings("ignore", message='Field name "register" in "ResourcesCo
 class ResourcesConfig(Section):
     """Per step; the local runner ignores them. Sized for HAM10000-scale data at 128 px."""
     list_source: StepResources = _resources("250m", "1", "512Mi", "1Gi")
-    ingest: StepResources = _resources("1", "2", "2Gi", "4Gi")
+    # Per ingest shard task: reading, hashing and decoding with data.ingest_workers threads.
+    ingest_shard: StepResources = _resources("1", "2", "2Gi", "4Gi")
+    # Duplicates and near-duplicates across shards: ~1 kB a file (thumbnail, preview, row).
+    ingest_merge: StepResources = _resources("1", "2", "2Gi", "4Gi")
     retrain_gate: StepResources = _resources("250m", "1", "1Gi", "2Gi")
     split: StepResources = Field(default_factory=StepResources)
     # Per shard task: decoding and resizing images with 8 threads.

@@ -2,7 +2,7 @@
 (local, compile, submit, schedule), so the pipeline that runs on a laptop is the one
 that runs on the cluster.
 
-Shape: list the source -> ingest -> retraining gate; then, only when the data changed
+Shape: list the source -> ingest (N shard tasks, merged) -> retraining gate; then, only when the data changed
 since the champion (or the run is forced): split -> normalize (N shard tasks, gathered)
 -> augment -> train (GPU) -> evaluate -> register. Either branch ends in a ``report``
 task whose JSON string is the pipeline's output.
@@ -25,7 +25,7 @@ from kfp.dsl import PipelineTask
 from components.augment import augment_step
 from components.evaluate import evaluate_step
 from components.fingerprint import list_source_step
-from components.ingest import ingest_step
+from components.ingest import ingest_merge_step, ingest_shard_step
 from components.normalize import normalize_gather_step, normalize_shard_step
 from components.register import register_step
 from components.report import report_step
@@ -51,10 +51,11 @@ class StepPolicy:
 # Keyed like Ops and cluster.resources. Never cached: list_source (its job is to look at the
 # source now), the gate (the champion moves between runs), train and evaluate (each run
 # logs in MLflow), register (the champion moves) and report (it logs the data reports). Ingest
-# is cached only while the source lists the same files.
+# shards are cached only while the source lists the same files.
 STEP_POLICIES = {
     "list_source": StepPolicy(network=True, cacheable=False, mlflow=False),
-    "ingest": StepPolicy(network=True, cacheable=True, mlflow=False),
+    "ingest_shard": StepPolicy(network=True, cacheable=True, mlflow=False),
+    "ingest_merge": StepPolicy(network=False, cacheable=True, mlflow=False),
     "retrain_gate": StepPolicy(network=True, cacheable=False, mlflow=True),
     "split": StepPolicy(network=False, cacheable=True, mlflow=False),
     "normalize_shard": StepPolicy(network=True, cacheable=True, mlflow=False),
@@ -70,7 +71,8 @@ STEP_POLICIES = {
 @dataclass
 class Ops:
     list_source: Callable
-    ingest: Callable
+    ingest_shard: Callable
+    ingest_merge: Callable
     retrain_gate: Callable
     split: Callable
     normalize_shard: Callable
@@ -91,7 +93,8 @@ def component_ops(cfg: Config) -> Ops:
     cpu, gpu = cfg.images.cpu, cfg.images.gpu
     return Ops(
         list_source=op(list_source_step, cpu),
-        ingest=op(ingest_step, cpu),
+        ingest_shard=op(ingest_shard_step, cpu),
+        ingest_merge=op(ingest_merge_step, cpu),
         retrain_gate=op(retrain_gate_step, cpu),
         split=op(split_step, cpu),
         normalize_shard=op(normalize_shard_step, cpu),
@@ -152,8 +155,11 @@ def create_pipeline(cfg: Config) -> Callable:
         run = {"tracking_uri": tracking_uri, "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         listing = step("list_source", data_uri=data_uri, data=data)
-        ingest = step("ingest", data_uri=data_uri, data=data, source_listing=listing.output)
-        manifest = ingest.outputs["manifest"]
+        with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
+            ingest_shard = step("ingest_shard", data_uri=data_uri, data=data, shard_index=ingest_index,
+                                source_listing=listing.output)
+        manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]),
+                        data=data).outputs["manifest"]
         gate = step("retrain_gate", manifest=manifest, model_name=model_name, experiment=experiment,
                     run_params=cfg.flat_params(), force_retrain=force_retrain, **run)
 

@@ -94,14 +94,18 @@ def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
 def test_gate_fan_out_and_pipeline_root(compiled):
     spec, _, _ = compiled
     assert spec["defaultPipelineRoot"] == "gs://YOUR-BUCKET/pipeline-root"
-    loop = spec["components"]["comp-condition-4"]["dag"]["tasks"]["for-loop-3"]
+    ingest_loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
+    assert ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.ingest_shards: 4 in cluster.yaml
+    merge = spec["root"]["dag"]["tasks"]["ingest-merge-step"]
+    assert merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    loop = spec["components"]["comp-condition-6"]["dag"]["tasks"]["for-loop-5"]
     assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.num_shards: 4 in cluster.yaml
-    gather = spec["components"]["comp-condition-4"]["dag"]["tasks"]["normalize-gather-step"]
-    assert gather["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-3"
-    branches = spec["components"]["comp-condition-branches-1"]["dag"]["tasks"]
-    assert branches["condition-4"]["triggerPolicy"]["condition"] == \
+    gather = spec["components"]["comp-condition-6"]["dag"]["tasks"]["normalize-gather-step"]
+    assert gather["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-5"
+    branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
+    assert branches["condition-6"]["triggerPolicy"]["condition"] == \
         "inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train'"
-    assert branches["condition-5"]["triggerPolicy"]["condition"] == \
+    assert branches["condition-7"]["triggerPolicy"]["condition"] == \
         "!(inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train')"
 
 
@@ -115,7 +119,7 @@ def test_config_switches_change_the_spec(tmp_path):
     assert "accelerator" not in train["resources"] and train["resources"]["resourceMemoryLimit"] == "64Gi"
     assert "tolerations" not in k8s["exec-train-step"]
     assert not any("secretAsVolume" in e for e in k8s.values())
-    assert spec["deploymentSpec"]["executors"]["exec-ingest-step"]["container"]["image"] == "registry.example/lesion:9"
+    assert spec["deploymentSpec"]["executors"]["exec-ingest-shard-step"]["container"]["image"] == "registry.example/lesion:9"
 
 
 def test_resources_config_covers_every_step():
@@ -137,7 +141,7 @@ def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled):
     assert "key.json" in shipped[Config().cluster.secrets.gcs]
 
 
-DATA_TASKS = ("list-source-step", "ingest-step", "split-step", "normalize-shard-step", "normalize-gather-step")
+DATA_TASKS = ("list-source-step", "ingest-shard-step", "ingest-merge-step", "split-step", "normalize-shard-step", "normalize-gather-step")
 
 
 def data_task_specs(spec: dict) -> dict[str, tuple]:
@@ -166,8 +170,9 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
         assert yaml.safe_dump(before[name]) == yaml.safe_dump(after[name]), name
     # Their inputs are the data section and upstream outputs only; no pipeline parameter
     # (those carry only the data URI, the tracking URI and force_retrain).
-    ingest = before["ingest-step"][0]["inputs"]["parameters"]
-    assert set(ingest) == {"data_uri", "data", "source_listing"}
+    ingest = before["ingest-shard-step"][0]["inputs"]["parameters"]
+    assert set(ingest) == {"data_uri", "data", "shard_index", "source_listing"}
+    assert set(before["ingest-merge-step"][0]["inputs"]["parameters"]) == {"data"}
     assert ingest["data"]["runtimeValue"]["constant"] == Config.load(CONFIG).data.to_dict()
     # ... while the train task does see the change.
     train = [t for c in changed["components"].values() if "dag" in c for n, t in c["dag"]["tasks"].items()

@@ -93,7 +93,7 @@ def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, m
     assert skipped["champion"]["model_uri"] == f"models:/{cfg.mlflow.model_name}/{champion}"  # what it keeps serving
     run_dir = tmp_path / "skipped" / "pipeline_root"
     ran = {p.name for p in next(run_dir.iterdir()).iterdir()}
-    assert {"ingest-step", "retrain-gate-step"} <= ran and not ran & {"split-step", "train-step", "evaluate-step"}
+    assert {"ingest-merge-step", "retrain-gate-step"} <= ran and not ran & {"split-step", "train-step", "evaluate-step"}
     client = MlflowClient(tracking_uri)
     skipped_run = client.get_run(skipped["mlflow_run_id"]).data.tags
     assert (skipped_run[FINGERPRINT_TAG], skipped_run["retrain.decision"]) == (fingerprint, SKIP)
