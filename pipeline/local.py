@@ -75,9 +75,9 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
 
 
 def expected_tasks(cfg: Config) -> int:
-    """Tasks of a run that trains: list, ingest, gate, split, the normalize shards, gather,
-    augment, train, evaluate, register, report."""
-    return 10 + cfg.data.num_shards
+    """Tasks of a run that trains: list, the ingest shards, merge, gate, split, the
+    normalize shards, gather, augment, train, evaluate, register, report."""
+    return 10 + cfg.data.ingest_shards + cfg.data.num_shards
 
 
 def _to_stderr(text: str) -> None:

@@ -20,7 +20,7 @@ from tests.helpers import write_class_folder
 
 LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 TINY = ["data.synthetic_images_per_class=8", "data.synthetic_image_size=48", "data.image_size=32",
-        "train.epochs=1", "train.batch_size=8", "data.num_shards=1"]
+        "train.epochs=1", "train.batch_size=8", "data.num_shards=1", "data.ingest_shards=1"]
 
 
 def check_run(summary: dict, n_classes: int) -> None:
@@ -78,7 +78,7 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     # rest in the run's logs.
     console = proc.stderr.splitlines()
     assert len(console) + len(proc.stdout.splitlines()) <= 100
-    assert "[1/11] list_source ..." in console and any(re.match(r"\[4/11\] split  \d+\.\d s$", c) for c in console)
+    assert "[1/12] list_source ..." in console and any(re.match(r"\[5/12\] split  \d+\.\d s$", c) for c in console)
     assert any(re.match(r" +epoch 1/1  loss [\d.]+  val_loss", c) for c in console)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "out" and (run_dir / "logs" / "train.log").is_file()
