@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
