@@ -57,12 +57,15 @@ class RunConsole(io.TextIOBase):
         self._epochs: dict[str, str] = {}
         self._causes: dict[str, str] = {}
         self.failures: list[str] = []
+        self._done = False
 
     # ---- the stream ------------------------------------------------------------------
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
+        if self._done:  # a logging handler made during the run may outlive it
+            return self.terminal.write(text) if self.terminal is not None else len(text)
         if self.verbose and self.terminal is not None:
             self.terminal.write(text)
         thread = threading.get_ident()
@@ -76,17 +79,22 @@ class RunConsole(io.TextIOBase):
         return len(text)
 
     def flush(self) -> None:
+        if self._done:
+            return
         self._full.flush()
         for log in self._task_logs.values():
             log.flush()
         if self.terminal is not None:
             self.terminal.flush()
 
-    def close(self) -> None:
-        if self.closed:
+    def finish(self) -> None:
+        """Close the log files. The stream itself stays open, passing what it is still
+        given to the terminal: a handler that a library bound to sys.stdout during the run
+        may write to it later."""
+        if self._done:
             return
         self.flush()
-        super().close()  # before the files: it flushes once more
+        self._done = True
         self._full.close()
         for log in self._task_logs.values():
             log.close()

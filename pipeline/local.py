@@ -62,7 +62,7 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
         _end_mlflow_run(tracking_uri, cfg, pipeline_root, "KILLED", "interrupted (Ctrl-C)")
         raise
     finally:
-        console.close()
+        console.finish()
     summary = json.loads(task.output)
     shutil.rmtree(checkpoints, ignore_errors=True)
     summary["pipeline_run_dir"] = str(_newest_pipeline_run(pipeline_root))
