@@ -68,9 +68,12 @@ def main() -> None:
 
 @main.command()
 @config_options
-@click.option("--data", help="Folder of images (class subfolders, Kaggle Train/Test, or CSV + images). "
-                             "Default: the config's data.source, else a small SYNTHETIC dataset.")
-@click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False))
+@click.option("--data", help="Images: a folder, a .zip, or gs://bucket/prefix (class subfolders, Kaggle "
+                             "Train/Test, or CSV + images). Default: the config's data.source, else a small "
+                             "SYNTHETIC dataset.")
+@click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False),
+              help="Each run gets a folder here (summary.json, logs); 'latest' links the newest. The same "
+                   "command with the same folder resumes a killed training.")
 @click.option("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
 @click.option("--force-retrain", is_flag=True,
               help="Train even when the data is the data the current champion was trained on.")
@@ -126,7 +129,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
 @click.option("--data", required=True,
               help="Source to ingest: a folder, a .zip, or gs://bucket/prefix (class folders, Kaggle Train/Test, "
                    "or CSV + images).")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False))
+@click.option("--output-dir", required=True, type=click.Path(file_okay=False),
+              help="Where manifest.parquet and the reports (report.html, report.md, report.json) go.")
 @click.option("--format", "data_format", type=click.Choice(["auto", *DATA_FORMATS]),
               help="Source layout (default: the config's data.format, auto-detected).")
 def ingest(config_path, overrides, data, output_dir, data_format):
@@ -184,8 +188,10 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
 @click.option("--model", "model_uri", required=True,
               help="Model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, or a local path.")
 @click.argument("images", nargs=-1, required=True)
-@click.option("--out", "out_path", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--melanoma-class", default=EvaluateConfig().melanoma_class, show_default=True)
+@click.option("--out", "out_path", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
+              help="CSV: one row per image, every class's probability, the melanoma probability, errors.")
+@click.option("--melanoma-class", default=EvaluateConfig().melanoma_class, show_default=True,
+              help="The class whose probability is the melanoma_probability column.")
 @click.option("--tta", is_flag=True, help="Average over 8 flips/turns of each image.")
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
 def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
@@ -201,7 +207,8 @@ def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
 
 @main.command("compile")
 @config_options
-@click.option("-o", "--output", "output", default="pipeline.yaml", show_default=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "output", default="pipeline.yaml", show_default=True, type=click.Path(dir_okay=False),
+              help="Where the KFP IR YAML goes.")
 def compile_(config_path, overrides, output):
     """Compile the pipeline to KFP IR YAML for a cluster."""
     from kfp import compiler
@@ -324,7 +331,7 @@ _register_schedule_actions()
 
 @main.command()
 @click.option("--tracking-uri", help="Store to show (default: $MLFLOW_TRACKING_URI, else ./mlflow.db).")
-@click.option("--port", default=5000, show_default=True)
+@click.option("--port", default=5000, show_default=True, help="Port of the UI on 127.0.0.1.")
 def ui(tracking_uri, port):
     """Open the MLflow UI on the local store."""
     uri = resolve_tracking_uri(tracking_uri)
