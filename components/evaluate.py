@@ -332,8 +332,7 @@ def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path)
 
     from components import tracking
 
-    tracking.use_store(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with tracking.logging_into(tracking_uri, run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in headline_metrics(metrics).items()})
         mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
 

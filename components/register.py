@@ -30,8 +30,7 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
     (out / artifacts.GATE).write_text(json.dumps(gate, indent=2))
     report = report_with_gate(evaluation_dir, gate, out / artifacts.EVALUATION_REPORT)
     champion.log_gate(tracking_uri, mlflow_run_id, gate)
-    tracking.use_store(tracking_uri)
-    with mlflow.start_run(run_id=mlflow_run_id):
+    with tracking.logging_into(tracking_uri, mlflow_run_id):
         # Replaces evaluate's report in the run: the same page, now with the decision.
         mlflow.log_artifact(str(report), artifact_path="evaluation")
         mlflow.log_artifact(str(out / artifacts.GATE), artifact_path="evaluation")

@@ -38,8 +38,7 @@ def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
 
     from components import tracking
 
-    tracking.use_store(summary["tracking_uri"])
-    with mlflow.start_run(run_id=summary["mlflow_run_id"]):
+    with tracking.logging_into(summary["tracking_uri"], summary["mlflow_run_id"]):
         mlflow.log_metrics({f"data_{k}": float(v) for k, v in summary["data"].items()})
         mlflow.set_tag("data.synthetic", str(bool(summary["data"].get("synthetic"))).lower())
         for name, folder in data_dirs.items():

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from components.errors import UserError
@@ -41,6 +43,16 @@ def use_store(tracking_uri: str) -> None:
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+
+
+@contextmanager
+def logging_into(tracking_uri: str, run_id: str) -> Iterator[None]:
+    """mlflow's fluent API (log_metrics, log_artifact, ...) writing into one run of one store."""
+    import mlflow
+
+    use_store(tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        yield
 
 
 def resolve_tracking_uri(explicit: str | None = None, configured: str = "") -> str:
@@ -193,8 +205,7 @@ def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, 
     model = keras.models.load_model(model_path, compile=False)
     example = np.full((1, image_size, image_size, 3), 128.0, dtype=np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
-    use_store(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    with logging_into(tracking_uri, run_id):
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
                                            metadata={"classes": classes, "image_size": image_size,
                                                      "resize_mode": resize_mode})
