@@ -245,7 +245,11 @@ def fit_phase(model, train_ds, steps_per_epoch: int, first_epoch: int, last_epoc
     callback_list.on_train_begin()
     for epoch in range(int(next_epoch.numpy()), last_epoch):
         callback_list.on_epoch_begin(epoch)
-        loss, correct, seen = np.sum([step(batches).numpy() for _ in range(steps_per_epoch)], axis=0)
+        totals = []
+        for batch in range(steps_per_epoch):
+            callback_list.on_train_batch_begin(batch)  # the learning-rate schedule
+            totals.append(step(batches).numpy())
+        loss, correct, seen = np.sum(totals, axis=0)
         logs = {"loss": float(loss / steps_per_epoch), "accuracy": float(correct / seen)}
         average_moving_statistics()
         next_epoch.assign(epoch + 1)

@@ -187,13 +187,26 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
         model = build_model(tc.model, len(classes), size, data.meta["mean"], data.meta["std"], dropout=tc.dropout,
                             weights=tc.weights, alpha=tc.alpha)
 
-        def compile_for(peak_rate: float, phase_epochs: int) -> None:
-            schedule = learning_rate(tc, peak_rate, phase_epochs * steps_per_epoch, steps_per_epoch)
-            model.compile(optimizer=keras.optimizers.Adam(schedule), loss=loss, metrics=["accuracy"],
+        def compile_for(peak_rate: float, first_epoch: int, last_epoch: int) -> list:
+            """Compiles for the phase; returns the callbacks that drive its learning rate."""
+            initial_rate, schedule = learning_rate(tc, peak_rate, first_epoch, last_epoch - first_epoch,
+                                                   steps_per_epoch, phase_deadline(first_epoch, last_epoch))
+            model.compile(optimizer=keras.optimizers.Adam(initial_rate), loss=loss, metrics=["accuracy"],
                           jit_compile=devices.gpu)
+            return schedule
 
-    def callbacks(phase_start: int) -> list:
-        return [validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
+    def phase_deadline(first_epoch: int, last_epoch: int) -> float | None:
+        # The phase's share of the time left, by its share of the epochs left. Workers
+        # must agree on the rate, so several workers follow their steps alone.
+        if not tc.max_train_minutes or devices.workers > 1:
+            return None
+        now = time.monotonic()
+        left = started + tc.max_train_minutes * 60 - now
+        return now + max(left, 0.0) * (last_epoch - first_epoch) / max(1, tc.epochs - first_epoch)
+
+    def callbacks(phase_start: int, schedule: list) -> list:
+        return [*schedule,
+                validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
                 tracker.callback(phase_start), epoch_log_callback(out, tracking_uri, mlflow_run_id, metric_prefix),
                 *([time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
                 *extra_callbacks]
@@ -208,9 +221,9 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
         else:
             with devices.strategy.scope():
                 set_backbone_trainable(model, 0)
-                compile_for(tc.learning_rate, frozen_epochs)
+                schedule = compile_for(tc.learning_rate, 0, frozen_epochs)
             fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
-                      callbacks(0), class_weight)
+                      callbacks(0, schedule), class_weight)
             save_weights_atomically(model, out / FROZEN_DONE_FILE)
     if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
@@ -218,9 +231,10 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
                 set_backbone_trainable(model, tc.fine_tune_layers or None,
                                        freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
                                        batchnorm_momentum=tc.batchnorm_momentum)
-            compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, tc.epochs - frozen_epochs)
+            schedule = compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, frozen_epochs,
+                                   tc.epochs)
         fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
-                  callbacks(frozen_epochs), class_weight)
+                  callbacks(frozen_epochs, schedule), class_weight)
 
     tracker.restore_best(model)
     model_path = out / artifacts.MODEL
