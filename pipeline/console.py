@@ -54,6 +54,7 @@ class RunConsole(io.TextIOBase):
         self._task_of_thread: dict[int, str] = {}
         self._task_logs: dict[str, TextIO] = {}
         self._started: dict[str, tuple[int, float]] = {}
+        self._finished: set[str] = set()
         self._epochs: dict[str, str] = {}
         self._causes: dict[str, str] = {}
         self.failures: list[str] = []
@@ -128,6 +129,7 @@ class RunConsole(io.TextIOBase):
             self._causes[task] = error[1]
 
     def _task_started(self, thread: int, task: str) -> None:
+        self._close_finished_siblings(task)
         # Shards of one step share its task name: the second one's log is <step>_2.log.
         same = sum(1 for uid in self._started if uid.split("#")[0] == task)
         uid = f"{task}#{same + 1}" if same else task
@@ -137,8 +139,18 @@ class RunConsole(io.TextIOBase):
         self._started[uid] = (number, time.monotonic())
         self._say(f"[{number}/{self.total}] {_short(task)} ...")
 
-    def _task_finished(self, thread: int, task: str, status: str) -> None:
-        uid = self._task_of_thread.get(thread, task)
+    def _close_finished_siblings(self, starting: str) -> None:
+        """The local runner sometimes drops the "finished" line of one of a ParallelFor's
+        shards that end together. It starts a task only when those before it succeeded,
+        so a shard still open when another step starts has finished too."""
+        for uid in [uid for uid in self._started if uid not in self._finished]:
+            step = uid.split("#")[0]
+            if step != starting and any(done.split("#")[0] == step for done in self._finished):
+                self._task_finished(None, step, "SUCCESS", uid)
+
+    def _task_finished(self, thread: int | None, task: str, status: str, uid: str | None = None) -> None:
+        uid = uid or self._task_of_thread.get(thread, task)
+        self._finished.add(uid)
         number, began = self._started.get(uid, (0, time.monotonic()))
         seconds = time.monotonic() - began
         if status == "SUCCESS":

@@ -1,0 +1,53 @@
+"""The run console (pipeline.console.RunConsole) fed the local runner's lines from the
+threads that print them, as KFP's local runner does for a ParallelFor's shards."""
+from __future__ import annotations
+
+import re
+import threading
+
+from pipeline.console import RunConsole
+
+
+def write_from_thread(console: RunConsole, text: str) -> None:
+    thread = threading.Thread(target=console.write, args=(text,))
+    thread.start()
+    thread.join()
+
+
+def test_a_shard_whose_finished_line_the_runner_dropped_ends_when_the_next_step_starts(tmp_path):
+    shown: list[str] = []
+    console = RunConsole(tmp_path, total_tasks=3, echo=shown.append)
+    barrier = threading.Barrier(2)
+
+    def shard(finished: bool) -> None:
+        console.write("12:00:00.000 - INFO - Executing task 'ingest-shard-step'\n")
+        barrier.wait()  # both shards run at once, each in its thread
+        console.write("ingesting shard\n")
+        barrier.wait()
+        if finished:
+            console.write("12:00:01.000 - INFO - Task 'ingest-shard-step' finished with status SUCCESS\n")
+
+    runners = [threading.Thread(target=shard, args=(finished,)) for finished in (True, False)]
+    for runner in runners:
+        runner.start()
+    for runner in runners:
+        runner.join()
+    assert sum(1 for line in shown if re.fullmatch(r"\[\d/3\] ingest_shard  \d+\.\d s", line)) == 1
+
+    write_from_thread(console, "12:00:02.000 - INFO - Executing task 'ingest-merge-step'\n")
+    ends = [line for line in shown if re.fullmatch(r"\[\d/3\] ingest_shard  \d+\.\d s", line)]
+    assert sorted(line[:5] for line in ends) == ["[1/3]", "[2/3]"]
+    assert shown[-1] == "[3/3] ingest_merge ..."
+    # Each shard's own lines went to its own log.
+    console.finish()
+    assert (tmp_path / "logs" / "ingest_shard.log").read_text().count("ingesting shard") == 1
+    assert (tmp_path / "logs" / "ingest_shard_2.log").read_text().count("ingesting shard") == 1
+
+
+def test_a_step_that_has_not_finished_stays_open_when_its_own_shard_starts(tmp_path):
+    shown: list[str] = []
+    console = RunConsole(tmp_path, total_tasks=3, echo=shown.append)
+    write_from_thread(console, "Executing task 'normalize-shard-step'\n")
+    write_from_thread(console, "Executing task 'normalize-shard-step'\n")
+    assert not any(line.endswith(" s") for line in shown)
+    console.finish()
