@@ -50,9 +50,9 @@ class BestEpochTracker:
     its epoch and its weights live in the output folder, not in the process.
 
     Stops when ``patience`` epochs have passed since the best one, counting only epochs
-    of the current phase (fine-tuning starts with a full patience)."""
+    of the current phase (fine-tuning starts with a full patience); never with None."""
 
-    def __init__(self, out: Path, monitor: str, patience: int):
+    def __init__(self, out: Path, monitor: str, patience: int | None):
         self.out = out
         self.monitor = monitor
         self.mode = "min" if monitor.endswith("loss") else "max"
@@ -81,7 +81,7 @@ class BestEpochTracker:
                     atomic.write_text(tracker.out / BEST_STATE_FILE, json.dumps(
                         {"monitor": tracker.monitor, "best": value, "best_epoch": epoch}))
                 since_best = epoch - max(tracker.best_epoch, phase_start - 1)
-                if since_best >= tracker.patience:
+                if tracker.patience is not None and since_best >= tracker.patience:
                     self.model.stop_training = True
 
         return Track()

@@ -277,6 +277,13 @@ class TrainConfig(Section):
     # by our callback each epoch; val_loss and val_accuracy too.
     monitor: str = "val_balanced_accuracy"
     early_stopping_patience: int = Field(4, ge=1)
+    # The weights saved: "best", the epoch best on monitor (with early stopping), or
+    # "last", the end of the schedule (no early stopping). A cosine schedule anneals to
+    # its best weights at the end, and the best epoch by a small validation split's
+    # metric is often a one-epoch spike at a high learning rate that does not hold on
+    # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
+    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; see README, Results).
+    keep: Literal["best", "last"] = "best"
     # Wall-clock budget for training (0: none): no new epoch starts after it is spent.
     max_train_minutes: float = Field(0.0, ge=0)
     # Keep decoded training images in memory between epochs.

@@ -179,7 +179,8 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
     transfer = is_transfer(tc.model)
     frozen_epochs = tc.frozen_epochs if transfer else 0
     loss, class_weight = loss_and_class_weights(tc, counts)
-    tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience)
+    keep_best = tc.keep == "best"
+    tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience if keep_best else None)
     started = time.monotonic()
 
     with devices.strategy.scope():
@@ -236,16 +237,18 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
         fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
                   callbacks(frozen_epochs, schedule), class_weight)
 
-    tracker.restore_best(model)
+    if keep_best:
+        tracker.restore_best(model)
     model_path = out / artifacts.MODEL
     model.save(model_path)
     epochs = read_epoch_log(out)
+    kept_epoch = tracker.best_epoch if keep_best else len(epochs) - 1
     history = {k: [e.get(k) for e in epochs] for k in epochs[0] if k != "epoch"} if epochs else {}
     (out / artifacts.CLASSES).write_text(json.dumps(classes))
     (out / HISTORY_FILE).write_text(json.dumps(
-        {"history": history, "best_epoch": tracker.best_epoch, "monitor": tc.monitor, "device": devices.description},
-        indent=1))
-    return TrainResult(str(model_path), history, len(epochs), tracker.best_epoch, devices.description)
+        {"history": history, "best_epoch": kept_epoch, "monitor": tc.monitor, "keep": tc.keep,
+         "device": devices.description}, indent=1))
+    return TrainResult(str(model_path), history, len(epochs), kept_epoch, devices.description)
 
 
 def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Dataset], train: dict,

@@ -161,6 +161,33 @@ def test_early_stopping_keeps_the_best_epochs_weights_across_a_restart(tmp_path)
     np.testing.assert_array_equal(model.get_layer("logits").get_weights()[0], weights_at[1])
 
 
+def test_keep_last_trains_the_whole_schedule_and_saves_its_end(normalized, tmp_path):
+    import keras
+
+    cfg = tiny_config(model="seed_cnn", epochs=3, early_stopping_patience=1, keep="last", lr_schedule="cosine")
+    snapshots: list[list[np.ndarray]] = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append([w.copy() for w in self.model.get_weights()])
+
+    result = train(normalized, None, cfg.train, tmp_path, extra_callbacks=[Snapshot()])
+    # Patience 1 would stop a "best" run at the first epoch that does not improve.
+    assert result.epochs_run == 3 and result.best_epoch == 2
+    saved = keras.models.load_model(result.model_path, compile=False).get_weights()
+    assert all(np.array_equal(a, b) for a, b in zip(saved, snapshots[-1]))
+    assert json.loads((tmp_path / "history.json").read_text())["keep"] == "last"
+    (tmp_path / "fresh").mkdir()
+    tracker = BestEpochTracker(tmp_path / "fresh", "val_loss", patience=None)
+    model = build_model("seed_cnn", 3, 32, MEAN, STD)
+    model.stop_training = False
+    callback = tracker.callback(phase_start=0)
+    callback.set_model(model)
+    for epoch, loss in enumerate([0.5, 0.9, 1.0, 1.2]):
+        callback.on_epoch_end(epoch, {"val_loss": loss})
+    assert not model.stop_training and tracker.best_epoch == 0
+
+
 def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tmp_path):
     counts = np.array([10, 30, 60])
     weights = class_weights(counts)
