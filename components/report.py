@@ -47,6 +47,19 @@ def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
                     mlflow.log_artifact(str(f), artifact_path=name)
 
 
+def write_description(summary: dict, kfp_url: str = "", local_run_dir: str = "") -> None:
+    """The run's verdict in words on top of its MLflow run page (components.run_note)."""
+    from components import run_note
+
+    if summary["skipped"]:
+        text = run_note.skipped_description(summary["skip_reason"], summary.get("champion") or {}, kfp_url,
+                                            local_run_dir)
+    else:
+        text = run_note.trained_description(summary["metrics"], summary["gate"], bool(summary["data"].get("synthetic")),
+                                            kfp_url, local_run_dir, summary.get("warnings", []))
+    run_note.set_description(summary["tracking_uri"], summary["mlflow_run_id"], text)
+
+
 def mlflow_run_markdown(summary: dict) -> str:
     from components import tracking
 
@@ -64,12 +77,14 @@ def mlflow_run_markdown(summary: dict) -> str:
 def report_step(gate_details: str, manifest: dsl.Input[dsl.Dataset], mlflow_run: dsl.Output[dsl.Markdown],
                 splits: dsl.Input[dsl.Dataset] = None, augmented: dsl.Input[dsl.Dataset] = None,
                 evaluation: dsl.Input[dsl.Dataset] = None, registration: dsl.Input[dsl.Artifact] = None,
-                model_uri: str = "") -> str:
-    """KFP wrapper: the pipeline's output, one JSON document whichever branch ran."""
+                model_uri: str = "", kfp_run_id: str = "", kfp_ui_url: str = "", local_run_dir: str = "") -> str:
+    """KFP wrapper: the pipeline's output, one JSON document whichever branch ran; the
+    MLflow run's description says its verdict."""
     import json
     from pathlib import Path
 
-    from components.report import log_data_reports, mlflow_run_markdown, run_summary
+    from components.report import log_data_reports, mlflow_run_markdown, run_summary, write_description
+    from components.run_note import kfp_run_url
 
     def path(artifact) -> Path | None:
         return Path(artifact.path) if artifact is not None else None
@@ -77,5 +92,7 @@ def report_step(gate_details: str, manifest: dsl.Input[dsl.Dataset], mlflow_run:
     summary = run_summary(json.loads(gate_details), path(evaluation), path(registration), path(splits), model_uri)
     data_dirs = {"data": path(manifest), "split": path(splits), "augment": path(augmented)}
     log_data_reports(summary, {name: folder for name, folder in data_dirs.items() if folder is not None})
+    summary["kfp_run_url"] = kfp_run_url(kfp_ui_url, kfp_run_id)
+    write_description(summary, summary["kfp_run_url"], local_run_dir)
     Path(mlflow_run.path).write_text(mlflow_run_markdown(summary))
     return json.dumps(summary)

@@ -262,4 +262,4 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
                            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
     return tracking.log_model(model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
-                              meta.get("resize_mode", "pad"))
+                              meta.get("resize_mode", "pad"), bool(meta.get("synthetic")))

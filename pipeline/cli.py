@@ -336,7 +336,8 @@ def ui(tracking_uri, port):
     """Open the MLflow UI on the local store."""
     uri = resolve_tracking_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop", err=True)
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}; the sidebar's 'Model training' switch shows "
+               "runs tables, and the links lesionpipe prints open there); Ctrl-C to stop", err=True)
     os.execv(sys.executable, cmd)
 
 

@@ -83,6 +83,13 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "out" and (run_dir / "logs" / "train.log").is_file()
     assert "executor_input" in (run_dir / "pipeline.log").read_text()  # everything KFP printed is kept
+    # The MLflow run's description: the verdict in words, test metrics first, flagged
+    # SYNTHETIC, with the local run's folder; the experiment is a model-training one.
+    store = MlflowClient(summary["tracking_uri"])
+    note = store.get_run(summary["mlflow_run_id"]).data.tags["mlflow.note.content"]
+    assert note.startswith("Test metrics (") and "Verdict: **" in note and "**SYNTHETIC data**" in note
+    assert f"Local run folder: `{run_dir}`" in note and "Kubeflow Pipelines run" not in note
+    assert store.get_experiment_by_name("lesion-demo").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
 def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
@@ -165,6 +172,7 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
     run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
     assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
+    assert run.data.tags["mlflow.note.content"].startswith("Verdict: **FAILED**: train failed: mobilenet_v2 has no")
 
 
 def test_ctrl_c_ends_the_mlflow_run_killed_and_leaves_no_process_behind(tmp_path):
