@@ -29,11 +29,13 @@ def run_summary(gate_details: dict, evaluation_dir: str | Path | None = None,
     registered = {"name": gate["model_name"], "version": gate["version"], "uri": gate["model_uri"],
                   "alias": gate["alias"]}
     return {**common, "skipped": False, "model_uri": model_uri, "registered_model": registered, "gate": gate,
-            "data": data, "metrics": json.loads((Path(evaluation_dir) / artifacts.METRICS).read_text())}
+            "data": data, "metrics": json.loads((Path(evaluation_dir) / artifacts.METRICS).read_text()),
+            "warnings": split_report.get("class_size_warnings", [])}
 
 
 def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
-    """Data counts (``data_*``), the synthetic tag and the data steps' reports into the run."""
+    """Data counts (``data_*``), the synthetic and class-size warning tags and the data
+    steps' reports into the run."""
     import mlflow
 
     from components import tracking
@@ -41,6 +43,8 @@ def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
     with tracking.logging_into(summary["tracking_uri"], summary["mlflow_run_id"]):
         mlflow.log_metrics({f"data_{k}": float(v) for k, v in summary["data"].items()})
         mlflow.set_tag("data.synthetic", str(bool(summary["data"].get("synthetic"))).lower())
+        if summary.get("warnings"):
+            mlflow.set_tag("data.class_size_warnings", "\n".join(summary["warnings"])[:5000])
         for name, folder in data_dirs.items():
             for f in sorted(folder.glob("*")):
                 if f.suffix in DATA_REPORT_SUFFIXES:

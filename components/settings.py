@@ -166,7 +166,15 @@ class DataConfig(Section):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 123
+    # Ingest stops when a class has fewer images than this in all (after quarantine).
     min_images_per_class: int = Field(2, ge=1)
+    # After the split, per class and subset (train, val, test): fewer images than
+    # warn_images_per_class_split is a warning (console, split report, MLflow tag and
+    # run description; 0: none), fewer than min_images_per_class_split stops the run
+    # before training (0: never stops). A subset with no images at all (test_fraction 0
+    # and no source Test split) is not checked.
+    warn_images_per_class_split: int = Field(10, ge=0)
+    min_images_per_class_split: int = Field(0, ge=0)
     # Cap per class after ingest (0: no cap); for quick runs on large sources.
     max_images_per_class: int = Field(0, ge=0)
     # Source label -> canonical class name; merged over the built-in vocabulary.

@@ -118,6 +118,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
         gate = summary.get("gate")
         if gate:
             click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
+        for warning in summary.get("warnings", []):
+            click.echo(f"warning: {warning}")
     click.echo(f"summary:       {summary['summary_path']}")
     click.echo(f"logs:          {Path(summary['run_dir']) / 'logs'}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")

@@ -90,6 +90,14 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     assert note.startswith("Test metrics (") and "Verdict: **" in note and "**SYNTHETIC data**" in note
     assert f"Local run folder: `{run_dir}`" in note and "Kubeflow Pipelines run" not in note
     assert store.get_experiment_by_name("lesion-demo").tags["mlflow.experimentKind"] == "custom_model_development"
+    # 8 images a class leave 1-2 per class in validation and test: below the default
+    # warning threshold, said on the console, in the summary, the run's tag and description.
+    assert summary["warnings"] and all(w.startswith("class ") for w in summary["warnings"])
+    assert any(re.match(r" +warning: class \w+ has few images after quarantine and split", c) for c in console)
+    assert f"warning: {summary['warnings'][0]}" in proc.stdout
+    tags = store.get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["data.class_size_warnings"].splitlines() == summary["warnings"]
+    assert f"Warning: {summary['warnings'][0]}" in note
 
 
 def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
