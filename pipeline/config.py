@@ -3,6 +3,8 @@ pipeline runs on a cluster; loaded from YAML, overridable with ``--set section.k
 and logged to MLflow as flat params. Each step receives only its own section."""
 from __future__ import annotations
 
+import copy
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +17,38 @@ from components.settings import (AugmentConfig, DataConfig, EvaluateConfig, Mlfl
                                  unknown_key_message)
 
 ConfigError = SettingsError
+
+# Values that are names, not files: train.weights "imagenet" (download) and "none".
+NOT_PATHS = ("", "imagenet", "none")
+SQLITE = "sqlite:///"
+
+
+def _is_relative_local_path(value: Any) -> bool:
+    return (isinstance(value, str) and value not in NOT_PATHS and "://" not in value
+            and not value.startswith(("/", "~")))
+
+
+def _against(folder: Path, value: str) -> str:
+    return os.path.normpath(os.path.join(os.path.abspath(folder), value))
+
+
+def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config file's relative local paths (``data.source``, ``train.weights`` and the
+    ensemble members' ``weights``, an ``sqlite:///`` ``mlflow.tracking_uri``) made
+    absolute against ``folder``, the config file's own folder, so a config means the same
+    files from wherever ``lesionpipe`` runs. URIs (gs://, http://) and names (imagenet)
+    stay as they are."""
+    raw = copy.deepcopy(raw)
+    data, train, mlflow = (raw.get(k) if isinstance(raw.get(k), dict) else {} for k in ("data", "train", "mlflow"))
+    if _is_relative_local_path(data.get("source")):
+        data["source"] = _against(folder, data["source"])
+    for section in [train, *(m for m in train.get("ensemble") or [] if isinstance(m, dict))]:
+        if _is_relative_local_path(section.get("weights")):
+            section["weights"] = _against(folder, section["weights"])
+    uri = mlflow.get("tracking_uri")
+    if isinstance(uri, str) and uri.startswith(SQLITE) and _is_relative_local_path(uri.removeprefix(SQLITE)):
+        mlflow["tracking_uri"] = SQLITE + _against(folder, uri.removeprefix(SQLITE))
+    return raw
 
 
 class ImagesConfig(Section):
@@ -130,7 +164,10 @@ class Config(Section):
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
-        return cls.from_dict(read_yaml_mapping(path) if path else {}).with_overrides(overrides)
+        """A config file's values (its relative paths resolved against its own folder), then
+        ``--set`` overrides (taken as given: relative to the working folder)."""
+        raw = resolve_relative_paths(read_yaml_mapping(path), Path(path).parent) if path else {}
+        return cls.from_dict(raw).with_overrides(overrides)
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Config":
         raw = self.to_dict()
