@@ -124,6 +124,9 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]  # the cause, in words, is the last line
     assert last.startswith("Error: ") and expected.removeprefix("Error: ") in last
+    if "only one class" in expected:  # ingest wrote its report first, and says where it is
+        report = re.search(r"every file's reason: (\S+report\.html)", last)
+        assert report and Path(report[1]).is_file(), last
 
 
 def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
