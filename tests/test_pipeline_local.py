@@ -98,6 +98,15 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     tags = store.get_run(summary["mlflow_run_id"]).data.tags
     assert tags["data.class_size_warnings"].splitlines() == summary["warnings"]
     assert f"Warning: {summary['warnings'][0]}" in note
+    # The model is flagged SYNTHETIC wherever it goes: its MLflow metadata, the train
+    # step's folder, the registered version's tag and description.
+    from components.predict import load_model
+
+    assert load_model(summary["model_uri"], summary["tracking_uri"]).synthetic is True
+    (info,) = Path(summary["pipeline_run_dir"]).glob("train-step/model/model_info.json")
+    assert json.loads(info.read_text()) == {"synthetic": True}
+    version = store.get_model_version(summary["registered_model"]["name"], summary["registered_model"]["version"])
+    assert version.tags["data.synthetic"] == "true" and "SYNTHETIC data" in version.description
 
 
 def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
