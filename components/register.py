@@ -27,7 +27,7 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
     synthetic = bool(new_metrics.get("synthetic"))
     gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new_metrics, normalized_dir, cfg,
                                          data_fingerprint, synthetic=synthetic)
-    run_note.set_description(tracking_uri, mlflow_run_id, run_note.trained_description(
+    tracking.set_description(tracking_uri, mlflow_run_id, run_note.trained_description(
         new_metrics, gate, synthetic, kfp_url, local_run_dir))
     tracking.client(tracking_uri).update_model_version(model_name, gate["version"], description=(
         run_note.model_version_description(gate, new_metrics, synthetic, tracking.run_url(tracking_uri, mlflow_run_id))))

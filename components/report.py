@@ -53,7 +53,7 @@ def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
 
 def write_description(summary: dict, kfp_url: str = "", local_run_dir: str = "") -> None:
     """The run's verdict in words on top of its MLflow run page (components.run_note)."""
-    from components import run_note
+    from components import run_note, tracking
 
     if summary["skipped"]:
         text = run_note.skipped_description(summary["skip_reason"], summary.get("champion") or {}, kfp_url,
@@ -61,7 +61,7 @@ def write_description(summary: dict, kfp_url: str = "", local_run_dir: str = "")
     else:
         text = run_note.trained_description(summary["metrics"], summary["gate"], bool(summary["data"].get("synthetic")),
                                             kfp_url, local_run_dir, summary.get("warnings", []))
-    run_note.set_description(summary["tracking_uri"], summary["mlflow_run_id"], text)
+    tracking.set_description(summary["tracking_uri"], summary["mlflow_run_id"], text)
 
 
 def mlflow_run_markdown(summary: dict) -> str:

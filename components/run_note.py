@@ -80,12 +80,6 @@ def failed_description(status: str, reason: str, previous: str = "") -> str:
     return f"Verdict: **{status}**: {reason}\n\n" + previous
 
 
-def set_description(tracking_uri: str, run_id: str, text: str) -> None:
-    from components import tracking
-
-    tracking.client(tracking_uri).set_tag(run_id, NOTE_TAG, text[:60000])
-
-
 def model_version_description(gate: dict, metrics: dict, synthetic: bool, mlflow_run_url: str = "") -> str:
     """The registered version's own description (the model page shows it)."""
     lines = [test_metrics_line(metrics), f"Champion gate: **@{gate['alias']}**: {gate['reason']}"]

@@ -188,6 +188,13 @@ def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, stat
             store.set_terminated(run.info.run_id, status)
 
 
+def set_description(tracking_uri: str, run_id: str, text: str) -> None:
+    """The run's description: the note MLflow shows on top of the run page (Markdown)."""
+    from components.run_note import NOTE_TAG
+
+    client(tracking_uri).set_tag(run_id, NOTE_TAG, text[:60000])
+
+
 def run_params(tracking_uri: str, run_id: str, prefix: str = "") -> dict[str, str]:
     """The params of an MLflow run whose names start with ``prefix`` ({} if the run is gone)."""
     from mlflow.exceptions import MlflowException

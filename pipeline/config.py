@@ -3,8 +3,6 @@ pipeline runs on a cluster; loaded from YAML, overridable with ``--set section.k
 and logged to MLflow as flat params. Each step receives only its own section."""
 from __future__ import annotations
 
-import copy
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -14,41 +12,10 @@ from pydantic import Field, model_validator
 
 from components.settings import (AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, Section, SettingsError,
                                  TrainConfig, flat_params, load_section, read_yaml_mapping,
-                                 unknown_key_message)
+                                 resolve_relative_paths, unknown_key_message)
 
 ConfigError = SettingsError
 
-# Values that are names, not files: train.weights "imagenet" (download) and "none".
-NOT_PATHS = ("", "imagenet", "none")
-SQLITE = "sqlite:///"
-
-
-def _is_relative_local_path(value: Any) -> bool:
-    return (isinstance(value, str) and value not in NOT_PATHS and "://" not in value
-            and not value.startswith(("/", "~")))
-
-
-def _against(folder: Path, value: str) -> str:
-    return os.path.normpath(os.path.join(os.path.abspath(folder), value))
-
-
-def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """The config file's relative local paths (``data.source``, ``train.weights`` and the
-    ensemble members' ``weights``, an ``sqlite:///`` ``mlflow.tracking_uri``) made
-    absolute against ``folder``, the config file's own folder, so a config means the same
-    files from wherever ``lesionpipe`` runs. URIs (gs://, http://) and names (imagenet)
-    stay as they are."""
-    raw = copy.deepcopy(raw)
-    data, train, mlflow = (raw.get(k) if isinstance(raw.get(k), dict) else {} for k in ("data", "train", "mlflow"))
-    if _is_relative_local_path(data.get("source")):
-        data["source"] = _against(folder, data["source"])
-    for section in [train, *(m for m in train.get("ensemble") or [] if isinstance(m, dict))]:
-        if _is_relative_local_path(section.get("weights")):
-            section["weights"] = _against(folder, section["weights"])
-    uri = mlflow.get("tracking_uri")
-    if isinstance(uri, str) and uri.startswith(SQLITE) and _is_relative_local_path(uri.removeprefix(SQLITE)):
-        mlflow["tracking_uri"] = SQLITE + _against(folder, uri.removeprefix(SQLITE))
-    return raw
 
 
 class ImagesConfig(Section):
