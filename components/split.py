@@ -137,8 +137,9 @@ def describe_small(small: dict[str, dict[str, int]]) -> str:
 def class_size_warnings(report: dict, cfg: DataConfig) -> list[str]:
     """One line per class below ``data.warn_images_per_class_split`` in some subset."""
     small = small_classes(report["class_counts"], cfg.warn_images_per_class_split)
-    return [f"class {label} has few images after quarantine and split: {describe_small({label: subsets})}; "
-            f"fewer than data.warn_images_per_class_split={cfg.warn_images_per_class_split}, its metrics will be noisy"
+    return [f"class {label} has few images after quarantine and split "
+            f"({', '.join(f'{s} {n}' for s, n in subsets.items())}): fewer than "
+            f"data.warn_images_per_class_split={cfg.warn_images_per_class_split}, its metrics will be noisy"
             for label, subsets in sorted(small.items())]
 
 

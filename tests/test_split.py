@@ -107,7 +107,7 @@ def test_a_class_with_few_images_per_subset_is_a_warning_in_the_report_and_on_st
     counts = {s: report["class_counts"][s]["melanoma"] for s in ("train", "val", "test")}
     assert counts == {"train": 1, "val": 1, "test": 1}
     assert report["class_size_warnings"] == [
-        "class melanoma has few images after quarantine and split: melanoma (train 1, val 1, test 1); fewer than "
+        "class melanoma has few images after quarantine and split (train 1, val 1, test 1): fewer than "
         "data.warn_images_per_class_split=3, its metrics will be noisy"]
     assert json.loads((tmp_path / "split" / "split_report.json").read_text())["class_size_warnings"] == \
         report["class_size_warnings"]
