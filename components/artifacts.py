@@ -21,6 +21,8 @@ AUGMENT_POLICY = "policy.json"
 # train
 MODEL = "model.keras"
 CLASSES = "classes.json"
+# what a model was trained on, beside it: {"synthetic": true} for the generated demo data
+MODEL_INFO = "model_info.json"
 # evaluate
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.npz"

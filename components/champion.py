@@ -25,6 +25,8 @@ from components.settings import EvaluateConfig
 CHAMPION = "champion"
 CHALLENGER = "challenger"
 FINGERPRINT_TAG = "data_fingerprint"
+# "true" on a version trained on the generated demo data (components.synthetic).
+SYNTHETIC_TAG = "data.synthetic"
 # The champion version a decision was made against ("none": there was none): versions
 # decided against the same one were promoted concurrently.
 COMPARED_WITH_TAG = "gate.compared_with"
@@ -159,9 +161,11 @@ def _decide_against(champion: Champion | None, model_name: str, tracking_uri: st
 
 
 def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new_metrics: dict,
-                         normalized_dir: str | Path, cfg: EvaluateConfig, data_fingerprint: str) -> dict:
-    """Register ``model_uri`` as a new version of ``model_name`` (tagged with its decision
-    and data fingerprint) and give it the alias the gate decides; returns the decision
+                         normalized_dir: str | Path, cfg: EvaluateConfig, data_fingerprint: str,
+                         synthetic: bool = False) -> dict:
+    """Register ``model_uri`` as a new version of ``model_name`` (tagged with its decision,
+    data fingerprint and whether that data was synthetic) and give it the alias the gate
+    decides; returns the decision
     with version, URIs and the champion it was compared with.
 
     Safe against a concurrent run: right before moving ``@champion`` the alias is read
@@ -178,7 +182,8 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     tracking.use_store(tracking_uri)
     try:
         version = str(mlflow.register_model(model_uri, model_name, tags={
-            **_decision_tags(decision, compared_with), FINGERPRINT_TAG: data_fingerprint}).version)
+            **_decision_tags(decision, compared_with), FINGERPRINT_TAG: data_fingerprint,
+            SYNTHETIC_TAG: str(synthetic).lower()}).version)
     except MlflowException as exc:
         raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: "
                                   f"{exc.message.splitlines()[0]}") from None

@@ -192,16 +192,17 @@ def make_pictures(model, images: np.ndarray, ev: Evaluation, classes: list[str],
 
 
 def evaluate_images(model, classes: list[str], images: np.ndarray, y_true: np.ndarray, cfg: EvaluateConfig,
-                    output_dir: str | Path, synthetic: bool = False) -> Evaluation:
+                    output_dir: str | Path, synthetic: bool = False, model_synthetic: bool = False) -> Evaluation:
     """Metrics and pictures of ``model`` on labelled images (uint8, the model's size);
-    writes metrics.json, predictions.npz and the PNGs to ``output_dir``."""
+    writes metrics.json, predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the
+    images are; ``model_synthetic``: the model was trained on synthetic images."""
     from components.predict import predict_probabilities
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     probs = predict_probabilities(model, images, cfg.batch_size, cfg.tta)
     metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class)
-    metrics.update(tta=cfg.tta, synthetic=synthetic)
+    metrics.update(tta=cfg.tta, synthetic=synthetic, model_synthetic=model_synthetic)
     ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs)
     (out / artifacts.METRICS).write_text(json.dumps(metrics, indent=2))
     np.savez_compressed(out / artifacts.PREDICTIONS, y_true=ev.y_true, probs=probs)
@@ -218,7 +219,8 @@ def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateCo
     model = keras.models.load_model(model_path, compile=False)
     meta = shards.read_meta(normalized_dir)
     images, labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "test"), meta["image_size"])
-    return evaluate_images(model, meta["classes"], images, labels, cfg, output_dir, meta.get("synthetic", False))
+    synthetic = bool(meta.get("synthetic", False))  # the model was trained on the same data
+    return evaluate_images(model, meta["classes"], images, labels, cfg, output_dir, synthetic, synthetic)
 
 
 def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConfig, out_path: str | Path) -> dict:
@@ -241,7 +243,8 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()
     out = Path(out_path)
     folder = out.parent / (out.stem + "_report")
-    ev = evaluate_images(loaded.model, loaded.classes, images, labels, cfg, folder, synthetic=source_uri == "")
+    ev = evaluate_images(loaded.model, loaded.classes, images, labels, cfg, folder, synthetic=source_uri == "",
+                         model_synthetic=loaded.synthetic)
     ev.metrics["model_uri"] = loaded.uri
     ev.metrics["data"] = source_uri
     report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
@@ -280,6 +283,9 @@ def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, 
     headline = "".join(f"<tr><td>{k.replace('_', ' ')}</td><td>{metrics[k]:.4f}</td></tr>"
                        for k in HEADLINE if metrics.get(k) is not None)
     warning = "<p class='warn'>SYNTHETIC data: these numbers say nothing about real lesions.</p>" if synthetic else ""
+    if metrics.get("model_synthetic"):
+        warning = ("<p class='warn banner'>SYNTHETIC model: trained on generated images, not medical images. Do not "
+                   "use it on patients.</p>") + warning
     images = "".join(
         f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
         f"{base64.b64encode((folder / name).read_bytes()).decode()}'>" for caption, name in pictures)
@@ -287,7 +293,8 @@ def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, 
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
         "<style>body{font-family:sans-serif;max-width:1200px}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "table{border-collapse:collapse}.warn{color:#b00;font-weight:bold}.champion{color:#070}"
+        "table{border-collapse:collapse}.warn{color:#b00;font-weight:bold}.banner{border:3px solid #b00;padding:8px;"
+        "font-size:1.4em}.champion{color:#070}"
         ".challenger{color:#b60}img{max-width:100%}</style></head><body>"
         f"<h1>{html.escape(title)} ({metrics['n']} images{tta})</h1>{warning}{_gate_section(gate)}"
         f"<h2>Metrics</h2><table>{headline}</table>"

@@ -517,9 +517,10 @@ def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | P
     report = build_report(df, source_root=first["source_root"], synthetic=first["synthetic"], fmt=first["format"],
                           counts_before=first["counts_before"], duplicate_groups=duplicate_groups,
                           near_groups=near_groups, label_rows_without_image=first["label_rows_without_image"])
-    check_usable(report, cfg)
     if output_dir is not None:
+        # Written first: when the data is unusable, the per-file reasons are what the user reads.
         write_outputs(df, report, Path(output_dir), previews)
+    check_usable(report, cfg, Path(output_dir) / artifacts.INGEST_REPORT_HTML if output_dir is not None else None)
     return IngestResult(df, report)
 
 
@@ -553,18 +554,21 @@ def load_shard(shard_dir: str | Path) -> IngestShard:
                        dict(zip(previews.uri, previews.jpeg)), json.loads(meta_file.read_text()))
 
 
-def check_usable(report: dict, cfg: DataConfig) -> None:
+def check_usable(report: dict, cfg: DataConfig, report_path: Path | None = None) -> None:
+    """Enough usable images to train on, or one line saying why and where the report with
+    every file's reason is (``report_path``, written before this check)."""
+    where = f"; every file's reason: {report_path}" if report_path is not None else ""
     if report["ingested"] == 0:
         reasons = report["reason_counts"]["quarantined"]
         hint = f" (most common quarantine reason: {max(reasons, key=reasons.get)})" if reasons else ""
-        raise IngestError(f"no usable images in {report['source']}: {report['files_found']} files found{hint}")
+        raise IngestError(f"no usable images in {report['source']}: {report['files_found']} files found{hint}{where}")
     if len(report["classes"]) < 2:
-        raise IngestError(f"only one class found ({report['classes'][0]}): a classifier needs at least two")
+        raise IngestError(f"only one class found ({report['classes'][0]}): a classifier needs at least two{where}")
     small = {c: n for c, n in report["class_counts"].items() if n < cfg.min_images_per_class}
     if small:
         raise IngestError(
             f"classes with fewer than data.min_images_per_class={cfg.min_images_per_class} images: "
-            + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())))
+            + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())) + where)
 
 
 def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset],

@@ -35,6 +35,15 @@ class LoadedModel:
     # The MLflow run that logged the model ('' for a local file): the pipeline run whose
     # settings (its evaluate.* params) scored it.
     run_id: str = ""
+    # Trained on the generated demo data (components.synthetic), not on medical images.
+    synthetic: bool = False
+
+    def synthetic_warning(self) -> str:
+        """The line every command that uses a synthetic model shows ('' otherwise)."""
+        if not self.synthetic:
+            return ""
+        return (f"WARNING: {self.uri} is a SYNTHETIC model: trained on generated images, not medical images; "
+                "its outputs say nothing about real lesions")
 
     def predict(self, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
         """Class probabilities of uint8 or float images in [0, 255], shape (n, size, size, 3)."""
@@ -66,8 +75,11 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
     """The .keras file and metadata of a local model: a .keras file, a train step's output
     folder (model.keras + classes.json), or a downloaded MLflow model folder."""
     if path.is_file() and path.suffix == ".keras":
-        classes_file = path.parent / artifacts.CLASSES
-        return path, {"classes": json.loads(classes_file.read_text())} if classes_file.is_file() else {}
+        classes_file, info_file = path.parent / artifacts.CLASSES, path.parent / artifacts.MODEL_INFO
+        metadata = json.loads(info_file.read_text()) if info_file.is_file() else {}
+        if classes_file.is_file():
+            metadata["classes"] = json.loads(classes_file.read_text())
+        return path, metadata
     if (path / "MLmodel").is_file():
         mlmodel = yaml.safe_load((path / "MLmodel").read_text())
         found = sorted(path.rglob("*.keras"))
@@ -114,7 +126,7 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
     image_size = int(model.input_shape[1])
     classes = list(metadata.get("classes") or [f"class_{i}" for i in range(int(model.output_shape[-1]))])
     return LoadedModel(model, classes, image_size, str(metadata.get("resize_mode", "pad")), uri,
-                       str(metadata.get("mlflow_run_id") or ""))
+                       str(metadata.get("mlflow_run_id") or ""), bool(metadata.get("synthetic")))
 
 
 def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
@@ -152,7 +164,8 @@ def find_images(paths: list[str]) -> list[str]:
 def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64,
                   tta: bool = False) -> list[dict]:
     """One row per file: path, predicted class, every class's probability, the melanoma
-    probability, and the reason when the file could not be read as an image."""
+    probability, the reason when the file could not be read as an image, and whether the
+    model was trained on synthetic data."""
     images, errors = load_images(files, loaded.image_size, loaded.resize_mode)
     probs = loaded.predict(images, batch_size, tta)
     rows = []
@@ -162,6 +175,7 @@ def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "
         if melanoma_class in loaded.classes:
             row["melanoma_probability"] = "" if error else round(float(p[loaded.classes.index(melanoma_class)]), 6)
         row["error"] = error
+        row["synthetic_model"] = loaded.synthetic
         rows.append(row)
     return rows
 

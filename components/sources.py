@@ -523,7 +523,8 @@ def open_source(uri: str, data: DataConfig | None = None) -> Source:
     if path.is_dir():
         return LocalFolderSource(path)
     if not path.exists():
-        raise SourceError(f"data source not found: {uri}")
+        resolved = "" if path.is_absolute() else f" (relative to the working folder: {path.absolute()})"
+        raise SourceError(f"data source not found: {uri}{resolved}")
     if zipfile.is_zipfile(path):
         if path.suffix.lower() != ".zip":  # member URIs are cut at ".zip!/"
             raise SourceError(f"zip archive {uri} must be named *.zip")

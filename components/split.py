@@ -6,6 +6,7 @@ already has is kept as the test subset.
 """
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -113,9 +114,54 @@ def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFram
     return df.drop(columns=["group_key"]), report
 
 
+def small_classes(class_counts: dict[str, dict[str, int]], below: int) -> dict[str, dict[str, int]]:
+    """class -> {subset: images} for every subset where the class has fewer than ``below``
+    images; subsets with no images at all are not checked, ``below`` 0 finds none."""
+    small: dict[str, dict[str, int]] = {}
+    for subset in SUBSETS:
+        counts = class_counts.get(subset, {})
+        if below <= 0 or not sum(counts.values()):
+            continue
+        for label, n in sorted(counts.items()):
+            if n < below:
+                small.setdefault(label, {})[subset] = n
+    return small
+
+
+def describe_small(small: dict[str, dict[str, int]]) -> str:
+    """``seborrheic_keratosis (train 1, val 1, test 0), ...``"""
+    return ", ".join(f"{label} ({', '.join(f'{s} {n}' for s, n in subsets.items())})"
+                     for label, subsets in sorted(small.items()))
+
+
+def class_size_warnings(report: dict, cfg: DataConfig) -> list[str]:
+    """One line per class below ``data.warn_images_per_class_split`` in some subset."""
+    small = small_classes(report["class_counts"], cfg.warn_images_per_class_split)
+    return [f"class {label} has few images after quarantine and split "
+            f"({', '.join(f'{s} {n}' for s, n in subsets.items())}): fewer than "
+            f"data.warn_images_per_class_split={cfg.warn_images_per_class_split}, its metrics will be noisy"
+            for label, subsets in sorted(small.items())]
+
+
+def check_class_sizes(report: dict, cfg: DataConfig) -> None:
+    """Stop before training when a class is below ``data.min_images_per_class_split``."""
+    small = small_classes(report["class_counts"], cfg.min_images_per_class_split)
+    if small:
+        raise SplitError(f"too few images per class after quarantine and split (data.min_images_per_class_split="
+                         f"{cfg.min_images_per_class_split}): {describe_small(small)}; add images, merge or drop these "
+                         "classes (data.class_map), or lower the threshold")
+
+
 def split(manifest_dir: str | Path, cfg: DataConfig, output_dir: str | Path) -> dict:
+    """Split the ingested files; the report's ``class_size_warnings`` (also on stderr, which
+    the run's console shows) name the classes with few images in a subset."""
     manifest = pd.read_parquet(Path(manifest_dir) / artifacts.MANIFEST)
     splits, report = split_manifest(manifest, cfg)
+    report["class_size_warnings"] = class_size_warnings(report, cfg)
+    for line in report["class_size_warnings"]:
+        sys.stderr.write(f"warning: {line}\n")
+    sys.stderr.flush()
+    check_class_sizes(report, cfg)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     splits.to_parquet(out / artifacts.SPLITS, index=False)

@@ -7,6 +7,7 @@ so no step needs another's output to log, and a cached step never points at a st
 from __future__ import annotations
 
 import os
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,10 @@ from components.errors import UserError
 DEFAULT_DB_NAME = "mlflow.db"
 KFP_RUN_ID_TAG = "kfp.run_id"
 KFP_RUN_NAME_TAG = "kfp.run_name"
+# MLflow 3's UI opens an experiment by this tag: the runs table for classic model
+# training, the GenAI overview (traces, "Detect Issues") for "genai_development".
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
 
 
 def client(tracking_uri: str):
@@ -127,16 +132,26 @@ def _artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 
 def ensure_experiment(tracking_uri: str, experiment: str) -> str:
+    """The experiment's id, created if needed as a model-training experiment (the tag
+    ``mlflow.experimentKind``), so that MLflow's UI opens it on its runs table; an existing
+    experiment without the tag gets it."""
     from mlflow.exceptions import MlflowException
 
     store = client(tracking_uri)
     found = store.get_experiment_by_name(experiment)
-    if found:
-        return found.experiment_id
-    try:
-        return store.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri, experiment))
-    except MlflowException:  # created meanwhile by a parallel step
-        return store.get_experiment_by_name(experiment).experiment_id
+    if found is None:
+        try:
+            return store.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri, experiment),
+                                           tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+        except MlflowException:  # created meanwhile by a parallel step
+            found = store.get_experiment_by_name(experiment)
+    if EXPERIMENT_KIND_TAG not in found.tags:
+        try:
+            store.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+        except MlflowException as exc:  # someone else's experiment, read-only to us: only the UI's view is lost
+            sys.stderr.write(f"warning: could not tag experiment {experiment!r} as model training: "
+                             f"{exc.message.splitlines()[0] if exc.message else exc}\n")
+    return found.experiment_id
 
 
 def pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, kfp_run_id: str,
@@ -158,7 +173,9 @@ def pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, kfp_run_
 
 def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, status: str, reason: str) -> None:
     """End a pipeline's MLflow run that is still RUNNING as ``status`` (FAILED, KILLED),
-    with the reason as the tag ``lesion.end_reason``."""
+    with the reason as the tag ``lesion.end_reason`` and on top of its description."""
+    from components.run_note import NOTE_TAG, failed_description
+
     store = client(tracking_uri)
     found = store.get_experiment_by_name(experiment)
     if found is None:
@@ -166,7 +183,16 @@ def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, stat
     for run in store.search_runs([found.experiment_id], filter_string=f"tags.`{KFP_RUN_NAME_TAG}` = '{kfp_run_name}'"):
         if run.info.status == "RUNNING":
             store.set_tag(run.info.run_id, "lesion.end_reason", reason[:5000])
+            store.set_tag(run.info.run_id, NOTE_TAG,
+                          failed_description(status, reason[:5000], run.data.tags.get(NOTE_TAG, ""))[:60000])
             store.set_terminated(run.info.run_id, status)
+
+
+def set_description(tracking_uri: str, run_id: str, text: str) -> None:
+    """The run's description: the note MLflow shows on top of the run page (Markdown)."""
+    from components.run_note import NOTE_TAG
+
+    client(tracking_uri).set_tag(run_id, NOTE_TAG, text[:60000])
 
 
 def run_params(tracking_uri: str, run_id: str, prefix: str = "") -> dict[str, str]:
@@ -180,12 +206,27 @@ def run_params(tracking_uri: str, run_id: str, prefix: str = "") -> dict[str, st
     return {k: v for k, v in params.items() if k.startswith(prefix)}
 
 
+# MLflow 3.17's UI shows every experiment as the sidebar's switch says ("GenAI", the
+# default, or "Model training"), whatever its mlflow.experimentKind tag; this query in a
+# link opens the "Model training" view: the runs table, and run pages without GenAI tabs.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_base(tracking_uri: str) -> str:
+    """The UI's address: the tracking server's, or for a local store the one `lesionpipe ui` serves."""
+    scheme = urlparse(tracking_uri).scheme
+    return tracking_uri.rstrip("/") if scheme in ("http", "https") else "http://127.0.0.1:5000"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """A browser URL of the experiment's runs table."""
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
+
+
 def run_url(tracking_uri: str, run_id: str) -> str:
     """A browser URL for the run (for a local store: the URL `lesionpipe ui` serves)."""
     experiment_id = client(tracking_uri).get_run(run_id).info.experiment_id
-    scheme = urlparse(tracking_uri).scheme
-    base = tracking_uri.rstrip("/") if scheme in ("http", "https") else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_base(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
 
 
 def ui_command(tracking_uri: str) -> str:
@@ -195,8 +236,10 @@ def ui_command(tracking_uri: str) -> str:
 
 
 def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str],
-              resize_mode: str = "pad") -> str:
-    """Log the Keras model to the MLflow run with signature and input example; return its URI."""
+              resize_mode: str = "pad", synthetic: bool = False) -> str:
+    """Log the Keras model to the MLflow run with signature and input example; return its URI.
+    Its metadata says whether it was trained on synthetic data, so every later use of it
+    (predict, evaluate) can say so."""
     import keras
     import mlflow
     import numpy as np
@@ -208,5 +251,5 @@ def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, 
     with logging_into(tracking_uri, run_id):
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
                                            metadata={"classes": classes, "image_size": image_size,
-                                                     "resize_mode": resize_mode})
+                                                     "resize_mode": resize_mode, "synthetic": synthetic})
     return info.model_uri

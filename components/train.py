@@ -144,6 +144,13 @@ def progress_so_far(out: Path) -> str:
     return f"resuming training from epoch {epochs} ({epochs} epochs done in {out})"
 
 
+def write_model_info(folder: str | Path, synthetic: bool) -> None:
+    """Beside the saved model: whether it was trained on synthetic data, so that predict
+    and evaluate can say so wherever the model is used (MLflow models carry it in their
+    metadata)."""
+    (Path(folder) / artifacts.MODEL_INFO).write_text(json.dumps({"synthetic": synthetic}))
+
+
 def keep_model(work: str | Path, output_dir: str | Path) -> str:
     """The trained model's files (not the checkpoints) from ``work`` into the step's
     output folder; returns the model's path there."""
@@ -262,7 +269,7 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     from components import shards, tracking
     from components.errors import user_errors
     from components.settings import TrainConfig, load_section
-    from components.train import checkpoint_dir, keep_model, progress_so_far
+    from components.train import checkpoint_dir, keep_model, progress_so_far, write_model_info
     from components.train import train as train_model
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
@@ -276,7 +283,8 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
                              melanoma_class=melanoma_class)
     model_path = keep_model(work, model.path)
     meta = shards.read_meta(normalized.path)
+    write_model_info(model.path, bool(meta.get("synthetic")))
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
                            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
     return tracking.log_model(model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
-                              meta.get("resize_mode", "pad"))
+                              meta.get("resize_mode", "pad"), bool(meta.get("synthetic")))

@@ -48,12 +48,12 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
     from components.devices import tf_config_workers
     from components.distributed import wait_for_workers
     from components.settings import (EvaluateConfig, MlflowConfig, TrainConfig, flat_params, load_section,
-                                     read_yaml_mapping)
+                                     read_yaml_mapping, resolve_relative_paths)
     from components.sources import download_folder, upload_folder
-    from components.train import train
+    from components.train import train, write_model_info
 
     # The run config's sections this job reads; the others belong to the pipeline's steps.
-    sections = read_yaml_mapping(config_path)
+    sections = resolve_relative_paths(read_yaml_mapping(config_path), Path(config_path).parent)
     train_settings = load_section(TrainConfig, sections.get("train") or {}, "train.")
     mlflow_settings = load_section(MlflowConfig, sections.get("mlflow") or {}, "mlflow.")
     melanoma_class = load_section(EvaluateConfig, sections.get("evaluate") or {}, "evaluate.").melanoma_class
@@ -78,9 +78,11 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
                    "mlflow_run_id": run_id, "model_uri": ""}
         if chief:
             meta = shards.read_meta(normalized_dir)
+            write_model_info(out, bool(meta.get("synthetic")))
             if run_id:
                 summary["model_uri"] = tracking.log_model(result.model_path, meta["image_size"], tracking_uri, run_id,
-                                                 meta["classes"], meta.get("resize_mode", "pad"))
+                                                          meta["classes"], meta.get("resize_mode", "pad"),
+                                                          bool(meta.get("synthetic")))
             if remote_output:
                 upload_folder(out, output_dir)
     return summary

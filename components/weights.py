@@ -26,7 +26,9 @@ def resolve_weights(weights: str) -> str | None:
         return _fetch_gcs(weights)
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise ModelError(f"weights file not found: {weights} (train.weights: 'imagenet', a file, gs://..., or empty)")
+        resolved = "" if path.is_absolute() else f" (relative to the working folder: {path.absolute()})"
+        raise ModelError(f"weights file not found: {weights}{resolved} (train.weights: 'imagenet', a file, gs://..., "
+                         "or empty; a config file's relative paths are relative to its folder)")
     return str(path)
 
 

@@ -118,6 +118,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
         gate = summary.get("gate")
         if gate:
             click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
+        for warning in summary.get("warnings", []):
+            click.echo(f"warning: {warning}")
     click.echo(f"summary:       {summary['summary_path']}")
     click.echo(f"logs:          {Path(summary['run_dir']) / 'logs'}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
@@ -174,10 +176,13 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
             cfg = load_config(None, (*(f"{k}={v}" for k, v in sorted(ran_with.items())), *overrides), data)
             click.echo(f"evaluate settings of the model's run {loaded.run_id} (tta {str(cfg.evaluate.tta).lower()})",
                        err=True)
+    if loaded.synthetic:
+        click.echo(loaded.synthetic_warning(), err=True)
     result = evaluate_source(loaded, data, cfg.data, cfg.evaluate, out_path)
     m = result["metrics"]
     click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
-               + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") is not None else ""))
+               + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") is not None else "")
+               + (" (SYNTHETIC model)" if loaded.synthetic else ""))
     if result["skipped"]:
         click.echo(f"not scored: {result['skipped']} images ({result['skipped_reason']})", err=True)
     click.echo(f"metrics: {out_path}")
@@ -189,7 +194,8 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
               help="Model URI: models:/<name>@champion, models:/<name>/<version>, runs:/<run>/model, or a local path.")
 @click.argument("images", nargs=-1, required=True)
 @click.option("--out", "out_path", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV: one row per image, every class's probability, the melanoma probability, errors.")
+              help="CSV: one row per image, every class's probability, the melanoma probability, errors, and "
+                   "synthetic_model (true: trained on synthetic data).")
 @click.option("--melanoma-class", default=EvaluateConfig().melanoma_class, show_default=True,
               help="The class whose probability is the melanoma_probability column.")
 @click.option("--tta", is_flag=True, help="Average over 8 flips/turns of each image.")
@@ -199,10 +205,13 @@ def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
     from components.predict import find_images, load_model, predict_files, write_csv
 
     loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri))
+    if loaded.synthetic:
+        click.echo(loaded.synthetic_warning(), err=True)
     rows = predict_files(loaded, find_images(list(images)), melanoma_class, tta=tta)
     write_csv(rows, out_path)
     failed = sum(1 for r in rows if r["error"])
-    click.echo(f"{len(rows)} images -> {out_path}" + (f" ({failed} unreadable, see the error column)" if failed else ""))
+    click.echo(f"{len(rows)} images -> {out_path}" + (f" ({failed} unreadable, see the error column)" if failed else "")
+               + (" (SYNTHETIC model: see the synthetic_model column)" if loaded.synthetic else ""))
 
 
 @main.command("compile")
@@ -336,7 +345,8 @@ def ui(tracking_uri, port):
     """Open the MLflow UI on the local store."""
     uri = resolve_tracking_uri(tracking_uri)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C to stop", err=True)
+    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}; the sidebar's 'Model training' switch shows "
+               "runs tables, and the links lesionpipe prints open there); Ctrl-C to stop", err=True)
     os.execv(sys.executable, cmd)
 
 

@@ -12,9 +12,10 @@ from pydantic import Field, model_validator
 
 from components.settings import (AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, Section, SettingsError,
                                  TrainConfig, flat_params, load_section, read_yaml_mapping,
-                                 unknown_key_message)
+                                 resolve_relative_paths, unknown_key_message)
 
 ConfigError = SettingsError
+
 
 
 class ImagesConfig(Section):
@@ -130,7 +131,10 @@ class Config(Section):
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
-        return cls.from_dict(read_yaml_mapping(path) if path else {}).with_overrides(overrides)
+        """A config file's values (its relative paths resolved against its own folder), then
+        ``--set`` overrides (taken as given: relative to the working folder)."""
+        raw = resolve_relative_paths(read_yaml_mapping(path), Path(path).parent) if path else {}
+        return cls.from_dict(raw).with_overrides(overrides)
 
     def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Config":
         raw = self.to_dict()

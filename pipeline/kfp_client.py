@@ -88,10 +88,12 @@ def _cron_field_ok(field: str, name: str, low: int, high: int) -> bool:
     return True
 
 
-def pipeline_arguments(cfg: Config, force_retrain: bool = False) -> dict[str, Any]:
+def pipeline_arguments(cfg: Config, force_retrain: bool = False, kfp_ui_url: str = "") -> dict[str, Any]:
     """The run's parameters, all from the config (the compiled defaults say the same; sending
-    them makes the run's page show what it ran with)."""
-    return {"data_uri": cfg.data.source, "tracking_uri": cfg.mlflow.tracking_uri, "force_retrain": force_retrain}
+    them makes the run's page show what it ran with), and the KFP UI the run is submitted
+    to, from which the MLflow run's description links back to the run's page."""
+    return {"data_uri": cfg.data.source, "tracking_uri": cfg.mlflow.tracking_uri, "force_retrain": force_retrain,
+            "kfp_ui_url": kfp_ui_url if kfp_ui_url.startswith(("http://", "https://")) else ""}
 
 
 def check_ready_for_cluster(cfg: Config) -> None:
@@ -171,7 +173,8 @@ def submit(conn: Connection, cfg: Config, experiment: str, namespace: str | None
     experiment_id = _experiment_id(conn, experiment, namespace)
     with compiled_package(cfg) as package:
         result = conn.call(lambda: conn.client.create_run_from_pipeline_package(
-            package, arguments=pipeline_arguments(cfg, force_retrain), run_name=run_name or f"{PIPELINE_NAME}-{cfg.name}",
+            package, arguments=pipeline_arguments(cfg, force_retrain, conn.ui_base),
+            run_name=run_name or f"{PIPELINE_NAME}-{cfg.name}",
             experiment_id=experiment_id, service_account=cfg.cluster.service_account or None))
     return SubmittedRun(result.run_id, experiment_id, f"{conn.ui_base}/#/runs/details/{result.run_id}")
 
@@ -190,7 +193,7 @@ def create_schedule(conn: Connection, cfg: Config, cron: str, experiment: str, n
     with compiled_package(cfg) as package:
         created = conn.call(lambda: conn.client.create_recurring_run(
             experiment_id=experiment_id, job_name=name, cron_expression=cron, max_concurrency=1, no_catchup=True,
-            params=pipeline_arguments(cfg), pipeline_package_path=package,
+            params=pipeline_arguments(cfg, kfp_ui_url=conn.ui_base), pipeline_package_path=package,
             service_account=cfg.cluster.service_account or None))
     return _schedule(conn, created)
 

@@ -52,7 +52,7 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
     try:
         with contextlib.redirect_stdout(console):
             task = lesion_pipeline(data_uri=data_uri, tracking_uri=tracking_uri, force_retrain=force_retrain,
-                                   checkpoint_root=str(checkpoints))
+                                   checkpoint_root=str(checkpoints), local_run_dir=str(run_dir))
     except RuntimeError as exc:
         cause = console.failure() or str(exc).strip().splitlines()[0]
         _end_mlflow_run(tracking_uri, cfg, pipeline_root, "FAILED", cause)

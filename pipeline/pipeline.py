@@ -151,9 +151,12 @@ def create_pipeline(cfg: Config) -> Callable:
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None,
                   description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)")
     def lesion_pipeline(data_uri: str = cfg.data.source, tracking_uri: str = cfg.mlflow.tracking_uri,
-                        force_retrain: bool = False, checkpoint_root: str = "") -> str:
+                        force_retrain: bool = False, checkpoint_root: str = "", kfp_ui_url: str = "",
+                        local_run_dir: str = "") -> str:
         run = {"tracking_uri": tracking_uri, "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
                "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        # Where a reviewer finds the run besides MLflow: its KFP page, or its local folder.
+        origin = {"kfp_ui_url": kfp_ui_url, "local_run_dir": local_run_dir}
         listing = step("list_source", data_uri=data_uri, data=data)
         with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
             ingest_shard = step("ingest_shard", data_uri=data_uri, data=data, shard_index=ingest_index,
@@ -179,12 +182,14 @@ def create_pipeline(cfg: Config) -> Callable:
                               experiment=experiment, **run).outputs["evaluation"]
             registered = step("register", evaluation=evaluation, normalized=normalized, evaluate=evaluate,
                               model_name=model_name, model_uri=trained.outputs["Output"],
-                              data_fingerprint=gate.outputs["fingerprint"], experiment=experiment, **run)
+                              data_fingerprint=gate.outputs["fingerprint"], experiment=experiment, **run, **origin)
             trained_report = step("report", gate_details=gate.outputs["details"], manifest=manifest, splits=splits,
                                   augmented=augmented, evaluation=evaluation,
-                                  registration=registered.outputs["registration"], model_uri=trained.outputs["Output"])
+                                  registration=registered.outputs["registration"], model_uri=trained.outputs["Output"],
+                                  kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **origin)
         with dsl.Else(name="data-unchanged"):
-            skipped_report = step("report", gate_details=gate.outputs["details"], manifest=manifest)
+            skipped_report = step("report", gate_details=gate.outputs["details"], manifest=manifest,
+                                  kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **origin)
         return dsl.OneOf(trained_report.outputs["Output"], skipped_report.outputs["Output"])
 
     return lesion_pipeline

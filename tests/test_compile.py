@@ -39,7 +39,8 @@ def test_loads_back_as_a_component(compiled):
     _, _, path = compiled
     loaded = components.load_component_from_file(path)
     assert loaded.name == "lesion-pipeline"
-    assert set(loaded.component_spec.inputs) == {"data_uri", "tracking_uri", "force_retrain", "checkpoint_root"}
+    assert set(loaded.component_spec.inputs) == {"data_uri", "tracking_uri", "force_retrain", "checkpoint_root",
+                                                 "kfp_ui_url", "local_run_dir"}
 
 
 def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):

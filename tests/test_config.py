@@ -1,3 +1,6 @@
+import os
+from pathlib import Path
+
 import pytest
 
 from pipeline.config import Config, ConfigError
@@ -82,3 +85,52 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
 def test_bad_ensemble_members_are_one_line_errors(ensemble, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict({"train": {"ensemble": ensemble}})
+
+
+def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_against_the_working_one(tmp_path):
+    folder = tmp_path / "project" / "configs"
+    folder.mkdir(parents=True)
+    path = folder / "run.yaml"
+    path.write_text("data:\n  source: ../data/isic\ntrain:\n  model: mobilenet_v2\n  weights: ../../w/m.h5\n"
+                    "  ensemble: [{weights: imagenet}, {weights: other.h5}, {weights: gs://b/w.h5}]\n"
+                    "mlflow:\n  tracking_uri: sqlite:///../mlflow.db\n")
+    cfg = Config.load(path)
+    assert cfg.data.source == str(tmp_path / "project" / "data" / "isic")
+    assert cfg.train.weights == str(tmp_path / "w" / "m.h5")
+    assert [m["weights"] for m in cfg.train.ensemble] == ["imagenet", str(folder / "other.h5"), "gs://b/w.h5"]
+    assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
+    # Command-line values are the user's, relative to where they run lesionpipe.
+    cfg = Config.load(path, ["train.weights=here.h5", "data.source=gs://bucket/x"])
+    assert (cfg.train.weights, cfg.data.source) == ("here.h5", "gs://bucket/x")
+    # A relative config path resolves against the config's folder too.
+    assert Config.load(os.path.relpath(path)).train.weights == str(tmp_path / "w" / "m.h5")
+
+
+@pytest.mark.parametrize("name", ["isic9", "ham10000"])
+def test_shipped_configs_weights_are_the_shared_folders_from_any_working_folder(name, tmp_path, monkeypatch):
+    """configs/*.yaml name ../../shared/weights: the shared folder beside the project."""
+    config = Path("configs", f"{name}.yaml").absolute()
+    monkeypatch.chdir(tmp_path)
+    weights = Path(Config.load(config).train.weights)
+    assert weights.parent == config.parent.parent.parent / "shared" / "weights"
+    if os.environ.get("LESION_WEIGHTS"):
+        assert weights.is_file(), weights
+
+
+def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "run.yaml").write_text("train:\n  model: mobilenet_v2\n  weights: ../w/missing.h5\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = CliRunner().invoke(main, ["run", "--config", "../configs/run.yaml", "--output-dir", "out"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"Error: weights file not found: {tmp_path / 'w' / 'missing.h5'} (")
+    result = CliRunner().invoke(main, ["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=rel.h5"])
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"Error: weights file not found: rel.h5 (relative to the working folder: {elsewhere / 'rel.h5'})")
+    assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "out").exists()  # stopped before anything

@@ -83,3 +83,19 @@ def test_evaluate_of_a_local_model_file_uses_the_defaults_or_config(logged, tmp_
                                        "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["tta"] is False
+
+
+def test_an_mlflow_model_trained_on_synthetic_data_is_flagged(logged, tmp_path):
+    """The model's MLflow metadata carries the flag (the train step logs it from the data)."""
+    run_id = pipeline_run(logged["store"], "evaluate-cli", "synthetic-run", "kfp-synthetic", {})
+    uri = log_model(str(logged["model"]), 32, logged["store"], run_id, load_model(logged["uri"], logged["store"]).classes,
+                    synthetic=True)
+    assert load_model(uri, logged["store"]).synthetic is True
+    assert load_model(logged["uri"], logged["store"]).synthetic is False
+    out = tmp_path / "s.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", uri, "--data", str(logged["images"]), "--out", str(out),
+                                       "--tracking-uri", logged["store"]])
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: {uri} is a SYNTHETIC model" in result.output
+    assert json.loads(out.read_text())["model_synthetic"] is True
+    assert "SYNTHETIC model" in (tmp_path / "s_report" / "report.html").read_text()

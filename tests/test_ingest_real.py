@@ -43,3 +43,24 @@ def test_ham10000_lesions_stay_together(lesion_data, tmp_path):
     assert (result.manifest[result.manifest.status == "ingested"].group_id != "").all()
     split_report = check_accounting_and_split(result)
     assert all(split_report["class_counts"][s]["dermatofibroma"] > 0 for s in ("train", "val", "test"))
+
+
+def test_isic9_small_classes_after_quarantine_are_warned_and_can_stop_the_run(lesion_data, tmp_path):
+    """Issue 12: label-conflict quarantine leaves isic9's seborrheic keratosis with a
+    handful of images per subset; the split says so, and the stop threshold refuses it."""
+    from components.split import SplitError, split
+    from pipeline.config import Config
+
+    cfg = Config.load("configs/isic9.yaml").data
+    ingest(str(lesion_data / "isic9"), cfg, tmp_path / "manifest")
+    report = split(tmp_path / "manifest", cfg, tmp_path / "splits")
+    counts = report["class_counts"]
+    small = sorted(c for c in counts["train"] if any(counts[s][c] < 10 for s in ("train", "val", "test")))
+    assert "seborrheic_keratosis" in small
+    assert [w.split()[1] for w in report["class_size_warnings"]] == small
+    seb = {s: n for s, n in ((s, counts[s]["seborrheic_keratosis"]) for s in ("train", "val", "test")) if n < 10}
+    assert (f"class seborrheic_keratosis has few images after quarantine and split "
+            f"({', '.join(f'{s} {n}' for s, n in seb.items())}): fewer than") in report["class_size_warnings"][
+        small.index("seborrheic_keratosis")]
+    with pytest.raises(SplitError, match=r"data.min_images_per_class_split=10\): .*seborrheic_keratosis \("):
+        split(tmp_path / "manifest", cfg.model_copy(update={"min_images_per_class_split": 10}), tmp_path / "stopped")

@@ -278,3 +278,29 @@ def test_unusable_sources_are_one_line_errors(tmp_path):
     write(tmp_path, "nevus/0.jpg", jpeg_bytes(lesion(0, "nevus")))
     with pytest.raises(IngestError, match=r"nevus \(1\)"):
         ingest(str(tmp_path), DataConfig())
+
+
+def test_ingest_with_no_usable_image_still_writes_its_report_and_says_where(tmp_path):
+    """`lesionpipe ingest` on a folder of non-images: one error line naming the report,
+    and the report holds every file's reason."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    source = tmp_path / "source"
+    write(source, "melanoma/readme.txt", b"no images here")
+    write(source, "melanoma/fake.jpg", b"not a jpeg at all")
+    write(source, "nevus/tiny.png", jpeg_bytes(lesion(1))[:40])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["ingest", "--data", str(source), "--output-dir", str(out)])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith(f"Error: no usable images in {source}: ") and line.endswith(
+        f"; every file's reason: {out / 'report.html'}"), line
+    report = json.loads((out / "report.json").read_text())
+    assert report["ingested"] == 0 and report["files_found"] == 3
+    html = (out / "report.html").read_text()
+    for name in ("readme.txt", "fake.jpg", "tiny.png"):
+        assert name in html
+    assert (out / "manifest.parquet").is_file()

@@ -45,10 +45,11 @@ def compiled(tmp_path, *overrides: str) -> dict:
     return {"pipeline_spec": spec, "platform_spec": platform}
 
 
-def expected_parameters(force_retrain: bool = False) -> dict:
+def expected_parameters(ui: str, force_retrain: bool = False) -> dict:
+    """The config's values, and the KFP UI that the MLflow run's description links the run to."""
     cfg = Config.load(CONFIG)
     return {"data_uri": cfg.data.source, "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000",
-            "force_retrain": force_retrain}
+            "force_retrain": force_retrain, "kfp_ui_url": ui}
 
 
 def caching_of(pipeline_spec: dict) -> dict[str, bool]:
@@ -75,7 +76,7 @@ def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_paramet
     assert run["experiment_id"] == "exp-1"
     assert run["display_name"] == "lesion-pipeline-cluster"
     assert run["service_account"] == "lesion-pipeline-runner"  # the one manifests/ binds to its Role
-    assert run["runtime_config"] == {"parameters": expected_parameters()}
+    assert run["runtime_config"] == {"parameters": expected_parameters(stub.url)}
     # The spec sent is the compiled pipeline, byte for byte, Kubernetes platform spec included.
     assert run["pipeline_spec"] == compiled(tmp_path)
     assert run["pipeline_spec"]["pipeline_spec"]["defaultPipelineRoot"] == "gs://YOUR-BUCKET/pipeline-root"
@@ -117,7 +118,7 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp
     assert body["experiment_id"] == "exp-1"
     assert body["display_name"] == "lesion-pipeline-cluster-retrain"
     assert body["service_account"] == "lesion-pipeline-runner"
-    assert body["runtime_config"] == {"parameters": expected_parameters(force_retrain=False)}
+    assert body["runtime_config"] == {"parameters": expected_parameters(stub.url, force_retrain=False)}
     assert body["pipeline_spec"] == compiled(tmp_path)
 
     again = lesionpipe("schedule", "--host", stub.url, "--config", CONFIG, "--cron", "0 0 3 * * 0")

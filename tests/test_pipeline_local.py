@@ -83,6 +83,30 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "out" and (run_dir / "logs" / "train.log").is_file()
     assert "executor_input" in (run_dir / "pipeline.log").read_text()  # everything KFP printed is kept
+    # The MLflow run's description: the verdict in words, test metrics first, flagged
+    # SYNTHETIC, with the local run's folder; the experiment is a model-training one.
+    store = MlflowClient(summary["tracking_uri"])
+    note = store.get_run(summary["mlflow_run_id"]).data.tags["mlflow.note.content"]
+    assert note.startswith("Test metrics (") and "Verdict: **" in note and "**SYNTHETIC data**" in note
+    assert f"Local run folder: `{run_dir}`" in note and "Kubeflow Pipelines run" not in note
+    assert store.get_experiment_by_name("lesion-demo").tags["mlflow.experimentKind"] == "custom_model_development"
+    # 8 images a class leave 1-2 per class in validation and test: below the default
+    # warning threshold, said on the console, in the summary, the run's tag and description.
+    assert summary["warnings"] and all(w.startswith("class ") for w in summary["warnings"])
+    assert any(re.match(r" +warning: class \w+ has few images after quarantine and split", c) for c in console)
+    assert f"warning: {summary['warnings'][0]}" in proc.stdout
+    tags = store.get_run(summary["mlflow_run_id"]).data.tags
+    assert tags["data.class_size_warnings"].splitlines() == summary["warnings"]
+    assert f"Warning: {summary['warnings'][0]}" in note
+    # The model is flagged SYNTHETIC wherever it goes: its MLflow metadata, the train
+    # step's folder, the registered version's tag and description.
+    from components.predict import load_model
+
+    assert load_model(summary["model_uri"], summary["tracking_uri"]).synthetic is True
+    (info,) = Path(summary["pipeline_run_dir"]).glob("train-step/model/model_info.json")
+    assert json.loads(info.read_text()) == {"synthetic": True}
+    version = store.get_model_version(summary["registered_model"]["name"], summary["registered_model"]["version"])
+    assert version.tags["data.synthetic"] == "true" and "SYNTHETIC data" in version.description
 
 
 def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
@@ -109,6 +133,9 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]  # the cause, in words, is the last line
     assert last.startswith("Error: ") and expected.removeprefix("Error: ") in last
+    if "only one class" in expected:  # ingest wrote its report first, and says where it is
+        report = re.search(r"every file's reason: (\S+report\.html)", last)
+        assert report and Path(report[1]).is_file(), last
 
 
 def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
@@ -165,6 +192,7 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
     run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
     assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
+    assert run.data.tags["mlflow.note.content"].startswith("Verdict: **FAILED**: train failed: mobilenet_v2 has no")
 
 
 def test_ctrl_c_ends_the_mlflow_run_killed_and_leaves_no_process_behind(tmp_path):

@@ -40,7 +40,10 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
     assert "17 images" in result.output and "1 unreadable" in result.output
     rows = list(csv.DictReader(out.open()))
     classes = json.loads((model_dir / "classes.json").read_text())
-    assert list(rows[0]) == ["path", "predicted_class", *[f"p_{c}" for c in classes], "melanoma_probability", "error"]
+    assert list(rows[0]) == ["path", "predicted_class", *[f"p_{c}" for c in classes], "melanoma_probability", "error",
+                             "synthetic_model"]
+    # A model with nothing saying it was trained on synthetic data is not flagged.
+    assert {r["synthetic_model"] for r in rows} == {"False"} and "SYNTHETIC" not in result.output
     good = [r for r in rows if not r["error"]]
     assert len(good) == 16 and "not an image" in next(r for r in rows if r["error"])["error"]
     for row in good:
@@ -108,3 +111,30 @@ def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
     row = predict_files(loaded, [str(path)])[0]
     direct = loaded.predict(images[:1])[0]
     assert [row[f"p_{c}"] for c in loaded.classes] == pytest.approx(direct.tolist(), abs=1e-6)
+
+
+def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(model_dir, images, tmp_path):
+    """The train step writes model_info.json beside the model; predict and evaluate say so."""
+    import shutil
+
+    from components.train import write_model_info
+
+    flagged = tmp_path / "model"
+    shutil.copytree(model_dir, flagged)
+    write_model_info(flagged, synthetic=True)
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(main, ["predict", "--model", str(flagged), str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"WARNING: {flagged} is a SYNTHETIC model: trained on generated images, not medical images" in result.output
+    assert "(SYNTHETIC model: see the synthetic_model column)" in result.output
+    assert {r["synthetic_model"] for r in csv.DictReader(out.open())} == {"True"}
+
+    metrics_path = tmp_path / "external" / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(flagged / "model.keras"), "--data", str(images),
+                                       "--out", str(metrics_path)])
+    assert result.exit_code == 0, result.output
+    assert "is a SYNTHETIC model" in result.output and "(SYNTHETIC model)" in result.output
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["model_synthetic"] is True and metrics["synthetic"] is False  # the images are real files
+    report = (tmp_path / "external" / "metrics_report" / "report.html").read_text()
+    assert "SYNTHETIC model: trained on generated images" in report

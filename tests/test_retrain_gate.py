@@ -97,6 +97,9 @@ def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, m
     client = MlflowClient(tracking_uri)
     skipped_run = client.get_run(skipped["mlflow_run_id"]).data.tags
     assert (skipped_run[FINGERPRINT_TAG], skipped_run["retrain.decision"]) == (fingerprint, SKIP)
+    assert skipped_run["mlflow.note.content"].startswith(
+        f"Verdict: **training skipped**: data unchanged since champion v{champion}")
+    assert f"Champion kept: `models:/{cfg.mlflow.model_name}/{champion}`" in skipped_run["mlflow.note.content"]
 
     forced = run_local(cfg, str(data), tmp_path / "forced", tracking_uri, force_retrain=True)
     assert forced["skipped"] is False

@@ -2,11 +2,19 @@
 deterministic; the source's Test kept; a clear error when a class is too small."""
 from __future__ import annotations
 
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
 from components.settings import DataConfig
 from components.split import SplitError, split, split_manifest
+
+LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 
 
 def manifest(rows: list[dict]) -> pd.DataFrame:
@@ -79,3 +87,51 @@ def test_too_few_groups_is_a_clear_error():
                                     for i in range(8)]
     with pytest.raises(SplitError, match="class 'dermatofibroma' has 1 independent groups"):
         split_manifest(manifest(rows), DataConfig())
+
+
+def _uneven_source(root):
+    """Real image files: two classes of 12 images, melanoma with 3 (distinct drawings)."""
+    from tests.helpers import write_class_folder
+
+    write_class_folder(root, classes=("nevus", "basal_cell_carcinoma"), per_class=12, size=40)
+    write_class_folder(root, classes=("melanoma",), per_class=3, size=40, seed=11)
+    return root
+
+
+def test_a_class_with_few_images_per_subset_is_a_warning_in_the_report_and_on_stderr(tmp_path, capsys):
+    from components.ingest import ingest
+
+    cfg = DataConfig(val_fraction=0.25, test_fraction=0.25, warn_images_per_class_split=3)
+    ingest(str(_uneven_source(tmp_path / "data")), cfg, tmp_path / "ingested")
+    report = split(tmp_path / "ingested", cfg, tmp_path / "split")
+    counts = {s: report["class_counts"][s]["melanoma"] for s in ("train", "val", "test")}
+    assert counts == {"train": 1, "val": 1, "test": 1}
+    assert report["class_size_warnings"] == [
+        "class melanoma has few images after quarantine and split (train 1, val 1, test 1): fewer than "
+        "data.warn_images_per_class_split=3, its metrics will be noisy"]
+    assert json.loads((tmp_path / "split" / "split_report.json").read_text())["class_size_warnings"] == \
+        report["class_size_warnings"]
+    assert f"warning: {report['class_size_warnings'][0]}" in capsys.readouterr().err
+    # 0 turns the warning off; classes at the threshold are fine.
+    assert split(tmp_path / "ingested", cfg.model_copy(update={"warn_images_per_class_split": 0}),
+                 tmp_path / "quiet")["class_size_warnings"] == []
+    assert split(tmp_path / "ingested", cfg.model_copy(update={"warn_images_per_class_split": 1}),
+                 tmp_path / "one")["class_size_warnings"] == []
+
+
+def test_the_stop_threshold_ends_the_run_before_training_with_one_line(tmp_path):
+    data = _uneven_source(tmp_path / "data")
+    proc = subprocess.run([LESIONPIPE, "run", "--data", str(data), "--output-dir", "out",
+                           "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
+                           "--set", "data.num_shards=1", "--set", "data.ingest_shards=1",
+                           "--set", "data.min_images_per_class_split=2"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output
+    last = output.strip().splitlines()[-1]
+    assert last.startswith("Error: split failed: too few images per class after quarantine and split "
+                           "(data.min_images_per_class_split=2): melanoma (train 1, val 1, test 1); add images"), last
+    assert "] train ..." not in proc.stderr  # stopped before training
+    # The warning (default threshold 10) was on the quiet console before the stop.
+    assert re.search(r"^ +warning: class melanoma has few images after quarantine and split", proc.stderr, re.M)
