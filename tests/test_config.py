@@ -106,15 +106,19 @@ def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_aga
     assert Config.load(os.path.relpath(path)).train.weights == str(tmp_path / "w" / "m.h5")
 
 
-@pytest.mark.parametrize("name", ["isic9", "ham10000"])
-def test_shipped_configs_weights_are_the_shared_folders_from_any_working_folder(name, tmp_path, monkeypatch):
-    """configs/*.yaml name ../../shared/weights: the shared folder beside the project."""
-    config = Path("configs", f"{name}.yaml").absolute()
+@pytest.mark.parametrize("config", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_weights_are_names_or_the_shared_folders_files_from_any_working_folder(config, tmp_path,
+                                                                                                monkeypatch):
+    """A shipped config's weights are "imagenet" (a package or a download), none, or a file
+    of ../../shared/weights: the shared folder beside the project."""
+    config = config.absolute()
     monkeypatch.chdir(tmp_path)
-    weights = Path(Config.load(config).train.weights)
-    assert weights.parent == config.parent.parent.parent / "shared" / "weights"
-    if os.environ.get("LESION_WEIGHTS"):
-        assert weights.is_file(), weights
+    for weights in [member.weights for member in Config.load(config).train.members()]:
+        if weights in ("", "imagenet"):
+            continue
+        assert Path(weights).parent == config.parent.parent.parent / "shared" / "weights"
+        if os.environ.get("LESION_WEIGHTS"):
+            assert Path(weights).is_file(), weights
 
 
 def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path(tmp_path, monkeypatch):
