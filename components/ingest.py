@@ -28,7 +28,6 @@ from PIL import Image
 from components import artifacts
 from components.errors import UserError
 from components.imaging import ImageError, decode_rgb_reduced, phash_hex
-from components.ingest_report import THUMB_SIZE as PREVIEW_SIDE
 from components.ingest_report import build_report, preview_jpeg, shown_uris, write_outputs
 from components.labels import LabelTable, canonical_label, csv_format, label_table
 from components.settings import DataConfig
@@ -45,6 +44,12 @@ MANIFEST_COLUMNS = [
 ]
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
+# The smallest side a JPEG is decoded at (libjpeg's 1/2, 1/4 or 1/8 scale, when the image
+# is that large): pHash's 32x32 greyscale, the thumbnail and the report preview (at most
+# ingest_report.THUMB_SIZE, 72, on a side) are all made from this one decode. At 32 (1/4
+# of HAM10000's 200x150) ingest is faster, but one of HAM10000's 28 near-duplicate pairs
+# is no longer found: at 72 every figure is the full decode's.
+DECODE_MIN_SIDE = 72
 # Hash pairs compared at once in the near-duplicate search: a large pHash bucket is
 # compared in blocks of rows of about this many pairs (8 bytes each, so ~32 MB).
 NEAR_DUPLICATE_BLOCK = 1 << 22
@@ -200,8 +205,8 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 
 def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
     """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
-    preview of one file, all from one decode (a JPEG at reduced scale, no smaller than
-    the preview: see imaging.decode_rgb_reduced). Never raises for a bad file; raises
+    preview of one file, all from one decode (a JPEG at reduced scale, no side under
+    DECODE_MIN_SIDE: see imaging.decode_rgb_reduced). Never raises for a bad file; raises
     SourceUnavailable when the source failed, since the file may be fine and must not be
     quarantined for it."""
     try:
@@ -214,7 +219,7 @@ def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Eve
         return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
     try:
-        img, width, height, fmt = decode_rgb_reduced(data, PREVIEW_SIDE, max_pixels)
+        img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
     thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
