@@ -161,7 +161,8 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
     used_csvs = {table.label_file: "label file", **{m: "lesion-id metadata file" for m in table.metadata_files}} if table else {}
     images = [f.relpath for f in files if _suffix(f.relpath) in IMAGE_EXTENSIONS and not _is_system_file(f.relpath)]
     root_depth = _layout_root(images)
-    rows = []
+    keys = ("uri", "relpath", "bytes", "split", "source_label", "label", "group_id", "status", "reason_code", "reason")
+    columns: dict[str, list] = {k: [] for k in keys}  # by column: a dict per row would cost ~1 kB a file
     matched_ids = set()
     for f in files:
         split, rest = _split_and_rest(f.relpath, root_depth)
@@ -195,9 +196,10 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
                            reason=f"unknown or missing label {row['source_label']!r}")
             else:
                 row["label"] = label
-        rows.append(row)
+        for k in keys:
+            columns[k].append(row[k])
     missing_images = len(set(table.source_labels) - matched_ids) if table else 0
-    return pd.DataFrame(rows), missing_images
+    return pd.DataFrame(columns), missing_images
 
 
 # ---- validation --------------------------------------------------------------
@@ -319,6 +321,10 @@ def _validate(df: pd.DataFrame, cfg: DataConfig, files: ShardFiles) -> None:
     info = pd.DataFrame(found, index=todo, columns=list(columns))
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
+    # What the near-duplicate search reads: 8 bytes an image, not a 16-character string.
+    df["phash_u64"] = np.zeros(len(df), dtype=np.uint64)
+    decoded = info.index[info.phash.notna()]
+    df.loc[decoded, "phash_u64"] = np.array([int(h, 16) for h in info.loc[decoded, "phash"]], dtype=np.uint64)
     for column in ("width", "height"):
         df.loc[todo, column] = info[column].fillna(0).astype(int)
     bad = info.index[info.error_code != ""]
@@ -347,8 +353,8 @@ def resolve_duplicates(df: pd.DataFrame, conflict_policy: str, leak_policy: str)
     conflicting labels is always quarantined. Returns one record per group.
     """
     groups = []
-    ingested = df[df.status == "ingested"]
-    for md5, group in ingested[ingested.md5.duplicated(keep=False)].groupby("md5", sort=True):
+    md5s = df.md5[df.status == "ingested"]
+    for md5, group in df.loc[md5s.index[md5s.duplicated(keep=False)]].groupby("md5", sort=True):
         if len(group) < 2:
             continue
         labels = group.label.value_counts()
@@ -513,31 +519,31 @@ def mark_near_duplicates(df: pd.DataFrame, thumbs, cfg: DataConfig) -> list[dict
     slightly shifted); they stay ingested, are reported, and split keeps them together.
     ``thumbs[k]`` is the thumbnail of ``df``'s ``k``-th row (an array or a store on disk)."""
     df["near_duplicate_group"] = ""
-    ingested = df[df.status == "ingested"]
-    if cfg.near_duplicate_distance < 0 or len(ingested) < 2:
+    rows_ingested = np.flatnonzero((df.status == "ingested").to_numpy())
+    if cfg.near_duplicate_distance < 0 or len(rows_ingested) < 2:
         return []
-    n = len(ingested)
-    hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
-    edges = np.array(near_duplicate_edges(hashes, _Rows(thumbs, df.index.get_indexer(ingested.index)),
-                                          cfg.near_duplicate_distance, cfg.near_duplicate_max_pixel_difference),
-                     dtype=np.int64).reshape(-1, 2)
+    n = len(rows_ingested)
+    hashes = df.phash_u64.to_numpy(dtype=np.uint64)[rows_ingested]
+    edges = np.array(near_duplicate_edges(hashes, _Rows(thumbs, rows_ingested), cfg.near_duplicate_distance,
+                                          cfg.near_duplicate_max_pixel_difference), dtype=np.int64).reshape(-1, 2)
+    if not len(edges):
+        return []
     sets = UnionFind()
     for i, j in edges.tolist():  # few: one per near-copy
         sets.union(i, j)
-    component = np.arange(n)
-    joined = np.unique(edges)
-    component[joined] = [sets.find(i) for i in joined.tolist()]
-    grouped = np.flatnonzero(np.bincount(component)[component] > 1)
+    joined = np.unique(edges)  # every image in a group of two or more
+    component = np.array([sets.find(i) for i in joined.tolist()], dtype=np.int64)
     # Numbered in manifest order of each group's first file, whatever order the search found them in.
-    _, first = np.unique(component[grouped], return_index=True)
-    rank = np.empty(component.max() + 1, dtype=np.int64)
-    rank[component[grouped[first]]] = np.argsort(np.argsort(grouped[first]))
-    members = grouped[np.argsort(rank[component[grouped]], kind="stable")]
-    bounds = np.flatnonzero(np.diff(rank[component[members]])) + 1
-    relpaths, labels, splits = (ingested[c].to_numpy() for c in ("relpath", "label", "split"))
-    group_of = np.full(n, "", dtype=object)
+    _, first = np.unique(component, return_index=True)  # joined is ascending: first = each group's first file
+    rank = dict(zip(component[first].tolist(), np.argsort(np.argsort(joined[first])).tolist()))
+    ranks = np.array([rank[c] for c in component.tolist()], dtype=np.int64)
+    members = joined[np.argsort(ranks, kind="stable")]
+    bounds = np.flatnonzero(np.diff(np.sort(ranks))) + 1
+    positions = rows_ingested[members]
+    relpaths, labels, splits = (df[c].to_numpy()[positions] for c in ("relpath", "label", "split"))
+    group_of = np.empty(len(members), dtype=object)
     groups = []
-    for number, rows in enumerate(np.split(members, bounds) if len(members) else [], start=1):
+    for number, rows in enumerate(np.split(np.arange(len(members)), bounds), start=1):
         group_id = f"near-{number:05d}"
         group_of[rows] = group_id
         row_splits = splits[rows]
@@ -545,7 +551,7 @@ def mark_near_duplicates(df: pd.DataFrame, thumbs, cfg: DataConfig) -> list[dict
                        "splits": sorted(set(row_splits) - {""}),
                        "label_conflict": len(set(labels[rows])) > 1,
                        "split_leak": bool((row_splits == "test").any() and (row_splits != "test").any())})
-    df.loc[ingested.index, "near_duplicate_group"] = group_of
+    df.loc[df.index[positions], "near_duplicate_group"] = group_of
     return groups
 
 
@@ -651,10 +657,13 @@ def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | P
         raise IngestError(f"ingest: expected shards 0..{first['num_shards'] - 1}, got {found}")
     if len({s.meta["listing_digest"] for s in shards}) > 1:
         raise IngestError(f"the source {first['source_root']} changed while it was ingested: run again")
-    df = pd.concat([s.rows for s in shards]).sort_index(kind="stable")
+    store = _MergedThumbs(shards, first["files_found"])
+    df = pd.concat([s.rows for s in shards])
+    for s in shards:  # the merge consumes the shards' rows: one copy of the manifest at a time
+        s.rows = s.rows.iloc[:0]
+    df = df.sort_index(kind="stable")
     if not np.array_equal(df.index.to_numpy(), np.arange(first["files_found"])):
         raise IngestError("ingest: the shards do not cover the listing once")
-    store = _MergedThumbs(shards, len(df))
     offsets, lengths = df.pop("preview_offset").to_numpy(), df.pop("preview_bytes").to_numpy()
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
