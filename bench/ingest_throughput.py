@@ -4,7 +4,8 @@ the same files measured in the same run, and where ingest's time goes. Prints JS
     LESION_DATA=../shared/data python bench/ingest_throughput.py [--source DIR] [--workers N]
 
 ``ingest_vs_decode`` is ingest's rate over the plain full decode's (both with ``--workers``
-threads, run alternately ``--rounds`` times, the best of each). ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
+threads, run alternately ``--rounds`` times, the best of each); ``ingest_vs_decode_cpu`` the
+same from the CPU time each took (all threads), which other work on the machine changes less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
 same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail, report
 preview); ``near_duplicate_search_s`` and ``report_s`` time those whole-source steps on
 ingest's own results; ``ingest_stages_s`` is the ingest call cut in its parts (shard:
@@ -76,20 +77,22 @@ def main() -> None:
     for path in images:
         decode_file(path)
     decode_serial = time.perf_counter() - start
-    decode_runs, ingest_runs, shard_runs = [], [], []
+    decode_runs, ingest_runs, shard_runs, decode_cpu, ingest_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory() as out:
         # Alternated, best of --rounds each: on a shared machine the load changes between
         # two measurements more than either changes from run to run.
         for round_ in range(args.rounds):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             with ThreadPoolExecutor(args.workers) as pool:
                 list(pool.map(decode_file, images))
             decode_runs.append(time.perf_counter() - start)
-            start = time.perf_counter()
+            decode_cpu.append(time.process_time() - cpu)
+            start, cpu = time.perf_counter(), time.process_time()
             shard = ingest_module.ingest_shard(args.source, cfg)
             shard_runs.append(time.perf_counter() - start)
             result = ingest_module.merge_shards([shard], cfg, Path(out) / f"ingest-{round_}")
             ingest_runs.append(time.perf_counter() - start)
+            ingest_cpu.append(time.process_time() - cpu)
             del shard
         decode_parallel, ingest_s = min(decode_runs), min(ingest_runs)
         shard_s = shard_runs[ingest_runs.index(ingest_s)]
@@ -122,6 +125,10 @@ def main() -> None:
         "ingest_seconds": round(ingest_s, 2),
         "ingest_images_per_s": round(files / ingest_s, 1),
         "ingest_vs_decode": round(files / ingest_s / decode_rate, 3),
+        # CPU seconds (every thread of this process): what each costs, whatever else runs.
+        "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
+        "ingest_cpu_seconds": round(min(ingest_cpu), 2),
+        "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
         "ingest_stages_s": {"shard_list_label_decode": round(shard_s, 3), "merge_and_report": round(ingest_s - shard_s, 3)},
         "stages_ms_per_image": stages,
         "near_duplicate_search_s": round(search_s, 3),

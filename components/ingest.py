@@ -8,6 +8,7 @@ A source that fails (SourceUnavailable) fails the step: only a file's own conten
 listing can quarantine it, never a network fault.
 """
 
+import functools
 import hashlib
 import io
 import json
@@ -71,11 +72,16 @@ class IngestResult:
 
 
 # PurePosixPath's parts, name, suffix and stem of a listing's relpaths, without building
-# a path object: ingest asks for them for every file, several times.
+# a path object: ingest asks for them for every file, several times (the cache holds the
+# last few files' parts, so it stays small whatever the source's size).
+@functools.lru_cache(maxsize=1024)
 def _parts(relpath: str) -> tuple[str, ...]:
     if relpath.startswith("/"):
         return PurePosixPath(relpath).parts
-    return tuple(p for p in relpath.split("/") if p and p != ".")
+    parts = relpath.split("/")
+    if "" in parts or "." in parts:
+        return tuple(p for p in parts if p and p != ".")
+    return tuple(parts)
 
 
 def _name(relpath: str) -> str:
