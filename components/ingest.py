@@ -28,7 +28,7 @@ from PIL import Image
 
 from components import artifacts
 from components.errors import UserError
-from components.imaging import ImageError, decode_rgb_reduced, phash_hex
+from components.imaging import ImageError, decode_rgb_reduced, phash_hex_batch, phash_pixels
 from components.ingest_report import build_report, preview_jpeg, shown_uris, write_outputs
 from components.labels import LabelTable, canonical_label, csv_format, label_table
 from components.settings import DataConfig
@@ -211,12 +211,28 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 # ---- validation --------------------------------------------------------------
 
 
+def inspect_images(uris: list[str], max_pixels: int, max_bytes: int,
+                   stop: threading.Event | None = None) -> list[dict]:
+    """inspect_image of each of ``uris``, their pHashes computed together."""
+    found = [_inspect(uri, max_pixels, max_bytes, stop) for uri in uris]
+    hashed = [f for f in found if "phash_pixels" in f]
+    if hashed:
+        for f, phash in zip(hashed, phash_hex_batch(np.stack([f.pop("phash_pixels") for f in hashed]))):
+            f["phash"] = phash
+    return found
+
+
 def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
     """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
     preview of one file, all from one decode (a JPEG at reduced scale, no side under
     DECODE_MIN_SIDE: see imaging.decode_rgb_reduced). Never raises for a bad file; raises
     SourceUnavailable when the source failed, since the file may be fine and must not be
     quarantined for it."""
+    return inspect_images([uri], max_pixels, max_bytes, stop)[0]
+
+
+def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None) -> dict:
+    """inspect_image, with the pixels pHash hashes in place of the hash."""
     try:
         data = read_bytes(uri, max_bytes, stop)
     except SourceUnavailable:
@@ -231,7 +247,7 @@ def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Eve
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
     thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
-    return {"md5": md5, "width": width, "height": height, "phash": phash_hex(img),
+    return {"md5": md5, "width": width, "height": height, "phash_pixels": phash_pixels(img),
             "thumb": thumb, "preview": preview_jpeg(img), "image_format": fmt, "error_code": "",
             "error": ""}
 
@@ -290,7 +306,7 @@ def _validate(df: pd.DataFrame, cfg: DataConfig, files: ShardFiles) -> None:
 
     def inspect(uris: list[str]) -> list[dict]:
         try:
-            return [inspect_image(uri, cfg.max_image_pixels, cfg.max_file_bytes, stop) for uri in uris]
+            return inspect_images(uris, cfg.max_image_pixels, cfg.max_file_bytes, stop)
         except SourceUnavailable as exc:
             failures.append(exc)
             stop.set()
