@@ -1,22 +1,37 @@
 """Ingest throughput (images/s) on a real source, next to the plain JPEG decode rate of
-the same files measured in the same run. Prints JSON.
+the same files measured in the same run, and where ingest's time goes. Prints JSON.
 
     LESION_DATA=../shared/data python bench/ingest_throughput.py [--source DIR] [--workers N]
+
+``ingest_vs_decode`` is ingest's rate over the plain full decode's (both with ``--workers``
+threads, run alternately ``--rounds`` times, the best of each); ``ingest_vs_decode_cpu`` the
+same from the CPU time each took (all threads), which other work on the machine changes less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
+same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail, report
+preview); ``near_duplicate_search_s`` and ``report_s`` time those whole-source steps on
+ingest's own results; ``ingest_stages_s`` is the ingest call cut in its parts (shard:
+listing, labels and every file decoded; merge: duplicates, near-duplicates, report).
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from components.ingest import ingest
-from components.settings import DataConfig
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from components import ingest as ingest_module  # noqa: E402
+from components.imaging import decode_rgb_reduced, phash_hex  # noqa: E402
+from components.ingest_report import preview_jpeg, shown_uris, write_outputs  # noqa: E402
+from components.settings import DataConfig  # noqa: E402
 
 
 def decode_file(path: Path) -> None:
@@ -24,36 +39,102 @@ def decode_file(path: Path) -> None:
         img.load()
 
 
+def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Milliseconds per image of each stage alone, and the hashes and thumbnails."""
+    seconds = dict.fromkeys(("read_and_md5", "decode_reduced", "phash", "thumbnail", "preview"), 0.0)
+    hashes, thumbs = [], []
+    for path in images:
+        t0 = time.perf_counter()
+        data = path.read_bytes()
+        hashlib.md5(data).hexdigest()
+        t1 = time.perf_counter()
+        img = decode_rgb_reduced(data, ingest_module.DECODE_MIN_SIDE)[0]
+        t2 = time.perf_counter()
+        hashes.append(int(phash_hex(img), 16))
+        t3 = time.perf_counter()
+        thumbs.append(np.asarray(img.resize((16, 16), Image.Resampling.BOX), dtype=np.uint8))
+        t4 = time.perf_counter()
+        preview_jpeg(img)
+        t5 = time.perf_counter()
+        for key, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)):
+            seconds[key] += dt
+    return ({k: round(1000 * v / len(images), 4) for k, v in seconds.items()},
+            np.array(hashes, dtype=np.uint64), np.stack(thumbs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(Path(os.environ.get("LESION_DATA", "../shared/data")) / "ham10000"))
     parser.add_argument("--workers", type=int, default=DataConfig().ingest_workers)
+    parser.add_argument("--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts")
     args = parser.parse_args()
     images = sorted(p for p in Path(args.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    cfg = DataConfig(ingest_workers=args.workers)
 
+    for path in images[:200]:  # warm the page cache and the imports alike for every contender
+        decode_file(path)
     start = time.perf_counter()
     for path in images:
         decode_file(path)
     decode_serial = time.perf_counter() - start
-    start = time.perf_counter()
-    with ThreadPoolExecutor(args.workers) as pool:
-        list(pool.map(decode_file, images))
-    decode_parallel = time.perf_counter() - start
-
+    decode_runs, ingest_runs, shard_runs, decode_cpu, ingest_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory() as out:
+        # Alternated, best of --rounds each: on a shared machine the load changes between
+        # two measurements more than either changes from run to run.
+        for round_ in range(args.rounds):
+            start, cpu = time.perf_counter(), time.process_time()
+            with ThreadPoolExecutor(args.workers) as pool:
+                list(pool.map(decode_file, images))
+            decode_runs.append(time.perf_counter() - start)
+            decode_cpu.append(time.process_time() - cpu)
+            start, cpu = time.perf_counter(), time.process_time()
+            shard = ingest_module.ingest_shard(args.source, cfg)
+            shard_runs.append(time.perf_counter() - start)
+            result = ingest_module.merge_shards([shard], cfg, Path(out) / f"ingest-{round_}")
+            ingest_runs.append(time.perf_counter() - start)
+            ingest_cpu.append(time.process_time() - cpu)
+            del shard
+        decode_parallel, ingest_s = min(decode_runs), min(ingest_runs)
+        shard_s = shard_runs[ingest_runs.index(ingest_s)]
+        stages, hashes, thumbs = per_image_stages(images)
         start = time.perf_counter()
-        result = ingest(args.source, DataConfig(ingest_workers=args.workers), out)
-        ingest_s = time.perf_counter() - start
+        ingest_module.near_duplicate_edges(hashes, thumbs, cfg.near_duplicate_distance,
+                                           cfg.near_duplicate_max_pixel_difference)
+        search_s = time.perf_counter() - start
+        start = time.perf_counter()
+        shown = shown_uris(result.manifest, result.report)
+        previews = {uri: preview_jpeg(Image.open(uri).convert("RGB")) for uri in shown}
+        previews_s = time.perf_counter() - start
+        start = time.perf_counter()
+        write_outputs(result.manifest, result.report, Path(out) / "report", previews)
+        report_s = time.perf_counter() - start
+    files = result.report["files_found"]
+    decode_rate = len(images) / decode_parallel
     print(json.dumps({
         "source": args.source,
         "cpu_count": os.cpu_count(),
+        "load_average_1min": round(os.getloadavg()[0], 2),
         "workers": args.workers,
         "jpeg_files": len(images),
         "plain_decode_images_per_s_1_thread": round(len(images) / decode_serial, 1),
-        "plain_decode_images_per_s_workers": round(len(images) / decode_parallel, 1),
-        "ingest_files": result.report["files_found"],
+        "plain_decode_images_per_s_workers": round(decode_rate, 1),
+        "ingest_files": files,
+        "rounds": args.rounds,
+        "plain_decode_seconds_each_round": [round(x, 2) for x in decode_runs],
+        "ingest_seconds_each_round": [round(x, 2) for x in ingest_runs],
         "ingest_seconds": round(ingest_s, 2),
-        "ingest_images_per_s": round(result.report["files_found"] / ingest_s, 1),
+        "ingest_images_per_s": round(files / ingest_s, 1),
+        "ingest_vs_decode": round(files / ingest_s / decode_rate, 3),
+        # CPU seconds (every thread of this process): what each costs, whatever else runs.
+        "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
+        "ingest_cpu_seconds": round(min(ingest_cpu), 2),
+        "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
+        "ingest_stages_s": {"shard_list_label_decode": round(shard_s, 3), "merge_and_report": round(ingest_s - shard_s, 3)},
+        "stages_ms_per_image": stages,
+        "near_duplicate_search_s": round(search_s, 3),
+        "report_previews_shown": len(shown),
+        "report_s": round(report_s, 3),
+        "report_preview_remake_s": round(previews_s, 3),
     }, indent=2))
 
 

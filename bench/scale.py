@@ -6,12 +6,17 @@ copies) and label conflicts, then runs ingest, split, normalize, augment and one
 training epoch, each in its own process so that each step's peak RSS is its own. Prints
 one JSON object per size and step:
 
-    {"images", "step", "seconds", "peak_rss_mb", "images_per_s"}
+    {"images", "step", "seconds", "peak_rss_mb", "images_per_s", "load_avg_1min"}
 
-and per size one with ``step: "planted"``: ``planted_found`` / ``planted_total`` (planted
+(``load_avg_1min`` as the step ends: above the 2 of a quiet 2-core machine, other work
+shared it), and per size one with ``step: "planted"``: ``planted_found`` / ``planted_total`` (planted
 duplicate, conflict and near-duplicate groups that ingest reported).
 
-    nice -n 10 python bench/scale.py --sizes 10000,30000 [--with-400k] [--keep DIR]
+    nice -n 10 python bench/scale.py --sizes 10000,30000 [--with-400k] [--keep DIR] | tee bench/results/scale.jsonl
+    python bench/plot_scale.py bench/results/scale.jsonl -o docs/scale.png
+
+``--sizes 400000`` (or ``--with-400k``) is ISIC 2024 scale: ~1 GB of generated JPEGs in the
+temporary folder and, on a 2-core machine, about an hour.
 """
 from __future__ import annotations
 
@@ -131,7 +136,6 @@ def run_step(step: str, source: str, work: Path) -> int:
     else:
         raise ValueError(step)
     return 0
-    raise ValueError(step)
 
 
 def child(step: str, source: str, work: Path) -> None:
@@ -164,7 +168,8 @@ def bench(images: int, scratch: Path) -> None:
         r = measure(step, source, work)
         print(json.dumps({"images": files, "step": step, "seconds": round(r["seconds"], 2),
                           "peak_rss_mb": round(r["peak_rss_mb"], 1),
-                          "images_per_s": round(files / r["seconds"], 1)}), flush=True)
+                          "images_per_s": round(files / r["seconds"], 1),
+                          "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
     report = json.loads((work / "ingest" / "report.json").read_text())
     found, total = planted_found(planted, report)
     print(json.dumps({"images": files, "step": "planted", "planted_found": found, "planted_total": total,

@@ -8,16 +8,19 @@ A source that fails (SourceUnavailable) fails the step: only a file's own conten
 listing can quarantine it, never a network fault.
 """
 
+import functools
 import hashlib
 import io
 import json
+import os
+import shutil
+import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import List
 
-import imagehash
 import numpy as np
 import pandas as pd
 from kfp import dsl
@@ -25,12 +28,12 @@ from PIL import Image
 
 from components import artifacts
 from components.errors import UserError
-from components.imaging import ImageError, decode_rgb
-from components.ingest_report import build_report, preview_jpeg, write_outputs
+from components.imaging import ImageError, decode_rgb_reduced, phash_hex_batch, phash_pixels
+from components.ingest_report import build_report, preview_jpeg, shown_uris, write_outputs
 from components.labels import LabelTable, canonical_label, csv_format, label_table
 from components.settings import DataConfig
-from components.sources import FileTooLarge, Source, SourceFile, SourceUnavailable, open_source, read_bytes
 from components.union_find import UnionFind
+from components.sources import FileTooLarge, Source, SourceFile, SourceUnavailable, open_source, read_bytes
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 SPLIT_DIRS = {"train": "train", "test": "test"}
@@ -42,9 +45,17 @@ MANIFEST_COLUMNS = [
 ]
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
+# The smallest side a JPEG is decoded at (libjpeg's 1/2, 1/4 or 1/8 scale, when the image
+# is that large): pHash's 32x32 greyscale, the thumbnail and the report preview (at most
+# ingest_report.THUMB_SIZE, 72, on a side) are all made from this one decode. At 32 (1/4
+# of HAM10000's 200x150) ingest is faster, but one of HAM10000's 28 near-duplicate pairs
+# is no longer found: at 72 every figure is the full decode's.
+DECODE_MIN_SIDE = 72
 # Hash pairs compared at once in the near-duplicate search: a large pHash bucket is
 # compared in blocks of rows of about this many pairs (8 bytes each, so ~32 MB).
 NEAR_DUPLICATE_BLOCK = 1 << 22
+# Files one decoding task inspects: a thread pool task per file cost more than the file.
+VALIDATE_BATCH = 16
 
 
 class IngestError(UserError):
@@ -60,20 +71,46 @@ class IngestResult:
 # ---- labelling ---------------------------------------------------------------
 
 
+# PurePosixPath's parts, name, suffix and stem of a listing's relpaths, without building
+# a path object: ingest asks for them for every file, several times (the cache holds the
+# last few files' parts, so it stays small whatever the source's size).
+@functools.lru_cache(maxsize=1024)
+def _parts(relpath: str) -> tuple[str, ...]:
+    if relpath.startswith("/"):
+        return PurePosixPath(relpath).parts
+    parts = relpath.split("/")
+    if "" in parts or "." in parts:
+        return tuple(p for p in parts if p and p != ".")
+    return tuple(parts)
+
+
+def _name(relpath: str) -> str:
+    parts = _parts(relpath)
+    return parts[-1] if parts else ""
+
+
 def _suffix(relpath: str) -> str:
-    return PurePosixPath(relpath).suffix.lower()
+    """PurePosixPath(relpath).suffix.lower()."""
+    name = _name(relpath)
+    dot = name.rfind(".")
+    return name[dot:].lower() if 0 < dot < len(name) - 1 else ""
+
+
+def _stem(relpath: str) -> str:
+    name = _name(relpath)
+    dot = name.rfind(".")
+    return name[:dot] if 0 < dot < len(name) - 1 else name
 
 
 def _is_system_file(relpath: str) -> bool:
-    path = PurePosixPath(relpath)
-    return (path.name.lower() in SYSTEM_NAMES or path.name.startswith("._")
-            or any(part == "__MACOSX" for part in path.parts))
+    name = _name(relpath)
+    return name.lower() in SYSTEM_NAMES or name.startswith("._") or "__MACOSX" in _parts(relpath)
 
 
 def _layout_root(relpaths: list[str]) -> int:
     """How many leading folders all images share above the layout (``data/Train/...``
     in a zip of a folder): they are not labels. Split folders are never stripped."""
-    parts = [PurePosixPath(p).parts for p in relpaths]
+    parts = [_parts(p) for p in relpaths]
     depth = 0
     while parts and all(len(p) > depth + 2 for p in parts):
         first = {p[depth] for p in parts}
@@ -84,7 +121,7 @@ def _layout_root(relpaths: list[str]) -> int:
 
 
 def _split_and_rest(relpath: str, root_depth: int) -> tuple[str, tuple[str, ...]]:
-    parts = PurePosixPath(relpath).parts[root_depth:]
+    parts = _parts(relpath)[root_depth:]
     if len(parts) >= 2 and parts[0].lower() in SPLIT_DIRS:
         return SPLIT_DIRS[parts[0].lower()], parts[1:]
     return "", parts
@@ -130,13 +167,14 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
     used_csvs = {table.label_file: "label file", **{m: "lesion-id metadata file" for m in table.metadata_files}} if table else {}
     images = [f.relpath for f in files if _suffix(f.relpath) in IMAGE_EXTENSIONS and not _is_system_file(f.relpath)]
     root_depth = _layout_root(images)
-    rows = []
+    keys = ("uri", "relpath", "bytes", "split", "source_label", "label", "group_id", "status", "reason_code", "reason")
+    columns: dict[str, list] = {k: [] for k in keys}  # by column: a dict per row would cost ~1 kB a file
     matched_ids = set()
     for f in files:
         split, rest = _split_and_rest(f.relpath, root_depth)
         row = {"uri": f.uri, "relpath": f.relpath, "bytes": f.size, "split": split, "source_label": "", "label": "",
                "group_id": "", "status": "", "reason_code": "", "reason": ""}
-        name = PurePosixPath(f.relpath).name
+        name = _name(f.relpath)
         if f.refused_code:
             row.update(status="quarantined", reason_code=f.refused_code, reason=f.refused_reason)
         elif _is_system_file(f.relpath):
@@ -147,7 +185,7 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
             kind = "a CSV that is not the label file" if _suffix(f.relpath) == ".csv" else "no image extension"
             row.update(status="ignored", reason_code="not_image_file", reason=f"not an image file: {kind} ({name})")
         elif table is not None:
-            image_id = PurePosixPath(f.relpath).stem
+            image_id = _stem(f.relpath)
             if image_id not in table.source_labels:
                 row.update(status="quarantined", reason_code="no_label", reason=f"no row for {image_id} in {table.label_file}")
             else:
@@ -164,18 +202,37 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
                            reason=f"unknown or missing label {row['source_label']!r}")
             else:
                 row["label"] = label
-        rows.append(row)
+        for k in keys:
+            columns[k].append(row[k])
     missing_images = len(set(table.source_labels) - matched_ids) if table else 0
-    return pd.DataFrame(rows), missing_images
+    return pd.DataFrame(columns), missing_images
 
 
 # ---- validation --------------------------------------------------------------
 
 
+def inspect_images(uris: list[str], max_pixels: int, max_bytes: int,
+                   stop: threading.Event | None = None) -> list[dict]:
+    """inspect_image of each of ``uris``, their pHashes computed together."""
+    found = [_inspect(uri, max_pixels, max_bytes, stop) for uri in uris]
+    hashed = [f for f in found if "phash_pixels" in f]
+    if hashed:
+        for f, phash in zip(hashed, phash_hex_batch(np.stack([f.pop("phash_pixels") for f in hashed]))):
+            f["phash"] = phash
+    return found
+
+
 def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
     """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
-    preview of one file. Never raises for a bad file; raises SourceUnavailable when the
-    source failed, since the file may be fine and must not be quarantined for it."""
+    preview of one file, all from one decode (a JPEG at reduced scale, no side under
+    DECODE_MIN_SIDE: see imaging.decode_rgb_reduced). Never raises for a bad file; raises
+    SourceUnavailable when the source failed, since the file may be fine and must not be
+    quarantined for it."""
+    return inspect_images([uri], max_pixels, max_bytes, stop)[0]
+
+
+def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None) -> dict:
+    """inspect_image, with the pixels pHash hashes in place of the hash."""
     try:
         data = read_bytes(uri, max_bytes, stop)
     except SourceUnavailable:
@@ -186,18 +243,13 @@ def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Eve
         return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
     try:
-        img = decode_rgb(data, max_pixels)
+        img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
     thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
-    return {"md5": md5, "width": img.width, "height": img.height, "phash": str(imagehash.phash(img)),
-            "thumb": thumb, "preview": preview_jpeg(img), "image_format": _format_name(data), "error_code": "",
+    return {"md5": md5, "width": width, "height": height, "phash_pixels": phash_pixels(img),
+            "thumb": thumb, "preview": preview_jpeg(img), "image_format": fmt, "error_code": "",
             "error": ""}
-
-
-def _format_name(data: bytes) -> str:
-    with Image.open(io.BytesIO(data)) as img:
-        return img.format or ""
 
 
 def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
@@ -210,45 +262,91 @@ def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
                              for n in df.loc[big, "bytes"]]
 
 
-def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[np.ndarray, dict[str, bytes]]:
-    """Decode every labelled image; quarantine the ones that cannot be used. Returns the
-    16x16 RGB thumbnails as one uint8 array, row ``k`` for ``df``'s ``k``-th row (zeros
-    where nothing was decoded: 768 bytes a file), and each decoded image's report preview
-    by URI.
+class ShardFiles:
+    """A shard's thumbnails and report previews, on disk as they are made, so that
+    neither a shard nor the merge holds them in memory: ``thumbs`` is one raw 16x16x3
+    uint8 row per manifest row (zeros where nothing was decoded), ``previews`` the
+    preview JPEGs one after the other (each row's offset and length are in its
+    ``preview_offset`` / ``preview_bytes`` columns)."""
+
+    ROW = THUMB_SIDE * THUMB_SIDE * 3
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.thumbs_path = self.folder / artifacts.INGEST_SHARD_THUMBS
+        self.previews_path = self.folder / artifacts.INGEST_SHARD_PREVIEWS
+
+    def thumbs(self, rows: np.ndarray) -> np.ndarray:
+        """The thumbnails of ``rows`` (positions in the shard's rows), read from disk."""
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), THUMB_SIDE, THUMB_SIDE, 3), dtype=np.uint8)
+        with open(self.thumbs_path, "rb") as f:
+            fd = f.fileno()
+            for k, row in enumerate(rows):
+                out[k] = np.frombuffer(os.pread(fd, self.ROW, int(row) * self.ROW), dtype=np.uint8).reshape(
+                    THUMB_SIDE, THUMB_SIDE, 3)
+        return out
+
+    def previews(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        with open(self.previews_path, "rb") as f:
+            return [os.pread(f.fileno(), length, offset) if length else b"" for offset, length in spans]
+
+
+def _validate(df: pd.DataFrame, cfg: DataConfig, files: ShardFiles) -> None:
+    """Decode every labelled image; quarantine the ones that cannot be used. Writes the
+    16x16 RGB thumbnails (row ``k`` for ``df``'s ``k``-th row) and the report previews
+    to ``files`` as the results arrive; sets each row's preview span.
 
     When the source fails, the step fails with the first read that failed for good; the
     reads still running stop retrying and the ones not started never start.
     """
     todo = df.index[df.status == ""]
-    thumbs = np.zeros((len(df), THUMB_SIDE, THUMB_SIDE, 3), dtype=np.uint8)
-    previews: dict[str, bytes] = {}
     stop = threading.Event()
     failures: list[SourceUnavailable] = []
 
-    def inspect(uri: str) -> dict:
+    def inspect(uris: list[str]) -> list[dict]:
         try:
-            return inspect_image(uri, cfg.max_image_pixels, cfg.max_file_bytes, stop)
+            return inspect_images(uris, cfg.max_image_pixels, cfg.max_file_bytes, stop)
         except SourceUnavailable as exc:
             failures.append(exc)
             stop.set()
             raise
 
-    found = []
+    columns = ("md5", "width", "height", "phash", "image_format", "error_code", "error")
+    found: dict[str, list] = {c: [] for c in columns}
+    offsets = np.zeros(len(df), dtype=np.int64)
+    lengths = np.zeros(len(df), dtype=np.int64)
     positions = df.index.get_indexer(todo)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
+    written = next_row = 0
+    files.folder.mkdir(parents=True, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool, \
+            open(files.thumbs_path, "wb") as thumbs, open(files.previews_path, "wb") as previews:
         try:
             # On the first exception, map's iterator cancels every future not yet started.
-            # Thumbnails and previews leave each result as it arrives.
-            for position, uri, f in zip(positions, df.loc[todo, "uri"], pool.map(inspect, df.loc[todo, "uri"])):
+            uris = df.loc[todo, "uri"].tolist()
+            batches = pool.map(inspect, [uris[k:k + VALIDATE_BATCH] for k in range(0, len(uris), VALIDATE_BATCH)])
+            for position, f in zip(positions, (f for batch in batches for f in batch)):
                 if "thumb" in f:
-                    thumbs[position] = f.pop("thumb")
-                    previews[uri] = f.pop("preview")
-                found.append(f)
+                    if position > next_row:  # rows not decoded: zeros
+                        thumbs.write(bytes((position - next_row) * ShardFiles.ROW))
+                    thumbs.write(f["thumb"].tobytes())
+                    next_row = position + 1
+                    previews.write(f["preview"])
+                    offsets[position], lengths[position] = written, len(f["preview"])
+                    written += len(f["preview"])
+                for column in columns:
+                    found[column].append(f.get(column))
         except SourceUnavailable:
             raise failures[0] from None
-    info = pd.DataFrame(found, index=todo, columns=["md5", "width", "height", "phash", "image_format", "error_code", "error"])
+        thumbs.write(bytes((len(df) - next_row) * ShardFiles.ROW))
+    df["preview_offset"], df["preview_bytes"] = offsets, lengths
+    info = pd.DataFrame(found, index=todo, columns=list(columns))
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
+    # What the near-duplicate search reads: 8 bytes an image, not a 16-character string.
+    df["phash_u64"] = np.zeros(len(df), dtype=np.uint64)
+    decoded = info.index[info.phash.notna()]
+    df.loc[decoded, "phash_u64"] = np.array([int(h, 16) for h in info.loc[decoded, "phash"]], dtype=np.uint64)
     for column in ("width", "height"):
         df.loc[todo, column] = info[column].fillna(0).astype(int)
     bad = info.index[info.error_code != ""]
@@ -259,7 +357,6 @@ def _validate(df: pd.DataFrame, cfg: DataConfig) -> tuple[np.ndarray, dict[str, 
     df.loc[small, ["status", "reason_code"]] = ["quarantined", "too_small"]
     df.loc[small, "reason"] = [f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
                                for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])]
-    return thumbs, previews
 
 
 # ---- duplicates --------------------------------------------------------------
@@ -278,8 +375,8 @@ def resolve_duplicates(df: pd.DataFrame, conflict_policy: str, leak_policy: str)
     conflicting labels is always quarantined. Returns one record per group.
     """
     groups = []
-    ingested = df[df.status == "ingested"]
-    for md5, group in ingested.groupby("md5", sort=True):
+    md5s = df.md5[df.status == "ingested"]
+    for md5, group in df.loc[md5s.index[md5s.duplicated(keep=False)]].groupby("md5", sort=True):
         if len(group) < 2:
             continue
         labels = group.label.value_counts()
@@ -370,20 +467,36 @@ def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPL
     return np.stack([codes // n, codes % n], axis=1)
 
 
-def _close_thumbnails(thumbs: np.ndarray, pairs: np.ndarray, max_pixel_difference: float,
-                      chunk: int = 4096) -> np.ndarray:
+class _Rows:
+    """``base[index[rows]]`` as ``rows``' thumbnails: a thumbnail store seen through an index."""
+
+    def __init__(self, base, index: np.ndarray):
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return self.base[self.index[np.asarray(rows, dtype=np.int64)]]
+
+
+def _close_thumbnails(thumbs, pairs: np.ndarray, max_pixel_difference: float, chunk: int = 4096) -> np.ndarray:
     """Which ``pairs`` have thumbnails at most ``max_pixel_difference`` apart (mean absolute
-    difference over every pixel and channel, 0-255); ``chunk`` pairs at a time (~20 MB)."""
-    flat = thumbs.reshape(len(thumbs), -1)
+    difference over every pixel and channel, 0-255); ``chunk`` pairs at a time (~20 MB).
+    ``thumbs[rows]`` gives the thumbnails of ``rows`` (an array, or a store on disk):
+    each one is fetched once per chunk."""
     keep = np.zeros(len(pairs), dtype=bool)
     for start in range(0, len(pairs), chunk):
-        i, j = pairs[start:start + chunk, 0], pairs[start:start + chunk, 1]
-        total = np.abs(flat[i].astype(np.int16) - flat[j]).sum(axis=1, dtype=np.int64)
+        block = pairs[start:start + chunk]
+        rows, inverse = np.unique(block, return_inverse=True)
+        inverse = inverse.reshape(block.shape)
+        flat = np.asarray(thumbs[rows]).reshape(len(rows), -1)
+        total = np.abs(flat[inverse[:, 0]].astype(np.int16) - flat[inverse[:, 1]]).sum(axis=1, dtype=np.int64)
         keep[start:start + chunk] = total / flat.shape[1] <= max_pixel_difference
     return keep
 
 
-def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+def near_duplicate_pairs(hashes: np.ndarray, thumbs, max_distance: int,
                          max_pixel_difference: float) -> list[tuple[int, int]]:
     """Pairs (i < j, sorted) close in pHash (multi-index hashing, exact within candidates)
     whose thumbnails also agree pixel for pixel."""
@@ -392,50 +505,75 @@ def near_duplicate_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: i
     return [(int(i), int(j)) for i, j in pairs]
 
 
-def near_duplicate_edges(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int,
+def near_duplicate_edges(hashes: np.ndarray, thumbs, max_distance: int,
                          max_pixel_difference: float) -> list[tuple[int, int]]:
     """Edges whose connected components are the near-duplicate groups: the same groups as
     near_duplicate_pairs gives, without its k² pairs among k copies that are identical in
     pHash and thumbnail (blank or repeated images): those are joined to their first copy
-    and searched once."""
-    flat = thumbs.reshape(len(thumbs), -1)
-    keys = np.concatenate([hashes.astype(np.uint64).view(np.uint8).reshape(len(hashes), 8), flat], axis=1)
-    _, first, inverse = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    edges = [(int(first[k]), i) for i, k in enumerate(inverse) if first[k] != i] if max_pixel_difference >= 0 else []
-    reps = np.sort(first)
-    for a, b in near_duplicate_pairs(hashes[reps], thumbs[reps], max_distance, max_pixel_difference):
+    and searched once. Only images with the same pHash are compared for that, so only
+    their thumbnails are read."""
+    hashes = np.asarray(hashes, dtype=np.uint64)
+    n = len(hashes)
+    if n < 2 or max_pixel_difference < 0:
+        return []
+    edges: list[tuple[int, int]] = []
+    copy = np.zeros(n, dtype=bool)
+    order = np.argsort(hashes, kind="stable")
+    sorted_hashes = hashes[order]
+    starts = np.flatnonzero(np.r_[True, sorted_hashes[1:] != sorted_hashes[:-1]])
+    sizes = np.diff(np.r_[starts, n])
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+        members = order[start:start + size]  # ascending (stable sort)
+        flat = np.asarray(thumbs[members]).reshape(size, -1)
+        _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+        source = first[inverse.reshape(-1)]
+        copies = np.flatnonzero(source != np.arange(size))
+        copy[members[copies]] = True
+        edges += zip(members[source[copies]].tolist(), members[copies].tolist())
+    reps = np.flatnonzero(~copy)
+    for a, b in near_duplicate_pairs(hashes[reps], _Rows(thumbs, reps), max_distance, max_pixel_difference):
         edges.append((int(reps[a]), int(reps[b])))
     return edges
 
 
-def mark_near_duplicates(df: pd.DataFrame, thumbs: np.ndarray, cfg: DataConfig) -> list[dict]:
+def mark_near_duplicates(df: pd.DataFrame, thumbs, cfg: DataConfig) -> list[dict]:
     """Group ingested images that are near-copies of each other (re-encoded, resized,
     slightly shifted); they stay ingested, are reported, and split keeps them together.
-    ``thumbs[k]`` is the thumbnail of ``df``'s ``k``-th row."""
+    ``thumbs[k]`` is the thumbnail of ``df``'s ``k``-th row (an array or a store on disk)."""
     df["near_duplicate_group"] = ""
-    ingested = df[df.status == "ingested"]
-    if cfg.near_duplicate_distance < 0 or len(ingested) < 2:
+    rows_ingested = np.flatnonzero((df.status == "ingested").to_numpy())
+    if cfg.near_duplicate_distance < 0 or len(rows_ingested) < 2:
         return []
-    hashes = np.array([int(h, 16) for h in ingested.phash], dtype=np.uint64)
-    small = thumbs[df.index.get_indexer(ingested.index)]
+    n = len(rows_ingested)
+    hashes = df.phash_u64.to_numpy(dtype=np.uint64)[rows_ingested]
+    edges = np.array(near_duplicate_edges(hashes, _Rows(thumbs, rows_ingested), cfg.near_duplicate_distance,
+                                          cfg.near_duplicate_max_pixel_difference), dtype=np.int64).reshape(-1, 2)
+    if not len(edges):
+        return []
     sets = UnionFind()
-    for i, j in near_duplicate_edges(hashes, small, cfg.near_duplicate_distance,
-                                     cfg.near_duplicate_max_pixel_difference):
+    for i, j in edges.tolist():  # few: one per near-copy
         sets.union(i, j)
-    roots = pd.Series([sets.find(i) for i in range(len(hashes))], index=ingested.index)
+    joined = np.unique(edges)  # every image in a group of two or more
+    component = np.array([sets.find(i) for i in joined.tolist()], dtype=np.int64)
     # Numbered in manifest order of each group's first file, whatever order the search found them in.
-    members_of = [g for _, g in roots.groupby(roots) if len(g) > 1]
-    members_of.sort(key=lambda g: g.index.min())
+    _, first = np.unique(component, return_index=True)  # joined is ascending: first = each group's first file
+    rank = dict(zip(component[first].tolist(), np.argsort(np.argsort(joined[first])).tolist()))
+    ranks = np.array([rank[c] for c in component.tolist()], dtype=np.int64)
+    members = joined[np.argsort(ranks, kind="stable")]
+    bounds = np.flatnonzero(np.diff(np.sort(ranks))) + 1
+    positions = rows_ingested[members]
+    relpaths, labels, splits = (df[c].to_numpy()[positions] for c in ("relpath", "label", "split"))
+    group_of = np.empty(len(members), dtype=object)
     groups = []
-    for number, members in enumerate(members_of, start=1):
+    for number, rows in enumerate(np.split(np.arange(len(members)), bounds), start=1):
         group_id = f"near-{number:05d}"
-        df.loc[members.index, "near_duplicate_group"] = group_id
-        rows = df.loc[members.index]
-        groups.append({"group": group_id, "files": rows.relpath.tolist(), "labels": sorted(set(rows.label)),
-                       "splits": sorted(set(rows.split) - {""}),
-                       "label_conflict": rows.label.nunique() > 1,
-                       "split_leak": bool((rows.split == "test").any() and (rows.split != "test").any())})
+        group_of[rows] = group_id
+        row_splits = splits[rows]
+        groups.append({"group": group_id, "files": relpaths[rows].tolist(), "labels": sorted(set(labels[rows])),
+                       "splits": sorted(set(row_splits) - {""}),
+                       "label_conflict": len(set(labels[rows])) > 1,
+                       "split_leak": bool((row_splits == "test").any() and (row_splits != "test").any())})
+    df.loc[df.index[positions], "near_duplicate_group"] = group_of
     return groups
 
 
@@ -455,18 +593,21 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
 class IngestShard:
     """One shard's share of ingest: every ``num_shards``-th file of the listing decoded
     and checked. ``rows`` are its files' manifest rows so far (index: the file's position
-    in the whole listing), ``thumbs[k]`` the thumbnail of ``rows``' ``k``-th row, and
-    ``meta`` what every shard sees alike (the listing's digest, format, label counts)."""
+    in the whole listing), ``files`` its thumbnails and previews on disk (row ``k`` for
+    ``rows``' ``k``-th row), and ``meta`` what every shard sees alike (the listing's
+    digest, format, label counts)."""
     rows: pd.DataFrame
-    thumbs: np.ndarray
-    previews: dict[str, bytes]
+    files: ShardFiles
     meta: dict
+    scratch: tempfile.TemporaryDirectory | None = None  # holds ``files`` when no folder was given
 
 
-def ingest_shard(source_uri: str, cfg: DataConfig, shard_index: int = 0, num_shards: int = 1) -> IngestShard:
+def ingest_shard(source_uri: str, cfg: DataConfig, shard_index: int = 0, num_shards: int = 1,
+                 folder: str | Path | None = None) -> IngestShard:
     """List and label the whole source (cheap: no file is opened but the CSVs), then
     decode and check shard ``shard_index`` of ``num_shards``: the files at listing
-    positions ``shard_index``, ``shard_index + num_shards``, ..."""
+    positions ``shard_index``, ``shard_index + num_shards``, ... Thumbnails and previews
+    go to ``folder`` (default: a temporary folder that lives as long as the shard)."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard {shard_index} of {num_shards}")
     source: Source = open_source(source_uri, cfg)
@@ -485,15 +626,51 @@ def ingest_shard(source_uri: str, cfg: DataConfig, shard_index: int = 0, num_sha
             "listing_digest": hashlib.sha256("\n".join(f"{f.relpath}\t{f.size}" for f in files).encode()).hexdigest(),
             "counts_before": {k: int(v) for k, v in df[df.label != ""].label.value_counts().sort_index().items()},
             "label_rows_without_image": int(label_rows_without_image)}
+    del files, csvs
     rows = df.iloc[shard_index::num_shards].copy()
-    thumbs, previews = _validate(rows, cfg)
-    return IngestShard(rows, thumbs, previews, meta)
+    del df
+    scratch = tempfile.TemporaryDirectory(prefix="ingest-shard-") if folder is None else None
+    shard_files = ShardFiles(scratch.name if scratch else folder)
+    _validate(rows, cfg, shard_files)
+    return IngestShard(rows, shard_files, meta, scratch)
+
+
+class _MergedThumbs:
+    """The shards' thumbnails by listing position, read from their files when asked."""
+
+    def __init__(self, shards: list[IngestShard], files_found: int):
+        self.shards = shards
+        self.shard = np.full(files_found, -1, dtype=np.int32)
+        self.row = np.zeros(files_found, dtype=np.int64)
+        for k, s in enumerate(shards):
+            positions = s.rows.index.to_numpy()
+            self.shard[positions], self.row[positions] = k, np.arange(len(positions))
+
+    def __getitem__(self, positions) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64).reshape(-1)
+        out = np.empty((len(positions), THUMB_SIDE, THUMB_SIDE, 3), dtype=np.uint8)
+        for k, s in enumerate(self.shards):
+            mine = np.flatnonzero(self.shard[positions] == k)
+            if len(mine):
+                out[mine] = s.files.thumbs(self.row[positions[mine]])
+        return out
+
+    def previews(self, positions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
+        out: list[bytes] = [b""] * len(positions)
+        for k, s in enumerate(self.shards):
+            mine = np.flatnonzero(self.shard[positions] == k)
+            spans = [(int(offsets[p]), int(lengths[p])) for p in positions[mine]]
+            for i, jpeg in zip(mine, s.files.previews(spans)):
+                out[i] = jpeg
+        return out
 
 
 def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
     """The whole ingest from its shards: exact duplicates, label conflicts and Train/Test
     leaks (md5), the per-class cap and near-duplicates (pHash + thumbnail) across every
-    shard, then the manifest and reports, the same as one shard over the whole listing."""
+    shard, then the manifest and reports, the same as one shard over the whole listing.
+    Thumbnails and previews stay in the shards' files: only the thumbnails of images
+    close in pHash and the previews the report shows are read."""
     if not shards:
         raise IngestError("ingest: no shards to merge")
     first = shards[0].meta
@@ -502,16 +679,18 @@ def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | P
         raise IngestError(f"ingest: expected shards 0..{first['num_shards'] - 1}, got {found}")
     if len({s.meta["listing_digest"] for s in shards}) > 1:
         raise IngestError(f"the source {first['source_root']} changed while it was ingested: run again")
+    store = _MergedThumbs(shards, first["files_found"])
     df = pd.concat([s.rows for s in shards])
-    order = np.argsort(df.index.to_numpy(), kind="stable")
-    df = df.iloc[order]
-    thumbs = np.concatenate([s.thumbs for s in shards])[order]
-    previews = {uri: jpeg for s in shards for uri, jpeg in s.previews.items()}
+    for s in shards:  # the merge consumes the shards' rows: one copy of the manifest at a time
+        s.rows = s.rows.iloc[:0]
+    df = df.sort_index(kind="stable")
+    if not np.array_equal(df.index.to_numpy(), np.arange(first["files_found"])):
+        raise IngestError("ingest: the shards do not cover the listing once")
+    offsets, lengths = df.pop("preview_offset").to_numpy(), df.pop("preview_bytes").to_numpy()
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
-    near_groups = mark_near_duplicates(df, thumbs, cfg)
-    del thumbs
+    near_groups = mark_near_duplicates(df, store, cfg)
     df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int}).reset_index(drop=True)
 
     report = build_report(df, source_root=first["source_root"], synthetic=first["synthetic"], fmt=first["format"],
@@ -519,6 +698,9 @@ def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | P
                           near_groups=near_groups, label_rows_without_image=first["label_rows_without_image"])
     if output_dir is not None:
         # Written first: when the data is unusable, the per-file reasons are what the user reads.
+        shown = np.flatnonzero(df.uri.isin(shown_uris(df, report)).to_numpy())
+        previews = {uri: jpeg for uri, jpeg in zip(df.uri.to_numpy()[shown], store.previews(shown, offsets, lengths))
+                    if jpeg}
         write_outputs(df, report, Path(output_dir), previews)
     check_usable(report, cfg, Path(output_dir) / artifacts.INGEST_REPORT_HTML if output_dir is not None else None)
     return IngestResult(df, report)
@@ -532,13 +714,13 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
 
 def save_shard(shard: IngestShard, output_dir: str | Path) -> None:
     """A shard as files, for the merge task: rows, thumbnails, previews, meta (written last:
-    a folder without it is incomplete)."""
+    a folder without it is incomplete). Nothing is copied when the shard was made there."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if shard.files.folder.resolve() != out.resolve():
+        shutil.copyfile(shard.files.thumbs_path, out / artifacts.INGEST_SHARD_THUMBS)
+        shutil.copyfile(shard.files.previews_path, out / artifacts.INGEST_SHARD_PREVIEWS)
     shard.rows.rename_axis("position").reset_index().to_parquet(out / artifacts.INGEST_SHARD_ROWS, index=False)
-    np.save(out / artifacts.INGEST_SHARD_THUMBS, shard.thumbs)
-    pd.DataFrame({"uri": list(shard.previews), "jpeg": list(shard.previews.values())}).to_parquet(
-        out / artifacts.INGEST_SHARD_PREVIEWS, index=False)
     (out / artifacts.INGEST_SHARD_META).write_text(json.dumps(shard.meta))
 
 
@@ -549,9 +731,7 @@ def load_shard(shard_dir: str | Path) -> IngestShard:
         raise IngestError(f"ingest: incomplete shard in {folder}")
     rows = pd.read_parquet(folder / artifacts.INGEST_SHARD_ROWS).set_index("position")
     rows.index.name = None
-    previews = pd.read_parquet(folder / artifacts.INGEST_SHARD_PREVIEWS)
-    return IngestShard(rows, np.load(folder / artifacts.INGEST_SHARD_THUMBS),
-                       dict(zip(previews.uri, previews.jpeg)), json.loads(meta_file.read_text()))
+    return IngestShard(rows, ShardFiles(folder), json.loads(meta_file.read_text()))
 
 
 def check_usable(report: dict, cfg: DataConfig, report_path: Path | None = None) -> None:
@@ -583,7 +763,7 @@ def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Ou
 
     with user_errors(), atomic.output_dir(shard.path) as partial:
         cfg = load_section(DataConfig, data, "data.")
-        save_shard(ingest_shard(data_uri, cfg, shard_index, cfg.ingest_shards), partial)
+        save_shard(ingest_shard(data_uri, cfg, shard_index, cfg.ingest_shards, partial), partial)
 
 
 def ingest_merge_step(shards: dsl.Input[List[dsl.Dataset]], data: dict, manifest: dsl.Output[dsl.Dataset],

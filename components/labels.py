@@ -89,6 +89,12 @@ def _text(value: object) -> str:
     return "" if pd.isna(value) else str(value).strip()
 
 
+def _texts(values: pd.Series) -> list[str]:
+    """_text of each value, a column at a time (a label file has one row per image)."""
+    values = pd.Series(values, dtype=object)
+    return values.where(values.notna(), "").astype(str).str.strip().tolist()
+
+
 def _isic2019_label(row: pd.Series, columns: list[str]) -> str:
     """The one-hot column set to 1; '' when none or several are (no usable label)."""
     hot = [c for c in columns if _text(row[c]) not in ("", "0", "0.0")]
@@ -118,14 +124,14 @@ def label_table(fmt: str, csvs: dict[str, pd.DataFrame]) -> LabelTable:
         onehot = [c for c in ISIC2019_CLASSES if c in frame.columns]
         ids, labels = frame["image"], frame.apply(_isic2019_label, axis=1, columns=onehot)
         groups = pd.Series("", index=frame.index)
-    source_labels = {_text(i): _text(label) for i, label in zip(ids, labels) if _text(i)}
-    group_ids = {_text(i): _text(g) for i, g in zip(ids, groups) if _text(i) and _text(g)}
+    ids, labels, groups = _texts(ids), _texts(labels), _texts(groups)
+    source_labels = {i: label for i, label in zip(ids, labels) if i}
+    group_ids = {i: g for i, g in zip(ids, groups) if i and g}
     metadata_files: list[str] = []
     if fmt == "isic2019":
         # ISIC_2019_Training_Metadata.csv carries the lesion ids the ground truth lacks.
         for other, meta in csvs.items():
             if other != path and {"image", "lesion_id"} <= set(meta.columns):
                 metadata_files.append(other)
-                group_ids.update({_text(i): _text(g) for i, g in zip(meta["image"], meta["lesion_id"])
-                                  if _text(i) and _text(g)})
+                group_ids.update({i: g for i, g in zip(_texts(meta["image"]), _texts(meta["lesion_id"])) if i and g})
     return LabelTable(fmt, path, source_labels, group_ids, tuple(metadata_files))

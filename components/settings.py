@@ -332,8 +332,14 @@ class TrainConfig(Section):
     keep: Literal["best", "last"] = "best"
     # Wall-clock budget for training (0: none): no new epoch starts after it is spent.
     max_train_minutes: float = Field(0.0, ge=0)
-    # Keep decoded training images in memory between epochs.
+    # Keep the decoded training images between epochs: in memory when they fit in
+    # cache_memory_mb (images x image_size² x 3 bytes), else in a file under the step's
+    # working folder (tf.data's file cache, deleted when training ends), else not at all.
+    # The train step prints which it chose.
     cache: bool = True
+    # 8 GiB: half the train pod's memory request (cluster.resources.train). HAM10000 at
+    # 224 px is ~1.5 GB; ISIC 2024 (400,000 images) at 224 px would be ~60 GB.
+    cache_memory_mb: int = Field(8192, ge=0)
     seed: int = 123
     # More members for an ensemble, each a mapping of the settings above that differ
     # from this section's (e.g. {alpha: 0.35, weights: ..., seed: 7}). Every member

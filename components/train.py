@@ -32,7 +32,7 @@ from components.ensemble import ensemble_model
 from components.imbalance import loss_and_class_weights
 from components.lr_schedule import learning_rate
 from components.settings import TrainConfig
-from components.train_input import TrainingData, training_dataset
+from components.train_input import CACHE_DIR, TrainingData, training_dataset
 
 FROZEN_DONE_FILE = "frozen_phase.weights.h5"
 # Written last: a folder holding it has a finished model.
@@ -180,7 +180,8 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
 
     classes, size = data.meta["classes"], data.meta["image_size"]
     counts = data.class_counts
-    train_ds = training_dataset(data.train_paths, size, tc, len(classes), int(counts.sum()))
+    train_ds = training_dataset(data.train_paths, size, tc, len(classes), int(counts.sum()),
+                                cache_dir=out / CACHE_DIR)
     steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
     out.mkdir(parents=True, exist_ok=True)
     transfer = is_transfer(tc.model)
@@ -244,6 +245,7 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
         fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
                   callbacks(frozen_epochs, schedule), class_weight)
 
+    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)  # a file cache is scratch, never part of the output
     if keep_best:
         tracker.restore_best(model)
     model_path = out / artifacts.MODEL

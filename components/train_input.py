@@ -38,12 +38,59 @@ def online_augment_fn(zoom: float = 0.0):
 
 
 
-def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None):
+@dataclass
+class CachePlan:
+    """Where training keeps its decoded images between epochs: ``memory``, ``disk`` (in
+    ``path``, a tf.data cache file prefix) or ``none``; ``why`` says what decided it."""
+    kind: str
+    path: Path | None
+    why: str
+
+
+# The cache's name under the train step's working folder.
+CACHE_DIR = "input-cache"
+
+
+def cache_plan(tc: TrainConfig, count: int | None, image_size: int, cache_dir: str | Path | None) -> CachePlan:
+    """train.cache in memory when ``count`` decoded images fit in train.cache_memory_mb,
+    else on disk under ``cache_dir``, else (no folder) not at all."""
+    if not tc.cache:
+        return CachePlan("none", None, "train.cache is off")
+    if count is not None:
+        need_mb = count * (image_size * image_size * 3 + 8) / 2**20
+        size = f"{count} decoded images at {image_size} px are {need_mb:,.0f} MB"
+        if need_mb <= tc.cache_memory_mb:
+            return CachePlan("memory", None, f"{size}, within train.cache_memory_mb={tc.cache_memory_mb}")
+        why = f"{size}, over train.cache_memory_mb={tc.cache_memory_mb}"
+    else:
+        why = "the number of images is not known"
+    if cache_dir is None:
+        return CachePlan("none", None, f"{why}, and there is no working folder to cache to")
+    return CachePlan("disk", Path(cache_dir) / "train", f"{why}: cached in a file under {cache_dir}")
+
+
+def _fresh_cache_dir(plan: CachePlan) -> None:
+    """An empty folder for the file cache: files left by a killed run (a half-written
+    cache, its lock file) would make tf.data refuse or reuse them."""
+    import shutil
+
+    if plan.kind == "disk":
+        shutil.rmtree(plan.path.parent, ignore_errors=True)
+        plan.path.parent.mkdir(parents=True)
+
+
+def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None,
+                     cache_dir: str | Path | None = None):
     """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
-    cache of the decoded uint8 images, shuffle, balanced sampling, online augmentation,
-    prefetch. ``count``, the number of records, makes the epoch length known to Keras
-    (else every epoch ends by running out of data, with a warning)."""
+    cache of the decoded uint8 images (see cache_plan: in memory, in a file under
+    ``cache_dir``, or none), shuffle, balanced sampling, online augmentation, prefetch.
+    ``count``, the number of records, makes the epoch length known to Keras (else every
+    epoch ends by running out of data, with a warning)."""
     import tensorflow as tf
+
+    plan = cache_plan(tc, count, image_size, cache_dir)
+    print(f"training input cache: {plan.kind} ({plan.why})", flush=True)
+    _fresh_cache_dir(plan)
 
     files = tf.data.Dataset.from_tensor_slices(paths)
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),
@@ -52,15 +99,23 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
     ds = records.map(lambda r: parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if count is not None:
         ds = ds.apply(tf.data.experimental.assert_cardinality(count))
-    if tc.cache:
+    if plan.kind == "memory":
         ds = ds.cache()
     if tc.imbalance == "balanced_sampling":
-        # Each class its own endless, shuffled stream; draw from them uniformly.
-        per_class = [ds.filter(lambda _, label, c=c: label == c).shuffle(1024, seed=tc.seed + c).repeat()
-                     for c in range(num_classes)]
+        # Each class its own endless, shuffled stream; draw from them uniformly. A file
+        # cache takes one writer at a time: each class caches its own file.
+        def class_stream(c: int):
+            stream = ds.filter(lambda _, label: label == c)
+            if plan.kind == "disk":
+                stream = stream.cache(f"{plan.path}-class{c}")
+            return stream.shuffle(1024, seed=tc.seed + c).repeat()
+
+        per_class = [class_stream(c) for c in range(num_classes)]
         ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[1.0 / num_classes] * num_classes,
                                                   seed=tc.seed, stop_on_empty_dataset=False)
     else:
+        if plan.kind == "disk":
+            ds = ds.cache(str(plan.path))
         ds = ds.shuffle(4096, seed=tc.seed, reshuffle_each_iteration=True)
     ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label), num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)

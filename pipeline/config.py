@@ -45,9 +45,12 @@ warnings.filterwarnings("ignore", message='Field name "register" in "ResourcesCo
 class ResourcesConfig(Section):
     """Per step; the local runner ignores them. Sized for HAM10000-scale data at 128 px."""
     list_source: StepResources = _resources("250m", "1", "512Mi", "1Gi")
-    # Per ingest shard task: reading, hashing and decoding with data.ingest_workers threads.
+    # Per ingest shard task: reading, hashing and decoding with data.ingest_workers threads;
+    # every shard lists the whole source (~1.5 kB a file: ~0.8 GB at 400,000 files).
     ingest_shard: StepResources = _resources("1", "2", "2Gi", "4Gi")
-    # Duplicates and near-duplicates across shards: ~1 kB a file (thumbnail, preview, row).
+    # Duplicates and near-duplicates across shards: the manifest's rows, ~2 kB a file
+    # (thumbnails and previews stay in the shards' files): 0.43 GB measured at 100,000
+    # files, ~1.1 GB at 400,000 (README, bench/scale.py).
     ingest_merge: StepResources = _resources("1", "2", "2Gi", "4Gi")
     retrain_gate: StepResources = _resources("250m", "1", "1Gi", "2Gi")
     split: StepResources = Field(default_factory=StepResources)

@@ -304,3 +304,37 @@ def test_ingest_with_no_usable_image_still_writes_its_report_and_says_where(tmp_
     for name in ("readme.txt", "fake.jpg", "tiny.png"):
         assert name in html
     assert (out / "manifest.parquet").is_file()
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_reduced_decode_measures_and_hashes_like_the_full_decode(orientation):
+    """Ingest decodes a JPEG once at reduced scale: the same full size (EXIF applied),
+    format and errors as decode_rgb, a side no smaller than asked, and a pHash of the
+    reduced image within a few bits of the full image's."""
+    from components.imaging import decode_rgb_reduced, phash_hex
+
+    img = lesion(3, size=400).resize((400, 300))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=92, exif=exif.tobytes())
+    data = buf.getvalue()
+    full = decode_rgb(data)
+    reduced, width, height, fmt = decode_rgb_reduced(data, 72)
+    assert (width, height) == full.size == ((300, 400) if orientation == 6 else (400, 300))
+    assert fmt == "JPEG" and min(reduced.size) >= 72 and max(reduced.size) < max(full.size)
+    assert (reduced.width < reduced.height) == (full.width < full.height)
+    distance = bin(int(phash_hex(reduced), 16) ^ int(phash_hex(full), 16)).count("1")
+    assert distance <= 4
+    with pytest.raises(ImageError) as truncated:
+        decode_rgb_reduced(data[: len(data) // 2], 72)
+    assert truncated.value.code == "corrupt"
+
+
+def test_phash_is_imagehash_phash():
+    imagehash = pytest.importorskip("imagehash")
+    from components.imaging import phash_hex
+
+    for index in range(20):
+        img = lesion(index, size=90 + index)
+        assert phash_hex(img) == str(imagehash.phash(img))

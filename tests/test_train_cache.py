@@ -1,0 +1,75 @@
+"""train.cache: decoded training images kept in memory when they fit in
+train.cache_memory_mb, in a file under the step's working folder when they do not, and
+the choice printed. Real tf.data on a tiny shard."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from components import shards
+from components.train_input import cache_plan, training_dataset
+from tests.tiny_data import tiny_config
+
+LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 10 images of 32x32x3: 0.03 MB decoded
+
+
+def write_tiny_shard(folder: Path) -> Path:
+    path = folder / "train-00000-of-00001.tfrecord"
+    shards.write_shard(path, ((np.full((32, 32, 3), 20 * i, np.uint8), y, f"x{i}") for i, y in enumerate(LABELS)))
+    return path
+
+
+def epoch(dataset) -> list[tuple[float, int]]:
+    """The (image value, label) pairs one pass yields, in a fixed order."""
+    return sorted((float(x[0, 0, 0]), int(y)) for images, labels in dataset for x, y in zip(images, labels))
+
+
+def test_the_budget_decides_memory_disk_or_none(tmp_path):
+    fits, over = tiny_config(cache_memory_mb=1).train, tiny_config(cache_memory_mb=0).train
+    assert cache_plan(fits, len(LABELS), 32, tmp_path).kind == "memory"
+    plan = cache_plan(over, len(LABELS), 32, tmp_path / "cache")
+    assert (plan.kind, plan.path.parent) == ("disk", tmp_path / "cache")
+    assert "over train.cache_memory_mb=0" in plan.why
+    assert cache_plan(over, len(LABELS), 32, None).kind == "none"
+    assert cache_plan(tiny_config(cache=False).train, len(LABELS), 32, tmp_path).kind == "none"
+    # 400,000 images at 224 px (ISIC 2024) do not fit the default budget; HAM10000 does.
+    default = tiny_config().train
+    assert cache_plan(default, 400_000, 224, tmp_path).kind == "disk"
+    assert cache_plan(default, 10_015, 224, tmp_path).kind == "memory"
+
+
+@pytest.mark.parametrize("budget_mb, kind", [(0, "disk"), (1, "memory")])
+def test_the_chosen_cache_serves_the_second_epoch(tmp_path, capsys, budget_mb, kind):
+    source = write_tiny_shard(tmp_path)
+    cache_dir = tmp_path / "work" / "input-cache"
+    tc = tiny_config(cache_memory_mb=budget_mb, batch_size=4).train
+    dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=cache_dir)
+    assert f"training input cache: {kind}" in capsys.readouterr().out
+    first = epoch(dataset)
+    assert len(first) == len(LABELS)
+    assert bool(list(cache_dir.glob("train*.index"))) == (kind == "disk")
+    source.unlink()  # only a cache can give the second epoch now
+    assert epoch(dataset) == first
+
+
+def test_no_cache_reads_the_shards_every_epoch(tmp_path, capsys):
+    source = write_tiny_shard(tmp_path)
+    tc = tiny_config(cache_memory_mb=0, batch_size=4).train
+    dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=None)
+    assert "training input cache: none" in capsys.readouterr().out
+    assert len(epoch(dataset)) == len(LABELS)
+    source.unlink()
+    with pytest.raises(Exception, match="No such file|NotFound|not found"):
+        epoch(dataset)
+
+
+def test_balanced_sampling_caches_each_class_in_its_own_file(tmp_path):
+    source = write_tiny_shard(tmp_path)
+    cache_dir = tmp_path / "input-cache"
+    tc = tiny_config(cache_memory_mb=0, imbalance="balanced_sampling", batch_size=6).train
+    dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=cache_dir)
+    drawn = np.concatenate([labels.numpy() for _, labels in dataset.take(10)])
+    assert set(drawn.tolist()) == {0, 1, 2}
+    assert {p.name.split(".")[0] for p in cache_dir.glob("*.index")} == {f"train-class{c}" for c in range(3)}
