@@ -24,12 +24,9 @@ class ImageError(ValueError):
         self.code = code
 
 
-def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Fully decode ``data`` into an RGB image with its EXIF orientation applied.
-
-    The pixel count is read from the header and refused before decoding, so a
-    decompression bomb never allocates its pixels.
-    """
+def _open_header(data: bytes, max_pixels: int) -> Image.Image:
+    """``data`` opened (its header read, nothing decoded), or the error a user reads: an
+    empty file, no known format, a corrupt header, or more than ``max_pixels`` pixels."""
     if not data:
         raise ImageError("empty file (0 bytes)", "empty_file")
     try:
@@ -41,6 +38,16 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(f"too many pixels ({width}x{height} > {max_pixels}), refused before decoding", "too_many_pixels")
+    return img
+
+
+def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Fully decode ``data`` into an RGB image with its EXIF orientation applied.
+
+    The pixel count is read from the header and refused before decoding, so a
+    decompression bomb never allocates its pixels.
+    """
+    img = _open_header(data, max_pixels)
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
@@ -57,18 +64,9 @@ def decode_rgb_reduced(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS)
     (libjpeg scales in the DCT: cheaper than a full decode, and every byte is still
     decoded, so a truncated or corrupt file still fails). Returns the image, the full
     width and height (EXIF orientation applied) and the format's name."""
-    if not data:
-        raise ImageError("empty file (0 bytes)", "empty_file")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except Image.UnidentifiedImageError:
-        raise ImageError("not an image: content is no known image format", "not_an_image") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt image header: {exc}", "corrupt") from None
+    img = _open_header(data, max_pixels)
     width, height = img.size
     fmt = img.format or ""
-    if width * height > max_pixels:
-        raise ImageError(f"too many pixels ({width}x{height} > {max_pixels}), refused before decoding", "too_many_pixels")
     try:
         if fmt == "JPEG" and img.mode in ("RGB", "L", "CMYK"):
             img.draft(img.mode, (min_side, min_side))
