@@ -117,6 +117,18 @@ def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix:
 
 
 
+def epoch_header_callback(total_epochs: int):
+    """Prints Keras' ``Epoch i/n`` header for a fit() of a single epoch, which Keras
+    leaves out (a one-epoch frozen phase): the run console numbers epochs by it."""
+    import keras
+
+    class EpochHeader(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            print(f"Epoch {epoch + 1}/{total_epochs}", flush=True)
+
+    return EpochHeader()
+
+
 def time_budget_callback(minutes: float, started: float):
     """Stops training at an epoch end once the budget is spent (the best epoch is kept)."""
     import keras

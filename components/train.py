@@ -24,9 +24,9 @@ from typing import Sequence
 from kfp import dsl
 
 from components import artifacts, distributed, shards
-from components.callbacks import (EPOCH_LOG_FILE, BestEpochTracker, backup_and_restore, epoch_log_callback,
-                                  read_epoch_log, save_weights_atomically, time_budget_callback, validation_callback,
-                                  validation_metrics)
+from components.callbacks import (EPOCH_LOG_FILE, BestEpochTracker, backup_and_restore, epoch_header_callback,
+                                  epoch_log_callback, read_epoch_log, save_weights_atomically, time_budget_callback,
+                                  validation_callback, validation_metrics)
 from components.devices import Devices, configure_devices
 from components.ensemble import ensemble_model
 from components.imbalance import loss_and_class_weights
@@ -213,8 +213,10 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
         left = started + tc.max_train_minutes * 60 - now
         return now + max(left, 0.0) * (last_epoch - first_epoch) / max(1, tc.epochs - first_epoch)
 
-    def callbacks(phase_start: int, schedule: list) -> list:
-        return [*schedule,
+    def callbacks(phase_start: int, schedule: list, phase_end: int) -> list:
+        # Keras heads epochs itself when fit() runs more than one, counting to phase_end.
+        header = [epoch_header_callback(tc.epochs)] if phase_end == 1 else []
+        return [*header, *schedule,
                 validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
                 tracker.callback(phase_start), epoch_log_callback(out, tracking_uri, mlflow_run_id, metric_prefix),
                 *([time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
@@ -232,7 +234,7 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
                 set_backbone_trainable(model, 0)
                 schedule = compile_for(tc.learning_rate, 0, frozen_epochs)
             fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
-                      callbacks(0, schedule), class_weight)
+                      callbacks(0, schedule, frozen_epochs), class_weight)
             save_weights_atomically(model, out / FROZEN_DONE_FILE)
     if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
@@ -243,7 +245,7 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
             schedule = compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, frozen_epochs,
                                    tc.epochs)
         fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
-                  callbacks(frozen_epochs, schedule), class_weight)
+                  callbacks(frozen_epochs, schedule, tc.epochs), class_weight)
 
     shutil.rmtree(out / CACHE_DIR, ignore_errors=True)  # a file cache is scratch, never part of the output
     if keep_best:

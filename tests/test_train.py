@@ -88,7 +88,7 @@ def _snapshot_callback(layer_name: str, store: list):
     return Snapshot()
 
 
-def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
+def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path, capsys):
     import keras
 
     cfg = tiny_config(model="mobilenet", alpha=0.25, epochs=2, frozen_epochs=1, lr_schedule="cosine")
@@ -104,6 +104,10 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path):
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[1]["learning_rate"] < cfg.train.fine_tune_learning_rate  # cosine decay is under way
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "frozen_phase.weights.h5").is_file()
+    # Every epoch is headed with its number out of all epochs, the frozen phase's single
+    # one too (Keras heads none for a one-epoch fit), which the run console shows.
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if line.startswith("Epoch ")] == ["Epoch 1/2", "Epoch 2/2"]
 
 
 def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
