@@ -128,17 +128,20 @@ def small_classes(class_counts: dict[str, dict[str, int]], below: int) -> dict[s
     return small
 
 
+def _subset_sizes(subsets: dict[str, int]) -> str:
+    """``train 1, val 1, test 0``"""
+    return ", ".join(f"{subset} {n}" for subset, n in subsets.items())
+
+
 def describe_small(small: dict[str, dict[str, int]]) -> str:
     """``seborrheic_keratosis (train 1, val 1, test 0), ...``"""
-    return ", ".join(f"{label} ({', '.join(f'{s} {n}' for s, n in subsets.items())})"
-                     for label, subsets in sorted(small.items()))
+    return ", ".join(f"{label} ({_subset_sizes(subsets)})" for label, subsets in sorted(small.items()))
 
 
 def class_size_warnings(report: dict, cfg: DataConfig) -> list[str]:
     """One line per class below ``data.warn_images_per_class_split`` in some subset."""
     small = small_classes(report["class_counts"], cfg.warn_images_per_class_split)
-    return [f"class {label} has few images after quarantine and split "
-            f"({', '.join(f'{s} {n}' for s, n in subsets.items())}): fewer than "
+    return [f"class {label} has few images after quarantine and split ({_subset_sizes(subsets)}): fewer than "
             f"data.warn_images_per_class_split={cfg.warn_images_per_class_split}, its metrics will be noisy"
             for label, subsets in sorted(small.items())]
 
