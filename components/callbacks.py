@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -92,9 +93,23 @@ class BestEpochTracker:
 
 
 
-def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix: str = ""):
+# The metrics an epoch's console line shows, in this order; epochs.jsonl and MLflow keep all.
+EPOCH_LINE_METRICS = ("loss", "val_loss", "val_balanced_accuracy", "val_melanoma_auc", "learning_rate")
+EPOCH_LINE = re.compile(r"(epoch \d+/\d+ .*\(\d+ s\))$")
+
+
+def epoch_line(epoch: int, total_epochs: int, seconds: float, values: dict[str, float], label: str = "") -> str:
+    """One finished epoch in words, e.g. ``epoch 3/14  loss 0.512  val_loss 0.610 ...  (42 s)``.
+    Ours rather than Keras' progress text, which heads a one-epoch fit() with no number and
+    leaves carriage-return residue in a captured stream; ``EPOCH_LINE`` finds it in a log."""
+    shown = "  ".join(f"{k} {values[k]:.3g}" if k == "learning_rate" else f"{k} {values[k]:.3f}"
+                      for k in EPOCH_LINE_METRICS if k in values)
+    return f"epoch {epoch + 1}/{total_epochs}{f' [{label}]' if label else ''}  {shown}  ({seconds:.0f} s)"
+
+
+def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, total_epochs: int, metric_prefix: str = ""):
     """Appends every finished epoch's logs to epochs.jsonl and to the MLflow run (with
-    ``metric_prefix`` before each name there)."""
+    ``metric_prefix`` before each name there), and prints its ``epoch_line``."""
     import keras
 
     client = None
@@ -104,6 +119,11 @@ def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix:
         client = tracking.client(tracking_uri)
 
     class EpochLog(keras.callbacks.Callback):
+        began = time.monotonic()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.began = time.monotonic()
+
         def on_epoch_end(self, epoch, logs=None):
             values = {k: float(v) for k, v in (logs or {}).items()}
             # np.asarray: under a distribution strategy a constant rate is a MirroredVariable, which float() refuses.
@@ -112,21 +132,10 @@ def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, metric_prefix:
             if client is not None:
                 client.log_batch(run_id, metrics=tracking.metrics_at(
                     {metric_prefix + k: v for k, v in values.items()}, step=epoch))
+            print(epoch_line(epoch, total_epochs, time.monotonic() - self.began, values, metric_prefix.rstrip("_")),
+                  flush=True)
 
     return EpochLog()
-
-
-
-def epoch_header_callback(total_epochs: int):
-    """Prints Keras' ``Epoch i/n`` header for a fit() of a single epoch, which Keras
-    leaves out (a one-epoch frozen phase): the run console numbers epochs by it."""
-    import keras
-
-    class EpochHeader(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            print(f"Epoch {epoch + 1}/{total_epochs}", flush=True)
-
-    return EpochHeader()
 
 
 def time_budget_callback(minutes: float, started: float):

@@ -235,9 +235,8 @@ def fit_phase(model, train_ds, steps_per_epoch: int, first_epoch: int, last_epoc
     batches = iter(strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options)))
     step = _step_function(model, class_weight, global_batch_size)
     average_moving_statistics = _average_moving_statistics(model)
-    # Keras' own progress lines, as fit(verbose=2) prints them.
-    callback_list = keras.callbacks.CallbackList(callbacks, add_progbar=True, model=model, verbose=2,
-                                                 epochs=last_epoch, steps=steps_per_epoch)
+    # No Keras progress bar, as in components.train: epoch_log_callback prints each epoch's line.
+    callback_list = keras.callbacks.CallbackList(callbacks, model=model, epochs=last_epoch, steps=steps_per_epoch)
     print(f"{strategy.num_replicas_in_sync} replicas, global batch {global_batch_size} ({per_replica} each), "
           f"{steps_per_epoch} steps per epoch", flush=True)
 

@@ -24,7 +24,7 @@ from typing import Sequence
 from kfp import dsl
 
 from components import artifacts, distributed, shards
-from components.callbacks import (EPOCH_LOG_FILE, BestEpochTracker, backup_and_restore, epoch_header_callback,
+from components.callbacks import (EPOCH_LOG_FILE, BestEpochTracker, backup_and_restore,
                                   epoch_log_callback, read_epoch_log, save_weights_atomically, time_budget_callback,
                                   validation_callback, validation_metrics)
 from components.devices import Devices, configure_devices
@@ -32,7 +32,7 @@ from components.ensemble import ensemble_model
 from components.imbalance import loss_and_class_weights
 from components.lr_schedule import learning_rate
 from components.settings import TrainConfig
-from components.train_input import CACHE_DIR, TrainingData, training_dataset
+from components.train_input import CACHE_DIR, TrainingData, input_cache_folder, training_dataset
 
 FROZEN_DONE_FILE = "frozen_phase.weights.h5"
 # Written last: a folder holding it has a finished model.
@@ -58,7 +58,8 @@ def _fit_phase(model, train_ds, steps_per_epoch: int | None, first_epoch: int, l
               # The backup last: an epoch is saved only after every callback of ours has logged
               # it and kept its weights if best, so a resume never skips an epoch's record.
               callbacks=[*callbacks, backup_and_restore(backup_dir)],
-              class_weight=class_weight, verbose=2)
+              # verbose=0: epoch_log_callback prints each epoch's line.
+              class_weight=class_weight, verbose=0)
 
 
 def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: TrainConfig, output_dir: str | Path,
@@ -180,74 +181,72 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
 
     classes, size = data.meta["classes"], data.meta["image_size"]
     counts = data.class_counts
-    train_ds = training_dataset(data.train_paths, size, tc, len(classes), int(counts.sum()),
-                                cache_dir=out / CACHE_DIR)
-    steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
-    out.mkdir(parents=True, exist_ok=True)
-    transfer = is_transfer(tc.model)
-    frozen_epochs = tc.frozen_epochs if transfer else 0
-    loss, class_weight = loss_and_class_weights(tc, counts)
-    keep_best = tc.keep == "best"
-    tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience if keep_best else None)
-    started = time.monotonic()
+    # train.cache on disk lives in a scratch folder of its own, removed when training ends.
+    with input_cache_folder(out / CACHE_DIR) as cache_dir:
+        train_ds = training_dataset(data.train_paths, size, tc, len(classes), int(counts.sum()), cache_dir=cache_dir)
+        steps_per_epoch = math.ceil(counts.sum() / tc.batch_size)
+        out.mkdir(parents=True, exist_ok=True)
+        transfer = is_transfer(tc.model)
+        frozen_epochs = tc.frozen_epochs if transfer else 0
+        loss, class_weight = loss_and_class_weights(tc, counts)
+        keep_best = tc.keep == "best"
+        tracker = BestEpochTracker(out, tc.monitor, tc.early_stopping_patience if keep_best else None)
+        started = time.monotonic()
 
-    with devices.strategy.scope():
-        keras.utils.set_random_seed(tc.seed)
-        model = build_model(tc.model, len(classes), size, data.meta["mean"], data.meta["std"], dropout=tc.dropout,
-                            weights=tc.weights, alpha=tc.alpha)
-
-        def compile_for(peak_rate: float, first_epoch: int, last_epoch: int) -> list:
-            """Compiles for the phase; returns the callbacks that drive its learning rate."""
-            initial_rate, schedule = learning_rate(tc, peak_rate, first_epoch, last_epoch - first_epoch,
-                                                   steps_per_epoch, phase_deadline(first_epoch, last_epoch))
-            model.compile(optimizer=keras.optimizers.Adam(initial_rate), loss=loss, metrics=["accuracy"],
-                          jit_compile=devices.gpu)
-            return schedule
-
-    def phase_deadline(first_epoch: int, last_epoch: int) -> float | None:
-        # The phase's share of the time left, by its share of the epochs left. Workers
-        # must agree on the rate, so several workers follow their steps alone.
-        if not tc.max_train_minutes or devices.workers > 1:
-            return None
-        now = time.monotonic()
-        left = started + tc.max_train_minutes * 60 - now
-        return now + max(left, 0.0) * (last_epoch - first_epoch) / max(1, tc.epochs - first_epoch)
-
-    def callbacks(phase_start: int, schedule: list, phase_end: int) -> list:
-        # Keras heads epochs itself when fit() runs more than one, counting to phase_end.
-        header = [epoch_header_callback(tc.epochs)] if phase_end == 1 else []
-        return [*header, *schedule,
-                validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
-                tracker.callback(phase_start), epoch_log_callback(out, tracking_uri, mlflow_run_id, metric_prefix),
-                *([time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
-                *extra_callbacks]
-
-    # balanced_sampling repeats forever, and workers must agree on when an epoch ends:
-    # epochs are a fixed number of steps then.
-    fixed_steps = steps_per_epoch if tc.imbalance == "balanced_sampling" or devices.workers > 1 else None
-    fit_phase = partial(distributed.fit_phase, global_batch_size=tc.batch_size) if devices.workers > 1 else _fit_phase
-    if frozen_epochs:
-        if (out / FROZEN_DONE_FILE).is_file():
-            model.load_weights(out / FROZEN_DONE_FILE)
-        else:
-            with devices.strategy.scope():
-                set_backbone_trainable(model, 0)
-                schedule = compile_for(tc.learning_rate, 0, frozen_epochs)
-            fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
-                      callbacks(0, schedule, frozen_epochs), class_weight)
-            save_weights_atomically(model, out / FROZEN_DONE_FILE)
-    if tc.epochs > frozen_epochs:
         with devices.strategy.scope():
-            if transfer:
-                set_backbone_trainable(model, tc.fine_tune_layers or None,
-                                       freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
-                                       batchnorm_momentum=tc.batchnorm_momentum)
-            schedule = compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, frozen_epochs,
-                                   tc.epochs)
-        fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
-                  callbacks(frozen_epochs, schedule, tc.epochs), class_weight)
+            keras.utils.set_random_seed(tc.seed)
+            model = build_model(tc.model, len(classes), size, data.meta["mean"], data.meta["std"], dropout=tc.dropout,
+                                weights=tc.weights, alpha=tc.alpha)
 
-    shutil.rmtree(out / CACHE_DIR, ignore_errors=True)  # a file cache is scratch, never part of the output
+            def compile_for(peak_rate: float, first_epoch: int, last_epoch: int) -> list:
+                """Compiles for the phase; returns the callbacks that drive its learning rate."""
+                initial_rate, schedule = learning_rate(tc, peak_rate, first_epoch, last_epoch - first_epoch,
+                                                       steps_per_epoch, phase_deadline(first_epoch, last_epoch))
+                model.compile(optimizer=keras.optimizers.Adam(initial_rate), loss=loss, metrics=["accuracy"],
+                              jit_compile=devices.gpu)
+                return schedule
+
+        def phase_deadline(first_epoch: int, last_epoch: int) -> float | None:
+            # The phase's share of the time left, by its share of the epochs left. Workers
+            # must agree on the rate, so several workers follow their steps alone.
+            if not tc.max_train_minutes or devices.workers > 1:
+                return None
+            now = time.monotonic()
+            left = started + tc.max_train_minutes * 60 - now
+            return now + max(left, 0.0) * (last_epoch - first_epoch) / max(1, tc.epochs - first_epoch)
+
+        def callbacks(phase_start: int, schedule: list) -> list:
+            return [*schedule,
+                    validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
+                    tracker.callback(phase_start), epoch_log_callback(out, tracking_uri, mlflow_run_id, tc.epochs, metric_prefix),
+                    *([time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
+                    *extra_callbacks]
+
+        # balanced_sampling repeats forever, and workers must agree on when an epoch ends:
+        # epochs are a fixed number of steps then.
+        fixed_steps = steps_per_epoch if tc.imbalance == "balanced_sampling" or devices.workers > 1 else None
+        fit_phase = partial(distributed.fit_phase, global_batch_size=tc.batch_size) if devices.workers > 1 else _fit_phase
+        if frozen_epochs:
+            if (out / FROZEN_DONE_FILE).is_file():
+                model.load_weights(out / FROZEN_DONE_FILE)
+            else:
+                with devices.strategy.scope():
+                    set_backbone_trainable(model, 0)
+                    schedule = compile_for(tc.learning_rate, 0, frozen_epochs)
+                fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
+                          callbacks(0, schedule), class_weight)
+                save_weights_atomically(model, out / FROZEN_DONE_FILE)
+        if tc.epochs > frozen_epochs:
+            with devices.strategy.scope():
+                if transfer:
+                    set_backbone_trainable(model, tc.fine_tune_layers or None,
+                                           freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
+                                           batchnorm_momentum=tc.batchnorm_momentum)
+                schedule = compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, frozen_epochs,
+                                       tc.epochs)
+            fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
+                      callbacks(frozen_epochs, schedule), class_weight)
+
     if keep_best:
         tracker.restore_best(model)
     model_path = out / artifacts.MODEL

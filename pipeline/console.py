@@ -18,16 +18,15 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
+from components.callbacks import EPOCH_LINE
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
-_EPOCH = re.compile(r"^Epoch (\d+)/(\d+)$")
-_EPOCH_RESULT = re.compile(r"^\d+/\d+ - (\d+m?s) - .*?- (loss: [\d.]+.*)$")
 # Lines of a step worth a person's attention (printed by our step wrappers).
 _NOTABLE = re.compile(r"^(retraining gate: |resuming training from epoch|training finished earlier|registered |"
                       r"ensemble member |train\.max_train_minutes|warning: )")
 _ERROR = re.compile(r"^error: (.+)$")
-_EPOCH_METRICS = ("loss", "val_loss", "val_balanced_accuracy", "val_melanoma_auc")
 FAILED_TAIL_LINES = 15
 
 
@@ -55,7 +54,6 @@ class RunConsole(io.TextIOBase):
         self._task_logs: dict[str, TextIO] = {}
         self._started: dict[str, tuple[int, float]] = {}
         self._finished: set[str] = set()
-        self._epochs: dict[str, str] = {}
         self._causes: dict[str, str] = {}
         self.failures: list[str] = []
         self._done = False
@@ -116,13 +114,9 @@ class RunConsole(io.TextIOBase):
         self._step_line(task, line.strip())
 
     def _step_line(self, task: str, text: str) -> None:
-        if epoch := _EPOCH.match(text):
-            self._epochs[task] = f"{epoch[1]}/{epoch[2]}"
-        elif result := _EPOCH_RESULT.match(text):
-            # Keras heads each epoch with "Epoch i/n", except when fit() runs a single one.
-            values = dict(re.findall(r"(\w+): ([\d.]+)", result[2]))
-            shown = "  ".join(f"{k} {float(values[k]):.3f}" for k in _EPOCH_METRICS if k in values)
-            self._say(f"        epoch {self._epochs.pop(task, '1/1')}  {shown}  ({result[1]})")
+        # search, not match: a stream's carriage-return residue may come before the line.
+        if epoch := EPOCH_LINE.search(text):
+            self._say(f"        {epoch[1]}")
         elif _NOTABLE.match(text):
             self._say(f"        {text}")
         elif error := _ERROR.match(text):

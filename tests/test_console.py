@@ -51,3 +51,18 @@ def test_a_step_that_has_not_finished_stays_open_when_its_own_shard_starts(tmp_p
     write_from_thread(console, "Executing task 'normalize-shard-step'\n")
     assert not any(line.endswith(" s") for line in shown)
     console.finish()
+
+
+def test_an_epoch_line_shows_once_even_behind_carriage_return_residue(tmp_path):
+    from components.callbacks import epoch_line
+
+    shown: list[str] = []
+    console = RunConsole(tmp_path, total_tasks=1, echo=shown.append)
+    # One thread, as the runner's thread for the train task prints all its lines.
+    console.write("Executing task 'train-step'\n")
+    line = epoch_line(0, 14, 41.6, {"loss": 0.51234, "accuracy": 0.8, "val_loss": 0.7, "learning_rate": 3e-4})
+    # What a progress bar can leave before a line in a captured stream.
+    console.write("\b" * 20 + "\r            ...  " + line + "\n")
+    console.write("2/2 - 3s - 1s/step - accuracy: 0.8 - loss: 0.5\n")  # Keras' own text: not ours
+    console.finish()
+    assert [s for s in shown if "epoch" in s] == ["        epoch 1/14  loss 0.512  val_loss 0.700  learning_rate 0.0003  (42 s)"]

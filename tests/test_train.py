@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from components import shards
-from components.callbacks import BestEpochTracker, epoch_header_callback, read_epoch_log
+from components.callbacks import EPOCH_LINE, BestEpochTracker, read_epoch_log
 from components.imbalance import class_weights, logit_adjusted_loss, sparse_focal_loss
 from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
 from components.train import train
@@ -104,12 +105,11 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path, 
     assert [e["epoch"] for e in epochs] == [0, 1]
     assert epochs[1]["learning_rate"] < cfg.train.fine_tune_learning_rate  # cosine decay is under way
     assert (tmp_path / "model.keras").is_file() and (tmp_path / "frozen_phase.weights.h5").is_file()
-    # The frozen phase's single epoch is headed with its number out of all epochs (Keras
-    # heads none for a one-epoch fit), as the run console expects.
-    capsys.readouterr()
-    header = epoch_header_callback(cfg.train.epochs)
-    header.on_epoch_begin(0)
-    assert capsys.readouterr().out == "Epoch 1/2\n"
+    # One line per epoch, numbered out of all epochs: the frozen phase's single epoch too.
+    lines = [found[1] for found in map(EPOCH_LINE.search, capsys.readouterr().out.splitlines()) if found]
+    assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
+    assert re.fullmatch(r"epoch 2/2  loss [\d.]+  val_loss [\d.]+  val_balanced_accuracy [\d.]+  "
+                        r"val_melanoma_auc [\d.]+  learning_rate [\de.+-]+  \(\d+ s\)", lines[1])
 
 
 def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
@@ -295,7 +295,7 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(normalized, tmp
     epochs = [json.loads(line)["epoch"] for line in log]
     # The restart neither redid the frozen phase nor the finished fine-tuning epoch.
     assert epochs == [0, 1, 2]
-    assert "Epoch 3/3" in done.stdout and "Epoch 1/3" not in done.stdout and "Epoch 2/3" not in done.stdout
+    assert "epoch 3/3 " in done.stdout and "epoch 1/3 " not in done.stdout and "epoch 2/3 " not in done.stdout
     assert "EPOCHS_RUN 3" in done.stdout
     assert not (out / "backup" / "fine_tune").exists()  # removed once training finished
 
