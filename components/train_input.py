@@ -2,7 +2,10 @@
 augmented batches for fit(), and the validation split in memory."""
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,28 +72,30 @@ def cache_plan(tc: TrainConfig, count: int | None, image_size: int, cache_dir: s
     return CachePlan("disk", Path(cache_dir) / "train", f"{why}: cached in a file under {cache_dir}")
 
 
-def _fresh_cache_dir(plan: CachePlan) -> None:
-    """An empty folder for the file cache: files left by a killed run (a half-written
-    cache, its lock file) would make tf.data refuse or reuse them."""
-    import shutil
-
-    if plan.kind == "disk":
-        shutil.rmtree(plan.path.parent, ignore_errors=True)
-        plan.path.parent.mkdir(parents=True)
+@contextlib.contextmanager
+def input_cache_folder(path: Path) -> Iterator[Path]:
+    """An empty scratch folder for a file cache while training runs, removed after: files
+    left by a killed run (a half-written cache, its lock file) would make tf.data refuse
+    or reuse them, and a cache is never part of the output."""
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None,
                      cache_dir: str | Path | None = None):
     """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
     cache of the decoded uint8 images (see cache_plan: in memory, in a file under
-    ``cache_dir``, or none), shuffle, balanced sampling, online augmentation, prefetch.
+    ``cache_dir``, an empty folder from input_cache_folder, or none), shuffle, balanced sampling, online augmentation, prefetch.
     ``count``, the number of records, makes the epoch length known to Keras (else every
     epoch ends by running out of data, with a warning)."""
     import tensorflow as tf
 
     plan = cache_plan(tc, count, image_size, cache_dir)
     print(f"training input cache: {plan.kind} ({plan.why})", flush=True)
-    _fresh_cache_dir(plan)
 
     files = tf.data.Dataset.from_tensor_slices(paths)
     records = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from components import shards
-from components.train_input import cache_plan, training_dataset
+from components.train_input import cache_plan, input_cache_folder, training_dataset
 from tests.tiny_data import tiny_config
 
 LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 10 images of 32x32x3: 0.03 MB decoded
@@ -43,15 +43,25 @@ def test_the_budget_decides_memory_disk_or_none(tmp_path):
 @pytest.mark.parametrize("budget_mb, kind", [(0, "disk"), (1, "memory")])
 def test_the_chosen_cache_serves_the_second_epoch(tmp_path, capsys, budget_mb, kind):
     source = write_tiny_shard(tmp_path)
-    cache_dir = tmp_path / "work" / "input-cache"
     tc = tiny_config(cache_memory_mb=budget_mb, batch_size=4).train
-    dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=cache_dir)
-    assert f"training input cache: {kind}" in capsys.readouterr().out
-    first = epoch(dataset)
-    assert len(first) == len(LABELS)
-    assert bool(list(cache_dir.glob("train*.index"))) == (kind == "disk")
-    source.unlink()  # only a cache can give the second epoch now
-    assert epoch(dataset) == first
+    with input_cache_folder(tmp_path / "work" / "input-cache") as cache_dir:
+        dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=cache_dir)
+        assert f"training input cache: {kind}" in capsys.readouterr().out
+        first = epoch(dataset)
+        assert len(first) == len(LABELS)
+        assert bool(list(cache_dir.glob("train*.index"))) == (kind == "disk")
+        source.unlink()  # only a cache can give the second epoch now
+        assert epoch(dataset) == first
+    assert not cache_dir.exists()  # scratch: gone once training ends
+
+
+def test_a_cache_folder_left_by_a_killed_run_starts_empty(tmp_path):
+    left = tmp_path / "input-cache"
+    left.mkdir()
+    (left / "train.index").write_text("half-written")
+    (left / "train.lockfile").write_text("")
+    with input_cache_folder(left) as cache_dir:
+        assert cache_dir == left and not any(cache_dir.iterdir())
 
 
 def test_no_cache_reads_the_shards_every_epoch(tmp_path, capsys):
@@ -67,9 +77,9 @@ def test_no_cache_reads_the_shards_every_epoch(tmp_path, capsys):
 
 def test_balanced_sampling_caches_each_class_in_its_own_file(tmp_path):
     source = write_tiny_shard(tmp_path)
-    cache_dir = tmp_path / "input-cache"
     tc = tiny_config(cache_memory_mb=0, imbalance="balanced_sampling", batch_size=6).train
-    dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=cache_dir)
-    drawn = np.concatenate([labels.numpy() for _, labels in dataset.take(10)])
-    assert set(drawn.tolist()) == {0, 1, 2}
-    assert {p.name.split(".")[0] for p in cache_dir.glob("*.index")} == {f"train-class{c}" for c in range(3)}
+    with input_cache_folder(tmp_path / "input-cache") as cache_dir:
+        dataset = training_dataset([str(source)], 32, tc, 3, len(LABELS), cache_dir=cache_dir)
+        drawn = np.concatenate([labels.numpy() for _, labels in dataset.take(10)])
+        assert set(drawn.tolist()) == {0, 1, 2}
+        assert {p.name.split(".")[0] for p in cache_dir.glob("*.index")} == {f"train-class{c}" for c in range(3)}
