@@ -1,5 +1,6 @@
 """The whole pipeline through the real KFP local runner on tiny generated data, with
-MLflow on a local SQLite store (the default) and on a real tracking server."""
+MLflow on a local SQLite store (the default) and on a real tracking server (where the
+evaluate and register steps' outputs are checked)."""
 import json
 import os
 import re
@@ -109,15 +110,42 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     assert version.tags["data.synthetic"] == "true" and "SYNTHETIC data" in version.description
 
 
-def test_pipeline_against_a_real_mlflow_server(tmp_path, mlflow_server):
+def test_pipeline_evaluates_registers_and_gates_the_model_on_a_real_mlflow_server(tmp_path, mlflow_server):
+    """The train, evaluate and register steps inside the real pipeline: KFP Metrics /
+    ClassificationMetrics / HTML outputs, the report and gate in the MLflow run, the model
+    registered with its alias."""
     data = write_class_folder(tmp_path / "data", classes=("melanoma", "nevus", "vascular_lesion"), per_class=8, size=40)
-    cfg = Config.load("configs/demo.yaml", TINY)
+    model_name = f"pipeline-gate-{tmp_path.name}"
+    cfg = Config.load("configs/demo.yaml", [*TINY, f"mlflow.model_name={model_name}",
+                                            "mlflow.experiment=pipeline-evaluate-test"])
     summary = run_local(cfg, str(data), tmp_path / "out", mlflow_server)
     assert summary["tracking_uri"] == mlflow_server
     assert summary["data"]["synthetic"] is False
     assert summary["metrics"]["classes"] == ["melanoma", "nevus", "vascular_lesion"]
     assert summary["mlflow_run_url"].startswith(mlflow_server)
     check_run(summary, n_classes=3)
+
+    assert summary["gate"]["alias"] == "champion" and summary["registered_model"]["version"] == "1"
+    assert summary["metrics"]["n"] == summary["data"]["test_images"]
+    evaluate_dir = Path(summary["pipeline_run_dir"]) / "evaluate-step"
+    outputs = json.loads((evaluate_dir / "executor_output.json").read_text())["artifacts"]
+    classification = outputs["classification"]["artifacts"][0]["metadata"]
+    assert len(classification["confusionMatrix"]["rows"]) == 3
+    assert 2 <= len(classification["confidenceMetrics"]) <= 200
+    kfp_metrics = outputs["metrics"]["artifacts"][0]["metadata"]
+    assert {"balanced_accuracy", "melanoma_auc", "ece", "melanoma_sensitivity_at_90_specificity"} <= set(kfp_metrics)
+    assert "Champion gate" not in (evaluate_dir / "report").read_text()  # evaluate scores; register decides
+    html = (Path(summary["pipeline_run_dir"]) / "register-step" / "report").read_text()
+    assert "Champion gate" in html and "CHAMPION" in html and html.count("data:image/png;base64,") >= 4
+
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    run = client.get_run(summary["mlflow_run_id"])
+    assert run.data.tags["gate.alias"] == "champion"
+    assert run.data.metrics["test_balanced_accuracy"] == summary["metrics"]["balanced_accuracy"]
+    assert "val_balanced_accuracy" in run.data.metrics  # per-epoch training logs in the same run
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
+    assert {"evaluation/report.html", "evaluation/gate.json", "evaluation/gradcam_melanoma.png"} <= artifacts
+    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
 
 
 @pytest.mark.parametrize("make_data, expected", [
@@ -141,8 +169,8 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
 def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
     """Was: a new pipeline_root/<timestamp> folder and training from epoch 1 again."""
     command = [LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
-               *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=16",
-               "--set", "train.early_stopping_patience=16", "--output-dir", "out"]
+               *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=8",
+               "--set", "train.early_stopping_patience=8", "--output-dir", "out"]
     killed = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
     deadline = time.time() + 300
@@ -163,7 +191,7 @@ def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
     summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
     epochs = [json.loads(line)["epoch"] for line in
               (Path(summary["pipeline_run_dir"]) / "train-step" / "model" / "epochs.jsonl").read_text().splitlines()]
-    assert sorted(set(epochs)) == list(range(16))  # every epoch logged, none lost across the kill
+    assert sorted(set(epochs)) == list(range(8))  # every epoch logged, none lost across the kill
     assert not (tmp_path / "out" / "checkpoints").exists()  # a finished run leaves no checkpoint behind
 
 
