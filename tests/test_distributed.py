@@ -105,7 +105,7 @@ def test_killed_workers_resume_from_the_chiefs_last_epoch_and_stop_when_the_chie
         # Neither worker redid the frozen phase or the finished fine-tuning epoch (had one
         # of them, the two would not have met in the same collectives).
         assert "at epoch 3" in output.split("resuming from ")[1].splitlines()[0]
-        assert "Epoch 3/4" in output and "Epoch 2/4" not in output and "Epoch 4/4" not in output
+        assert "epoch 3/4 " in output and "epoch 2/4 " not in output and "epoch 4/4 " not in output
         assert "EPOCHS_RUN 3" in output
     weights = {output.split("WEIGHTS ")[1].split()[0] for output in outputs}
     assert len(weights) == 1
