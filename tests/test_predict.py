@@ -113,6 +113,23 @@ def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
     assert [row[f"p_{c}"] for c in loaded.classes] == pytest.approx(direct.tolist(), abs=1e-6)
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, images, tmp_path, monkeypatch, tta):
+    from components import predict
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    files = predict.find_images([str(images)])
+    files.insert(5, str(broken))
+    loaded = predict.load_model(str(model_dir))
+    everything, errors = predict.load_images(files, loaded.image_size, loaded.resize_mode)
+    one_pass = loaded.predict(everything, batch_size=4, tta=tta)
+    monkeypatch.setattr(predict, "FILE_CHUNK_BATCHES", 1)  # 17 files: 5 chunks of one batch
+    probs, chunked_errors = loaded.predict_files(files, batch_size=4, tta=tta)
+    np.testing.assert_array_equal(probs, one_pass)
+    assert chunked_errors == errors and bool(errors[5]) and not any(errors[:5] + errors[6:])
+
+
 def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(model_dir, images, tmp_path):
     """The train step writes model_info.json beside the model; predict and evaluate say so."""
     import shutil
