@@ -202,9 +202,9 @@ def evaluate_predictions(model, classes: list[str], y_true: np.ndarray, probs: n
                          model_synthetic: bool = False) -> Evaluation:
     """Metrics and pictures of ``model``'s probabilities ``probs`` (with ``cfg.tta`` if
     made so) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
-    pictures as {position: image} (see make_pictures); writes metrics.json, predictions.npz and the PNGs to
-    ``output_dir``. ``synthetic``: the images are; ``model_synthetic``: the model was
-    trained on synthetic images."""
+    pictures as {position: image} (see make_pictures); writes metrics.json,
+    predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the images are;
+    ``model_synthetic``: the model was trained on synthetic images."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class)
