@@ -7,6 +7,7 @@ regenerated. Val and test are never touched.
 """
 
 import json
+from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -78,11 +79,14 @@ def plan_counts(class_counts: list[int], cfg: AugmentConfig) -> list[int]:
 
 def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Path, seed: int) -> dict:
     meta = shards.read_meta(normalized_dir)
-    images, labels, uris = shards.read_all(shards.shard_paths(normalized_dir, "train"), meta["image_size"])
+    paths = shards.shard_paths(normalized_dir, "train")
+    labels, uris = shards.read_labels(paths)
     counts = np.bincount(labels, minlength=len(meta["classes"])).tolist()
     extra = plan_counts(counts, cfg)
     rng = np.random.default_rng(seed)
-    records: list[tuple[np.ndarray, int, str]] = []
+    # The plan first, from the labels alone: source record position -> (transform, label,
+    # uri) of every extra image made from it, in the plan's order.
+    planned: dict[int, list[tuple[Transform, int, str]]] = defaultdict(list)
     samples = []
     for label, n_extra in enumerate(extra):
         members = np.flatnonzero(labels == label)
@@ -93,12 +97,18 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
         for k, source in enumerate(order):
             transform = Transform.draw(rng, cfg)
             uri = f"{uris[source]}#aug{k}"
-            records.append((transform.apply(images[source]), label, uri))
+            planned[int(source)].append((transform, label, uri))
             samples.append({"uri": uri, "source_uri": uris[source], "label": meta["classes"][label], **asdict(transform)})
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if records:
-        shards.write_shard(out / "train-00000-of-00001.tfrecord", records)
+    if planned:
+        # Then one pass over the train shards, each extra image made as its source passes
+        # by and written at once: one image in memory, not the split. The shard holds them
+        # in their sources' record order (policy.json's samples keep the plan's order).
+        shards.write_shard(out / "train-00000-of-00001.tfrecord", (
+            (transform.apply(image), label, uri)
+            for source, image in shards.images_at(paths, meta["image_size"], planned)
+            for transform, label, uri in planned[source]))
     report = {
         "seed": seed,
         "policy": cfg.to_dict(),

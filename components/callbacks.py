@@ -18,13 +18,16 @@ BEST_STATE_FILE = "best.json"
 EPOCH_LOG_FILE = "epochs.jsonl"
 
 
-def validation_metrics(model, val_images: np.ndarray, val_labels: np.ndarray, classes: list[str], batch_size: int,
+def validation_metrics(model, val_images, val_labels: np.ndarray, classes: list[str], batch_size: int,
                        melanoma_class: str) -> dict[str, float]:
     """val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1, val_macro_auc and
-    val_melanoma_auc of ``model``, from one prediction pass over the validation split."""
+    val_melanoma_auc of ``model``, from one prediction pass over the validation split:
+    ``val_images`` a tf.data.Dataset of its images in the order of ``val_labels``
+    (components.train_input.validation_images), predicted in batches."""
     from components.metrics import classification_metrics
+    from components.predict import predict_probabilities
 
-    probs = np.asarray(model.predict(val_images, batch_size=batch_size, verbose=0), dtype=np.float64)
+    probs = predict_probabilities(model, val_images, batch_size)
     m = classification_metrics(val_labels, probs, classes, melanoma_class)
     picked = np.clip(probs[np.arange(len(val_labels)), val_labels], 1e-7, 1.0)
     return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": m["accuracy"],
@@ -33,7 +36,7 @@ def validation_metrics(model, val_images: np.ndarray, val_labels: np.ndarray, cl
 
 
 
-def validation_callback(val_images: np.ndarray, val_labels: np.ndarray, classes: list[str], batch_size: int,
+def validation_callback(val_images, val_labels: np.ndarray, classes: list[str], batch_size: int,
                          melanoma_class: str):
     """Adds the validation metrics to the epoch logs (before the best-epoch tracker reads them)."""
     import keras

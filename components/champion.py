@@ -17,8 +17,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from components.errors import UserError
 from components.settings import EvaluateConfig
 
@@ -126,11 +124,12 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
                                  cfg: EvaluateConfig) -> tuple[dict | None, str]:
     """(metrics, '') of the champion on the test split, or (None, why it cannot be scored).
 
-    A champion trained at another image size or resize mode is fed the same test images
-    re-read from their sources with its own preprocessing."""
+    The test images are streamed from their shards in batches; a champion trained at
+    another image size or resize mode is fed the same test images re-read from their
+    sources with its own preprocessing, a few batches at a time."""
     from components import shards
     from components.metrics import classification_metrics
-    from components.predict import ModelLoadError, load_images, load_model
+    from components.predict import ModelLoadError, load_model
 
     try:
         champion = load_model(champion_uri, tracking_uri)
@@ -139,13 +138,15 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
     meta = shards.read_meta(normalized_dir)
     if champion.classes != meta["classes"]:
         return None, f"it predicts other classes ({', '.join(champion.classes)})"
-    images, labels, uris = shards.read_all(shards.shard_paths(normalized_dir, "test"), meta["image_size"])
+    paths = shards.shard_paths(normalized_dir, "test")
+    labels, uris = shards.read_labels(paths)
     if (champion.image_size, champion.resize_mode) != (meta["image_size"], meta.get("resize_mode", "pad")):
-        images, errors = load_images(uris, champion.image_size, champion.resize_mode)
+        probs, errors = champion.predict_files(uris, cfg.batch_size, cfg.tta)
         if any(errors):
             return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
-    probs = champion.predict(images, cfg.batch_size, cfg.tta)
-    return classification_metrics(labels, np.asarray(probs), meta["classes"], cfg.melanoma_class), ""
+    else:
+        probs = champion.predict(shards.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta)
+    return classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class), ""
 
 
 def _decide_against(champion: Champion | None, model_name: str, tracking_uri: str, new_metrics: dict,

@@ -160,7 +160,10 @@ def gradcam(model, images: np.ndarray, class_index: int) -> np.ndarray:
     return cam / np.maximum(peak, 1e-8)
 
 
-def make_pictures(model, images: np.ndarray, ev: Evaluation, classes: list[str], cfg: EvaluateConfig, out: Path) -> None:
+def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: EvaluateConfig, out: Path) -> None:
+    """The pictures of ``ev``; ``images_at(indices)`` gives {position: uint8 image} of
+    the images at those positions, asked once for the few the pictures show (the worst
+    misclassified, the Grad-CAM examples): no other image is held here."""
     m = ev.metrics
     plot_confusion_matrices(m["confusion_matrix"], classes, out / "confusion_matrix.png")
     ev.pictures.append(("Confusion matrix", "confusion_matrix.png"))
@@ -171,56 +174,66 @@ def make_pictures(model, images: np.ndarray, ev: Evaluation, classes: list[str],
         plot_reliability(ev.y_true, ev.probs, m["ece"], out / "reliability.png")
         ev.pictures.append(("Reliability diagram", "reliability.png"))
     worst = worst_misclassified(ev.y_true, ev.probs, cfg.worst_images)
+    mel = classes.index(cfg.melanoma_class) if cfg.melanoma_class in classes else None
+    picked = np.zeros(0, int)
+    if mel is not None and cfg.gradcam_images:
+        members = np.flatnonzero(ev.y_true == mel)
+        picked = members[np.argsort(-ev.probs[members, mel], kind="stable")][:cfg.gradcam_images]
+    shown = sorted(set(worst.tolist()) | set(picked.tolist()))
+    images = images_at(shown)
     if len(worst):
         captions = [f"true {classes[ev.y_true[i]]}\npred {classes[ev.probs[i].argmax()]} ({ev.probs[i].max():.2f})"
                     for i in worst]
         plot_image_grid([images[i] for i in worst], captions, out / "worst_misclassified.png")
         ev.pictures.append(("Worst misclassified test images (lowest probability on the true class)",
                             "worst_misclassified.png"))
-    if cfg.melanoma_class in classes and cfg.gradcam_images:
-        mel = classes.index(cfg.melanoma_class)
-        members = np.flatnonzero(ev.y_true == mel)
-        picked = members[np.argsort(-ev.probs[members, mel], kind="stable")][:cfg.gradcam_images]
-        if len(picked):
-            heat = gradcam(model, images[picked].astype(np.float32), mel)
-            plot_image_grid([images[i] for i in picked], [f"melanoma, p(melanoma) {ev.probs[i, mel]:.2f}" for i in picked],
-                            out / "gradcam_melanoma.png", overlays=list(heat))
-            ev.pictures.append(("Grad-CAM on test melanomas (where the melanoma score looks)", "gradcam_melanoma.png"))
+    if len(picked):
+        heat = gradcam(model, np.stack([images[i] for i in picked]).astype(np.float32), mel)
+        plot_image_grid([images[i] for i in picked], [f"melanoma, p(melanoma) {ev.probs[i, mel]:.2f}" for i in picked],
+                        out / "gradcam_melanoma.png", overlays=list(heat))
+        ev.pictures.append(("Grad-CAM on test melanomas (where the melanoma score looks)", "gradcam_melanoma.png"))
 
 
 # ---- evaluation -----------------------------------------------------------------
 
 
-def evaluate_images(model, classes: list[str], images: np.ndarray, y_true: np.ndarray, cfg: EvaluateConfig,
-                    output_dir: str | Path, synthetic: bool = False, model_synthetic: bool = False) -> Evaluation:
-    """Metrics and pictures of ``model`` on labelled images (uint8, the model's size);
-    writes metrics.json, predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the
-    images are; ``model_synthetic``: the model was trained on synthetic images."""
-    from components.predict import predict_probabilities
-
+def evaluate_predictions(model, classes: list[str], y_true: np.ndarray, probs: np.ndarray, images_at,
+                         cfg: EvaluateConfig, output_dir: str | Path, synthetic: bool = False,
+                         model_synthetic: bool = False) -> Evaluation:
+    """Metrics and pictures of ``model``'s probabilities ``probs`` (with ``cfg.tta`` if
+    made so) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
+    pictures as {position: image} (see make_pictures); writes metrics.json,
+    predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the images are;
+    ``model_synthetic``: the model was trained on synthetic images."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    probs = predict_probabilities(model, images, cfg.batch_size, cfg.tta)
     metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class)
     metrics.update(tta=cfg.tta, synthetic=synthetic, model_synthetic=model_synthetic)
     ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs)
     (out / artifacts.METRICS).write_text(json.dumps(metrics, indent=2))
     np.savez_compressed(out / artifacts.PREDICTIONS, y_true=ev.y_true, probs=probs)
-    make_pictures(model, images, ev, classes, cfg, out)
+    make_pictures(model, images_at, ev, classes, cfg, out)
     (out / PICTURES_FILE).write_text(json.dumps(ev.pictures))
     return ev
 
 
 def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig,
              output_dir: str | Path) -> Evaluation:
-    """The pipeline's evaluation: the model on the normalized test split."""
+    """The pipeline's evaluation: the model on the normalized test split, streamed from
+    its shards in batches (labels and probabilities are what it holds of the split)."""
     import keras
+
+    from components.predict import predict_probabilities
 
     model = keras.models.load_model(model_path, compile=False)
     meta = shards.read_meta(normalized_dir)
-    images, labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "test"), meta["image_size"])
+    paths, size = shards.shard_paths(normalized_dir, "test"), meta["image_size"]
+    labels, _ = shards.read_labels(paths)
+    probs = predict_probabilities(model, shards.image_dataset(paths, size, len(labels)), cfg.batch_size, cfg.tta)
     synthetic = bool(meta.get("synthetic", False))  # the model was trained on the same data
-    return evaluate_images(model, meta["classes"], images, labels, cfg, output_dir, synthetic, synthetic)
+    return evaluate_predictions(model, meta["classes"], labels, probs,
+                                lambda indices: dict(shards.images_at(paths, size, indices)), cfg, output_dir,
+                                synthetic, synthetic)
 
 
 def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConfig, out_path: str | Path) -> dict:
@@ -237,14 +250,19 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     unknown = sorted(set(usable.label) - set(loaded.classes))
     if known.empty:
         raise UserError(f"no image of {source_uri} has a class the model knows ({', '.join(loaded.classes)})")
-    images, errors = load_images(known.uri.tolist(), loaded.image_size, loaded.resize_mode)
+    uris = known.uri.tolist()
+    probs, errors = loaded.predict_files(uris, cfg.batch_size, cfg.tta)
     if any(errors):
         raise UserError(f"unreadable image: {next(e for e in errors if e)}")
     labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()
     out = Path(out_path)
     folder = out.parent / (out.stem + "_report")
-    ev = evaluate_images(loaded.model, loaded.classes, images, labels, cfg, folder, synthetic=source_uri == "",
-                         model_synthetic=loaded.synthetic)
+
+    def images_at(indices: list[int]) -> dict[int, np.ndarray]:
+        return dict(zip(indices, load_images([uris[i] for i in indices], loaded.image_size, loaded.resize_mode)[0]))
+
+    ev = evaluate_predictions(loaded.model, loaded.classes, labels, probs, images_at, cfg, folder,
+                              synthetic=source_uri == "", model_synthetic=loaded.synthetic)
     ev.metrics["model_uri"] = loaded.uri
     ev.metrics["data"] = source_uri
     report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")

@@ -45,30 +45,56 @@ class LoadedModel:
         return (f"WARNING: {self.uri} is a SYNTHETIC model: trained on generated images, not medical images; "
                 "its outputs say nothing about real lesions")
 
-    def predict(self, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-        """Class probabilities of uint8 or float images in [0, 255], shape (n, size, size, 3)."""
+    def predict(self, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+        """Class probabilities of images in [0, 255] (see predict_probabilities)."""
         return predict_probabilities(self.model, images, batch_size, tta)
 
+    def predict_files(self, uris: list[str], batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, list[str]]:
+        """(class probabilities, error per URI, '' when fine) of image files, read with the
+        model's preprocessing ``FILE_CHUNK_BATCHES`` batches at a time: memory bounded by
+        the batch size, not by the number of files. An unreadable file is scored as a
+        blank image; its error says so."""
+        chunk = FILE_CHUNK_BATCHES * batch_size
+        probs = [np.zeros((0, int(self.model.output_shape[-1])))]
+        errors: list[str] = []
+        for start in range(0, len(uris), chunk):
+            images, chunk_errors = load_images(uris[start:start + chunk], self.image_size, self.resize_mode)
+            probs.append(self.predict(images, batch_size, tta))
+            errors += chunk_errors
+        return np.concatenate(probs), errors
 
-def predict_probabilities(model, images: np.ndarray, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-    """Class probabilities; with ``tta`` averaged over the 8 flips and 90-degree turns of
-    each image (a lesion has no up or left), made on the fly in one predict() pass."""
+
+# Image files LoadedModel.predict_files holds at once, in batches: a whole number of
+# batches, so every predict() batch holds the same images as in one pass over all files.
+FILE_CHUNK_BATCHES = 16
+
+
+def predict_probabilities(model, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Class probabilities of images in [0, 255], shape (size, size, 3) each: an array of
+    them, or a tf.data.Dataset of single images of known length (a split streamed from
+    its shards, components.shards.image_dataset), in batches of ``batch_size``, in order.
+    With ``tta`` averaged over the 8 flips and 90-degree turns of each image (a lesion
+    has no up or left), made on the fly in the same pass."""
     import tensorflow as tf
 
-    if len(images) == 0:
+    dataset = images if isinstance(images, tf.data.Dataset) else tf.data.Dataset.from_tensor_slices(images)
+    if dataset.cardinality() == 0:
         return np.zeros((0, int(model.output_shape[-1])))
-    if not tta:
-        return np.asarray(model.predict(np.asarray(images, dtype=np.float32), batch_size=batch_size, verbose=0),
-                          dtype=np.float64)
+    dataset = dataset.map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def views(image):
         turns = [tf.image.rot90(image, k) for k in range(4)]
         return tf.stack(turns + [tf.image.flip_left_right(t) for t in turns])
 
-    dataset = (tf.data.Dataset.from_tensor_slices(images).map(lambda x: views(tf.cast(x, tf.float32)))
-               .unbatch().batch(batch_size).prefetch(tf.data.AUTOTUNE))
+    if tta:
+        dataset = dataset.map(views, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).unbatch()
+    options = tf.data.Options()
+    # As Keras does for arrays: under several workers predict shares the images out one
+    # by one (a split may have fewer shard files than there are workers).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
     probs = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
-    return probs.reshape(len(images), 8, -1).mean(axis=1)
+    return probs.reshape(-1, 8, probs.shape[-1]).mean(axis=1) if tta else probs
 
 
 def _local_model_files(path: Path) -> tuple[Path, dict]:
@@ -166,8 +192,7 @@ def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "
     """One row per file: path, predicted class, every class's probability, the melanoma
     probability, the reason when the file could not be read as an image, and whether the
     model was trained on synthetic data."""
-    images, errors = load_images(files, loaded.image_size, loaded.resize_mode)
-    probs = loaded.predict(images, batch_size, tta)
+    probs, errors = loaded.predict_files(files, batch_size, tta)
     rows = []
     for path, p, error in zip(files, probs, errors):
         row: dict = {"path": path, "predicted_class": "" if error else loaded.classes[int(p.argmax())]}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -79,7 +79,8 @@ def parse_fn(image_size: int):
 
 
 def read_all(paths: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """All records of ``paths`` in memory as (uint8 images, labels, uris)."""
+    """All records of ``paths`` in memory as (uint8 images, labels, uris): for tests and
+    benchmarks only, as it holds a whole split (the steps stream: see image_dataset)."""
     tf = _tf()
     images, labels, uris = [], [], []
     parse = parse_fn(image_size)
@@ -90,3 +91,46 @@ def read_all(paths: list[str], image_size: int) -> tuple[np.ndarray, np.ndarray,
         uris.append(uri.numpy().decode("utf-8"))
     empty = np.zeros((0, image_size, image_size, 3), np.uint8)
     return (np.stack(images) if images else empty), np.asarray(labels, np.int64), uris
+
+
+# Records parsed together by read_labels: their serialized images pass through memory
+# (at 224 px 256 records are ~40 MB), though only labels and URIs are kept.
+_LABEL_BATCH = 256
+
+
+def read_labels(paths: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(labels, uris) of every record of ``paths`` in file order, the order of
+    image_dataset, without keeping any image."""
+    tf = _tf()
+    spec = {"label": tf.io.FixedLenFeature([], tf.int64), "uri": tf.io.FixedLenFeature([], tf.string)}
+    labels, uris = [np.zeros(0, np.int64)], []
+    for batch in tf.data.TFRecordDataset(paths).batch(_LABEL_BATCH).map(lambda s: tf.io.parse_example(s, spec)):
+        labels.append(batch["label"].numpy())
+        uris += [u.decode("utf-8") for u in batch["uri"].numpy()]
+    return np.concatenate(labels), uris
+
+
+def image_dataset(paths: list[str], image_size: int, count: int):
+    """A tf.data.Dataset of the uint8 images of ``paths``, one record at a time in file
+    order (the order of read_labels), ``count`` of them: the length Keras and
+    components.predict need to know."""
+    tf = _tf()
+    parse = parse_fn(image_size)
+    return (tf.data.TFRecordDataset(paths)
+            .map(lambda r: parse(r)[0], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+            .apply(tf.data.experimental.assert_cardinality(count)))
+
+
+def images_at(paths: list[str], image_size: int, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
+    """(position, uint8 image) of the records at positions ``indices`` of ``paths`` (file
+    order), in file order: one pass that parses only those records and stops after the
+    last, holding one image at a time."""
+    tf = _tf()
+    wanted = sorted({int(i) for i in indices})
+    if not wanted:
+        return
+    parse = parse_fn(image_size)
+    records = tf.data.TFRecordDataset(paths).take(wanted[-1] + 1).enumerate()
+    chosen = tf.constant(wanted, tf.int64)
+    for i, record in records.filter(lambda i, _: tf.reduce_any(tf.equal(i, chosen))):
+        yield int(i), parse(record)[0].numpy()

@@ -80,7 +80,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
     if len(members) == 1 and (out / HISTORY_FILE).is_file():
         return _finished_model(out)  # trained to the end by an earlier run that died later
     devices = configure_devices(tc.seed)
-    data = TrainingData.load(normalized_dir, augmented_dir)
+    data = TrainingData.load(normalized_dir, augmented_dir, tc)
     out.mkdir(parents=True, exist_ok=True)
     if devices.workers > 1:
         distributed.copy_folder_from_chief(devices.strategy, out)

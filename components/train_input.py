@@ -1,5 +1,6 @@
 """The training input pipeline: TFRecord shards -> shuffled (or class-balanced), online
-augmented batches for fit(), and the validation split in memory."""
+augmented batches for fit(), and the validation split's images streamed from its shards
+(cached in memory when they fit the budget) with its labels in memory."""
 from __future__ import annotations
 
 import contextlib
@@ -54,13 +55,18 @@ class CachePlan:
 CACHE_DIR = "input-cache"
 
 
+def decoded_mb(count: int, image_size: int) -> float:
+    """What ``count`` decoded images (uint8, with their labels) take in a tf.data cache."""
+    return count * (image_size * image_size * 3 + 8) / 2**20
+
+
 def cache_plan(tc: TrainConfig, count: int | None, image_size: int, cache_dir: str | Path | None) -> CachePlan:
     """train.cache in memory when ``count`` decoded images fit in train.cache_memory_mb,
     else on disk under ``cache_dir``, else (no folder) not at all."""
     if not tc.cache:
         return CachePlan("none", None, "train.cache is off")
     if count is not None:
-        need_mb = count * (image_size * image_size * 3 + 8) / 2**20
+        need_mb = decoded_mb(count, image_size)
         size = f"{count} decoded images at {image_size} px are {need_mb:,.0f} MB"
         if need_mb <= tc.cache_memory_mb:
             return CachePlan("memory", None, f"{size}, within train.cache_memory_mb={tc.cache_memory_mb}")
@@ -142,21 +148,44 @@ def training_class_counts(normalized_dir: str | Path, augmented_dir: str | Path 
     return counts
 
 
+def validation_images(paths: list[str], image_size: int, tc: TrainConfig, count: int, train_count: int):
+    """The validation split's uint8 images for components.predict, in the order of its
+    labels (components.shards.read_labels): cached in memory when they fit in what
+    train.cache_memory_mb leaves after the training cache of ``train_count`` images (see
+    cache_plan), else read from the shards at every validation. The choice is printed."""
+    training = cache_plan(tc, train_count, image_size, None)
+    left_mb = tc.cache_memory_mb - (decoded_mb(train_count, image_size) if training.kind == "memory" else 0)
+    need_mb = decoded_mb(count, image_size)
+    size = (f"{count} decoded validation images at {image_size} px are {need_mb:,.0f} MB, "
+            f"{'within' if need_mb <= left_mb else 'over'} the {left_mb:,.0f} MB of "
+            f"train.cache_memory_mb={tc.cache_memory_mb} that the training cache ({training.kind}) leaves")
+    images = shards.image_dataset(paths, image_size, count)
+    if need_mb <= left_mb:
+        print(f"validation input cache: memory ({size})", flush=True)
+        return images.cache()
+    print(f"validation input cache: none ({size}: read from the shards at every validation)", flush=True)
+    return images
+
+
 @dataclass
 class TrainingData:
-    """What every model trained in one step shares: the splits' shards, sizes and classes."""
+    """What every model trained in one step shares: the splits' shards, sizes and classes,
+    and the validation split (images streamed, see validation_images; labels in memory)."""
     meta: dict
     train_paths: list[str]
     class_counts: np.ndarray
-    val_images: np.ndarray  # float32, as the models take them
+    val_images: object  # tf.data.Dataset of uint8 images, in the order of val_labels
     val_labels: np.ndarray
 
     @classmethod
-    def load(cls, normalized_dir: str | Path, augmented_dir: str | Path | None) -> "TrainingData":
+    def load(cls, normalized_dir: str | Path, augmented_dir: str | Path | None, tc: TrainConfig) -> "TrainingData":
+        """``tc``: the step's train settings, whose cache budget decides where validation images live."""
         meta = shards.read_meta(normalized_dir)
         train_paths = shards.shard_paths(normalized_dir, "train")
         if augmented_dir:
             train_paths += shards.shard_paths(augmented_dir, "train")
-        val_images, val_labels, _ = shards.read_all(shards.shard_paths(normalized_dir, "val"), meta["image_size"])
-        return cls(meta, train_paths, training_class_counts(normalized_dir, augmented_dir),
-                   val_images.astype(np.float32), val_labels)
+        val_paths = shards.shard_paths(normalized_dir, "val")
+        val_labels, _ = shards.read_labels(val_paths)
+        class_counts = training_class_counts(normalized_dir, augmented_dir)
+        val_images = validation_images(val_paths, meta["image_size"], tc, len(val_labels), int(class_counts.sum()))
+        return cls(meta, train_paths, class_counts, val_images, val_labels)

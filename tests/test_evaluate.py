@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from components import shards
-from components.evaluate import evaluate, gradcam, thinned_roc, worst_misclassified, write_report
+from components.evaluate import (Evaluation, evaluate, gradcam, make_pictures, thinned_roc, worst_misclassified,
+                                 write_report)
 from components.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
 from components.predict import predict_probabilities
 from components.train import train
@@ -104,6 +105,44 @@ def test_evaluation_writes_metrics_pictures_and_a_self_contained_report(trained,
     assert "SYNTHETIC" in page and "CHALLENGER" in page and "balanced_accuracy 0.4 &lt; minimum 0.9" in page
     for label in ("balanced accuracy", "melanoma auc", "melanoma sensitivity at 90 specificity", "ece"):
         assert label in page
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_evaluation_streams_the_test_split_with_the_in_memory_results(trained, tmp_path, monkeypatch, tta):
+    import keras
+
+    model_path, normalized = trained
+    cfg = tiny_config().evaluate.model_copy(update={"tta": tta, "batch_size": 8})
+    model = keras.models.load_model(model_path, compile=False)
+    classes = shards.read_meta(normalized)["classes"]
+    # The reference: the whole split in memory, predicted in batches of 8 (TTA's views made from the array).
+    images, labels, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    assert len(images) > 8
+    probs = (predict_probabilities(model, images, 8, tta=True) if tta else
+             np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64))
+    expected = classification_metrics(labels, probs, classes, cfg.melanoma_class)
+
+    read_back: list[int] = []
+    images_at = shards.images_at
+
+    def counted_images_at(paths, image_size, indices):
+        read_back.extend(indices)
+        return images_at(paths, image_size, indices)
+
+    monkeypatch.setattr(shards, "images_at", counted_images_at)
+    monkeypatch.setattr(shards, "read_all", None)  # evaluate never holds the split
+    ev = evaluate(model_path, normalized, cfg, tmp_path / "streamed")
+    np.testing.assert_array_equal(ev.probs, probs)
+    assert {k: ev.metrics[k] for k in expected} == expected
+    # Only the images the pictures show are read back, and they are the right ones: the
+    # same pictures as from the split in memory.
+    assert 0 < len(read_back) <= cfg.worst_images + cfg.gradcam_images
+    reference = Evaluation(expected, labels, probs)
+    (tmp_path / "reference").mkdir()
+    make_pictures(model, lambda indices: {i: images[i] for i in indices}, reference, classes, cfg, tmp_path / "reference")
+    assert ev.pictures == reference.pictures
+    for _, name in ev.pictures:
+        assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
 
 
 def test_worst_misclassified_and_thinned_roc():

@@ -73,6 +73,61 @@ def test_augment_balances_train_only_and_records_policy(normalized, tmp_path):
     np.testing.assert_array_equal(images, images2)
 
 
+def test_the_streamed_readers_give_read_alls_records_in_its_order(normalized):
+    root, _, _ = normalized
+    paths = shards.shard_paths(root / "normalized", "train")
+    images, labels, uris = shards.read_all(paths, 32)
+    streamed_labels, streamed_uris = shards.read_labels(paths)
+    np.testing.assert_array_equal(streamed_labels, labels)
+    assert streamed_uris == uris
+    streamed = np.stack(list(shards.image_dataset(paths, 32, len(labels)).as_numpy_iterator()))
+    np.testing.assert_array_equal(streamed, images)
+    picked = [len(labels) - 1, 0, 3]
+    assert [i for i, _ in shards.images_at(paths, 32, picked)] == [0, 3, len(labels) - 1]  # file order
+    for i, image in shards.images_at(paths, 32, picked):
+        np.testing.assert_array_equal(image, images[i])
+    assert list(shards.images_at(paths, 32, [])) == []
+
+
+def in_memory_augment(normalized_dir, cfg: AugmentConfig, seed: int) -> tuple[list[dict], dict]:
+    """The reference: augment as it was when it held the whole train split in memory
+    (its samples, and its images by URI)."""
+    from dataclasses import asdict
+
+    meta = shards.read_meta(normalized_dir)
+    images, labels, uris = shards.read_all(shards.shard_paths(normalized_dir, "train"), meta["image_size"])
+    extra = plan_counts(np.bincount(labels, minlength=len(meta["classes"])).tolist(), cfg)
+    rng = np.random.default_rng(seed)
+    samples, made = [], {}
+    for label, n_extra in enumerate(extra):
+        members = np.flatnonzero(labels == label)
+        if n_extra == 0 or len(members) == 0:
+            continue
+        order = np.concatenate([rng.permutation(members) for _ in range(-(-n_extra // len(members)))])[:n_extra]
+        for k, source in enumerate(order):
+            transform = Transform.draw(rng, cfg)
+            uri = f"{uris[source]}#aug{k}"
+            made[uri] = (transform.apply(images[source]), label)
+            samples.append({"uri": uri, "source_uri": uris[source], "label": meta["classes"][label], **asdict(transform)})
+    return samples, made
+
+
+def test_augment_streams_the_split_and_makes_what_the_in_memory_version_made(normalized, tmp_path, monkeypatch):
+    root, _, meta = normalized
+    # Over every class's training count: sources used more than once.
+    cfg = AugmentConfig(target_per_class=2 * max(meta["class_counts"]["train"]) + 1)
+    samples, made = in_memory_augment(root / "normalized", cfg, seed=3)
+    monkeypatch.setattr(shards, "read_all", None)  # augment never holds the split
+    augment(root / "normalized", cfg, tmp_path, seed=3)
+    assert json.loads((tmp_path / "policy.json").read_text())["samples"] == json.loads(json.dumps(samples))
+    monkeypatch.undo()
+    images, labels, uris = shards.read_all(shards.shard_paths(tmp_path, "train"), 32)
+    assert sorted(uris) == sorted(made) and len(uris) == len(made)
+    for image, label, uri in zip(images, labels, uris):
+        np.testing.assert_array_equal(image, made[uri][0])
+        assert label == made[uri][1]
+
+
 def test_plan_counts_respects_target_factor_and_switch():
     assert plan_counts([100, 10, 50], AugmentConfig(max_factor=4)) == [0, 30, 50]
     assert plan_counts([100, 10], AugmentConfig(target_per_class=20)) == [0, 10]

@@ -113,6 +113,49 @@ def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
     assert [row[f"p_{c}"] for c in loaded.classes] == pytest.approx(direct.tolist(), abs=1e-6)
 
 
+@pytest.mark.parametrize("tta", [False, True])
+def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, images, tmp_path, monkeypatch, tta):
+    from components import predict
+
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    files = predict.find_images([str(images)])
+    files.insert(5, str(broken))
+    loaded = predict.load_model(str(model_dir))
+    everything, errors = predict.load_images(files, loaded.image_size, loaded.resize_mode)
+    one_pass = loaded.predict(everything, batch_size=4, tta=tta)
+    monkeypatch.setattr(predict, "FILE_CHUNK_BATCHES", 1)  # 17 files: 5 chunks of one batch
+    probs, chunked_errors = loaded.predict_files(files, batch_size=4, tta=tta)
+    np.testing.assert_array_equal(probs, one_pass)
+    assert chunked_errors == errors and bool(errors[5]) and not any(errors[:5] + errors[6:])
+
+
+def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_pass(model_dir, images, tmp_path,
+                                                                                        monkeypatch):
+    from components import predict
+    from components.champion import score_champion_on_test_split
+    from components.ingest import ingest
+    from components.metrics import classification_metrics
+    from components.normalize import normalize
+    from components.settings import DataConfig
+    from components.split import split
+
+    data = DataConfig(image_size=40, val_fraction=0.25, test_fraction=0.5, num_shards=2)
+    ingest(str(images), data, tmp_path / "ingest")
+    split(tmp_path / "ingest", data, tmp_path / "split")
+    normalize(tmp_path / "split", data, tmp_path / "normalized")
+    labels, uris = shards.read_labels(shards.shard_paths(tmp_path / "normalized", "test"))
+    loaded = predict.load_model(str(model_dir))  # 32 px: the test files are read again at its size
+    # The reference: every test file in memory at once.
+    probs = loaded.predict(predict.load_images(uris, 32, loaded.resize_mode)[0], batch_size=4)
+    monkeypatch.setattr(predict, "FILE_CHUNK_BATCHES", 1)
+    assert len(uris) > 4  # more than one chunk
+    cfg = tiny_config().evaluate.model_copy(update={"batch_size": 4, "tta": False})
+    metrics, problem = score_champion_on_test_split(str(model_dir), "", tmp_path / "normalized", cfg)
+    assert problem == ""
+    assert metrics == classification_metrics(labels, probs, loaded.classes, cfg.melanoma_class)
+
+
 def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(model_dir, images, tmp_path):
     """The train step writes model_info.json beside the model; predict and evaluate say so."""
     import shutil

@@ -242,6 +242,34 @@ def test_the_training_dataset_knows_its_epoch_length(normalized):
         sum(1 for _ in training_dataset(paths, 32, cfg, 4, count + 5))
 
 
+@pytest.mark.parametrize("budget_mb, cache", [(8192, "memory"), (0, "none")])
+def test_validation_metrics_equal_those_of_the_split_held_in_memory(normalized, capsys, budget_mb, cache):
+    import keras
+
+    from components.callbacks import validation_metrics
+    from components.metrics import classification_metrics
+    from components.train_input import TrainingData
+
+    meta = shards.read_meta(normalized)
+    keras.utils.set_random_seed(1)
+    model = build_model("seed_cnn", 4, 32, meta["mean"], meta["std"])
+    # The reference: the whole split in memory as float32, predicted in batches of 8.
+    images, labels, _ = shards.read_all(shards.shard_paths(normalized, "val"), 32)
+    probs = np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64)
+    m = classification_metrics(labels, probs, meta["classes"], "melanoma")
+    expected = {"val_loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)).mean()),
+                "val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"],
+                "val_macro_f1": m["macro_f1"], "val_macro_auc": m["macro_auc"] or 0.0,
+                "val_melanoma_auc": m.get("melanoma_auc") or 0.0}
+    assert len(labels) > 8  # more than one batch
+
+    data = TrainingData.load(normalized, None, tiny_config(cache_memory_mb=budget_mb).train)
+    assert f"validation input cache: {cache}" in capsys.readouterr().out
+    np.testing.assert_array_equal(data.val_labels, labels)
+    for _ in range(2):  # the second from the cache, if any
+        assert validation_metrics(model, data.val_images, data.val_labels, meta["classes"], 8, "melanoma") == expected
+
+
 RESUMABLE_TRAINING = textwrap.dedent("""
     import sys, time
     from pathlib import Path

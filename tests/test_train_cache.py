@@ -1,6 +1,8 @@
 """train.cache: decoded training images kept in memory when they fit in
 train.cache_memory_mb, in a file under the step's working folder when they do not, and
-the choice printed. Real tf.data on a tiny shard."""
+the choice printed; the validation images in memory only within what the training cache
+leaves of that budget, else read from the shards at every validation. Real tf.data on a
+tiny shard."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from components import shards
-from components.train_input import cache_plan, input_cache_folder, training_dataset
+from components.train_input import cache_plan, input_cache_folder, training_dataset, validation_images
 from tests.tiny_data import tiny_config
 
 LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 10 images of 32x32x3: 0.03 MB decoded
@@ -83,3 +85,43 @@ def test_balanced_sampling_caches_each_class_in_its_own_file(tmp_path):
         drawn = np.concatenate([labels.numpy() for _, labels in dataset.take(10)])
         assert set(drawn.tolist()) == {0, 1, 2}
         assert {p.name.split(".")[0] for p in cache_dir.glob("*.index")} == {f"train-class{c}" for c in range(3)}
+
+
+def test_validation_images_stay_in_memory_within_what_the_training_cache_leaves(tmp_path, capsys):
+    source = write_tiny_shard(tmp_path)  # 10 validation images: 0.029 MB decoded
+
+    def cache_line(train_count: int, budget_mb: int, **train) -> str:
+        validation_images([str(source)], 32, tiny_config(cache_memory_mb=budget_mb, **train).train, len(LABELS),
+                          train_count)
+        return capsys.readouterr().out
+
+    assert "validation input cache: memory" in cache_line(10, 1)
+    assert "validation input cache: none" in cache_line(10, 0)
+    # 335 training images in memory take 0.984 of the 1 MB: the validation images do not fit.
+    assert "validation input cache: none" in cache_line(335, 1)
+    # 400 do not fit either (the training cache goes to disk), and with train.cache off
+    # nothing is cached for training: the whole budget is left.
+    assert "validation input cache: memory" in cache_line(400, 1)
+    assert "validation input cache: memory" in cache_line(335, 1, cache=False)
+
+
+@pytest.mark.parametrize("budget_mb, cached", [(1, True), (0, False)])
+def test_validation_reads_the_shards_at_every_validation_unless_cached(tmp_path, budget_mb, cached):
+    import keras
+
+    from components.callbacks import validation_metrics
+
+    source = write_tiny_shard(tmp_path)
+    images = validation_images([str(source)], 32, tiny_config(cache_memory_mb=budget_mb).train, len(LABELS),
+                               len(LABELS))
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")])
+    labels = np.asarray(LABELS)
+    first = validation_metrics(model, images, labels, ["a", "b", "c"], 4, "b")
+    source.unlink()  # only a cache can give the second validation now
+    if cached:
+        assert validation_metrics(model, images, labels, ["a", "b", "c"], 4, "b") == first
+    else:
+        with pytest.raises(Exception, match="No such file|NotFound|not found"):
+            validation_metrics(model, images, labels, ["a", "b", "c"], 4, "b")
