@@ -80,9 +80,12 @@ class RunConsole(io.TextIOBase):
     def flush(self) -> None:
         if self._done:
             return
-        self._full.flush()
-        for log in self._task_logs.values():
-            log.flush()
+        # Under the lock: the runner's logging flushes from one task's thread while another
+        # task's thread opens its log (the dict of logs may not change while we go through it).
+        with self._lock:
+            self._full.flush()
+            for log in self._task_logs.values():
+                log.flush()
         if self.terminal is not None:
             self.terminal.flush()
 

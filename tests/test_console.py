@@ -66,3 +66,30 @@ def test_an_epoch_line_shows_once_even_behind_carriage_return_residue(tmp_path):
     console.write("2/2 - 3s - 1s/step - accuracy: 0.8 - loss: 0.5\n")  # Keras' own text: not ours
     console.finish()
     assert [s for s in shown if "epoch" in s] == ["        epoch 1/14  loss 0.512  val_loss 0.700  learning_rate 0.0003  (42 s)"]
+
+
+def test_flushing_while_other_tasks_start_is_safe(tmp_path):
+    """Was: 'dictionary changed size during iteration' from the runner's logging, which
+    flushes from one task's thread while another task's thread starts (parallel shards)."""
+    console = RunConsole(tmp_path, total_tasks=100, echo=lambda line: None)
+    errors: list[BaseException] = []
+    starting = threading.Event()
+
+    def flush_until_done() -> None:
+        starting.wait()
+        try:
+            while not done.is_set():
+                console.flush()
+        except BaseException as exc:  # noqa: BLE001 - the failure this test looks for
+            errors.append(exc)
+
+    done = threading.Event()
+    flusher = threading.Thread(target=flush_until_done)
+    flusher.start()
+    starting.set()
+    for i in range(100):
+        console.write(f"Executing task 'shard-{i}-step'\n")
+    done.set()
+    flusher.join()
+    console.finish()
+    assert errors == []
