@@ -6,7 +6,8 @@ the same files measured in the same run, and where ingest's time goes. Prints JS
 ``ingest_vs_decode`` is ingest's rate over the plain full decode's (both with ``--workers``
 threads, run alternately ``--rounds`` times, the best of each); ``ingest_vs_decode_cpu`` the
 same from the CPU time each took (all threads), which other work on the machine changes less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
-same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail);
+same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail, and pHash
+with thumbnail made together for ingest's batches of 16, as ingest makes them);
 ``near_duplicate_search_s``, ``report_previews_s`` (the files the report shows read again
 and their previews made, as the merge does) and ``report_s`` time those whole-source steps
 on ingest's own results; ``ingest_stages_s`` is the ingest call cut in its parts (shard:
@@ -30,7 +31,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import ingest as ingest_module  # noqa: E402
-from components.imaging import decode_rgb_reduced, phash_hex  # noqa: E402
+from components.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
 from components.ingest_report import shown_uris, write_outputs  # noqa: E402
 from components.settings import DataConfig  # noqa: E402
 
@@ -41,10 +42,13 @@ def decode_file(path: Path) -> None:
 
 
 def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Milliseconds per image of each stage alone, and the hashes and thumbnails."""
-    seconds = dict.fromkeys(("read_and_md5", "decode_reduced", "phash", "thumbnail"), 0.0)
-    hashes, thumbs = [], []
-    for path in images:
+    """Milliseconds per image of each stage alone, and the hashes and thumbnails. pHash and
+    thumbnail are timed one image at a time, then as ingest makes them: together, for
+    ingest's batches (``phash_and_thumbnail_batched``)."""
+    seconds = dict.fromkeys(("read_and_md5", "decode_reduced", "phash", "thumbnail",
+                             "phash_and_thumbnail_batched"), 0.0)
+    hashes, thumbs, batch = [], [], []
+    for n, path in enumerate(images, start=1):
         t0 = time.perf_counter()
         data = path.read_bytes()
         hashlib.md5(data).hexdigest()
@@ -57,6 +61,12 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
         t4 = time.perf_counter()
         for key, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             seconds[key] += dt
+        batch.append(img)
+        if len(batch) == ingest_module.VALIDATE_BATCH or n == len(images):
+            t5 = time.perf_counter()
+            phash_hex_batch(phash_pixels_and_thumbs(batch, ingest_module.THUMB_SIDE)[0])
+            seconds["phash_and_thumbnail_batched"] += time.perf_counter() - t5
+            batch = []
     return ({k: round(1000 * v / len(images), 4) for k, v in seconds.items()},
             np.array(hashes, dtype=np.uint64), np.stack(thumbs))
 

@@ -24,11 +24,11 @@ from typing import List
 import numpy as np
 import pandas as pd
 from kfp import dsl
-from PIL import Image
 
 from components import artifacts
 from components.errors import UserError
-from components.imaging import ImageError, decode_rgb_reduced, phash_hex_batch, phash_pixels
+from components.imaging import (STACK_MAX_PIXELS, ImageError, decode_rgb_reduced, phash_hex_batch,
+                                phash_pixels_and_thumbs)
 from components.ingest_report import build_report, preview_jpeg, shown_uris, write_outputs
 from components.labels import LabelTable, canonical_label, csv_format, label_table
 from components.settings import DataConfig
@@ -215,13 +215,24 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 
 def inspect_images(uris: list[str], max_pixels: int, max_bytes: int,
                    stop: threading.Event | None = None) -> list[dict]:
-    """inspect_image of each of ``uris``, their pHashes computed together."""
-    found = [_inspect(uri, max_pixels, max_bytes, stop) for uri in uris]
-    hashed = [f for f in found if "phash_pixels" in f]
-    if hashed:
-        for f, phash in zip(hashed, phash_hex_batch(np.stack([f.pop("phash_pixels") for f in hashed]))):
-            f["phash"] = phash
+    """inspect_image of each of ``uris``, their thumbnails and pHashes made together
+    (imaging.phash_pixels_and_thumbs); a decode of more than imaging.STACK_MAX_PIXELS
+    (a large image that is not a JPEG) is done with at once, never held for the others."""
+    found = []
+    for uri in uris:
+        found.append(_inspect(uri, max_pixels, max_bytes, stop))
+        if "image" in found[-1] and found[-1]["image"].width * found[-1]["image"].height > STACK_MAX_PIXELS:
+            _hash_and_thumb(found[-1:])
+    _hash_and_thumb([f for f in found if "image" in f])
     return found
+
+
+def _hash_and_thumb(decoded: list[dict]) -> None:
+    """Each decoded image's pHash and thumbnail in place of the image."""
+    if decoded:
+        pixels, thumbs = phash_pixels_and_thumbs([f.pop("image") for f in decoded], THUMB_SIDE)
+        for f, thumb, phash in zip(decoded, thumbs, phash_hex_batch(pixels)):
+            f["thumb"], f["phash"] = thumb, phash
 
 
 def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
@@ -233,7 +244,7 @@ def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Eve
 
 
 def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None) -> dict:
-    """inspect_image, with the pixels pHash hashes in place of the hash."""
+    """inspect_image, with the decoded image in place of its pHash and thumbnail."""
     try:
         data = read_bytes(uri, max_bytes, stop)
     except SourceUnavailable:
@@ -247,9 +258,8 @@ def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | 
         img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
-    thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
-    return {"md5": md5, "width": width, "height": height, "phash_pixels": phash_pixels(img),
-            "thumb": thumb, "image_format": fmt, "error_code": "", "error": ""}
+    return {"md5": md5, "width": width, "height": height, "image": img, "image_format": fmt, "error_code": "",
+            "error": ""}
 
 
 def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
