@@ -10,7 +10,6 @@ INGEST_REPORT_HTML = "report.html"
 # an ingest shard task's output, which the merge task reads (meta last: a shard without it is incomplete)
 INGEST_SHARD_ROWS = "shard_rows.parquet"
 INGEST_SHARD_THUMBS = "shard_thumbs.u8"  # 16x16x3 uint8 rows, no header
-INGEST_SHARD_PREVIEWS = "shard_previews.bin"  # JPEGs one after the other
 INGEST_SHARD_META = "shard.json"
 # split
 SPLITS = "splits.parquet"

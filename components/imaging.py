@@ -2,6 +2,7 @@
 model sees at prediction time exactly the pixels it was trained on."""
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -89,6 +90,79 @@ _DCT_LOW = 2 * np.cos(np.pi * np.arange(8)[:, None] * (2 * np.arange(32) + 1) / 
 def phash_pixels(img: Image.Image) -> np.ndarray:
     """What pHash hashes: the image in greyscale, LANCZOS-resized to 32x32 (uint8)."""
     return np.asarray(img.convert("L").resize((32, 32), Image.Resampling.LANCZOS))
+
+
+# Images of at most this many pixels are resized together by phash_pixels_and_thumbs; a
+# larger one (a PNG or TIFF, which is decoded at full size) is resized alone, as soon as it
+# is decoded, so that a batch of them is never held in memory at once.
+STACK_MAX_PIXELS = 256 * 256
+
+
+def _row_pass(stack: np.ndarray, width: int, resample: Image.Resampling) -> np.ndarray:
+    """Pillow's resize of the rows of each of ``stack``'s images (k x height x width[ x 3])
+    to ``width``, in one call on the images one above the other: a resize of the width
+    alone is a single pass in which every row is resized on its own."""
+    k, height = stack.shape[:2]
+    tall = Image.fromarray(np.ascontiguousarray(stack).reshape(k * height, *stack.shape[2:]))
+    out = np.asarray(tall.resize((width, k * height), resample))
+    return out.reshape(k, height, width, *stack.shape[3:])
+
+
+def _stack_resized(stack: np.ndarray, size: tuple[int, int], resample: Image.Resampling,
+                   rows_first: bool) -> np.ndarray:
+    """Image.resize(size, resample) of each of ``stack``'s images: Pillow resizes in two
+    passes, the rows then the columns or the other way round, rounding to 8 bits between
+    them; a column pass is a row pass of the transposed images."""
+    if rows_first:
+        return _row_pass(_row_pass(stack, size[0], resample).swapaxes(1, 2), size[1], resample).swapaxes(1, 2)
+    return _row_pass(_row_pass(stack.swapaxes(1, 2), size[1], resample).swapaxes(1, 2), size[0], resample)
+
+
+@functools.lru_cache(maxsize=1024)
+def _rows_first(bands: int, size_in: tuple[int, int], size_out: tuple[int, int],
+                resample: Image.Resampling) -> bool | None:
+    """Whether this Pillow resizes an image of ``size_in`` to ``size_out`` rows first (it
+    picks the order from the sizes), found by resizing a random image of that size both
+    ways; None when that does not tell one order from the other."""
+    shape = (size_in[1], size_in[0]) + ((bands,) if bands > 1 else ())
+    probe = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    want = np.asarray(Image.fromarray(probe).resize(size_out, resample))
+    found = [first for first in (True, False)
+             if np.array_equal(_stack_resized(probe[None], size_out, resample, first)[0], want)]
+    return found[0] if len(found) == 1 else None
+
+
+def phash_pixels_and_thumbs(imgs: list[Image.Image], thumb_side: int) -> tuple[np.ndarray, np.ndarray]:
+    """phash_pixels of each of the RGB ``imgs`` (k x 32 x 32) and its BOX thumbnail
+    (k x thumb_side x thumb_side x 3): the same bytes as one image at a time, but images
+    of one size (and at most STACK_MAX_PIXELS) are resized together, in one Pillow call
+    a pass (_stack_resized), which computes the filter's weights once for all of them
+    (0.11 against 0.13 ms an image for both resizes of HAM10000's 100x75 decodes, 16 at
+    a time, one thread); other sizes, and sizes whose pass order _rows_first cannot
+    tell, are resized one image at a time."""
+    pixels = np.empty((len(imgs), 32, 32), dtype=np.uint8)
+    thumbs = np.empty((len(imgs), thumb_side, thumb_side, 3), dtype=np.uint8)
+    lanczos, box, thumb = Image.Resampling.LANCZOS, Image.Resampling.BOX, (thumb_side, thumb_side)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for k, img in enumerate(imgs):
+        by_size.setdefault(img.size, []).append(k)
+    for size, members in by_size.items():
+        together = len(members) > 1 and size[0] * size[1] <= STACK_MAX_PIXELS
+        grey_first = _rows_first(1, size, (32, 32), lanczos) if together else None
+        rgb_first = _rows_first(3, size, thumb, box) if together else None
+        if grey_first is None or rgb_first is None:
+            for k in members:
+                pixels[k] = phash_pixels(imgs[k])
+                thumbs[k] = np.asarray(imgs[k].resize(thumb, box))
+            continue
+        tall = Image.new("RGB", (size[0], size[1] * len(members)))
+        for row, k in enumerate(members):
+            tall.paste(imgs[k], (0, row * size[1]))
+        rgb = np.asarray(tall).reshape(len(members), size[1], size[0], 3)
+        grey = np.asarray(tall.convert("L")).reshape(len(members), size[1], size[0])
+        pixels[members] = _stack_resized(grey, (32, 32), lanczos, grey_first)
+        thumbs[members] = _stack_resized(rgb, thumb, box, rgb_first)
+    return pixels, thumbs
 
 
 def phash_hex_batch(pixels: np.ndarray) -> list[str]:

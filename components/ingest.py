@@ -24,16 +24,17 @@ from typing import List
 import numpy as np
 import pandas as pd
 from kfp import dsl
-from PIL import Image
 
 from components import artifacts
 from components.errors import UserError
-from components.imaging import ImageError, decode_rgb_reduced, phash_hex_batch, phash_pixels
+from components.imaging import (STACK_MAX_PIXELS, ImageError, decode_rgb_reduced, phash_hex_batch,
+                                phash_pixels_and_thumbs)
 from components.ingest_report import build_report, preview_jpeg, shown_uris, write_outputs
 from components.labels import LabelTable, canonical_label, csv_format, label_table
 from components.settings import DataConfig
 from components.union_find import UnionFind
-from components.sources import FileTooLarge, Source, SourceFile, SourceUnavailable, open_source, read_bytes
+from components.sources import (FileTooLarge, Source, SourceError, SourceFile, SourceUnavailable, open_source,
+                                read_bytes)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 SPLIT_DIRS = {"train": "train", "test": "test"}
@@ -46,10 +47,11 @@ MANIFEST_COLUMNS = [
 # Side of the RGB thumbnail that confirms a pHash near-duplicate pixel for pixel.
 THUMB_SIDE = 16
 # The smallest side a JPEG is decoded at (libjpeg's 1/2, 1/4 or 1/8 scale, when the image
-# is that large): pHash's 32x32 greyscale, the thumbnail and the report preview (at most
-# ingest_report.THUMB_SIZE, 72, on a side) are all made from this one decode. At 32 (1/4
-# of HAM10000's 200x150) ingest is faster, but one of HAM10000's 28 near-duplicate pairs
-# is no longer found: at 72 every figure is the full decode's.
+# is that large): pHash's 32x32 greyscale and the thumbnail are made from this one decode,
+# and so is a report preview (at most ingest_report.THUMB_SIZE, 72, on a side) when the
+# merge reads a shown file again. At 32 (1/4 of HAM10000's 200x150) ingest is faster, but
+# one of HAM10000's 28 near-duplicate pairs is no longer found: at 72 every figure is the
+# full decode's.
 DECODE_MIN_SIDE = 72
 # Hash pairs compared at once in the near-duplicate search: a large pHash bucket is
 # compared in blocks of rows of about this many pairs (8 bytes each, so ~32 MB).
@@ -213,26 +215,36 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
 
 def inspect_images(uris: list[str], max_pixels: int, max_bytes: int,
                    stop: threading.Event | None = None) -> list[dict]:
-    """inspect_image of each of ``uris``, their pHashes computed together."""
-    found = [_inspect(uri, max_pixels, max_bytes, stop) for uri in uris]
-    hashed = [f for f in found if "phash_pixels" in f]
-    if hashed:
-        for f, phash in zip(hashed, phash_hex_batch(np.stack([f.pop("phash_pixels") for f in hashed]))):
-            f["phash"] = phash
+    """inspect_image of each of ``uris``, their thumbnails and pHashes made together
+    (imaging.phash_pixels_and_thumbs); a decode of more than imaging.STACK_MAX_PIXELS
+    (a large image that is not a JPEG) is done with at once, never held for the others."""
+    found = []
+    for uri in uris:
+        found.append(_inspect(uri, max_pixels, max_bytes, stop))
+        if "image" in found[-1] and found[-1]["image"].width * found[-1]["image"].height > STACK_MAX_PIXELS:
+            _hash_and_thumb(found[-1:])
+    _hash_and_thumb([f for f in found if "image" in f])
     return found
 
 
+def _hash_and_thumb(decoded: list[dict]) -> None:
+    """Each decoded image's pHash and thumbnail in place of the image."""
+    if decoded:
+        pixels, thumbs = phash_pixels_and_thumbs([f.pop("image") for f in decoded], THUMB_SIDE)
+        for f, thumb, phash in zip(decoded, thumbs, phash_hex_batch(pixels)):
+            f["thumb"], f["phash"] = thumb, phash
+
+
 def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> dict:
-    """md5, size, perceptual hash, decode status, the 16x16 thumbnail and the report's
-    preview of one file, all from one decode (a JPEG at reduced scale, no side under
-    DECODE_MIN_SIDE: see imaging.decode_rgb_reduced). Never raises for a bad file; raises
-    SourceUnavailable when the source failed, since the file may be fine and must not be
-    quarantined for it."""
+    """md5, size, perceptual hash, decode status and the 16x16 thumbnail of one file, all
+    from one decode (a JPEG at reduced scale, no side under DECODE_MIN_SIDE: see
+    imaging.decode_rgb_reduced). Never raises for a bad file; raises SourceUnavailable
+    when the source failed, since the file may be fine and must not be quarantined for it."""
     return inspect_images([uri], max_pixels, max_bytes, stop)[0]
 
 
 def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None) -> dict:
-    """inspect_image, with the pixels pHash hashes in place of the hash."""
+    """inspect_image, with the decoded image in place of its pHash and thumbnail."""
     try:
         data = read_bytes(uri, max_bytes, stop)
     except SourceUnavailable:
@@ -246,9 +258,7 @@ def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | 
         img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
-    thumb = np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX), dtype=np.uint8)
-    return {"md5": md5, "width": width, "height": height, "phash_pixels": phash_pixels(img),
-            "thumb": thumb, "preview": preview_jpeg(img), "image_format": fmt, "error_code": "",
+    return {"md5": md5, "width": width, "height": height, "image": img, "image_format": fmt, "error_code": "",
             "error": ""}
 
 
@@ -263,18 +273,15 @@ def _refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
 
 
 class ShardFiles:
-    """A shard's thumbnails and report previews, on disk as they are made, so that
-    neither a shard nor the merge holds them in memory: ``thumbs`` is one raw 16x16x3
-    uint8 row per manifest row (zeros where nothing was decoded), ``previews`` the
-    preview JPEGs one after the other (each row's offset and length are in its
-    ``preview_offset`` / ``preview_bytes`` columns)."""
+    """A shard's thumbnails, on disk as they are made, so that neither a shard nor the
+    merge holds them in memory: ``thumbs`` is one raw 16x16x3 uint8 row per manifest row
+    (zeros where nothing was decoded)."""
 
     ROW = THUMB_SIDE * THUMB_SIDE * 3
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
         self.thumbs_path = self.folder / artifacts.INGEST_SHARD_THUMBS
-        self.previews_path = self.folder / artifacts.INGEST_SHARD_PREVIEWS
 
     def thumbs(self, rows: np.ndarray) -> np.ndarray:
         """The thumbnails of ``rows`` (positions in the shard's rows), read from disk."""
@@ -287,15 +294,11 @@ class ShardFiles:
                     THUMB_SIDE, THUMB_SIDE, 3)
         return out
 
-    def previews(self, spans: list[tuple[int, int]]) -> list[bytes]:
-        with open(self.previews_path, "rb") as f:
-            return [os.pread(f.fileno(), length, offset) if length else b"" for offset, length in spans]
-
 
 def _validate(df: pd.DataFrame, cfg: DataConfig, files: ShardFiles) -> None:
     """Decode every labelled image; quarantine the ones that cannot be used. Writes the
-    16x16 RGB thumbnails (row ``k`` for ``df``'s ``k``-th row) and the report previews
-    to ``files`` as the results arrive; sets each row's preview span.
+    16x16 RGB thumbnails (row ``k`` for ``df``'s ``k``-th row) to ``files`` as the
+    results arrive.
 
     When the source fails, the step fails with the first read that failed for good; the
     reads still running stop retrying and the ones not started never start.
@@ -314,13 +317,10 @@ def _validate(df: pd.DataFrame, cfg: DataConfig, files: ShardFiles) -> None:
 
     columns = ("md5", "width", "height", "phash", "image_format", "error_code", "error")
     found: dict[str, list] = {c: [] for c in columns}
-    offsets = np.zeros(len(df), dtype=np.int64)
-    lengths = np.zeros(len(df), dtype=np.int64)
     positions = df.index.get_indexer(todo)
-    written = next_row = 0
+    next_row = 0
     files.folder.mkdir(parents=True, exist_ok=True)
-    with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool, \
-            open(files.thumbs_path, "wb") as thumbs, open(files.previews_path, "wb") as previews:
+    with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool, open(files.thumbs_path, "wb") as thumbs:
         try:
             # On the first exception, map's iterator cancels every future not yet started.
             uris = df.loc[todo, "uri"].tolist()
@@ -331,15 +331,11 @@ def _validate(df: pd.DataFrame, cfg: DataConfig, files: ShardFiles) -> None:
                         thumbs.write(bytes((position - next_row) * ShardFiles.ROW))
                     thumbs.write(f["thumb"].tobytes())
                     next_row = position + 1
-                    previews.write(f["preview"])
-                    offsets[position], lengths[position] = written, len(f["preview"])
-                    written += len(f["preview"])
                 for column in columns:
                     found[column].append(f.get(column))
         except SourceUnavailable:
             raise failures[0] from None
         thumbs.write(bytes((len(df) - next_row) * ShardFiles.ROW))
-    df["preview_offset"], df["preview_bytes"] = offsets, lengths
     info = pd.DataFrame(found, index=todo, columns=list(columns))
     for column in ("md5", "phash", "image_format"):
         df.loc[todo, column] = info[column].fillna("")
@@ -593,7 +589,7 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
 class IngestShard:
     """One shard's share of ingest: every ``num_shards``-th file of the listing decoded
     and checked. ``rows`` are its files' manifest rows so far (index: the file's position
-    in the whole listing), ``files`` its thumbnails and previews on disk (row ``k`` for
+    in the whole listing), ``files`` its thumbnails on disk (row ``k`` for
     ``rows``' ``k``-th row), and ``meta`` what every shard sees alike (the listing's
     digest, format, label counts)."""
     rows: pd.DataFrame
@@ -606,8 +602,8 @@ def ingest_shard(source_uri: str, cfg: DataConfig, shard_index: int = 0, num_sha
                  folder: str | Path | None = None) -> IngestShard:
     """List and label the whole source (cheap: no file is opened but the CSVs), then
     decode and check shard ``shard_index`` of ``num_shards``: the files at listing
-    positions ``shard_index``, ``shard_index + num_shards``, ... Thumbnails and previews
-    go to ``folder`` (default: a temporary folder that lives as long as the shard)."""
+    positions ``shard_index``, ``shard_index + num_shards``, ... Thumbnails go to
+    ``folder`` (default: a temporary folder that lives as long as the shard)."""
     if not 0 <= shard_index < num_shards:
         raise ValueError(f"shard {shard_index} of {num_shards}")
     source: Source = open_source(source_uri, cfg)
@@ -655,22 +651,46 @@ class _MergedThumbs:
                 out[mine] = s.files.thumbs(self.row[positions[mine]])
         return out
 
-    def previews(self, positions: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> list[bytes]:
-        out: list[bytes] = [b""] * len(positions)
-        for k, s in enumerate(self.shards):
-            mine = np.flatnonzero(self.shard[positions] == k)
-            spans = [(int(offsets[p]), int(lengths[p])) for p in positions[mine]]
-            for i, jpeg in zip(mine, s.files.previews(spans)):
-                out[i] = jpeg
-        return out
+
+def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[str, bytes]:
+    """The report's previews (ingest_report.preview_jpeg, by URI) of the files of ``uris``
+    that ingest decoded: each read again from the source (components.sources.read_bytes,
+    as the shards read it) and decoded as the shards decode, so a preview is the one the
+    shard would have made. Called with the few hundred files the report shows (shown_uris).
+
+    Never fails the step: a file that can no longer be read, or whose bytes are not the
+    ones ingested any more (another md5), gets no preview ("[no preview]" in the report);
+    once the source itself fails (SourceError), the reads still running stop retrying and
+    the ones not started are not tried."""
+    rows = df.loc[df.uri.isin(uris) & (df.phash != ""), ["uri", "md5"]]
+    stop = threading.Event()
+
+    def preview(uri: str, md5: str) -> bytes:
+        if stop.is_set():
+            return b""
+        try:
+            data = read_bytes(uri, cfg.max_file_bytes, stop)
+            if hashlib.md5(data).hexdigest() != md5:
+                return b""
+            return preview_jpeg(decode_rgb_reduced(data, DECODE_MIN_SIDE, cfg.max_image_pixels)[0])
+        except SourceError:  # SourceUnavailable too: the source, not this file
+            stop.set()
+        except (OSError, ImageError):
+            pass
+        return b""
+
+    with ThreadPoolExecutor(max_workers=max(1, cfg.ingest_workers)) as pool:
+        jpegs = list(pool.map(preview, rows.uri.tolist(), rows.md5.tolist()))
+    return {uri: jpeg for uri, jpeg in zip(rows.uri.tolist(), jpegs) if jpeg}
 
 
 def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:
     """The whole ingest from its shards: exact duplicates, label conflicts and Train/Test
     leaks (md5), the per-class cap and near-duplicates (pHash + thumbnail) across every
     shard, then the manifest and reports, the same as one shard over the whole listing.
-    Thumbnails and previews stay in the shards' files: only the thumbnails of images
-    close in pHash and the previews the report shows are read."""
+    Thumbnails stay in the shards' files: only those of images equal or close in pHash
+    are read. The report's previews are made here, for the few hundred files it shows
+    only, read again from the source (report_previews)."""
     if not shards:
         raise IngestError("ingest: no shards to merge")
     first = shards[0].meta
@@ -686,7 +706,6 @@ def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | P
     df = df.sort_index(kind="stable")
     if not np.array_equal(df.index.to_numpy(), np.arange(first["files_found"])):
         raise IngestError("ingest: the shards do not cover the listing once")
-    offsets, lengths = df.pop("preview_offset").to_numpy(), df.pop("preview_bytes").to_numpy()
     df.loc[df.status == "", "status"] = "ingested"
     duplicate_groups = resolve_duplicates(df, cfg.label_conflict_policy, cfg.split_leak_policy)
     _cap_per_class(df, cfg.max_images_per_class, cfg.seed)
@@ -698,10 +717,7 @@ def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | P
                           near_groups=near_groups, label_rows_without_image=first["label_rows_without_image"])
     if output_dir is not None:
         # Written first: when the data is unusable, the per-file reasons are what the user reads.
-        shown = np.flatnonzero(df.uri.isin(shown_uris(df, report)).to_numpy())
-        previews = {uri: jpeg for uri, jpeg in zip(df.uri.to_numpy()[shown], store.previews(shown, offsets, lengths))
-                    if jpeg}
-        write_outputs(df, report, Path(output_dir), previews)
+        write_outputs(df, report, Path(output_dir), report_previews(df, shown_uris(df, report), cfg))
     check_usable(report, cfg, Path(output_dir) / artifacts.INGEST_REPORT_HTML if output_dir is not None else None)
     return IngestResult(df, report)
 
@@ -713,13 +729,12 @@ def ingest(source_uri: str, cfg: DataConfig, output_dir: str | Path | None = Non
 
 
 def save_shard(shard: IngestShard, output_dir: str | Path) -> None:
-    """A shard as files, for the merge task: rows, thumbnails, previews, meta (written last:
+    """A shard as files, for the merge task: rows, thumbnails, meta (written last:
     a folder without it is incomplete). Nothing is copied when the shard was made there."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if shard.files.folder.resolve() != out.resolve():
         shutil.copyfile(shard.files.thumbs_path, out / artifacts.INGEST_SHARD_THUMBS)
-        shutil.copyfile(shard.files.previews_path, out / artifacts.INGEST_SHARD_PREVIEWS)
     shard.rows.rename_axis("position").reset_index().to_parquet(out / artifacts.INGEST_SHARD_ROWS, index=False)
     (out / artifacts.INGEST_SHARD_META).write_text(json.dumps(shard.meta))
 
@@ -768,7 +783,9 @@ def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Ou
 
 def ingest_merge_step(shards: dsl.Input[List[dsl.Dataset]], data: dict, manifest: dsl.Output[dsl.Dataset],
                       report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML]):
-    """KFP wrapper: the shard tasks' outputs as one manifest and report."""
+    """KFP wrapper: the shard tasks' outputs as one manifest and report. The report's
+    previews are made from the files it shows, read again by their manifest URIs (no
+    source URI needed); ``data`` gives the read and decode limits and the threads."""
     import shutil
     from pathlib import Path
 

@@ -2,10 +2,11 @@
 histogram and a sample grid per class) and report.md (the same, for KFP's viewer).
 
 Thumbnails are inline base64 JPEGs, so each report is one self-contained file that
-MLflow and KFP can show as is. Ingest makes them (preview_jpeg) while it holds each
-decoded image and keeps them on disk: the report reads only the ones it shows
-(shown_uris), and never the source again, where a second read could fail or find other
-bytes than the ones ingested.
+MLflow and KFP can show as is. Ingest's merge makes them (preview_jpeg) for the files
+the report shows only (shown_uris: a few hundred at most, whatever the source's size),
+reading those files again from the source (components.ingest.report_previews): a file
+that can no longer be read, or whose bytes changed since it was ingested, is shown as
+"[no preview]", and the figures are unchanged.
 """
 from __future__ import annotations
 
@@ -94,8 +95,8 @@ def check_accounting(df: pd.DataFrame, report: dict) -> None:
 
 def preview_jpeg(img: Image.Image) -> bytes:
     """The report's thumbnail of a decoded RGB image: a JPEG at most THUMB_SIZE on a side
-    (about 1.3 kB). Ingest makes one per image, so it is the cheap kind: a BOX (area
-    average) resize, about half the time of Image.thumbnail's, and no copy of the image."""
+    (about 1.3 kB). A BOX (area average) resize, about half the time of
+    Image.thumbnail's, and no copy of the image."""
     scale = min(1.0, THUMB_SIZE / max(img.size))
     size = (max(1, round(img.width * scale)), max(1, round(img.height * scale)))
     # The JPEG encoder itself: the same bytes as save(format="JPEG", quality=80), without
@@ -104,7 +105,8 @@ def preview_jpeg(img: Image.Image) -> bytes:
 
 
 def _preview_uri(previews: dict[str, bytes], uri: str) -> str:
-    """The inline image of ``uri``'s preview; '' for a file that was never decoded."""
+    """The inline image of ``uri``'s preview; '' for a file with none (never decoded, or
+    not readable again when the report was made)."""
     jpeg = previews.get(uri)
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() if jpeg else ""
 
@@ -176,7 +178,7 @@ def _sample_rows(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def shown_uris(df: pd.DataFrame, report: dict) -> set[str]:
     """The URIs of the files whose previews the reports show (a few hundred at most,
-    whatever the source's size): the only previews the report step needs to read."""
+    whatever the source's size): the only previews ingest makes."""
     relpaths = {f for _, groups, _ in _shown_groups(report) for g in groups for f in g["files"]}
     uris = set(df.uri[df.relpath.isin(relpaths)])
     for rows in _sample_rows(df).values():
@@ -308,7 +310,7 @@ def render_html(report: dict, groups: list[tuple[str, list[dict]]], samples: dic
 
 def write_outputs(df: pd.DataFrame, report: dict, output_dir: Path, previews: dict[str, bytes]) -> None:
     """The manifest and the three reports; ``previews`` (preview_jpeg by URI) are the
-    decoded images' thumbnails."""
+    thumbnails of the shown files (shown_uris) that have one."""
     output_dir.mkdir(parents=True, exist_ok=True)
     df.to_parquet(output_dir / artifacts.MANIFEST, index=False)
     (output_dir / artifacts.INGEST_REPORT).write_text(json.dumps(report, indent=2))

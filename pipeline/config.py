@@ -49,8 +49,9 @@ class ResourcesConfig(Section):
     # every shard lists the whole source (~1.5 kB a file: ~0.8 GB at 400,000 files).
     ingest_shard: StepResources = _resources("1", "2", "2Gi", "4Gi")
     # Duplicates and near-duplicates across shards: the manifest's rows, ~2 kB a file
-    # (thumbnails and previews stay in the shards' files): 0.43 GB measured at 100,000
-    # files, ~1.1 GB at 400,000 (README, bench/scale.py).
+    # (thumbnails stay in the shards' files; the report's previews are made from the few
+    # hundred files it shows, read again): 0.43 GB measured at 100,000 files, ~1.1 GB at
+    # 400,000 (README, bench/scale.py).
     ingest_merge: StepResources = _resources("1", "2", "2Gi", "4Gi")
     retrain_gate: StepResources = _resources("250m", "1", "1Gi", "2Gi")
     split: StepResources = Field(default_factory=StepResources)

@@ -51,7 +51,9 @@ class StepPolicy:
 # Keyed like Ops and cluster.resources. Never cached: list_source (its job is to look at the
 # source now), the gate (the champion moves between runs), train and evaluate (each run
 # logs in MLflow), register (the champion moves) and report (it logs the data reports). Ingest
-# shards are cached only while the source lists the same files.
+# shards are cached only while the source lists the same files. ingest_merge reads the source
+# for the report's previews only, and a failed read there is a "[no preview]", never a failure
+# of the step: nothing for a retry to fix.
 STEP_POLICIES = {
     "list_source": StepPolicy(network=True, cacheable=False, mlflow=False),
     "ingest_shard": StepPolicy(network=True, cacheable=True, mlflow=False),

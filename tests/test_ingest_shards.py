@@ -2,14 +2,20 @@
 process gives: duplicates, conflicts, leaks and near-duplicates are found across shards."""
 from __future__ import annotations
 
+import base64
+import html
 import json
+import re
+import shutil
 
 import pytest
 
 from components import artifacts
-from components.ingest import IngestError, ingest, ingest_shard, load_shard, merge_shards, save_shard
+from components.imaging import decode_rgb_reduced
+from components.ingest import DECODE_MIN_SIDE, IngestError, ingest, ingest_shard, load_shard, merge_shards, save_shard
+from components.ingest_report import preview_jpeg
 from components.settings import DataConfig
-from tests.test_ingest_validation import corpus  # noqa: F401  (the messy generated corpus fixture)
+from tests.test_ingest_validation import corpus, jpeg_bytes, lesion  # noqa: F401  (corpus: the messy generated corpus)
 
 FIGURES = ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
            "split_leak_groups", "near_duplicate_groups", "near_duplicate_label_conflict_groups",
@@ -32,6 +38,15 @@ def assert_same(one, many) -> None:
     assert one.manifest.equals(many.manifest)
 
 
+def shown_previews(out) -> dict[str, str]:
+    """relpath -> the inline JPEG report.html shows for it ('' where it says "[no preview]")."""
+    page = (out / artifacts.INGEST_REPORT_HTML).read_text()
+    found = {html.unescape(title): src for src, title in
+             re.findall(r"<img src='(data:image/jpeg;base64,[^']*)' title='([^']*)'", page)}
+    found.update({html.unescape(title): "" for title in re.findall(r"<span title='([^']*)'>\[no preview\]", page)})
+    return found
+
+
 @pytest.mark.parametrize("shards", [2, 3])
 def test_shards_merge_to_the_one_process_result(corpus, tmp_path, shards):  # noqa: F811
     cfg = DataConfig(ingest_workers=2)
@@ -43,6 +58,38 @@ def test_shards_merge_to_the_one_process_result(corpus, tmp_path, shards):  # no
     assert one.report["near_duplicate_groups"]
     assert_same(one, many)
     assert json.loads((tmp_path / "merged" / artifacts.INGEST_REPORT).read_text())["ingested"] == one.report["ingested"]
+    for name in (artifacts.INGEST_REPORT_HTML, artifacts.INGEST_REPORT_MD):  # previews included
+        assert (tmp_path / "merged" / name).read_text() == (tmp_path / "one" / name).read_text()
+    # A shard task hands over its rows, thumbnails and meta: no previews.
+    assert {p.name for p in (tmp_path / "shard-0").iterdir()} == {
+        artifacts.INGEST_SHARD_ROWS, artifacts.INGEST_SHARD_THUMBS, artifacts.INGEST_SHARD_META}
+
+
+def test_the_merge_makes_the_shown_previews_and_a_file_gone_or_changed_gets_none(corpus, tmp_path):  # noqa: F811
+    source = tmp_path / "source"
+    shutil.copytree(corpus, source)
+    cfg = DataConfig(ingest_workers=2)
+    before = ingest(str(source), cfg, tmp_path / "before")
+    shown = shown_previews(tmp_path / "before")
+    rows = before.manifest.set_index("relpath")
+    # Every shown file that ingest decoded has the preview of the shards' reduced decode.
+    for relpath, src in shown.items():
+        data = (source / relpath).read_bytes()
+        expected = preview_jpeg(decode_rgb_reduced(data, DECODE_MIN_SIDE)[0]) if rows.at[relpath, "phash"] else b""
+        assert src == ("data:image/jpeg;base64," + base64.b64encode(expected).decode() if expected else ""), relpath
+    assert sum(map(bool, shown.values())) >= 10
+
+    # Between the shards and the merge, a shown file is deleted and another rewritten.
+    gone, changed = "Test/MEL/mel_8.jpg", "Train/melanoma/near_a.jpg"  # a melanoma sample; a near-duplicate
+    assert shown[gone] and shown[changed]
+    shards = [ingest_shard(str(source), cfg, i, 2) for i in range(2)]
+    (source / gone).unlink()
+    (source / changed).write_bytes(jpeg_bytes(lesion(99)))
+    after = merge_shards(shards, cfg, tmp_path / "after")
+    assert_same(before, after)  # every figure is the shards' own
+    assert shown_previews(tmp_path / "after") == {**shown, gone: "", changed: ""}
+    page = (tmp_path / "after" / artifacts.INGEST_REPORT_HTML).read_text()
+    assert f"<span title='{gone}'>[no preview]</span>" in page
 
 
 def test_merge_refuses_a_missing_shard(corpus, tmp_path):  # noqa: F811

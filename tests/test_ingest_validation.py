@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from components import synthetic
-from components.imaging import ImageError, decode_rgb
+from components.imaging import ImageError, decode_rgb, decode_rgb_reduced
 from components.ingest import IngestError, ingest
 from components.settings import DataConfig
 
@@ -338,3 +338,35 @@ def test_phash_is_imagehash_phash():
     for index in range(20):
         img = lesion(index, size=90 + index)
         assert phash_hex(img) == str(imagehash.phash(img))
+
+
+def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
+    """Ingest resizes the decoded images of one size together (one Pillow call a pass for
+    a batch): the same bytes as imagehash.phash and Image.resize, one image at a time,
+    whatever the sizes, the order of Pillow's passes for them, or the images' content."""
+    imagehash = pytest.importorskip("imagehash")
+    from components.imaging import (STACK_MAX_PIXELS, phash_hex_batch, phash_pixels,
+                                    phash_pixels_and_thumbs)
+    from components.ingest import THUMB_SIDE, inspect_images
+
+    rng = np.random.default_rng(3)
+    sizes = [(100, 75)] * 4 + [(90, 90)] * 3 + [(3, 50)] * 2 + [(31, 33)] * 2 + [(33, 31)] * 2 + [(75, 100), (64, 64)]
+    imgs = [lesion(k, size=max(s)).resize(s) for k, s in enumerate(sizes)]
+    imgs += [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for w, h in sizes]  # noise
+    pixels, thumbs = phash_pixels_and_thumbs(imgs, THUMB_SIDE)
+    assert phash_hex_batch(pixels) == [str(imagehash.phash(img)) for img in imgs]
+    for img, grey, thumb in zip(imgs, pixels, thumbs):
+        assert np.array_equal(grey, phash_pixels(img))
+        assert np.array_equal(thumb, np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)))
+
+    # In ingest, with a decode too large to be held for the batch (a PNG is decoded whole).
+    big = int(STACK_MAX_PIXELS ** 0.5) + 1
+    files = {"a.jpg": lesion(1, size=200), "big.png": lesion(2, size=big), "b.jpg": lesion(3, size=200),
+             "c.png": lesion(4, size=90)}
+    for name, img in files.items():
+        img.save(tmp_path / name)
+    found = inspect_images([str(tmp_path / name) for name in files], 10**8, 10**8)
+    for name, f in zip(files, found):
+        decoded = decode_rgb_reduced((tmp_path / name).read_bytes(), 72)[0]
+        assert f["phash"] == str(imagehash.phash(decoded)) and "image" not in f, name
+        assert np.array_equal(f["thumb"], np.asarray(decoded.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)))

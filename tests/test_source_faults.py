@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from components import sources
-from components.ingest import ingest
+from components.ingest import ingest, ingest_shard, merge_shards
 from components.sources import SourceUnavailable
 from pipeline.cli import main
 from pipeline.config import DataConfig
@@ -110,12 +110,31 @@ def test_an_outage_shorter_than_the_deadline_is_retried_through(faulty, monkeypa
     assert (result.report["ingested"], result.report["quarantined"]) == (PER_CLASS * len(CLASSES), 0)
 
 
-def test_the_report_never_reads_the_source_again(faulty, tmp_path):
+def test_the_merge_reads_again_only_the_files_the_report_shows(faulty, tmp_path):
     proxy = faulty()
-    ingest(SOURCE, DataConfig(), tmp_path / "out")
-    assert (tmp_path / "out" / "report.html").read_text().count("data:image/jpeg;base64,") >= PER_CLASS * len(CLASSES)
-    names = downloads(proxy)
-    assert sorted(names) == sorted(set(names)) and len(names) == PER_CLASS * len(CLASSES)  # each object once
+    # Two images of each class's four ingested: the other two (over the cap) are not shown.
+    result = ingest(SOURCE, DataConfig(max_images_per_class=2), tmp_path / "out")
+    m = result.manifest
+    shown = sorted(m[m.status == "ingested"].uri.str.removeprefix(f"gs://{BUCKET}/"))
+    assert len(shown) == 2 * len(CLASSES)
+    assert (tmp_path / "out" / "report.html").read_text().count("data:image/jpeg;base64,") == len(shown)
+    names, files = downloads(proxy), PER_CLASS * len(CLASSES)
+    assert len(set(names[:files])) == files  # the shard: every object once
+    assert sorted(names[files:]) == shown  # the merge: the shown ones once more, for their previews
+
+
+def test_a_source_failing_before_the_merge_costs_the_previews_not_the_run(faulty, tmp_path):
+    proxy = faulty()
+    cfg = DataConfig(ingest_workers=4)
+    shard = ingest_shard(SOURCE, cfg)
+    proxy.fail()
+    started = time.monotonic()
+    result = merge_shards([shard], cfg, tmp_path / "out")
+    assert (result.report["ingested"], result.report["quarantined"]) == (PER_CLASS * len(CLASSES), 0)
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/jpeg;base64," not in page and page.count("[no preview]") == PER_CLASS * len(CLASSES)
+    # The first read to fail for good stops the others: one deadline, not one per file.
+    assert time.monotonic() - started < RETRY_SECONDS + SLACK_SECONDS
 
 
 def test_listing_a_failing_source_fails_in_one_line(faulty):

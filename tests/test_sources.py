@@ -149,6 +149,8 @@ def test_zip_of_a_kaggle_folder_is_read_in_place(tmp_path):
     row = m[m.relpath == "isic/Test/nevus/nev_1.jpg"].iloc[0]
     assert row.uri == f"zip://{archive.resolve()}!/isic/Test/nevus/nev_1.jpg"
     assert read_bytes(row.uri) == files["isic/Test/nevus/nev_1.jpg"]
+    # The report's previews: its members read again at the merge, in place.
+    assert (tmp_path / "out" / "report.html").read_text().count("data:image/jpeg;base64,") == 12
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zip", "out"]  # nothing extracted
 
 
