@@ -60,10 +60,10 @@ def check_run(summary: dict, n_classes: int) -> None:
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
 
 
-def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
-    proc = subprocess.run([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
-                           *sum((["--set", s] for s in TINY), []), "--output-dir", "out"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+def check_demo_cli_run(proc: subprocess.CompletedProcess, tmp_path: Path, epochs: int) -> None:
+    """What a finished ``lesionpipe run --config configs/demo.yaml --output-dir out`` in
+    ``tmp_path`` must show: on the console, in summary.json, in the default SQLite MLflow
+    store and the registry, with every SYNTHETIC flag."""
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
     assert summary["tracking_uri"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -80,7 +80,7 @@ def test_cli_run_on_synthetic_data_with_default_sqlite_store(tmp_path):
     console = proc.stderr.splitlines()
     assert len(console) + len(proc.stdout.splitlines()) <= 100
     assert "[1/12] list_source ..." in console and any(re.match(r"\[5/12\] split  \d+\.\d s$", c) for c in console)
-    assert any(re.match(r" +epoch 1/1  loss [\d.]+  val_loss", c) for c in console)
+    assert any(re.match(rf" +epoch {epochs}/{epochs}  loss [\d.]+  val_loss", c) for c in console)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "out" and (run_dir / "logs" / "train.log").is_file()
     assert "executor_input" in (run_dir / "pipeline.log").read_text()  # everything KFP printed is kept
@@ -167,7 +167,9 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
 
 
 def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
-    """Was: a new pipeline_root/<timestamp> folder and training from epoch 1 again."""
+    """Was: a new pipeline_root/<timestamp> folder and training from epoch 1 again. The
+    run that resumes is also the suite's check of a whole CLI run (check_demo_cli_run):
+    one pipeline run fewer."""
     command = [LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
                *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=8",
                "--set", "train.early_stopping_patience=8", "--output-dir", "out"]
@@ -185,7 +187,7 @@ def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
     done_before = len(logs[0].read_text().splitlines())
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    check_demo_cli_run(again, tmp_path, epochs=8)
     resumed = re.search(r"resuming training from epoch (\d+)", again.stdout + again.stderr)
     assert resumed and int(resumed[1]) >= done_before >= 2
     summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
