@@ -89,43 +89,29 @@ def test_the_streamed_readers_give_read_alls_records_in_its_order(normalized):
     assert list(shards.images_at(paths, 32, [])) == []
 
 
-def in_memory_augment(normalized_dir, cfg: AugmentConfig, seed: int) -> tuple[list[dict], dict]:
-    """The reference: augment as it was when it held the whole train split in memory
-    (its samples, and its images by URI)."""
-    from dataclasses import asdict
-
-    meta = shards.read_meta(normalized_dir)
-    images, labels, uris = shards.read_all(shards.shard_paths(normalized_dir, "train"), meta["image_size"])
-    extra = plan_counts(np.bincount(labels, minlength=len(meta["classes"])).tolist(), cfg)
-    rng = np.random.default_rng(seed)
-    samples, made = [], {}
-    for label, n_extra in enumerate(extra):
-        members = np.flatnonzero(labels == label)
-        if n_extra == 0 or len(members) == 0:
-            continue
-        order = np.concatenate([rng.permutation(members) for _ in range(-(-n_extra // len(members)))])[:n_extra]
-        for k, source in enumerate(order):
-            transform = Transform.draw(rng, cfg)
-            uri = f"{uris[source]}#aug{k}"
-            made[uri] = (transform.apply(images[source]), label)
-            samples.append({"uri": uri, "source_uri": uris[source], "label": meta["classes"][label], **asdict(transform)})
-    return samples, made
-
-
-def test_augment_streams_the_split_and_makes_what_the_in_memory_version_made(normalized, tmp_path, monkeypatch):
+def test_augment_streams_the_split_and_each_image_is_its_policy_transform_of_its_source(normalized, tmp_path,
+                                                                                       monkeypatch):
     root, _, meta = normalized
     # Over every class's training count: sources used more than once.
     cfg = AugmentConfig(target_per_class=2 * max(meta["class_counts"]["train"]) + 1)
-    samples, made = in_memory_augment(root / "normalized", cfg, seed=3)
     monkeypatch.setattr(shards, "read_all", None)  # augment never holds the split
     augment(root / "normalized", cfg, tmp_path, seed=3)
-    assert json.loads((tmp_path / "policy.json").read_text())["samples"] == json.loads(json.dumps(samples))
     monkeypatch.undo()
+    policy = json.loads((tmp_path / "policy.json").read_text())
+    sources, source_labels, source_uris = shards.read_all(shards.shard_paths(root / "normalized", "train"), 32)
     images, labels, uris = shards.read_all(shards.shard_paths(tmp_path, "train"), 32)
-    assert sorted(uris) == sorted(made) and len(uris) == len(made)
-    for image, label, uri in zip(images, labels, uris):
-        np.testing.assert_array_equal(image, made[uri][0])
-        assert label == made[uri][1]
+    assert sorted(uris) == sorted(s["uri"] for s in policy["samples"]) and len(uris) == sum(policy["added"])
+    made = {uri: (image, label) for image, label, uri in zip(images, labels, uris)}
+    fields = Transform.__dataclass_fields__
+    for sample in policy["samples"]:
+        source = source_uris.index(sample["source_uri"])
+        image, label = made[sample["uri"]]
+        assert label == source_labels[source] == meta["classes"].index(sample["label"])
+        expected = Transform(**{k: v for k, v in sample.items() if k in fields}).apply(sources[source])
+        np.testing.assert_array_equal(image, expected)
+    # The same seed draws the same plan.
+    augment(root / "normalized", cfg, tmp_path / "again", seed=3)
+    assert json.loads((tmp_path / "again" / "policy.json").read_text())["samples"] == policy["samples"]
 
 
 def test_plan_counts_respects_target_factor_and_switch():
