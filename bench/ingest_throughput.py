@@ -74,10 +74,12 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(Path(os.environ.get("LESION_DATA", "../shared/data")) / "ham10000"))
-    parser.add_argument("--workers", type=int, default=DataConfig().ingest_workers)
+    parser.add_argument("--workers", type=int, default=0,
+                        help="threads for both the plain decode and ingest (default: what ingest picks for local files)")
     parser.add_argument("--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts")
     args = parser.parse_args()
     images = sorted(p for p in Path(args.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
+    args.workers = args.workers or ingest_module.ingest_threads(DataConfig(), [str(p) for p in images[:1]])
     cfg = DataConfig(ingest_workers=args.workers)
 
     for path in images[:200]:  # warm the page cache and the imports alike for every contender

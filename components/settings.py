@@ -240,8 +240,9 @@ class DataConfig(Section):
     split_near_duplicates: bool = True
     zip_max_entries: int = Field(500_000, ge=1)
     zip_max_total_bytes: int = Field(64 * 2**30, ge=1)
-    # Images decoded (and downloaded) at once during ingest.
-    ingest_workers: int = Field(8, ge=1)
+    # Images decoded (and downloaded) at once during ingest; 0 picks by source
+    # (components.ingest.ingest_threads): one per CPU for local files, more for gs://.
+    ingest_workers: int = Field(0, ge=0)
     # Parallel ingest tasks on the cluster, each decoding every ingest_shards-th file of the
     # listing; a merge task then finds duplicates, conflicts, leaks and near-duplicates
     # across all of them. One-process ingest (the CLI, evaluate) is one shard.

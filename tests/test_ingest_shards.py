@@ -105,3 +105,22 @@ def test_isic9_one_and_four_shards_report_the_same(lesion_data, tmp_path):
     many = sharded(str(lesion_data / "isic9"), cfg, 4, tmp_path)
     assert one.report["label_conflict_groups"] > 100 and one.report["near_duplicate_groups"] > 0
     assert_same(one, many)
+
+
+def test_ingest_threads_follow_the_cpus_the_process_may_use_and_the_source(tmp_path, monkeypatch):
+    from components import ingest as ingest_module
+
+    monkeypatch.setattr(ingest_module.os, "sched_getaffinity", lambda pid: set(range(16)))
+    no_quota = tmp_path / "cpu.max"
+    no_quota.write_text("max 100000\n")
+    monkeypatch.setattr(ingest_module, "CGROUP_CPU_MAX", no_quota)
+    auto = DataConfig()
+    assert ingest_module.ingest_threads(auto, ["/data/a.jpg"]) == 16
+    assert ingest_module.ingest_threads(auto, ["gs://bucket/a.jpg"]) == 32  # 4 a CPU, at most 32
+    # A pod limited to 1.5 CPUs on a 16-CPU node: 2 threads, not 16.
+    no_quota.write_text("150000 100000\n")
+    assert ingest_module.ingest_threads(auto, ["/data/a.jpg"]) == 2
+    assert ingest_module.ingest_threads(auto, ["gs://bucket/a.jpg"]) == 8
+    assert ingest_module.ingest_threads(DataConfig(ingest_workers=5), ["gs://bucket/a.jpg"]) == 5
+    monkeypatch.setattr(ingest_module, "CGROUP_CPU_MAX", tmp_path / "absent")  # cgroup v1, or not Linux's
+    assert ingest_module.ingest_threads(auto, []) == 16
