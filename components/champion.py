@@ -141,7 +141,7 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
     paths = shards.shard_paths(normalized_dir, "test")
     labels, uris = shards.read_labels(paths)
     if (champion.image_size, champion.resize_mode) != (meta["image_size"], meta.get("resize_mode", "pad")):
-        probs, errors = champion.predict_files(uris, cfg.batch_size, cfg.tta)
+        probs, errors = champion.probabilities_of_files(uris, cfg.batch_size, cfg.tta)
         if any(errors):
             return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
     else:

@@ -251,7 +251,7 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     if known.empty:
         raise UserError(f"no image of {source_uri} has a class the model knows ({', '.join(loaded.classes)})")
     uris = known.uri.tolist()
-    probs, errors = loaded.predict_files(uris, cfg.batch_size, cfg.tta)
+    probs, errors = loaded.probabilities_of_files(uris, cfg.batch_size, cfg.tta)
     if any(errors):
         raise UserError(f"unreadable image: {next(e for e in errors if e)}")
     labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()

@@ -709,9 +709,10 @@ def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[s
             pass
         return b""
 
-    with ThreadPoolExecutor(max_workers=ingest_threads(cfg, rows.uri.tolist())) as pool:
-        jpegs = list(pool.map(preview, rows.uri.tolist(), rows.md5.tolist()))
-    return {uri: jpeg for uri, jpeg in zip(rows.uri.tolist(), jpegs) if jpeg}
+    readable = rows.uri.tolist()
+    with ThreadPoolExecutor(max_workers=ingest_threads(cfg, readable)) as pool:
+        jpegs = list(pool.map(preview, readable, rows.md5.tolist()))
+    return {uri: jpeg for uri, jpeg in zip(readable, jpegs) if jpeg}
 
 
 def merge_shards(shards: list[IngestShard], cfg: DataConfig, output_dir: str | Path | None = None) -> IngestResult:

@@ -49,7 +49,8 @@ class LoadedModel:
         """Class probabilities of images in [0, 255] (see predict_probabilities)."""
         return predict_probabilities(self.model, images, batch_size, tta)
 
-    def predict_files(self, uris: list[str], batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, list[str]]:
+    def probabilities_of_files(self, uris: list[str], batch_size: int = 64,
+                               tta: bool = False) -> tuple[np.ndarray, list[str]]:
         """(class probabilities, error per URI, '' when fine) of image files, read with the
         model's preprocessing ``FILE_CHUNK_BATCHES`` batches at a time: memory bounded by
         the batch size, not by the number of files. An unreadable file is scored as a
@@ -64,7 +65,7 @@ class LoadedModel:
         return np.concatenate(probs), errors
 
 
-# Image files LoadedModel.predict_files holds at once, in batches: a whole number of
+# Image files LoadedModel.probabilities_of_files holds at once, in batches: a whole number of
 # batches, so every predict() batch holds the same images as in one pass over all files.
 FILE_CHUNK_BATCHES = 16
 
@@ -192,7 +193,7 @@ def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "
     """One row per file: path, predicted class, every class's probability, the melanoma
     probability, the reason when the file could not be read as an image, and whether the
     model was trained on synthetic data."""
-    probs, errors = loaded.predict_files(files, batch_size, tta)
+    probs, errors = loaded.probabilities_of_files(files, batch_size, tta)
     rows = []
     for path, p, error in zip(files, probs, errors):
         row: dict = {"path": path, "predicted_class": "" if error else loaded.classes[int(p.argmax())]}

@@ -125,7 +125,7 @@ def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, imag
     everything, errors = predict.load_images(files, loaded.image_size, loaded.resize_mode)
     one_pass = loaded.predict(everything, batch_size=4, tta=tta)
     monkeypatch.setattr(predict, "FILE_CHUNK_BATCHES", 1)  # 17 files: 5 chunks of one batch
-    probs, chunked_errors = loaded.predict_files(files, batch_size=4, tta=tta)
+    probs, chunked_errors = loaded.probabilities_of_files(files, batch_size=4, tta=tta)
     np.testing.assert_array_equal(probs, one_pass)
     assert chunked_errors == errors and bool(errors[5]) and not any(errors[:5] + errors[6:])
 
