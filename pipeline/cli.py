@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Callable, Iterator
@@ -82,7 +83,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     """Run the whole pipeline on this machine (KFP local runner)."""
     from components.sources import open_source
     from components.tracking import check_reachable, ensure_store
-    from pipeline.local import PipelineFailed, run_local
+    from pipeline.local import PipelineFailed, Terminated, run_local
 
     with native_stderr_silenced():  # TensorFlow's C++ start-up lines, printed whatever the log level
         from components.models import check_model_name, check_weights
@@ -100,6 +101,10 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
                             echo=lambda line: click.echo(line, err=True), verbose=verbose)
     except PipelineFailed as exc:
         raise click.ClickException(str(exc)) from None
+    except Terminated:
+        click.echo("Terminated (SIGTERM): the MLflow run is marked KILLED; the same command resumes the "
+                   "training from its last epoch.", err=True)
+        click.get_current_context().exit(128 + signal.SIGTERM)
     click.echo("")
     if summary["skipped"]:
         click.echo(f"skipped: {summary['skip_reason']} (--force-retrain trains anyway)")

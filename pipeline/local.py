@@ -28,6 +28,16 @@ class PipelineFailed(RuntimeError):
     """A step failed: the message is its cause in words and where its whole log is."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a container stopping, `timeout`, a scheduler cancelling) ends a run the
+    way Ctrl-C does. Python's default SIGTERM ends this process at once and leaves the
+    running step's process training on, its MLflow run RUNNING forever."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
 def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: str, force_retrain: bool = False,
               echo: Callable[[str], None] | None = None, verbose: bool = False) -> dict:
     """Run every step through ``kfp.local.SubprocessRunner`` in a folder of its own,
@@ -49,6 +59,7 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     lesion_pipeline = create_pipeline(cfg)
     console = RunConsole(run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout)
+    on_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         with contextlib.redirect_stdout(console):
             task = lesion_pipeline(data_uri=data_uri, tracking_uri=tracking_uri, force_retrain=force_retrain,
@@ -57,11 +68,13 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
         cause = console.failure() or str(exc).strip().splitlines()[0]
         _end_mlflow_run(tracking_uri, cfg, pipeline_root, "FAILED", cause)
         raise PipelineFailed(cause) from None
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         _kill_child_processes()
-        _end_mlflow_run(tracking_uri, cfg, pipeline_root, "KILLED", "interrupted (Ctrl-C)")
+        reason = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
+        _end_mlflow_run(tracking_uri, cfg, pipeline_root, "KILLED", reason)
         raise
     finally:
+        signal.signal(signal.SIGTERM, on_sigterm)
         console.finish()
     summary = json.loads(task.output)
     shutil.rmtree(checkpoints, ignore_errors=True)

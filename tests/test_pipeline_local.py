@@ -225,19 +225,34 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     assert run.data.tags["mlflow.note.content"].startswith("Verdict: **FAILED**: train failed: mobilenet_v2 has no")
 
 
-def test_ctrl_c_ends_the_mlflow_run_killed_and_leaves_no_process_behind(tmp_path):
-    """Was: "Aborted!", the MLflow run RUNNING forever, the training child alive ~20 s more."""
+def _default_sigint() -> None:
+    """A shell's background job (`pytest ... &`, as CI scripts may start it) begins with
+    SIGINT ignored, and Python then keeps it ignored: give the CLI a terminal's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("sent, exit_status, reason", [
+    (signal.SIGINT, 1, "interrupted (Ctrl-C)"),  # a terminal's Ctrl-C reaches the CLI first
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a container stopping, `timeout`, a cancelled job
+])
+def test_ctrl_c_or_sigterm_ends_the_mlflow_run_killed_and_leaves_no_process_behind(tmp_path, sent, exit_status,
+                                                                                   reason):
+    """Was: "Aborted!", the MLflow run RUNNING forever, the training child alive ~20 s more
+    (Ctrl-C); the CLI gone at once and its training child training on (SIGTERM)."""
     cli = subprocess.Popen([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
                             *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=50",
                             "--set", "train.early_stopping_patience=50", "--output-dir", "out"],
-                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.time() + 300
     while not list((tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl")):
         assert cli.poll() is None and time.time() < deadline, "training never started"
         time.sleep(0.1)
-    cli.send_signal(signal.SIGINT)  # the CLI alone, as a terminal's Ctrl-C reaches it first
-    assert cli.wait(60) != 0
+    cli.send_signal(sent)  # the CLI alone
+    assert cli.wait(60) == exit_status
     time.sleep(1)
     assert [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path) in _read_or_empty(p)] == []
     run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
-    assert run.info.status == "KILLED" and run.data.tags["lesion.end_reason"] == "interrupted (Ctrl-C)"
+    assert run.info.status == "KILLED" and run.data.tags["lesion.end_reason"] == reason
+    if sent == signal.SIGTERM:
+        assert cli.stderr.read().strip().splitlines()[-1].startswith("Terminated (SIGTERM): the MLflow run is marked")
