@@ -316,8 +316,9 @@ def ingest_threads(cfg: DataConfig, uris: list[str]) -> int:
     """Threads that read and decode ``uris``: data.ingest_workers, or for 0 (the default)
     by source. Objects read one by one from gs:// wait on the network: four threads a CPU,
     at most 32. For local files (a folder, a zip) decoding is the work and more threads
-    than CPUs only contend for the interpreter: HAM10000 on 2 CPUs ingested at 1,727
-    images/s with 8 threads, 2,576 with 2 (bench/ingest_throughput.py)."""
+    than CPUs only contend for the interpreter: HAM10000 on 2 CPUs ingested at 1,715 and
+    1,727 images/s with 8 threads, 3,125 and 3,120 with 2 (93d8b6b, two runs each;
+    bench/ingest_throughput.py, README)."""
     if cfg.ingest_workers:
         return cfg.ingest_workers
     if uris and uris[0].startswith(GCS_SCHEME):
