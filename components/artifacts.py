@@ -20,6 +20,8 @@ AUGMENT_POLICY = "policy.json"
 # train
 MODEL = "model.keras"
 CLASSES = "classes.json"
+# per-class offsets of the decision, fitted on validation (components.decisions)
+DECISION_BIAS = "decision_bias.json"
 # what a model was trained on, beside it: {"synthetic": true} for the generated demo data
 MODEL_INFO = "model_info.json"
 # evaluate

@@ -146,7 +146,7 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
             return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
     else:
         probs = champion.predict(shards.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta)
-    return classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class), ""
+    return classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class, champion.decision_bias), ""
 
 
 def _decide_against(champion: Champion | None, model_name: str, tracking_uri: str, new_metrics: dict,

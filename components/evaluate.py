@@ -14,6 +14,7 @@ import numpy as np
 from kfp import dsl
 
 from components import artifacts, shards
+from components.decisions import decide
 from components.metrics import classification_metrics, reliability_bins, roc_points
 from components.settings import DataConfig, EvaluateConfig
 
@@ -33,6 +34,12 @@ class Evaluation:
     probs: np.ndarray
     # (title, PNG file name in the output folder)
     pictures: list[tuple[str, str]] = field(default_factory=list)
+    # the model's per-class offsets of its decision (components.decisions), if it has them
+    decision_bias: list[float] | None = None
+
+    @property
+    def predicted(self) -> np.ndarray:
+        return decide(self.probs, self.decision_bias)
 
 
 # ---- pictures -----------------------------------------------------------------
@@ -108,9 +115,11 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float, path: Pa
     plt.close(fig)
 
 
-def worst_misclassified(y_true: np.ndarray, probs: np.ndarray, count: int) -> np.ndarray:
-    """Indices of wrong predictions, lowest probability on the true class first."""
-    wrong = np.flatnonzero(probs.argmax(1) != y_true)
+def worst_misclassified(y_true: np.ndarray, probs: np.ndarray, count: int,
+                        predicted: np.ndarray | None = None) -> np.ndarray:
+    """Indices of wrong predictions (``predicted``, else the argmax), lowest probability
+    on the true class first."""
+    wrong = np.flatnonzero((probs.argmax(1) if predicted is None else predicted) != y_true)
     true_prob = probs[wrong, y_true[wrong]]
     return wrong[np.argsort(true_prob, kind="stable")][:count]
 
@@ -173,7 +182,8 @@ def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: Eva
     if m["ece"] is not None:
         plot_reliability(ev.y_true, ev.probs, m["ece"], out / "reliability.png")
         ev.pictures.append(("Reliability diagram", "reliability.png"))
-    worst = worst_misclassified(ev.y_true, ev.probs, cfg.worst_images)
+    predicted = ev.predicted
+    worst = worst_misclassified(ev.y_true, ev.probs, cfg.worst_images, predicted)
     mel = classes.index(cfg.melanoma_class) if cfg.melanoma_class in classes else None
     picked = np.zeros(0, int)
     if mel is not None and cfg.gradcam_images:
@@ -182,7 +192,7 @@ def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: Eva
     shown = sorted(set(worst.tolist()) | set(picked.tolist()))
     images = images_at(shown)
     if len(worst):
-        captions = [f"true {classes[ev.y_true[i]]}\npred {classes[ev.probs[i].argmax()]} ({ev.probs[i].max():.2f})"
+        captions = [f"true {classes[ev.y_true[i]]}\npred {classes[predicted[i]]} ({ev.probs[i, predicted[i]]:.2f})"
                     for i in worst]
         plot_image_grid([images[i] for i in worst], captions, out / "worst_misclassified.png")
         ev.pictures.append(("Worst misclassified test images (lowest probability on the true class)",
@@ -199,17 +209,18 @@ def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: Eva
 
 def evaluate_predictions(model, classes: list[str], y_true: np.ndarray, probs: np.ndarray, images_at,
                          cfg: EvaluateConfig, output_dir: str | Path, synthetic: bool = False,
-                         model_synthetic: bool = False) -> Evaluation:
+                         model_synthetic: bool = False, decision_bias: list[float] | None = None) -> Evaluation:
     """Metrics and pictures of ``model``'s probabilities ``probs`` (with ``cfg.tta`` if
     made so) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
     pictures as {position: image} (see make_pictures); writes metrics.json,
     predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the images are;
-    ``model_synthetic``: the model was trained on synthetic images."""
+    ``model_synthetic``: the model was trained on synthetic images; ``decision_bias``: the
+    model's offsets of its decision (components.decisions)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class)
+    metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class, decision_bias)
     metrics.update(tta=cfg.tta, synthetic=synthetic, model_synthetic=model_synthetic)
-    ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs)
+    ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs, decision_bias=decision_bias)
     (out / artifacts.METRICS).write_text(json.dumps(metrics, indent=2))
     np.savez_compressed(out / artifacts.PREDICTIONS, y_true=ev.y_true, probs=probs)
     make_pictures(model, images_at, ev, classes, cfg, out)
@@ -223,17 +234,19 @@ def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateCo
     its shards in batches (labels and probabilities are what it holds of the split)."""
     import keras
 
+    from components.decisions import in_class_order, saved_decision_bias
     from components.predict import predict_probabilities
 
     model = keras.models.load_model(model_path, compile=False)
     meta = shards.read_meta(normalized_dir)
+    decision_bias = in_class_order(saved_decision_bias(Path(model_path).parent), meta["classes"])
     paths, size = shards.shard_paths(normalized_dir, "test"), meta["image_size"]
     labels, _ = shards.read_labels(paths)
     probs = predict_probabilities(model, shards.image_dataset(paths, size, len(labels)), cfg.batch_size, cfg.tta)
     synthetic = bool(meta.get("synthetic", False))  # the model was trained on the same data
     return evaluate_predictions(model, meta["classes"], labels, probs,
                                 lambda indices: dict(shards.images_at(paths, size, indices)), cfg, output_dir,
-                                synthetic, synthetic)
+                                synthetic, synthetic, decision_bias)
 
 
 def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConfig, out_path: str | Path) -> dict:
@@ -262,7 +275,8 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
         return dict(zip(indices, load_images([uris[i] for i in indices], loaded.image_size, loaded.resize_mode)[0]))
 
     ev = evaluate_predictions(loaded.model, loaded.classes, labels, probs, images_at, cfg, folder,
-                              synthetic=source_uri == "", model_synthetic=loaded.synthetic)
+                              synthetic=source_uri == "", model_synthetic=loaded.synthetic,
+                              decision_bias=loaded.decision_bias)
     ev.metrics["model_uri"] = loaded.uri
     ev.metrics["data"] = source_uri
     report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
@@ -308,6 +322,10 @@ def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, 
         f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
         f"{base64.b64encode((folder / name).read_bytes()).decode()}'>" for caption, name in pictures)
     tta = " with test-time augmentation (8 flips/turns averaged)" if metrics.get("tta") else ""
+    offsets = metrics.get("decision_bias")
+    decision = ("<p>Predicted class: the highest log probability after the model's per-class offsets, fitted on "
+                "the validation split for balanced accuracy (AUCs use the probabilities as they are): "
+                + ", ".join(f"{html.escape(c)} {b:+.2f}" for c, b in offsets.items()) + "</p>") if offsets else ""
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
         "<style>body{font-family:sans-serif;max-width:1200px}td,th{border:1px solid #ccc;padding:2px 6px}"
@@ -315,7 +333,7 @@ def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, 
         "font-size:1.4em}.champion{color:#070}"
         ".challenger{color:#b60}img{max-width:100%}</style></head><body>"
         f"<h1>{html.escape(title)} ({metrics['n']} images{tta})</h1>{warning}{_gate_section(gate)}"
-        f"<h2>Metrics</h2><table>{headline}</table>"
+        f"<h2>Metrics</h2><table>{headline}</table>{decision}"
         "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AUC</th>"
         f"<th>support</th></tr>{rows}</table>{images}</body></html>")
 

@@ -6,6 +6,8 @@ import numpy as np
 from sklearn.metrics import (balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
 
+from components.decisions import decide
+
 
 def _auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
     if y_binary.min() == y_binary.max():  # AUC undefined with one class present
@@ -14,10 +16,12 @@ def _auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                           melanoma_class: str = "melanoma") -> dict:
+                           melanoma_class: str = "melanoma", decision_bias: list[float] | None = None) -> dict:
+    """Metrics of the predicted classes (argmax, shifted by ``decision_bias`` when the
+    model has one: components.decisions) and of the probabilities (AUCs, calibration)."""
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = probs.argmax(1)
+    y_pred = decide(probs, decision_bias)
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     aucs = {c: _auc((y_true == i).astype(int), probs[:, i]) for i, c in enumerate(classes)}
@@ -35,6 +39,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
             for c, p, r, f, s in zip(classes, precision, recall, f1, support)
         },
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
+        "decision_bias": dict(zip(classes, map(float, decision_bias))) if decision_bias is not None else None,
     }
     out["ece"] = expected_calibration_error(y_true, probs) if len(y_true) else None
     if melanoma_class in classes:

@@ -13,6 +13,7 @@ import numpy as np
 import yaml
 
 from components import artifacts
+from components.decisions import decide, in_class_order, saved_decision_bias
 from components.errors import UserError
 from components.imaging import ImageError, load_for_model
 from components.ingest import IMAGE_EXTENSIONS
@@ -37,6 +38,8 @@ class LoadedModel:
     run_id: str = ""
     # Trained on the generated demo data (components.synthetic), not on medical images.
     synthetic: bool = False
+    # Per-class offsets of the decision, fitted on validation (components.decisions).
+    decision_bias: list[float] | None = None
 
     def synthetic_warning(self) -> str:
         """The line every command that uses a synthetic model shows ('' otherwise)."""
@@ -48,6 +51,10 @@ class LoadedModel:
     def predict(self, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
         """Class probabilities of images in [0, 255] (see predict_probabilities)."""
         return predict_probabilities(self.model, images, batch_size, tta)
+
+    def predicted_classes(self, probs: np.ndarray) -> list[str]:
+        """The class each row of ``probs`` (this model's) is predicted to be."""
+        return [self.classes[i] for i in decide(probs, self.decision_bias)]
 
     def probabilities_of_files(self, uris: list[str], batch_size: int = 64,
                                tta: bool = False) -> tuple[np.ndarray, list[str]]:
@@ -106,6 +113,7 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
         metadata = json.loads(info_file.read_text()) if info_file.is_file() else {}
         if classes_file.is_file():
             metadata["classes"] = json.loads(classes_file.read_text())
+        metadata["decision_bias"] = saved_decision_bias(path.parent)
         return path, metadata
     if (path / "MLmodel").is_file():
         mlmodel = yaml.safe_load((path / "MLmodel").read_text())
@@ -152,8 +160,12 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         raise ModelLoadError(f"cannot load Keras model {keras_file}: {str(exc).splitlines()[0]}") from None
     image_size = int(model.input_shape[1])
     classes = list(metadata.get("classes") or [f"class_{i}" for i in range(int(model.output_shape[-1]))])
+    try:
+        decision_bias = in_class_order(metadata.get("decision_bias"), classes)
+    except ValueError as exc:
+        raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
     return LoadedModel(model, classes, image_size, str(metadata.get("resize_mode", "pad")), uri,
-                       str(metadata.get("mlflow_run_id") or ""), bool(metadata.get("synthetic")))
+                       str(metadata.get("mlflow_run_id") or ""), bool(metadata.get("synthetic")), decision_bias)
 
 
 def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
@@ -195,8 +207,8 @@ def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "
     model was trained on synthetic data."""
     probs, errors = loaded.probabilities_of_files(files, batch_size, tta)
     rows = []
-    for path, p, error in zip(files, probs, errors):
-        row: dict = {"path": path, "predicted_class": "" if error else loaded.classes[int(p.argmax())]}
+    for path, p, error, predicted in zip(files, probs, errors, loaded.predicted_classes(probs)):
+        row: dict = {"path": path, "predicted_class": "" if error else predicted}
         row.update({f"p_{c}": ("" if error else round(float(v), 6)) for c, v in zip(loaded.classes, p)})
         if melanoma_class in loaded.classes:
             row["melanoma_probability"] = "" if error else round(float(p[loaded.classes.index(melanoma_class)]), 6)

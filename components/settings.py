@@ -331,6 +331,11 @@ class TrainConfig(Section):
     # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
     # validation macro AUC, epoch 4 of 10 run, at 9d487b1; see README, Results).
     keep: Literal["best", "last"] = "best"
+    # Decide by argmax after per-class offsets fitted on the validation split for
+    # balanced accuracy (components.decisions), saved with the model and used by
+    # evaluate, predict and the champion gate; the probabilities (and AUCs) stay as they
+    # are. Off: plain argmax.
+    balance_decisions: bool = False
     # Wall-clock budget for training (0: none): no new epoch starts after it is spent.
     max_train_minutes: float = Field(0.0, ge=0)
     # Keep the decoded training images between epochs: in memory when they fit in

@@ -236,10 +236,12 @@ def ui_command(tracking_uri: str) -> str:
 
 
 def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str],
-              resize_mode: str = "pad", synthetic: bool = False) -> str:
+              resize_mode: str = "pad", synthetic: bool = False,
+              decision_bias: dict[str, float] | None = None) -> str:
     """Log the Keras model to the MLflow run with signature and input example; return its URI.
     Its metadata says whether it was trained on synthetic data, so every later use of it
-    (predict, evaluate) can say so."""
+    (predict, evaluate) can say so, and carries its decision offsets by class
+    (components.decisions), if it has them."""
     import keras
     import mlflow
     import numpy as np
@@ -251,5 +253,6 @@ def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, 
     with logging_into(tracking_uri, run_id):
         info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
                                            metadata={"classes": classes, "image_size": image_size,
-                                                     "resize_mode": resize_mode, "synthetic": synthetic})
+                                                     "resize_mode": resize_mode, "synthetic": synthetic,
+                                                     **({"decision_bias": decision_bias} if decision_bias else {})})
     return info.model_uri

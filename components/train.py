@@ -8,7 +8,9 @@ step's output folder so a killed step resumes from its last completed epoch. Dev
 remedies (components.imbalance) and the learning rate (components.lr_schedule) live in
 their own modules. Several workers (a TFJob) train under MultiWorkerMirroredStrategy in
 the custom loop of ``components.distributed``. ``train.ensemble`` trains several models
-in turn and saves one model that averages their probabilities.
+in turn and saves one model that averages their probabilities. ``train.balance_decisions``
+fits the saved model's per-class decision offsets on the validation split
+(components.decisions) and saves them beside it.
 """
 
 import hashlib
@@ -90,6 +92,7 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
     started = time.monotonic()
     results = []
     for i, member in enumerate(members):
+        member = member.model_copy(update={"balance_decisions": False})  # fitted once, on the ensemble
         if tc.max_train_minutes:  # the whole ensemble's budget: what is left, shared by the members to come
             left = tc.max_train_minutes - (time.monotonic() - started) / 60
             member = member.model_copy(update={"max_train_minutes": max(left, 0.01) / (len(members) - i)})
@@ -116,11 +119,43 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
         tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=tracking.metrics_at(
             {f"ensemble_{k}": v for k, v in val_metrics.items()}))
     (out / artifacts.CLASSES).write_text(json.dumps(data.meta["classes"]))
+    if tc.balance_decisions:
+        balance_decisions(model, data, tc.batch_size, out, tracking_uri, mlflow_run_id)
     history = {"members": [{"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run}
                            for r in results], "ensemble_validation": val_metrics, "device": devices.description}
     (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
     return TrainResult(str(model_path), {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
                        sum(r.epochs_run for r in results), -1, devices.description, results)
+
+
+def balance_decisions(model, data: TrainingData, batch_size: int, out: Path, tracking_uri: str = "",
+                      mlflow_run_id: str = "", metric_prefix: str = "") -> list[float]:
+    """Fits ``model``'s per-class decision offsets on the validation split and saves them
+    in ``out`` (components.decisions); logs the validation balanced accuracy without and
+    with them. Fitted on probabilities averaged over the 8 flips and turns, as the
+    pipeline's evaluate step and ``lesionpipe evaluate`` score by default (evaluate.tta):
+    averaged probabilities are less extreme, and offsets fitted on single views
+    over-correct them."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from components.decisions import decide, fit_balanced_bias, write_decision_bias
+    from components.predict import predict_probabilities
+
+    classes, labels = data.meta["classes"], data.val_labels
+    probs = predict_probabilities(model, data.val_images, batch_size, tta=True)
+    bias = fit_balanced_bias(probs, labels, len(classes))
+    write_decision_bias(out, classes, bias, f"validation split ({len(labels)} images, 8 flips/turns averaged)")
+    before = balanced_accuracy_score(labels, decide(probs))
+    after = balanced_accuracy_score(labels, decide(probs, bias))
+    print(f"decision offsets fitted on the validation split: its balanced accuracy {before:.3f} -> {after:.3f} "
+          f"(fitted on these images, so optimistic; the test split says what holds)", flush=True)
+    if mlflow_run_id:
+        from components import tracking
+
+        tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=tracking.metrics_at(
+            {f"{metric_prefix}val_tta_balanced_accuracy": before,
+             f"{metric_prefix}val_tta_balanced_accuracy_balanced_decisions": after}))
+    return bias.tolist()
 
 
 def checkpoint_dir(checkpoint_root: str | Path, normalized_dir: str | Path, augmented_dir: str | Path | None,
@@ -158,7 +193,7 @@ def keep_model(work: str | Path, output_dir: str | Path) -> str:
     work, out = Path(work), Path(output_dir)
     if work != out:
         out.mkdir(parents=True, exist_ok=True)
-        for name in (artifacts.MODEL, artifacts.CLASSES, HISTORY_FILE, EPOCH_LOG_FILE):
+        for name in (artifacts.MODEL, artifacts.CLASSES, artifacts.DECISION_BIAS, HISTORY_FILE, EPOCH_LOG_FILE):
             if (work / name).is_file():
                 shutil.copy2(work / name, out / name)
     return str(out / artifacts.MODEL)
@@ -255,6 +290,8 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
     kept_epoch = tracker.best_epoch if keep_best else len(epochs) - 1
     history = {k: [e.get(k) for e in epochs] for k in epochs[0] if k != "epoch"} if epochs else {}
     (out / artifacts.CLASSES).write_text(json.dumps(classes))
+    if tc.balance_decisions:
+        balance_decisions(model, data, tc.batch_size, out, tracking_uri, mlflow_run_id, metric_prefix)
     (out / HISTORY_FILE).write_text(json.dumps(
         {"history": history, "best_epoch": kept_epoch, "monitor": tc.monitor, "keep": tc.keep,
          "device": devices.description}, indent=1))
@@ -270,6 +307,7 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     from pathlib import Path
 
     from components import shards, tracking
+    from components.decisions import saved_decision_bias
     from components.errors import user_errors
     from components.settings import TrainConfig, load_section
     from components.train import checkpoint_dir, keep_model, progress_so_far, write_model_info
@@ -290,4 +328,5 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
                            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
     return tracking.log_model(model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
-                              meta.get("resize_mode", "pad"), bool(meta.get("synthetic")))
+                              meta.get("resize_mode", "pad"), bool(meta.get("synthetic")),
+                              saved_decision_bias(model.path))

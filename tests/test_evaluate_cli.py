@@ -99,3 +99,36 @@ def test_an_mlflow_model_trained_on_synthetic_data_is_flagged(logged, tmp_path):
     assert f"WARNING: {uri} is a SYNTHETIC model" in result.output
     assert json.loads(out.read_text())["model_synthetic"] is True
     assert "SYNTHETIC model" in (tmp_path / "s_report" / "report.html").read_text()
+
+
+def test_a_models_decision_offsets_travel_with_it_through_mlflow_to_evaluate_and_predict(logged, tmp_path):
+    """Offsets in the model's MLflow metadata decide the predicted class in `lesionpipe
+    evaluate` and `lesionpipe predict`; the probabilities and AUCs are the model's own."""
+    import csv
+
+    classes = load_model(logged["uri"], logged["store"]).classes
+    forced = classes[1]
+    offsets = {c: (30.0 if c == forced else -10.0) for c in classes}  # overrides any probability
+    run_id = pipeline_run(logged["store"], "evaluate-cli", "offsets-run", "kfp-offsets", {"evaluate.tta": "True"})
+    uri = log_model(str(logged["model"]), 32, logged["store"], run_id, classes, decision_bias=offsets)
+    assert load_model(uri, logged["store"]).decision_bias == [offsets[c] for c in classes]
+    assert load_model(logged["uri"], logged["store"]).decision_bias is None
+
+    plain, plain_probs, _ = _evaluate(logged, tmp_path / "plain")
+    shifted, shifted_probs, _ = _evaluate({**logged, "uri": uri}, tmp_path / "shifted")
+    np.testing.assert_allclose(shifted_probs, plain_probs, rtol=1e-6)
+    assert shifted["melanoma_auc"] == plain["melanoma_auc"] and shifted["macro_auc"] == plain["macro_auc"]
+    matrix = np.asarray(shifted["confusion_matrix"])
+    assert matrix[:, classes.index(forced)].sum() == matrix.sum() == shifted["n"]
+    assert shifted["balanced_accuracy"] == pytest.approx(1 / len(classes))
+    assert shifted["decision_bias"] == offsets and plain["decision_bias"] is None
+    report = (tmp_path / "shifted" / "m_report" / "report.html").read_text()
+    assert "per-class offsets, fitted on the validation split" in report and f"{forced} +30.00" in report
+
+    out = tmp_path / "predictions.csv"
+    result = CliRunner().invoke(main, ["predict", "--model", uri, str(logged["images"]), "--out", str(out),
+                                       "--tracking-uri", logged["store"]])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert {r["predicted_class"] for r in rows} == {forced}
+    assert any(max(classes, key=lambda c: float(r[f"p_{c}"])) != forced for r in rows)  # not the argmax

@@ -181,3 +181,18 @@ def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(mo
     assert metrics["model_synthetic"] is True and metrics["synthetic"] is False  # the images are real files
     report = (tmp_path / "external" / "metrics_report" / "report.html").read_text()
     assert "SYNTHETIC model: trained on generated images" in report
+
+
+def test_decision_offsets_for_other_classes_are_one_error_line(model_dir, images, tmp_path):
+    import shutil
+
+    from components import artifacts
+
+    broken = tmp_path / "model"
+    shutil.copytree(model_dir, broken)
+    (broken / artifacts.DECISION_BIAS).write_text(json.dumps({"decision_bias": {"nevus": 1.0, "lentigo": -1.0}}))
+    result = CliRunner().invoke(main, ["predict", "--model", str(broken), str(images), "--out",
+                                       str(tmp_path / "p.csv")])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.output.strip().splitlines()[-1].startswith(
+        f"Error: cannot load model {broken}: decision offsets are for classes ['lentigo', 'nevus']"), result.output

@@ -336,7 +336,7 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     from components.evaluate import gradcam
 
     run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
-    cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10,
+    cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10, balance_decisions=True,
                       ensemble=[{"model": "small_resnet", "seed": 7}, {"seed": 8, "epochs": 1}])
     result = train(normalized, None, cfg.train, tmp_path, mlflow_server, run_id)
     assert [m.epochs_run for m in result.members] == [2, 2, 1] and result.epochs_run == 5
@@ -356,6 +356,9 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     assert {"member0_val_balanced_accuracy", "member1_val_balanced_accuracy", "member2_val_balanced_accuracy",
             "ensemble_val_balanced_accuracy"} <= set(metrics)
     assert "val_balanced_accuracy" not in metrics
+    # Decision offsets are fitted once, for the ensemble, not for each member.
+    assert "val_tta_balanced_accuracy_balanced_decisions" in metrics
+    assert (tmp_path / "decision_bias.json").is_file() and not list((tmp_path / "members").rglob("decision_bias.json"))
 
     # Grad-CAM looks into the first member.
     heat = gradcam(ensemble, images[:2], 0)
@@ -408,3 +411,31 @@ def test_a_killed_backup_write_leaves_the_previous_backup_whole(normalized, tmp_
     assert fresh._initial_epoch == 1
     for got, want in zip(fresh.get_weights(), saved):
         np.testing.assert_array_equal(got, want)
+
+
+def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_step(normalized, tmp_path, capsys):
+    """train.balance_decisions: offsets fitted on the validation split's TTA probabilities,
+    saved beside the model, and the pipeline's evaluate step decides with them."""
+    import keras
+
+    from components.decisions import decide, fit_balanced_bias, in_class_order, saved_decision_bias
+    from components.evaluate import evaluate
+    from components.predict import predict_probabilities
+    from components.settings import EvaluateConfig
+
+    cfg = tiny_config(model="seed_cnn", epochs=1, balance_decisions=True)
+    result = train(normalized, None, cfg.train, tmp_path / "model")
+    classes = shards.read_meta(normalized)["classes"]
+    saved = in_class_order(saved_decision_bias(tmp_path / "model"), classes)
+    assert "decision offsets fitted on the validation split: its balanced accuracy" in capsys.readouterr().out
+
+    model = keras.models.load_model(result.model_path, compile=False)
+    val_paths = shards.shard_paths(normalized, "val")
+    val_labels, _ = shards.read_labels(val_paths)
+    val_probs = predict_probabilities(model, shards.image_dataset(val_paths, 32, len(val_labels)), tta=True)
+    np.testing.assert_allclose(saved, fit_balanced_bias(val_probs, val_labels, len(classes)), atol=1e-5)
+
+    ev = evaluate(result.model_path, normalized, EvaluateConfig(tta=True), tmp_path / "eval")
+    assert ev.metrics["decision_bias"] == dict(zip(classes, saved))
+    assert np.asarray(ev.metrics["confusion_matrix"]).sum(0).tolist() == \
+        np.bincount(decide(ev.probs, saved), minlength=len(classes)).tolist()
