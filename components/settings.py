@@ -307,6 +307,9 @@ class TrainConfig(Section):
     # constant, or cosine (decay to 0 over each phase).
     lr_schedule: Literal["constant", "cosine"] = "constant"
     dropout: float = Field(0.2, ge=0, lt=1)
+    # efficientnet_lite0/1/2: stochastic depth, the largest chance (the last block's) that
+    # a residual block is skipped for an image while training; 0: off.
+    stochastic_depth: float = Field(0.0, ge=0, lt=1)
     # Random flips, 90-degree turns, brightness and contrast in the input pipeline
     # (dermoscopy has no up or left), on top of the augment step's oversampling.
     online_augment: bool = False

@@ -230,7 +230,7 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
         with devices.strategy.scope():
             keras.utils.set_random_seed(tc.seed)
             model = build_model(tc.model, len(classes), size, data.meta["mean"], data.meta["std"], dropout=tc.dropout,
-                                weights=tc.weights, alpha=tc.alpha)
+                                weights=tc.weights, alpha=tc.alpha, stochastic_depth=tc.stochastic_depth)
 
             def compile_for(peak_rate: float, first_epoch: int, last_epoch: int) -> list:
                 """Compiles for the phase; returns the callbacks that drive its learning rate."""

@@ -88,7 +88,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     with native_stderr_silenced():  # TensorFlow's C++ start-up lines, printed whatever the log level
         from components.models import check_model_name, check_weights
     cfg = load_config(config_path, overrides, data)
-    check_model_name(cfg.train.model)
+    check_model_name(cfg.train.model, cfg.train.stochastic_depth)
     check_weights(cfg.train.model, cfg.train.weights)  # missing weights fail here, before any step starts
     open_source(cfg.data.source, cfg.data)  # a missing folder fails here, before any step starts
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
