@@ -13,7 +13,8 @@ import pytest
 
 from components import efficientnet_lite, shards
 from components.efficientnet_lite import LiteWeightsError, imagenet_classifier, packaged_checkpoint
-from components.models import ModelError, backbone_layers, build_model, check_weights, set_backbone_trainable
+from components.models import (ModelError, backbone_layers, build_model, check_model_name, check_weights,
+                               set_backbone_trainable)
 from components.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, CheckpointError, read_state_dict
 from tests.tiny_data import make_tiny_shards, tiny_config
 
@@ -164,12 +165,44 @@ def test_lite_backbone_freezes_per_layer_and_keeps_pretrained_weights():
                              for layer in trainable)
 
 
+def test_stochastic_depth_drops_whole_residual_branches_per_image_while_training_only(tmp_path):
+    import keras
+
+    plain = build_model("efficientnet_lite0", 3, 64, MEAN, STD, dropout=0.0, weights="imagenet")
+    model = build_model("efficientnet_lite0", 3, 64, MEAN, STD, dropout=0.0, weights="imagenet", stochastic_depth=0.4)
+    model.get_layer("logits").set_weights(plain.get_layer("logits").get_weights())
+    drops = [layer for layer in model.layers if layer.name.endswith("_drop")]
+    adds = [layer for layer in model.layers if layer.name.endswith("_add")]
+    assert len(drops) == len(adds) == 9
+    rates = [layer.rate for layer in drops]
+    assert rates == sorted(rates) and 0 < rates[0] < rates[-1] < 0.4
+
+    images = np.random.default_rng(0).uniform(0, 255, (8, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(model(images).numpy(), plain(images).numpy(), rtol=1e-5, atol=1e-6)
+    model.save(tmp_path / "model.keras")  # loads in safe mode: plain Dropout layers, no Lambda
+    reloaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(reloaded(images).numpy(), plain(images).numpy(), rtol=1e-5, atol=1e-6)
+    # Training: a branch is kept whole (rescaled) or dropped whole, image by image.
+    last = drops[-1]
+    kept = last(np.ones((64, 4, 4, 8), np.float32), training=True).numpy().reshape(64, -1)
+    assert np.all((kept == 0).all(axis=1) | np.isclose(kept, 1 / (1 - last.rate)).all(axis=1))
+    assert 0 < (kept[:, 0] == 0).sum() < 64
+    # Fine-tuning as train does it (batch normalization frozen): only the drops differ.
+    for m in (plain, model):
+        set_backbone_trainable(m, None)
+    np.testing.assert_allclose(plain(images, training=True).numpy(), plain(images).numpy(), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(model(images, training=True).numpy(), plain(images).numpy(), atol=1e-3)
+
+    with pytest.raises(ModelError, match=r"^train.stochastic_depth is for efficientnet_lite0, .*not mobilenet_v2$"):
+        check_model_name("mobilenet_v2", 0.2)
+
+
 def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server):
     from components.predict import load_model
     from components.tracking import log_model, pipeline_run
     from components.train import train
 
-    cfg = tiny_config(model="efficientnet_lite0", weights="imagenet", epochs=1, batch_size=16)
+    cfg = tiny_config(model="efficientnet_lite0", weights="imagenet", epochs=1, batch_size=16, stochastic_depth=0.2)
     normalized = make_tiny_shards(tmp_path / "data", cfg)
     result = train(normalized, None, cfg.train, tmp_path / "model")
     assert result.epochs_run == 1
@@ -183,6 +216,7 @@ def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server
     import keras
 
     trained = keras.models.load_model(result.model_path, compile=False)
+    assert trained.get_layer("block14_drop").rate > 0  # train.stochastic_depth reached the model
     images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
     np.testing.assert_allclose(loaded.predict(images), trained.predict(images.astype(np.float32), verbose=0),
                                rtol=1e-5, atol=1e-6)
