@@ -61,6 +61,11 @@ def load_config(config_path: str | None, overrides: tuple[str, ...], data: str |
     return cfg
 
 
+def decision_rule(metrics: dict) -> str:
+    """How the predicted classes behind ``metrics`` were decided, when not by plain argmax."""
+    return " (classes decided with the model's validation-fitted offsets)" if metrics.get("decision_bias") else ""
+
+
 @click.group(cls=LesionCLI, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="lesion-pipeline")
 def main() -> None:
@@ -119,7 +124,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
         click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
                    f"macro-F1 {m['macro_f1']:.3f}"
                    + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
-                   + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+                   + decision_rule(m) + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
         gate = summary.get("gate")
         if gate:
             click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
@@ -187,7 +192,7 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
     m = result["metrics"]
     click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
                + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") is not None else "")
-               + (" (SYNTHETIC model)" if loaded.synthetic else ""))
+               + decision_rule(m) + (" (SYNTHETIC model)" if loaded.synthetic else ""))
     if result["skipped"]:
         click.echo(f"not scored: {result['skipped']} images ({result['skipped_reason']})", err=True)
     click.echo(f"metrics: {out_path}")
