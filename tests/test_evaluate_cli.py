@@ -116,7 +116,7 @@ def test_a_models_decision_offsets_travel_with_it_through_mlflow_to_evaluate_and
 
     plain, plain_probs, plain_output = _evaluate(logged, tmp_path / "plain")
     shifted, shifted_probs, shifted_output = _evaluate({**logged, "uri": uri}, tmp_path / "shifted")
-    assert "validation-fitted offsets" in shifted_output and "offsets" not in plain_output
+    assert "validation-fitted offsets" in shifted_output and "validation-fitted" not in plain_output
     np.testing.assert_allclose(shifted_probs, plain_probs, rtol=1e-6)
     assert shifted["melanoma_auc"] == plain["melanoma_auc"] and shifted["macro_auc"] == plain["macro_auc"]
     matrix = np.asarray(shifted["confusion_matrix"])
