@@ -139,12 +139,16 @@ def balance_decisions(model, data: TrainingData, batch_size: int, out: Path, tra
     0.748 against 0.755 fitted on TTA probabilities)."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from components.decisions import decide, fit_balanced_bias, write_decision_bias
+    from components.decisions import MIN_IMAGES_TO_FIT, decide, fit_balanced_bias, too_few_to_fit, write_decision_bias
     from components.predict import predict_probabilities
 
     classes, labels = data.meta["classes"], data.val_labels
     probs = predict_probabilities(model, data.val_images, batch_size, tta=True)
     bias = fit_balanced_bias(probs, labels, len(classes))
+    unfitted = [c for c, few in zip(classes, too_few_to_fit(labels, len(classes))) if few]
+    if unfitted:
+        print(f"decision offsets: {', '.join(unfitted)} keep offset 0 (fewer than {MIN_IMAGES_TO_FIT} "
+              f"validation images)", flush=True)
     write_decision_bias(out, classes, bias, f"validation split ({len(labels)} images, 8 flips/turns averaged)")
     before = balanced_accuracy_score(labels, decide(probs))
     after = balanced_accuracy_score(labels, decide(probs, bias))

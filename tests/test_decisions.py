@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from components.decisions import decide, fit_balanced_bias, in_class_order
+from components.decisions import MIN_IMAGES_TO_FIT, decide, fit_balanced_bias, in_class_order, too_few_to_fit
 from components.metrics import classification_metrics
 
 PRIOR = np.array([0.80, 0.12, 0.05, 0.03])
@@ -43,6 +43,28 @@ def test_a_class_absent_from_validation_keeps_a_zero_offset():
     present = labels != 3
     bias = fit_balanced_bias(probs[present], labels[present], len(PRIOR))
     assert bias[3] == 0.0 and bias[:3].mean() == pytest.approx(0.0, abs=1e-9) and np.abs(bias[:3]).max() > 0.1
+
+
+def test_a_class_with_too_few_validation_images_keeps_a_zero_offset_and_leaves_the_others_alone():
+    """Kaggle ISIC 9-class had one validation image of a class; the balanced loss gave it
+    a whole class's weight and its offset reached +5.8."""
+    probs, labels = _skewed_classifier(1500, seed=5)
+    common = labels != 3
+    few = np.flatnonzero(~common)[:MIN_IMAGES_TO_FIT - 1]
+    # The rare class's few images all look like the frequent class to the network.
+    probs[few] = np.array([0.97, 0.01, 0.01, 0.01])
+    keep = common.copy()
+    keep[few] = True
+
+    bias = fit_balanced_bias(probs[keep], labels[keep], len(PRIOR))
+    np.testing.assert_allclose(bias, fit_balanced_bias(probs[common], labels[common], len(PRIOR)), atol=1e-9)
+    assert bias[3] == 0.0 and too_few_to_fit(labels[keep], len(PRIOR)).tolist() == [False, False, False, True]
+    # One image more, and the class is fitted: its offset grows to win its misread images.
+    keep[np.flatnonzero(~common)[MIN_IMAGES_TO_FIT - 1]] = True
+    probs[np.flatnonzero(~common)[MIN_IMAGES_TO_FIT - 1]] = np.array([0.97, 0.01, 0.01, 0.01])
+    assert fit_balanced_bias(probs[keep], labels[keep], len(PRIOR))[3] > 1.0
+    # No class with enough images: no offsets at all.
+    np.testing.assert_array_equal(fit_balanced_bias(probs[few], labels[few], len(PRIOR)), np.zeros(len(PRIOR)))
 
 
 def test_metrics_count_the_offset_decisions_and_keep_the_aucs_of_the_probabilities():

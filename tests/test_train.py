@@ -413,20 +413,25 @@ def test_a_killed_backup_write_leaves_the_previous_backup_whole(normalized, tmp_
         np.testing.assert_array_equal(got, want)
 
 
-def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_step(normalized, tmp_path, capsys):
+def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_step(normalized, tmp_path, capsys,
+                                                                                    monkeypatch):
     """train.balance_decisions: offsets fitted on the validation split's TTA probabilities,
     saved beside the model, and the pipeline's evaluate step decides with them."""
     import keras
 
+    from components import decisions
     from components.decisions import decide, fit_balanced_bias, in_class_order, saved_decision_bias
     from components.evaluate import evaluate
     from components.predict import predict_probabilities
     from components.settings import EvaluateConfig
 
+    # The tiny set has 4 validation images a class: below the floor, every offset would be 0.
+    monkeypatch.setattr(decisions, "MIN_IMAGES_TO_FIT", 4)
     cfg = tiny_config(model="seed_cnn", epochs=1, balance_decisions=True)
     result = train(normalized, None, cfg.train, tmp_path / "model")
     classes = shards.read_meta(normalized)["classes"]
     saved = in_class_order(saved_decision_bias(tmp_path / "model"), classes)
+    assert np.abs(saved).max() > 0.01
     assert "decision offsets fitted on the validation split: its balanced accuracy" in capsys.readouterr().out
 
     model = keras.models.load_model(result.model_path, compile=False)
