@@ -86,6 +86,7 @@ def backbone(name: str, x, stochastic_depth: float = 0.0):
     probability rising linearly over the blocks to this value (Huang et al. 2016; the
     "drop connect" EfficientNet was trained with, 0.2); inference is unchanged."""
     specs = block_specs(name)
+
     def conv_bn(x, filters, kernel, stride, prefix, activation=True):
         x = layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_conv")(x)
         x = layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}_bn")(x)
