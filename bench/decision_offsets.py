@@ -1,4 +1,4 @@
-"""What decision offsets (components.decisions) fitted on the validation split do on the
+"""What decision offsets (components.scoring.decisions) fitted on the validation split do on the
 test split, for models that `lesionpipe run` trained, and what averaging those models
 does to the melanoma AUC. Prints JSON.
 
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components import artifacts  # noqa: E402
-from components.decisions import decide, fit_balanced_bias  # noqa: E402
-from components.predict import load_model  # noqa: E402
+from components.scoring.decisions import decide, fit_balanced_bias  # noqa: E402
+from components.scoring.inference import load_model  # noqa: E402
 
 
 def split_probabilities(output_dir: Path) -> dict:

@@ -28,9 +28,10 @@ def main() -> None:
 
     import numpy as np
 
-    from components import synthetic
-    from components.models import build_model
-    from components.predict import LoadedModel, find_images, load_model, predict_files, predict_probabilities
+    from components.data import synthetic
+    from components.evaluation.predict import find_images, predict_files
+    from components.scoring.inference import LoadedModel, load_model, predict_probabilities
+    from components.training.models import build_model
 
     if args.model_uri:
         loaded = load_model(args.model_uri)

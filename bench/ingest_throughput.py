@@ -31,9 +31,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from components import ingest as ingest_module  # noqa: E402
-from components.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
-from components.ingest_report import shown_uris, write_outputs  # noqa: E402
-from components.settings import DataConfig  # noqa: E402
+from components.core.settings import DataConfig  # noqa: E402
+from components.data.data_report import shown_uris, write_outputs  # noqa: E402
+from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
 
 
 def decode_file(path: Path) -> None:

@@ -28,7 +28,7 @@ def start(out: dsl.Output[dsl.Dataset]):
 
 @dsl.component(install_kfp_package=False)
 def passthrough_importing_step(previous: dsl.Input[dsl.Dataset], out: dsl.Output[dsl.Dataset]):
-    import components.train  # noqa: F401  (TensorFlow, Keras, MLflow: what a real step imports)
+    import components.training.train  # noqa: F401  (TensorFlow, Keras, MLflow: what a real step imports)
 
     with open(out.path, "w") as f:
         f.write(open(previous.path).read() + ".")

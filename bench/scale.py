@@ -51,8 +51,7 @@ def make_source(root: Path, images: int) -> dict:
 
     from PIL import Image
 
-    from components import synthetic
-
+    from components.data import synthetic
     classes = synthetic.CLASSES
     planted = {"duplicate": [], "label_conflict": [], "near_duplicate": []}
     kinds = list(planted)
@@ -114,23 +113,23 @@ def run_step(step: str, source: str, work: Path) -> int:
     """Run ``step`` on the outputs of the one before it (ingest: return the files found)."""
     cfg = configs()
     if step == "ingest":
-        from components.ingest import ingest
+        from components.data.ingest import ingest
 
         return ingest(source, cfg.data, work / "ingest").report["files_found"]
     if step == "split":
-        from components.split import split
+        from components.data.split import split
 
         split(work / "ingest", cfg.data, work / "split")
     elif step == "normalize":
-        from components.normalize import normalize
+        from components.data.normalize import normalize
 
         normalize(work / "split", cfg.data, work / "normalized")
     elif step == "augment":
-        from components.augment import augment
+        from components.data.augment import augment
 
         augment(work / "normalized", cfg.augment, work / "augmented", cfg.data.seed)
     elif step == "train":
-        from components.train import train
+        from components.training.train import train
 
         train(work / "normalized", work / "augmented", cfg.train, work / "train")
     else:

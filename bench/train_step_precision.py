@@ -49,7 +49,7 @@ def measure(model_name: str, alpha: float, size: int, batch_size: int, precision
     import keras
     import numpy as np
 
-    from components.models import build_model, set_backbone_trainable
+    from components.training.models import build_model, set_backbone_trainable
 
     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy(precision)

@@ -20,10 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 def synthetic_shards(root: Path, size: int, per_class: int) -> Path:
     """The project's synthetic images through the real ingest -> split -> normalize steps."""
-    from components.ingest import ingest
-    from components.normalize import normalize
-    from components.settings import DataConfig
-    from components.split import split
+    from components.core.settings import DataConfig
+    from components.data.ingest import ingest
+    from components.data.normalize import normalize
+    from components.data.split import split
 
     data = DataConfig(image_size=size, synthetic_images_per_class=per_class, synthetic_image_size=size,
                       val_fraction=0.1, test_fraction=0.1)
@@ -55,21 +55,21 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from components import shards
-    from components.devices import configure_devices
-    from components.models import build_model
-    from components.settings import TrainConfig
-    from components.train_input import training_dataset
+    from components.core.settings import TrainConfig
+    from components.data import tfrecords
+    from components.training.devices import configure_devices
+    from components.training.models import build_model
+    from components.training.train_input import training_dataset
 
     devices = configure_devices(123)
     with tempfile.TemporaryDirectory() as tmp:
         normalized = Path(args.normalized) if args.normalized else synthetic_shards(Path(tmp), args.size, args.per_class)
-        meta = shards.read_meta(normalized)
+        meta = tfrecords.read_meta(normalized)
         size, classes = meta["image_size"], meta["classes"]
-        paths = shards.shard_paths(normalized, "train")
+        paths = tfrecords.shard_paths(normalized, "train")
         tc = TrainConfig(model=args.model, alpha=args.alpha, batch_size=args.batch_size, online_augment=True)
         pipeline = training_dataset(paths, size, tc, len(classes)).repeat()
-        images, labels, _ = shards.read_all(paths, size)
+        images, labels, _ = tfrecords.read_all(paths, size)
         in_memory = (tf.data.Dataset.from_tensor_slices((tf.constant(images.astype(np.float32)), tf.constant(labels)))
                      .repeat().batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
         # The input pipeline alone, no model: its ceiling.

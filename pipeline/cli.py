@@ -11,9 +11,9 @@ from typing import Callable, Iterator
 
 import click
 
-from components.errors import UserError
-from components.settings import DATA_FORMATS, EvaluateConfig
-from components.tracking import resolve_tracking_uri, ui_command
+from components.core.errors import UserError
+from components.core.settings import DATA_FORMATS, EvaluateConfig
+from components.core.tracking import resolve_tracking_uri, ui_command
 from pipeline.config import Config
 
 DEFAULT_OUTPUT_DIR = "lesion_outputs"
@@ -86,12 +86,12 @@ def main() -> None:
 @click.option("--verbose", "-v", is_flag=True, help="Show every line the steps print (always in the run's logs/).")
 def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, verbose):
     """Run the whole pipeline on this machine (KFP local runner)."""
-    from components.sources import open_source
-    from components.tracking import check_reachable, ensure_store
+    from components.core.tracking import check_reachable, ensure_store
+    from components.data.sources import open_source
     from pipeline.local import PipelineFailed, Terminated, run_local
 
     with native_stderr_silenced():  # TensorFlow's C++ start-up lines, printed whatever the log level
-        from components.models import check_model_name, check_weights
+        from components.training.models import check_model_name, check_weights
     cfg = load_config(config_path, overrides, data)
     check_model_name(cfg.train.model, cfg.train.stochastic_depth)
     check_weights(cfg.train.model, cfg.train.weights)  # missing weights fail here, before any step starts
@@ -147,7 +147,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
               help="Source layout (default: the config's data.format, auto-detected).")
 def ingest(config_path, overrides, data, output_dir, data_format):
     """Run the ingest step alone: manifest.parquet, report.json, report.md, report.html."""
-    from components.ingest import ingest as run_ingest
+    from components.data.ingest import ingest as run_ingest
 
     cfg = load_config(config_path, overrides, data)
     if data_format:
@@ -171,10 +171,10 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
     """Score a model on every labelled image of a source: same metrics and report as the pipeline.
     Without --config, with the evaluate settings (TTA included) of the pipeline run that
     logged the model, where there is one; --set evaluate.KEY=VALUE overrides them."""
-    from components.evaluate import evaluate_source
-    from components.predict import load_model
-    from components.settings import EvaluateConfig
-    from components.tracking import run_params
+    from components.core.settings import EvaluateConfig
+    from components.core.tracking import run_params
+    from components.evaluation.evaluate import evaluate_source
+    from components.scoring.inference import load_model
 
     cfg = load_config(config_path, overrides, data)
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
@@ -212,7 +212,8 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
 def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
     """Every class's probability and the melanoma probability for each IMAGE_OR_DIR (CSV)."""
-    from components.predict import find_images, load_model, predict_files, write_csv
+    from components.evaluation.predict import find_images, predict_files, write_csv
+    from components.scoring.inference import load_model
 
     loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri))
     if loaded.synthetic:

@@ -1,4 +1,4 @@
-"""The one run configuration: the steps' own sections (components.settings) plus how the
+"""The one run configuration: the steps' own sections (components.core.settings) plus how the
 pipeline runs on a cluster; loaded from YAML, overridable with ``--set section.key=value``
 and logged to MLflow as flat params. Each step receives only its own section."""
 from __future__ import annotations
@@ -10,9 +10,20 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from components.settings import (AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, Section, SettingsError,
-                                 TrainConfig, flat_params, load_section, read_yaml_mapping,
-                                 resolve_relative_paths, unknown_key_message)
+from components.core.settings import (
+    AugmentConfig,
+    DataConfig,
+    EvaluateConfig,
+    MlflowConfig,
+    Section,
+    SettingsError,
+    TrainConfig,
+    flat_params,
+    load_section,
+    read_yaml_mapping,
+    resolve_relative_paths,
+    unknown_key_message,
+)
 
 ConfigError = SettingsError
 

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable, TextIO
 
-from components.callbacks import EPOCH_LINE
+from components.training.callbacks import EPOCH_LINE
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from components.errors import UserError
+from components.core.errors import UserError
 from pipeline.config import Config
 from pipeline.pipeline import PIPELINE_NAME, create_pipeline
 

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from components import artifacts
+from components.core import filenames
 from pipeline.config import Config
 from pipeline.console import RunConsole
 from pipeline.pipeline import PIPELINE_NAME, create_pipeline
@@ -81,7 +81,7 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
     summary["pipeline_run_dir"] = str(_newest_pipeline_run(pipeline_root))
     summary["config_name"] = cfg.name
     summary["run_dir"] = str(run_dir)
-    summary_path = run_dir / artifacts.SUMMARY
+    summary_path = run_dir / filenames.SUMMARY
     summary_path.write_text(json.dumps(summary, indent=2))
     summary["summary_path"] = str(summary_path)
     return summary
@@ -128,8 +128,7 @@ def _newest_pipeline_run(pipeline_root: Path) -> Path | None:
 def _end_mlflow_run(tracking_uri: str, cfg: Config, pipeline_root: Path, status: str, reason: str) -> None:
     """Mark this run's MLflow run FAILED or KILLED with the reason, so it does not stay
     RUNNING; best effort (the store may be what failed)."""
-    from components import tracking
-
+    from components.core import tracking
     run_folder = _newest_pipeline_run(pipeline_root)
     if run_folder is None:
         return

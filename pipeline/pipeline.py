@@ -22,16 +22,16 @@ from typing import Callable
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.augment import augment_step
-from components.evaluate import evaluate_step
-from components.fingerprint import list_source_step
-from components.ingest import ingest_merge_step, ingest_shard_step
-from components.normalize import normalize_gather_step, normalize_shard_step
-from components.register import register_step
-from components.report import report_step
-from components.retrain_gate import TRAIN, retrain_gate_step
-from components.split import split_step
-from components.train import train_step
+from components.data.augment import augment_step
+from components.data.ingest import ingest_merge_step, ingest_shard_step
+from components.data.listing import list_source_step
+from components.data.normalize import normalize_gather_step, normalize_shard_step
+from components.data.split import split_step
+from components.evaluation.evaluate import evaluate_step
+from components.registry.register import register_step
+from components.registry.retrain_gate import TRAIN, retrain_gate_step
+from components.registry.run_summary import report_step
+from components.training.train import train_step
 from pipeline.config import ClusterConfig, Config, GpuConfig
 
 PIPELINE_NAME = "lesion-pipeline"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components import synthetic
+from components.data import synthetic
 
 
 def write_class_folder(root: Path, classes: tuple[str, ...] = synthetic.CLASSES, per_class: int = 6, size: int = 48,

@@ -54,7 +54,7 @@ def test_a_step_that_has_not_finished_stays_open_when_its_own_shard_starts(tmp_p
 
 
 def test_an_epoch_line_shows_once_even_behind_carriage_return_residue(tmp_path):
-    from components.callbacks import epoch_line
+    from components.training.callbacks import epoch_line
 
     shown: list[str] = []
     console = RunConsole(tmp_path, total_tasks=1, echo=shown.append)

@@ -1,4 +1,4 @@
-"""Decision offsets (components.decisions): fitted on validation for balanced accuracy,
+"""Decision offsets (components.scoring.decisions): fitted on validation for balanced accuracy,
 used for the predicted class only; the probabilities, and so every AUC, stay as they are."""
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from components.decisions import MIN_IMAGES_TO_FIT, decide, fit_balanced_bias, in_class_order, too_few_to_fit
-from components.metrics import classification_metrics
+from components.scoring.decisions import MIN_IMAGES_TO_FIT, decide, fit_balanced_bias, in_class_order, too_few_to_fit
+from components.scoring.metrics import classification_metrics
 
 PRIOR = np.array([0.80, 0.12, 0.05, 0.03])
 

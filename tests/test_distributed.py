@@ -1,4 +1,4 @@
-"""Multi-worker training (components.distributed): the global batch's split, and two
+"""Multi-worker training (components.training.distributed): the global batch's split, and two
 real workers on 127.0.0.1 killed mid-training and restarted, the other worker with an
 empty folder as a TFJob's restarted pod has, then stopped by the chief alone."""
 from __future__ import annotations
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from components.callbacks import read_epoch_log
-from components.distributed import replica_batch_size
-from components.errors import UserError
+from components.core.errors import UserError
+from components.training.callbacks import read_epoch_log
+from components.training.distributed import replica_batch_size
 from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards
 
@@ -35,8 +35,8 @@ RESUMABLE_WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import keras
-    from components.train import train
-    from components.train_job import is_chief, weights_checksum
+    from components.training.train import train
+    from components.training.train_job import is_chief, weights_checksum
     sys.path.insert(0, "tests")
     from tiny_data import tiny_config
 

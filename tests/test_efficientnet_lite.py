@@ -11,11 +11,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import efficientnet_lite, shards
-from components.efficientnet_lite import LiteWeightsError, imagenet_classifier, packaged_checkpoint
-from components.models import (ModelError, backbone_layers, build_model, check_model_name, check_weights,
-                               set_backbone_trainable)
-from components.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, CheckpointError, read_state_dict
+from components.data import tfrecords
+from components.training import efficientnet_lite
+from components.training.efficientnet_lite import LiteWeightsError, imagenet_classifier, packaged_checkpoint
+from components.training.models import (
+    ModelError,
+    backbone_layers,
+    build_model,
+    check_model_name,
+    check_weights,
+    set_backbone_trainable,
+)
+from components.training.torch_checkpoint import MAGIC_NUMBER, PROTOCOL_VERSION, CheckpointError, read_state_dict
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
@@ -150,7 +157,7 @@ def test_lite_backbone_freezes_per_layer_and_keeps_pretrained_weights():
     assert model.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
     # Grad-CAM's layer follows the last feature map.
     assert model.get_layer("feature_pool").input.shape[-1] == 1280
-    from components.evaluate import gradcam
+    from components.evaluation.evaluate import gradcam
 
     heat = gradcam(model, np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32), 1)
     assert heat.shape == (2, 64, 64) and np.isfinite(heat).all() and heat.max() <= 1.0
@@ -198,15 +205,15 @@ def test_stochastic_depth_drops_whole_residual_branches_per_image_while_training
 
 
 def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server):
-    from components.predict import load_model
-    from components.tracking import log_model, pipeline_run
-    from components.train import train
+    from components.core.tracking import log_model, pipeline_run
+    from components.scoring.inference import load_model
+    from components.training.train import train
 
     cfg = tiny_config(model="efficientnet_lite0", weights="imagenet", epochs=1, batch_size=16, stochastic_depth=0.2)
     normalized = make_tiny_shards(tmp_path / "data", cfg)
     result = train(normalized, None, cfg.train, tmp_path / "model")
     assert result.epochs_run == 1
-    meta = shards.read_meta(normalized)
+    meta = tfrecords.read_meta(normalized)
 
     run_id = pipeline_run(mlflow_server, "lite-test", "lite-test-run", "kfp-lite-test", cfg.flat_params())
     uri = log_model(result.model_path, meta["image_size"], mlflow_server, run_id, meta["classes"])
@@ -217,6 +224,6 @@ def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server
 
     trained = keras.models.load_model(result.model_path, compile=False)
     assert trained.get_layer("block14_drop").rate > 0  # train.stochastic_depth reached the model
-    images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    images, _, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
     np.testing.assert_allclose(loaded.predict(images), trained.predict(images.astype(np.float32), verbose=0),
                                rtol=1e-5, atol=1e-6)

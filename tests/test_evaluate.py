@@ -8,12 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import shards
-from components.evaluate import (Evaluation, evaluate, gradcam, make_pictures, thinned_roc, worst_misclassified,
-                                 write_report)
-from components.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
-from components.predict import predict_probabilities
-from components.train import train
+from components.data import tfrecords
+from components.evaluation.evaluate import (
+    Evaluation,
+    evaluate,
+    gradcam,
+    make_pictures,
+    thinned_roc,
+    worst_misclassified,
+    write_report,
+)
+from components.scoring.inference import predict_probabilities
+from components.scoring.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
+from components.training.train import train
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -80,7 +87,7 @@ def test_gradcam_highlights_a_region_not_the_whole_image(trained):
     import keras
 
     model = keras.models.load_model(trained[0], compile=False)
-    images, labels, _ = shards.read_all(shards.shard_paths(trained[1], "test"), 32)
+    images, labels, _ = tfrecords.read_all(tfrecords.shard_paths(trained[1], "test"), 32)
     heat = gradcam(model, images[:3].astype(np.float32), 0)
     assert heat.shape == (3, 32, 32)
     assert heat.min() >= 0 and heat.max() <= 1 + 1e-6
@@ -92,7 +99,7 @@ def test_evaluation_writes_metrics_pictures_and_a_self_contained_report(trained,
     cfg = tiny_config()
     ev = evaluate(model_path, normalized, cfg.evaluate, tmp_path)
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["n"] == shards.read_meta(normalized)["counts"]["test"]
+    assert written["n"] == tfrecords.read_meta(normalized)["counts"]["test"]
     assert written["accuracy"] > 0.5  # 4 classes: chance is 0.25
     names = {name for _, name in ev.pictures}
     assert {"confusion_matrix.png", "roc_curves.png", "reliability.png", "gradcam_melanoma.png"} <= names
@@ -114,23 +121,23 @@ def test_evaluation_streams_the_test_split_with_the_in_memory_results(trained, t
     model_path, normalized = trained
     cfg = tiny_config().evaluate.model_copy(update={"tta": tta, "batch_size": 8})
     model = keras.models.load_model(model_path, compile=False)
-    classes = shards.read_meta(normalized)["classes"]
+    classes = tfrecords.read_meta(normalized)["classes"]
     # The reference: the whole split in memory, predicted in batches of 8 (TTA's views made from the array).
-    images, labels, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    images, labels, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
     assert len(images) > 8
     probs = (predict_probabilities(model, images, 8, tta=True) if tta else
              np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64))
     expected = classification_metrics(labels, probs, classes, cfg.melanoma_class)
 
     read_back: list[int] = []
-    images_at = shards.images_at
+    images_at = tfrecords.images_at
 
     def counted_images_at(paths, image_size, indices):
         read_back.extend(indices)
         return images_at(paths, image_size, indices)
 
-    monkeypatch.setattr(shards, "images_at", counted_images_at)
-    monkeypatch.setattr(shards, "read_all", None)  # evaluate never holds the split
+    monkeypatch.setattr(tfrecords, "images_at", counted_images_at)
+    monkeypatch.setattr(tfrecords, "read_all", None)  # evaluate never holds the split
     ev = evaluate(model_path, normalized, cfg, tmp_path / "streamed")
     np.testing.assert_array_equal(ev.probs, probs)
     assert {k: ev.metrics[k] for k in expected} == expected

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from components import shards
-from components.predict import load_images, load_model
-from components.tracking import log_model, pipeline_run
-from components.train import train
+from components.core.tracking import log_model, pipeline_run
+from components.data import tfrecords
+from components.scoring.inference import load_images, load_model
+from components.training.train import train
 from pipeline.cli import main
 from tests.helpers import write_class_folder
 from tests.tiny_data import make_tiny_shards, tiny_config
@@ -27,7 +27,7 @@ def logged(tmp_path_factory) -> dict:
     cfg = tiny_config(epochs=1).with_overrides(["evaluate.tta=true"])
     normalized = make_tiny_shards(root, cfg)
     result = train(normalized, None, cfg.train, root / "model")
-    meta = shards.read_meta(normalized)
+    meta = tfrecords.read_meta(normalized)
     store = f"sqlite:///{root / 'mlflow.db'}"
     run_id = pipeline_run(store, "evaluate-cli", "evaluate-cli-run", "kfp-evaluate-cli", cfg.flat_params())
     uri = log_model(result.model_path, meta["image_size"], store, run_id, meta["classes"])

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from components.ingest import ingest
-from components.settings import DataConfig
-from components.split import split_manifest
+from components.core.settings import DataConfig
+from components.data.ingest import ingest
+from components.data.split import split_manifest
 
 pytestmark = pytest.mark.real_data
 
@@ -48,7 +48,7 @@ def test_ham10000_lesions_stay_together(lesion_data, tmp_path):
 def test_isic9_small_classes_after_quarantine_are_warned_and_can_stop_the_run(lesion_data, tmp_path):
     """Issue 12: label-conflict quarantine leaves isic9's seborrheic keratosis with a
     handful of images per subset; the split says so, and the stop threshold refuses it."""
-    from components.split import SplitError, split
+    from components.data.split import SplitError, split
     from pipeline.config import Config
 
     cfg = Config.load("configs/isic9.yaml").data

@@ -10,11 +10,19 @@ import shutil
 
 import pytest
 
-from components import artifacts
-from components.imaging import decode_rgb_reduced
-from components.ingest import DECODE_MIN_SIDE, IngestError, ingest, ingest_shard, load_shard, merge_shards, save_shard
-from components.ingest_report import preview_jpeg
-from components.settings import DataConfig
+from components.core import filenames
+from components.core.settings import DataConfig
+from components.data.data_report import preview_jpeg
+from components.data.imaging import decode_rgb_reduced
+from components.data.ingest import (
+    DECODE_MIN_SIDE,
+    IngestError,
+    ingest,
+    ingest_shard,
+    load_shard,
+    merge_shards,
+    save_shard,
+)
 from tests.test_ingest_validation import corpus, jpeg_bytes, lesion  # noqa: F401  (corpus: the messy generated corpus)
 
 FIGURES = ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
@@ -40,7 +48,7 @@ def assert_same(one, many) -> None:
 
 def shown_previews(out) -> dict[str, str]:
     """relpath -> the inline JPEG report.html shows for it ('' where it says "[no preview]")."""
-    page = (out / artifacts.INGEST_REPORT_HTML).read_text()
+    page = (out / filenames.INGEST_REPORT_HTML).read_text()
     found = {html.unescape(title): src for src, title in
              re.findall(r"<img src='(data:image/jpeg;base64,[^']*)' title='([^']*)'", page)}
     found.update({html.unescape(title): "" for title in re.findall(r"<span title='([^']*)'>\[no preview\]", page)})
@@ -57,12 +65,12 @@ def test_shards_merge_to_the_one_process_result(corpus, tmp_path, shards):  # no
     assert one.report["duplicate_groups"] and one.report["label_conflict_groups"]
     assert one.report["near_duplicate_groups"]
     assert_same(one, many)
-    assert json.loads((tmp_path / "merged" / artifacts.INGEST_REPORT).read_text())["ingested"] == one.report["ingested"]
-    for name in (artifacts.INGEST_REPORT_HTML, artifacts.INGEST_REPORT_MD):  # previews included
+    assert json.loads((tmp_path / "merged" / filenames.INGEST_REPORT).read_text())["ingested"] == one.report["ingested"]
+    for name in (filenames.INGEST_REPORT_HTML, filenames.INGEST_REPORT_MD):  # previews included
         assert (tmp_path / "merged" / name).read_text() == (tmp_path / "one" / name).read_text()
     # A shard task hands over its rows, thumbnails and meta: no previews.
     assert {p.name for p in (tmp_path / "shard-0").iterdir()} == {
-        artifacts.INGEST_SHARD_ROWS, artifacts.INGEST_SHARD_THUMBS, artifacts.INGEST_SHARD_META}
+        filenames.INGEST_SHARD_ROWS, filenames.INGEST_SHARD_THUMBS, filenames.INGEST_SHARD_META}
 
 
 def test_the_merge_makes_the_shown_previews_and_a_file_gone_or_changed_gets_none(corpus, tmp_path):  # noqa: F811
@@ -88,7 +96,7 @@ def test_the_merge_makes_the_shown_previews_and_a_file_gone_or_changed_gets_none
     after = merge_shards(shards, cfg, tmp_path / "after")
     assert_same(before, after)  # every figure is the shards' own
     assert shown_previews(tmp_path / "after") == {**shown, gone: "", changed: ""}
-    page = (tmp_path / "after" / artifacts.INGEST_REPORT_HTML).read_text()
+    page = (tmp_path / "after" / filenames.INGEST_REPORT_HTML).read_text()
     assert f"<span title='{gone}'>[no preview]</span>" in page
 
 
@@ -108,8 +116,7 @@ def test_isic9_one_and_four_shards_report_the_same(lesion_data, tmp_path):
 
 
 def test_ingest_threads_follow_the_cpus_the_process_may_use_and_the_source(tmp_path, monkeypatch):
-    from components import ingest as ingest_module
-
+    from components.data import ingest as ingest_module
     monkeypatch.setattr(ingest_module.os, "sched_getaffinity", lambda pid: set(range(16)))
     no_quota = tmp_path / "cpu.max"
     no_quota.write_text("max 100000\n")

@@ -14,10 +14,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from components import synthetic
-from components.imaging import ImageError, decode_rgb, decode_rgb_reduced
-from components.ingest import IngestError, ingest
-from components.settings import DataConfig
+from components.core.settings import DataConfig
+from components.data import synthetic
+from components.data.imaging import ImageError, decode_rgb, decode_rgb_reduced
+from components.data.ingest import IngestError, ingest
 
 
 def lesion(index: int, cls: str = "melanoma", size: int = 64) -> Image.Image:
@@ -311,7 +311,7 @@ def test_reduced_decode_measures_and_hashes_like_the_full_decode(orientation):
     """Ingest decodes a JPEG once at reduced scale: the same full size (EXIF applied),
     format and errors as decode_rgb, a side no smaller than asked, and a pHash of the
     reduced image within a few bits of the full image's."""
-    from components.imaging import decode_rgb_reduced, phash_hex
+    from components.data.imaging import decode_rgb_reduced, phash_hex
 
     img = lesion(3, size=400).resize((400, 300))
     exif = Image.Exif()
@@ -333,7 +333,7 @@ def test_reduced_decode_measures_and_hashes_like_the_full_decode(orientation):
 
 def test_phash_is_imagehash_phash():
     imagehash = pytest.importorskip("imagehash")
-    from components.imaging import phash_hex
+    from components.data.imaging import phash_hex
 
     for index in range(20):
         img = lesion(index, size=90 + index)
@@ -345,9 +345,8 @@ def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
     a batch): the same bytes as imagehash.phash and Image.resize, one image at a time,
     whatever the sizes, the order of Pillow's passes for them, or the images' content."""
     imagehash = pytest.importorskip("imagehash")
-    from components.imaging import (STACK_MAX_PIXELS, phash_hex_batch, phash_pixels,
-                                    phash_pixels_and_thumbs)
-    from components.ingest import THUMB_SIDE, inspect_images
+    from components.data.imaging import STACK_MAX_PIXELS, phash_hex_batch, phash_pixels, phash_pixels_and_thumbs
+    from components.data.ingest import THUMB_SIDE, inspect_images
 
     rng = np.random.default_rng(3)
     sizes = [(100, 75)] * 4 + [(90, 90)] * 3 + [(3, 50)] * 2 + [(31, 33)] * 2 + [(33, 31)] * 2 + [(75, 100), (64, 64)]

@@ -1,4 +1,4 @@
-"""The cosine learning rate (components.lr_schedule): warm-up then decay over a phase's
+"""The cosine learning rate (components.training.lr_schedule): warm-up then decay over a phase's
 steps, and, under a wall-clock budget, over the phase's time, so a budget that runs out
 early still ends the phase at a low rate. Driven through a real Keras fit with a clock
 the test advances."""
@@ -7,8 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.lr_schedule import FLOOR, cosine_rate, learning_rate
-from components.settings import TrainConfig
+from components.core.settings import TrainConfig
+from components.training.lr_schedule import FLOOR, cosine_rate, learning_rate
 
 PEAK = 0.01
 EPOCHS, STEPS = 4, 5  # 20 steps: a 4-step warm-up (a quarter), then the decay

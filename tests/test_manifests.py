@@ -376,8 +376,8 @@ def test_tfjob_structure(name):
     assert set(spec["runPolicy"]) <= {"suspend", "cleanPodPolicy", "backoffLimit", "ttlSecondsAfterFinished",
                                       "activeDeadlineSeconds", "schedulingPolicy"}
     assert set(spec["tfReplicaSpecs"]) <= {"Chief", "Worker", "PS", "Evaluator", "Master"}
-    # Worker replicas only: worker 0 is the chief (components.train_job.is_chief), and
-    # several train together under MultiWorkerMirroredStrategy (components.distributed).
+    # Worker replicas only: worker 0 is the chief (components.training.train_job.is_chief), and
+    # several train together under MultiWorkerMirroredStrategy (components.training.distributed).
     assert set(spec["tfReplicaSpecs"]) == {"Worker"}
     worker = spec["tfReplicaSpecs"]["Worker"]
     assert worker["replicas"] == 2
@@ -401,7 +401,7 @@ def test_tfjob_structure(name):
 
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(name):
-    from components.distributed import replica_batch_size
+    from components.training.distributed import replica_batch_size
     from pipeline.config import Config
 
     train = Config.from_dict(yaml.safe_load(one(name, "ConfigMap", "lesion-train-config")["data"]["config.yaml"])).train

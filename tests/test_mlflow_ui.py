@@ -12,13 +12,21 @@ import time
 
 import pytest
 
-from components import shards
-from components import run_note
-from components.evaluate import PIPELINE_REPORT_TITLE, evaluate, log_to_mlflow, write_report
-from components.models import build_model
-from components.register import register
-from components.tracking import (EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT, client, ensure_experiment, experiment_url,
-                                 log_model, pipeline_run, run_url)
+from components.core import run_descriptions
+from components.core.tracking import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_DEVELOPMENT,
+    client,
+    ensure_experiment,
+    experiment_url,
+    log_model,
+    pipeline_run,
+    run_url,
+)
+from components.data import tfrecords
+from components.evaluation.evaluate import PIPELINE_REPORT_TITLE, evaluate, log_to_mlflow, write_report
+from components.registry.register import register
+from components.training.models import build_model
 from tests.conftest import free_port, running_server
 from tests.tiny_data import make_tiny_shards, tiny_config
 
@@ -47,7 +55,7 @@ def store(tmp_path_factory) -> dict:
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = tiny_config()
     normalized = make_tiny_shards(root)
-    meta = shards.read_meta(normalized)
+    meta = tfrecords.read_meta(normalized)
     model = build_model("seed_cnn", len(meta["classes"]), 32, meta["mean"], meta["std"])
     model.save(root / "model.keras")
     run_id = pipeline_run(uri, "ui-test", "lesion-pipeline-ui-test", "kfp-ui-test", cfg.flat_params())
@@ -60,7 +68,7 @@ def store(tmp_path_factory) -> dict:
     write_report(ev, root / "evaluation", PIPELINE_REPORT_TITLE, synthetic=True)
     log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
     gate = register(root / "evaluation", normalized, cfg.evaluate, MODEL_NAME, model_uri, "f" * 64, uri, run_id,
-                    root / "registration", run_note.kfp_run_url(KFP_UI, "kfp-ui-test"))
+                    root / "registration", run_descriptions.kfp_run_url(KFP_UI, "kfp-ui-test"))
     return {"uri": uri, "run_id": run_id, "experiment_id": ensure_experiment(uri, "ui-test"), "gate": gate,
             "metrics": ev.metrics, "root": root}
 
@@ -103,7 +111,7 @@ def test_experiments_are_model_training_experiments_new_and_existing(tmp_path):
 def test_run_description_and_registered_version_carry_the_verdict(store):
     """What the run page's description and the model version page show, in the store."""
     gate, m = store["gate"], store["metrics"]
-    note = client(store["uri"]).get_run(store["run_id"]).data.tags[run_note.NOTE_TAG]
+    note = client(store["uri"]).get_run(store["run_id"]).data.tags[run_descriptions.NOTE_TAG]
     assert note.startswith(f"Test metrics ({m['n']} images): balanced accuracy **{m['balanced_accuracy']:.3f}**")
     assert f"registered model `{MODEL_NAME}` version **{gate['version']}**, alias **@champion**" in note
     assert gate["reason"] in note and "SYNTHETIC data" in note

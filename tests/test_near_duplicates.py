@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.ingest import _hamming_pairs, near_duplicate_edges, near_duplicate_pairs
-from components.union_find import UnionFind
+from components.data.ingest import _hamming_pairs, near_duplicate_edges, near_duplicate_pairs
+from components.data.union_find import UnionFind
 
 
 def all_pairs(hashes: np.ndarray, thumbs: np.ndarray, max_distance: int, max_diff: float) -> list[tuple[int, int]]:

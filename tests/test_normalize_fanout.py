@@ -4,12 +4,12 @@ import shutil
 
 import pytest
 
-from components import shards
-from components.errors import UserError
-from components.ingest import ingest
-from components.normalize import STATS_FILE, gather_shards, normalize_shard
-from components.settings import DataConfig
-from components.split import split
+from components.core.errors import UserError
+from components.core.settings import DataConfig
+from components.data import tfrecords
+from components.data.ingest import ingest
+from components.data.normalize import STATS_FILE, gather_shards, normalize_shard
+from components.data.split import split
 from tests.helpers import write_class_folder
 
 
@@ -32,11 +32,11 @@ def test_gather_puts_every_image_in_one_dataset(shard_tasks, tmp_path):
     meta = gather_shards(folders, root / "splits", cfg, tmp_path / "normalized")
     assert sum(meta["counts"].values()) == 10
     for subset in ("train", "val", "test"):
-        paths = shards.shard_paths(tmp_path / "normalized", subset)
+        paths = tfrecords.shard_paths(tmp_path / "normalized", subset)
         assert [p.rsplit("/", 1)[1] for p in paths] == [f"{subset}-{i:05d}-of-00003.tfrecord" for i in range(3)]
-        assert len(shards.read_all(paths, 32)[1]) == meta["counts"][subset]
+        assert len(tfrecords.read_all(paths, 32)[1]) == meta["counts"][subset]
     assert meta["counts"]["test"] < 3  # so at least one test shard is empty, and still read fine
-    assert (tmp_path / "normalized" / shards.META_FILE).is_file()
+    assert (tmp_path / "normalized" / tfrecords.META_FILE).is_file()
 
 
 def test_gather_refuses_a_missing_or_unfinished_shard(shard_tasks, tmp_path):

@@ -101,7 +101,7 @@ def check_demo_cli_run(proc: subprocess.CompletedProcess, tmp_path: Path, epochs
     assert f"Warning: {summary['warnings'][0]}" in note
     # The model is flagged SYNTHETIC wherever it goes: its MLflow metadata, the train
     # step's folder, the registered version's tag and description.
-    from components.predict import load_model
+    from components.scoring.inference import load_model
 
     assert load_model(summary["model_uri"], summary["tracking_uri"]).synthetic is True
     (info,) = Path(summary["pipeline_run_dir"]).glob("train-step/model/model_info.json")

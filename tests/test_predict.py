@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from components import shards, synthetic
-from components.train import train
+from components.data import synthetic, tfrecords
+from components.training.train import train
 from pipeline.cli import main
 from tests.helpers import write_class_folder
 from tests.tiny_data import make_tiny_shards, tiny_config
@@ -101,10 +101,11 @@ def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
     """An image saved as PNG at the model's size predicts exactly as its shard record."""
     from PIL import Image
 
-    from components.predict import load_model, predict_files
+    from components.evaluation.predict import predict_files
+    from components.scoring.inference import load_model
 
     normalized = model_dir.parent / "normalized"
-    images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    images, _, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
     path = tmp_path / "one.png"
     Image.fromarray(images[0]).save(path)
     loaded = load_model(str(model_dir))
@@ -115,16 +116,16 @@ def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
 
 @pytest.mark.parametrize("tta", [False, True])
 def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, images, tmp_path, monkeypatch, tta):
-    from components import predict
-
+    from components.evaluation.predict import find_images
+    from components.scoring import inference
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    files = predict.find_images([str(images)])
+    files = find_images([str(images)])
     files.insert(5, str(broken))
-    loaded = predict.load_model(str(model_dir))
-    everything, errors = predict.load_images(files, loaded.image_size, loaded.resize_mode)
+    loaded = inference.load_model(str(model_dir))
+    everything, errors = inference.load_images(files, loaded.image_size, loaded.resize_mode)
     one_pass = loaded.predict(everything, batch_size=4, tta=tta)
-    monkeypatch.setattr(predict, "FILE_CHUNK_BATCHES", 1)  # 17 files: 5 chunks of one batch
+    monkeypatch.setattr(inference, "FILE_CHUNK_BATCHES", 1)  # 17 files: 5 chunks of one batch
     probs, chunked_errors = loaded.probabilities_of_files(files, batch_size=4, tta=tta)
     np.testing.assert_array_equal(probs, one_pass)
     assert chunked_errors == errors and bool(errors[5]) and not any(errors[:5] + errors[6:])
@@ -132,23 +133,23 @@ def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, imag
 
 def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_pass(model_dir, images, tmp_path,
                                                                                         monkeypatch):
-    from components import predict
-    from components.champion import score_champion_on_test_split
-    from components.ingest import ingest
-    from components.metrics import classification_metrics
-    from components.normalize import normalize
-    from components.settings import DataConfig
-    from components.split import split
+    from components.core.settings import DataConfig
+    from components.data.ingest import ingest
+    from components.data.normalize import normalize
+    from components.data.split import split
+    from components.registry.champion import score_champion_on_test_split
+    from components.scoring import inference
+    from components.scoring.metrics import classification_metrics
 
     data = DataConfig(image_size=40, val_fraction=0.25, test_fraction=0.5, num_shards=2)
     ingest(str(images), data, tmp_path / "ingest")
     split(tmp_path / "ingest", data, tmp_path / "split")
     normalize(tmp_path / "split", data, tmp_path / "normalized")
-    labels, uris = shards.read_labels(shards.shard_paths(tmp_path / "normalized", "test"))
-    loaded = predict.load_model(str(model_dir))  # 32 px: the test files are read again at its size
+    labels, uris = tfrecords.read_labels(tfrecords.shard_paths(tmp_path / "normalized", "test"))
+    loaded = inference.load_model(str(model_dir))  # 32 px: the test files are read again at its size
     # The reference: every test file in memory at once.
-    probs = loaded.predict(predict.load_images(uris, 32, loaded.resize_mode)[0], batch_size=4)
-    monkeypatch.setattr(predict, "FILE_CHUNK_BATCHES", 1)
+    probs = loaded.predict(inference.load_images(uris, 32, loaded.resize_mode)[0], batch_size=4)
+    monkeypatch.setattr(inference, "FILE_CHUNK_BATCHES", 1)
     assert len(uris) > 4  # more than one chunk
     cfg = tiny_config().evaluate.model_copy(update={"batch_size": 4, "tta": False})
     metrics, problem = score_champion_on_test_split(str(model_dir), "", tmp_path / "normalized", cfg)
@@ -160,7 +161,7 @@ def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(mo
     """The train step writes model_info.json beside the model; predict and evaluate say so."""
     import shutil
 
-    from components.train import write_model_info
+    from components.training.train import write_model_info
 
     flagged = tmp_path / "model"
     shutil.copytree(model_dir, flagged)
@@ -186,11 +187,10 @@ def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(mo
 def test_decision_offsets_for_other_classes_are_one_error_line(model_dir, images, tmp_path):
     import shutil
 
-    from components import artifacts
-
+    from components.core import filenames
     broken = tmp_path / "model"
     shutil.copytree(model_dir, broken)
-    (broken / artifacts.DECISION_BIAS).write_text(json.dumps({"decision_bias": {"nevus": 1.0, "lentigo": -1.0}}))
+    (broken / filenames.DECISION_BIAS).write_text(json.dumps({"decision_bias": {"nevus": 1.0, "lentigo": -1.0}}))
     result = CliRunner().invoke(main, ["predict", "--model", str(broken), str(images), "--out",
                                        str(tmp_path / "p.csv")])
     assert result.exit_code != 0 and "Traceback" not in result.output

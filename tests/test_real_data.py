@@ -6,11 +6,11 @@ import shutil
 import pandas as pd
 import pytest
 
-from components import shards
-from components.ingest import ingest
-from components.normalize import normalize
-from components.settings import DataConfig
-from components.split import split
+from components.core.settings import DataConfig
+from components.data import tfrecords
+from components.data.ingest import ingest
+from components.data.normalize import normalize
+from components.data.split import split
 
 pytestmark = pytest.mark.real_data
 
@@ -53,7 +53,7 @@ def test_isic9_slice_keeps_kaggle_test_split(lesion_data, tmp_path):
     assert meta["counts"]["test"] == len(test_rows) == (splits.split == "test").sum()
     assert meta["classes"] == ISIC9_CLASSES
     assert all(n > 0 for n in meta["class_counts"]["val"])
-    images, _, _ = shards.read_all(shards.shard_paths(tmp_path / "normalized", "train"), 48)
+    images, _, _ = tfrecords.read_all(tfrecords.shard_paths(tmp_path / "normalized", "train"), 48)
     assert images.shape == (meta["counts"]["train"], 48, 48, 3)
 
 

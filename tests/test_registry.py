@@ -13,14 +13,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components import shards
-from components.champion import (CHALLENGER, CHAMPION, FINGERPRINT_TAG, RegistryUnavailable, decide, find_champion,
-                                  log_gate, register_and_promote)
-from components.evaluate import evaluate
-from components.predict import ModelLoadError, load_model
-from components.settings import EvaluateConfig
-from components.tracking import log_model, pipeline_run
-from components.train import train
+from components.core.settings import EvaluateConfig
+from components.core.tracking import log_model, pipeline_run
+from components.data import tfrecords
+from components.evaluation.evaluate import evaluate
+from components.registry.champion import (
+    CHALLENGER,
+    CHAMPION,
+    FINGERPRINT_TAG,
+    RegistryUnavailable,
+    decide,
+    find_champion,
+    log_gate,
+    register_and_promote,
+)
+from components.scoring.inference import ModelLoadError, load_model
+from components.training.train import train
 from tests.fault_proxy import FaultProxy
 from tests.tiny_data import make_tiny_shards, tiny_config
 
@@ -47,7 +55,7 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
     """A trained model and an untrained one, both logged to one MLflow run each."""
     root = tmp_path_factory.mktemp("registry")
     normalized = make_tiny_shards(root)
-    classes = shards.read_meta(normalized)["classes"]
+    classes = tfrecords.read_meta(normalized)["classes"]
     out = {"normalized": normalized, "classes": classes}
     for name, epochs, lr in (("good", 3, 0.003), ("bad", 1, 1e-7)):
         cfg = tiny_config(epochs=epochs, learning_rate=lr)
@@ -171,8 +179,8 @@ def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_f
 
 PROMOTE_IN_A_SUBPROCESS = """
 import json, sys
-from components.champion import register_and_promote
-from components.settings import EvaluateConfig
+from components.registry.champion import register_and_promote
+from components.core.settings import EvaluateConfig
 tracking_uri, name, uri, metrics, normalized, fingerprint = sys.argv[1:]
 gate = register_and_promote(tracking_uri, name, uri, json.loads(metrics), normalized,
                             EvaluateConfig(champion_margin=1.0), fingerprint)

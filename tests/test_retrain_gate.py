@@ -9,11 +9,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 
-from components.champion import CHAMPION as CHAMPION_ALIAS
-from components.champion import FINGERPRINT_TAG, Champion, find_champion
-from components.fingerprint import data_fingerprint
-from components.ingest import ingest
-from components.retrain_gate import SKIP, TRAIN, decide
+from components.data.ingest import ingest
+from components.data.listing import data_fingerprint
+from components.registry.champion import CHAMPION as CHAMPION_ALIAS
+from components.registry.champion import FINGERPRINT_TAG, Champion, find_champion
+from components.registry.retrain_gate import SKIP, TRAIN, decide
 from pipeline.cli import main
 from pipeline.config import Config
 from pipeline.local import run_local

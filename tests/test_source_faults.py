@@ -12,9 +12,9 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from components import sources
-from components.ingest import ingest, ingest_shard, merge_shards
-from components.sources import SourceUnavailable
+from components.data import sources
+from components.data.ingest import ingest, ingest_shard, merge_shards
+from components.data.sources import SourceUnavailable
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from tests.fault_proxy import FaultProxy

@@ -13,10 +13,10 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from components import sources
-from components.ingest import IngestError, ingest
-from components.settings import DataConfig, SettingsError, load_section
-from components.sources import FileTooLarge, LocalFolderSource, SourceError, read_bytes
+from components.core.settings import DataConfig, SettingsError, load_section
+from components.data import sources
+from components.data.ingest import IngestError, ingest
+from components.data.sources import FileTooLarge, LocalFolderSource, SourceError, read_bytes
 from pipeline.cli import main
 from tests.test_ingest_validation import jpeg_bytes, lesion
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.settings import DataConfig
-from components.split import SplitError, split, split_manifest
+from components.core.settings import DataConfig
+from components.data.split import SplitError, split, split_manifest
 
 LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 
@@ -99,7 +99,7 @@ def _uneven_source(root):
 
 
 def test_a_class_with_few_images_per_subset_is_a_warning_in_the_report_and_on_stderr(tmp_path, capsys):
-    from components.ingest import ingest
+    from components.data.ingest import ingest
 
     cfg = DataConfig(val_fraction=0.25, test_fraction=0.25, warn_images_per_class_split=3)
     ingest(str(_uneven_source(tmp_path / "data")), cfg, tmp_path / "ingested")

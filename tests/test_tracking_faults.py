@@ -35,7 +35,7 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds(tmp_path, mod
 
 CREATE_STORE = """
 import sys
-from components.tracking import ensure_store, pipeline_run
+from components.core.tracking import ensure_store, pipeline_run
 ensure_store(sys.argv[1])
 pipeline_run(sys.argv[1], "race", "run-" + sys.argv[2], "kfp-" + sys.argv[2])
 """

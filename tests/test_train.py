@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import shards
-from components.callbacks import EPOCH_LINE, BestEpochTracker, read_epoch_log
-from components.imbalance import class_weights, logit_adjusted_loss, sparse_focal_loss
-from components.models import ModelError, backbone_layers, build_model, set_backbone_trainable
-from components.train import train
-from components.train_input import training_class_counts, training_dataset
+from components.data import tfrecords
+from components.training.callbacks import EPOCH_LINE, BestEpochTracker, read_epoch_log
+from components.training.imbalance import class_weights, logit_adjusted_loss, sparse_focal_loss
+from components.training.models import ModelError, backbone_layers, build_model, set_backbone_trainable
+from components.training.train import train
+from components.training.train_input import training_class_counts, training_dataset
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
@@ -127,7 +127,7 @@ def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
 def test_online_zoom_crops_a_random_part_of_the_image_at_full_size():
     import tensorflow as tf
 
-    from components.train_input import online_augment_fn
+    from components.training.train_input import online_augment_fn
 
     gradient = tf.constant(np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1))[..., None].repeat(3, -1))
 
@@ -222,19 +222,19 @@ def test_imbalance_class_weights_focal_loss_and_balanced_sampling(normalized, tm
     # 2 images of class 0, 6 of class 1, 40 of class 2: balanced sampling draws each a third of the time.
     skewed = tmp_path / "train-00000-of-00001.tfrecord"
     labels = [0] * 2 + [1] * 6 + [2] * 40
-    shards.write_shard(skewed, ((np.full((32, 32, 3), i, np.uint8), y, f"x{i}") for i, y in enumerate(labels)))
+    tfrecords.write_shard(skewed, ((np.full((32, 32, 3), i, np.uint8), y, f"x{i}") for i, y in enumerate(labels)))
     cfg = tiny_config(imbalance="balanced_sampling", batch_size=30).train
     drawn = np.concatenate([y.numpy() for _, y in training_dataset([str(skewed)], 32, cfg, 3).take(40)])
     share = np.bincount(drawn, minlength=3) / len(drawn)
     assert np.all(np.abs(share - 1 / 3) < 0.04), share
-    assert training_class_counts(normalized, None).sum() == shards.read_meta(normalized)["counts"]["train"]
+    assert training_class_counts(normalized, None).sum() == tfrecords.read_meta(normalized)["counts"]["train"]
 
 
 def test_the_training_dataset_knows_its_epoch_length(normalized):
     import tensorflow as tf
 
     cfg = tiny_config(online_augment=True, batch_size=8).train
-    paths = shards.shard_paths(normalized, "train")
+    paths = tfrecords.shard_paths(normalized, "train")
     count = int(training_class_counts(normalized, None).sum())
     dataset = training_dataset(paths, 32, cfg, 4, count)
     assert int(dataset.cardinality()) == -(-count // 8) == sum(1 for _ in dataset)
@@ -246,15 +246,15 @@ def test_the_training_dataset_knows_its_epoch_length(normalized):
 def test_validation_metrics_equal_those_of_the_split_held_in_memory(normalized, capsys, budget_mb, cache):
     import keras
 
-    from components.callbacks import validation_metrics
-    from components.metrics import classification_metrics
-    from components.train_input import TrainingData
+    from components.scoring.metrics import classification_metrics
+    from components.training.callbacks import validation_metrics
+    from components.training.train_input import TrainingData
 
-    meta = shards.read_meta(normalized)
+    meta = tfrecords.read_meta(normalized)
     keras.utils.set_random_seed(1)
     model = build_model("seed_cnn", 4, 32, meta["mean"], meta["std"])
     # The reference: the whole split in memory as float32, predicted in batches of 8.
-    images, labels, _ = shards.read_all(shards.shard_paths(normalized, "val"), 32)
+    images, labels, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "val"), 32)
     probs = np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64)
     m = classification_metrics(labels, probs, meta["classes"], "melanoma")
     expected = {"val_loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)).mean()),
@@ -274,7 +274,7 @@ RESUMABLE_TRAINING = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import keras
-    from components.train import train
+    from components.training.train import train
     sys.path.insert(0, "tests")
     from tiny_data import tiny_config
 
@@ -332,8 +332,8 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     import keras
     from mlflow import MlflowClient
 
-    from components import tracking
-    from components.evaluate import gradcam
+    from components.core import tracking
+    from components.evaluation.evaluate import gradcam
 
     run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
     cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10, balance_decisions=True,
@@ -341,7 +341,7 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     result = train(normalized, None, cfg.train, tmp_path, mlflow_server, run_id)
     assert [m.epochs_run for m in result.members] == [2, 2, 1] and result.epochs_run == 5
 
-    images, _, _ = shards.read_all(shards.shard_paths(normalized, "test"), 32)
+    images, _, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
     images = images.astype(np.float32)
     ensemble = keras.models.load_model(result.model_path, compile=False)
     members = [keras.models.load_model(tmp_path / "members" / str(i) / "model.keras", compile=False) for i in range(3)]
@@ -378,7 +378,7 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
 
 
 def test_the_epoch_log_survives_a_line_cut_short_by_a_kill(tmp_path):
-    from components.callbacks import EPOCH_LOG_FILE, append_line
+    from components.training.callbacks import EPOCH_LOG_FILE, append_line
 
     (tmp_path / EPOCH_LOG_FILE).write_text('{"epoch": 0, "loss": 1.0}\n{"epoch": 1, "lo')  # killed mid-write
     append_line(tmp_path / EPOCH_LOG_FILE, '{"epoch": 1, "loss": 0.5}')
@@ -388,12 +388,12 @@ def test_the_epoch_log_survives_a_line_cut_short_by_a_kill(tmp_path):
 def test_a_killed_backup_write_leaves_the_previous_backup_whole(normalized, tmp_path):
     """Keras' own BackupAndRestore overwrote its one weights file in place: a kill while
     it wrote left an HDF5 file the next run could not open."""
-    from components.callbacks import backup_and_restore
+    from components.training.callbacks import backup_and_restore
 
     cfg = tiny_config(epochs=2).train
     model = build_model("seed_cnn", 4, 32, MEAN, STD)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-    paths = shards.shard_paths(normalized, "train")
+    paths = tfrecords.shard_paths(normalized, "train")
     data = training_dataset(paths, 32, cfg, 4)
     model.fit(data, epochs=1, callbacks=[backup_and_restore(tmp_path / "backup")], verbose=0)
     # fit() removes its backup when it ends; keep one as a killed run leaves it.
@@ -419,25 +419,25 @@ def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_st
     saved beside the model, and the pipeline's evaluate step decides with them."""
     import keras
 
-    from components import decisions
-    from components.decisions import decide, fit_balanced_bias, in_class_order, saved_decision_bias
-    from components.evaluate import evaluate
-    from components.predict import predict_probabilities
-    from components.settings import EvaluateConfig
+    from components.core.settings import EvaluateConfig
+    from components.evaluation.evaluate import evaluate
+    from components.scoring import decisions
+    from components.scoring.decisions import decide, fit_balanced_bias, in_class_order, saved_decision_bias
+    from components.scoring.inference import predict_probabilities
 
     # The tiny set has 4 validation images a class: below the floor, every offset would be 0.
     monkeypatch.setattr(decisions, "MIN_IMAGES_TO_FIT", 4)
     cfg = tiny_config(model="seed_cnn", epochs=1, balance_decisions=True)
     result = train(normalized, None, cfg.train, tmp_path / "model")
-    classes = shards.read_meta(normalized)["classes"]
+    classes = tfrecords.read_meta(normalized)["classes"]
     saved = in_class_order(saved_decision_bias(tmp_path / "model"), classes)
     assert np.abs(saved).max() > 0.01
     assert "decision offsets fitted on the validation split: its balanced accuracy" in capsys.readouterr().out
 
     model = keras.models.load_model(result.model_path, compile=False)
-    val_paths = shards.shard_paths(normalized, "val")
-    val_labels, _ = shards.read_labels(val_paths)
-    val_probs = predict_probabilities(model, shards.image_dataset(val_paths, 32, len(val_labels)), tta=True)
+    val_paths = tfrecords.shard_paths(normalized, "val")
+    val_labels, _ = tfrecords.read_labels(val_paths)
+    val_probs = predict_probabilities(model, tfrecords.image_dataset(val_paths, 32, len(val_labels)), tta=True)
     np.testing.assert_allclose(saved, fit_balanced_bias(val_probs, val_labels, len(classes)), atol=1e-5)
 
     ev = evaluate(result.model_path, normalized, EvaluateConfig(tta=True), tmp_path / "eval")

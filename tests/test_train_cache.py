@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from components import shards
-from components.train_input import cache_plan, input_cache_folder, training_dataset, validation_images
+from components.data import tfrecords
+from components.training.train_input import cache_plan, input_cache_folder, training_dataset, validation_images
 from tests.tiny_data import tiny_config
 
 LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 10 images of 32x32x3: 0.03 MB decoded
@@ -19,7 +19,7 @@ LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 10 images of 32x32x3: 0.03 MB decoded
 
 def write_tiny_shard(folder: Path) -> Path:
     path = folder / "train-00000-of-00001.tfrecord"
-    shards.write_shard(path, ((np.full((32, 32, 3), 20 * i, np.uint8), y, f"x{i}") for i, y in enumerate(LABELS)))
+    tfrecords.write_shard(path, ((np.full((32, 32, 3), 20 * i, np.uint8), y, f"x{i}") for i, y in enumerate(LABELS)))
     return path
 
 
@@ -109,7 +109,7 @@ def test_validation_images_stay_in_memory_within_what_the_training_cache_leaves(
 def test_validation_reads_the_shards_at_every_validation_unless_cached(tmp_path, budget_mb, cached):
     import keras
 
-    from components.callbacks import validation_metrics
+    from components.training.callbacks import validation_metrics
 
     source = write_tiny_shard(tmp_path)
     images = validation_images([str(source)], 32, tiny_config(cache_memory_mb=budget_mb).train, len(LABELS),

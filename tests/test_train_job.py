@@ -1,4 +1,4 @@
-"""`python -m components.train_job`, the TFJob's entry point: inputs and outputs on GCS
+"""`python -m components.training.train_job`, the TFJob's entry point: inputs and outputs on GCS
 (the emulator), and two real workers on 127.0.0.1 under MultiWorkerMirroredStrategy."""
 import json
 import os
@@ -10,9 +10,9 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components.callbacks import read_epoch_log
-from components.sources import GcsSource, upload_folder
-from components.train_job import weights_checksum
+from components.data.sources import GcsSource, upload_folder
+from components.training.callbacks import read_epoch_log
+from components.training.train_job import weights_checksum
 from tests.conftest import worker_environments
 from tests.tiny_data import make_tiny_shards, tiny_config
 
@@ -24,7 +24,7 @@ def write_config(path: Path, **train) -> Path:
 
 
 def job(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "components.train_job", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "components.training.train_job", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **popen)
 
 
@@ -95,7 +95,7 @@ def test_a_worker_whose_peer_never_comes_up_stops_with_one_error_line(tmp_path):
 
 
 def test_chief_is_worker_zero_without_a_chief_task(monkeypatch):
-    from components.train_job import is_chief
+    from components.training.train_job import is_chief
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     assert is_chief()

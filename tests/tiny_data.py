@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from components.ingest import ingest
-from components.normalize import normalize
-from components.split import split
+from components.data.ingest import ingest
+from components.data.normalize import normalize
+from components.data.split import split
 from pipeline.config import Config
 
 

@@ -1,0 +1,3 @@
+"""The shared basics every stage may import: settings (each step's config section),
+errors, atomic writes, artifact file names, the MLflow tracking handle and the texts of
+run descriptions."""

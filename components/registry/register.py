@@ -1,0 +1,71 @@
+"""Register: the trained model becomes a new version in the MLflow model registry, and
+the champion gate (components.registry.champion) decides whether it takes ``@champion``. The
+decision goes to the version's tags, the pipeline's MLflow run, and the evaluation
+report rendered again with it."""
+
+import json
+from pathlib import Path
+
+from kfp import dsl
+
+from components.core import filenames
+from components.core.settings import EvaluateConfig
+
+
+def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig, model_name: str,
+             model_uri: str, data_fingerprint: str, tracking_uri: str, mlflow_run_id: str,
+             output_dir: str | Path, kfp_url: str = "", local_run_dir: str = "") -> dict:
+    """Register and gate the evaluated model; write gate.json and the report with the
+    decision to ``output_dir`` and log both into the pipeline's MLflow run, whose
+    description (and the new version's) then carries the verdict in words."""
+    import mlflow
+
+    from components.core import run_descriptions, tracking
+    from components.evaluation.evaluate import report_with_gate
+    from components.registry import champion
+
+    new_metrics = json.loads((Path(evaluation_dir) / filenames.METRICS).read_text())
+    synthetic = bool(new_metrics.get("synthetic"))
+    gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new_metrics, normalized_dir, cfg,
+                                         data_fingerprint, synthetic=synthetic)
+    tracking.set_description(tracking_uri, mlflow_run_id, run_descriptions.trained_description(
+        new_metrics, gate, synthetic, kfp_url, local_run_dir))
+    tracking.client(tracking_uri).update_model_version(model_name, gate["version"], description=(
+        run_descriptions.model_version_description(gate, new_metrics, synthetic, tracking.run_url(tracking_uri, mlflow_run_id))))
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / filenames.GATE).write_text(json.dumps(gate, indent=2))
+    report = report_with_gate(evaluation_dir, gate, out / filenames.EVALUATION_REPORT)
+    champion.log_gate(tracking_uri, mlflow_run_id, gate)
+    with tracking.logging_into(tracking_uri, mlflow_run_id):
+        # Replaces evaluate's report in the run: the same page, now with the decision.
+        mlflow.log_artifact(str(report), artifact_path="evaluation")
+        mlflow.log_artifact(str(out / filenames.GATE), artifact_path="evaluation")
+    return gate
+
+
+def register_step(evaluation: dsl.Input[dsl.Dataset], normalized: dsl.Input[dsl.Dataset], evaluate: dict,
+                  model_name: str, model_uri: str, data_fingerprint: str, experiment: str, tracking_uri: str,
+                  kfp_run_name: str, kfp_run_id: str, registration: dsl.Output[dsl.Artifact],
+                  report: dsl.Output[dsl.HTML], kfp_ui_url: str = "", local_run_dir: str = ""):
+    """KFP wrapper: register the model and move the champion alias only to a better one
+    (never cached: the champion changes between runs). ``kfp_ui_url`` (the KFP UI a cluster
+    run was submitted to) and ``local_run_dir`` (a local run's folder) go into the MLflow
+    run's description."""
+    import shutil
+    from pathlib import Path
+
+    from components.core import filenames, tracking
+    from components.core.errors import user_errors
+    from components.core.run_descriptions import kfp_run_url
+    from components.core.settings import EvaluateConfig, load_section
+    from components.registry.register import register
+
+    run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
+    with user_errors():
+        gate = register(evaluation.path, normalized.path, load_section(EvaluateConfig, evaluate, "evaluate."),
+                        model_name, model_uri, data_fingerprint, tracking_uri, run_id, registration.path,
+                        kfp_run_url(kfp_ui_url, kfp_run_id), local_run_dir)
+    shutil.copyfile(Path(registration.path) / filenames.EVALUATION_REPORT, report.path)
+    registration.metadata.update({"version": gate["version"], "alias": gate["alias"], "model_uri": gate["model_uri"]})
+    print(f"registered {gate['model_uri']} -> {gate['alias']}: {gate['reason']}")
