@@ -10,7 +10,7 @@ same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail, a
 with thumbnail made together for ingest's batches of 16, as ingest makes them);
 ``near_duplicate_search_s``, ``report_previews_s`` (the files the report shows read again
 and their previews made, as the merge does) and ``report_s`` time those whole-source steps
-on ingest's own results; ``ingest_stages_s`` is the ingest call cut in its parts (shard:
+on ingest's own results; ``ingest_stages_s`` is the ingest call cut in its parts (partition:
 listing, labels and every file decoded; merge: duplicates, near-duplicates, previews, report).
 """
 from __future__ import annotations
@@ -30,7 +30,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import ingest as ingest_module  # noqa: E402
+from components.data.ingest import merge_partitions, report_previews  # noqa: E402
+from components.data.ingest.duplicates import near_duplicate_edges  # noqa: E402
+from components.data.ingest.partitions import ingest_partition  # noqa: E402
+from components.data.ingest.threads import ingest_threads  # noqa: E402
+from components.data.ingest.validation import DECODE_MIN_SIDE, THUMB_SIDE, VALIDATE_BATCH  # noqa: E402
 from components.core.settings import DataConfig  # noqa: E402
 from components.data.data_report import shown_uris, write_outputs  # noqa: E402
 from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
@@ -53,7 +57,7 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
         data = path.read_bytes()
         hashlib.md5(data).hexdigest()
         t1 = time.perf_counter()
-        img = decode_rgb_reduced(data, ingest_module.DECODE_MIN_SIDE)[0]
+        img = decode_rgb_reduced(data, DECODE_MIN_SIDE)[0]
         t2 = time.perf_counter()
         hashes.append(int(phash_hex(img), 16))
         t3 = time.perf_counter()
@@ -62,9 +66,9 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
         for key, dt in zip(seconds, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             seconds[key] += dt
         batch.append(img)
-        if len(batch) == ingest_module.VALIDATE_BATCH or n == len(images):
+        if len(batch) == VALIDATE_BATCH or n == len(images):
             t5 = time.perf_counter()
-            phash_hex_batch(phash_pixels_and_thumbs(batch, ingest_module.THUMB_SIDE)[0])
+            phash_hex_batch(phash_pixels_and_thumbs(batch, THUMB_SIDE)[0])
             seconds["phash_and_thumbnail_batched"] += time.perf_counter() - t5
             batch = []
     return ({k: round(1000 * v / len(images), 4) for k, v in seconds.items()},
@@ -79,7 +83,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts")
     args = parser.parse_args()
     images = sorted(p for p in Path(args.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
-    args.workers = args.workers or ingest_module.ingest_threads(DataConfig(), [str(p) for p in images[:1]])
+    args.workers = args.workers or ingest_threads(DataConfig(), [str(p) for p in images[:1]])
     cfg = DataConfig(ingest_workers=args.workers)
 
     for path in images[:200]:  # warm the page cache and the imports alike for every contender
@@ -88,7 +92,7 @@ def main() -> None:
     for path in images:
         decode_file(path)
     decode_serial = time.perf_counter() - start
-    decode_runs, ingest_runs, shard_runs, decode_cpu, ingest_cpu = [], [], [], [], []
+    decode_runs, ingest_runs, partition_runs, decode_cpu, ingest_cpu = [], [], [], [], []
     with tempfile.TemporaryDirectory() as out:
         # Alternated, best of --rounds each: on a shared machine the load changes between
         # two measurements more than either changes from run to run.
@@ -99,22 +103,21 @@ def main() -> None:
             decode_runs.append(time.perf_counter() - start)
             decode_cpu.append(time.process_time() - cpu)
             start, cpu = time.perf_counter(), time.process_time()
-            shard = ingest_module.ingest_shard(args.source, cfg)
-            shard_runs.append(time.perf_counter() - start)
-            result = ingest_module.merge_shards([shard], cfg, Path(out) / f"ingest-{round_}")
+            partition = ingest_partition(args.source, cfg)
+            partition_runs.append(time.perf_counter() - start)
+            result = merge_partitions([partition], cfg, Path(out) / f"ingest-{round_}")
             ingest_runs.append(time.perf_counter() - start)
             ingest_cpu.append(time.process_time() - cpu)
-            del shard
+            del partition
         decode_parallel, ingest_s = min(decode_runs), min(ingest_runs)
-        shard_s = shard_runs[ingest_runs.index(ingest_s)]
+        partition_s = partition_runs[ingest_runs.index(ingest_s)]
         stages, hashes, thumbs = per_image_stages(images)
         start = time.perf_counter()
-        ingest_module.near_duplicate_edges(hashes, thumbs, cfg.near_duplicate_distance,
-                                           cfg.near_duplicate_max_pixel_difference)
+        near_duplicate_edges(hashes, thumbs, cfg.near_duplicate_distance, cfg.near_duplicate_max_pixel_difference)
         search_s = time.perf_counter() - start
         start = time.perf_counter()
         shown = shown_uris(result.manifest, result.report)
-        previews = ingest_module.report_previews(result.manifest, shown, cfg)
+        previews = report_previews(result.manifest, shown, cfg)
         previews_s = time.perf_counter() - start
         start = time.perf_counter()
         write_outputs(result.manifest, result.report, Path(out) / "report", previews)
@@ -140,7 +143,8 @@ def main() -> None:
         "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
         "ingest_cpu_seconds": round(min(ingest_cpu), 2),
         "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
-        "ingest_stages_s": {"shard_list_label_decode": round(shard_s, 3), "merge_and_report": round(ingest_s - shard_s, 3)},
+        "ingest_stages_s": {"partition_list_label_decode": round(partition_s, 3),
+                            "merge_and_report": round(ingest_s - partition_s, 3)},
         "stages_ms_per_image": stages,
         "near_duplicate_search_s": round(search_s, 3),
         "report_previews_shown": len(shown),

@@ -346,7 +346,7 @@ def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
     whatever the sizes, the order of Pillow's passes for them, or the images' content."""
     imagehash = pytest.importorskip("imagehash")
     from components.data.imaging import STACK_MAX_PIXELS, phash_hex_batch, phash_pixels, phash_pixels_and_thumbs
-    from components.data.ingest import THUMB_SIDE, inspect_images
+    from components.data.ingest.validation import THUMB_SIDE, inspect_images
 
     rng = np.random.default_rng(3)
     sizes = [(100, 75)] * 4 + [(90, 90)] * 3 + [(3, 50)] * 2 + [(31, 33)] * 2 + [(33, 31)] * 2 + [(75, 100), (64, 64)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.data.ingest import _hamming_pairs, near_duplicate_edges, near_duplicate_pairs
+from components.data.ingest.duplicates import _hamming_pairs, near_duplicate_edges, near_duplicate_pairs
 from components.data.union_find import UnionFind
 
 

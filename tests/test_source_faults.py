@@ -12,9 +12,10 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from components.data import sources
-from components.data.ingest import ingest, ingest_shard, merge_shards
-from components.data.sources import SourceUnavailable
+from components.data.sources import gcs
+from components.data.ingest import ingest, merge_partitions
+from components.data.ingest.partitions import ingest_partition
+from components.data.sources.base import SourceUnavailable
 from pipeline.cli import main
 from pipeline.config import DataConfig
 from tests.fault_proxy import FaultProxy
@@ -58,8 +59,8 @@ def faulty(emulator_port, monkeypatch):
         proxy = FaultProxy(("127.0.0.1", emulator_port), mode, **options)
         proxies.append(proxy)
         monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
-        monkeypatch.setattr(sources, "_gcs_clients", [])  # the client reads the host when made
-        monkeypatch.setattr(sources, "SOURCE_RETRY_SECONDS", RETRY_SECONDS)
+        monkeypatch.setattr(gcs, "_gcs_clients", [])  # the client reads the host when made
+        monkeypatch.setattr(gcs, "SOURCE_RETRY_SECONDS", RETRY_SECONDS)
         return proxy
 
     yield start
@@ -104,7 +105,7 @@ def test_the_first_read_that_fails_for_good_stops_the_others(faulty):
 
 def test_an_outage_shorter_than_the_deadline_is_retried_through(faulty, monkeypatch):
     proxy = faulty("status", fail_after_requests=3, counting=DOWNLOAD, status=503, heal_after_s=1.5)
-    monkeypatch.setattr(sources, "SOURCE_RETRY_SECONDS", 30.0)
+    monkeypatch.setattr(gcs, "SOURCE_RETRY_SECONDS", 30.0)
     result = ingest(SOURCE, DataConfig(ingest_workers=4))
     assert proxy.failed_at is not None  # the outage happened
     assert (result.report["ingested"], result.report["quarantined"]) == (PER_CLASS * len(CLASSES), 0)
@@ -119,17 +120,17 @@ def test_the_merge_reads_again_only_the_files_the_report_shows(faulty, tmp_path)
     assert len(shown) == 2 * len(CLASSES)
     assert (tmp_path / "out" / "report.html").read_text().count("data:image/jpeg;base64,") == len(shown)
     names, files = downloads(proxy), PER_CLASS * len(CLASSES)
-    assert len(set(names[:files])) == files  # the shard: every object once
+    assert len(set(names[:files])) == files  # the partition: every object once
     assert sorted(names[files:]) == shown  # the merge: the shown ones once more, for their previews
 
 
 def test_a_source_failing_before_the_merge_costs_the_previews_not_the_run(faulty, tmp_path):
     proxy = faulty()
     cfg = DataConfig(ingest_workers=4)
-    shard = ingest_shard(SOURCE, cfg)
+    partition = ingest_partition(SOURCE, cfg)
     proxy.fail()
     started = time.monotonic()
-    result = merge_shards([shard], cfg, tmp_path / "out")
+    result = merge_partitions([partition], cfg, tmp_path / "out")
     assert (result.report["ingested"], result.report["quarantined"]) == (PER_CLASS * len(CLASSES), 0)
     page = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/jpeg;base64," not in page and page.count("[no preview]") == PER_CLASS * len(CLASSES)

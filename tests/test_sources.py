@@ -16,7 +16,9 @@ from click.testing import CliRunner
 from components.core.settings import DataConfig, SettingsError, load_section
 from components.data import sources
 from components.data.ingest import IngestError, ingest
-from components.data.sources import FileTooLarge, LocalFolderSource, SourceError, read_bytes
+from components.data.sources import read_bytes
+from components.data.sources.base import FileTooLarge, SourceError
+from components.data.sources.local import LocalFolderSource
 from pipeline.cli import main
 from tests.test_ingest_validation import jpeg_bytes, lesion
 

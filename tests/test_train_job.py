@@ -10,7 +10,8 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
-from components.data.sources import GcsSource, upload_folder
+from components.data.sources.gcs import GcsSource
+from components.data.sources.gcs_folders import upload_folder
 from components.training.callbacks import read_epoch_log
 from components.training.train_job import weights_checksum
 from tests.conftest import worker_environments

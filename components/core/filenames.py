@@ -1,16 +1,16 @@
 """The names of the files steps hand to each other: one place, so a producer and its
-consumers cannot drift apart. Files private to one module (training checkpoints, shard
-statistics) are named in that module."""
+consumers cannot drift apart. Files private to one module (training checkpoints, TFRecord
+shard statistics) are named in that module."""
 
 # ingest
 MANIFEST = "manifest.parquet"
 INGEST_REPORT = "report.json"
 INGEST_REPORT_MD = "report.md"
 INGEST_REPORT_HTML = "report.html"
-# an ingest shard task's output, which the merge task reads (meta last: a shard without it is incomplete)
-INGEST_SHARD_ROWS = "shard_rows.parquet"
-INGEST_SHARD_THUMBS = "shard_thumbs.u8"  # 16x16x3 uint8 rows, no header
-INGEST_SHARD_META = "shard.json"
+# an ingest partition task's output, which the merge task reads (meta last: a partition without it is incomplete)
+INGEST_PARTITION_ROWS = "partition_rows.parquet"
+INGEST_PARTITION_THUMBS = "partition_thumbs.u8"  # 16x16x3 uint8 rows, no header
+INGEST_PARTITION_META = "partition.json"
 # split
 SPLITS = "splits.parquet"
 SPLIT_REPORT = "split_report.json"

@@ -55,7 +55,7 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
         resolve_relative_paths,
     )
     from components.data import tfrecords
-    from components.data.sources import download_folder, upload_folder
+    from components.data.sources.gcs_folders import download_folder, upload_folder
     from components.training.devices import tf_config_workers
     from components.training.distributed import wait_for_workers
     from components.training.train import train, write_model_info
