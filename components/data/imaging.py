@@ -57,7 +57,11 @@ def decode_rgb(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
         img = ImageOps.exif_transpose(img)
         return to_rgb(img)
     # Pillow's decoders raise many types on hostile input (struct.error, KeyError from
-    # broken EXIF, ...); any failure while decoding means the file cannot be used.
+    # broken EXIF, ...); any failure while decoding means the file cannot be used. But
+    # not a MemoryError: the machine ran out, the file may be fine (and must not be
+    # quarantined in a cached step's output).
+    except MemoryError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ImageError(f"corrupt or truncated image: {exc}", "corrupt") from None
 
@@ -81,6 +85,8 @@ def decode_rgb_reduced(data: bytes, min_side: int, max_pixels: int = MAX_PIXELS)
         if orientation != 1:
             img = ImageOps.exif_transpose(img)
         return to_rgb(img), width, height, fmt
+    except MemoryError:  # as in decode_rgb
+        raise
     except Exception as exc:  # noqa: BLE001  (as in decode_rgb)
         raise ImageError(f"corrupt or truncated image: {exc}", "corrupt") from None
 

@@ -1,8 +1,15 @@
-"""Two digests of the data a pipeline run sees.
+"""The source's listing as ingest's cache key (``list_source_step``, the pipeline's first
+step), and the ingested data's fingerprint for the retraining gate.
 
-- ``source_listing_digest``: the source's file names and sizes, read without opening a
-  file. It is ingest's cache key on the cluster: ingest is cached only while the
-  source lists the same files, so a scheduled run never reuses a stale manifest.
+- ``listing_digest``: every listed file's name, size and version (what the source gives
+  without reading the file: a local file's modification time, a zip member's CRC-32, a
+  GCS object's generation and md5) and the md5 of every CSV, read since label files are
+  small and a same-length edit (``bkl`` -> ``mel``) keeps a file's size and, restored
+  with its old time, its modification time.
+- ``list_source_step`` (never cached) gives ``source_listing_digest``: ingest's KFP cache
+  key on the cluster, so ingest is served from the cache only while the source holds
+  the same files and labels, and a scheduled run never reuses a stale manifest. Each
+  ingest partition records the same digest, so the merge sees a source changed mid-way.
 - ``data_fingerprint``: the ingested content, from the manifest (md5 and label of every
   ingested file). The retraining gate compares it with the champion's.
 """
@@ -18,11 +25,20 @@ def _digest(lines: list[str]) -> str:
     return hashlib.sha256("\n".join(sorted(lines)).encode("utf-8")).hexdigest()
 
 
+def listing_digest(files: list, csv_md5s: dict[str, str]) -> str:
+    """sha256 of ``files`` (SourceFile: relpath, size, version) and the CSVs' md5s by relpath."""
+    return _digest([f"{f.relpath}\t{f.size}\t{f.version}" for f in files]
+                   + [f"{relpath}\tmd5\t{md5}" for relpath, md5 in csv_md5s.items()])
+
+
 def source_listing_digest(source_uri: str, cfg: DataConfig) -> str:
+    """listing_digest of the source now: no file is read but its CSVs, as ingest reads them."""
+    from components.data.ingest.labelling import read_csvs
     from components.data.sources import open_source
 
     source = open_source(source_uri, cfg)
-    return _digest([f"{f.relpath}\t{f.size}" for f in source.list_files()])
+    files = source.list_files()
+    return listing_digest(files, {} if source.synthetic else read_csvs(files, cfg.max_file_bytes)[1])
 
 
 def data_fingerprint(manifest_dir: str | Path) -> str:

@@ -5,6 +5,10 @@ bakes them in, so val/test statistics never leak into training).
 It scales out: shard ``i`` of every split is one task (``normalize_shard``), the
 pipeline runs ``data.num_shards`` of them in parallel and ``gather_shards`` puts the
 shards and their train pixel sums together into one dataset folder.
+
+Every file is read as ingest recorded it: never past data.max_file_bytes, and with the
+md5 ingest measured. A file grown, swapped or deleted since then fails the step with one
+line naming it; it is never trained on unchecked.
 """
 
 import json
@@ -23,15 +27,41 @@ from components.core import atomic, filenames
 from components.core.errors import UserError
 from components.core.settings import DataConfig
 from components.data import tfrecords
-from components.data.imaging import load_for_model
-from components.data.sources import read_bytes
+from components.data.imaging import ImageError, load_for_model
+from components.data.sources import read_as_ingested
+from components.data.sources.base import FileChanged, FileTooLarge
 from components.data.split import SUBSETS
 
 STATS_FILE = "pixel_stats.json"
 
 
-def _load(uri: str, size: int, mode: str) -> np.ndarray:
-    return load_for_model(read_bytes(uri), size, mode)
+# Files named in normalize's error when several changed since ingest.
+CHANGED_FILES_SHOWN = 3
+
+
+def _load(uri: str, md5: str, cfg: DataConfig) -> tuple[np.ndarray | None, str]:
+    """The model's pixels of a file ingest recorded, or (None, why it is not the file ingest
+    checked any more): grown past data.max_file_bytes, other bytes, gone or undecodable.
+    A failing source (SourceUnavailable) fails the step: the file may be fine."""
+    try:
+        return load_for_model(read_as_ingested(uri, md5, cfg.max_file_bytes), cfg.image_size, cfg.resize_mode), ""
+    except FileTooLarge:
+        return None, f"now over data.max_file_bytes={cfg.max_file_bytes}"
+    except FileChanged as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}"
+    except ImageError as exc:
+        return None, str(exc)
+
+
+def _refuse_changed(part: pd.DataFrame, problems: list[str]) -> None:
+    """One line naming the files (of ``part``'s rows) that are not what ingest checked."""
+    changed = [f"{relpath}: {why}" for relpath, why in zip(part.relpath, problems) if why]
+    if changed:
+        shown = "; ".join(changed[:CHANGED_FILES_SHOWN]) + ("; ..." if len(changed) > CHANGED_FILES_SHOWN else "")
+        raise UserError(f"normalize: {len(changed)} file{'s' * (len(changed) > 1)} changed since ingest ({shown}): "
+                        "run the pipeline again, so that ingest checks the source as it is now")
 
 
 def _read_splits(splits_dir: str | Path) -> pd.DataFrame:
@@ -55,7 +85,9 @@ def normalize_shard(splits_dir: str | Path, cfg: DataConfig, shard_index: int, o
         for subset in SUBSETS:
             rows = df[df.subset == subset].sort_values("uri").reset_index(drop=True)
             part = rows.iloc[shard_index::cfg.num_shards]
-            images = list(pool.map(lambda u: _load(u, cfg.image_size, cfg.resize_mode), part.uri))
+            loaded = list(pool.map(lambda uri, md5: _load(uri, md5, cfg), part.uri, part.md5))
+            _refuse_changed(part, [why for _, why in loaded])
+            images = [image for image, _ in loaded]
             if subset == "train":
                 for image in images:
                     pixels = image.reshape(-1, 3).astype(np.float64)

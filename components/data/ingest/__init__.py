@@ -14,7 +14,6 @@ modules: labelling (split, label and group of each file), validation (decode and
 threads, duplicates (exact and near), partitions (one task's share, saved and loaded).
 """
 
-import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from components.data.ingest.labelling import IngestError
 from components.data.ingest.partitions import IngestPartition, MergedThumbnails, ingest_partition
 from components.data.ingest.threads import ingest_threads
 from components.data.ingest.validation import DECODE_MIN_SIDE
-from components.data.sources import read_bytes
+from components.data.sources import read_as_ingested
 from components.data.sources.base import SourceError
 
 MANIFEST_COLUMNS = [
@@ -51,9 +50,9 @@ class IngestResult:
 
 def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[str, bytes]:
     """The report's previews (data_report.preview_jpeg, by URI) of the files of ``uris``
-    that ingest decoded: each read again from the source (components.data.sources.read_bytes,
-    as the partitions read it) and decoded as they decode, so a preview is the one the
-    partition would have made. Called with the few hundred files the report shows (shown_uris).
+    that ingest decoded: each read again from the source (sources.read_as_ingested) and
+    decoded as the partitions decode, so a preview is the one the partition would have
+    made. Called with the few hundred files the report shows (shown_uris).
 
     Never fails the step: a file that can no longer be read, or whose bytes are not the
     ones ingested any more (another md5), gets no preview ("[no preview]" in the report);
@@ -66,13 +65,11 @@ def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[s
         if stop.is_set():
             return b""
         try:
-            data = read_bytes(uri, cfg.max_file_bytes, stop)
-            if hashlib.md5(data).hexdigest() != md5:
-                return b""
+            data = read_as_ingested(uri, md5, cfg.max_file_bytes, stop)
             return preview_jpeg(decode_rgb_reduced(data, DECODE_MIN_SIDE, cfg.max_image_pixels)[0])
         except SourceError:  # SourceUnavailable too: the source, not this file
             stop.set()
-        except (OSError, ImageError):
+        except (OSError, ImageError):  # FileChanged and FileTooLarge too
             pass
         return b""
 

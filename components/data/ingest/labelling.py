@@ -4,6 +4,7 @@ Every other file is ignored or quarantined here, with its reason; so is every fi
 would read that is over data.max_file_bytes."""
 
 import functools
+import hashlib
 import io
 from pathlib import PurePosixPath
 
@@ -81,20 +82,24 @@ def _split_and_rest(relpath: str, root_depth: int) -> tuple[str, tuple[str, ...]
     return "", parts
 
 
-def read_csvs(files: list[SourceFile], max_file_bytes: int) -> dict[str, pd.DataFrame]:
-    """Every readable CSV, by relpath; an unreadable one is simply not a label file (one
-    over ``max_file_bytes`` is not read: refuse_too_large quarantines it)."""
-    csvs = {}
+def read_csvs(files: list[SourceFile], max_file_bytes: int) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
+    """Every readable CSV, by relpath, and the md5 of every CSV read (the label files are
+    small, and a same-length edit of one leaves its size as it was: the listing digest
+    holds these md5s). An unreadable one is simply not a label file (one over
+    ``max_file_bytes`` is not read: refuse_too_large quarantines it)."""
+    csvs, md5s = {}, {}
     for f in files:
         if (_suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath)
                 and f.size <= max_file_bytes):
             try:
-                csvs[f.relpath] = pd.read_csv(io.BytesIO(read_bytes(f.uri, max_file_bytes)), dtype=str)
+                data = read_bytes(f.uri, max_file_bytes)
+                md5s[f.relpath] = hashlib.md5(data).hexdigest()
+                csvs[f.relpath] = pd.read_csv(io.BytesIO(data), dtype=str)
             except SourceUnavailable:
                 raise
             except (OSError, ValueError, UnicodeDecodeError):
                 continue
-    return csvs
+    return csvs, md5s
 
 
 def detect_format(csvs: dict[str, pd.DataFrame], requested: str = "auto") -> str:

@@ -2,7 +2,6 @@
 ``num_partitions``-th file decoded and checked, so that several tasks share the decoding;
 saved as files for the merge task, and their thumbnails read back by listing position."""
 
-import hashlib
 import json
 import shutil
 import tempfile
@@ -16,6 +15,7 @@ from components.core import filenames
 from components.core.settings import DataConfig
 from components.data.ingest.labelling import IngestError, detect_format, label_files, read_csvs, refuse_too_large
 from components.data.ingest.validation import THUMB_SIDE, PartitionThumbnails, validate
+from components.data.listing import listing_digest
 from components.data.sources import open_source
 from components.data.sources.base import Source
 
@@ -47,7 +47,7 @@ def ingest_partition(source_uri: str, cfg: DataConfig, partition_index: int = 0,
     files = source.list_files()
     if not files:
         raise IngestError(f"no files found in {source.root}")
-    csvs = {} if source.synthetic else read_csvs(files, cfg.max_file_bytes)
+    csvs, csv_md5s = ({}, {}) if source.synthetic else read_csvs(files, cfg.max_file_bytes)
     fmt = "folders" if source.synthetic else detect_format(csvs, cfg.format)
     df, label_rows_without_image = label_files(files, fmt, csvs, cfg.class_map)
     refuse_too_large(df, cfg.max_file_bytes)
@@ -56,7 +56,7 @@ def ingest_partition(source_uri: str, cfg: DataConfig, partition_index: int = 0,
         df[column] = empty
     meta = {"partition_index": partition_index, "num_partitions": num_partitions, "source_root": source.root,
             "synthetic": source.synthetic, "format": fmt, "files_found": len(df),
-            "listing_digest": hashlib.sha256("\n".join(f"{f.relpath}\t{f.size}" for f in files).encode()).hexdigest(),
+            "listing_digest": listing_digest(files, csv_md5s),
             "counts_before": {k: int(v) for k, v in df[df.label != ""].label.value_counts().sort_index().items()},
             "label_rows_without_image": int(label_rows_without_image)}
     del files, csvs

@@ -19,13 +19,21 @@ turns into a smaller dataset.
 """
 from __future__ import annotations
 
+import hashlib
 import threading
 import zipfile
 from pathlib import Path
 
 from components.core.settings import DataConfig
 from components.data import synthetic
-from components.data.sources.base import Source, SourceError, SourceFile, bounded_read
+from components.data.sources.base import (
+    FileChanged,
+    Source,
+    SourceError,
+    SourceFile,
+    bounded_read,
+    raise_if_storage_failed,
+)
 from components.data.sources.gcs import GCS_SCHEME, GcsSource, parse_gcs_uri, read_gcs
 from components.data.sources.local import LocalFolderSource
 from components.data.sources.zip_archive import ZIP_SCHEME, ZipSource, read_zip_member
@@ -76,7 +84,8 @@ def read_bytes(uri: str, max_bytes: int | None = None, stop: threading.Event | N
 
     Raises OSError when this file cannot be read (FileTooLarge past ``max_bytes``), and
     SourceUnavailable when the source failed instead: after SOURCE_RETRY_SECONDS of
-    retries, or sooner once ``stop`` is set (another read already failed for good).
+    retries, or sooner once ``stop`` is set (another read already failed for good), or
+    at once for an I/O error of a mounted filesystem (base.STORAGE_ERRNOS).
     """
     if uri.startswith(synthetic.SCHEME):
         return synthetic.render_uri(uri)
@@ -84,5 +93,20 @@ def read_bytes(uri: str, max_bytes: int | None = None, stop: threading.Event | N
         return read_zip_member(uri, max_bytes)
     if uri.startswith(GCS_SCHEME):
         return read_gcs(uri, max_bytes, stop)
-    with open(uri.removeprefix("file://"), "rb") as fh:
-        return bounded_read(fh, max_bytes)
+    try:
+        with open(uri.removeprefix("file://"), "rb") as fh:
+            return bounded_read(fh, max_bytes)
+    except OSError as exc:
+        raise_if_storage_failed(exc, uri)
+        raise
+
+
+def read_as_ingested(uri: str, md5: str, max_bytes: int, stop: threading.Event | None = None) -> bytes:
+    """read_bytes of a file ingest recorded, held to what it recorded: never more than
+    ``max_bytes`` (data.max_file_bytes: FileTooLarge), and the same bytes (FileChanged
+    when the md5 is not ``md5``). A file grown or swapped since ingest is never used."""
+    data = read_bytes(uri, max_bytes, stop)
+    found = hashlib.md5(data).hexdigest()
+    if found != md5:
+        raise FileChanged(f"its md5 is {found}, not the {md5} ingest recorded")
+    return data

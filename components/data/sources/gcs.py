@@ -165,7 +165,7 @@ class GcsSource(Source):
         pages = _gcs_client().list_blobs(self.bucket, prefix=prefix, delimiter="/",
                                          retry=gcs_retry(SOURCE_RETRY_SECONDS), timeout=GCS_TIMEOUT_S)
         files = [SourceFile(uri=f"{GCS_SCHEME}{self.bucket}/{blob.name}", relpath=blob.name[len(self.prefix):],
-                            size=int(blob.size or 0))
+                            size=int(blob.size or 0), version=f"{blob.generation}/{blob.md5_hash or blob.crc32c}")
                  for blob in pages if not blob.name.endswith("/")]  # "folder" placeholder objects
         return files, sorted(pages.prefixes)
 

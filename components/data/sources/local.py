@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from components.data.sources.base import Source, SourceError, SourceFile
+from components.data.sources.base import Source, SourceError, SourceFile, raise_if_storage_failed
 
 
 def _utf8_or_none(name: str) -> str | None:
@@ -61,6 +61,7 @@ class LocalFolderSource(Source):
         try:
             info = os.lstat(path)  # one call: for anything but a link, the same as stat()
         except OSError as exc:
+            raise_if_storage_failed(exc, path)
             return refused("unreadable", f"unreadable: {exc.strerror}")
         if stat.S_ISLNK(info.st_mode):
             target = Path(os.path.realpath(path))
@@ -77,10 +78,11 @@ class LocalFolderSource(Source):
             try:
                 info = os.stat(path)
             except OSError as exc:
+                raise_if_storage_failed(exc, path)
                 return refused("unreadable", f"unreadable: {exc.strerror}")
         if not stat.S_ISREG(info.st_mode):
             return refused("not_regular_file", "not a regular file (a pipe, socket or device): not read")
-        return SourceFile(uri=str(path), relpath=relpath, size=info.st_size)
+        return SourceFile(uri=str(path), relpath=relpath, size=info.st_size, version=str(info.st_mtime_ns))
 
     @staticmethod
     def _raise(exc: OSError) -> None:

@@ -9,7 +9,7 @@ import threading
 import zipfile
 from pathlib import Path, PurePosixPath
 
-from components.data.sources.base import Source, SourceError, SourceFile, bounded_read
+from components.data.sources.base import Source, SourceError, SourceFile, bounded_read, raise_if_storage_failed
 from components.data.sources.gcs import GCS_SCHEME, gcs_blob, gcs_call, parse_gcs_uri
 
 ZIP_SCHEME = "zip://"
@@ -44,30 +44,48 @@ _archive_lock = threading.Lock()
 _open_archives: dict[str, zipfile.ZipFile] = {}
 
 
-def _local_archive(archive: str) -> Path:
-    """A local path for ``archive``: itself, or a cached download of a gs:// archive."""
+def _local_archive(archive: str, max_bytes: int | None) -> Path:
+    """A local path for ``archive``: itself, or a cached download of a gs:// archive. The
+    cache is keyed by the object's generation and md5, so a re-upload is downloaded anew;
+    an object over ``max_bytes`` (data.zip_max_total_bytes) is refused by the size its
+    metadata gives, before a byte of it is downloaded."""
     if not archive.startswith(GCS_SCHEME):
         return Path(archive.removeprefix("file://"))
+    blob = gcs_blob(*parse_gcs_uri(archive))
+    gcs_call(archive, lambda timeout: blob.reload(retry=None, timeout=timeout))
+    if max_bytes is not None and (blob.size or 0) > max_bytes:
+        raise SourceError(f"{archive} is {blob.size} bytes, over data.zip_max_total_bytes={max_bytes}: not downloaded")
     cache = Path(os.environ.get("LESION_CACHE_DIR") or Path(tempfile.gettempdir(), "lesionpipe-cache"))
-    target = cache / f"{hashlib.sha256(archive.encode()).hexdigest()[:32]}.zip"
+    key = f"{archive}#{blob.generation}/{blob.md5_hash or blob.crc32c}"
+    target = cache / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.zip"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
         partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
-        blob = gcs_blob(*parse_gcs_uri(archive))
-        gcs_call(archive, lambda timeout: blob.download_to_filename(str(partial), retry=None, timeout=timeout))
-        partial.replace(target)  # atomic: concurrent readers see a whole file or none
+        try:
+            # That generation only: a re-upload during the download fails it (HTTP 412).
+            gcs_call(archive, lambda timeout: blob.download_to_filename(
+                str(partial), retry=None, timeout=timeout, if_generation_match=blob.generation))
+            partial.replace(target)  # atomic: concurrent readers see a whole file or none
+        finally:
+            partial.unlink(missing_ok=True)
     return target
 
 
-def _open_archive(archive: str) -> zipfile.ZipFile:
+def _open_archive(archive: str, max_bytes: int | None = None) -> zipfile.ZipFile:
+    """``archive`` opened once per process; ``max_bytes`` bounds a gs:// download (the
+    source's listing passes data.zip_max_total_bytes; a step that only reads members of an
+    archive it did not list has no such setting)."""
     with _archive_lock:
         if archive not in _open_archives:
             try:
-                _open_archives[archive] = zipfile.ZipFile(_local_archive(archive))
+                _open_archives[archive] = zipfile.ZipFile(_local_archive(archive, max_bytes))
             except zipfile.BadZipFile as exc:
                 raise SourceError(f"{archive} is not a readable zip archive: {exc}") from None
             except FileNotFoundError:
                 raise SourceError(f"zip archive not found: {archive}") from None
+            except OSError as exc:
+                raise_if_storage_failed(exc, archive)
+                raise SourceError(f"cannot open the zip archive {archive}: {exc.strerror or exc}") from None
         return _open_archives[archive]
 
 
@@ -85,6 +103,9 @@ def read_zip_member(uri: str, max_bytes: int | None) -> bytes:
     except (zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
         # RuntimeError: encrypted entry; NotImplementedError: unsupported compression.
         raise OSError(f"unreadable zip member: {exc}") from None
+    except OSError as exc:
+        raise_if_storage_failed(exc, uri)
+        raise
 
 
 class ZipSource(Source):
@@ -97,7 +118,7 @@ class ZipSource(Source):
         self.max_total_bytes = max_total_bytes
 
     def list_files(self) -> list[SourceFile]:
-        infos = [info for info in _open_archive(self.archive).infolist() if not info.is_dir()]
+        infos = [info for info in _open_archive(self.archive, self.max_total_bytes).infolist() if not info.is_dir()]
         # Limits come from the central directory, before anything is decompressed.
         if len(infos) > self.max_entries:
             raise SourceError(f"{self.archive} has {len(infos)} entries, over data.zip_max_entries={self.max_entries}")
@@ -110,5 +131,5 @@ class ZipSource(Source):
             reason = unsafe_member_reason(info.filename)
             files.append(SourceFile(uri=zip_member_uri(self.archive, info.filename),
                                     relpath=info.filename.replace("\\", "/").lstrip("/"), size=info.file_size,
-                                    refused_code="unsafe_zip_path" if reason else "", refused_reason=reason))
+                                    version=f"{info.CRC:08x}", refused_code="unsafe_zip_path" if reason else "", refused_reason=reason))
         return files
