@@ -197,6 +197,23 @@ def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
     assert not (tmp_path / "out" / "checkpoints").exists()  # a finished run leaves no checkpoint behind
 
 
+ANOTHER_RUN = "lesion-pipeline-2999-01-01-00-00-00-000000"  # newer than any folder a run makes now
+
+
+def plant_another_run(out: Path, tracking_uri: str) -> tuple[str, Path]:
+    """What a second run of the same output folder has there while it trains: a newer
+    pipeline folder, its RUNNING MLflow run and its checkpoints. A run must end only its
+    own MLflow run and remove only its own checkpoints. Returns (MLflow run id, checkpoints)."""
+    from components.core import tracking
+
+    (out / "pipeline_root" / ANOTHER_RUN).mkdir(parents=True)
+    run_id = tracking.pipeline_run(tracking_uri, "lesion-demo", ANOTHER_RUN, "kfp-another-run")
+    checkpoints = out / "checkpoints" / "another-run-0123"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "epochs.jsonl").write_text('{"epoch": 0}\n')
+    return run_id, checkpoints
+
+
 def _read_or_empty(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
@@ -205,12 +222,18 @@ def _read_or_empty(path: Path) -> str:
 
 
 def _mlflow_run_of(tracking_uri: str, experiment: str):
+    """The experiment's one MLflow run besides the planted one (plant_another_run)."""
     client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    (run,) = [run for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+              if run.info.run_name != ANOTHER_RUN]
     return run
 
 
 def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line(tmp_path):
+    """Another run in the same output folder, newer, keeps its MLflow run RUNNING (was:
+    the newest pipeline folder's run was ended FAILED, and this one stayed RUNNING)."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other_run_id, other_checkpoints = plant_another_run(tmp_path / "out", store)
     proc = subprocess.run([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
                            *sum((["--set", s] for s in TINY), []), "--set", "train.model=mobilenet_v2",
                            "--set", "train.alpha=0.3", "--output-dir", "out"],
@@ -220,8 +243,11 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     assert re.fullmatch(r"Error: train failed: mobilenet_v2 has no alpha 0\.3 \(one of .*\) \(full log: .*train\.log\)",
                         last), last
     assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
-    run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
+    run = _mlflow_run_of(store, "lesion-demo")
     assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
+    other = MlflowClient(store).get_run(other_run_id)
+    assert other.info.status == "RUNNING" and "lesion.end_reason" not in other.data.tags
+    assert (other_checkpoints / "epochs.jsonl").is_file()
     assert run.data.tags["mlflow.note.content"].startswith("Verdict: **FAILED**: train failed: mobilenet_v2 has no")
 
 
