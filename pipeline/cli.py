@@ -44,6 +44,9 @@ class LesionCLI(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, not click's "Aborted!" and 1
+            click.echo("Interrupted (Ctrl-C).", err=True)
+            ctx.exit(128 + signal.SIGINT)
 
 
 def config_options(func):
@@ -106,10 +109,12 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
                             echo=lambda line: click.echo(line, err=True), verbose=verbose)
     except PipelineFailed as exc:
         raise click.ClickException(str(exc)) from None
-    except Terminated:
-        click.echo("Terminated (SIGTERM): the MLflow run is marked KILLED; the same command resumes the "
-                   "training from its last epoch.", err=True)
-        click.get_current_context().exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the shell's exit status for each
+        said, signum = ("Terminated (SIGTERM)", signal.SIGTERM) if isinstance(exc, Terminated) else \
+            ("Interrupted (Ctrl-C)", signal.SIGINT)
+        click.echo(f"{said}: the MLflow run is marked KILLED; the same command resumes the training from its "
+                   "last epoch.", err=True)
+        click.get_current_context().exit(128 + signum)
     click.echo("")
     if summary["skipped"]:
         click.echo(f"skipped: {summary['skip_reason']} (--force-retrain trains anyway)")
