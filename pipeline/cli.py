@@ -36,6 +36,15 @@ def native_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+def exit_interrupted(status: int) -> None:
+    """Exit at once after Ctrl-C or SIGTERM: with TensorFlow loaded the interpreter's own
+    clean-up takes seconds (4.7 s measured on a busy 2-core machine) and has nothing left
+    to save (the steps are gone, the MLflow run is ended)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 class LesionCLI(click.Group):
     """Turns user mistakes into one ``Error:`` line and exit status 1, never a traceback."""
 
@@ -44,6 +53,9 @@ class LesionCLI(click.Group):
             return super().invoke(ctx)
         except UserError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT, not click's "Aborted!" and 1
+            click.echo("Interrupted (Ctrl-C).", err=True)
+            exit_interrupted(128 + signal.SIGINT)
 
 
 def config_options(func):
@@ -106,10 +118,12 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
                             echo=lambda line: click.echo(line, err=True), verbose=verbose)
     except PipelineFailed as exc:
         raise click.ClickException(str(exc)) from None
-    except Terminated:
-        click.echo("Terminated (SIGTERM): the MLflow run is marked KILLED; the same command resumes the "
-                   "training from its last epoch.", err=True)
-        click.get_current_context().exit(128 + signal.SIGTERM)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the shell's exit status for each
+        said, signum = ("Terminated (SIGTERM)", signal.SIGTERM) if isinstance(exc, Terminated) else \
+            ("Interrupted (Ctrl-C)", signal.SIGINT)
+        click.echo(f"{said}: the MLflow run is marked KILLED; the same command resumes the training from its "
+                   "last epoch.", err=True)
+        exit_interrupted(128 + signum)
     click.echo("")
     if summary["skipped"]:
         click.echo(f"skipped: {summary['skip_reason']} (--force-retrain trains anyway)")

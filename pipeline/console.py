@@ -38,7 +38,7 @@ class RunConsole(io.TextIOBase):
     """A ``sys.stdout`` stand-in for the duration of a local run."""
 
     def __init__(self, run_dir: Path, total_tasks: int, echo: Callable[[str], None], verbose: bool = False,
-                 terminal: TextIO | None = None):
+                 terminal: TextIO | None = None, pipeline_root: Path | None = None):
         self.run_dir = run_dir
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -57,6 +57,12 @@ class RunConsole(io.TextIOBase):
         self._causes: dict[str, str] = {}
         self.failures: list[str] = []
         self._done = False
+        # This run's folder under pipeline_root, from the first path into it that the runner
+        # prints (each task's executor input): other runs of the same output folder have
+        # theirs beside it, so the newest folder there need not be this run's.
+        self.pipeline_run: Path | None = None
+        self._pipeline_root = pipeline_root
+        self._run_folder = re.compile(re.escape(str(pipeline_root)) + r"/([^/\"']+)/") if pipeline_root else None
 
     # ---- the stream ------------------------------------------------------------------
     def writable(self) -> bool:
@@ -104,6 +110,8 @@ class RunConsole(io.TextIOBase):
     # ---- lines -----------------------------------------------------------------------
     def _line(self, thread: int, line: str) -> None:
         self._full.write(line + "\n")
+        if self.pipeline_run is None and self._run_folder and (folder := self._run_folder.search(line)):
+            self.pipeline_run = self._pipeline_root / folder[1]
         if started := _STARTED.search(line):
             self._task_started(thread, started[1])
             return

@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Callable
 from components.core import filenames
 from pipeline.config import Config
 from pipeline.console import RunConsole
-from pipeline.pipeline import PIPELINE_NAME, create_pipeline
+from pipeline.pipeline import create_pipeline
 
 # Cluster settings that would change what a local run does: retries would repeat a
 # failing step (with backoff), and the GCS key path exists only in the cluster's pods.
@@ -34,8 +35,36 @@ class Terminated(KeyboardInterrupt):
     running step's process training on, its MLflow run RUNNING forever."""
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+class _Stopper:
+    """The SIGINT/SIGTERM handler of a local run. It kills the steps' processes before it
+    raises, because the KFP local runner waits for a step inside ``with subprocess.Popen``,
+    whose exit waits without a limit for anything but a plain KeyboardInterrupt, and joins
+    a ParallelFor's threads, each waiting on its step: a signal sent to this process alone
+    (`timeout`, systemd, a container stop; unlike a terminal's Ctrl-C, which reaches the
+    whole process group) would end the run only when the step next printed, minutes into a
+    silent epoch. Raising a plain KeyboardInterrupt instead would not release the
+    ParallelFor's threads. While the runner unwinds, the ParallelFor tasks still queued
+    start: a thread goes on killing every new process until ``stop``."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._done = threading.Event()
+
+    def __call__(self, signum, frame) -> None:
+        if self.signum is not None:  # a second Ctrl-C must not cut the MLflow run's ending short
+            return
+        self.signum = signum
+        _kill_child_processes()
+        threading.Thread(target=self._keep_killing, name="kill-steps", daemon=True).start()
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def _keep_killing(self) -> None:
+        while not self._done.wait(0.1):
+            _kill_child_processes()
+
+    def stop(self) -> None:
+        self._done.set()
+        _kill_child_processes()
 
 
 def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: str, force_retrain: bool = False,
@@ -54,31 +83,36 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
     run_dir = _new_run_dir(out, cfg.name)
     pipeline_root = out / "pipeline_root"
     # Training checkpoints outlive a killed run (each run has its own pipeline_root
-    # folder), so the same command started again resumes; a finished run removes them.
+    # folder), so the same command started again resumes; a finished run removes its own.
     checkpoints = out / CHECKPOINTS_DIR
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     lesion_pipeline = create_pipeline(cfg)
-    console = RunConsole(run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout)
-    on_sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+    console = RunConsole(run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout,
+                         pipeline_root=pipeline_root)
+    stopper = _Stopper()
+    previous = {signum: signal.signal(signum, stopper) for signum in _stop_signals()}
     try:
         with contextlib.redirect_stdout(console):
             task = lesion_pipeline(data_uri=data_uri, tracking_uri=tracking_uri, force_retrain=force_retrain,
                                    checkpoint_root=str(checkpoints), local_run_dir=str(run_dir))
     except RuntimeError as exc:
         cause = console.failure() or str(exc).strip().splitlines()[0]
-        _end_mlflow_run(tracking_uri, cfg, pipeline_root, "FAILED", cause)
+        _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "FAILED", cause)
         raise PipelineFailed(cause) from None
     except KeyboardInterrupt as exc:
-        _kill_child_processes()
+        stopper.stop()
         reason = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        _end_mlflow_run(tracking_uri, cfg, pipeline_root, "KILLED", reason)
+        _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "KILLED", reason)
         raise
     finally:
-        signal.signal(signal.SIGTERM, on_sigterm)
+        stopper.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         console.finish()
     summary = json.loads(task.output)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    summary["pipeline_run_dir"] = str(_newest_pipeline_run(pipeline_root))
+    if own_checkpoints := _checkpoints_of(console.pipeline_run):
+        shutil.rmtree(own_checkpoints, ignore_errors=True)
+    summary["pipeline_run_dir"] = str(console.pipeline_run)
     summary["config_name"] = cfg.name
     summary["run_dir"] = str(run_dir)
     summary_path = run_dir / filenames.SUMMARY
@@ -119,18 +153,29 @@ def _new_run_dir(out: Path, config_name: str) -> Path:
     return run_dir
 
 
-def _newest_pipeline_run(pipeline_root: Path) -> Path | None:
-    """<pipeline_root>/<pipeline>-<timestamp>/: the newest run folder is this run's."""
-    runs = list(pipeline_root.glob(f"{PIPELINE_NAME}-*"))
-    return max(runs, key=lambda p: p.name) if runs else None
+def _stop_signals() -> list[int]:
+    """SIGTERM, and SIGINT unless it is ignored (a job started in the background with
+    `&` or nohup is not to be stopped by the terminal's Ctrl-C)."""
+    return [signal.SIGTERM] + ([signal.SIGINT] if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN else [])
 
 
-def _end_mlflow_run(tracking_uri: str, cfg: Config, pipeline_root: Path, status: str, reason: str) -> None:
-    """Mark this run's MLflow run FAILED or KILLED with the reason, so it does not stay
-    RUNNING; best effort (the store may be what failed)."""
+def _checkpoints_of(run_folder: Path | None) -> Path | None:
+    """The checkpoint folder this run's train step used (the train step's model
+    artifact's metadata); None when it did not train. Another run's checkpoints in the
+    same output folder are its resume point: never removed here."""
+    executor_output = run_folder / "train-step" / "executor_output.json" if run_folder else None
+    if executor_output is None or not executor_output.is_file():
+        return None
+    (model,) = json.loads(executor_output.read_text())["artifacts"]["model"]["artifacts"]
+    folder = model.get("metadata", {}).get("checkpoints")
+    return Path(folder) if folder else None
+
+
+def _end_mlflow_run(tracking_uri: str, cfg: Config, run_folder: Path | None, status: str, reason: str) -> None:
+    """Mark this run's MLflow run (named after its pipeline folder) FAILED or KILLED with
+    the reason, so it does not stay RUNNING; best effort (the store may be what failed)."""
     from components.core import tracking
-    run_folder = _newest_pipeline_run(pipeline_root)
-    if run_folder is None:
+    if run_folder is None:  # no task started: no MLflow run either
         return
     try:
         tracking.end_pipeline_run(tracking_uri, cfg.mlflow.experiment, run_folder.name, status, reason)

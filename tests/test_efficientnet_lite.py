@@ -34,7 +34,7 @@ PHOTOS = {"chelsea.png": {281, 282, 285},  # tabby, tiger cat, Egyptian cat
 
 def _photo(name: str, size: int) -> np.ndarray:
     """A bundled scikit-image photo, centre square, resized (bilinear) to ``size``."""
-    skimage = pytest.importorskip("skimage")
+    import skimage
     from PIL import Image
 
     image = Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")

@@ -62,9 +62,20 @@ def test_metrics_carry_every_number_the_issue_lists():
     probs[np.arange(60), y] += 0.5
     probs /= probs.sum(1, keepdims=True)
     m = classification_metrics(y, probs, ["nevus", "melanoma", "benign_keratosis"])
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc", "ece",
-                "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity"):
-        assert m[key] is not None and 0 <= m[key] <= 1, key
+    # Each against scikit-learn's, or the tested functions above, on the same predictions.
+    from sklearn import metrics as sk
+
+    predicted = probs.argmax(1)
+    melanoma = y == 1
+    expected = {"accuracy": sk.accuracy_score(y, predicted),
+                "balanced_accuracy": sk.balanced_accuracy_score(y, predicted),
+                "macro_f1": sk.f1_score(y, predicted, average="macro"),
+                "macro_auc": sk.roc_auc_score(y, probs, multi_class="ovr", average="macro"),
+                "melanoma_auc": sk.roc_auc_score(melanoma, probs[:, 1]), "ece": expected_calibration_error(y, probs),
+                "melanoma_sensitivity_at_80_specificity": sensitivity_at_specificity(melanoma, probs[:, 1], 0.8),
+                "melanoma_sensitivity_at_90_specificity": sensitivity_at_specificity(melanoma, probs[:, 1], 0.9)}
+    assert {key: m[key] for key in expected} == pytest.approx(expected)
+    assert 0.5 < m["accuracy"] < 1  # the predictions are good and not perfect: the numbers above say something
     assert set(m["per_class"]["melanoma"]) == {"precision", "recall", "f1", "support", "auc"}
     assert np.asarray(m["confusion_matrix"]).sum() == 60
 
@@ -83,15 +94,38 @@ def test_test_time_augmentation_averages_the_eight_flips_and_turns(trained):
                                rtol=1e-4, atol=1e-6)
 
 
-def test_gradcam_highlights_a_region_not_the_whole_image(trained):
+def test_gradcam_highlights_the_region_the_class_score_comes_from():
+    """A model whose class-0 score grows with the brightness its one feature map sees:
+    Grad-CAM of class 0 on a dark image with a bright square is that square, and of
+    class 1 (whose score falls with brightness) nothing."""
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    brightness = keras.layers.Conv2D(1, 1, activation="relu", kernel_initializer=keras.initializers.Constant(1 / 3))(
+        inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(brightness)
+    outputs = keras.layers.Dense(2, activation="softmax",
+                                 kernel_initializer=keras.initializers.Constant([[1.0, -1.0]]))(pooled)
+    model = keras.Model(inputs, outputs)
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    images[0, 4:12, 20:28] = 1.0
+    images[1, 20:30, 2:10] = 1.0
+    heat = gradcam(model, images, 0)
+    for h, image in zip(heat, images):
+        square = image[..., 0] > 0
+        assert h[square].min() > 0.9 and h[~square].max() < 0.1
+    assert gradcam(model, images, 1).max() == 0
+
+
+def test_gradcam_of_a_trained_model_is_scaled_to_each_images_peak(trained):
     import keras
 
     model = keras.models.load_model(trained[0], compile=False)
     images, labels, _ = tfrecords.read_all(tfrecords.shard_paths(trained[1], "test"), 32)
     heat = gradcam(model, images[:3].astype(np.float32), 0)
-    assert heat.shape == (3, 32, 32)
-    assert heat.min() >= 0 and heat.max() <= 1 + 1e-6
-    assert all(h.max() > h.min() for h in heat)
+    assert heat.shape == (3, 32, 32) and heat.min() >= 0
+    for h in heat:
+        assert h.max() == pytest.approx(1.0) and h.min() < 0.9  # its peak, and not flat
 
 
 def test_evaluation_writes_metrics_pictures_and_a_self_contained_report(trained, tmp_path):

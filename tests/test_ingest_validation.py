@@ -332,7 +332,7 @@ def test_reduced_decode_measures_and_hashes_like_the_full_decode(orientation):
 
 
 def test_phash_is_imagehash_phash():
-    imagehash = pytest.importorskip("imagehash")
+    import imagehash
     from components.data.imaging import phash_hex
 
     for index in range(20):
@@ -344,7 +344,7 @@ def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
     """Ingest resizes the decoded images of one size together (one Pillow call a pass for
     a batch): the same bytes as imagehash.phash and Image.resize, one image at a time,
     whatever the sizes, the order of Pillow's passes for them, or the images' content."""
-    imagehash = pytest.importorskip("imagehash")
+    import imagehash
     from components.data.imaging import STACK_MAX_PIXELS, phash_hex_batch, phash_pixels, phash_pixels_and_thumbs
     from components.data.ingest.validation import THUMB_SIDE, inspect_images
 

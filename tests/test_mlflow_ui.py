@@ -37,7 +37,7 @@ KFP_UI = "https://kfp.example.com"
 
 
 def _chromium():
-    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium import webdriver
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not binary or not driver:
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")

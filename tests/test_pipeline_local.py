@@ -166,25 +166,33 @@ def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
         assert report and Path(report[1]).is_file(), last
 
 
-def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
-    """Was: a new pipeline_root/<timestamp> folder and training from epoch 1 again. The
-    run that resumes is also the suite's check of a whole CLI run (check_demo_cli_run):
-    one pipeline run fewer."""
+def test_the_same_command_run_again_after_sigterm_resumes_training(tmp_path):
+    """SIGTERM to the CLI alone (as `timeout` or a container stop send it) mid-training:
+    the run ends within seconds, KILLED, and the same command resumes from the last
+    epoch. Was: a new pipeline_root/<timestamp> folder and training from epoch 1 again.
+    The finished run removes its own checkpoints only: another run of the same output
+    folder keeps its resume point (was: the whole checkpoints folder went). The run that
+    resumes is also the suite's check of a whole CLI run (check_demo_cli_run): one
+    pipeline run fewer."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _, other_checkpoints = plant_another_run(tmp_path / "out", store)
     command = [LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
                *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=8",
                "--set", "train.early_stopping_patience=8", "--output-dir", "out"]
     killed = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                               start_new_session=True)
-    deadline = time.time() + 300
-    logs: list[Path] = []
-    while not any(len(log.read_text().splitlines()) >= 2 for log in logs):
-        assert killed.poll() is None, "the run ended before it could be killed"
-        assert time.time() < deadline, "training never started"
-        time.sleep(0.05)
-        logs = list((tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl"))
-    os.killpg(killed.pid, signal.SIGKILL)  # the CLI and its step's process, as a power cut would
-    killed.wait(30)
-    done_before = len(logs[0].read_text().splitlines())
+
+    def own_logs() -> list[Path]:
+        return [log for log in (tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl")
+                if log.parent != other_checkpoints]
+
+    _wait_for(lambda: any(len(_read_or_empty(log).splitlines()) >= 2 for log in own_logs()), killed,
+              "two epochs done")
+    _stop_and_time(killed, signal.SIGTERM, tmp_path)
+    assert killed.returncode == 143
+    assert _mlflow_run_of(store, "lesion-demo").info.status == "KILLED"
+    (log,) = own_logs()
+    done_before = len(log.read_text().splitlines())
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     check_demo_cli_run(again, tmp_path, epochs=8)
@@ -194,7 +202,25 @@ def test_the_same_command_run_again_after_a_kill_resumes_training(tmp_path):
     epochs = [json.loads(line)["epoch"] for line in
               (Path(summary["pipeline_run_dir"]) / "train-step" / "model" / "epochs.jsonl").read_text().splitlines()]
     assert sorted(set(epochs)) == list(range(8))  # every epoch logged, none lost across the kill
-    assert not (tmp_path / "out" / "checkpoints").exists()  # a finished run leaves no checkpoint behind
+    assert not log.parent.exists()  # a finished run leaves no checkpoint of its own behind
+    assert (other_checkpoints / "epochs.jsonl").is_file()  # nor removes another run's
+
+
+ANOTHER_RUN = "lesion-pipeline-2999-01-01-00-00-00-000000"  # newer than any folder a run makes now
+
+
+def plant_another_run(out: Path, tracking_uri: str) -> tuple[str, Path]:
+    """What a second run of the same output folder has there while it trains: a newer
+    pipeline folder, its RUNNING MLflow run and its checkpoints. A run must end only its
+    own MLflow run and remove only its own checkpoints. Returns (MLflow run id, checkpoints)."""
+    from components.core import tracking
+
+    (out / "pipeline_root" / ANOTHER_RUN).mkdir(parents=True)
+    run_id = tracking.pipeline_run(tracking_uri, "lesion-demo", ANOTHER_RUN, "kfp-another-run")
+    checkpoints = out / "checkpoints" / "another-run-0123"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "epochs.jsonl").write_text('{"epoch": 0}\n')
+    return run_id, checkpoints
 
 
 def _read_or_empty(path: Path) -> str:
@@ -205,12 +231,18 @@ def _read_or_empty(path: Path) -> str:
 
 
 def _mlflow_run_of(tracking_uri: str, experiment: str):
+    """The experiment's one MLflow run besides the planted one (plant_another_run)."""
     client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    (run,) = [run for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+              if run.info.run_name != ANOTHER_RUN]
     return run
 
 
 def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line(tmp_path):
+    """Another run in the same output folder, newer, keeps its MLflow run RUNNING (was:
+    the newest pipeline folder's run was ended FAILED, and this one stayed RUNNING)."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other_run_id, other_checkpoints = plant_another_run(tmp_path / "out", store)
     proc = subprocess.run([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
                            *sum((["--set", s] for s in TINY), []), "--set", "train.model=mobilenet_v2",
                            "--set", "train.alpha=0.3", "--output-dir", "out"],
@@ -220,8 +252,11 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     assert re.fullmatch(r"Error: train failed: mobilenet_v2 has no alpha 0\.3 \(one of .*\) \(full log: .*train\.log\)",
                         last), last
     assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
-    run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
+    run = _mlflow_run_of(store, "lesion-demo")
     assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
+    other = MlflowClient(store).get_run(other_run_id)
+    assert other.info.status == "RUNNING" and "lesion.end_reason" not in other.data.tags
+    assert (other_checkpoints / "epochs.jsonl").is_file()
     assert run.data.tags["mlflow.note.content"].startswith("Verdict: **FAILED**: train failed: mobilenet_v2 has no")
 
 
@@ -231,28 +266,73 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("sent, exit_status, reason", [
-    (signal.SIGINT, 1, "interrupted (Ctrl-C)"),  # a terminal's Ctrl-C reaches the CLI first
-    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a container stopping, `timeout`, a cancelled job
-])
-def test_ctrl_c_or_sigterm_ends_the_mlflow_run_killed_and_leaves_no_process_behind(tmp_path, sent, exit_status,
-                                                                                   reason):
-    """Was: "Aborted!", the MLflow run RUNNING forever, the training child alive ~20 s more
-    (Ctrl-C); the CLI gone at once and its training child training on (SIGTERM)."""
-    cli = subprocess.Popen([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
-                            *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=50",
-                            "--set", "train.early_stopping_patience=50", "--output-dir", "out"],
-                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True, preexec_fn=_default_sigint)
-    deadline = time.time() + 300
-    while not list((tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl")):
-        assert cli.poll() is None and time.time() < deadline, "training never started"
-        time.sleep(0.1)
-    cli.send_signal(sent)  # the CLI alone
-    assert cli.wait(60) == exit_status
-    time.sleep(1)
+def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the run ended before {what}"
+        assert time.time() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def _stop_and_time(cli: subprocess.Popen, sent: int, tmp_path: Path) -> float:
+    """Send ``sent`` to the CLI alone (not its group: `timeout`, systemd, a container stop
+    do the same), check that it and every process of its run are gone within 10 s, and
+    return the seconds it took to exit."""
+    began = time.monotonic()
+    cli.send_signal(sent)
+    try:
+        cli.wait(60)
+    finally:
+        if cli.poll() is None:
+            os.killpg(cli.pid, signal.SIGKILL)
+    seconds = time.monotonic() - began
+    print(f"{signal.Signals(sent).name} to exit: {seconds:.1f} s")
+    assert seconds < 10, f"{seconds:.0f} s from {signal.Signals(sent).name} to exit"
     assert [p for p in Path("/proc").glob("[0-9]*/cmdline") if str(tmp_path) in _read_or_empty(p)] == []
-    run = _mlflow_run_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "lesion-demo")
+    return seconds
+
+
+@pytest.mark.parametrize("sent, exit_status, reason", [
+    (signal.SIGINT, 130, "interrupted (Ctrl-C)"),  # a terminal's Ctrl-C reaches the CLI first
+    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a container stopping, `timeout`, a cancelled job
+], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_a_silent_step_within_seconds_and_its_mlflow_run_killed(tmp_path, gcs_emulator, sent,
+                                                                                       exit_status, reason):
+    """The normalize shards (a ParallelFor: two tasks on the runner's threads) wait
+    silently on a source whose downloads stall. Was: "Aborted!", exit status 1, the MLflow
+    run RUNNING forever (Ctrl-C, the first fix); then nothing for as long as the step
+    printed nothing (a minute here; a real epoch: minutes), since the runner waits for
+    its steps and the signal reached the CLI alone. Another run of the same output folder
+    keeps its MLflow run RUNNING."""
+    from google.cloud import storage
+
+    from tests.fault_proxy import FaultProxy
+
+    bucket = storage.Client().create_bucket(f"interrupt-{int(sent)}")
+    for image in write_class_folder(tmp_path / "images", classes=("melanoma", "nevus"), per_class=8,
+                                    size=40).rglob("*.jpg"):
+        bucket.blob(f"images/{image.parent.name}/{image.name}").upload_from_filename(str(image))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other_run_id, _ = plant_another_run(tmp_path / "out", store)
+    proxy = FaultProxy(("127.0.0.1", int(gcs_emulator.rsplit(":", 1)[1])))
+    cli = subprocess.Popen([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
+                            *sum((["--set", s] for s in TINY), []), "--set", "data.num_shards=2",
+                            "--data", f"gs://{bucket.name}/images", "--output-dir", "out"],
+                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, "STORAGE_EMULATOR_HOST": proxy.url},
+                           start_new_session=True, preexec_fn=_default_sigint)
+    try:
+        _wait_for(lambda: (tmp_path / "out" / "latest" / "logs" / "split.log").exists(), cli, "split started")
+        # From now on each download waits two minutes: the normalize shards' reads stall.
+        proxy.delay_s, proxy.delaying = 120.0, "alt=media"
+        _wait_for(lambda: proxy.delayed, cli, "normalize's first read")
+        time.sleep(1)
+        _stop_and_time(cli, sent, tmp_path)
+    finally:
+        proxy.close()
+    assert cli.returncode == exit_status
+    run = _mlflow_run_of(store, "lesion-demo")
     assert run.info.status == "KILLED" and run.data.tags["lesion.end_reason"] == reason
-    if sent == signal.SIGTERM:
-        assert cli.stderr.read().strip().splitlines()[-1].startswith("Terminated (SIGTERM): the MLflow run is marked")
+    assert MlflowClient(store).get_run(other_run_id).info.status == "RUNNING"
+    said = "Terminated (SIGTERM)" if sent == signal.SIGTERM else "Interrupted (Ctrl-C)"
+    assert cli.stderr.read().strip().splitlines()[-1].startswith(f"{said}: the MLflow run is marked KILLED")

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import io
 import re
+import signal
+import subprocess
+import sys
 import time
 import zipfile
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -30,6 +34,7 @@ DOWNLOAD = "alt=media"  # in the request line of every object download
 # flight finish their current try, and this machine's CPUs are shared.
 RETRY_SECONDS = 3.0
 SLACK_SECONDS = 20.0
+LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 
 
 @pytest.fixture(scope="module")
@@ -163,3 +168,51 @@ def test_cli_ingest_exits_1_with_one_error_line(faulty, tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"Error: cannot read {SOURCE}/"), result.output
     assert "connection refused" in lines[0] and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def _default_sigint() -> None:
+    """A background job starts with SIGINT ignored (see test_pipeline_local): a terminal's Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _untrained_model(folder: Path) -> Path:
+    from components.training.models import seed_cnn
+
+    path = folder / "model.keras"
+    seed_cnn(len(CLASSES), 32, [0.0] * 3, [1.0] * 3).save(path)
+    return path
+
+
+@pytest.mark.parametrize("command", ["ingest", "evaluate"])
+@pytest.mark.parametrize("sent, exit_status", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_ends_an_ingest_of_a_slow_source_within_seconds(faulty, tmp_path, command, sent,
+                                                                          exit_status):
+    """Every download takes 2 s (a slow network); the signal goes to the CLI alone while
+    the first one is held. Was (Ctrl-C): "Aborted!", exit status 1, after the reads
+    already running had gone on to the end of their batch (here all twelve files, 20 s
+    more), since leaving a thread pool waits for its running tasks."""
+    proxy = faulty(delaying=DOWNLOAD, delay_s=2.0)
+    out = tmp_path / "out"
+    args = (["ingest", "--data", SOURCE, "--output-dir", str(out)] if command == "ingest" else
+            ["evaluate", "--model", str(_untrained_model(tmp_path)), "--data", SOURCE, "--out", str(out / "m.json")])
+    cli = subprocess.Popen([LESIONPIPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=_default_sigint)
+    deadline = time.time() + 120
+    while not proxy.delayed:
+        assert cli.poll() is None and time.time() < deadline, "no download started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    began = time.monotonic()
+    cli.send_signal(sent)
+    try:
+        _, stderr = cli.communicate(timeout=60)
+    finally:
+        cli.kill()
+    seconds = time.monotonic() - began
+    print(f"lesionpipe {command}, {signal.Signals(sent).name} to exit: {seconds:.1f} s")
+    assert seconds < 10 and cli.returncode == exit_status, (seconds, cli.returncode, stderr[-2000:])
+    if sent == signal.SIGINT:
+        assert stderr.strip().splitlines()[-1] == "Interrupted (Ctrl-C)." and "Traceback" not in stderr
+    assert len(proxy.delayed) < PER_CLASS * len(CLASSES)  # the ingest did not finish
+    assert not out.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -138,7 +139,12 @@ def test_reads_never_go_past_max_bytes(tmp_path):
 # ---- zip ---------------------------------------------------------------------
 
 
-def test_zip_of_a_kaggle_folder_is_read_in_place(tmp_path):
+def test_zip_of_a_kaggle_folder_is_read_in_place(tmp_path, monkeypatch):
+    # Where an extraction would go (the temporary folder, the cache of downloaded zips),
+    # inside tmp_path, so that the check below sees one.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("LESION_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "tmp").mkdir()
     files = {f"isic/{name}": data for name, data in kaggle_files().items()}
     files["isic/README.txt"] = b"about"
     archive = write_zip(tmp_path / "data.zip", files)
@@ -153,7 +159,8 @@ def test_zip_of_a_kaggle_folder_is_read_in_place(tmp_path):
     assert read_bytes(row.uri) == files["isic/Test/nevus/nev_1.jpg"]
     # The report's previews: its members read again at the merge, in place.
     assert (tmp_path / "out" / "report.html").read_text().count("data:image/jpeg;base64,") == 12
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zip", "out"]  # nothing extracted
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.zip", "out", "tmp"]
+    assert not [p for p in tmp_path.rglob("*") if p.suffix in (".jpg", ".txt")]  # nothing extracted, anywhere
 
 
 def test_zip_traversal_entries_are_refused_and_reported(tmp_path):

@@ -32,14 +32,6 @@ def normalized(tmp_path_factory) -> Path:
     return make_tiny_shards(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.fixture
-def weights_dir() -> Path:
-    value = os.environ.get("LESION_WEIGHTS")
-    if not value or not Path(value).is_dir():
-        pytest.skip("LESION_WEIGHTS is not set (ImageNet weights in ../shared/weights)")
-    return Path(value)
-
-
 @pytest.mark.parametrize("name, size, kwargs", [
     ("seed_cnn", 32, {}), ("small_resnet", 32, {}), ("mobilenet_v2", 32, {"alpha": 0.35}), ("mobilenet", 32, {"alpha": 0.25}),
 ])

@@ -345,6 +345,8 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     write_model_info(model.path, bool(meta.get("synthetic")))
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
                            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
+    if checkpoint_root:  # a local run removes this folder once it has finished, not other runs' folders
+        model.metadata["checkpoints"] = str(work)
     return tracking.log_model(model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
                               meta.get("resize_mode", "pad"), bool(meta.get("synthetic")),
                               saved_decision_bias(model.path))
