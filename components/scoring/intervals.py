@@ -21,6 +21,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from components.scoring.decisions import decide
+from components.scoring.lesions import group_index
 from components.scoring.metrics import Scored
 
 LEVEL = 0.95
@@ -63,9 +64,8 @@ def resampling(group_ids: Sequence[str] | None, n: int, unit: str, resamples: in
     its own group), or by image when there are none. ``unit``: what a group is, plural."""
     if group_ids is None or not any(group_ids):
         return Resampling(np.arange(n), n, "images", resamples, seed)
-    keys = [g if g else f"\0image {i}" for i, g in enumerate(group_ids)]
-    _, index = np.unique(np.asarray(keys, dtype=object), return_inverse=True)
-    return Resampling(index.ravel(), int(index.max()) + 1 if n else 0, unit, resamples, seed)
+    names, index = group_index(group_ids)
+    return Resampling(index, len(names), unit, resamples, seed)
 
 
 def rank_metrics(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray,
