@@ -216,7 +216,7 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
 def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, tracking_uri):
     """Every class's probability and the melanoma probability for each IMAGE_OR_DIR (CSV);
     with --lesions, per lesion too."""
-    from components.evaluation.predict import find_images, lesion_rows, predict_files, read_lesions, write_csv
+    from components.evaluation.predict import find_images, predict_files, write_csv, write_lesions
     from components.scoring.inference import load_model
 
     loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri))
@@ -228,13 +228,7 @@ def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, track
     click.echo(f"{len(rows)} images -> {out_path}" + (f" ({failed} unreadable, see the error column)" if failed else "")
                + (" (SYNTHETIC model: see the synthetic_model column)" if loaded.synthetic else ""))
     if lesions_csv:
-        per_lesion, unnamed = lesion_rows(rows, loaded, read_lesions(lesions_csv), melanoma_class)
-        if not per_lesion:
-            raise UserError(f"{lesions_csv} names none of the readable images")
-        lesions_out = Path(out_path).with_name(f"{Path(out_path).stem}_lesions{Path(out_path).suffix}")
-        write_csv(per_lesion, lesions_out)
-        click.echo(f"{len(per_lesion)} lesions -> {lesions_out}"
-                   + (f" ({unnamed} images not in {lesions_csv}, left out)" if unnamed else ""))
+        click.echo(write_lesions(rows, loaded, lesions_csv, out_path, melanoma_class))
 
 
 @main.command("compile")

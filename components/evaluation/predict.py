@@ -97,3 +97,16 @@ def lesion_rows(rows: list[dict], loaded: LoadedModel, lesions: dict[str, str],
         row["synthetic_model"] = loaded.synthetic
         out.append(row)
     return out, len(readable) - len(named)
+
+
+def write_lesions(rows: list[dict], loaded: LoadedModel, lesions_csv: str | Path, out_path: str | Path,
+                  melanoma_class: str = "melanoma") -> str:
+    """``predict --lesions``: the lesion rows of ``rows`` (lesion_rows) written beside
+    ``out_path``, with ``_lesions`` before its extension; returns the console's line."""
+    per_lesion, unnamed = lesion_rows(rows, loaded, read_lesions(lesions_csv), melanoma_class)
+    if not per_lesion:
+        raise UserError(f"{lesions_csv} names none of the readable images")
+    out = Path(out_path).with_name(f"{Path(out_path).stem}_lesions{Path(out_path).suffix}")
+    write_csv(per_lesion, out)
+    left_out = f" ({unnamed} images not in {lesions_csv}, left out)" if unnamed else ""
+    return f"{len(per_lesion)} lesions -> {out}{left_out}"

@@ -6,13 +6,9 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from components.core import filenames
 from components.core.html_images import data_uri, img_tag
-
-if TYPE_CHECKING:
-    from components.evaluation.evaluate import Evaluation
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc",
             "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity", "ece")
@@ -70,7 +66,8 @@ def _per_lesion_section(metrics: dict) -> str:
     if not lesions:
         return ""
     return (f"<h2>Per lesion ({lesions['n']} lesions)</h2><p>Each lesion's images' probabilities averaged into one "
-            "prediction, beside the per-image figures above.</p>" + _headline_table(lesions) + _per_class_table(lesions))
+            "prediction, beside the per-image figures above.</p>"
+            + _headline_table(lesions) + _per_class_table(lesions))
 
 
 def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, title: str, synthetic: bool,
@@ -98,7 +95,9 @@ def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, 
         f"<h2>Per class</h2>{_per_class_table(metrics)}{_per_lesion_section(metrics)}{images}</body></html>")
 
 
-def write_report(ev: Evaluation, folder: str | Path, title: str, synthetic: bool, gate: dict | None = None) -> Path:
+def write_report(ev, folder: str | Path, title: str, synthetic: bool, gate: dict | None = None) -> Path:
+    """The report of ``ev`` (components.evaluation.evaluate.Evaluation: its metrics and
+    pictures, which are in ``folder``), written there."""
     path = Path(folder) / filenames.EVALUATION_REPORT
     path.write_text(render_report(ev.metrics, ev.pictures, Path(folder), title, synthetic, gate))
     return path
