@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import click
 
 from components.core.errors import UserError
+from components.core.run_descriptions import result_line
 from components.core.settings import DATA_FORMATS, EvaluateConfig
 from components.core.tracking import resolve_tracking_uri, ui_command
 from pipeline.config import Config
@@ -135,10 +136,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
                           if "balanced_accuracy" in scores else ""))
     else:
         m = summary["metrics"]
-        click.echo(f"test accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}, "
-                   f"macro-F1 {m['macro_f1']:.3f}"
-                   + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") else "")
-                   + decision_rule(m) + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+        click.echo(f"test {result_line(m)}" + decision_rule(m)
+                   + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
         gate = summary.get("gate")
         if gate:
             click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
@@ -204,9 +203,8 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
         click.echo(loaded.synthetic_warning(), err=True)
     result = evaluate_source(loaded, data, cfg.data, cfg.evaluate, out_path)
     m = result["metrics"]
-    click.echo(f"{m['n']} images: accuracy {m['accuracy']:.3f}, balanced accuracy {m['balanced_accuracy']:.3f}"
-               + (f", melanoma AUC {m['melanoma_auc']:.3f}" if m.get("melanoma_auc") is not None else "")
-               + decision_rule(m) + (" (SYNTHETIC model)" if loaded.synthetic else ""))
+    click.echo(f"{m['n']} images: {result_line(m)}" + decision_rule(m)
+               + (" (SYNTHETIC model)" if loaded.synthetic else ""))
     if result["skipped"]:
         click.echo(f"not scored: {result['skipped']} images ({result['skipped_reason']})", err=True)
     click.echo(f"metrics: {out_path}")
@@ -223,10 +221,16 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
 @click.option("--melanoma-class", default=EvaluateConfig().melanoma_class, show_default=True,
               help="The class whose probability is the melanoma_probability column.")
 @click.option("--tta", is_flag=True, help="Average over 8 flips/turns of each image.")
+@click.option("--lesions", "lesions_csv", type=click.Path(dir_okay=False),
+              help="CSV naming the lesion each image shows: an image column (image, image_id or image_name: the "
+                   "file name without extension) and a lesion column (lesion or lesion_id); HAM10000's metadata CSV "
+                   "works as is. Also writes OUT with _lesions before its extension: one row per lesion, its "
+                   "images' probabilities averaged, the class predicted from them, and its number of images.")
 @click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs.")
-def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
-    """Every class's probability and the melanoma probability for each IMAGE_OR_DIR (CSV)."""
-    from components.evaluation.predict import find_images, predict_files, write_csv
+def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, tracking_uri):
+    """Every class's probability and the melanoma probability for each IMAGE_OR_DIR (CSV);
+    with --lesions, per lesion too."""
+    from components.evaluation.predict import find_images, predict_files, write_csv, write_lesions
     from components.scoring.inference import load_model
 
     loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri))
@@ -237,6 +241,8 @@ def predict(model_uri, images, out_path, melanoma_class, tta, tracking_uri):
     failed = sum(1 for r in rows if r["error"])
     click.echo(f"{len(rows)} images -> {out_path}" + (f" ({failed} unreadable, see the error column)" if failed else "")
                + (" (SYNTHETIC model: see the synthetic_model column)" if loaded.synthetic else ""))
+    if lesions_csv:
+        click.echo(write_lesions(rows, loaded, lesions_csv, out_path, melanoma_class))
 
 
 @main.command("compile")

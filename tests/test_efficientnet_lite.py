@@ -157,7 +157,7 @@ def test_lite_backbone_freezes_per_layer_and_keeps_pretrained_weights():
     assert model.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
     # Grad-CAM's layer follows the last feature map.
     assert model.get_layer("feature_pool").input.shape[-1] == 1280
-    from components.evaluation.evaluate import gradcam
+    from components.evaluation.gradcam import gradcam
 
     heat = gradcam(model, np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32), 1)
     assert heat.shape == (2, 64, 64) and np.isfinite(heat).all() and heat.max() <= 1.0

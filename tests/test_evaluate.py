@@ -9,15 +9,10 @@ import numpy as np
 import pytest
 
 from components.data import tfrecords
-from components.evaluation.evaluate import (
-    Evaluation,
-    evaluate,
-    gradcam,
-    make_pictures,
-    thinned_roc,
-    worst_misclassified,
-    write_report,
-)
+from components.evaluation.evaluate import Evaluation, evaluate, make_pictures, thinned_roc
+from components.evaluation.gradcam import gradcam
+from components.evaluation.plots import worst_misclassified
+from components.evaluation.report_html import write_report
 from components.scoring.inference import predict_probabilities
 from components.scoring.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
 from components.training.train import train

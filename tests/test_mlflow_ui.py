@@ -24,7 +24,8 @@ from components.core.tracking import (
     run_url,
 )
 from components.data import tfrecords
-from components.evaluation.evaluate import PIPELINE_REPORT_TITLE, evaluate, log_to_mlflow, write_report
+from components.evaluation.evaluate import evaluate, log_to_mlflow
+from components.evaluation.report_html import PIPELINE_REPORT_TITLE, write_report
 from components.registry.register import register
 from components.training.models import build_model
 from tests.conftest import free_port, running_server

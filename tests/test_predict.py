@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
@@ -152,9 +153,10 @@ def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_
     monkeypatch.setattr(inference, "FILE_CHUNK_BATCHES", 1)
     assert len(uris) > 4  # more than one chunk
     cfg = tiny_config().evaluate.model_copy(update={"batch_size": 4, "tta": False})
-    metrics, problem = score_champion_on_test_split(str(model_dir), "", tmp_path / "normalized", cfg)
+    scored, problem = score_champion_on_test_split(str(model_dir), "", tmp_path / "normalized", cfg)
     assert problem == ""
-    assert metrics == classification_metrics(labels, probs, loaded.classes, cfg.melanoma_class)
+    assert scored.metrics == classification_metrics(labels, probs, loaded.classes, cfg.melanoma_class)
+    np.testing.assert_array_equal(scored.probs, probs)
 
 
 def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(model_dir, images, tmp_path):
@@ -196,3 +198,76 @@ def test_decision_offsets_for_other_classes_are_one_error_line(model_dir, images
     assert result.exit_code != 0 and "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith(
         f"Error: cannot load model {broken}: decision offsets are for classes ['lentigo', 'nevus']"), result.output
+
+
+HAM_CODES = {"melanoma": "mel", "nevus": "nv", "basal_cell_carcinoma": "bcc", "benign_keratosis": "bkl"}
+
+
+@pytest.fixture
+def ham_source(images, tmp_path) -> Path:
+    """The 16 images as a HAM10000 source: flat image files and a metadata CSV, two
+    images of each lesion (8 lesions)."""
+    root = tmp_path / "ham"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for i, path in enumerate(sorted(Path(images).rglob("*.jpg"))):
+        name = f"ISIC_{i:07d}"
+        (root / "images" / f"{name}.jpg").write_bytes(path.read_bytes())
+        rows.append({"lesion_id": f"HAM_{i // 2:07d}", "image_id": name, "dx": HAM_CODES[path.parent.name]})
+    pd.DataFrame(rows).to_csv(root / "HAM10000_metadata.csv", index=False)
+    return root
+
+
+def test_evaluate_scores_lesions_beside_images_with_intervals(model_dir, ham_source, tmp_path):
+    out = tmp_path / "metrics.json"
+    result = CliRunner().invoke(main, ["evaluate", "--model", str(model_dir / "model.keras"), "--data",
+                                       str(ham_source), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    # Per image: 16 images, intervals from resampling the 8 lesions.
+    assert metrics["n"] == 16
+    drawn = metrics["intervals"]
+    assert (drawn["unit"], drawn["units"], drawn["resamples"], drawn["level"]) == ("lesions", 8, 1000, 0.95)
+    low, high = drawn["values"]["balanced_accuracy"]
+    assert low <= metrics["balanced_accuracy"] <= high
+    # Per lesion: 8 lesions, each its two images' mean probabilities.
+    lesions = metrics["per_lesion"]
+    assert lesions["n"] == 8 and lesions["intervals"]["units"] == 8
+    probs = np.load(tmp_path / "metrics_report" / "predictions.npz")["probs"]
+    assert lesions["melanoma_auc"] is not None and lesions["per_class"]["melanoma"]["support"] == 2
+    assert probs.shape == (16, 4)
+    # The console line carries the intervals, the report the per-lesion table.
+    assert f"balanced accuracy {metrics['balanced_accuracy']:.3f} [{low:.2f}, {high:.2f}]" in result.output
+    assert "per lesion (8 lesions)" in result.output
+    report = (tmp_path / "metrics_report" / "report.html").read_text()
+    assert "Per lesion (8 lesions)" in report and "bootstrap over the 8 lesions" in report
+
+
+def test_predict_with_lesions_writes_one_row_per_lesion(model_dir, ham_source, tmp_path):
+    out = tmp_path / "p.csv"
+    metadata = ham_source / "HAM10000_metadata.csv"
+    stray = tmp_path / "stray.jpg"  # an image the CSV does not name
+    stray.write_bytes((ham_source / "images" / "ISIC_0000000.jpg").read_bytes())
+    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(ham_source / "images"), str(stray),
+                                       "--out", str(out), "--lesions", str(metadata)])
+    assert result.exit_code == 0, result.output
+    assert "8 lesions ->" in result.output and "1 images not in" in result.output
+    images = {Path(r["path"]).stem: r for r in csv.DictReader(out.open())}
+    lesions = list(csv.DictReader((tmp_path / "p_lesions.csv").open()))
+    classes = json.loads((model_dir / "classes.json").read_text())
+    assert list(lesions[0]) == ["lesion", "images", "predicted_class", *[f"p_{c}" for c in classes],
+                                "melanoma_probability", "synthetic_model"]
+    assert [r["lesion"] for r in lesions] == [f"HAM_{i:07d}" for i in range(8)]
+    for i, row in enumerate(lesions):
+        pair = [images[f"ISIC_{2 * i + j:07d}"] for j in (0, 1)]
+        assert row["images"] == "2"
+        for c in classes:
+            assert float(row[f"p_{c}"]) == pytest.approx(np.mean([float(p[f"p_{c}"]) for p in pair]), abs=2e-6)
+        means = [float(row[f"p_{c}"]) for c in classes]
+        assert row["predicted_class"] == classes[int(np.argmax(means))]
+    # A CSV without the columns is one error line.
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,patient\na,b\n")
+    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(stray), "--out", str(out),
+                                       "--lesions", str(bad)])
+    assert result.exit_code == 1 and "needs an image column (image, image_id, image_name)" in result.output

@@ -16,7 +16,7 @@ from PIL import Image
 from components.core.settings import EvaluateConfig
 from components.core.tracking import log_model, pipeline_run
 from components.data import tfrecords
-from components.evaluation.evaluate import evaluate
+from components.evaluation.evaluate import evaluate, load_scored
 from components.registry.champion import (
     CHALLENGER,
     CHAMPION,
@@ -28,6 +28,8 @@ from components.registry.champion import (
     register_and_promote,
 )
 from components.scoring.inference import ModelLoadError, load_model
+from components.scoring.intervals import paired_difference, resampling
+from components.scoring.metrics import Scored, classification_metrics
 from components.training.train import train
 from tests.fault_proxy import FaultProxy
 from tests.tiny_data import make_tiny_shards, tiny_config
@@ -37,17 +39,62 @@ def _cfg(**kwargs) -> EvaluateConfig:
     return EvaluateConfig(champion_metric="balanced_accuracy", champion_margin=0.02, **kwargs)
 
 
-def test_gate_rules():
+def test_gate_floors_and_the_first_champion():
     new = {"balanced_accuracy": 0.70, "melanoma_auc": 0.90, "macro_auc": 0.9}
     assert decide(new, None, _cfg()).alias == CHAMPION
     below = decide(new, None, _cfg(min_melanoma_auc=0.93))
     assert below.alias == CHALLENGER and "melanoma_auc 0.900 < minimum 0.930" in below.reason
     assert below.comparison["melanoma_auc"] == {"new": 0.9, "champion": None, "minimum": 0.93}
-    # Within the margin of the champion: promoted; beyond it: not.
-    assert decide(new, {"balanced_accuracy": 0.715}, _cfg()).alias == CHAMPION
-    worse = decide(new, {"balanced_accuracy": 0.73}, _cfg())
-    assert worse.alias == CHALLENGER and "worse than the champion" in worse.reason and "-0.0300" in worse.reason
     assert decide(new, None, _cfg(), champion_problem="it predicts other classes").alias == CHALLENGER
+    # A champion, but the metric is undefined on this split: no difference to decide on.
+    assert "cannot compare" in decide(new, {"balanced_accuracy": 0.6}, _cfg(), difference=None).reason
+
+
+GATE_CLASSES = ["nevus", "melanoma", "benign_keratosis", "basal_cell_carcinoma"]
+
+
+def _planted_scores(y: np.ndarray, right: np.ndarray) -> Scored:
+    """Probabilities that put 0.7 on the true class where ``right``, else on the next class."""
+    k = len(GATE_CLASSES)
+    probs = np.full((len(y), k), 0.1)
+    probs[np.arange(len(y)), np.where(right, y, (y + 1) % k)] = 0.7
+    return Scored(y, probs, classification_metrics(y, probs, GATE_CLASSES))
+
+
+@pytest.mark.parametrize("gained, lost, alias", [(250, 50, CHAMPION), (72, 60, CHALLENGER), (40, 100, CHALLENGER)])
+def test_the_gate_promotes_only_beyond_the_noise(gained, lost, alias):
+    """1,130 test images in 800 lesions, as HAM10000's test split: the champion gets 700
+    images right; a challenger also gets ``gained`` of its wrong ones right and ``lost``
+    of its right ones wrong. +200 images (balanced accuracy about +0.18) clears the
+    noise; +12 (about +0.01, the old fixed margin) is within it, so the champion stays;
+    -60 is worse."""
+    rng = np.random.default_rng(0)
+    n = 1130
+    lesions = np.r_[np.arange(800), rng.integers(0, 800, n - 800)]
+    y = rng.integers(0, len(GATE_CLASSES), 800)[lesions]
+    champion_right = np.zeros(n, bool)
+    champion_right[rng.permutation(n)[:700]] = True
+    challenger_right = champion_right.copy()
+    challenger_right[rng.permutation(np.flatnonzero(~champion_right))[:gained]] = True
+    challenger_right[rng.permutation(np.flatnonzero(champion_right))[:lost]] = False
+    new, old = _planted_scores(y, challenger_right), _planted_scores(y, champion_right)
+    plan = resampling([f"L{i}" for i in lesions], n, "lesions")
+    cfg = EvaluateConfig(champion_metric="balanced_accuracy")
+    difference = paired_difference(cfg.champion_metric, plan, new, old)
+    decision = decide(new.metrics, old.metrics, cfg, difference=difference)
+    assert decision.alias == alias, decision.reason
+    assert difference.estimate == pytest.approx(new.metrics["balanced_accuracy"] - old.metrics["balanced_accuracy"])
+    assert f"[{difference.low:+.4f}, {difference.high:+.4f}]" in decision.reason
+    assert "1000 resamples of 800 lesions" in decision.reason
+    assert decision.difference["low"] == difference.low
+    if gained - lost == 12:
+        assert 0 < difference.estimate < 0.02 and difference.low < 0 < difference.high
+        assert "not shown better than the champion" in decision.reason
+        # A negative margin accepts a challenger that may be that much worse.
+        assert decide(new.metrics, old.metrics, EvaluateConfig(champion_margin=-0.05),
+                      difference=difference).alias == CHAMPION
+    if gained < lost:
+        assert "worse than the champion" in decision.reason
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +108,10 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
         cfg = tiny_config(epochs=epochs, learning_rate=lr)
         run_id = pipeline_run(mlflow_server, "registry-test", name, f"kfp-{name}-{root.name}")
         result = train(normalized, None, cfg.train, root / name)
-        out[name] = {"uri": log_model(result.model_path, 32, mlflow_server, run_id, classes),
-                     "metrics": evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}").metrics}
+        evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}")
+        scored = load_scored(root / f"eval-{name}")
+        out[name] = {"uri": log_model(result.model_path, 32, mlflow_server, run_id, classes), "scored": scored,
+                     "metrics": scored.metrics, "evaluation": str(root / f"eval-{name}")}
     return out
 
 
@@ -74,11 +123,11 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     good, bad = two_models["good"], two_models["bad"]
     assert good["metrics"]["balanced_accuracy"] > bad["metrics"]["balanced_accuracy"] + cfg.champion_margin
 
-    first = register_and_promote(mlflow_server, name, good["uri"], good["metrics"], two_models["normalized"], cfg,
+    first = register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg,
                                  "f" * 64)
     assert (first["alias"], first["version"], first["previous_champion"]) == (CHAMPION, "1", None)
 
-    second = register_and_promote(mlflow_server, name, bad["uri"], bad["metrics"], two_models["normalized"], cfg,
+    second = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], two_models["normalized"], cfg,
                                   "e" * 64)
     assert second["alias"] == CHALLENGER and second["version"] == "2"
     # The champion was re-scored on the same test split: the same numbers it got when evaluated.
@@ -110,8 +159,10 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     run_id = pipeline_run(mlflow_server, "registry-test", "gate", f"kfp-gate-{name}")
     log_gate(mlflow_server, run_id, second)
     run = client.get_run(run_id)
-    assert run.data.tags["gate.alias"] == CHALLENGER and "worse than the champion" in run.data.tags["gate.reason"]
+    assert run.data.tags["gate.alias"] == CHALLENGER and "than the champion" in run.data.tags["gate.reason"]
+    assert "% interval [" in run.data.tags["gate.reason"] and "paired bootstrap" in run.data.tags["gate.reason"]
     assert run.data.metrics["gate_champion_balanced_accuracy"] == pytest.approx(good["metrics"]["balanced_accuracy"])
+    assert run.data.metrics["gate_difference_ci_low"] <= run.data.metrics["gate_difference"] < 0
 
 
 def test_bad_model_uris_are_one_line_errors(mlflow_server, tmp_path):
@@ -149,11 +200,11 @@ def test_a_registry_error_while_looking_up_the_champion_fails_the_step(two_model
     name = f"registry-fault-{status}-{abs(hash(str(two_models['normalized']))) % 10**6}"
     cfg = _cfg()
     good, bad = two_models["good"], two_models["bad"]
-    register_and_promote(mlflow_server, name, good["uri"], good["metrics"], two_models["normalized"], cfg, "f" * 64)
+    register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64)
     with FaultProxy(_server_address(mlflow_server), "status", status=status, fail_after_requests=0,
                     counting=f"GET {ALIAS_PATH}") as proxy:
         with pytest.raises(RegistryUnavailable, match=f"cannot look up {name}@champion in {proxy.url}"):
-            register_and_promote(proxy.url, name, bad["uri"], bad["metrics"], two_models["normalized"], cfg, "e" * 64)
+            register_and_promote(proxy.url, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64)
         with pytest.raises(RegistryUnavailable):  # the retraining gate's lookup: the same policy
             find_champion(proxy.url, name)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
@@ -170,7 +221,7 @@ def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_f
     with FaultProxy(_server_address(mlflow_server), "status", status=500, fail_after_requests=0,
                     counting=f"POST {ALIAS_PATH}") as proxy:
         with pytest.raises(RegistryUnavailable, match="registered with its decision and data fingerprint, but"):
-            register_and_promote(proxy.url, name, good["uri"], good["metrics"], two_models["normalized"], _cfg(),
+            register_and_promote(proxy.url, name, good["uri"], good["scored"], two_models["normalized"], _cfg(),
                                  "d" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     tags = client.get_model_version(name, "1").tags
@@ -179,37 +230,38 @@ def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_f
 
 PROMOTE_IN_A_SUBPROCESS = """
 import json, sys
+from components.evaluation.evaluate import load_scored
 from components.registry.champion import register_and_promote
 from components.core.settings import EvaluateConfig
-tracking_uri, name, uri, metrics, normalized, fingerprint = sys.argv[1:]
-gate = register_and_promote(tracking_uri, name, uri, json.loads(metrics), normalized,
-                            EvaluateConfig(champion_margin=1.0), fingerprint)
+tracking_uri, name, uri, evaluation, normalized, fingerprint = sys.argv[1:]
+gate = register_and_promote(tracking_uri, name, uri, load_scored(evaluation), normalized,
+                            EvaluateConfig(champion_margin=-1.0), fingerprint)
 print(json.dumps(gate))
 """
 
 
 def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, mlflow_server, tmp_path):
     """Was: both compared with v1 and both moved @champion; the worse one, whose alias
-    write landed last, stayed champion. A margin of 1.0 makes each run's own gate say
+    write landed last, stayed champion. A margin of -1.0 makes each run's own gate say
     champion; the worse run's alias write is held 8 s by a slow proxy."""
     from mlflow.tracking import MlflowClient
 
     name = f"concurrent-{abs(hash(str(two_models['normalized']))) % 10**6}"
-    cfg = EvaluateConfig(champion_margin=1.0)
+    cfg = EvaluateConfig(champion_margin=-1.0)
     good, bad, normalized = two_models["good"], two_models["bad"], str(two_models["normalized"])
-    register_and_promote(mlflow_server, name, bad["uri"], bad["metrics"], normalized, cfg, "c" * 64)  # v1
+    register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "c" * 64)  # v1
     script = tmp_path / "promote.py"
     script.write_text(PROMOTE_IN_A_SUBPROCESS)
     root = Path(__file__).resolve().parents[1]
     with FaultProxy(_server_address(mlflow_server), delaying=f"POST {ALIAS_PATH}", delay_s=8.0) as slow:
-        worse = subprocess.Popen([sys.executable, str(script), slow.url, name, bad["uri"], json.dumps(bad["metrics"]),
+        worse = subprocess.Popen([sys.executable, str(script), slow.url, name, bad["uri"], bad["evaluation"],
                                   normalized, "c" * 64], cwd=root, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(root)})
         deadline = time.time() + 120
         while not slow.delayed:  # the worse run has compared with v1 and is moving the alias
             assert worse.poll() is None and time.time() < deadline, "the worse run never reached its alias write"
             time.sleep(0.1)
-        better = register_and_promote(mlflow_server, name, good["uri"], good["metrics"], normalized, cfg, "c" * 64)
+        better = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "c" * 64)
         out, _ = worse.communicate(timeout=120)
     assert worse.returncode == 0
     late = json.loads(out.splitlines()[-1])

@@ -325,7 +325,7 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     from mlflow import MlflowClient
 
     from components.core import tracking
-    from components.evaluation.evaluate import gradcam
+    from components.evaluation.gradcam import gradcam
 
     run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
     cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10, balance_decisions=True,

@@ -26,10 +26,36 @@ def kfp_run_url(kfp_ui_url: str, kfp_run_id: str) -> str:
     return f"{kfp_ui_url.rstrip('/')}/#/runs/details/{kfp_run_id}"
 
 
+def interval_text(metrics: dict, key: str) -> str:
+    """`` [0.89, 0.94]``: the 95 % interval of ``metrics[key]`` (evaluate's ``intervals``),
+    '' when it has none."""
+    found = metrics.get("intervals", {}).get("values", {}).get(key)
+    return f" [{found[0]:.2f}, {found[1]:.2f}]" if found else ""
+
+
+def scores_text(metrics: dict, bold: str = "") -> str:
+    """``balanced accuracy 0.700 [0.65, 0.75], ...``: the headline test metrics with their
+    intervals, each value between ``bold`` marks."""
+    shown = [f"{words} {bold}{metrics[key]:.3f}{bold}{interval_text(metrics, key)}" for key, words in TEST_METRICS
+             if metrics.get(key) is not None]
+    return ", ".join(shown) if shown else "none defined"
+
+
+def result_line(metrics: dict) -> str:
+    """The console's: ``balanced accuracy 0.700 [0.65, 0.75], ..., melanoma AUC 0.915
+    [0.89, 0.94]``, and the same per lesion where scored so."""
+    line = scores_text(metrics)
+    if metrics.get("per_lesion"):
+        line += f"; per lesion ({metrics['per_lesion']['n']} lesions): {scores_text(metrics['per_lesion'])}"
+    return line
+
+
 def test_metrics_line(metrics: dict, label: str = "Test metrics") -> str:
-    shown = [f"{words} **{metrics[key]:.3f}**" for key, words in TEST_METRICS if metrics.get(key) is not None]
     n = f" ({metrics['n']} images)" if metrics.get("n") else ""
-    return f"{label}{n}: " + (", ".join(shown) if shown else "none defined")
+    line = f"{label}{n}: " + scores_text(metrics, "**")
+    if metrics.get("per_lesion"):
+        line += f"\n\nPer lesion ({metrics['per_lesion']['n']} lesions): " + scores_text(metrics["per_lesion"], "**")
+    return line
 
 
 def gate_lines(gate: dict) -> list[str]:

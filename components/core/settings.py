@@ -391,11 +391,17 @@ class EvaluateConfig(Section):
     # Report pictures: worst misclassified test images, Grad-CAM melanoma images.
     worst_images: int = Field(16, ge=0)
     gradcam_images: int = Field(4, ge=0)
+    # 95 % intervals of the test metrics: bootstrap over lesions (images where the source
+    # has no lesion ids), this many resamples, drawn from this seed (docs/metrics.md).
+    bootstrap_resamples: int = Field(1000, ge=100)
+    bootstrap_seed: int = 0
     # Champion gate: a new model gets the champion alias only if every metric reaches
-    # its minimum and it is not worse than the current champion on champion_metric by
-    # more than champion_margin (both scored on this test split); else challenger.
+    # its minimum and the lower end of the 95 % interval of its difference from the
+    # current champion on champion_metric (paired bootstrap, both scored on this test
+    # split) is above champion_margin: it is better beyond the test split's noise.
+    # Else challenger. A negative margin promotes a model that may be that much worse.
     champion_metric: GateMetric = "balanced_accuracy"
-    champion_margin: float = Field(0.0, ge=0)
+    champion_margin: float = Field(0.0, ge=-1, le=1)
     min_balanced_accuracy: float = Field(0.0, ge=0, le=1)
     min_melanoma_auc: float = Field(0.0, ge=0, le=1)
     min_macro_auc: float = Field(0.0, ge=0, le=1)

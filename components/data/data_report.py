@@ -10,7 +10,6 @@ that can no longer be read, or whose bytes changed since it was ingested, is sho
 """
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -21,6 +20,7 @@ import pandas as pd
 from PIL import Image
 
 from components.core import filenames
+from components.core.html_images import data_uri, img_tag
 
 THUMB_SIZE = 72
 # Bound the HTML/Markdown size on large, messy sources; report.json and the manifest
@@ -107,8 +107,7 @@ def preview_jpeg(img: Image.Image) -> bytes:
 def _preview_uri(previews: dict[str, bytes], uri: str) -> str:
     """The inline image of ``uri``'s preview; '' for a file with none (never decoded, or
     not readable again when the report was made)."""
-    jpeg = previews.get(uri)
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode() if jpeg else ""
+    return data_uri(previews.get(uri, b""), "image/jpeg")
 
 
 def size_histogram_uri(df: pd.DataFrame) -> str:
@@ -148,13 +147,7 @@ def size_histogram_uri(df: pd.DataFrame) -> str:
         draw.text((x + 14, 6), name, fill="black")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def _img(src: str, title: str) -> str:
-    if not src:
-        return f"<span title='{html.escape(title)}'>[no preview]</span>"
-    return f"<img src='{src}' title='{html.escape(title)}' alt='{html.escape(title)}'>"
+    return data_uri(buf.getvalue(), "image/png")
 
 
 def _shown_groups(report: dict) -> list[tuple[str, list[dict], int]]:
@@ -298,12 +291,12 @@ def render_html(report: dict, groups: list[tuple[str, list[dict]]], samples: dic
             out.append(f"<p>first {len(rendered)} shown; all in report.json</p>")
         for group in rendered:
             out.append("<div class='group'>" + "".join(
-                f"<div class='file'>{_img(f['thumb'], f['relpath'])}<br><code>{esc(f['relpath'])}</code><br>"
+                f"<div class='file'>{img_tag(f['thumb'], f['relpath'])}<br><code>{esc(f['relpath'])}</code><br>"
                 f"{esc(f['label'])} &middot; {esc(f['split'])} &middot; {esc(f['status'])}</div>"
                 for f in group["files"]) + "</div>")
     out.append(f"<h2>Image sizes</h2><img src='{histogram}' alt='size histogram'><h2>Samples per class</h2>")
     for label, thumbs in samples.items():
-        out.append(f"<h3>{esc(label)}</h3><div>" + "".join(_img(t, p) for p, t in thumbs) + "</div>")
+        out.append(f"<h3>{esc(label)}</h3><div>" + "".join(img_tag(t, p) for p, t in thumbs) + "</div>")
     out.append("</body></html>")
     return "\n".join(out)
 

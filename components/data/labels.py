@@ -64,6 +64,11 @@ FORMAT_COLUMNS: dict[str, set[str]] = {
 }
 
 
+# What a label file's group id names, plural: evaluation resamples these, and scores
+# lesions as well as images where they are lesions.
+GROUP_UNITS = {"ham10000": "lesions", "isic2019": "lesions", "siim2020": "patients"}
+
+
 @dataclass(frozen=True)
 class LabelTable:
     """Labels from a CSV: image id (the file name without extension) -> label and group."""

@@ -125,8 +125,9 @@ def dataset_meta(splits_dir: str | Path, cfg: DataConfig, pixel_stats: list[dict
 
 
 def gather_shards(shard_dirs: list[str | Path], splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path,
-                  synthetic: bool = False) -> dict:
-    """One dataset folder from the shard tasks' outputs; refuses an incomplete set of shards."""
+                  synthetic: bool = False, group_unit: str = "groups") -> dict:
+    """One dataset folder from the shard tasks' outputs, with the test images' group ids
+    (``group_unit``: what they name, labels.GROUP_UNITS); refuses an incomplete set of shards."""
     folders = [Path(d) for d in shard_dirs]
     # The stats file is written last, so a shard folder without it is incomplete.
     stats = [json.loads((f / STATS_FILE).read_text()) for f in folders if (f / STATS_FILE).is_file()]
@@ -141,12 +142,15 @@ def gather_shards(shard_dirs: list[str | Path], splits_dir: str | Path, cfg: Dat
                 os.link(shard, out / shard.name)
             except OSError:
                 shutil.copyfile(shard, out / shard.name)
+    test = _read_splits(splits_dir).query("subset == 'test'")
+    tfrecords.write_test_groups(out, group_unit, {u: g for u, g in zip(test.uri, test.group_id.fillna("")) if g})
     meta = dataset_meta(splits_dir, cfg, stats, synthetic)
     tfrecords.write_meta(out, meta)
     return meta
 
 
-def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, synthetic: bool = False) -> dict:
+def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, synthetic: bool = False,
+              group_unit: str = "groups") -> dict:
     """The pipeline's fan-out and gather, one shard after the other in this process."""
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +158,7 @@ def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, s
         folders = [Path(scratch, str(i)) for i in range(cfg.num_shards)]
         for i, folder in enumerate(folders):
             normalize_shard(splits_dir, cfg, i, folder)
-        return gather_shards(folders, splits_dir, cfg, out, synthetic)
+        return gather_shards(folders, splits_dir, cfg, out, synthetic, group_unit)
 
 
 def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index: int,
@@ -179,10 +183,11 @@ def normalize_gather_step(shards: dsl.Input[List[dsl.Dataset]], splits: dsl.Inpu
     from components.core import atomic, filenames
     from components.core.errors import user_errors
     from components.core.settings import DataConfig, load_section
+    from components.data.labels import GROUP_UNITS
     from components.data.normalize import gather_shards
 
-    synthetic = json.loads((Path(manifest.path) / filenames.INGEST_REPORT).read_text())["synthetic"]
+    ingested = json.loads((Path(manifest.path) / filenames.INGEST_REPORT).read_text())
     with user_errors(), atomic.output_dir(normalized.path) as out:
         meta = gather_shards([s.path for s in shards], splits.path, load_section(DataConfig, data, "data."), out,
-                             synthetic)
+                             ingested["synthetic"], GROUP_UNITS.get(ingested["format"], "groups"))
     normalized.metadata.update(meta["counts"])

@@ -14,6 +14,9 @@ from typing import Iterable, Iterator
 import numpy as np
 
 META_FILE = "dataset.json"
+# The test split's group ids (lesion or patient) by URI, for the bootstrap of the test
+# metrics (components.scoring.intervals); absent from folders made before it existed.
+TEST_GROUPS_FILE = "test_groups.json"
 
 
 def _tf():
@@ -59,6 +62,23 @@ def read_meta(folder: str | Path) -> dict:
 def write_meta(folder: str | Path, meta: dict) -> None:
     from components.core import atomic
     atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=2))
+
+
+def write_test_groups(folder: str | Path, unit: str, groups: dict[str, str]) -> None:
+    """``groups``: URI -> group id of each test image that has one; ``unit``: what a
+    group is, plural ("lesions", "patients")."""
+    from components.core import atomic
+    atomic.write_text(Path(folder) / TEST_GROUPS_FILE, json.dumps({"unit": unit, "groups": groups}))
+
+
+def read_test_groups(folder: str | Path, uris: list[str]) -> tuple[list[str] | None, str]:
+    """(the group id of each of ``uris``, '' for none; what a group is), or (None, '')
+    when the folder has no group ids."""
+    path = Path(folder) / TEST_GROUPS_FILE
+    if not path.is_file():
+        return None, ""
+    saved = json.loads(path.read_text())
+    return [saved["groups"].get(u, "") for u in uris], saved["unit"]
 
 
 def parse_fn(image_size: int):

@@ -1,11 +1,10 @@
-"""Evaluate: score a model on held-out images, write every metric and the pictures
-people look at (confusion matrices, ROC curves, reliability diagram, worst
-misclassified images, Grad-CAM on melanomas) into one self-contained HTML report, and,
-in the pipeline, log them to the pipeline's MLflow run. Registering the model and the
-champion decision are the next step's (components.registry.register)."""
+"""Evaluate: score a model on held-out images, write every metric with its 95 %
+interval (bootstrap over lesions: components.scoring.intervals), the same per lesion
+where the source names lesions, and the pictures people look at into one
+self-contained HTML report (components.evaluation.report_html), and, in the pipeline,
+log them to the pipeline's MLflow run. Registering the model and the champion decision
+are the next step's (components.registry.register)."""
 
-import base64
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,16 +15,22 @@ from kfp import dsl
 from components.core import filenames
 from components.core.settings import DataConfig, EvaluateConfig
 from components.data import tfrecords
+from components.evaluation.gradcam import gradcam
+from components.evaluation.plots import (
+    plot_confusion_matrices,
+    plot_image_grid,
+    plot_reliability,
+    plot_roc_curves,
+    worst_misclassified,
+)
+from components.evaluation.report_html import HEADLINE, PICTURES_FILE, write_report
 from components.scoring.decisions import decide
-from components.scoring.metrics import classification_metrics, reliability_bins, roc_points
+from components.scoring.intervals import intervals, resampling
+from components.scoring.lesions import lesion_labels, lesion_means
+from components.scoring.metrics import Scored, classification_metrics, roc_points
 
-HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc",
-            "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity", "ece")
 # KFP keeps ROC points in the run's metadata: enough for a smooth curve, no more.
 MAX_ROC_POINTS = 200
-# (title, PNG file) of every picture made, so the report can be rendered again from the folder.
-PICTURES_FILE = "pictures.json"
-PIPELINE_REPORT_TITLE = "Evaluation on the held-out test split"
 
 
 @dataclass
@@ -41,133 +46,6 @@ class Evaluation:
     @property
     def predicted(self) -> np.ndarray:
         return decide(self.probs, self.decision_bias)
-
-
-# ---- pictures -----------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion_matrices(matrix: list[list[int]], classes: list[str], path: Path) -> None:
-    """Counts and row-normalised (each true class's recall on the diagonal), side by side."""
-    plt = _pyplot()
-    counts = np.asarray(matrix)
-    normalised = counts / np.maximum(counts.sum(1, keepdims=True), 1)
-    size = max(4.0, 0.7 * len(classes) + 2.5)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for ax, values, title, fmt in ((axes[0], counts, "counts", "{:d}"), (axes[1], normalised, "normalised by true class", "{:.2f}")):
-        ax.imshow(values, cmap="Blues")
-        ax.set_title(title)
-        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-        ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        for i in range(values.shape[0]):
-            for j in range(values.shape[1]):
-                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if values[i, j] > values.max() / 2 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], metrics: dict, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    for i, c in enumerate(classes):
-        auc = metrics["per_class"][c]["auc"]
-        if auc is None:
-            continue
-        fpr, tpr, _ = roc_points(y_true, probs, i)
-        ax.plot(fpr, tpr, lw=2.5 if c == "melanoma" else 1.2, label=f"{c} (AUC {auc:.3f})")
-    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax.set_xlabel("false positive rate (1 - specificity)")
-    ax.set_ylabel("true positive rate (sensitivity)")
-    ax.set_title("ROC, one class vs rest")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float, path: Path) -> None:
-    plt = _pyplot()
-    bins = reliability_bins(y_true, probs)
-    fig, ax = plt.subplots(figsize=(6, 6))
-    centres = [(b["low"] + b["high"]) / 2 for b in bins]
-    ax.bar(centres, [b["accuracy"] or 0 for b in bins], width=0.09, edgecolor="k", label="accuracy in bin")
-    ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
-    for x, b in zip(centres, bins):
-        if b["count"]:
-            ax.text(x, 0.02, str(b["count"]), ha="center", fontsize=7, rotation=90)
-    ax.set_xlabel("confidence (top class probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"Reliability diagram (ECE {ece:.3f}); numbers: images per bin")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-
-
-def worst_misclassified(y_true: np.ndarray, probs: np.ndarray, count: int,
-                        predicted: np.ndarray | None = None) -> np.ndarray:
-    """Indices of wrong predictions (``predicted``, else the argmax), lowest probability
-    on the true class first."""
-    wrong = np.flatnonzero((probs.argmax(1) if predicted is None else predicted) != y_true)
-    true_prob = probs[wrong, y_true[wrong]]
-    return wrong[np.argsort(true_prob, kind="stable")][:count]
-
-
-def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, overlays: list[np.ndarray] | None = None) -> None:
-    plt = _pyplot()
-    columns = min(4, len(images))
-    rows = -(-len(images) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for k, (image, caption) in enumerate(zip(images, captions)):
-        ax = axes.flat[k]
-        ax.imshow(image.astype(np.uint8))
-        if overlays is not None:
-            ax.imshow(overlays[k], cmap="jet", alpha=0.4, vmin=0, vmax=1)
-        ax.set_title(caption, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def gradcam(model, images: np.ndarray, class_index: int) -> np.ndarray:
-    """Grad-CAM (Selvaraju et al. 2017): the last feature map weighted by the pooled
-    gradient of the class probability, ReLU, scaled to [0, 1] and resized to the image.
-    For an ensemble, its first member's."""
-    import keras
-    import tensorflow as tf
-
-    def feature_maps(model) -> list:
-        return [layer for layer in model.layers
-                if len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer)]
-
-    while not feature_maps(model):  # an ensemble: the heatmap of its first member
-        model = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    feature_layer = feature_maps(model)[-1]
-    grad_model = keras.Model(model.inputs, [feature_layer.output, model.output])
-    x = tf.convert_to_tensor(images, tf.float32)
-    with tf.GradientTape() as tape:
-        features, probs = grad_model(x, training=False)
-        score = probs[:, class_index]
-    grads = tape.gradient(score, features)
-    weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
-    cam = tf.nn.relu(tf.reduce_sum(tf.cast(features, tf.float32) * weights, axis=-1))[..., None]
-    cam = tf.image.resize(cam, images.shape[1:3])[..., 0].numpy()
-    peak = cam.reshape(len(cam), -1).max(1)[:, None, None]
-    return cam / np.maximum(peak, 1e-8)
 
 
 def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: EvaluateConfig, out: Path) -> None:
@@ -208,18 +86,39 @@ def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: Eva
 # ---- evaluation -----------------------------------------------------------------
 
 
+def metrics_with_intervals(y_true: np.ndarray, probs: np.ndarray, classes: list[str], cfg: EvaluateConfig,
+                 decision_bias: list[float] | None = None, groups: list[str] | None = None,
+                 unit: str = "") -> dict:
+    """classification_metrics with their ``intervals``, resampling ``groups`` (one id per
+    image, '' for none; ``unit`` names them, e.g. "lesions"), and where they are lesions,
+    ``per_lesion``: the same metrics of each lesion's mean probabilities."""
+    def scored(y, p, ids, what) -> dict:
+        metrics = classification_metrics(y, p, classes, cfg.melanoma_class, decision_bias)
+        plan = resampling(ids, len(y), what, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+        metrics["intervals"] = intervals(plan, y, p, classes, cfg.melanoma_class, decision_bias)
+        return metrics
+
+    metrics = scored(y_true, probs, groups, unit)
+    if unit == "lesions" and groups is not None and any(groups):
+        names, mean_probs, _ = lesion_means(probs, groups)
+        metrics["per_lesion"] = scored(lesion_labels(y_true, groups, len(classes)), mean_probs, names, "lesions")
+    return metrics
+
+
 def evaluate_predictions(model, classes: list[str], y_true: np.ndarray, probs: np.ndarray, images_at,
                          cfg: EvaluateConfig, output_dir: str | Path, synthetic: bool = False,
-                         model_synthetic: bool = False, decision_bias: list[float] | None = None) -> Evaluation:
+                         model_synthetic: bool = False, decision_bias: list[float] | None = None,
+                         groups: list[str] | None = None, unit: str = "") -> Evaluation:
     """Metrics and pictures of ``model``'s probabilities ``probs`` (with ``cfg.tta`` if
     made so) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
     pictures as {position: image} (see make_pictures); writes metrics.json,
     predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the images are;
     ``model_synthetic``: the model was trained on synthetic images; ``decision_bias``: the
-    model's offsets of its decision (components.scoring.decisions)."""
+    model's offsets of its decision (components.scoring.decisions); ``groups``, ``unit``:
+    what the intervals resample (see metrics_with_intervals)."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = classification_metrics(y_true, probs, classes, cfg.melanoma_class, decision_bias)
+    metrics = metrics_with_intervals(y_true, probs, classes, cfg, decision_bias, groups, unit)
     metrics.update(tta=cfg.tta, synthetic=synthetic, model_synthetic=model_synthetic)
     ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs, decision_bias=decision_bias)
     (out / filenames.METRICS).write_text(json.dumps(metrics, indent=2))
@@ -242,12 +141,21 @@ def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateCo
     meta = tfrecords.read_meta(normalized_dir)
     decision_bias = in_class_order(saved_decision_bias(Path(model_path).parent), meta["classes"])
     paths, size = tfrecords.shard_paths(normalized_dir, "test"), meta["image_size"]
-    labels, _ = tfrecords.read_labels(paths)
+    labels, uris = tfrecords.read_labels(paths)
+    groups, unit = tfrecords.read_test_groups(normalized_dir, uris)
     probs = predict_probabilities(model, tfrecords.image_dataset(paths, size, len(labels)), cfg.batch_size, cfg.tta)
     synthetic = bool(meta.get("synthetic", False))  # the model was trained on the same data
     return evaluate_predictions(model, meta["classes"], labels, probs,
                                 lambda indices: dict(tfrecords.images_at(paths, size, indices)), cfg, output_dir,
-                                synthetic, synthetic, decision_bias)
+                                synthetic, synthetic, decision_bias, groups, unit)
+
+
+def load_scored(evaluation_dir: str | Path) -> Scored:
+    """What evaluate wrote to ``evaluation_dir``: the test split's labels, the model's
+    probabilities and its metrics (the champion gate compares them with the champion's)."""
+    folder = Path(evaluation_dir)
+    saved = np.load(folder / filenames.PREDICTIONS)
+    return Scored(saved["y_true"], saved["probs"], json.loads((folder / filenames.METRICS).read_text()))
 
 
 def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConfig, out_path: str | Path) -> dict:
@@ -256,9 +164,11 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     and report. Images of classes the model does not know are counted, not scored."""
     from components.core.errors import UserError
     from components.data.ingest import ingest
+    from components.data.labels import GROUP_UNITS
     from components.scoring.inference import load_images
 
-    manifest = ingest(source_uri, data).manifest
+    ingested = ingest(source_uri, data)
+    manifest = ingested.manifest
     usable = manifest[manifest.status == "ingested"]
     known = usable[usable.label.isin(loaded.classes)]
     unknown = sorted(set(usable.label) - set(loaded.classes))
@@ -277,7 +187,8 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
 
     ev = evaluate_predictions(loaded.model, loaded.classes, labels, probs, images_at, cfg, folder,
                               synthetic=source_uri == "", model_synthetic=loaded.synthetic,
-                              decision_bias=loaded.decision_bias)
+                              decision_bias=loaded.decision_bias, groups=known.group_id.fillna("").tolist(),
+                              unit=GROUP_UNITS.get(ingested.report["format"], "groups"))
     ev.metrics["model_uri"] = loaded.uri
     ev.metrics["data"] = source_uri
     report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
@@ -287,80 +198,18 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
             "skipped_reason": f"classes unknown to the model: {', '.join(unknown)}" if unknown else ""}
 
 
-# ---- report ---------------------------------------------------------------------
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
-def _gate_section(gate: dict | None) -> str:
-    if not gate:
-        return ""
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_fmt(v.get('new'))}</td><td>{_fmt(v.get('champion'))}</td>"
-                   f"<td>{_fmt(v.get('minimum'))}</td></tr>" for k, v in gate["comparison"].items())
-    return (f"<h2>Champion gate: <span class='{gate['alias']}'>{html.escape(gate['alias'].upper())}</span></h2>"
-            f"<p>{html.escape(gate['reason'])}</p><p>Registered as <code>{html.escape(gate.get('model_uri', ''))}</code>"
-            f"; current champion before this run: {html.escape(gate.get('previous_champion') or 'none')}.</p>"
-            "<table><tr><th>metric (same test split)</th><th>this model</th><th>champion</th><th>minimum</th></tr>"
-            f"{rows}</table>")
-
-
-def render_report(metrics: dict, pictures: list[tuple[str, str]], folder: Path, title: str, synthetic: bool,
-                  gate: dict | None = None) -> str:
-    """One self-contained HTML page (pictures inlined), readable in MLflow, KFP and a mail."""
-    rows = "".join(
-        f"<tr><td>{html.escape(c)}</td><td>{v['precision']:.3f}</td><td>{v['recall']:.3f}</td><td>{v['f1']:.3f}</td>"
-        f"<td>{_fmt(v['auc'])}</td><td>{v['support']}</td></tr>"
-        for c, v in metrics["per_class"].items())
-    headline = "".join(f"<tr><td>{k.replace('_', ' ')}</td><td>{metrics[k]:.4f}</td></tr>"
-                       for k in HEADLINE if metrics.get(k) is not None)
-    warning = "<p class='warn'>SYNTHETIC data: these numbers say nothing about real lesions.</p>" if synthetic else ""
-    if metrics.get("model_synthetic"):
-        warning = ("<p class='warn banner'>SYNTHETIC model: trained on generated images, not medical images. Do not "
-                   "use it on patients.</p>") + warning
-    images = "".join(
-        f"<h2>{html.escape(caption)}</h2><img alt='{html.escape(caption)}' src='data:image/png;base64,"
-        f"{base64.b64encode((folder / name).read_bytes()).decode()}'>" for caption, name in pictures)
-    tta = " with test-time augmentation (8 flips/turns averaged)" if metrics.get("tta") else ""
-    offsets = metrics.get("decision_bias")
-    decision = ("<p>Predicted class: the highest log probability after the model's per-class offsets, fitted on "
-                "the validation split for balanced accuracy (AUCs use the probabilities as they are): "
-                + ", ".join(f"{html.escape(c)} {b:+.2f}" for c, b in offsets.items()) + "</p>") if offsets else ""
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Evaluation report</title>"
-        "<style>body{font-family:sans-serif;max-width:1200px}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "table{border-collapse:collapse}.warn{color:#b00;font-weight:bold}.banner{border:3px solid #b00;padding:8px;"
-        "font-size:1.4em}.champion{color:#070}"
-        ".challenger{color:#b60}img{max-width:100%}</style></head><body>"
-        f"<h1>{html.escape(title)} ({metrics['n']} images{tta})</h1>{warning}{_gate_section(gate)}"
-        f"<h2>Metrics</h2><table>{headline}</table>{decision}"
-        "<h2>Per class</h2><table><tr><th>class</th><th>precision</th><th>recall</th><th>F1</th><th>AUC</th>"
-        f"<th>support</th></tr>{rows}</table>{images}</body></html>")
-
-
-def write_report(ev: Evaluation, folder: str | Path, title: str, synthetic: bool, gate: dict | None = None) -> Path:
-    path = Path(folder) / filenames.EVALUATION_REPORT
-    path.write_text(render_report(ev.metrics, ev.pictures, Path(folder), title, synthetic, gate))
-    return path
-
-
-def report_with_gate(eval_dir: str | Path, gate: dict, path: str | Path) -> Path:
-    """The pipeline's evaluation report, rendered again from its folder with the champion
-    gate's decision (the register step's view of it)."""
-    folder = Path(eval_dir)
-    metrics = json.loads((folder / filenames.METRICS).read_text())
-    pictures = [(title, name) for title, name in json.loads((folder / PICTURES_FILE).read_text())]
-    Path(path).write_text(render_report(metrics, pictures, folder, PIPELINE_REPORT_TITLE,
-                                        bool(metrics.get("synthetic")), gate))
-    return Path(path)
-
-
 def headline_metrics(metrics: dict) -> dict[str, float]:
-    """Flat name -> value for MLflow and KFP Metrics (undefined values left out)."""
+    """Flat name -> value for MLflow and KFP Metrics (undefined values left out): each
+    metric, its interval as ``<name>_ci_low`` and ``<name>_ci_high``, and the per-lesion
+    ones prefixed ``lesion_``."""
     flat = {k: metrics[k] for k in HEADLINE if metrics.get(k) is not None}
     flat.update({f"recall_{c}": r for c, r in metrics["per_class_recall"].items()})
     flat.update({f"auc_{c}": v["auc"] for c, v in metrics["per_class"].items() if v["auc"] is not None})
+    for name, (low, high) in metrics.get("intervals", {}).get("values", {}).items():
+        flat.update({f"{name}_ci_low": low, f"{name}_ci_high": high})
+    if metrics.get("per_lesion"):
+        flat.update({f"lesion_{k}": v for k, v in headline_metrics(metrics["per_lesion"]).items()})
+        flat["lesion_n"] = metrics["per_lesion"]["n"]
     return flat
 
 
@@ -391,14 +240,9 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
     from components.core import filenames, tracking
     from components.core.errors import user_errors
     from components.core.settings import EvaluateConfig, load_section
-    from components.evaluation.evaluate import (
-        PIPELINE_REPORT_TITLE,
-        headline_metrics,
-        log_to_mlflow,
-        thinned_roc,
-        write_report,
-    )
     from components.evaluation.evaluate import evaluate as score
+    from components.evaluation.evaluate import headline_metrics, log_to_mlflow, thinned_roc
+    from components.evaluation.report_html import PIPELINE_REPORT_TITLE, write_report
 
     eval_dir = Path(evaluation.path)
     with user_errors():

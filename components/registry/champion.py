@@ -4,9 +4,11 @@ the MLflow model registry, and tags each version with the data it was trained on
 The champion is ``models:/<model_name>@champion``. Every trained model is registered as
 a new version, carrying its gate decision and its data fingerprint from the moment it
 exists (tags are set at registration, so no version is ever left untagged). It gets the
-``champion`` alias only if it reaches the configured minimum metrics and is not worse
-than the current champion by more than the margin on the chosen metric, with the
-champion re-scored on the same test split in the same step; otherwise ``challenger``.
+``champion`` alias only if it reaches the configured minimum metrics and is better than
+the current champion beyond the test split's noise: the champion is re-scored on the
+same test split in the same step, and the lower end of the 95 % interval of the
+difference on the chosen metric (paired bootstrap over lesions,
+components.scoring.intervals) must be above the margin; otherwise ``challenger``.
 
 One error policy: only "not found" (no such model, or no champion alias yet) means
 there is no champion. Any other registry error (permission, server, network) fails the
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from components.core.errors import UserError
 from components.core.settings import EvaluateConfig
+from components.scoring.intervals import Difference
+from components.scoring.metrics import Scored
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -46,6 +50,8 @@ class GateDecision:
     reason: str
     # metric -> {"new": x, "champion": y or None, "minimum": z or None}
     comparison: dict[str, dict[str, float | None]]
+    # new minus champion on the gate's metric with its interval (scoring.intervals.Difference), when compared
+    difference: dict | None = None
 
 
 def _is_not_found(exc: Exception) -> bool:
@@ -87,8 +93,11 @@ def minimums(cfg: EvaluateConfig) -> dict[str, float]:
     return {k: v for k, v in values.items() if v > 0}
 
 
-def decide(new: dict, champion: dict | None, cfg: EvaluateConfig, champion_problem: str = "") -> GateDecision:
-    """The gate itself, a pure function of the two models' metrics on the same images.
+def decide(new: dict, champion: dict | None, cfg: EvaluateConfig, champion_problem: str = "",
+           difference: Difference | None = None) -> GateDecision:
+    """The gate itself, a pure function of the two models' metrics on the same images and
+    ``difference``, new minus champion on ``cfg.champion_metric`` with its interval
+    (components.scoring.intervals.paired_difference; None where the metric is undefined).
 
     ``champion`` None with ``champion_problem`` empty: there is no champion yet.
     ``champion_problem`` set: a champion exists but could not be scored here (say, other
@@ -105,14 +114,19 @@ def decide(new: dict, champion: dict | None, cfg: EvaluateConfig, champion_probl
         return GateDecision(CHALLENGER, f"not compared with the current champion: {champion_problem}", comparison)
     if champion is None:
         return GateDecision(CHAMPION, "no champion yet and every absolute threshold met", comparison)
-    if new.get(metric) is None or champion.get(metric) is None:
+    if difference is None:
         return GateDecision(CHALLENGER, f"{metric} undefined on this test split: cannot compare", comparison)
-    delta = new[metric] - champion[metric]
-    verdict = (f"{metric} {new[metric]:.4f} vs champion {champion[metric]:.4f} (difference {delta:+.4f}, "
-               f"allowed margin {cfg.champion_margin:.4f}) on the same test split")
-    if delta < -cfg.champion_margin:
-        return GateDecision(CHALLENGER, f"worse than the champion: {verdict}", comparison)
-    return GateDecision(CHAMPION, f"not worse than the champion: {verdict}", comparison)
+    verdict = (f"{metric} {new[metric]:.4f} vs champion {champion[metric]:.4f} on the same test split, "
+               f"{difference.describe()}")
+    margin = f"the margin {cfg.champion_margin:+.4f}"
+    compared_with = asdict(difference)
+    if difference.low > cfg.champion_margin:
+        return GateDecision(CHAMPION, f"better than the champion beyond the test split's noise (the interval's lower "
+                            f"end is above {margin}): {verdict}", comparison, compared_with)
+    if difference.high < 0:
+        return GateDecision(CHALLENGER, f"worse than the champion: {verdict}", comparison, compared_with)
+    return GateDecision(CHALLENGER, f"not shown better than the champion (the interval's lower end is not above "
+                        f"{margin}), so the champion stays: {verdict}", comparison, compared_with)
 
 
 def _fmt(value: float | None) -> str:
@@ -120,8 +134,9 @@ def _fmt(value: float | None) -> str:
 
 
 def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalized_dir: str | Path,
-                                 cfg: EvaluateConfig) -> tuple[dict | None, str]:
-    """(metrics, '') of the champion on the test split, or (None, why it cannot be scored).
+                                 cfg: EvaluateConfig) -> tuple[Scored | None, str]:
+    """(the champion's probabilities and metrics on the test split, ''), or (None, why it
+    cannot be scored).
 
     The test images are streamed from their shards in batches; a champion trained at
     another image size or resize mode is fed the same test images re-read from their
@@ -145,27 +160,42 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
             return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
     else:
         probs = champion.predict(tfrecords.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta)
-    return classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class, champion.decision_bias), ""
+    return Scored(labels, probs, classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class,
+                                                        champion.decision_bias)), ""
 
 
-def _decide_against(champion: Champion | None, model_name: str, tracking_uri: str, new_metrics: dict,
+def compare(new: Scored, champion: Scored, normalized_dir: str | Path, cfg: EvaluateConfig) -> Difference | None:
+    """``new`` minus ``champion`` on the gate's metric, paired bootstrap over the test
+    split's lesions (images where it has no lesion ids)."""
+    from components.data import tfrecords
+    from components.scoring.intervals import paired_difference, resampling
+
+    _, uris = tfrecords.read_labels(tfrecords.shard_paths(normalized_dir, "test"))
+    groups, unit = tfrecords.read_test_groups(normalized_dir, uris)
+    plan = resampling(groups, len(uris), unit, cfg.bootstrap_resamples, cfg.bootstrap_seed)
+    return paired_difference(cfg.champion_metric, plan, new, champion, cfg.melanoma_class)
+
+
+def _decide_against(champion: Champion | None, model_name: str, tracking_uri: str, new: Scored,
                     normalized_dir: str | Path, cfg: EvaluateConfig) -> GateDecision:
     if champion is None:
-        return decide(new_metrics, None, cfg)
+        return decide(new.metrics, None, cfg)
     scored, problem = score_champion_on_test_split(f"models:/{model_name}/{champion.version}", tracking_uri,
                                                    normalized_dir, cfg)
-    return decide(new_metrics, scored, cfg, problem)
+    if scored is None:
+        return decide(new.metrics, None, cfg, problem)
+    return decide(new.metrics, scored.metrics, cfg, difference=compare(new, scored, normalized_dir, cfg))
 
 
 # ---- registering and promoting ----------------------------------------------------
 
 
-def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new_metrics: dict,
+def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new: Scored,
                          normalized_dir: str | Path, cfg: EvaluateConfig, data_fingerprint: str,
                          synthetic: bool = False) -> dict:
     """Register ``model_uri`` as a new version of ``model_name`` (tagged with its decision,
     data fingerprint and whether that data was synthetic) and give it the alias the gate
-    decides; returns the decision
+    decides on ``new``, its scores on the test split of ``normalized_dir``; returns the decision
     with version, URIs and the champion it was compared with.
 
     Safe against a concurrent run: right before moving ``@champion`` the alias is read
@@ -177,7 +207,7 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
 
     from components.core import tracking
     compared_with = find_champion(tracking_uri, model_name)
-    decision = _decide_against(compared_with, model_name, tracking_uri, new_metrics, normalized_dir, cfg)
+    decision = _decide_against(compared_with, model_name, tracking_uri, new, normalized_dir, cfg)
     tracking.use_store(tracking_uri)
     try:
         version = str(mlflow.register_model(model_uri, model_name, tags={
@@ -188,7 +218,7 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
                                   f"{exc.message.splitlines()[0]}") from None
 
     try:
-        decision, compared_with = _promote(tracking_uri, model_name, version, compared_with, decision, new_metrics,
+        decision, compared_with = _promote(tracking_uri, model_name, version, compared_with, decision, new,
                                            normalized_dir, cfg, data_fingerprint)
     except MlflowException as exc:
         raise RegistryUnavailable(f"version {version} of {model_name} is registered with its decision and data "
@@ -200,7 +230,7 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
 
 
 def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Champion | None,
-             decision: GateDecision, new_metrics: dict, normalized_dir: str | Path, cfg: EvaluateConfig,
+             decision: GateDecision, new: Scored, normalized_dir: str | Path, cfg: EvaluateConfig,
              data_fingerprint: str) -> tuple[GateDecision, Champion | None]:
     """Give ``version`` the decided alias, deciding again if the champion moved since the
     comparison; returns the final decision and the champion it was made against."""
@@ -211,7 +241,7 @@ def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Ch
         if current == compared_with:
             break
         compared_with = current
-        decision = _decide_against(current, model_name, tracking_uri, new_metrics, normalized_dir, cfg)
+        decision = _decide_against(current, model_name, tracking_uri, new, normalized_dir, cfg)
         decision.reason += " (re-decided: another run moved the champion meanwhile)"
     else:
         raise RegistryUnavailable(f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
@@ -269,12 +299,17 @@ def _decision_tags(decision: GateDecision, compared_with: Champion | None) -> di
 
 
 def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
-    """The decision, its reason and both models' numbers into the pipeline's MLflow run."""
+    """The decision, its reason, both models' numbers and their difference with its
+    interval (``gate_difference``, ``_ci_low``, ``_ci_high``) into the pipeline's MLflow run."""
     from mlflow.entities import RunTag
 
     from components.core import tracking
-    metrics = tracking.metrics_at({f"gate_{who}_{k}": v[who] for k, v in gate["comparison"].items()
-                                   for who in ("new", "champion") if v[who] is not None})
+    values = {f"gate_{who}_{k}": v[who] for k, v in gate["comparison"].items()
+              for who in ("new", "champion") if v[who] is not None}
+    if gate.get("difference"):
+        d = gate["difference"]
+        values.update(gate_difference=d["estimate"], gate_difference_ci_low=d["low"], gate_difference_ci_high=d["high"])
+    metrics = tracking.metrics_at(values)
     tags = [RunTag("gate.alias", gate["alias"]), RunTag("gate.reason", gate["reason"][:5000]),
             RunTag("gate.registered_version", gate["model_uri"])]
     tracking.client(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)

@@ -21,12 +21,14 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
     import mlflow
 
     from components.core import run_descriptions, tracking
-    from components.evaluation.evaluate import report_with_gate
+    from components.evaluation.evaluate import load_scored
+    from components.evaluation.report_html import report_with_gate
     from components.registry import champion
 
-    new_metrics = json.loads((Path(evaluation_dir) / filenames.METRICS).read_text())
+    new = load_scored(evaluation_dir)
+    new_metrics = new.metrics
     synthetic = bool(new_metrics.get("synthetic"))
-    gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new_metrics, normalized_dir, cfg,
+    gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new, normalized_dir, cfg,
                                          data_fingerprint, synthetic=synthetic)
     tracking.set_description(tracking_uri, mlflow_run_id, run_descriptions.trained_description(
         new_metrics, gate, synthetic, kfp_url, local_run_dir))

@@ -2,6 +2,8 @@
 for the training callback, the evaluate step and ``lesionpipe evaluate``."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from sklearn.metrics import (
     balanced_accuracy_score,
@@ -96,3 +98,17 @@ def roc_points(y_true: np.ndarray, probs: np.ndarray, class_index: int) -> tuple
     fpr, tpr, thresholds = roc_curve((np.asarray(y_true) == class_index).astype(int), np.asarray(probs)[:, class_index])
     thresholds = np.minimum(thresholds, 1.0)
     return fpr.tolist(), tpr.tolist(), thresholds.tolist()
+
+
+@dataclass
+class Scored:
+    """A model's probabilities on labelled images, and classification_metrics of them."""
+
+    y_true: np.ndarray
+    probs: np.ndarray
+    metrics: dict
+
+    @property
+    def decision_bias(self) -> list[float] | None:
+        offsets = self.metrics.get("decision_bias")
+        return None if offsets is None else [offsets[c] for c in self.metrics["classes"]]
