@@ -151,6 +151,10 @@ def validate(df: pd.DataFrame, cfg: DataConfig, thumbnails: PartitionThumbnails)
                     found[column].append(f.get(column))
         except SourceUnavailable:
             raise failures[0] from None
+        except KeyboardInterrupt:  # Ctrl-C: no read starts, those running stop retrying; the pool's exit waits
+            stop.set()             # for the running ones only
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
         thumbs.write(bytes((len(df) - next_row) * PartitionThumbnails.ROW))
     info = pd.DataFrame(found, index=todo, columns=list(columns))
     for column in ("md5", "phash", "image_format"):
