@@ -21,6 +21,7 @@ from components.registry.champion import (
     CHALLENGER,
     CHAMPION,
     FINGERPRINT_TAG,
+    PROMOTED_AT_TAG,
     RegistryUnavailable,
     decide,
     find_champion,
@@ -291,6 +292,11 @@ def test_a_retried_registration_reuses_its_version_and_never_compares_a_model_wi
         retry = register_and_promote(mlflow_server, name, model["uri"], model["metrics"], normalized, _cfg(), "f" * 64)
         assert retry == gate
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    # A try that failed right after its alias write landed (no gate.promoted_at yet): finished, not re-compared.
+    client.delete_model_version_tag(name, "1", PROMOTED_AT_TAG)
+    again = register_and_promote(mlflow_server, name, good["uri"], good["metrics"], normalized, _cfg(), "f" * 64)
+    assert again == first
+    assert PROMOTED_AT_TAG in client.get_model_version(name, "1").tags
     assert _versions(client, name) == ["1", "2"]
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"

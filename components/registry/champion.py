@@ -12,13 +12,8 @@ One error policy: only "not found" (no such model, or no champion alias yet) mea
 there is no champion, and only a champion that cannot be read as a model leaves the new
 one a "not compared" challenger. Any other registry error (permission, server, network)
 fails the step, which KFP retries; it never hands the alias to a model that was not
-compared. A retry finds the version its earlier try registered (by the model URI it was
-registered from) and carries on with it, so a model is registered once and never
-compared with itself.
-
-``@champion`` moved by hand (a rollback, in the MLflow UI or with
-``set_registered_model_alias``) stands: only runs whose promotions really overlapped in
-time settle the alias between themselves.
+compared. A retry reuses the version its earlier try registered: a model is registered
+once and never compared with itself. ``@champion`` moved by hand (a rollback) stands.
 """
 from __future__ import annotations
 
@@ -41,9 +36,7 @@ COMPARED_WITH_TAG = "gate.compared_with"
 REGISTERED_FROM_TAG = "registered_from"
 # The whole decision as JSON, for a retry that finds it already made.
 DECISION_TAG = "gate.decision"
-# Epoch milliseconds of the last read of @champion before the alias write, and of the
-# end of that write: two promotions were concurrent only if each read before the other's
-# write ended (neither saw the other).
+# Epoch ms of the last read of @champion before the alias write, and of that write's end.
 CHECKED_AT_TAG = "gate.checked_at"
 PROMOTED_AT_TAG = "gate.promoted_at"
 # A promotion re-reads the alias before moving it; if another run moved it meanwhile,
@@ -181,9 +174,8 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     Safe against a concurrent run: right before moving ``@champion`` the alias is read
     again, and if another run moved it meanwhile the decision is made again against the
     new champion. (Between that read and the move there remains a window of one registry
-    call; the README says how schedules avoid it.) Safe to retry: a version already
-    registered from ``model_uri`` is reused, and one whose promotion ended (or that is
-    the champion) keeps its recorded decision."""
+    call; the README says how schedules avoid it.) Safe to retry: a version registered
+    from ``model_uri`` is reused; once promoted, it keeps its recorded decision."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -195,8 +187,12 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     if earlier is not None and compared_with is not None and compared_with.version == earlier.version:
         # The earlier try's alias write landed, then it failed: finish that promotion.
         baseline = earlier.tags[COMPARED_WITH_TAG]
-        decision = _after_alias_write(tracking_uri, model_name, earlier.version, baseline, _recorded(earlier), cfg,
-                                      data_fingerprint, int(earlier.tags[CHECKED_AT_TAG]))
+        try:
+            decision = _after_alias_write(tracking_uri, model_name, earlier.version, baseline, _recorded(earlier),
+                                          cfg, data_fingerprint, int(earlier.tags[CHECKED_AT_TAG]))
+        except MlflowException as exc:
+            raise RegistryUnavailable(f"cannot finish promoting version {earlier.version} of {model_name}: "
+                                      f"{exc.message.splitlines()[0]}") from None
         return _result(decision, model_name, earlier.version, baseline, cfg)
     decision = _decide_against(compared_with, model_name, tracking_uri, new_metrics, normalized_dir, cfg)
     if earlier is not None:
@@ -205,7 +201,7 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
         tracking.use_store(tracking_uri)
         try:
             version = str(mlflow.register_model(model_uri, model_name, tags={
-                **_decision_tags(decision, compared_with), FINGERPRINT_TAG: data_fingerprint,
+                **_decision_tags(decision, _baseline(compared_with)), FINGERPRINT_TAG: data_fingerprint,
                 SYNTHETIC_TAG: str(synthetic).lower(), REGISTERED_FROM_TAG: model_uri}).version)
         except MlflowException as exc:
             raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: "
@@ -244,10 +240,6 @@ def _result(decision: GateDecision, model_name: str, version: str, baseline: str
             "metric": cfg.champion_metric, "margin": cfg.champion_margin}
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Champion | None,
              decision: GateDecision, new_metrics: dict, normalized_dir: str | Path, cfg: EvaluateConfig,
              data_fingerprint: str) -> tuple[GateDecision, Champion | None]:
@@ -256,7 +248,7 @@ def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Ch
     from components.core import tracking
     client = tracking.client(tracking_uri)
     for _ in range(MAX_PROMOTION_ATTEMPTS):
-        checked_at = _now_ms()
+        checked_at = int(time.time() * 1000)
         current = find_champion(tracking_uri, model_name)
         if current == compared_with:
             break
@@ -266,7 +258,7 @@ def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Ch
     else:
         raise RegistryUnavailable(f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
                                   f"compare with it: version {version} registered without an alias")
-    for key, value in {**_decision_tags(decision, compared_with), CHECKED_AT_TAG: str(checked_at)}.items():
+    for key, value in {**_decision_tags(decision, _baseline(compared_with)), CHECKED_AT_TAG: str(checked_at)}.items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, decision.alias, version)
     return _after_alias_write(tracking_uri, model_name, version, _baseline(compared_with), decision, cfg,
@@ -277,7 +269,7 @@ def _after_alias_write(tracking_uri: str, model_name: str, version: str, baselin
                        cfg: EvaluateConfig, data_fingerprint: str, checked_at: int) -> GateDecision:
     """Record that the alias write ended, then settle a race for ``@champion``."""
     from components.core import tracking
-    promoted_at = _now_ms()
+    promoted_at = int(time.time() * 1000)
     tracking.client(tracking_uri).set_model_version_tag(model_name, version, PROMOTED_AT_TAG, str(promoted_at))
     if decision.alias != CHAMPION:
         return decision
@@ -290,16 +282,13 @@ def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: s
                                   window: tuple[int, int]) -> GateDecision:
     """After moving ``@champion`` to ``version``: if runs on the same data promoted their
     own versions at the same time (each compared with the same old champion, and each
-    read ``@champion`` before the other's alias write ended, so neither saw the other),
+    read ``@champion`` before the other's alias write ended: neither saw the other),
     leave the alias on the best of them on ``cfg.champion_metric`` (same data, so the
-    same test split and comparable numbers), whichever write landed last.
-
-    ``window``: this promotion's last read of the alias and the end of its write. A
-    version whose promotion ended before this one read the alias is no rival: this run
-    saw the champion after it (if that was a rollback by hand, it stands); nor is one
-    whose write never ended (its retry finishes it, deciding again). A champion that no
-    run of this set chose is left alone: it was decided later, knowing ours. Returns
-    this version's decision, changed if it lost."""
+    same test split), whichever write landed last. ``window``: this promotion's last
+    read of the alias and the end of its write. A version promoted before that read is
+    no rival (so a rollback by hand after it stands), nor one whose write never ended
+    (its retry finishes it). A champion that no run of this set chose is left alone: it
+    was decided later, knowing ours. Returns this version's decision, changed if it lost."""
     from components.core import tracking
     client = tracking.client(tracking_uri)
     current = find_champion(tracking_uri, model_name)
@@ -325,8 +314,7 @@ def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: s
 
 
 def _overlaps(tags: dict[str, str], window: tuple[int, int]) -> bool:
-    """Another version's promotion ended, and it overlapped ``window``: each side read
-    ``@champion`` before the other's alias write ended."""
+    """Another version's promotion ended and overlapped ``window``."""
     if CHECKED_AT_TAG not in tags or PROMOTED_AT_TAG not in tags:
         return False
     checked_at, promoted_at = window
@@ -337,8 +325,7 @@ def _baseline(compared_with: Champion | None) -> str:
     return compared_with.version if compared_with is not None else "none"
 
 
-def _decision_tags(decision: GateDecision, compared_with: Champion | str | None) -> dict[str, str]:
-    baseline = compared_with if isinstance(compared_with, str) else _baseline(compared_with)
+def _decision_tags(decision: GateDecision, baseline: str) -> dict[str, str]:
     return {"gate.alias": decision.alias, "gate.reason": decision.reason[:5000], COMPARED_WITH_TAG: baseline,
             DECISION_TAG: json.dumps(asdict(decision)),
             **{f"test.{k}": f"{v['new']:.4f}" for k, v in decision.comparison.items() if v["new"] is not None}}
