@@ -18,15 +18,14 @@ from components.core.tracking import log_model, pipeline_run
 from components.data import tfrecords
 from components.evaluation.evaluate import evaluate, load_scored
 from components.registry.champion import (
-    CHALLENGER,
-    CHAMPION,
     FINGERPRINT_TAG,
+    PROMOTED_AT_TAG,
     RegistryUnavailable,
-    decide,
     find_champion,
     log_gate,
     register_and_promote,
 )
+from components.registry.gate import CHALLENGER, CHAMPION, decide
 from components.scoring.inference import ModelLoadError, load_model
 from components.scoring.intervals import paired_difference, resampling
 from components.scoring.metrics import Scored, classification_metrics
@@ -111,8 +110,15 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
         evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}")
         scored = load_scored(root / f"eval-{name}")
         out[name] = {"uri": log_model(result.model_path, 32, mlflow_server, run_id, classes), "scored": scored,
-                     "metrics": scored.metrics, "evaluation": str(root / f"eval-{name}")}
+                     "metrics": scored.metrics, "evaluation": str(root / f"eval-{name}"), "path": result.model_path}
     return out
+
+
+def _retrained(two_models: dict, which: str, tracking_uri: str) -> dict:
+    """The same model logged again, as another run that trained it would: a new model URI."""
+    model = two_models[which]
+    run_id = pipeline_run(tracking_uri, "registry-test", "again", f"kfp-again-{time.time_ns()}")
+    return {**model, "uri": log_model(model["path"], 32, tracking_uri, run_id, two_models["classes"])}
 
 
 def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_server, tmp_path):
@@ -250,11 +256,12 @@ def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, 
     cfg = EvaluateConfig(champion_margin=-1.0)
     good, bad, normalized = two_models["good"], two_models["bad"], str(two_models["normalized"])
     register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "c" * 64)  # v1
+    worse_uri = _retrained(two_models, "bad", mlflow_server)["uri"]  # the worse run's own upload of its model
     script = tmp_path / "promote.py"
     script.write_text(PROMOTE_IN_A_SUBPROCESS)
     root = Path(__file__).resolve().parents[1]
     with FaultProxy(_server_address(mlflow_server), delaying=f"POST {ALIAS_PATH}", delay_s=8.0) as slow:
-        worse = subprocess.Popen([sys.executable, str(script), slow.url, name, bad["uri"], bad["evaluation"],
+        worse = subprocess.Popen([sys.executable, str(script), slow.url, name, worse_uri, bad["evaluation"],
                                   normalized, "c" * 64], cwd=root, stdout=subprocess.PIPE, text=True,
                                  env={**os.environ, "PYTHONPATH": str(root)})
         deadline = time.time() + 120
@@ -270,3 +277,117 @@ def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, 
     assert client.get_model_version_by_alias(name, CHAMPION).version == better["version"]
     assert late["alias"] == CHALLENGER and "promoted at the same time as version" in late["reason"]
     assert client.get_model_version(name, late["version"]).tags["gate.alias"] == CHALLENGER
+
+
+def _versions(client, name: str) -> list[str]:
+    return sorted(v.version for v in client.search_model_versions(f"name='{name}'"))
+
+
+def test_a_champion_rolled_back_by_hand_stays_rolled_back(two_models, mlflow_server):
+    """Was: every version compared with the same champion on the same data counted as a
+    concurrent rival, however far apart: after @champion was moved back by hand from v2
+    to v1, the next run on v2's data (v3, compared with v1) handed @champion back to v2."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"rollback-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    cfg = EvaluateConfig(champion_margin=-1.0)  # each run's own gate says champion
+    good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
+    register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "a" * 64)
+    register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "b" * 64)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    client.set_registered_model_alias(name, CHAMPION, "1")  # the rollback, with plain MLflow
+    third = register_and_promote(mlflow_server, name, _retrained(two_models, "bad", mlflow_server)["uri"],
+                                 bad["scored"], normalized, cfg, "b" * 64)
+    assert (third["version"], third["previous_champion"], third["alias"]) == ("3", "version 1", CHAMPION)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "3"
+    assert "promoted at the same time" not in third["reason"]
+
+
+def test_a_version_left_without_its_alias_is_no_rival_and_its_retry_finishes_it(two_models, mlflow_server,
+                                                                               quick_mlflow_failures):
+    """Was: a version whose alias write failed counted as a rival of every later run on
+    the same data, and the next one's settling handed @champion to it; a retry of the
+    failed step registered the model a second time."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"orphan-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    cfg = EvaluateConfig(champion_margin=-1.0)
+    good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
+    with FaultProxy(_server_address(mlflow_server), "status", status=500, fail_after_requests=0,
+                    counting=f"POST {ALIAS_PATH}") as proxy:
+        with pytest.raises(RegistryUnavailable, match="giving it an alias failed"):
+            register_and_promote(proxy.url, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
+    other = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "o" * 64)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    assert (other["version"], other["alias"]) == ("2", CHAMPION)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "2"
+    # KFP retries the failed step: it finishes version 1, compared with version 2.
+    retry = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
+    assert (retry["version"], retry["previous_champion"], retry["alias"]) == ("1", "version 2", CHAMPION)
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+    assert _versions(client, name) == ["1", "2"]
+
+
+def test_a_retried_registration_reuses_its_version_and_never_compares_a_model_with_itself(two_models, mlflow_server):
+    """Was: a KFP retry after a late failure (say, logging the report) registered the
+    model again as a new version, compared with the first one: with itself."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"retry-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
+    first = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
+    second = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, _cfg(), "f" * 64)
+    assert (first["alias"], second["alias"]) == (CHAMPION, CHALLENGER)
+    for gate, model in ((second, bad), (first, good)):
+        retry = register_and_promote(mlflow_server, name, model["uri"], model["scored"], normalized, _cfg(), "f" * 64)
+        assert retry == gate
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    # A try that failed right after its alias write landed (no gate.promoted_at yet): finished, not re-compared.
+    client.delete_model_version_tag(name, "1", PROMOTED_AT_TAG)
+    again = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
+    assert again == first
+    assert PROMOTED_AT_TAG in client.get_model_version(name, "1").tags
+    assert _versions(client, name) == ["1", "2"]
+    assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
+    assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"
+
+
+@pytest.mark.parametrize("fault", ["timeout", "500", "403"])
+def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(two_models, mlflow_server, quick_mlflow_failures,
+                                                                 monkeypatch, fault):
+    """Was: any error while loading the champion (a timeout, a 500, a 403) made the new
+    model a "not compared" challenger and the step succeeded, so KFP never retried it.
+    The timeout hits the champion's download alone (the registry answers)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    name = f"download-fault-{fault}-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
+    register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
+    downloads, server = "GET /api/2.0/mlflow-artifacts/artifacts", _server_address(mlflow_server)
+    proxy = (FaultProxy(server, delaying=downloads, delay_s=5.0) if fault == "timeout" else
+             FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=downloads))
+    with proxy:
+        with pytest.raises(RegistryUnavailable, match=f"cannot compare with the champion: cannot download model "
+                                                      f"models:/{name}/1 now: "):
+            register_and_promote(proxy.url, name, bad["uri"], bad["scored"], normalized, _cfg(), "e" * 64)
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    assert _versions(client, name) == ["1"]
+
+
+def test_a_champion_that_is_not_a_model_leaves_the_new_one_a_challenger(two_models, mlflow_server, tmp_path):
+    """Only a champion that cannot be read as a model makes a "not compared" challenger."""
+    from mlflow.tracking import MlflowClient
+
+    name = f"not-a-model-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
+    run_id = pipeline_run(mlflow_server, "registry-test", "notes", f"kfp-notes-{name}")
+    (tmp_path / "notes.txt").write_text("not a model")
+    client.log_artifact(run_id, str(tmp_path / "notes.txt"), "notes")
+    client.create_registered_model(name)
+    version = client.create_model_version(name, f"{client.get_run(run_id).info.artifact_uri}/notes", run_id=run_id)
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    good = two_models["good"]
+    gate = register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], _cfg(),
+                                "f" * 64)
+    assert gate["alias"] == CHALLENGER and "not compared with the current champion: no model at" in gate["reason"]

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from components.data.ingest import ingest
 from components.data.listing import data_fingerprint
-from components.registry.champion import CHAMPION as CHAMPION_ALIAS
+from components.registry.gate import CHAMPION as CHAMPION_ALIAS
 from components.registry.champion import FINGERPRINT_TAG, Champion, find_champion
 from components.registry.retrain_gate import SKIP, TRAIN, decide
 from pipeline.cli import main

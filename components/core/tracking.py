@@ -34,6 +34,15 @@ def client(tracking_uri: str):
     return MlflowClient(tracking_uri, registry_uri=tracking_uri)
 
 
+def is_not_found(exc: Exception) -> bool:
+    """MLflow's two ways of saying that a thing does not exist: RESOURCE_DOES_NOT_EXIST (no
+    such model, version or run), or INVALID_PARAMETER_VALUE "... not found" (no such alias,
+    e.g. "Registered model alias champion not found.")."""
+    code = getattr(exc, "error_code", "")
+    message = getattr(exc, "message", str(exc))
+    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in message)
+
+
 def metrics_at(values: dict[str, float], step: int = 0) -> list:
     """``values`` as mlflow Metric entities of one timestamp and step, for log_batch."""
     from mlflow.entities import Metric

@@ -11,27 +11,37 @@ difference on the chosen metric (paired bootstrap over lesions,
 components.scoring.intervals) must be above the margin; otherwise ``challenger``.
 
 One error policy: only "not found" (no such model, or no champion alias yet) means
-there is no champion. Any other registry error (permission, server, network) fails the
-step, which KFP retries; it never hands the alias to a model that was not compared.
+there is no champion, and only a champion that cannot be read as a model leaves the new
+one a "not compared" challenger. Any other registry error (permission, server, network)
+fails the step, which KFP retries; it never hands the alias to a model that was not
+compared. A retry reuses the version its earlier try registered: a model is registered
+once and never compared with itself. ``@champion`` moved by hand (a rollback) stands.
 """
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from components.core.errors import UserError
 from components.core.settings import EvaluateConfig
+from components.registry.gate import CHALLENGER, CHAMPION, GateDecision, decide
 from components.scoring.intervals import Difference
 from components.scoring.metrics import Scored
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 FINGERPRINT_TAG = "data_fingerprint"
 # "true" on a version trained on the generated demo data (components.data.synthetic).
 SYNTHETIC_TAG = "data.synthetic"
-# The champion version a decision was made against ("none": there was none): versions
-# decided against the same one were promoted concurrently.
+# The champion version a decision was made against ("none": there was none).
 COMPARED_WITH_TAG = "gate.compared_with"
+# The model URI a version was registered from: how a retried step finds its own version.
+REGISTERED_FROM_TAG = "registered_from"
+# The whole decision as JSON, for a retry that finds it already made.
+DECISION_TAG = "gate.decision"
+# Epoch ms of the last read of @champion before the alias write, and of that write's end.
+CHECKED_AT_TAG = "gate.checked_at"
+PROMOTED_AT_TAG = "gate.promoted_at"
 # A promotion re-reads the alias before moving it; if another run moved it meanwhile,
 # the decision is made again against the new champion, at most this many times.
 MAX_PROMOTION_ATTEMPTS = 3
@@ -44,25 +54,6 @@ class Champion:
     run_id: str = ""  # the MLflow run that logged it (empty for a version made without one)
 
 
-@dataclass
-class GateDecision:
-    alias: str
-    reason: str
-    # metric -> {"new": x, "champion": y or None, "minimum": z or None}
-    comparison: dict[str, dict[str, float | None]]
-    # new minus champion on the gate's metric with its interval (scoring.intervals.Difference), when compared
-    difference: dict | None = None
-
-
-def _is_not_found(exc: Exception) -> bool:
-    """MLflow's two ways of saying "no champion": the registered model does not exist
-    (RESOURCE_DOES_NOT_EXIST), or it has no such alias (INVALID_PARAMETER_VALUE,
-    "Registered model alias champion not found.")."""
-    code = getattr(exc, "error_code", "")
-    message = getattr(exc, "message", str(exc))
-    return code == "RESOURCE_DOES_NOT_EXIST" or (code == "INVALID_PARAMETER_VALUE" and "not found" in message)
-
-
 def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
     """The version behind ``@champion``; None only when the registry says it does not exist."""
     from mlflow.exceptions import MlflowException
@@ -71,7 +62,7 @@ def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
     try:
         version = tracking.client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
-        if _is_not_found(exc):
+        if tracking.is_not_found(exc):
             return None
         raise RegistryUnavailable(f"cannot look up {model_name}@{CHAMPION} in {tracking_uri}: "
                                   f"{exc.message.splitlines()[0] if exc.message else exc}") from None
@@ -83,56 +74,6 @@ class RegistryUnavailable(UserError):
     KFP retries it) rather than decide without the champion."""
 
 
-# ---- the decision ----------------------------------------------------------------
-
-
-def minimums(cfg: EvaluateConfig) -> dict[str, float]:
-    """The absolute thresholds in force (0 in the config: no threshold)."""
-    values = {"balanced_accuracy": cfg.min_balanced_accuracy, "melanoma_auc": cfg.min_melanoma_auc,
-              "macro_auc": cfg.min_macro_auc}
-    return {k: v for k, v in values.items() if v > 0}
-
-
-def decide(new: dict, champion: dict | None, cfg: EvaluateConfig, champion_problem: str = "",
-           difference: Difference | None = None) -> GateDecision:
-    """The gate itself, a pure function of the two models' metrics on the same images and
-    ``difference``, new minus champion on ``cfg.champion_metric`` with its interval
-    (components.scoring.intervals.paired_difference; None where the metric is undefined).
-
-    ``champion`` None with ``champion_problem`` empty: there is no champion yet.
-    ``champion_problem`` set: a champion exists but could not be scored here (say, other
-    classes); the new model then stays a challenger and a person decides."""
-    metric = cfg.champion_metric
-    floors = minimums(cfg)
-    compared = sorted({metric, *floors})
-    comparison = {k: {"new": new.get(k), "champion": (champion or {}).get(k), "minimum": floors.get(k)} for k in compared}
-    failures = [f"{k} {_fmt(new.get(k))} < minimum {floor:.3f}" for k, floor in floors.items()
-                if new.get(k) is None or new[k] < floor]
-    if failures:
-        return GateDecision(CHALLENGER, "below the absolute thresholds: " + "; ".join(failures), comparison)
-    if champion_problem:
-        return GateDecision(CHALLENGER, f"not compared with the current champion: {champion_problem}", comparison)
-    if champion is None:
-        return GateDecision(CHAMPION, "no champion yet and every absolute threshold met", comparison)
-    if difference is None:
-        return GateDecision(CHALLENGER, f"{metric} undefined on this test split: cannot compare", comparison)
-    verdict = (f"{metric} {new[metric]:.4f} vs champion {champion[metric]:.4f} on the same test split, "
-               f"{difference.describe()}")
-    margin = f"the margin {cfg.champion_margin:+.4f}"
-    compared_with = asdict(difference)
-    if difference.low > cfg.champion_margin:
-        return GateDecision(CHAMPION, f"better than the champion beyond the test split's noise (the interval's lower "
-                            f"end is above {margin}): {verdict}", comparison, compared_with)
-    if difference.high < 0:
-        return GateDecision(CHALLENGER, f"worse than the champion: {verdict}", comparison, compared_with)
-    return GateDecision(CHALLENGER, f"not shown better than the champion (the interval's lower end is not above "
-                        f"{margin}), so the champion stays: {verdict}", comparison, compared_with)
-
-
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.3f}"
-
-
 def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalized_dir: str | Path,
                                  cfg: EvaluateConfig) -> tuple[Scored | None, str]:
     """(the champion's probabilities and metrics on the test split, ''), or (None, why it
@@ -142,13 +83,19 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
     another image size or resize mode is fed the same test images re-read from their
     sources with its own preprocessing, a few batches at a time."""
     from components.data import tfrecords
-    from components.scoring.inference import ModelLoadError, load_model
+    from components.scoring.inference import (
+        ModelLoadError,
+        ModelUnavailable,
+        load_model,
+    )
     from components.scoring.metrics import classification_metrics
 
     try:
         champion = load_model(champion_uri, tracking_uri)
     except ModelLoadError as exc:
         return None, str(exc)
+    except ModelUnavailable as exc:
+        raise RegistryUnavailable(f"cannot compare with the champion: {exc}") from None
     meta = tfrecords.read_meta(normalized_dir)
     if champion.classes != meta["classes"]:
         return None, f"it predicts other classes ({', '.join(champion.classes)})"
@@ -201,21 +148,38 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     Safe against a concurrent run: right before moving ``@champion`` the alias is read
     again, and if another run moved it meanwhile the decision is made again against the
     new champion. (Between that read and the move there remains a window of one registry
-    call; the README says how schedules avoid it.)"""
+    call; the README says how schedules avoid it.) Safe to retry: a version registered
+    from ``model_uri`` is reused; once promoted, it keeps its recorded decision."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from components.core import tracking
+    earlier = _registered_before(tracking_uri, model_name, model_uri)
+    if earlier is not None and PROMOTED_AT_TAG in earlier.tags:
+        return _result(_recorded(earlier), model_name, earlier.version, earlier.tags[COMPARED_WITH_TAG], cfg)
     compared_with = find_champion(tracking_uri, model_name)
+    if earlier is not None and compared_with is not None and compared_with.version == earlier.version:
+        # The earlier try's alias write landed, then it failed: finish that promotion.
+        baseline = earlier.tags[COMPARED_WITH_TAG]
+        try:
+            decision = _after_alias_write(tracking_uri, model_name, earlier.version, baseline, _recorded(earlier),
+                                          cfg, data_fingerprint, int(earlier.tags[CHECKED_AT_TAG]))
+        except MlflowException as exc:
+            raise RegistryUnavailable(f"cannot finish promoting version {earlier.version} of {model_name}: "
+                                      f"{exc.message.splitlines()[0]}") from None
+        return _result(decision, model_name, earlier.version, baseline, cfg)
     decision = _decide_against(compared_with, model_name, tracking_uri, new, normalized_dir, cfg)
-    tracking.use_store(tracking_uri)
-    try:
-        version = str(mlflow.register_model(model_uri, model_name, tags={
-            **_decision_tags(decision, compared_with), FINGERPRINT_TAG: data_fingerprint,
-            SYNTHETIC_TAG: str(synthetic).lower()}).version)
-    except MlflowException as exc:
-        raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: "
-                                  f"{exc.message.splitlines()[0]}") from None
+    if earlier is not None:
+        version = earlier.version
+    else:
+        tracking.use_store(tracking_uri)
+        try:
+            version = str(mlflow.register_model(model_uri, model_name, tags={
+                **_decision_tags(decision, _baseline(compared_with)), FINGERPRINT_TAG: data_fingerprint,
+                SYNTHETIC_TAG: str(synthetic).lower(), REGISTERED_FROM_TAG: model_uri}).version)
+        except MlflowException as exc:
+            raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: "
+                                      f"{exc.message.splitlines()[0]}") from None
 
     try:
         decision, compared_with = _promote(tracking_uri, model_name, version, compared_with, decision, new,
@@ -223,9 +187,30 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     except MlflowException as exc:
         raise RegistryUnavailable(f"version {version} of {model_name} is registered with its decision and data "
                                   f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}") from None
+    return _result(decision, model_name, version, _baseline(compared_with), cfg)
+
+
+def _registered_before(tracking_uri: str, model_name: str, model_uri: str):
+    """The version an earlier try of this step registered from ``model_uri``, or None."""
+    from mlflow.exceptions import MlflowException
+
+    from components.core import tracking
+    try:
+        versions = tracking.client(tracking_uri).search_model_versions(f"name='{model_name}'")
+    except MlflowException as exc:
+        raise RegistryUnavailable(f"cannot list the versions of {model_name} in {tracking_uri}: "
+                                  f"{exc.message.splitlines()[0] if exc.message else exc}") from None
+    return next((v for v in versions if v.tags.get(REGISTERED_FROM_TAG) == model_uri), None)
+
+
+def _recorded(version) -> GateDecision:
+    return GateDecision(**json.loads(version.tags[DECISION_TAG]))
+
+
+def _result(decision: GateDecision, model_name: str, version: str, baseline: str, cfg: EvaluateConfig) -> dict:
     return {**asdict(decision), "model_name": model_name, "version": version,
             "model_uri": f"models:/{model_name}/{version}",
-            "previous_champion": f"version {compared_with.version}" if compared_with is not None else None,
+            "previous_champion": None if baseline == "none" else f"version {baseline}",
             "metric": cfg.champion_metric, "margin": cfg.champion_margin}
 
 
@@ -237,6 +222,7 @@ def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Ch
     from components.core import tracking
     client = tracking.client(tracking_uri)
     for _ in range(MAX_PROMOTION_ATTEMPTS):
+        checked_at = int(time.time() * 1000)
         current = find_champion(tracking_uri, model_name)
         if current == compared_with:
             break
@@ -246,32 +232,45 @@ def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Ch
     else:
         raise RegistryUnavailable(f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
                                   f"compare with it: version {version} registered without an alias")
-    for key, value in _decision_tags(decision, compared_with).items():
+    for key, value in {**_decision_tags(decision, _baseline(compared_with)), CHECKED_AT_TAG: str(checked_at)}.items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, decision.alias, version)
-    if decision.alias == CHAMPION:
-        decision = _settle_concurrent_promotions(tracking_uri, model_name, version, compared_with, decision, cfg,
-                                                 data_fingerprint)
-    return decision, compared_with
+    return _after_alias_write(tracking_uri, model_name, version, _baseline(compared_with), decision, cfg,
+                              data_fingerprint, checked_at), compared_with
 
 
-def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: str, compared_with: Champion | None,
-                                  decision: GateDecision, cfg: EvaluateConfig, data_fingerprint: str) -> GateDecision:
-    """After moving ``@champion`` to ``version``: if runs on the same data promoted
-    their own versions at the same time (each compared with the same old champion, so
-    neither saw the other: the same ``gate.compared_with``), leave the alias on the best
-    of them on ``cfg.champion_metric``
-    (same data, so the same test split and comparable numbers), whichever write landed
-    last. A champion that no run of this set chose is left alone: it was decided later,
-    knowing ours. Returns this version's decision, changed if it lost."""
+def _after_alias_write(tracking_uri: str, model_name: str, version: str, baseline: str, decision: GateDecision,
+                       cfg: EvaluateConfig, data_fingerprint: str, checked_at: int) -> GateDecision:
+    """Record that the alias write ended, then settle a race for ``@champion``."""
+    from components.core import tracking
+    promoted_at = int(time.time() * 1000)
+    tracking.client(tracking_uri).set_model_version_tag(model_name, version, PROMOTED_AT_TAG, str(promoted_at))
+    if decision.alias != CHAMPION:
+        return decision
+    return _settle_concurrent_promotions(tracking_uri, model_name, version, baseline, decision, cfg,
+                                         data_fingerprint, (checked_at, promoted_at))
+
+
+def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: str, baseline: str,
+                                  decision: GateDecision, cfg: EvaluateConfig, data_fingerprint: str,
+                                  window: tuple[int, int]) -> GateDecision:
+    """After moving ``@champion`` to ``version``: if runs on the same data promoted their
+    own versions at the same time (each compared with the same old champion, and each
+    read ``@champion`` before the other's alias write ended: neither saw the other),
+    leave the alias on the best of them on ``cfg.champion_metric`` (same data, so the
+    same test split), whichever write landed last. ``window``: this promotion's last
+    read of the alias and the end of its write. A version promoted before that read is
+    no rival (so a rollback by hand after it stands), nor one whose write never ended
+    (its retry finishes it). A champion that no run of this set chose is left alone: it
+    was decided later, knowing ours. Returns this version's decision, changed if it lost."""
     from components.core import tracking
     client = tracking.client(tracking_uri)
     current = find_champion(tracking_uri, model_name)
-    baseline = _baseline(compared_with)
     metric_tag = f"test.{cfg.champion_metric}"
     rivals = {str(v.version): float(v.tags[metric_tag]) for v in client.search_model_versions(f"name='{model_name}'")
               if v.tags.get(COMPARED_WITH_TAG) == baseline and v.tags.get("gate.alias") == CHAMPION
-              and metric_tag in v.tags and v.tags.get(FINGERPRINT_TAG) == data_fingerprint}
+              and metric_tag in v.tags and v.tags.get(FINGERPRINT_TAG) == data_fingerprint
+              and (str(v.version) == version or _overlaps(v.tags, window))}
     if current is None or current.version not in rivals or version not in rivals:
         return decision
     best = max(rivals, key=lambda v: (rivals[v], int(v)))
@@ -282,19 +281,27 @@ def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: s
     lost = GateDecision(CHALLENGER, f"promoted at the same time as version {best} of the same data, which has the "
                         f"better {cfg.champion_metric} ({rivals[best]:.4f} vs {rivals[version]:.4f}): "
                         f"{decision.reason}", decision.comparison)
-    for key, value in _decision_tags(lost, compared_with).items():
+    for key, value in _decision_tags(lost, baseline).items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
     return lost
+
+
+def _overlaps(tags: dict[str, str], window: tuple[int, int]) -> bool:
+    """Another version's promotion ended and overlapped ``window``."""
+    if CHECKED_AT_TAG not in tags or PROMOTED_AT_TAG not in tags:
+        return False
+    checked_at, promoted_at = window
+    return int(tags[CHECKED_AT_TAG]) < promoted_at and checked_at < int(tags[PROMOTED_AT_TAG])
 
 
 def _baseline(compared_with: Champion | None) -> str:
     return compared_with.version if compared_with is not None else "none"
 
 
-def _decision_tags(decision: GateDecision, compared_with: Champion | None) -> dict[str, str]:
-    return {"gate.alias": decision.alias, "gate.reason": decision.reason[:5000],
-            COMPARED_WITH_TAG: _baseline(compared_with),
+def _decision_tags(decision: GateDecision, baseline: str) -> dict[str, str]:
+    return {"gate.alias": decision.alias, "gate.reason": decision.reason[:5000], COMPARED_WITH_TAG: baseline,
+            DECISION_TAG: json.dumps(asdict(decision)),
             **{f"test.{k}": f"{v['new']:.4f}" for k, v in decision.comparison.items() if v["new"] is not None}}
 
 

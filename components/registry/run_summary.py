@@ -85,7 +85,12 @@ def report_step(gate_details: str, manifest: dsl.Input[dsl.Dataset], mlflow_run:
     from pathlib import Path
 
     from components.core.run_descriptions import kfp_run_url
-    from components.registry.run_summary import log_data_reports, mlflow_run_markdown, run_summary, write_description
+    from components.registry.run_summary import (
+        log_data_reports,
+        mlflow_run_markdown,
+        run_summary,
+        write_description,
+    )
 
     def path(artifact) -> Path | None:
         return Path(artifact.path) if artifact is not None else None

@@ -25,6 +25,11 @@ class ModelLoadError(UserError):
     """A model URI that names nothing loadable: one line for the user."""
 
 
+class ModelUnavailable(UserError):
+    """The store that holds a model did not hand it over (a server error, a timeout, a
+    refused permission): nothing is known about the model, and trying again may work."""
+
+
 @dataclass
 class LoadedModel:
     model: object  # keras.Model
@@ -135,10 +140,20 @@ def _download(uri: str, tracking_uri: str | None) -> Path:
         tracking.use_store(tracking_uri)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=tracking_uri))
-    except MlflowException as exc:
-        raise ModelLoadError(f"cannot load model {uri}: {exc.message.splitlines()[0]}") from None
-    except OSError as exc:
-        raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        first_line = (str(getattr(exc, "message", "")) or str(exc) or type(exc).__name__).splitlines()[0]
+        if not _is_missing(exc):
+            raise ModelUnavailable(f"cannot download model {uri} now: {first_line}") from None
+        raise ModelLoadError(f"cannot load model {uri}: {first_line}") from None
+
+
+def _is_missing(exc: Exception) -> bool:
+    """The store answered that the model, or a file of it, does not exist (as opposed to
+    not answering, or refusing)."""
+    from components.core import tracking
+    if isinstance(exc, FileNotFoundError) or tracking.is_not_found(exc):
+        return True
+    return getattr(getattr(exc, "response", None), "status_code", None) == 404
 
 
 def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
