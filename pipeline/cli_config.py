@@ -1,0 +1,21 @@
+"""``lesionpipe config show``: the effective run config, every default filled in."""
+from __future__ import annotations
+
+import click
+import yaml
+
+from pipeline.cli_options import LesionCLI, config_options, load_config
+
+
+@click.group(cls=LesionCLI)
+def config() -> None:
+    """Inspect run configs."""
+
+
+@config.command()
+@config_options(set_example="train.epochs=3")
+def show(config_path, overrides):
+    """Print the effective config as YAML: the file's values, then the --set overrides, and
+    every other key at its default. Its output is itself a valid --config file."""
+    cfg = load_config(config_path, overrides)
+    click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), nl=False)
