@@ -16,6 +16,7 @@ def config() -> None:
 @config_options(set_example="train.epochs=3")
 def show(config_path, overrides):
     """Print the effective config as YAML: the file's values, then the --set overrides, and
-    every other key at its default. Its output is itself a valid --config file."""
+    every other key at its default. The file's relative paths are shown resolved against its
+    folder, --set values as given."""
     cfg = load_config(config_path, overrides)
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), nl=False)
