@@ -84,11 +84,18 @@ class TolerationConfig(Section):
     effect: str = "NoSchedule"
 
 
+# The GPU type training asks for, as GKE labels its GPU nodes; the GKE overlay's TFJob
+# selects the same (manifests/overlays/gke/tfjob-gpu-node-pool.yaml, tests/test_manifests.py).
+GKE_ACCELERATOR = "nvidia-l4"
+
+
 class GpuConfig(Section):
     """The train task's accelerator; count 0 trains on CPU (no toleration, no node selector)."""
     accelerator_type: str = "nvidia.com/gpu"
     count: int = Field(1, ge=0)
-    node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"})
+    # Node labels the train pod must match: the node pool with the GPU type you have
+    # (GKE: cloud.google.com/gke-accelerator: nvidia-l4, nvidia-tesla-t4, ...; {}: any GPU node).
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": GKE_ACCELERATOR})
     toleration: TolerationConfig = Field(default_factory=TolerationConfig)
 
 
@@ -96,9 +103,10 @@ class SecretsConfig(Section):
     """Names of Kubernetes secrets (never their contents) that steps read credentials from."""
     # Keys `username` and `password` -> MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
     mlflow: str = "mlflow-client"
-    # Key `key.json`: a GCP service-account key, mounted for GOOGLE_APPLICATION_CREDENTIALS.
-    # Empty: no key; pods use the pipeline runner's Workload Identity.
-    gcs: str = "gcs-credentials"
+    # Empty (the default): no key; pods reach GCS as the runner's Workload Identity.
+    # A secret's name (gcs-credentials, manifests/secrets/): its key `key.json`, a Google
+    # service-account key, is mounted in every pod for GOOGLE_APPLICATION_CREDENTIALS.
+    gcs: str = ""
 
 
 class ClusterConfig(Section):

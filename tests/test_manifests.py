@@ -399,6 +399,16 @@ def test_tfjob_structure(name):
     assert one(name, "ConfigMap", config_volume)["data"]["config.yaml"]
 
 
+def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
+    """The pipeline's train step (configs/cluster.yaml, the default) and the GKE overlay's
+    TFJob must land on the same node pool: one accelerator, named alike."""
+    from pipeline.config import Config
+
+    pod = one("overlays/gke", "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["nodeSelector"] == Config.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector \
+        == Config().cluster.gpu.node_selector
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(name):
     from components.training.distributed import replica_batch_size
