@@ -78,7 +78,8 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
     assert Config.load(CONFIG).cluster.secrets.gcs == Config().cluster.secrets.gcs == ""
     key_spec, key_k8s, _ = compiled_with_key_file
     for name, step in EXECUTORS.items():
-        assert "secretAsVolume" not in k8s.get(name, {}) and "env" not in spec["deploymentSpec"]["executors"][name]["container"]
+        container = spec["deploymentSpec"]["executors"][name]["container"]
+        assert "secretAsVolume" not in k8s.get(name, {}) and "env" not in container
         assert [(v["secretName"], v["mountPath"]) for v in key_k8s[name]["secretAsVolume"]] == [
             ("gcs-credentials", "/var/secrets/gcs")]
         env = key_spec["deploymentSpec"]["executors"][name]["container"]["env"]
