@@ -191,3 +191,17 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
     train = [t for c in changed["components"].values() if "dag" in c for n, t in c["dag"]["tasks"].items()
              if n == "train-step"][0]
     assert train["inputs"]["parameters"]["train"]["runtimeValue"]["constant"]["epochs"] == 99
+
+
+def test_the_kind_config_is_ready_for_a_cluster_without_google_cloud_or_gpu(tmp_path):
+    from pipeline.kfp_client import check_ready_for_cluster
+
+    check_ready_for_cluster(Config.load("configs/kind.yaml"))
+    out = tmp_path / "kind.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", "configs/kind.yaml", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec, platform = yaml.safe_load_all(out.read_text())
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-train-step"]["container"]["resources"]
+    assert not any({"tolerations", "nodeSelector", "secretAsVolume"} & set(e) for e in k8s.values())
+    assert spec["defaultPipelineRoot"].startswith("minio://")
