@@ -62,7 +62,7 @@ class ResourcesConfig(Section):
     # Duplicates and near-duplicates across shards: the manifest's rows, ~2 kB a file
     # (thumbnails stay in the shards' files; the report's previews are made from the few
     # hundred files it shows, read again): 0.38 GB measured at 100,000 files (ae4032d), ~1.1 GB at
-    # 400,000 (README, bench/scale.py).
+    # 400,000 (docs/performance.md, bench/scale.py).
     ingest_merge: StepResources = _resources("1", "2", "2Gi", "4Gi")
     retrain_gate: StepResources = _resources("250m", "1", "1Gi", "2Gi")
     split: StepResources = Field(default_factory=StepResources)

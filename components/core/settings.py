@@ -332,7 +332,7 @@ class TrainConfig(Section):
     # its best weights at the end, and the best epoch by a small validation split's
     # metric is often a one-epoch spike at a high learning rate that does not hold on
     # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
-    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; see README, Results).
+    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; docs/results.md).
     keep: Literal["best", "last"] = "best"
     # Decide by argmax after per-class offsets fitted on the validation split for
     # balanced accuracy (components.scoring.decisions), saved with the model and used by
