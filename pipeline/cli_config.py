@@ -20,3 +20,12 @@ def show(config_path, overrides):
     folder, --set values as given."""
     cfg = load_config(config_path, overrides)
     click.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False, allow_unicode=True), nl=False)
+
+
+@config.command()
+def docs():
+    """Print the reference of every config key (Markdown: docs/configuration.md), generated
+    from the config classes: key, type, default and what it does."""
+    from pipeline.config_docs import markdown
+
+    click.echo(markdown(), nl=False)

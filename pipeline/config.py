@@ -32,7 +32,7 @@ ConfigError = SettingsError
 class ImagesConfig(Section):
     # The components' base_image: every step but training, and training (CUDA).
     cpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline:0.1.0"
-    gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"
+    gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"  # see cpu
 
 
 class StepResources(Section):
@@ -79,9 +79,9 @@ class ResourcesConfig(Section):
 class TolerationConfig(Section):
     # GKE taints GPU nodes with nvidia.com/gpu=present:NoSchedule.
     key: str = "nvidia.com/gpu"
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str = ""
-    effect: str = "NoSchedule"
+    operator: Literal["Exists", "Equal"] = "Exists"  # see key
+    value: str = ""  # see key
+    effect: str = "NoSchedule"  # see key
 
 
 # The GPU type training asks for, as GKE labels its GPU nodes; the GKE overlay's TFJob
@@ -91,8 +91,8 @@ GKE_ACCELERATOR = "nvidia-l4"
 
 class GpuConfig(Section):
     """The train task's accelerator; count 0 trains on CPU (no toleration, no node selector)."""
-    accelerator_type: str = "nvidia.com/gpu"
-    count: int = Field(1, ge=0)
+    accelerator_type: str = "nvidia.com/gpu"  # the resource name the GPU device plugin offers
+    count: int = Field(1, ge=0)  # GPUs for the train pod (0: train on CPU)
     # Node labels the train pod must match: the node pool with the GPU type you have
     # (GKE: cloud.google.com/gke-accelerator: nvidia-l4, nvidia-tesla-t4, ...; {}: any GPU node).
     node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": GKE_ACCELERATOR})
@@ -117,7 +117,7 @@ class ClusterConfig(Section):
     caching: bool = True
     # Retries of steps that touch the network (GCS, MLflow), with exponential backoff.
     retries: int = Field(3, ge=0)
-    retry_backoff: str = "30s"
+    retry_backoff: str = "30s"  # see retries
     # The Kubernetes ServiceAccount runs' pods use (manifests/base/pipeline-runner-serviceaccount.yaml:
     # Workload Identity for GCS, the namespaced Role). Empty: the KFP installation's default.
     service_account: str = "lesion-pipeline-runner"
