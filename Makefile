@@ -1,6 +1,6 @@
 # Build and push the three images. The build context is the repository root.
-#   make images REGISTRY=europe-docker.pkg.dev/my-project/lesion TAG=0.1.0
-#   make push   REGISTRY=europe-docker.pkg.dev/my-project/lesion TAG=0.1.0
+#   make images REGISTRY=europe-docker.pkg.dev/PROJECT_ID/lesion TAG=0.1.0
+#   make push   REGISTRY=europe-docker.pkg.dev/PROJECT_ID/lesion TAG=0.1.0
 # The defaults give exactly the names in pipeline/config.py (images.cpu, images.gpu),
 # so a default build needs no --set images.*=... override at compile time.
 REGISTRY ?= ghcr.io/lesion-pipeline

@@ -32,7 +32,7 @@ ConfigError = SettingsError
 class ImagesConfig(Section):
     # The components' base_image: every step but training, and training (CUDA).
     cpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline:0.1.0"
-    gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"
+    gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"  # see cpu
 
 
 class StepResources(Section):
@@ -62,7 +62,7 @@ class ResourcesConfig(Section):
     # Duplicates and near-duplicates across shards: the manifest's rows, ~2 kB a file
     # (thumbnails stay in the shards' files; the report's previews are made from the few
     # hundred files it shows, read again): 0.38 GB measured at 100,000 files (ae4032d), ~1.1 GB at
-    # 400,000 (README, bench/scale.py).
+    # 400,000 (docs/performance.md, bench/scale.py).
     ingest_merge: StepResources = _resources("1", "2", "2Gi", "4Gi")
     retrain_gate: StepResources = _resources("250m", "1", "1Gi", "2Gi")
     split: StepResources = Field(default_factory=StepResources)
@@ -79,16 +79,23 @@ class ResourcesConfig(Section):
 class TolerationConfig(Section):
     # GKE taints GPU nodes with nvidia.com/gpu=present:NoSchedule.
     key: str = "nvidia.com/gpu"
-    operator: Literal["Exists", "Equal"] = "Exists"
-    value: str = ""
-    effect: str = "NoSchedule"
+    operator: Literal["Exists", "Equal"] = "Exists"  # see key
+    value: str = ""  # see key
+    effect: str = "NoSchedule"  # see key
+
+
+# The GPU type training asks for, as GKE labels its GPU nodes; the GKE overlay's TFJob
+# selects the same (manifests/overlays/gke/tfjob-gpu-node-pool.yaml, tests/test_manifests.py).
+GKE_ACCELERATOR = "nvidia-l4"
 
 
 class GpuConfig(Section):
     """The train task's accelerator; count 0 trains on CPU (no toleration, no node selector)."""
-    accelerator_type: str = "nvidia.com/gpu"
-    count: int = Field(1, ge=0)
-    node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"})
+    accelerator_type: str = "nvidia.com/gpu"  # the resource name the GPU device plugin offers
+    count: int = Field(1, ge=0)  # GPUs for the train pod (0: train on CPU)
+    # Node labels the train pod must match: the node pool with the GPU type you have
+    # (GKE: cloud.google.com/gke-accelerator: nvidia-l4, nvidia-tesla-t4, ...; {}: any GPU node).
+    node_selector: dict[str, str] = Field(default_factory=lambda: {"cloud.google.com/gke-accelerator": GKE_ACCELERATOR})
     toleration: TolerationConfig = Field(default_factory=TolerationConfig)
 
 
@@ -96,9 +103,10 @@ class SecretsConfig(Section):
     """Names of Kubernetes secrets (never their contents) that steps read credentials from."""
     # Keys `username` and `password` -> MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
     mlflow: str = "mlflow-client"
-    # Key `key.json`: a GCP service-account key, mounted for GOOGLE_APPLICATION_CREDENTIALS.
-    # Empty: no key; pods use the pipeline runner's Workload Identity.
-    gcs: str = "gcs-credentials"
+    # Empty (the default): no key; pods reach GCS as the runner's Workload Identity.
+    # A secret's name (gcs-credentials, manifests/secrets/): its key `key.json`, a Google
+    # service-account key, is mounted in every pod for GOOGLE_APPLICATION_CREDENTIALS.
+    gcs: str = ""
 
 
 class ClusterConfig(Section):
@@ -109,7 +117,7 @@ class ClusterConfig(Section):
     caching: bool = True
     # Retries of steps that touch the network (GCS, MLflow), with exponential backoff.
     retries: int = Field(3, ge=0)
-    retry_backoff: str = "30s"
+    retry_backoff: str = "30s"  # see retries
     # The Kubernetes ServiceAccount runs' pods use (manifests/base/pipeline-runner-serviceaccount.yaml:
     # Workload Identity for GCS, the namespaced Role). Empty: the KFP installation's default.
     service_account: str = "lesion-pipeline-runner"

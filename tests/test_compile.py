@@ -61,19 +61,31 @@ def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
     assert executors["exec-train-step"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
 
 
-def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets(compiled):
+@pytest.fixture(scope="module")
+def compiled_with_key_file(tmp_path_factory):
+    """The path without Workload Identity: a service-account key from a secret."""
+    return compile_yaml(tmp_path_factory.mktemp("compile_key"), "cluster.secrets.gcs=gcs-credentials")
+
+
+def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets(compiled, compiled_with_key_file):
     spec, k8s, _ = compiled
     train = k8s["exec-train-step"]
     assert train["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
-    assert train["nodeSelector"] == {"labels": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"}}
-    assert not any("tolerations" in k8s[e] or "nodeSelector" in k8s[e] for e in EXECUTORS if e != "exec-train-step")
+    assert train["nodeSelector"] == {"labels": {"cloud.google.com/gke-accelerator": "nvidia-l4"}}
+    others = [k8s.get(e, {}) for e in EXECUTORS if e != "exec-train-step"]
+    assert not any("tolerations" in e or "nodeSelector" in e for e in others)
+    # The default is Workload Identity: no pod waits on a key secret that such a setup never creates.
+    assert Config.load(CONFIG).cluster.secrets.gcs == Config().cluster.secrets.gcs == ""
+    key_spec, key_k8s, _ = compiled_with_key_file
     for name, step in EXECUTORS.items():
-        assert [(v["secretName"], v["mountPath"]) for v in k8s[name]["secretAsVolume"]] == [
+        container = spec["deploymentSpec"]["executors"][name]["container"]
+        assert "secretAsVolume" not in k8s.get(name, {}) and "env" not in container
+        assert [(v["secretName"], v["mountPath"]) for v in key_k8s[name]["secretAsVolume"]] == [
             ("gcs-credentials", "/var/secrets/gcs")]
-        env = spec["deploymentSpec"]["executors"][name]["container"]["env"]
+        env = key_spec["deploymentSpec"]["executors"][name]["container"]["env"]
         assert env == [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/gcs/key.json"}]
         mlflow_env = [(s["secretName"], {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]})
-                      for s in k8s[name].get("secretAsEnv", [])]
+                      for s in k8s.get(name, {}).get("secretAsEnv", [])]
         assert mlflow_env == ([("mlflow-client", {"username": "MLFLOW_TRACKING_USERNAME",
                                                        "password": "MLFLOW_TRACKING_PASSWORD"})]
                               if STEP_POLICIES[step].mlflow else []), name
@@ -94,7 +106,7 @@ def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
 
 def test_gate_fan_out_and_pipeline_root(compiled):
     spec, _, _ = compiled
-    assert spec["defaultPipelineRoot"] == "gs://YOUR-BUCKET/pipeline-root"
+    assert spec["defaultPipelineRoot"] == "gs://BUCKET_NAME/pipeline-root"
     ingest_loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
     assert ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.ingest_shards: 4 in cluster.yaml
     merge = spec["root"]["dag"]["tasks"]["ingest-merge-step"]
@@ -127,9 +139,9 @@ def test_resources_config_covers_every_step():
     assert set(type(Config().cluster.resources).model_fields) == set(STEP_POLICIES)
 
 
-def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled):
+def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_key_file):
     """The pipeline and manifests/ are written apart: a renamed secret or key must fail here, not in a pod."""
-    _, k8s, _ = compiled
+    _, k8s, _ = compiled_with_key_file
     shipped = {}
     for template in Path("manifests/secrets").glob("*.example.yaml"):
         doc = yaml.safe_load(template.read_text())
@@ -139,7 +151,7 @@ def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled):
             assert {k["secretKey"] for k in secret["keyToEnv"]} <= shipped[secret["secretName"]]
         for secret in executor.get("secretAsVolume", []):
             assert secret["secretName"] in shipped
-    assert "key.json" in shipped[Config().cluster.secrets.gcs]
+    assert "key.json" in shipped["gcs-credentials"]
 
 
 DATA_TASKS = ("list-source-step", "ingest-shard-step", "ingest-merge-step", "split-step", "normalize-shard-step", "normalize-gather-step")
@@ -179,3 +191,17 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
     train = [t for c in changed["components"].values() if "dag" in c for n, t in c["dag"]["tasks"].items()
              if n == "train-step"][0]
     assert train["inputs"]["parameters"]["train"]["runtimeValue"]["constant"]["epochs"] == 99
+
+
+def test_the_kind_config_is_ready_for_a_cluster_without_google_cloud_or_gpu(tmp_path):
+    from pipeline.kfp_client import check_ready_for_cluster
+
+    check_ready_for_cluster(Config.load("configs/kind.yaml"))
+    out = tmp_path / "kind.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", "configs/kind.yaml", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    spec, platform = yaml.safe_load_all(out.read_text())
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert "accelerator" not in spec["deploymentSpec"]["executors"]["exec-train-step"]["container"]["resources"]
+    assert not any({"tolerations", "nodeSelector", "secretAsVolume"} & set(e) for e in k8s.values())
+    assert spec["defaultPipelineRoot"].startswith("minio://")

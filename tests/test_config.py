@@ -57,7 +57,7 @@ def test_flat_params_for_mlflow():
     assert all(isinstance(v, str) for v in params.values())
 
 
-@pytest.mark.parametrize("name", ["demo", "isic9", "ham10000"])
+@pytest.mark.parametrize("name", ["demo", "isic9", "ham10000", "cluster", "kind"])
 def test_shipped_configs_load(name):
     cfg = Config.load(f"configs/{name}.yaml")
     assert cfg.name == name

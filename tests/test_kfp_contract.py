@@ -79,7 +79,7 @@ def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_paramet
     assert run["runtime_config"] == {"parameters": expected_parameters(stub.url)}
     # The spec sent is the compiled pipeline, byte for byte, Kubernetes platform spec included.
     assert run["pipeline_spec"] == compiled(tmp_path)
-    assert run["pipeline_spec"]["pipeline_spec"]["defaultPipelineRoot"] == "gs://YOUR-BUCKET/pipeline-root"
+    assert run["pipeline_spec"]["pipeline_spec"]["defaultPipelineRoot"] == "gs://BUCKET_NAME/pipeline-root"
 
 
 def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_for_the_run(stub, tmp_path):

@@ -399,6 +399,29 @@ def test_tfjob_structure(name):
     assert one(name, "ConfigMap", config_volume)["data"]["config.yaml"]
 
 
+def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
+    """The pipeline's train step (configs/cluster.yaml, the default) and the GKE overlay's
+    TFJob must land on the same node pool: one accelerator, named alike."""
+    from pipeline.config import Config
+
+    pod = one("overlays/gke", "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
+    assert pod["nodeSelector"] == Config.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector \
+        == Config().cluster.gpu.node_selector
+
+
+@pytest.mark.parametrize("overlay, config", [("overlays/gke", "cluster.yaml"), ("overlays/local", "kind.yaml")])
+def test_each_overlays_run_config_logs_to_the_mlflow_it_deploys(overlay, config):
+    from urllib.parse import urlparse
+
+    from pipeline.config import Config
+
+    host = urlparse(Config.load(ROOT / "configs" / config).mlflow.tracking_uri).netloc
+    assert host in one(overlay, "ConfigMap", "mlflow-settings")["data"]["allowed-hosts"].split(",")
+    service = one(overlay, "Service", "mlflow")
+    assert host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:" \
+                   f"{service['spec']['ports'][0]['port']}"
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(name):
     from components.training.distributed import replica_batch_size

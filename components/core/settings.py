@@ -197,12 +197,12 @@ class DataConfig(Section):
     source: str = ""
     # "auto" detects it from the label CSV's columns (components.data.labels.FORMAT_COLUMNS).
     format: SourceFormat = "auto"
-    image_size: int = Field(128, ge=32)
+    image_size: int = Field(128, ge=32)  # pixels a side of the square the model sees; time grows with its square
     # "pad" keeps the whole image (letterbox); "crop" keeps the centre square.
     resize_mode: Literal["pad", "crop"] = "pad"
-    val_fraction: float = Field(0.15, ge=0, lt=1)
-    test_fraction: float = Field(0.15, ge=0, lt=1)
-    seed: int = 123
+    val_fraction: float = Field(0.15, ge=0, lt=1)  # of the images (by lesion group) for validation
+    test_fraction: float = Field(0.15, ge=0, lt=1)  # for the held-out test split (0: the source's Test/ only)
+    seed: int = 123  # of the split and of the synthetic data
     # Ingest stops when a class has fewer images than this in all (after quarantine).
     min_images_per_class: int = Field(2, ge=1)
     # After the split, per class and subset (train, val, test): fewer images than
@@ -211,16 +211,16 @@ class DataConfig(Section):
     # before training (0: never stops). A subset with no images at all (test_fraction 0
     # and no source Test split) is not checked.
     warn_images_per_class_split: int = Field(10, ge=0)
-    min_images_per_class_split: int = Field(0, ge=0)
+    min_images_per_class_split: int = Field(0, ge=0)  # see warn_images_per_class_split
     # Cap per class after ingest (0: no cap); for quick runs on large sources.
     max_images_per_class: int = Field(0, ge=0)
     # Source label -> canonical class name; merged over the built-in vocabulary.
     class_map: dict[str, str] = Field(default_factory=dict)
-    num_shards: int = Field(2, ge=1)
+    num_shards: int = Field(2, ge=1)  # TFRecord shards, and parallel normalize tasks on a cluster
     # Ingest validation. Smaller images (either side, pixels) are quarantined; images
     # with more pixels are refused from their header, before decoding (bombs).
     min_image_size: int = 32
-    max_image_pixels: int = 64_000_000
+    max_image_pixels: int = 64_000_000  # see min_image_size
     # Files larger than this (their listed size) are quarantined as too_large without
     # being read, and no read goes past it: a dermoscopic image is a few MB, and a stray
     # video or disk image must not be pulled into the ingest pod's memory.
@@ -235,11 +235,11 @@ class DataConfig(Section):
     # pairs different lesions (a dark blob on skin); on HAM10000 these two bounds kept
     # only same-lesion pairs. A negative distance turns the search off.
     near_duplicate_distance: int = 6
-    near_duplicate_max_pixel_difference: float = 5.0
+    near_duplicate_max_pixel_difference: float = 5.0  # see near_duplicate_distance
     # Keep near-duplicates in one split subset, like exact duplicates and lesions.
     split_near_duplicates: bool = True
-    zip_max_entries: int = Field(500_000, ge=1)
-    zip_max_total_bytes: int = Field(64 * 2**30, ge=1)
+    zip_max_entries: int = Field(500_000, ge=1)  # a .zip with more entries is refused
+    zip_max_total_bytes: int = Field(64 * 2**30, ge=1)  # a .zip larger once unpacked is refused
     # Images decoded (and downloaded) at once during ingest; 0 picks by source
     # (components.data.ingest.threads): one per CPU for local files, more for gs://.
     ingest_workers: int = Field(0, ge=0)
@@ -247,8 +247,8 @@ class DataConfig(Section):
     # file) of the listing; a merge task then finds duplicates, conflicts, leaks and
     # near-duplicates across all of them. One-process ingest (the CLI, evaluate) is one.
     ingest_shards: int = Field(2, ge=1)
-    synthetic_images_per_class: int = Field(60, ge=1)
-    synthetic_image_size: int = Field(96, ge=16)
+    synthetic_images_per_class: int = Field(60, ge=1)  # the synthetic demo data (source "")
+    synthetic_image_size: int = Field(96, ge=16)  # the synthetic images' side in pixels
 
     @model_validator(mode="after")
     def _fractions_leave_a_training_set(self) -> "DataConfig":
@@ -260,18 +260,18 @@ class DataConfig(Section):
 class AugmentConfig(Section):
     """Augment: class-balancing oversampling of the training split."""
 
-    enabled: bool = True
+    enabled: bool = True  # off: no extra images (online augmentation in train can replace it)
     # Oversample every class up to this many training images (0: the largest class).
     target_per_class: int = Field(0, ge=0)
     # Never more than this many times a class's real images.
     max_factor: float = Field(4.0, ge=1)
-    flip: bool = True
+    flip: bool = True  # the transforms of each extra image, randomly drawn and recorded
     rotation: float = 0.1  # fraction of a full turn, as keras.layers.RandomRotation
-    zoom: float = Field(0.1, ge=0, lt=1)
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
-    hue: float = 0.02
+    zoom: float = Field(0.1, ge=0, lt=1)  # fraction, as keras.layers.RandomZoom
+    brightness: float = 0.1  # largest change, as a fraction
+    contrast: float = 0.1  # largest change, as a fraction
+    saturation: float = 0.1  # largest change, as a fraction
+    hue: float = 0.02  # largest shift, as a fraction of the colour circle
 
 
 class TrainConfig(Section):
@@ -292,7 +292,7 @@ class TrainConfig(Section):
     # All epochs, both phases; transfer models spend the first frozen_epochs with the
     # backbone frozen (only the new head learns), then fine-tune.
     epochs: int = Field(10, ge=1)
-    frozen_epochs: int = Field(0, ge=0)
+    frozen_epochs: int = Field(0, ge=0)  # see epochs
     # Backbone layers unfrozen for fine-tuning, counted from the top (0: all).
     fine_tune_layers: int = Field(0, ge=0)
     # Let pretrained batch normalization re-estimate its statistics while fine-tuning
@@ -301,12 +301,12 @@ class TrainConfig(Section):
     # Momentum of those adapting statistics (0: the backbone's own; MobileNetV2's 0.999
     # averages over ~1000 steps, longer than a short fine-tuning, so they lag behind).
     batchnorm_momentum: float = Field(0.0, ge=0, lt=1)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    fine_tune_learning_rate: float = Field(1e-4, gt=0)
+    batch_size: int = Field(32, ge=1)  # images a step (on several GPUs or workers: the global batch)
+    learning_rate: float = Field(1e-3, gt=0)  # Adam's rate (transfer models: while the backbone is frozen)
+    fine_tune_learning_rate: float = Field(1e-4, gt=0)  # Adam's rate while fine-tuning the backbone
     # constant, or cosine (decay to 0 over each phase).
     lr_schedule: Literal["constant", "cosine"] = "constant"
-    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1)  # before the classifier
     # efficientnet_lite0/1/2: stochastic depth, the largest chance (the last block's) that
     # a residual block is skipped for an image while training; 0: off.
     stochastic_depth: float = Field(0.0, ge=0, lt=1)
@@ -322,17 +322,17 @@ class TrainConfig(Section):
     # class_weight: the largest weight any class gets (0: no cap). Inverse frequency
     # gives a class with one training image a weight in the hundreds, which wrecks training.
     max_class_weight: float = Field(0.0, ge=0)
-    focal_gamma: float = Field(2.0, ge=0)
+    focal_gamma: float = Field(2.0, ge=0)  # imbalance: focal only
     # val_balanced_accuracy, val_macro_auc, val_melanoma_auc, val_macro_f1 are computed
     # by our callback each epoch; val_loss and val_accuracy too.
     monitor: str = "val_balanced_accuracy"
-    early_stopping_patience: int = Field(4, ge=1)
+    early_stopping_patience: int = Field(4, ge=1)  # epochs without a better monitor value (keep: best only)
     # The weights saved: "best", the epoch best on monitor (with early stopping), or
     # "last", the end of the schedule (no early stopping). A cosine schedule anneals to
     # its best weights at the end, and the best epoch by a small validation split's
     # metric is often a one-epoch spike at a high learning rate that does not hold on
     # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
-    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; see README, Results).
+    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; docs/results.md).
     keep: Literal["best", "last"] = "best"
     # Decide by argmax after per-class offsets fitted on the validation split for
     # balanced accuracy (components.scoring.decisions), saved with the model and used by
@@ -349,7 +349,7 @@ class TrainConfig(Section):
     # 8 GiB: half the train pod's memory request (cluster.resources.train). HAM10000 at
     # 224 px is ~1.5 GB; ISIC 2024 (400,000 images) at 224 px would be ~60 GB.
     cache_memory_mb: int = Field(8192, ge=0)
-    seed: int = 123
+    seed: int = 123  # weights, shuffling and online augmentation
     # More members for an ensemble, each a mapping of the settings above that differ
     # from this section's (e.g. {alpha: 0.35, weights: ..., seed: 7}). Every member
     # trains in turn with its own early stopping, max_train_minutes is shared among them,
@@ -385,33 +385,33 @@ class EvaluateConfig(Section):
 
     # Class whose one-vs-rest AUC is reported as melanoma_auc.
     melanoma_class: str = "melanoma"
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)  # images scored at once
     # Test-time augmentation: average the probabilities over flips and 90-degree turns.
     tta: bool = False
     # Report pictures: worst misclassified test images, Grad-CAM melanoma images.
     worst_images: int = Field(16, ge=0)
-    gradcam_images: int = Field(4, ge=0)
+    gradcam_images: int = Field(4, ge=0)  # see worst_images
     # 95 % intervals of the test metrics: bootstrap over lesions (images where the source
     # has no lesion ids), this many resamples, drawn from this seed (docs/metrics.md).
     bootstrap_resamples: int = Field(1000, ge=100)
-    bootstrap_seed: int = 0
+    bootstrap_seed: int = 0  # see bootstrap_resamples
     # Champion gate: a new model gets the champion alias only if every metric reaches
     # its minimum and the lower end of the 95 % interval of its difference from the
     # current champion on champion_metric (paired bootstrap, both scored on this test
     # split) is above champion_margin: it is better beyond the test split's noise.
     # Else challenger. A negative margin promotes a model that may be that much worse.
     champion_metric: GateMetric = "balanced_accuracy"
-    champion_margin: float = Field(0.0, ge=-1, le=1)
-    min_balanced_accuracy: float = Field(0.0, ge=0, le=1)
-    min_melanoma_auc: float = Field(0.0, ge=0, le=1)
-    min_macro_auc: float = Field(0.0, ge=0, le=1)
+    champion_margin: float = Field(0.0, ge=-1, le=1)  # see champion_metric
+    min_balanced_accuracy: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
+    min_melanoma_auc: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
+    min_macro_auc: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
 
 
 class MlflowConfig(Section):
     """Where runs and models are recorded."""
 
-    experiment: str = "lesion-pipeline"
-    model_name: str = "lesion-classifier"
+    experiment: str = "lesion-pipeline"  # MLflow experiment of the runs (created if missing)
+    model_name: str = "lesion-classifier"  # registered model the champion gate registers versions of
     # Empty: --tracking-uri, else MLFLOW_TRACKING_URI, else sqlite in the working folder.
     # A relative sqlite:///PATH in a config file is relative to that file's folder.
     tracking_uri: str = ""

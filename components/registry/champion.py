@@ -148,7 +148,7 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     Safe against a concurrent run: right before moving ``@champion`` the alias is read
     again, and if another run moved it meanwhile the decision is made again against the
     new champion. (Between that read and the move there remains a window of one registry
-    call; the README says how schedules avoid it.) Safe to retry: a version registered
+    call; docs/reliability.md says how schedules avoid it.) Safe to retry: a version registered
     from ``model_uri`` is reused; once promoted, it keeps its recorded decision."""
     import mlflow
     from mlflow.exceptions import MlflowException

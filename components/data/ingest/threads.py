@@ -30,7 +30,7 @@ def ingest_threads(cfg: DataConfig, uris: list[str]) -> int:
     at most 32. For local files (a folder, a zip) decoding is the work and more threads
     than CPUs only contend for the interpreter: HAM10000 on 2 CPUs ingested at 1,715 and
     1,727 images/s with 8 threads, 3,125 and 3,120 with 2 (93d8b6b, two runs each;
-    bench/ingest_throughput.py, README)."""
+    bench/ingest_throughput.py, docs/performance.md)."""
     if cfg.ingest_workers:
         return cfg.ingest_workers
     if uris and uris[0].startswith(GCS_SCHEME):
