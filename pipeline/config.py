@@ -10,20 +10,16 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
-from components.core.settings import (
-    AugmentConfig,
-    DataConfig,
-    EvaluateConfig,
-    MlflowConfig,
+from components.core.section import (
     Section,
     SettingsError,
-    TrainConfig,
     flat_params,
     load_section,
     read_yaml_mapping,
     resolve_relative_paths,
     unknown_key_message,
 )
+from components.core.settings import AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig
 
 ConfigError = SettingsError
 

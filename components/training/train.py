@@ -325,7 +325,8 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
 
     from components.core import tracking
     from components.core.errors import user_errors
-    from components.core.settings import TrainConfig, load_section
+    from components.core.section import load_section
+    from components.core.settings import TrainConfig
     from components.data import tfrecords
     from components.scoring.decisions import saved_decision_bias
     from components.training.train import checkpoint_dir, keep_model, progress_so_far, write_model_info

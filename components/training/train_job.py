@@ -45,15 +45,8 @@ def weights_checksum(model_path: str | Path) -> str:
 def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
         run_id_tag: str = "", wait_for_workers_minutes: float = 15.0) -> dict:
     from components.core import tracking
-    from components.core.settings import (
-        EvaluateConfig,
-        MlflowConfig,
-        TrainConfig,
-        flat_params,
-        load_section,
-        read_yaml_mapping,
-        resolve_relative_paths,
-    )
+    from components.core.section import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
+    from components.core.settings import EvaluateConfig, MlflowConfig, TrainConfig
     from components.data import tfrecords
     from components.data.sources import download_folder, upload_folder
     from components.training.devices import tf_config_workers
