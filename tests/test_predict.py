@@ -35,7 +35,9 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
     out = tmp_path / "predictions.csv"
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(images), str(broken), "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(model_dir), str(images), str(broken), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "17 images" in result.output and "1 unreadable" in result.output
     rows = list(csv.DictReader(out.open()))
@@ -161,11 +163,11 @@ def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(mo
     """The train step writes model_info.json beside the model; predict and evaluate say so."""
     import shutil
 
-    from components.training.train import write_model_info
+    from components.training.trained_model import write_model_info
 
     flagged = tmp_path / "model"
     shutil.copytree(model_dir, flagged)
-    write_model_info(flagged, synthetic=True)
+    write_model_info(flagged, {"image_size": 32, "resize_mode": "pad", "synthetic": True})
     out = tmp_path / "predictions.csv"
     result = CliRunner().invoke(main, ["predict", "--model", str(flagged), str(images), "--out", str(out)])
     assert result.exit_code == 0, result.output
