@@ -5,7 +5,8 @@ the same files measured in the same run, and where ingest's time goes. Prints JS
 
 ``ingest_vs_decode`` is ingest's rate over the plain full decode's (both with ``--workers``
 threads, run alternately ``--rounds`` times, the best of each); ``ingest_vs_decode_cpu`` the
-same from the CPU time each took (all threads), which other work on the machine changes less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
+same from the CPU time each took (all threads), which other work on the machine changes
+less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
 same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail, and pHash
 with thumbnail made together for ingest's batches of 16, as ingest makes them);
 ``near_duplicate_search_s``, ``report_previews_s`` (the files the report shows read again
@@ -30,8 +31,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from components import ingest as ingest_module  # noqa: E402
 from components.core.settings import DataConfig  # noqa: E402
+from components.data import ingest as ingest_module  # noqa: E402
 from components.data.data_report import shown_uris, write_outputs  # noqa: E402
 from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
 
@@ -74,9 +75,15 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(Path(os.environ.get("LESION_DATA", "../shared/data")) / "ham10000"))
-    parser.add_argument("--workers", type=int, default=0,
-                        help="threads for both the plain decode and ingest (default: what ingest picks for local files)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="threads for both the plain decode and ingest (default: what ingest picks for local files)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts"
+    )
     args = parser.parse_args()
     images = sorted(p for p in Path(args.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     args.workers = args.workers or ingest_module.ingest_threads(DataConfig(), [str(p) for p in images[:1]])
@@ -121,33 +128,41 @@ def main() -> None:
         report_s = time.perf_counter() - start
     files = result.report["files_found"]
     decode_rate = len(images) / decode_parallel
-    print(json.dumps({
-        "source": args.source,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "workers": args.workers,
-        "jpeg_files": len(images),
-        "plain_decode_images_per_s_1_thread": round(len(images) / decode_serial, 1),
-        "plain_decode_images_per_s_workers": round(decode_rate, 1),
-        "ingest_files": files,
-        "rounds": args.rounds,
-        "plain_decode_seconds_each_round": [round(x, 2) for x in decode_runs],
-        "ingest_seconds_each_round": [round(x, 2) for x in ingest_runs],
-        "ingest_seconds": round(ingest_s, 2),
-        "ingest_images_per_s": round(files / ingest_s, 1),
-        "ingest_vs_decode": round(files / ingest_s / decode_rate, 3),
-        # CPU seconds (every thread of this process): what each costs, whatever else runs.
-        "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
-        "ingest_cpu_seconds": round(min(ingest_cpu), 2),
-        "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
-        "ingest_stages_s": {"shard_list_label_decode": round(shard_s, 3), "merge_and_report": round(ingest_s - shard_s, 3)},
-        "stages_ms_per_image": stages,
-        "near_duplicate_search_s": round(search_s, 3),
-        "report_previews_shown": len(shown),
-        "report_previews_made": len(previews),
-        "report_previews_s": round(previews_s, 3),
-        "report_s": round(report_s, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "source": args.source,
+                "cpu_count": os.cpu_count(),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "workers": args.workers,
+                "jpeg_files": len(images),
+                "plain_decode_images_per_s_1_thread": round(len(images) / decode_serial, 1),
+                "plain_decode_images_per_s_workers": round(decode_rate, 1),
+                "ingest_files": files,
+                "rounds": args.rounds,
+                "plain_decode_seconds_each_round": [round(x, 2) for x in decode_runs],
+                "ingest_seconds_each_round": [round(x, 2) for x in ingest_runs],
+                "ingest_seconds": round(ingest_s, 2),
+                "ingest_images_per_s": round(files / ingest_s, 1),
+                "ingest_vs_decode": round(files / ingest_s / decode_rate, 3),
+                # CPU seconds (every thread of this process): what each costs, whatever else runs.
+                "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
+                "ingest_cpu_seconds": round(min(ingest_cpu), 2),
+                "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
+                "ingest_stages_s": {
+                    "shard_list_label_decode": round(shard_s, 3),
+                    "merge_and_report": round(ingest_s - shard_s, 3),
+                },
+                "stages_ms_per_image": stages,
+                "near_duplicate_search_s": round(search_s, 3),
+                "report_previews_shown": len(shown),
+                "report_previews_made": len(previews),
+                "report_previews_s": round(previews_s, 3),
+                "report_s": round(report_s, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,8 @@ import signal
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from components.core import filenames
 from pipeline.config import Config

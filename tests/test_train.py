@@ -40,9 +40,15 @@ def weights_dir() -> Path:
     return Path(value)
 
 
-@pytest.mark.parametrize("name, size, kwargs", [
-    ("seed_cnn", 32, {}), ("small_resnet", 32, {}), ("mobilenet_v2", 32, {"alpha": 0.35}), ("mobilenet", 32, {"alpha": 0.25}),
-])
+@pytest.mark.parametrize(
+    "name, size, kwargs",
+    [
+        ("seed_cnn", 32, {}),
+        ("small_resnet", 32, {}),
+        ("mobilenet_v2", 32, {"alpha": 0.35}),
+        ("mobilenet", 32, {"alpha": 0.25}),
+    ],
+)
 def test_every_model_name_builds_a_probability_model(name, size, kwargs):
     model = build_model(name, 5, size, MEAN, STD, **kwargs)
     probs = model.predict(np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32), verbose=0)

@@ -96,7 +96,9 @@ def decide(new: dict, champion: dict | None, cfg: EvaluateConfig, champion_probl
     metric = cfg.champion_metric
     floors = minimums(cfg)
     compared = sorted({metric, *floors})
-    comparison = {k: {"new": new.get(k), "champion": (champion or {}).get(k), "minimum": floors.get(k)} for k in compared}
+    comparison = {
+        k: {"new": new.get(k), "champion": (champion or {}).get(k), "minimum": floors.get(k)} for k in compared
+    }
     failures = [f"{k} {_fmt(new.get(k))} < minimum {floor:.3f}" for k, floor in floors.items()
                 if new.get(k) is None or new[k] < floor]
     if failures:
@@ -144,7 +146,9 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
         if any(errors):
             return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
     else:
-        probs = champion.predict(tfrecords.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta)
+        probs = champion.predict(
+            tfrecords.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta
+        )
     return classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class, champion.decision_bias), ""
 
 
@@ -191,8 +195,10 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
         decision, compared_with = _promote(tracking_uri, model_name, version, compared_with, decision, new_metrics,
                                            normalized_dir, cfg, data_fingerprint)
     except MlflowException as exc:
-        raise RegistryUnavailable(f"version {version} of {model_name} is registered with its decision and data "
-                                  f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}") from None
+        raise RegistryUnavailable(
+            f"version {version} of {model_name} is registered with its decision and data "
+            f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}"
+        ) from None
     return {**asdict(decision), "model_name": model_name, "version": version,
             "model_uri": f"models:/{model_name}/{version}",
             "previous_champion": f"version {compared_with.version}" if compared_with is not None else None,
