@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from components import artifacts  # noqa: E402
+from components.core import filenames  # noqa: E402
 from components.scoring.decisions import decide, fit_balanced_bias  # noqa: E402
 from components.scoring.inference import load_model  # noqa: E402
 
@@ -33,8 +33,8 @@ def split_probabilities(output_dir: Path) -> dict:
     """The run's model's TTA probabilities on its validation and test splits."""
     import pandas as pd
 
-    summary = json.loads((output_dir / "latest" / artifacts.SUMMARY).read_text())
-    splits = pd.read_parquet(Path(summary["pipeline_run_dir"]) / "split-step" / "splits" / artifacts.SPLITS)
+    summary = json.loads((output_dir / "latest" / filenames.SUMMARY).read_text())
+    splits = pd.read_parquet(Path(summary["pipeline_run_dir"]) / "split-step" / "splits" / filenames.SPLITS)
     splits = splits[splits.status == "ingested"].sort_values("relpath")
     model = load_model(summary["model_uri"], summary["tracking_uri"])
     out = {"model_uri": summary["model_uri"], "classes": model.classes}

@@ -5,7 +5,8 @@ the same files measured in the same run, and where ingest's time goes. Prints JS
 
 ``ingest_vs_decode`` is ingest's rate over the plain full decode's (both with ``--workers``
 threads, run alternately ``--rounds`` times, the best of each); ``ingest_vs_decode_cpu`` the
-same from the CPU time each took (all threads), which other work on the machine changes less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
+same from the CPU time each took (all threads), which other work on the machine changes
+less. ``stages_ms_per_image`` times each per-image stage alone, one thread, on the
 same files (file read + md5, the reduced-scale decode, pHash, 16x16 thumbnail, and pHash
 with thumbnail made together for ingest's batches of 16, as ingest makes them);
 ``near_duplicate_search_s``, ``report_previews_s`` (the files the report shows read again
@@ -78,9 +79,15 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(Path(os.environ.get("LESION_DATA", "../shared/data")) / "ham10000"))
-    parser.add_argument("--workers", type=int, default=0,
-                        help="threads for both the plain decode and ingest (default: what ingest picks for local files)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="threads for both the plain decode and ingest (default: what ingest picks for local files)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternated decode and ingest runs; the best of each counts"
+    )
     args = parser.parse_args()
     images = sorted(p for p in Path(args.source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg"))
     args.workers = args.workers or ingest_threads(DataConfig(), [str(p) for p in images[:1]])

@@ -79,7 +79,11 @@ def main() -> None:
     if not points:
         raise SystemExit(f"no step lines in {args.jsonl}")
     plot(points, Path(args.out), args.title)
-    print(json.dumps({"png": args.out, "steps": list(points), "sizes": sorted({r[0] for v in points.values() for r in v})}))
+    print(
+        json.dumps(
+            {"png": args.out, "steps": list(points), "sizes": sorted({r[0] for v in points.values() for r in v})}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def main() -> None:
 
     devices = configure_devices(123)
     with tempfile.TemporaryDirectory() as tmp:
-        normalized = Path(args.normalized) if args.normalized else synthetic_shards(Path(tmp), args.size, args.per_class)
+        normalized = (
+            Path(args.normalized) if args.normalized else synthetic_shards(Path(tmp), args.size, args.per_class)
+        )
         meta = tfrecords.read_meta(normalized)
         size, classes = meta["image_size"], meta["classes"]
         paths = tfrecords.shard_paths(normalized, "train")

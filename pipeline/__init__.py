@@ -1,1 +1,2 @@
-"""lesion-pipeline: the KFP pipeline wiring, the run config, the CLI and MLflow helpers."""
+"""lesion-pipeline: the table of steps, the KFP pipeline wiring, the run config, the runners
+(local, KFP client) and the CLI."""

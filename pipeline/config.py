@@ -8,22 +8,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, create_model, model_validator
 
-from components.core.settings import (
-    AugmentConfig,
-    DataConfig,
-    EvaluateConfig,
-    MlflowConfig,
+from components.core.section import (
     Section,
     SettingsError,
-    TrainConfig,
     flat_params,
     load_section,
     read_yaml_mapping,
     resolve_relative_paths,
     unknown_key_message,
 )
+from components.core.settings import AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig
+from pipeline.steps import STEPS, StepResources
 
 ConfigError = SettingsError
 
@@ -35,45 +32,15 @@ class ImagesConfig(Section):
     gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"  # see cpu
 
 
-class StepResources(Section):
-    """Kubernetes requests and limits of one step's pod (quantities as kubectl writes them)."""
-    cpu_request: str = "500m"
-    cpu_limit: str = "1"
-    memory_request: str = "1Gi"
-    memory_limit: str = "2Gi"
-
-
-def _resources(cpu_request: str, cpu_limit: str, memory_request: str, memory_limit: str) -> Any:
-    return Field(default_factory=lambda: StepResources(cpu_request=cpu_request, cpu_limit=cpu_limit,
-                                                       memory_request=memory_request, memory_limit=memory_limit))
-
-
 # BaseModel's metaclass (ABCMeta) has a register() classmethod; a field of that name only
 # hides it on this class, which never registers virtual subclasses.
 warnings.filterwarnings("ignore", message='Field name "register" in "ResourcesConfig" shadows', category=UserWarning)
 
-
-class ResourcesConfig(Section):
-    """Per step; the local runner ignores them. Sized for HAM10000-scale data at 128 px."""
-    list_source: StepResources = _resources("250m", "1", "512Mi", "1Gi")
-    # Per ingest shard task: reading, hashing and decoding with data.ingest_workers threads;
-    # every shard lists the whole source (~1.5 kB a file: ~0.8 GB at 400,000 files).
-    ingest_shard: StepResources = _resources("1", "2", "2Gi", "4Gi")
-    # Duplicates and near-duplicates across shards: the manifest's rows, ~2 kB a file
-    # (thumbnails stay in the shards' files; the report's previews are made from the few
-    # hundred files it shows, read again): 0.38 GB measured at 100,000 files (ae4032d), ~1.1 GB at
-    # 400,000 (docs/performance.md, bench/scale.py).
-    ingest_merge: StepResources = _resources("1", "2", "2Gi", "4Gi")
-    retrain_gate: StepResources = _resources("250m", "1", "1Gi", "2Gi")
-    split: StepResources = Field(default_factory=StepResources)
-    # Per shard task: decoding and resizing images with 8 threads.
-    normalize_shard: StepResources = _resources("2", "4", "4Gi", "8Gi")
-    normalize_gather: StepResources = Field(default_factory=StepResources)
-    augment: StepResources = _resources("1", "2", "4Gi", "8Gi")
-    train: StepResources = _resources("4", "8", "16Gi", "32Gi")
-    evaluate: StepResources = _resources("2", "4", "8Gi", "16Gi")
-    register: StepResources = _resources("1", "2", "4Gi", "8Gi")
-    report: StepResources = _resources("100m", "500m", "256Mi", "512Mi")
+# Per step (pipeline.steps.STEPS, whose resources are the defaults); the local runner ignores them.
+ResourcesConfig = create_model(
+    "ResourcesConfig", __base__=Section,
+    __doc__="Per step; the local runner ignores them. Sized for HAM10000-scale data at 128 px.",
+    **{name: (StepResources, Field(default_factory=step.resources.model_copy)) for name, step in STEPS.items()})
 
 
 class TolerationConfig(Section):
@@ -126,7 +93,7 @@ class ClusterConfig(Section):
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
-    def _pipeline_root_is_a_uri(self) -> "ClusterConfig":
+    def _pipeline_root_is_a_uri(self) -> ClusterConfig:
         if self.pipeline_root and "://" not in self.pipeline_root:
             raise ValueError(f"pipeline_root must be a URI such as gs://bucket/path, not {self.pipeline_root!r}")
         return self
@@ -143,23 +110,23 @@ class Config(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
-    def _ensemble_members_are_valid(self) -> "Config":
+    def _ensemble_members_are_valid(self) -> Config:
         self.train.members()  # every member checked like the train section, with its own key
         return self
 
     # ---- construction ----------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> "Config":
+    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
         return load_section(cls, raw or {}, "")
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> "Config":
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
         """A config file's values (its relative paths resolved against its own folder), then
         ``--set`` overrides (taken as given: relative to the working folder)."""
         raw = resolve_relative_paths(read_yaml_mapping(path), Path(path).parent) if path else {}
         return cls.from_dict(raw).with_overrides(overrides)
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> "Config":
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Config:
         raw = self.to_dict()
         for item in overrides:
             key, sep, value = item.partition("=")

@@ -34,8 +34,12 @@ NAME_HELP = "The config's name: each local run's folder, the KFP run and the sch
 
 def field_comments(cls: type) -> dict[str, str]:
     """The ``#`` comment lines right above each field of ``cls`` and a comment at its
-    line's end, joined: the source is the one place each setting is explained."""
-    lines, _ = inspect.getsourcelines(cls)
+    line's end, joined: the source is the one place each setting is explained. A class
+    made at run time (cluster.resources, from pipeline.steps.STEPS) has no source: none."""
+    try:
+        lines, _ = inspect.getsourcelines(cls)
+    except OSError:
+        return {}
     source = textwrap.dedent("".join(lines))
     body = source.splitlines()
     comments: dict[str, str] = {}
@@ -101,8 +105,8 @@ def markdown() -> str:
 
 def _resources_table() -> str:
     from pipeline.config import ResourcesConfig, StepResources
+    from pipeline.steps import STEPS
 
-    comments = field_comments(ResourcesConfig)
     lines = [f"\n### `cluster.resources.<step>`\n\n{inspect.cleandoc(ResourcesConfig.__doc__ or '')} Each step "
              f"has {', '.join(f'`{k}`' for k in StepResources.model_fields)}: "
              f"{inspect.cleandoc(StepResources.__doc__ or '')} "
@@ -110,7 +114,7 @@ def _resources_table() -> str:
              "| step | cpu request / limit | memory request / limit | note |", "|---|---|---|---|"]
     for step, res in ResourcesConfig().model_dump().items():
         lines.append(f"| `{step}` | {res['cpu_request']} / {res['cpu_limit']} | {res['memory_request']} / "
-                     f"{res['memory_limit']} | {comments.get(step, '')} |")
+                     f"{res['memory_limit']} | {STEPS[step].sizing} |")
     return "\n".join(lines)
 
 

@@ -15,8 +15,9 @@ import io
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import TextIO
 
 from components.training.callbacks import EPOCH_LINE
 

@@ -7,9 +7,11 @@ import io
 import os
 import tempfile
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 from components.core.errors import UserError
 from pipeline.config import Config
@@ -210,8 +212,8 @@ def list_schedules(conn: Connection, experiment_id: str | None = None, namespace
     schedules: list[Schedule] = []
     page_token = ""
     while True:
-        page = conn.call(lambda: conn.client.list_recurring_runs(page_token=page_token, page_size=100,
-                                                              experiment_id=experiment_id, namespace=namespace))
+        page = conn.call(partial(conn.client.list_recurring_runs, page_token=page_token, page_size=100,
+                                 experiment_id=experiment_id, namespace=namespace))
         schedules += [_schedule(conn, r) for r in page.recurring_runs or []]
         page_token = page.next_page_token or ""
         if not page_token:

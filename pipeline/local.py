@@ -10,8 +10,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from components.core import filenames
 from pipeline.config import Config

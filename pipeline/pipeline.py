@@ -16,23 +16,15 @@ Kubernetes settings (resources, GPU, secrets, retries, caching) come from
 ``cfg.cluster``; the local runner ignores the Kubernetes ones.
 """
 
-from dataclasses import dataclass
-from typing import Callable
+import importlib
+from collections.abc import Callable
 
 from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
-from components.data.augment import augment_step
-from components.data.ingest import ingest_merge_step, ingest_shard_step
-from components.data.listing import list_source_step
-from components.data.normalize import normalize_gather_step, normalize_shard_step
-from components.data.split import split_step
-from components.evaluation.evaluate import evaluate_step
-from components.registry.register import register_step
-from components.registry.retrain_gate import TRAIN, retrain_gate_step
-from components.registry.run_summary import report_step
-from components.training.train import train_step
+from components.registry.retrain_gate import TRAIN
 from pipeline.config import ClusterConfig, Config, GpuConfig
+from pipeline.steps import STEPS
 
 PIPELINE_NAME = "lesion-pipeline"
 GCS_KEY_MOUNT = "/var/secrets/gcs"
@@ -41,77 +33,19 @@ GCS_KEY_FILE = "key.json"
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
-@dataclass(frozen=True)
-class StepPolicy:
-    network: bool  # reads the data source or talks to MLflow: retried with backoff
-    cacheable: bool  # outputs depend only on its inputs, so KFP may reuse them
-    mlflow: bool  # needs the MLflow credentials
-
-
-# Keyed like Ops and cluster.resources. Never cached: list_source (its job is to look at the
-# source now), the gate (the champion moves between runs), train and evaluate (each run
-# logs in MLflow), register (the champion moves) and report (it logs the data reports). Ingest
-# shards are cached only while the source lists the same files. ingest_merge reads the source
-# for the report's previews only, and a failed read there is a "[no preview]", never a failure
-# of the step: nothing for a retry to fix.
-STEP_POLICIES = {
-    "list_source": StepPolicy(network=True, cacheable=False, mlflow=False),
-    "ingest_shard": StepPolicy(network=True, cacheable=True, mlflow=False),
-    "ingest_merge": StepPolicy(network=False, cacheable=True, mlflow=False),
-    "retrain_gate": StepPolicy(network=True, cacheable=False, mlflow=True),
-    "split": StepPolicy(network=False, cacheable=True, mlflow=False),
-    "normalize_shard": StepPolicy(network=True, cacheable=True, mlflow=False),
-    "normalize_gather": StepPolicy(network=False, cacheable=True, mlflow=False),
-    "augment": StepPolicy(network=False, cacheable=True, mlflow=False),
-    "train": StepPolicy(network=True, cacheable=False, mlflow=True),
-    "evaluate": StepPolicy(network=True, cacheable=False, mlflow=True),
-    "register": StepPolicy(network=True, cacheable=False, mlflow=True),
-    "report": StepPolicy(network=True, cacheable=False, mlflow=True),
-}
-
-
-@dataclass
-class Ops:
-    list_source: Callable
-    ingest_shard: Callable
-    ingest_merge: Callable
-    retrain_gate: Callable
-    split: Callable
-    normalize_shard: Callable
-    normalize_gather: Callable
-    augment: Callable
-    train: Callable
-    evaluate: Callable
-    register: Callable
-    report: Callable
-
-
-def component_ops(cfg: Config) -> Ops:
-    """Every step as a KFP component on our images (kfp is already in them)."""
-
-    def op(func: Callable, image: str) -> Callable:
-        return dsl.component(func, base_image=image, install_kfp_package=False)
-
-    cpu, gpu = cfg.images.cpu, cfg.images.gpu
-    return Ops(
-        list_source=op(list_source_step, cpu),
-        ingest_shard=op(ingest_shard_step, cpu),
-        ingest_merge=op(ingest_merge_step, cpu),
-        retrain_gate=op(retrain_gate_step, cpu),
-        split=op(split_step, cpu),
-        normalize_shard=op(normalize_shard_step, cpu),
-        normalize_gather=op(normalize_gather_step, cpu),
-        augment=op(augment_step, cpu),
-        train=op(train_step, gpu),
-        evaluate=op(evaluate_step, cpu),
-        register=op(register_step, cpu),
-        report=op(report_step, cpu),
-    )
+def component_ops(cfg: Config) -> dict[str, Callable]:
+    """Every step (pipeline.steps.STEPS) as a KFP component on our images (kfp is already in them)."""
+    ops = {}
+    for name, step in STEPS.items():
+        module, _, function = step.component.rpartition(".")
+        ops[name] = dsl.component(getattr(importlib.import_module(module), function),
+                                  base_image=cfg.images.gpu if step.gpu else cfg.images.cpu, install_kfp_package=False)
+    return ops
 
 
 def configure_task(task: PipelineTask, step: str, cluster: ClusterConfig) -> PipelineTask:
-    """Pod resources, caching, retries and credentials of one step, from the config."""
-    policy = STEP_POLICIES[step]
+    """Pod resources, caching, retries, credentials and GPU of one step (pipeline.steps.STEPS), from the config."""
+    policy = STEPS[step]
     res = getattr(cluster.resources, step)
     task.set_display_name(step.replace("_", "-"))
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
@@ -126,7 +60,7 @@ def configure_task(task: PipelineTask, step: str, cluster: ClusterConfig) -> Pip
         task.set_env_variable("GOOGLE_APPLICATION_CREDENTIALS", f"{GCS_KEY_MOUNT}/{GCS_KEY_FILE}")
     if policy.mlflow and cluster.secrets.mlflow:
         kubernetes.use_secret_as_env(task, secret_name=cluster.secrets.mlflow, secret_key_to_env=MLFLOW_SECRET_KEYS)
-    return task
+    return request_gpu(task, cluster.gpu) if policy.gpu else task
 
 
 def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
@@ -148,7 +82,7 @@ def create_pipeline(cfg: Config) -> Callable:
     experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
 
     def step(name: str, **kwargs) -> PipelineTask:
-        return configure_task(getattr(ops, name)(**kwargs), name, cfg.cluster)
+        return configure_task(ops[name](**kwargs), name, cfg.cluster)
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None,
                   description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)")
@@ -175,11 +109,9 @@ def create_pipeline(cfg: Config) -> Callable:
             normalized = step("normalize_gather", shards=dsl.Collected(shard.outputs["shard"]), splits=splits,
                               manifest=manifest, data=data).outputs["normalized"]
             augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs["augmented"]
-            trained = request_gpu(step("train", normalized=normalized, augmented=augmented, train=train,
-                                       melanoma_class=cfg.evaluate.melanoma_class,
-                                       data_fingerprint=gate.outputs["fingerprint"], checkpoint_root=checkpoint_root,
-                                       experiment=experiment, **run),
-                                  cfg.cluster.gpu)
+            trained = step("train", normalized=normalized, augmented=augmented, train=train,
+                           melanoma_class=cfg.evaluate.melanoma_class, data_fingerprint=gate.outputs["fingerprint"],
+                           checkpoint_root=checkpoint_root, experiment=experiment, **run)
             evaluation = step("evaluate", model=trained.outputs["model"], normalized=normalized, evaluate=evaluate,
                               experiment=experiment, **run).outputs["evaluation"]
             registered = step("register", evaluation=evaluation, normalized=normalized, evaluate=evaluate,

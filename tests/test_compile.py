@@ -9,11 +9,11 @@ from kfp import components
 
 from pipeline.cli import main
 from pipeline.config import Config
-from pipeline.pipeline import STEP_POLICIES
+from pipeline.steps import STEPS
 
 CONFIG = "configs/cluster.yaml"
 # Executor name -> the step (config key) it runs; the skipped branch has its own report executor.
-EXECUTORS = {f"exec-{step.replace('_', '-')}-step": step for step in STEP_POLICIES} | {"exec-report-step-2": "report"}
+EXECUTORS = {f"exec-{step.replace('_', '-')}-step": step for step in STEPS} | {"exec-report-step-2": "report"}
 
 
 def compile_yaml(tmp_path, *overrides: str) -> tuple[dict, dict, str]:
@@ -88,7 +88,7 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
                       for s in k8s.get(name, {}).get("secretAsEnv", [])]
         assert mlflow_env == ([("mlflow-client", {"username": "MLFLOW_TRACKING_USERNAME",
                                                        "password": "MLFLOW_TRACKING_PASSWORD"})]
-                              if STEP_POLICIES[step].mlflow else []), name
+                              if STEPS[step].mlflow else []), name
 
 
 def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
@@ -96,12 +96,12 @@ def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
     tasks = all_tasks(spec)
     assert set(tasks) == {n.removeprefix("exec-") for n in EXECUTORS}
     for name, task in tasks.items():
-        policy = STEP_POLICIES[EXECUTORS[f"exec-{name}"]]
+        policy = STEPS[EXECUTORS[f"exec-{name}"]]
         assert ("retryPolicy" in task) == policy.network, name
         if policy.network:
             assert task["retryPolicy"]["maxRetryCount"] == 3 and task["retryPolicy"]["backoffDuration"] == "30s"
         assert task["cachingOptions"].get("enableCache", False) == policy.cacheable, name
-    assert not STEP_POLICIES["retrain_gate"].cacheable and not STEP_POLICIES["train"].cacheable
+    assert not STEPS["retrain_gate"].cacheable and not STEPS["train"].cacheable
 
 
 def test_gate_fan_out_and_pipeline_root(compiled):
@@ -132,11 +132,14 @@ def test_config_switches_change_the_spec(tmp_path):
     assert "accelerator" not in train["resources"] and train["resources"]["resourceMemoryLimit"] == "64Gi"
     assert "tolerations" not in k8s["exec-train-step"]
     assert not any("secretAsVolume" in e for e in k8s.values())
-    assert spec["deploymentSpec"]["executors"]["exec-ingest-shard-step"]["container"]["image"] == "registry.example/lesion:9"
+    assert (
+        spec["deploymentSpec"]["executors"]["exec-ingest-shard-step"]["container"]["image"]
+        == "registry.example/lesion:9"
+    )
 
 
 def test_resources_config_covers_every_step():
-    assert set(type(Config().cluster.resources).model_fields) == set(STEP_POLICIES)
+    assert set(type(Config().cluster.resources).model_fields) == set(STEPS)
 
 
 def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_key_file):
@@ -154,7 +157,14 @@ def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_ke
     assert "key.json" in shipped["gcs-credentials"]
 
 
-DATA_TASKS = ("list-source-step", "ingest-shard-step", "ingest-merge-step", "split-step", "normalize-shard-step", "normalize-gather-step")
+DATA_TASKS = (
+    "list-source-step",
+    "ingest-shard-step",
+    "ingest-merge-step",
+    "split-step",
+    "normalize-shard-step",
+    "normalize-gather-step",
+)
 
 
 def data_task_specs(spec: dict) -> dict[str, tuple]:

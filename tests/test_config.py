@@ -65,8 +65,17 @@ def test_shipped_configs_load(name):
 
 def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
     # As KFP hands it back: numbers as floats.
-    cfg = Config.from_dict({"train": {"model": "mobilenet_v2", "alpha": 0.5, "epochs": 9, "seed": 1,
-                                      "ensemble": [{"alpha": 0.35, "seed": 2.0}, {"model": "mobilenet", "alpha": 0.25}]}})
+    cfg = Config.from_dict(
+        {
+            "train": {
+                "model": "mobilenet_v2",
+                "alpha": 0.5,
+                "epochs": 9,
+                "seed": 1,
+                "ensemble": [{"alpha": 0.35, "seed": 2.0}, {"model": "mobilenet", "alpha": 0.25}],
+            }
+        }
+    )
     members = cfg.train.members()
     assert [(m.model, m.alpha, m.seed, m.epochs) for m in members] == [
         ("mobilenet_v2", 0.5, 1, 9), ("mobilenet_v2", 0.35, 2, 9), ("mobilenet", 0.25, 1, 9)]
@@ -138,7 +147,11 @@ def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path
     monkeypatch.chdir(elsewhere)
     result = CliRunner().invoke(main, ["run", "--config", "../configs/run.yaml", "--output-dir", "out"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.strip().splitlines()[-1].startswith(f"Error: weights file not found: {tmp_path / 'w' / 'missing.h5'} (")
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: weights file not found: {tmp_path / 'w' / 'missing.h5'} (")
+    )
     result = CliRunner().invoke(main, ["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=rel.h5"])
     assert result.output.strip().splitlines()[-1].startswith(
         f"Error: weights file not found: rel.h5 (relative to the working folder: {elsewhere / 'rel.h5'})")

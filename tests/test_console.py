@@ -79,7 +79,9 @@ def test_an_epoch_line_shows_once_even_behind_carriage_return_residue(tmp_path):
     console.write("\b" * 20 + "\r            ...  " + line + "\n")
     console.write("2/2 - 3s - 1s/step - accuracy: 0.8 - loss: 0.5\n")  # Keras' own text: not ours
     console.finish()
-    assert [s for s in shown if "epoch" in s] == ["        epoch 1/14  loss 0.512  val_loss 0.700  learning_rate 0.0003  (42 s)"]
+    assert [s for s in shown if "epoch" in s] == [
+        "        epoch 1/14  loss 0.512  val_loss 0.700  learning_rate 0.0003  (42 s)"
+    ]
 
 
 def test_flushing_while_other_tasks_start_is_safe(tmp_path):

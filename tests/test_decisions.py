@@ -77,7 +77,10 @@ def test_metrics_count_the_offset_decisions_and_keep_the_aucs_of_the_probabiliti
     assert plain["decision_bias"] is None and shifted["decision_bias"] == dict(zip(classes, bias))
     assert shifted["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decide(probs, bias)))
     assert shifted["balanced_accuracy"] > plain["balanced_accuracy"]
-    assert np.asarray(shifted["confusion_matrix"]).sum(0).tolist() == np.bincount(decide(probs, bias), minlength=4).tolist()
+    assert (
+        np.asarray(shifted["confusion_matrix"]).sum(0).tolist()
+        == np.bincount(decide(probs, bias), minlength=4).tolist()
+    )
     for key in ("melanoma_auc", "macro_auc", "ece", "melanoma_sensitivity_at_90_specificity"):
         assert shifted[key] == plain[key]
 

@@ -326,8 +326,11 @@ def test_mlflow_server_image_matches_the_lock():
     for dist, version in server.items():
         if dist in locked:
             assert locked[dist] == version, f"{dist}: {version} for the server, {locked[dist]} in constraints.txt"
-    reqs = [Requirement(line.split("#")[0]) for line in (DOCKER / "mlflow-server-requirements.txt").read_text().splitlines()
-            if line.split("#")[0].strip()]
+    reqs = [
+        Requirement(line.split("#")[0])
+        for line in (DOCKER / "mlflow-server-requirements.txt").read_text().splitlines()
+        if line.split("#")[0].strip()
+    ]
     # basic-auth (--app-name basic-auth in the Deployment) needs mlflow's `auth` extra.
     assert any(r.name == "mlflow" and "auth" in r.extras for r in reqs)
     unpinned = sorted(closure(reqs) - set(locked) - set(server) - {"pip", "setuptools", "wheel"})

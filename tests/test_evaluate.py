@@ -134,8 +134,13 @@ def test_evaluation_writes_metrics_pictures_and_a_self_contained_report(trained,
     assert {"confusion_matrix.png", "roc_curves.png", "reliability.png", "gradcam_melanoma.png"} <= names
     for name in names:
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
-    gate = {"alias": "challenger", "reason": "balanced_accuracy 0.4 < minimum 0.9", "model_uri": "models:/m/2",
-            "previous_champion": "version 1", "comparison": {"balanced_accuracy": {"new": 0.4, "champion": 0.5, "minimum": 0.9}}}
+    gate = {
+        "alias": "challenger",
+        "reason": "balanced_accuracy 0.4 < minimum 0.9",
+        "model_uri": "models:/m/2",
+        "previous_champion": "version 1",
+        "comparison": {"balanced_accuracy": {"new": 0.4, "champion": 0.5, "minimum": 0.9}},
+    }
     page = write_report(ev, tmp_path, "Tiny", synthetic=True, gate=gate).read_text()
     assert page.count("data:image/png;base64,") == len(ev.pictures)
     assert "SYNTHETIC" in page and "CHALLENGER" in page and "balanced_accuracy 0.4 &lt; minimum 0.9" in page
@@ -175,7 +180,9 @@ def test_evaluation_streams_the_test_split_with_the_in_memory_results(trained, t
     assert 0 < len(read_back) <= cfg.worst_images + cfg.gradcam_images
     reference = Evaluation(expected, labels, probs)
     (tmp_path / "reference").mkdir()
-    make_pictures(model, lambda indices: {i: images[i] for i in indices}, reference, classes, cfg, tmp_path / "reference")
+    make_pictures(
+        model, lambda indices: {i: images[i] for i in indices}, reference, classes, cfg, tmp_path / "reference"
+    )
     assert ev.pictures == reference.pictures
     for _, name in ev.pictures:
         assert (tmp_path / "streamed" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name

@@ -88,8 +88,14 @@ def test_evaluate_of_a_local_model_file_uses_the_defaults_or_config(logged, tmp_
 def test_an_mlflow_model_trained_on_synthetic_data_is_flagged(logged, tmp_path):
     """The model's MLflow metadata carries the flag (the train step logs it from the data)."""
     run_id = pipeline_run(logged["store"], "evaluate-cli", "synthetic-run", "kfp-synthetic", {})
-    uri = log_model(str(logged["model"]), 32, logged["store"], run_id, load_model(logged["uri"], logged["store"]).classes,
-                    synthetic=True)
+    uri = log_model(
+        str(logged["model"]),
+        32,
+        logged["store"],
+        run_id,
+        load_model(logged["uri"], logged["store"]).classes,
+        synthetic=True,
+    )
     assert load_model(uri, logged["store"]).synthetic is True
     assert load_model(logged["uri"], logged["store"]).synthetic is False
     out = tmp_path / "s.json"

@@ -132,7 +132,10 @@ def corpus(tmp_path_factory) -> Path:
     leak_conflict = jpeg_bytes(lesion(42))
     write(root, "Train/melanoma/leak_conflict.jpg", leak_conflict)
     write(root, "Test/nevus/leak_conflict.jpg", leak_conflict)
-    expect["Train/melanoma/leak_conflict.jpg"] = expect["Test/nevus/leak_conflict.jpg"] = ("quarantined", "label_conflict")
+    expect["Train/melanoma/leak_conflict.jpg"] = expect["Test/nevus/leak_conflict.jpg"] = (
+        "quarantined",
+        "label_conflict",
+    )
 
     # A near-duplicate: the same picture re-encoded smaller as PNG.
     near = lesion(43, size=96)
@@ -173,7 +176,11 @@ def test_images_are_measured_after_exif_orientation(result):
 
 def test_labels_splits_and_vocabulary(result):
     manifest = result[0].manifest.set_index("relpath")
-    assert manifest.loc["Test/MEL/mel_8.jpg", ["label", "source_label", "split"]].tolist() == ["melanoma", "MEL", "test"]
+    assert manifest.loc["Test/MEL/mel_8.jpg", ["label", "source_label", "split"]].tolist() == [
+        "melanoma",
+        "MEL",
+        "test",
+    ]
     assert manifest.loc["Train/nevus/odd/gray.png", ["label", "split"]].tolist() == ["nevus", "train"]
     report = result[0].report
     assert report["classes"] == ["melanoma", "nevus"]
@@ -186,7 +193,9 @@ def test_duplicate_conflict_and_leak_groups(result):
     r = res.report
     assert (r["duplicate_groups"], r["label_conflict_groups"], r["split_leak_groups"]) == (4, 2, 2)
     manifest = res.manifest.set_index("relpath")
-    assert manifest.loc["Train/melanoma/mel_0_copy.jpg", "duplicate_of"] == manifest.loc["Train/melanoma/mel_0.jpg", "uri"]
+    assert (
+        manifest.loc["Train/melanoma/mel_0_copy.jpg", "duplicate_of"] == manifest.loc["Train/melanoma/mel_0.jpg", "uri"]
+    )
     assert manifest.loc["Train/nevus/leak.jpg", "duplicate_of"] == manifest.loc["Test/nevus/leak.jpg", "uri"]
 
 
@@ -246,8 +255,17 @@ def test_minimum_size_and_pixel_limit_are_configurable(tmp_path):
 
 @pytest.mark.parametrize("mode", ["L", "LA", "P", "PA", "RGBA", "CMYK", "I", "I;16", "1", "F"])
 def test_decode_rgb_converts_every_mode(mode):
-    img = lesion(1).convert("RGBA").convert(mode) if mode not in ("I;16", "F", "I") else \
-        Image.fromarray(np.full((40, 40), 65535 if mode == "I;16" else 200, dtype={"I;16": np.uint16, "F": np.float32, "I": np.int32}[mode]))
+    img = (
+        lesion(1).convert("RGBA").convert(mode)
+        if mode not in ("I;16", "F", "I")
+        else Image.fromarray(
+            np.full(
+                (40, 40),
+                65535 if mode == "I;16" else 200,
+                dtype={"I;16": np.uint16, "F": np.float32, "I": np.int32}[mode],
+            )
+        )
+    )
     buf = io.BytesIO()
     img.save(buf, format="TIFF")
     decoded = decode_rgb(buf.getvalue())

@@ -99,7 +99,12 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
     assert not any(sent.values())
     # Without --no-cache the compiled per-step choice stands: deterministic steps cached, not train.
     default = caching_of(compiled(tmp_path)["pipeline_spec"])
-    assert default["ingest-shard-step"] and default["ingest-merge-step"] and default["split-step"] and not default["train-step"]
+    assert (
+        default["ingest-shard-step"]
+        and default["ingest-merge-step"]
+        and default["split-step"]
+        and not default["train-step"]
+    )
 
 
 def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp_path):

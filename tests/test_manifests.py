@@ -283,7 +283,10 @@ def test_mlflow_server_flags(name):
         assert set(re.findall(r"\$\((\w+)\)", value)) <= defined
     settings = one(name, "ConfigMap", "mlflow-settings")["data"]
     assert args["--artifacts-destination"] == "$(MLFLOW_ARTIFACTS_DESTINATION)"
-    assert env_source(container, "MLFLOW_ARTIFACTS_DESTINATION")["valueFrom"]["configMapKeyRef"]["name"] == "mlflow-settings"
+    assert (
+        env_source(container, "MLFLOW_ARTIFACTS_DESTINATION")["valueFrom"]["configMapKeyRef"]["name"]
+        == "mlflow-settings"
+    )
     destination = settings["artifacts-destination"]
     if name == "overlays/local":
         assert destination == "/mlartifacts"
@@ -359,7 +362,11 @@ def test_runner_rbac_is_least_privilege(name):
         assert "secrets" not in rule["resources"], "steps get secrets mounted, never through the API"
         assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
     binding = one(name, "RoleBinding", "lesion-pipeline-runner")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "lesion-pipeline-runner"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "lesion-pipeline-runner",
+    }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lesion-pipeline-runner", "namespace": NAMESPACE}]
     # Servers that never call the API get no token.
     assert one(name, "ServiceAccount", "mlflow")["automountServiceAccountToken"] is False

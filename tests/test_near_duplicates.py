@@ -51,7 +51,9 @@ def test_hamming_pairs_equal_all_pairs(max_distance):
     hashes, _ = planted(1500, seed=max_distance)
     distance = np.bitwise_count(hashes[:, None] ^ hashes[None, :])
     i, j = np.nonzero(np.triu(distance <= max_distance, k=1))
-    assert list(map(tuple, _hamming_pairs(hashes, max_distance, block=64 * 50).tolist())) == sorted(zip(i.tolist(), j.tolist()))
+    assert list(map(tuple, _hamming_pairs(hashes, max_distance, block=64 * 50).tolist())) == sorted(
+        zip(i.tolist(), j.tolist())
+    )
 
 
 @pytest.mark.parametrize("seed", [1, 2])

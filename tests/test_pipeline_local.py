@@ -105,7 +105,7 @@ def check_demo_cli_run(proc: subprocess.CompletedProcess, tmp_path: Path, epochs
 
     assert load_model(summary["model_uri"], summary["tracking_uri"]).synthetic is True
     (info,) = Path(summary["pipeline_run_dir"]).glob("train-step/model/model_info.json")
-    assert json.loads(info.read_text()) == {"synthetic": True}
+    assert json.loads(info.read_text()) == {"image_size": 32, "resize_mode": "pad", "synthetic": True}
     version = store.get_model_version(summary["registered_model"]["name"], summary["registered_model"]["version"])
     assert version.tags["data.synthetic"] == "true" and "SYNTHETIC data" in version.description
 

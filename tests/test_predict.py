@@ -36,15 +36,17 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
     out = tmp_path / "predictions.csv"
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
-    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(images), str(broken), "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(model_dir), str(images), str(broken), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert "17 images" in result.output and "1 unreadable" in result.output
     rows = list(csv.DictReader(out.open()))
     classes = json.loads((model_dir / "classes.json").read_text())
     assert list(rows[0]) == ["path", "predicted_class", *[f"p_{c}" for c in classes], "melanoma_probability", "error",
                              "synthetic_model"]
-    # A model with nothing saying it was trained on synthetic data is not flagged.
-    assert {r["synthetic_model"] for r in rows} == {"False"} and "SYNTHETIC" not in result.output
+    # Trained on the generated shards: train() says so in model_info.json.
+    assert {r["synthetic_model"] for r in rows} == {"True"}
     good = [r for r in rows if not r["error"]]
     assert len(good) == 16 and "not an image" in next(r for r in rows if r["error"])["error"]
     for row in good:
@@ -160,14 +162,21 @@ def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_
 
 
 def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(model_dir, images, tmp_path):
-    """The train step writes model_info.json beside the model; predict and evaluate say so."""
+    """train() writes model_info.json beside the model, which says whether it learned from
+    the generated images (model_dir did); predict and evaluate say so, and only then."""
     import shutil
 
-    from components.training.train import write_model_info
+    from components.training.trained_model import write_model_info
 
-    flagged = tmp_path / "model"
-    shutil.copytree(model_dir, flagged)
-    write_model_info(flagged, synthetic=True)
+    real = tmp_path / "real"
+    shutil.copytree(model_dir, real)
+    write_model_info(real, {"image_size": 32, "resize_mode": "pad", "synthetic": False})
+    out = tmp_path / "real.csv"
+    result = CliRunner().invoke(main, ["predict", "--model", str(real), str(images), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert {r["synthetic_model"] for r in csv.DictReader(out.open())} == {"False"} and "SYNTHETIC" not in result.output
+
+    flagged = model_dir
     out = tmp_path / "predictions.csv"
     result = CliRunner().invoke(main, ["predict", "--model", str(flagged), str(images), "--out", str(out)])
     assert result.exit_code == 0, result.output

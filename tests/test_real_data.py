@@ -61,7 +61,9 @@ def test_ham10000_slice_never_splits_a_lesion(lesion_data, tmp_path):
     src = lesion_data / "ham10000"
     meta_csv = pd.read_csv(src / "HAM10000_metadata.csv")
     # Whole lesions, about 24 images per diagnosis, in CSV order (a lesion's images are adjacent).
-    lesions = meta_csv.groupby("dx").apply(lambda g: g[g.lesion_id.isin(g.lesion_id.unique()[:16])], include_groups=False)
+    lesions = meta_csv.groupby("dx").apply(
+        lambda g: g[g.lesion_id.isin(g.lesion_id.unique()[:16])], include_groups=False
+    )
     rows = meta_csv[meta_csv.lesion_id.isin(lesions.lesion_id)]
     copy_slice(src, tmp_path / "ham", ["HAM10000_metadata.csv"] + [f"images/{i}.jpg" for i in rows.image_id])
     cfg = DataConfig(image_size=48, format="ham10000", val_fraction=0.2, test_fraction=0.2)

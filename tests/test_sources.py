@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from components.core.settings import DataConfig, SettingsError, load_section
+from components.core.section import SettingsError, load_section
+from components.core.settings import DataConfig
 from components.data import sources
 from components.data.ingest import IngestError, ingest
 from components.data.sources import read_bytes
@@ -201,7 +202,9 @@ def csv_source(root: Path, fmt: str) -> Path:
         code = list(CLASSES)[i % 3]
         name = f"ISIC_{i:07d}"
         (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "images" / f"{name}.jpg").write_bytes(jpeg_bytes(lesion(i, CLASSES[code].replace("basal_cell_carcinoma", "nevus"))))
+        (root / "images" / f"{name}.jpg").write_bytes(
+            jpeg_bytes(lesion(i, CLASSES[code].replace("basal_cell_carcinoma", "nevus")))
+        )
         rows.append((name, code, f"L{i // 2}"))
     rows.append(("ISIC_9999999", "MEL", "L99"))
     rows = rows[1:]
@@ -323,9 +326,16 @@ def test_gcs_errors_are_user_errors(bucket):
 def test_cli_ingest_writes_outputs_and_fails_in_one_line(tmp_path):
     root = csv_source(tmp_path / "ham", "ham10000")
     runner = CliRunner()
-    ok = runner.invoke(main, ["ingest", "--data", str(root), "--output-dir", str(tmp_path / "out"), "--format", "ham10000"])
+    ok = runner.invoke(
+        main, ["ingest", "--data", str(root), "--output-dir", str(tmp_path / "out"), "--format", "ham10000"]
+    )
     assert ok.exit_code == 0, ok.output
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"manifest.parquet", "report.json", "report.md", "report.html"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "manifest.parquet",
+        "report.json",
+        "report.md",
+        "report.html",
+    }
     (tmp_path / "empty" / "melanoma").mkdir(parents=True)
     (tmp_path / "empty" / "melanoma" / "notes.txt").write_text("nothing")
     for data in (tmp_path / "empty", tmp_path / "missing", "gs://"):

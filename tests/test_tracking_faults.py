@@ -27,7 +27,9 @@ def test_an_unreachable_tracking_server_is_one_line_within_seconds(tmp_path, mod
         result = CliRunner().invoke(main, ["run", "--tracking-uri", proxy.url, "--output-dir", str(tmp_path / "out")])
         elapsed = time.monotonic() - started
     assert result.exit_code == 1
-    assert result.output.strip().splitlines()[-1].startswith(f"Error: MLflow tracking server {proxy.url} does not answer")
+    assert (
+        result.output.strip().splitlines()[-1].startswith(f"Error: MLflow tracking server {proxy.url} does not answer")
+    )
     assert "Traceback" not in result.output
     assert elapsed < 30
     assert not (tmp_path / "out").exists()  # no step started

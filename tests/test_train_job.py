@@ -15,6 +15,7 @@ from components.data.sources.gcs_folders import upload_folder
 from components.training.callbacks import read_epoch_log
 from components.training.train_job import weights_checksum
 from tests.conftest import worker_environments
+from tests.helpers import write_class_folder
 from tests.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -116,3 +117,43 @@ def test_a_missing_input_is_one_error_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err
+
+
+def test_the_chief_logs_the_decision_offsets_that_evaluate_then_decides_with(tmp_path, mlflow_server):
+    """A TFJob-trained model with train.balance_decisions carries its offsets into MLflow, so
+    ``lesionpipe evaluate`` on its URI decides as the train step does, not by plain argmax."""
+    import mlflow
+    from click.testing import CliRunner
+
+    from components.core.tracking import use_store
+    from components.scoring.decisions import decide, in_class_order, saved_decision_bias
+    from pipeline.cli import main
+
+    # 48 images a class: 12 validation images each, enough to fit every class's offset
+    # (components.scoring.decisions.MIN_IMAGES_TO_FIT).
+    cfg = tiny_config(epochs=1, balance_decisions=True).with_overrides(["data.synthetic_images_per_class=48"])
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = job("--normalized", str(make_tiny_shards(tmp_path, cfg)), "--config", str(config), "--output-dir",
+               str(tmp_path / "model"), "--tracking-uri", mlflow_server)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads(out.strip().splitlines()[-1])
+    saved = saved_decision_bias(tmp_path / "model")
+    assert saved is not None and any(abs(offset) > 1e-3 for offset in saved.values())
+
+    use_store(mlflow_server)
+    assert mlflow.models.get_model_info(summary["model_uri"]).metadata["decision_bias"] == saved
+
+    metrics_path = tmp_path / "metrics.json"
+    images = write_class_folder(tmp_path / "images", per_class=3, size=48, seed=5)
+    result = CliRunner().invoke(main, ["evaluate", "--model", summary["model_uri"], "--data", str(images),
+                                       "--out", str(metrics_path), "--tracking-uri", mlflow_server])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(metrics_path.read_text())
+    assert metrics["decision_bias"] == saved
+    scored = np.load(tmp_path / "metrics_report" / "predictions.npz")
+    decided = decide(scored["probs"], in_class_order(saved, metrics["classes"]))
+    expected = np.zeros((len(metrics["classes"]),) * 2, int)
+    np.add.at(expected, (scored["y_true"], decided), 1)
+    assert metrics["confusion_matrix"] == expected.tolist()

@@ -3,9 +3,9 @@ retried step never leaves a half-written file or folder that looks finished."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 PARTIAL_SUFFIX = ".partial"
 

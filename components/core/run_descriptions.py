@@ -15,8 +15,10 @@ NOTE_TAG = "mlflow.note.content"
 # The headline test metrics in the order a reviewer reads them, with their names in words.
 TEST_METRICS = (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
                 ("melanoma_auc", "melanoma AUC"), ("macro_auc", "macro AUC"))
-SYNTHETIC_WARNING = ("**SYNTHETIC data**: this model was trained and tested on generated images "
-                     "(components/data/synthetic.py), not on medical images; its numbers say nothing about real lesions.")
+SYNTHETIC_WARNING = (
+    "**SYNTHETIC data**: this model was trained and tested on generated images "
+    "(components/data/synthetic.py), not on medical images; its numbers say nothing about real lesions."
+)
 
 
 def kfp_run_url(kfp_ui_url: str, kfp_run_id: str) -> str:

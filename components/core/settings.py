@@ -4,26 +4,16 @@ enum and bound lives here, and nowhere else.
 A step receives only its own section (``data``, ``augment``, ``train``, ``evaluate``)
 as a plain dict, so a change to one section never changes another step's inputs, nor
 its cache key on a cluster. ``pipeline.config`` composes these sections (with the
-cluster settings) into the one run configuration.
-
-Pydantic validates types, enums and bounds; ``load_section`` turns its errors into one
-line naming the config key (``train.epochs must be an integer, got 'three'``).
-KFP hands a dict input over as a protobuf Struct, where every number is a float:
-pydantic's lax mode takes 7.0 for an int field, and refuses 7.5.
+cluster settings) into the one run configuration. How a section is loaded, checked and
+reported (one line naming the key) is ``components.core.section``.
 """
 from __future__ import annotations
 
-import copy
-import difflib
-import json
-import os
-from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, Literal, get_args
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from components.core.errors import UserError
+from components.core.section import Section, load_section
 
 SourceFormat = Literal["auto", "folders", "ham10000", "isic2019", "siim2020"]
 ImbalanceMethod = Literal["none", "class_weight", "focal", "balanced_sampling", "logit_adjusted"]
@@ -31,160 +21,6 @@ GateMetric = Literal["balanced_accuracy", "accuracy", "macro_f1", "macro_auc", "
 DATA_FORMATS = tuple(f for f in get_args(SourceFormat) if f != "auto")
 IMBALANCE_METHODS = get_args(ImbalanceMethod)
 GATE_METRICS = get_args(GateMetric)
-
-
-class SettingsError(UserError):
-    """A user mistake in a config file, an override or a step's settings: one line."""
-
-
-class Section(BaseModel):
-    """A config section: unknown keys refused; a YAML null for a text setting means ""."""
-
-    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_partial_subsections(cls, raw: Any) -> Any:
-        """A partial sub-section keeps this field's own defaults (e.g. the train step's
-        resources), not those of the sub-section's class."""
-        if not isinstance(raw, dict):
-            return raw
-        raw = dict(raw)
-        for name, field in cls.model_fields.items():
-            value = raw.get(name)
-            if field.annotation is str and name in raw and value is None:
-                raw[name] = ""
-            elif isinstance(value, dict) and field.default_factory is not None:
-                default = field.default_factory()
-                if isinstance(default, BaseModel):
-                    raw[name] = {**default.model_dump(), **value}
-        return raw
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values: what a KFP task receives and what YAML holds."""
-        return self.model_dump(mode="json")
-
-
-S = TypeVar("S", bound=Section)
-
-
-def load_section(cls: type[S], raw: Any, where: str = "") -> S:
-    """``cls`` from a mapping; any problem as one SettingsError line keyed by ``where``
-    (the section's prefix, e.g. ``"train."``)."""
-    if not isinstance(raw, dict):
-        raise SettingsError(f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {raw!r}")
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as exc:
-        raise SettingsError(describe_error(exc.errors()[0], cls, where)) from None
-
-
-def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """A config file's sections (a YAML mapping; ``safe_load``, so no Python tags)."""
-    p = Path(path)
-    if not p.is_file():
-        raise SettingsError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise SettingsError(f"{p} is not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise SettingsError(f"{p} must hold a mapping of sections")
-    return raw
-
-
-# Values that are names, not files: train.weights "imagenet" (download) and "none".
-NOT_PATHS = ("", "imagenet", "none")
-SQLITE = "sqlite:///"
-
-
-def _is_relative_local_path(value: Any) -> bool:
-    return (isinstance(value, str) and value not in NOT_PATHS and "://" not in value
-            and not value.startswith(("/", "~")))
-
-
-def _against(folder: Path, value: str) -> str:
-    return os.path.normpath(os.path.join(os.path.abspath(folder), value))
-
-
-def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """The config file's relative local paths (``data.source``, ``train.weights`` and the
-    ensemble members' ``weights``, an ``sqlite:///`` ``mlflow.tracking_uri``) made
-    absolute against ``folder``, the config file's own folder, so a config means the same
-    files from wherever ``lesionpipe`` runs. URIs (gs://, http://) and names (imagenet)
-    stay as they are."""
-    raw = copy.deepcopy(raw)
-    data, train, mlflow = (raw.get(k) if isinstance(raw.get(k), dict) else {} for k in ("data", "train", "mlflow"))
-    if _is_relative_local_path(data.get("source")):
-        data["source"] = _against(folder, data["source"])
-    for section in [train, *(m for m in train.get("ensemble") or [] if isinstance(m, dict))]:
-        if _is_relative_local_path(section.get("weights")):
-            section["weights"] = _against(folder, section["weights"])
-    uri = mlflow.get("tracking_uri")
-    if isinstance(uri, str) and uri.startswith(SQLITE) and _is_relative_local_path(uri.removeprefix(SQLITE)):
-        mlflow["tracking_uri"] = SQLITE + _against(folder, uri.removeprefix(SQLITE))
-    return raw
-
-
-def _key(loc: tuple, where: str) -> str:
-    key = where
-    for part in loc:
-        key += f"[{part}]" if isinstance(part, int) else (f".{part}" if key and not key.endswith(".") else part)
-    return key.rstrip(".")
-
-
-def known_keys(cls: type[BaseModel], loc: tuple) -> list[str]:
-    """The keys allowed where ``loc`` points (its last part excluded)."""
-    model: Any = cls
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) and isinstance(model, type) else None
-        model = field.annotation if field is not None else None
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return []
-    return sorted(model.model_fields)
-
-
-def unknown_key_message(key: str, known: list[str]) -> str:
-    """``unknown config key 'train.epoch' (did you mean 'epochs'? known: ...)``."""
-    name = key.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(name, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    return f"unknown config key {key!r}" + (f" ({hint}known: {', '.join(known)})" if known else "")
-
-
-def describe_error(error: dict, cls: type[BaseModel], where: str) -> str:
-    key = _key(error["loc"], where)
-    kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
-    if kind == "extra_forbidden":
-        return unknown_key_message(key, known_keys(cls, error["loc"]))
-    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("above", "gt"),
-              "less_than_equal": ("at most", "le"), "less_than": ("below", "lt")}
-    if kind in bounds:
-        words, name = bounds[kind]
-        return f"{key} must be {words} {ctx[name]:g}, got {value!r}"
-    if kind == "literal_error":
-        return f"{key} must be {ctx['expected'].replace(chr(39), '')}, not {value!r}"
-    if kind == "value_error":
-        message = str(ctx.get("error", error["msg"]))
-        return f"{key}: {message}" if key else message
-    expected = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
-                "dict": "a mapping", "list": "a list"}
-    for prefix, words in expected.items():
-        if kind.startswith(prefix):
-            return f"{key} must be {words}, got {value!r}"
-    return f"{key}: {error['msg']}"
-
-
-def flat_params(sections: dict[str, Any]) -> dict[str, str]:
-    """``section.key -> str`` for mlflow.log_params (mappings and lists as JSON)."""
-    out: dict[str, str] = {}
-    for section, values in sections.items():
-        if not isinstance(values, dict):
-            out[section] = str(values)
-            continue
-        for key, value in values.items():
-            out[f"{section}.{key}"] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    return out
 
 
 class DataConfig(Section):
@@ -251,7 +87,7 @@ class DataConfig(Section):
     synthetic_image_size: int = Field(96, ge=16)  # the synthetic images' side in pixels
 
     @model_validator(mode="after")
-    def _fractions_leave_a_training_set(self) -> "DataConfig":
+    def _fractions_leave_a_training_set(self) -> DataConfig:
         if self.val_fraction + self.test_fraction >= 1:
             raise ValueError("val_fraction and test_fraction must add up to less than 1")
         return self
@@ -357,7 +193,7 @@ class TrainConfig(Section):
     ensemble: list[Any] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _frozen_phase_fits(self) -> "TrainConfig":
+    def _frozen_phase_fits(self) -> TrainConfig:
         if self.frozen_epochs > self.epochs:
             raise ValueError(f"frozen_epochs ({self.frozen_epochs}) must be at most epochs ({self.epochs})")
         return self
@@ -372,7 +208,7 @@ class TrainConfig(Section):
                 raise ValueError(f"member {i}: a member cannot have members")
         return ensemble
 
-    def members(self) -> list["TrainConfig"]:
+    def members(self) -> list[TrainConfig]:
         """This section's model first, then one config per ensemble entry, each checked
         like the section itself."""
         base = self.model_dump(exclude={"ensemble"})

@@ -99,7 +99,9 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
             transform = Transform.draw(rng, cfg)
             uri = f"{uris[source]}#aug{k}"
             planned[int(source)].append((transform, label, uri))
-            samples.append({"uri": uri, "source_uri": uris[source], "label": meta["classes"][label], **asdict(transform)})
+            samples.append(
+                {"uri": uri, "source_uri": uris[source], "label": meta["classes"][label], **asdict(transform)}
+            )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     if planned:
@@ -126,7 +128,8 @@ def augment_step(normalized: dsl.Input[dsl.Dataset], augment: dict, seed: int, a
     """KFP wrapper: the augment step; ``seed`` is the run's data seed."""
     from components.core import atomic
     from components.core.errors import user_errors
-    from components.core.settings import AugmentConfig, load_section
+    from components.core.section import load_section
+    from components.core.settings import AugmentConfig
     from components.data.augment import augment as oversample
 
     with user_errors(), atomic.output_dir(augmented.path) as partial:

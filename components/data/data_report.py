@@ -156,7 +156,10 @@ def _shown_groups(report: dict) -> list[tuple[str, list[dict], int]]:
     exact = report["duplicate_group_details"]
     sections = [
         ("Label conflicts (identical image, different labels)", [g for g in exact if g["label_conflict"]]),
-        ("Train/Test leaks (identical image in both)", [g for g in exact if g["split_leak"] and not g["label_conflict"]]),
+        (
+            "Train/Test leaks (identical image in both)",
+            [g for g in exact if g["split_leak"] and not g["label_conflict"]],
+        ),
         ("Exact duplicates (same label)", [g for g in exact if not g["split_leak"] and not g["label_conflict"]]),
         ("Near-duplicates (perceptual hash)", report["near_duplicate_group_details"]),
     ]

@@ -41,7 +41,9 @@ def _open_header(data: bytes, max_pixels: int) -> Image.Image:
         raise ImageError(f"corrupt image header: {exc}", "corrupt") from None
     width, height = img.size
     if width * height > max_pixels:
-        raise ImageError(f"too many pixels ({width}x{height} > {max_pixels}), refused before decoding", "too_many_pixels")
+        raise ImageError(
+            f"too many pixels ({width}x{height} > {max_pixels}), refused before decoding", "too_many_pixels"
+        )
     return img
 
 

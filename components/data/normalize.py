@@ -17,7 +17,6 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pandas as pd
@@ -166,7 +165,8 @@ def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index
     """KFP wrapper: one shard of every split (the pipeline fans out over data.num_shards of these)."""
     from components.core import atomic
     from components.core.errors import user_errors
-    from components.core.settings import DataConfig, load_section
+    from components.core.section import load_section
+    from components.core.settings import DataConfig
     from components.data.normalize import normalize_shard
 
     with user_errors(), atomic.output_dir(shard.path) as out:
@@ -174,7 +174,7 @@ def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index
     shard.metadata["train_pixels"] = stats["pixel_count"]
 
 
-def normalize_gather_step(shards: dsl.Input[List[dsl.Dataset]], splits: dsl.Input[dsl.Dataset],
+def normalize_gather_step(shards: dsl.Input[list[dsl.Dataset]], splits: dsl.Input[dsl.Dataset],
                           manifest: dsl.Input[dsl.Dataset], data: dict, normalized: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the shard tasks' outputs as one normalized dataset."""
     import json
@@ -182,7 +182,8 @@ def normalize_gather_step(shards: dsl.Input[List[dsl.Dataset]], splits: dsl.Inpu
 
     from components.core import atomic, filenames
     from components.core.errors import user_errors
-    from components.core.settings import DataConfig, load_section
+    from components.core.section import load_section
+    from components.core.settings import DataConfig
     from components.data.labels import GROUP_UNITS
     from components.data.normalize import gather_shards
 

@@ -60,7 +60,9 @@ def _assign(groups: pd.DataFrame, fractions: dict[str, float], rng: np.random.Ge
             raise SplitError(
                 f"class {label!r} has {len(members)} independent groups (lesions/patients/images); "
                 f"splitting it into {'/'.join(names)} needs at least {len(names)}")
-        order = members.assign(tiebreak=rng.permutation(len(members))).sort_values(["size", "tiebreak"], ascending=[False, True])
+        order = members.assign(tiebreak=rng.permutation(len(members))).sort_values(
+            ["size", "tiebreak"], ascending=[False, True]
+        )
         total = order["size"].sum()
         filled = dict.fromkeys(names, 0)
         # Every subset first gets one group, so small classes still appear everywhere.
@@ -94,7 +96,11 @@ def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFram
         val = cfg.val_fraction / max(1e-9, 1 - cfg.test_fraction)
         assignment.update(_assign(rest, {"train": 1 - val, "val": val}, rng))
     else:
-        fractions = {"train": 1 - cfg.val_fraction - cfg.test_fraction, "val": cfg.val_fraction, "test": cfg.test_fraction}
+        fractions = {
+            "train": 1 - cfg.val_fraction - cfg.test_fraction,
+            "val": cfg.val_fraction,
+            "test": cfg.test_fraction,
+        }
         if fractions["train"] <= 0:
             raise SplitError("data.val_fraction + data.test_fraction must be below 1")
         assignment = _assign(groups, fractions, rng)
@@ -176,7 +182,8 @@ def split_step(manifest: dsl.Input[dsl.Dataset], data: dict, splits: dsl.Output[
     """KFP wrapper: the split step."""
     from components.core import atomic
     from components.core.errors import user_errors
-    from components.core.settings import DataConfig, load_section
+    from components.core.section import load_section
+    from components.core.settings import DataConfig
     from components.data.split import split
 
     with user_errors(), atomic.output_dir(splits.path) as partial:

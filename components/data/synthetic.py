@@ -56,17 +56,27 @@ def render(cls: str, index: int, size: int, seed: int) -> Image.Image:
     radius = size * rng.uniform(0.22, 0.32)
 
     if cls == "melanoma":  # asymmetric, irregular border, dark with blue-grey veil
-        draw.polygon(_blob(rng, cx, cy, radius, 0.45), fill=tuple(int(v) for v in rng.uniform([40, 20, 15], [80, 45, 35])))
+        draw.polygon(
+            _blob(rng, cx, cy, radius, 0.45), fill=tuple(int(v) for v in rng.uniform([40, 20, 15], [80, 45, 35]))
+        )
         for _ in range(rng.integers(3, 6)):
             ox, oy = cx + rng.uniform(-0.5, 0.5) * radius, cy + rng.uniform(-0.5, 0.5) * radius
             rr = radius * rng.uniform(0.15, 0.3)
-            draw.ellipse((ox - rr, oy - rr, ox + rr, oy + rr), fill=(int(rng.uniform(70, 100)), int(rng.uniform(80, 110)), int(rng.uniform(120, 150))))
+            draw.ellipse(
+                (ox - rr, oy - rr, ox + rr, oy + rr),
+                fill=(int(rng.uniform(70, 100)), int(rng.uniform(80, 110)), int(rng.uniform(120, 150))),
+            )
         blur = 0.6
     elif cls == "nevus":  # round, symmetric, smooth border, even mid brown
-        draw.polygon(_blob(rng, cx, cy, radius * 0.85, 0.06), fill=tuple(int(v) for v in rng.uniform([130, 85, 55], [165, 110, 75])))
+        draw.polygon(
+            _blob(rng, cx, cy, radius * 0.85, 0.06),
+            fill=tuple(int(v) for v in rng.uniform([130, 85, 55], [165, 110, 75])),
+        )
         blur = 1.5
     elif cls == "basal_cell_carcinoma":  # pink pearly nodule with branching red vessels
-        draw.polygon(_blob(rng, cx, cy, radius, 0.15), fill=tuple(int(v) for v in rng.uniform([215, 140, 145], [240, 170, 175])))
+        draw.polygon(
+            _blob(rng, cx, cy, radius, 0.15), fill=tuple(int(v) for v in rng.uniform([215, 140, 145], [240, 170, 175]))
+        )
         for _ in range(rng.integers(4, 8)):
             x, y = cx, cy
             angle = rng.uniform(0, 2 * np.pi)
@@ -77,11 +87,15 @@ def render(cls: str, index: int, size: int, seed: int) -> Image.Image:
                 x, y = nx, ny
         blur = 0.5
     else:  # benign_keratosis: tan, waxy, striped "brain-like" texture
-        draw.polygon(_blob(rng, cx, cy, radius, 0.2), fill=tuple(int(v) for v in rng.uniform([160, 120, 70], [190, 150, 95])))
+        draw.polygon(
+            _blob(rng, cx, cy, radius, 0.2), fill=tuple(int(v) for v in rng.uniform([160, 120, 70], [190, 150, 95]))
+        )
         step = max(2, size // 20)
         tilt = rng.uniform(-0.5, 0.5) * size
         for x in range(int(cx - radius), int(cx + radius), step):
-            draw.line((x, cy - radius * 0.8, x + tilt * 0.2, cy + radius * 0.8), fill=(110, 80, 45), width=max(1, step // 3))
+            draw.line(
+                (x, cy - radius * 0.8, x + tilt * 0.2, cy + radius * 0.8), fill=(110, 80, 45), width=max(1, step // 3)
+            )
         blur = 0.8
     img = img.filter(ImageFilter.GaussianBlur(blur * size / 96))
     noise = rng.normal(0, 4, (size, size, 3))

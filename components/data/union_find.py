@@ -2,7 +2,7 @@
 images and split groups files that must stay on one side (same lesion, same content)."""
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
 
 class UnionFind:

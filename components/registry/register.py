@@ -32,8 +32,15 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
                                          data_fingerprint, synthetic=synthetic)
     tracking.set_description(tracking_uri, mlflow_run_id, run_descriptions.trained_description(
         new_metrics, gate, synthetic, kfp_url, local_run_dir))
-    tracking.client(tracking_uri).update_model_version(model_name, gate["version"], description=(
-        run_descriptions.model_version_description(gate, new_metrics, synthetic, tracking.run_url(tracking_uri, mlflow_run_id))))
+    tracking.client(tracking_uri).update_model_version(
+        model_name,
+        gate["version"],
+        description=(
+            run_descriptions.model_version_description(
+                gate, new_metrics, synthetic, tracking.run_url(tracking_uri, mlflow_run_id)
+            )
+        ),
+    )
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / filenames.GATE).write_text(json.dumps(gate, indent=2))
@@ -60,7 +67,8 @@ def register_step(evaluation: dsl.Input[dsl.Dataset], normalized: dsl.Input[dsl.
     from components.core import filenames, tracking
     from components.core.errors import user_errors
     from components.core.run_descriptions import kfp_run_url
-    from components.core.settings import EvaluateConfig, load_section
+    from components.core.section import load_section
+    from components.core.settings import EvaluateConfig
     from components.registry.register import register
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)

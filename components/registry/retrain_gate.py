@@ -79,5 +79,7 @@ def retrain_gate_step(manifest: dsl.Input[dsl.Dataset], model_name: str, experim
     with user_errors():
         details = gate(manifest.path, model_name, experiment, run_params, tracking_uri, force_retrain, kfp_run_name,
                        kfp_run_id)
-    print(f"retraining gate: {details['decision']}: {details['reason']} (data fingerprint {details['fingerprint'][:12]})")
+    print(
+        f"retraining gate: {details['decision']}: {details['reason']} (data fingerprint {details['fingerprint'][:12]})"
+    )
     return details["decision"], details["fingerprint"], json.dumps(details)

@@ -1,5 +1,6 @@
-"""Report: the pipeline's result, one JSON document whichever branch ran (trained, or
-skipped by the retraining gate), and the data reports and counts in the MLflow run."""
+"""The run summary, made by the report step: the pipeline's result, one JSON document
+whichever branch ran (trained, or skipped by the retraining gate), and the data reports
+and counts in the MLflow run."""
 
 import json
 from pathlib import Path
@@ -57,8 +58,14 @@ def write_description(summary: dict, kfp_url: str = "", local_run_dir: str = "")
         text = run_descriptions.skipped_description(summary["skip_reason"], summary.get("champion") or {}, kfp_url,
                                             local_run_dir)
     else:
-        text = run_descriptions.trained_description(summary["metrics"], summary["gate"], bool(summary["data"].get("synthetic")),
-                                            kfp_url, local_run_dir, summary.get("warnings", []))
+        text = run_descriptions.trained_description(
+            summary["metrics"],
+            summary["gate"],
+            bool(summary["data"].get("synthetic")),
+            kfp_url,
+            local_run_dir,
+            summary.get("warnings", []),
+        )
     tracking.set_description(summary["tracking_uri"], summary["mlflow_run_id"], text)
 
 

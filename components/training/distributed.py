@@ -64,16 +64,21 @@ def wait_for_workers(timeout_s: float) -> None:
     own = cluster[task["type"]][int(task["index"])]
     peers = {address for job in ("chief", "worker") for address in cluster.get(job, []) if address != own}
     dual_stack = socket.has_dualstack_ipv6()
-    with socket.create_server(("", int(own.rpartition(":")[2])), family=socket.AF_INET6 if dual_stack else socket.AF_INET,
-                              dualstack_ipv6=dual_stack):
+    with socket.create_server(
+        ("", int(own.rpartition(":")[2])),
+        family=socket.AF_INET6 if dual_stack else socket.AF_INET,
+        dualstack_ipv6=dual_stack,
+    ):
         deadline = time.monotonic() + timeout_s
         while True:
             peers = {peer for peer in peers if not _accepts_connections(peer)}
             if not peers:
                 return
             if time.monotonic() > deadline:
-                raise UserError(f"{task['type']} {task['index']} could not reach {', '.join(sorted(peers))} (TF_CONFIG) "
-                                f"within {timeout_s:.0f} s: are all the TFJob's replicas running?")
+                raise UserError(
+                    f"{task['type']} {task['index']} could not reach {', '.join(sorted(peers))} (TF_CONFIG) "
+                    f"within {timeout_s:.0f} s: are all the TFJob's replicas running?"
+                )
             time.sleep(1)
 
 

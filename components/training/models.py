@@ -9,8 +9,8 @@ nested model), so Grad-CAM can reach the last feature map and freezing is per la
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import keras
 import numpy as np
@@ -36,7 +36,9 @@ def _classifier_head(x, num_classes: int, dropout: float):
     return layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
 
 
-def seed_cnn(num_classes: int, image_size: int, mean: list[float], std: list[float], dropout: float = 0.2) -> keras.Model:
+def seed_cnn(
+    num_classes: int, image_size: int, mean: list[float], std: list[float], dropout: float = 0.2
+) -> keras.Model:
     """The seed tutorial's network: three conv/max-pool blocks, dropout, dense."""
     inputs, x = _normalized_input(image_size, mean, std)
     for filters in (16, 32, 64):
@@ -50,7 +52,9 @@ def seed_cnn(num_classes: int, image_size: int, mean: list[float], std: list[flo
     return keras.Model(inputs, outputs, name="seed_cnn")
 
 
-def small_resnet(num_classes: int, image_size: int, mean: list[float], std: list[float], dropout: float = 0.2) -> keras.Model:
+def small_resnet(
+    num_classes: int, image_size: int, mean: list[float], std: list[float], dropout: float = 0.2
+) -> keras.Model:
     """A stronger network trained from scratch: a ResNet of four stages of residual
     blocks with batch normalization and global average pooling (about 1.2 M weights)."""
     inputs, x = _normalized_input(image_size, mean, std)
@@ -194,8 +198,17 @@ def check_model_name(name: str, stochastic_depth: float = 0.0) -> None:
         raise ModelError(f"train.stochastic_depth is for {', '.join(LITE_MODELS)}, not {name}")
 
 
-def build_model(name: str, num_classes: int, image_size: int, mean: list[float], std: list[float],
-                dropout: float = 0.2, weights: str = "", alpha: float = 1.0, stochastic_depth: float = 0.0) -> keras.Model:
+def build_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    mean: list[float],
+    std: list[float],
+    dropout: float = 0.2,
+    weights: str = "",
+    alpha: float = 1.0,
+    stochastic_depth: float = 0.0,
+) -> keras.Model:
     check_model_name(name, stochastic_depth)
     if name in SCRATCH_MODELS:
         return SCRATCH_MODELS[name](num_classes, image_size, mean, std, dropout=dropout)

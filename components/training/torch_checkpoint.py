@@ -37,7 +37,7 @@ class _StorageType:
 class _Tensor:
     """A tensor before its storage is read: a view (offset, shape, strides) of a storage."""
 
-    def __init__(self, storage: "_Storage", offset: int, shape: tuple, strides: tuple):
+    def __init__(self, storage: _Storage, offset: int, shape: tuple, strides: tuple):
         self.storage, self.offset, self.shape, self.strides = storage, offset, tuple(shape), tuple(strides)
 
 

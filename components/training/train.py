@@ -18,10 +18,10 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Sequence
 
 from kfp import dsl
 
@@ -45,6 +45,7 @@ from components.training.ensemble import ensemble_model
 from components.training.imbalance import loss_and_class_weights
 from components.training.lr_schedule import learning_rate
 from components.training.train_input import CACHE_DIR, TrainingData, input_cache_folder, training_dataset
+from components.training.trained_model import write_model_info
 
 FROZEN_DONE_FILE = "frozen_phase.weights.h5"
 # Written last: a folder holding it has a finished model.
@@ -119,22 +120,32 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
     with devices.strategy.scope():
         model = ensemble_model([keras.models.load_model(r.model_path, compile=False) for r in results],
                                data.meta["image_size"])
-    model_path = out / filenames.MODEL
-    model.save(model_path)
     val_metrics = validation_metrics(model, data.val_images, data.val_labels, data.meta["classes"], tc.batch_size,
                                      melanoma_class)
     if mlflow_run_id:
         from components.core import tracking
         tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=tracking.metrics_at(
             {f"ensemble_{k}": v for k, v in val_metrics.items()}))
+    model_path = _save_finished(model, data, tc, out, tracking_uri, mlflow_run_id, {
+        "members": [{"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run}
+                    for r in results], "ensemble_validation": val_metrics, "device": devices.description})
+    return TrainResult(model_path, {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
+                       sum(r.epochs_run for r in results), -1, devices.description, results)
+
+
+def _save_finished(model, data: TrainingData, tc: TrainConfig, out: Path, tracking_uri: str, mlflow_run_id: str,
+                   history: dict) -> str:
+    """Save the trained ``model`` in ``out`` with what makes it a finished train output
+    (components.training.trained_model): its classes, its model info, its decision offsets
+    (train.balance_decisions), and ``history`` last (HISTORY_FILE). Returns the model's path."""
+    model_path = out / filenames.MODEL
+    model.save(model_path)
     (out / filenames.CLASSES).write_text(json.dumps(data.meta["classes"]))
+    write_model_info(out, data.meta)
     if tc.balance_decisions:
         balance_decisions(model, data, tc.batch_size, out, tracking_uri, mlflow_run_id)
-    history = {"members": [{"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run}
-                           for r in results], "ensemble_validation": val_metrics, "device": devices.description}
     (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
-    return TrainResult(str(model_path), {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
-                       sum(r.epochs_run for r in results), -1, devices.description, results)
+    return str(model_path)
 
 
 def balance_decisions(model, data: TrainingData, batch_size: int, out: Path, tracking_uri: str = "",
@@ -197,20 +208,14 @@ def progress_so_far(out: Path) -> str:
     return f"resuming training from epoch {epochs} ({epochs} epochs done in {out})"
 
 
-def write_model_info(folder: str | Path, synthetic: bool) -> None:
-    """Beside the saved model: whether it was trained on synthetic data, so that predict
-    and evaluate can say so wherever the model is used (MLflow models carry it in their
-    metadata)."""
-    (Path(folder) / filenames.MODEL_INFO).write_text(json.dumps({"synthetic": synthetic}))
-
-
 def keep_model(work: str | Path, output_dir: str | Path) -> str:
     """The trained model's files (not the checkpoints) from ``work`` into the step's
     output folder; returns the model's path there."""
     work, out = Path(work), Path(output_dir)
     if work != out:
         out.mkdir(parents=True, exist_ok=True)
-        for name in (filenames.MODEL, filenames.CLASSES, filenames.DECISION_BIAS, HISTORY_FILE, EPOCH_LOG_FILE):
+        for name in (filenames.MODEL, filenames.CLASSES, filenames.MODEL_INFO, filenames.DECISION_BIAS, HISTORY_FILE,
+                     EPOCH_LOG_FILE):
             if (work / name).is_file():
                 shutil.copy2(work / name, out / name)
     return str(out / filenames.MODEL)
@@ -268,16 +273,21 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
             return now + max(left, 0.0) * (last_epoch - first_epoch) / max(1, tc.epochs - first_epoch)
 
         def callbacks(phase_start: int, schedule: list) -> list:
-            return [*schedule,
-                    validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
-                    tracker.callback(phase_start), epoch_log_callback(out, tracking_uri, mlflow_run_id, tc.epochs, metric_prefix),
-                    *([time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
-                    *extra_callbacks]
+            return [
+                *schedule,
+                validation_callback(data.val_images, data.val_labels, classes, tc.batch_size, melanoma_class),
+                tracker.callback(phase_start),
+                epoch_log_callback(out, tracking_uri, mlflow_run_id, tc.epochs, metric_prefix),
+                *([time_budget_callback(tc.max_train_minutes, started)] if tc.max_train_minutes else []),
+                *extra_callbacks,
+            ]
 
         # balanced_sampling repeats forever, and workers must agree on when an epoch ends:
         # epochs are a fixed number of steps then.
         fixed_steps = steps_per_epoch if tc.imbalance == "balanced_sampling" or devices.workers > 1 else None
-        fit_phase = partial(distributed.fit_phase, global_batch_size=tc.batch_size) if devices.workers > 1 else _fit_phase
+        fit_phase = (
+            partial(distributed.fit_phase, global_batch_size=tc.batch_size) if devices.workers > 1 else _fit_phase
+        )
         if frozen_epochs:
             if (out / FROZEN_DONE_FILE).is_file():
                 model.load_weights(out / FROZEN_DONE_FILE)
@@ -301,18 +311,13 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
 
     if keep_best:
         tracker.restore_best(model)
-    model_path = out / filenames.MODEL
-    model.save(model_path)
     epochs = read_epoch_log(out)
     kept_epoch = tracker.best_epoch if keep_best else len(epochs) - 1
     history = {k: [e.get(k) for e in epochs] for k in epochs[0] if k != "epoch"} if epochs else {}
-    (out / filenames.CLASSES).write_text(json.dumps(classes))
-    if tc.balance_decisions:
-        balance_decisions(model, data, tc.batch_size, out, tracking_uri, mlflow_run_id)
-    (out / HISTORY_FILE).write_text(json.dumps(
-        {"history": history, "best_epoch": kept_epoch, "monitor": tc.monitor, "keep": tc.keep,
-         "device": devices.description}, indent=1))
-    return TrainResult(str(model_path), history, len(epochs), kept_epoch, devices.description)
+    model_path = _save_finished(model, data, tc, out, tracking_uri, mlflow_run_id, {
+        "history": history, "best_epoch": kept_epoch, "monitor": tc.monitor, "keep": tc.keep,
+        "device": devices.description})
+    return TrainResult(model_path, history, len(epochs), kept_epoch, devices.description)
 
 
 def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Dataset], train: dict,
@@ -325,11 +330,11 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
 
     from components.core import tracking
     from components.core.errors import user_errors
-    from components.core.settings import TrainConfig, load_section
-    from components.data import tfrecords
-    from components.scoring.decisions import saved_decision_bias
-    from components.training.train import checkpoint_dir, keep_model, progress_so_far, write_model_info
+    from components.core.section import load_section
+    from components.core.settings import TrainConfig
+    from components.training.train import checkpoint_dir, keep_model, progress_so_far
     from components.training.train import train as train_model
+    from components.training.trained_model import log_trained_model
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
     with user_errors():
@@ -340,13 +345,9 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
             print(progress, flush=True)
         result = train_model(normalized.path, augmented.path, tc, work, tracking_uri, run_id,
                              melanoma_class=melanoma_class)
-    model_path = keep_model(work, model.path)
-    meta = tfrecords.read_meta(normalized.path)
-    write_model_info(model.path, bool(meta.get("synthetic")))
+    keep_model(work, model.path)
     model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
                            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
     if checkpoint_root:  # a local run removes this folder once it has finished, not other runs' folders
         model.metadata["checkpoints"] = str(work)
-    return tracking.log_model(model_path, meta["image_size"], tracking_uri, run_id, meta["classes"],
-                              meta.get("resize_mode", "pad"), bool(meta.get("synthetic")),
-                              saved_decision_bias(model.path))
+    return log_trained_model(model.path, tracking_uri, run_id)

@@ -96,7 +96,8 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
                      cache_dir: str | Path | None = None):
     """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
     cache of the decoded uint8 images (see cache_plan: in memory, in a file under
-    ``cache_dir``, an empty folder from input_cache_folder, or none), shuffle, balanced sampling, online augmentation, prefetch.
+    ``cache_dir``, an empty folder from input_cache_folder, or none), shuffle, balanced
+    sampling, online augmentation, prefetch.
     ``count``, the number of records, makes the epoch length known to Keras (else every
     epoch ends by running out of data, with a warning)."""
     import tensorflow as tf
@@ -179,7 +180,7 @@ class TrainingData:
     val_labels: np.ndarray
 
     @classmethod
-    def load(cls, normalized_dir: str | Path, augmented_dir: str | Path | None, tc: TrainConfig) -> "TrainingData":
+    def load(cls, normalized_dir: str | Path, augmented_dir: str | Path | None, tc: TrainConfig) -> TrainingData:
         """``tc``: the step's train settings, whose cache budget decides where validation images live."""
         meta = tfrecords.read_meta(normalized_dir)
         train_paths = tfrecords.shard_paths(normalized_dir, "train")

@@ -29,7 +29,9 @@ def is_chief() -> bool:
     task = tf_config.get("task")
     if not task or task.get("type") == "chief":
         return True
-    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in tf_config.get("cluster", {})
+    return (
+        task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in tf_config.get("cluster", {})
+    )
 
 
 def weights_checksum(model_path: str | Path) -> str:
@@ -45,20 +47,13 @@ def weights_checksum(model_path: str | Path) -> str:
 def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
         run_id_tag: str = "", wait_for_workers_minutes: float = 15.0) -> dict:
     from components.core import tracking
-    from components.core.settings import (
-        EvaluateConfig,
-        MlflowConfig,
-        TrainConfig,
-        flat_params,
-        load_section,
-        read_yaml_mapping,
-        resolve_relative_paths,
-    )
-    from components.data import tfrecords
+    from components.core.section import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
+    from components.core.settings import EvaluateConfig, MlflowConfig, TrainConfig
     from components.data.sources.gcs_folders import download_folder, upload_folder
     from components.training.devices import tf_config_workers
     from components.training.distributed import wait_for_workers
-    from components.training.train import train, write_model_info
+    from components.training.train import train
+    from components.training.trained_model import log_trained_model
 
     # The run config's sections this job reads; the others belong to the pipeline's steps.
     sections = resolve_relative_paths(read_yaml_mapping(config_path), Path(config_path).parent)
@@ -85,19 +80,17 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
                    "best_epoch": result.best_epoch, "weights_sha256": weights_checksum(result.model_path),
                    "mlflow_run_id": run_id, "model_uri": ""}
         if chief:
-            meta = tfrecords.read_meta(normalized_dir)
-            write_model_info(out, bool(meta.get("synthetic")))
             if run_id:
-                summary["model_uri"] = tracking.log_model(result.model_path, meta["image_size"], tracking_uri, run_id,
-                                                          meta["classes"], meta.get("resize_mode", "pad"),
-                                                          bool(meta.get("synthetic")))
+                summary["model_uri"] = log_trained_model(out, tracking_uri, run_id)
             if remote_output:
                 upload_folder(out, output_dir)
     return summary
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.training.train_job", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m components.training.train_job", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--normalized", required=True, help="normalize step output (folder or gs:// prefix)")
     parser.add_argument("--augmented", default="", help="augment step output (folder or gs:// prefix)")
     parser.add_argument("--config", required=True, help="run config YAML")
