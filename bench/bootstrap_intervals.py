@@ -4,6 +4,7 @@ synthetic test splits. Prints one JSON object.
 
     python bench/bootstrap_intervals.py [--rows 10000] [--classes 7] [--images-per-lesion 1.4] [--resamples 1000]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,19 @@ def main() -> None:
         start, cpu = time.perf_counter(), time.process_time()
         paired_difference("balanced_accuracy", plan, *scored)
         paired_s, paired_cpu_s = time.perf_counter() - start, time.process_time() - cpu
-        results.append({"rows": n, "lesions": plan.groups, "classes": args.classes, "resamples": args.resamples,
-                        "intervals_s": round(intervals_s, 3), "intervals_cpu_s": round(intervals_cpu_s, 3),
-                        "paired_difference_s": round(paired_s, 3), "paired_difference_cpu_s": round(paired_cpu_s, 3),
-                        "melanoma_auc_interval": [round(v, 4) for v in found["values"]["melanoma_auc"]]})
+        results.append(
+            {
+                "rows": n,
+                "lesions": plan.groups,
+                "classes": args.classes,
+                "resamples": args.resamples,
+                "intervals_s": round(intervals_s, 3),
+                "intervals_cpu_s": round(intervals_cpu_s, 3),
+                "paired_difference_s": round(paired_s, 3),
+                "paired_difference_cpu_s": round(paired_cpu_s, 3),
+                "melanoma_auc_interval": [round(v, 4) for v in found["values"]["melanoma_auc"]],
+            }
+        )
     print(json.dumps({"bench": "bootstrap_intervals", "results": results}, indent=2))
 
 

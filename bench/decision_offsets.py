@@ -11,6 +11,7 @@ argmax and with offsets fitted on the validation split's TTA probabilities, and 
 melanoma AUC (which offsets do not change); then the same for the mean of all models'
 probabilities.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,12 @@ def scores(val: tuple, test: tuple, classes: list[str], melanoma_class: str) -> 
 
     bias = fit_balanced_bias(val[0], val[1], len(classes))
     mel = classes.index(melanoma_class)
-    return {"test_balanced_accuracy_argmax": round(balanced_accuracy_score(test[1], decide(test[0])), 4),
-            "test_balanced_accuracy_offsets": round(balanced_accuracy_score(test[1], decide(test[0], bias)), 4),
-            "test_melanoma_auc": round(roc_auc_score(test[1] == mel, test[0][:, mel]), 4),
-            "offsets": dict(zip(classes, np.round(bias, 3).tolist()))}
+    return {
+        "test_balanced_accuracy_argmax": round(balanced_accuracy_score(test[1], decide(test[0])), 4),
+        "test_balanced_accuracy_offsets": round(balanced_accuracy_score(test[1], decide(test[0], bias)), 4),
+        "test_melanoma_auc": round(roc_auc_score(test[1] == mel, test[0][:, mel]), 4),
+        "offsets": dict(zip(classes, np.round(bias, 3).tolist())),
+    }
 
 
 def main() -> None:
@@ -68,10 +71,18 @@ def main() -> None:
     for d, run in zip(args.output_dirs, runs):
         if run["classes"] != first["classes"] or any(run[s][2] != first[s][2] for s in ("val", "test")):
             raise SystemExit(f"{d} was trained on another split or classes than {args.output_dirs[0]}")
-    report = {"test_images": len(first["test"][1]), "val_images": len(first["val"][1]), "models": [
-        {"output_dir": str(d), "model_uri": run["model_uri"],
-         **scores(run["val"], run["test"], run["classes"], args.melanoma_class)}
-        for d, run in zip(args.output_dirs, runs)]}
+    report = {
+        "test_images": len(first["test"][1]),
+        "val_images": len(first["val"][1]),
+        "models": [
+            {
+                "output_dir": str(d),
+                "model_uri": run["model_uri"],
+                **scores(run["val"], run["test"], run["classes"], args.melanoma_class),
+            }
+            for d, run in zip(args.output_dirs, runs)
+        ],
+    }
     if len(runs) > 1:
         mean = {s: (np.mean([r[s][0] for r in runs], axis=0), first[s][1]) for s in ("val", "test")}
         report["mean_of_all_models"] = scores(mean["val"], mean["test"], first["classes"], args.melanoma_class)

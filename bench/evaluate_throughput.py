@@ -4,6 +4,7 @@ files (decode + resize as normalize does + predict). Prints one JSON object.
 
     python bench/evaluate_throughput.py [--model-uri URI] [--model mobilenet_v2 --alpha 0.35 --size 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,18 +53,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.images):
             synthetic.render(synthetic.CLASSES[i % 4], i, 200, 1).convert("RGB").resize((200, 150)).save(
-                Path(tmp, f"{i:04d}.jpg"), quality=90)
+                Path(tmp, f"{i:04d}.jpg"), quality=90
+            )
         files = find_images([tmp])
         started = time.perf_counter()
         predict_files(loaded, files, batch_size=args.batch_size)
         from_files = len(files) / (time.perf_counter() - started)
-    print(json.dumps({
-        "benchmark": "evaluate_throughput", "model": args.model_uri or f"{args.model} alpha {args.alpha} (untrained)",
-        "image_size": size, "batch_size": args.batch_size, "cpu_count": os.cpu_count(),
-        "predict_in_memory_images_per_s": round(plain, 1),
-        "predict_tta8_images_per_s": round(tta, 1),
-        "files_decode_resize_predict_images_per_s": round(from_files, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "evaluate_throughput",
+                "model": args.model_uri or f"{args.model} alpha {args.alpha} (untrained)",
+                "image_size": size,
+                "batch_size": args.batch_size,
+                "cpu_count": os.cpu_count(),
+                "predict_in_memory_images_per_s": round(plain, 1),
+                "predict_tta8_images_per_s": round(tta, 1),
+                "files_decode_resize_predict_images_per_s": round(from_files, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

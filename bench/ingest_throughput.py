@@ -14,6 +14,7 @@ and their previews made, as the merge does) and ``report_s`` time those whole-so
 on ingest's own results; ``ingest_stages_s`` is the ingest call cut in its parts (partition:
 listing, labels and every file decoded; merge: duplicates, near-duplicates, previews, report).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,14 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from components.core.settings import DataConfig  # noqa: E402
+from components.data.data_report import shown_uris, write_outputs  # noqa: E402
+from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
 from components.data.ingest import merge_partitions, report_previews  # noqa: E402
 from components.data.ingest.duplicates import near_duplicate_edges  # noqa: E402
 from components.data.ingest.partitions import ingest_partition  # noqa: E402
 from components.data.ingest.threads import ingest_threads  # noqa: E402
 from components.data.ingest.validation import DECODE_MIN_SIDE, THUMB_SIDE, VALIDATE_BATCH  # noqa: E402
-from components.core.settings import DataConfig  # noqa: E402
-from components.data.data_report import shown_uris, write_outputs  # noqa: E402
-from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
 
 
 def decode_file(path: Path) -> None:
@@ -50,8 +51,9 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
     """Milliseconds per image of each stage alone, and the hashes and thumbnails. pHash and
     thumbnail are timed one image at a time, then as ingest makes them: together, for
     ingest's batches (``phash_and_thumbnail_batched``)."""
-    seconds = dict.fromkeys(("read_and_md5", "decode_reduced", "phash", "thumbnail",
-                             "phash_and_thumbnail_batched"), 0.0)
+    seconds = dict.fromkeys(
+        ("read_and_md5", "decode_reduced", "phash", "thumbnail", "phash_and_thumbnail_batched"), 0.0
+    )
     hashes, thumbs, batch = [], [], []
     for n, path in enumerate(images, start=1):
         t0 = time.perf_counter()
@@ -72,8 +74,11 @@ def per_image_stages(images: list[Path]) -> tuple[dict, np.ndarray, np.ndarray]:
             phash_hex_batch(phash_pixels_and_thumbs(batch, THUMB_SIDE)[0])
             seconds["phash_and_thumbnail_batched"] += time.perf_counter() - t5
             batch = []
-    return ({k: round(1000 * v / len(images), 4) for k, v in seconds.items()},
-            np.array(hashes, dtype=np.uint64), np.stack(thumbs))
+    return (
+        {k: round(1000 * v / len(images), 4) for k, v in seconds.items()},
+        np.array(hashes, dtype=np.uint64),
+        np.stack(thumbs),
+    )
 
 
 def main() -> None:
@@ -131,34 +136,41 @@ def main() -> None:
         report_s = time.perf_counter() - start
     files = result.report["files_found"]
     decode_rate = len(images) / decode_parallel
-    print(json.dumps({
-        "source": args.source,
-        "cpu_count": os.cpu_count(),
-        "load_average_1min": round(os.getloadavg()[0], 2),
-        "workers": args.workers,
-        "jpeg_files": len(images),
-        "plain_decode_images_per_s_1_thread": round(len(images) / decode_serial, 1),
-        "plain_decode_images_per_s_workers": round(decode_rate, 1),
-        "ingest_files": files,
-        "rounds": args.rounds,
-        "plain_decode_seconds_each_round": [round(x, 2) for x in decode_runs],
-        "ingest_seconds_each_round": [round(x, 2) for x in ingest_runs],
-        "ingest_seconds": round(ingest_s, 2),
-        "ingest_images_per_s": round(files / ingest_s, 1),
-        "ingest_vs_decode": round(files / ingest_s / decode_rate, 3),
-        # CPU seconds (every thread of this process): what each costs, whatever else runs.
-        "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
-        "ingest_cpu_seconds": round(min(ingest_cpu), 2),
-        "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
-        "ingest_stages_s": {"partition_list_label_decode": round(partition_s, 3),
-                            "merge_and_report": round(ingest_s - partition_s, 3)},
-        "stages_ms_per_image": stages,
-        "near_duplicate_search_s": round(search_s, 3),
-        "report_previews_shown": len(shown),
-        "report_previews_made": len(previews),
-        "report_previews_s": round(previews_s, 3),
-        "report_s": round(report_s, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "source": args.source,
+                "cpu_count": os.cpu_count(),
+                "load_average_1min": round(os.getloadavg()[0], 2),
+                "workers": args.workers,
+                "jpeg_files": len(images),
+                "plain_decode_images_per_s_1_thread": round(len(images) / decode_serial, 1),
+                "plain_decode_images_per_s_workers": round(decode_rate, 1),
+                "ingest_files": files,
+                "rounds": args.rounds,
+                "plain_decode_seconds_each_round": [round(x, 2) for x in decode_runs],
+                "ingest_seconds_each_round": [round(x, 2) for x in ingest_runs],
+                "ingest_seconds": round(ingest_s, 2),
+                "ingest_images_per_s": round(files / ingest_s, 1),
+                "ingest_vs_decode": round(files / ingest_s / decode_rate, 3),
+                # CPU seconds (every thread of this process): what each costs, whatever else runs.
+                "plain_decode_cpu_seconds": round(min(decode_cpu), 2),
+                "ingest_cpu_seconds": round(min(ingest_cpu), 2),
+                "ingest_vs_decode_cpu": round(min(decode_cpu) * files / len(images) / min(ingest_cpu), 3),
+                "ingest_stages_s": {
+                    "partition_list_label_decode": round(partition_s, 3),
+                    "merge_and_report": round(ingest_s - partition_s, 3),
+                },
+                "stages_ms_per_image": stages,
+                "near_duplicate_search_s": round(search_s, 3),
+                "report_previews_shown": len(shown),
+                "report_previews_made": len(previews),
+                "report_previews_s": round(previews_s, 3),
+                "report_s": round(report_s, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ step importing one of our step modules (TensorFlow, Keras, MLflow), which is wha
 real step pays before doing any work.
 Usage: python bench/local_runner_overhead.py [--steps 6] [--repeats 2]
 """
+
 import argparse
 import json
 import tempfile
@@ -62,14 +63,19 @@ def main() -> None:
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=root, raise_on_error=True)
         bare = time_runs(chain(args.steps), args.repeats)
         importing = time_runs(chain(args.steps, passthrough_importing_step), args.repeats)
-    print(json.dumps({
-        "runner": "kfp.local.SubprocessRunner(use_venv=False)",
-        "steps": args.steps,
-        "bare_wall_s": [round(t, 3) for t in bare],
-        "per_step_overhead_s": round(min(bare) / args.steps, 3),
-        "importing_wall_s": [round(t, 3) for t in importing],
-        "per_step_overhead_with_imports_s": round(min(importing) / args.steps, 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "runner": "kfp.local.SubprocessRunner(use_venv=False)",
+                "steps": args.steps,
+                "bare_wall_s": [round(t, 3) for t in bare],
+                "per_step_overhead_s": round(min(bare) / args.steps, 3),
+                "importing_wall_s": [round(t, 3) for t in importing],
+                "per_step_overhead_with_imports_s": round(min(importing) / args.steps, 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ number of images, log-log, with a dotted line of slope 1 (linear growth) for ref
 Lines that are not JSON objects with ``images``, ``step``, ``seconds`` and
 ``peak_rss_mb`` (the ``generate`` and ``planted`` lines, log text) are skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,13 @@ def plot(points: dict[str, list[tuple[int, float, float]]], out: Path, title: st
         memory_ax.plot(n, [r[2] for r in rows], marker="o", label=step)
     if len(sizes) > 1:  # slope 1 through the smallest size's slowest step: linear growth
         slowest = max(rows[0][1] for rows in points.values() if rows[0][0] == sizes[0])
-        time_ax.plot([sizes[0], sizes[-1]], [slowest, slowest * sizes[-1] / sizes[0]], ":", color="grey",
-                     label="linear (slope 1)")
+        time_ax.plot(
+            [sizes[0], sizes[-1]],
+            [slowest, slowest * sizes[-1] / sizes[0]],
+            ":",
+            color="grey",
+            label="linear (slope 1)",
+        )
     for ax, ylabel in ((time_ax, "seconds"), (memory_ax, "peak RSS (MB)")):
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -18,6 +18,7 @@ duplicate, conflict and near-duplicate groups that ingest reported).
 ``--sizes 400000`` (or ``--with-400k``) is ISIC 2024 scale: ~1 GB of generated JPEGs in the
 temporary folder and, on a 2-core machine, about an hour.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,6 +53,7 @@ def make_source(root: Path, images: int) -> dict:
     from PIL import Image
 
     from components.data import synthetic
+
     classes = synthetic.CLASSES
     planted = {"duplicate": [], "label_conflict": [], "near_duplicate": []}
     kinds = list(planted)
@@ -77,8 +79,7 @@ def make_source(root: Path, images: int) -> dict:
         else:
             other = f"{cls}/near_{i:07d}.jpg"
             near = io.BytesIO()
-            img.resize((IMAGE_SIDE - 8, IMAGE_SIDE - 8), Image.Resampling.LANCZOS).save(near, format="JPEG",
-                                                                                          quality=75)
+            img.resize((IMAGE_SIDE - 8, IMAGE_SIDE - 8), Image.Resampling.LANCZOS).save(near, format="JPEG", quality=75)
             (root / other).write_bytes(near.getvalue())
         planted[kind].append([relpath, other])
     return planted
@@ -102,11 +103,13 @@ def planted_found(planted: dict, report: dict) -> tuple[int, int]:
 def configs():
     from pipeline.config import Config
 
-    return Config.from_dict({
-        "data": {"image_size": IMAGE_SIZE, "num_shards": 2, "ingest_workers": 4, "format": "folders"},
-        "augment": {"max_factor": 2.0},
-        "train": {"epochs": 1, "batch_size": 128, "cache": False, "early_stopping_patience": 1},
-    })
+    return Config.from_dict(
+        {
+            "data": {"image_size": IMAGE_SIZE, "num_shards": 2, "ingest_workers": 4, "format": "folders"},
+            "augment": {"max_factor": 2.0},
+            "train": {"epochs": 1, "batch_size": 128, "cache": False, "early_stopping_patience": 1},
+        }
+    )
 
 
 def run_step(step: str, source: str, work: Path) -> int:
@@ -146,8 +149,12 @@ def child(step: str, source: str, work: Path) -> None:
 
 
 def measure(step: str, source: Path, work: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", step, "--source", str(source), "--work", str(work)],
-                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", step, "--source", str(source), "--work", str(work)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("STEP-RESULT ")]
     if proc.returncode or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -160,21 +167,49 @@ def bench(images: int, scratch: Path) -> None:
     start = time.perf_counter()
     planted = make_source(source, images)
     files = sum(1 for p in source.rglob("*.jpg"))
-    print(json.dumps({"images": files, "step": "generate", "seconds": round(time.perf_counter() - start, 2),
-                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                      "images_per_s": round(files / (time.perf_counter() - start), 1)}), flush=True)
+    print(
+        json.dumps(
+            {
+                "images": files,
+                "step": "generate",
+                "seconds": round(time.perf_counter() - start, 2),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "images_per_s": round(files / (time.perf_counter() - start), 1),
+            }
+        ),
+        flush=True,
+    )
     for step in STEPS:
         r = measure(step, source, work)
-        print(json.dumps({"images": files, "step": step, "seconds": round(r["seconds"], 2),
-                          "peak_rss_mb": round(r["peak_rss_mb"], 1),
-                          "images_per_s": round(files / r["seconds"], 1),
-                          "load_avg_1min": round(os.getloadavg()[0], 2)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "images": files,
+                    "step": step,
+                    "seconds": round(r["seconds"], 2),
+                    "peak_rss_mb": round(r["peak_rss_mb"], 1),
+                    "images_per_s": round(files / r["seconds"], 1),
+                    "load_avg_1min": round(os.getloadavg()[0], 2),
+                }
+            ),
+            flush=True,
+        )
     report = json.loads((work / "ingest" / "report.json").read_text())
     found, total = planted_found(planted, report)
-    print(json.dumps({"images": files, "step": "planted", "planted_found": found, "planted_total": total,
-                      "duplicate_groups": report["duplicate_groups"],
-                      "label_conflict_groups": report["label_conflict_groups"],
-                      "near_duplicate_groups": report["near_duplicate_groups"]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "images": files,
+                "step": "planted",
+                "planted_found": found,
+                "planted_total": total,
+                "duplicate_groups": report["duplicate_groups"],
+                "label_conflict_groups": report["label_conflict_groups"],
+                "near_duplicate_groups": report["near_duplicate_groups"],
+            }
+        ),
+        flush=True,
+    )
     shutil.rmtree(work, ignore_errors=True)
     shutil.rmtree(source, ignore_errors=True)
 

@@ -11,6 +11,7 @@ compiled by XLA (as train.py asks TensorFlow to do on a GPU).
     python bench/train_step_precision.py --model mobilenet_v2 --alpha 0.5 --size 224 \
         --batch-sizes 64,256 --precisions float32,mixed_float16,mixed_bfloat16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,9 @@ def accelerator() -> str:
     return f"{len(gpus)} GPU(s)" if gpus else "cpu"
 
 
-def measure(model_name: str, alpha: float, size: int, batch_size: int, precision: str, trainable: str,
-            steps: int, warmup: int) -> dict:
+def measure(
+    model_name: str, alpha: float, size: int, batch_size: int, precision: str, trainable: str, steps: int, warmup: int
+) -> dict:
     import keras
     import numpy as np
 
@@ -74,12 +76,18 @@ def measure(model_name: str, alpha: float, size: int, batch_size: int, precision
         step_times.append(time.perf_counter() - started)
     median = float(np.median(step_times))
     return {
-        "model": model_name, "alpha": alpha if model_name.startswith("mobilenet") else None, "image_size": size,
-        "batch_size": batch_size, "precision": precision, "trainable": trainable,
+        "model": model_name,
+        "alpha": alpha if model_name.startswith("mobilenet") else None,
+        "image_size": size,
+        "batch_size": batch_size,
+        "precision": precision,
+        "trainable": trainable,
         "trainable_weights": int(sum(np.prod(w.shape) for w in model.trainable_weights)),
-        "compile_s": round(compile_s, 1), "step_time_ms_median": round(1000 * median, 2),
+        "compile_s": round(compile_s, 1),
+        "step_time_ms_median": round(1000 * median, 2),
         "step_time_ms_p90": round(1000 * float(np.percentile(step_times, 90)), 2),
-        "images_per_s": round(batch_size / median, 1), "final_loss_finite": bool(np.isfinite(loss)),
+        "images_per_s": round(batch_size / median, 1),
+        "final_loss_finite": bool(np.isfinite(loss)),
     }
 
 
@@ -90,8 +98,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-sizes", default="64")
     parser.add_argument("--precisions", default="float32,mixed_float16,mixed_bfloat16")
-    parser.add_argument("--trainable", choices=("head", "all"), default="all",
-                        help="head: the frozen-backbone phase; all: fine-tuning the whole network.")
+    parser.add_argument(
+        "--trainable",
+        choices=("head", "all"),
+        default="all",
+        help="head: the frozen-backbone phase; all: fine-tuning the whole network.",
+    )
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
@@ -101,20 +113,31 @@ def main() -> None:
     results = []
     for batch_size in map(int, args.batch_sizes.split(",")):
         for precision in args.precisions.split(","):
-            result = measure(args.model, args.alpha, args.size, batch_size, precision, args.trainable,
-                             args.steps, args.warmup)
+            result = measure(
+                args.model, args.alpha, args.size, batch_size, precision, args.trainable, args.steps, args.warmup
+            )
             print(json.dumps(result), flush=True)
             results.append(result)
-    print(json.dumps({
-        "benchmark": "train_step_precision", "keras_backend": keras.backend.backend(),
-        "keras_version": keras.__version__, "device": accelerator(), "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "best": max(results, key=lambda r: r["images_per_s"]),
-        "speedup_over_float32": {
-            f"{r['precision']}@{r['batch_size']}": round(r["images_per_s"] / f32["images_per_s"], 2)
-            for r in results for f32 in results
-            if f32["precision"] == "float32" and f32["batch_size"] == r["batch_size"] and r is not f32},
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_step_precision",
+                "keras_backend": keras.backend.backend(),
+                "keras_version": keras.__version__,
+                "device": accelerator(),
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "best": max(results, key=lambda r: r["images_per_s"]),
+                "speedup_over_float32": {
+                    f"{r['precision']}@{r['batch_size']}": round(r["images_per_s"] / f32["images_per_s"], 2)
+                    for r in results
+                    for f32 in results
+                    if f32["precision"] == "float32" and f32["batch_size"] == r["batch_size"] and r is not f32
+                },
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ pipeline, not the model, is the bottleneck. Prints one JSON object.
 
     python bench/train_throughput.py [--normalized DIR] [--model mobilenet_v2 --alpha 0.35 --size 128]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,13 @@ def synthetic_shards(root: Path, size: int, per_class: int) -> Path:
     from components.data.normalize import normalize
     from components.data.split import split
 
-    data = DataConfig(image_size=size, synthetic_images_per_class=per_class, synthetic_image_size=size,
-                      val_fraction=0.1, test_fraction=0.1)
+    data = DataConfig(
+        image_size=size,
+        synthetic_images_per_class=per_class,
+        synthetic_image_size=size,
+        val_fraction=0.1,
+        test_fraction=0.1,
+    )
     ingest("", data, root / "ingest")
     split(root / "ingest", data, root / "split")
     normalize(root / "split", data, root / "normalized", synthetic=True)
@@ -72,8 +78,12 @@ def main() -> None:
         tc = TrainConfig(model=args.model, alpha=args.alpha, batch_size=args.batch_size, online_augment=True)
         pipeline = training_dataset(paths, size, tc, len(classes)).repeat()
         images, labels, _ = tfrecords.read_all(paths, size)
-        in_memory = (tf.data.Dataset.from_tensor_slices((tf.constant(images.astype(np.float32)), tf.constant(labels)))
-                     .repeat().batch(args.batch_size).prefetch(tf.data.AUTOTUNE))
+        in_memory = (
+            tf.data.Dataset.from_tensor_slices((tf.constant(images.astype(np.float32)), tf.constant(labels)))
+            .repeat()
+            .batch(args.batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
         # The input pipeline alone, no model: its ceiling.
         iterator = iter(pipeline)
         next(iterator)
@@ -84,20 +94,32 @@ def main() -> None:
 
         with devices.strategy.scope():
             model = build_model(args.model, len(classes), size, meta["mean"], meta["std"], alpha=args.alpha)
-            model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy",
-                          jit_compile=devices.gpu)
+            model.compile(
+                optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", jit_compile=devices.gpu
+            )
         from_pipeline = images_per_second(model, pipeline, args.steps, args.batch_size)
         from_memory = images_per_second(model, in_memory, args.steps, args.batch_size)
-    print(json.dumps({
-        "benchmark": "train_throughput", "model": args.model, "alpha": args.alpha, "image_size": size,
-        "batch_size": args.batch_size, "steps": args.steps, "device": devices.description,
-        "cpu_count": os.cpu_count(), "machine": platform.machine(),
-        "input_pipeline_only_images_per_s": round(input_only, 1),
-        "train_from_input_pipeline_images_per_s": round(from_pipeline, 1),
-        "train_from_memory_images_per_s": round(from_memory, 1),
-        "pipeline_to_memory_ratio": round(from_pipeline / from_memory, 3),
-        "step_time_ms": round(1000 * args.batch_size / from_pipeline, 1),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "train_throughput",
+                "model": args.model,
+                "alpha": args.alpha,
+                "image_size": size,
+                "batch_size": args.batch_size,
+                "steps": args.steps,
+                "device": devices.description,
+                "cpu_count": os.cpu_count(),
+                "machine": platform.machine(),
+                "input_pipeline_only_images_per_s": round(input_only, 1),
+                "train_from_input_pipeline_images_per_s": round(from_pipeline, 1),
+                "train_from_memory_images_per_s": round(from_memory, 1),
+                "pipeline_to_memory_ratio": round(from_pipeline / from_memory, 3),
+                "step_time_ms": round(1000 * args.batch_size / from_pipeline, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

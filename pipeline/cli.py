@@ -1,14 +1,15 @@
 """``lesionpipe``: the command group, and the commands that run on this machine: the
 whole pipeline, ingest alone, evaluate a model. The cluster commands are in
 pipeline.cli_cluster, predict and ui in pipeline.cli_model, config in pipeline.cli_config."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import click
 
@@ -18,8 +19,14 @@ from components.core.tracking import resolve_tracking_uri, ui_command
 from pipeline.cli_cluster import compile_, schedule, submit
 from pipeline.cli_config import config
 from pipeline.cli_model import MODEL_URI_HELP, predict, ui
-from pipeline.cli_options import (DEFAULT_OUTPUT_DIR, TRACKING_PRECEDENCE, LesionCLI, config_options, exit_interrupted,
-                                  load_config)
+from pipeline.cli_options import (
+    DEFAULT_OUTPUT_DIR,
+    TRACKING_PRECEDENCE,
+    LesionCLI,
+    config_options,
+    exit_interrupted,
+    load_config,
+)
 
 # TensorFlow's C++ start-up chatter hides the pipeline's progress; warnings still show.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -53,15 +60,24 @@ def main() -> None:
 
 @main.command()
 @config_options(set_example="train.epochs=3 --set data.image_size=96")
-@click.option("--data", help="Images: a folder, a .zip, or gs://bucket/prefix (class subfolders, Kaggle "
-                             "Train/Test, or CSV + images). Default: the config's data.source, else a small "
-                             "SYNTHETIC dataset.")
-@click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="Each run gets a folder here (summary.json, logs); 'latest' links the newest. The same "
-                   "command with the same folder resumes a killed training.")
+@click.option(
+    "--data",
+    help="Images: a folder, a .zip, or gs://bucket/prefix (class subfolders, Kaggle "
+    "Train/Test, or CSV + images). Default: the config's data.source, else a small "
+    "SYNTHETIC dataset.",
+)
+@click.option(
+    "--output-dir",
+    default=DEFAULT_OUTPUT_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Each run gets a folder here (summary.json, logs); 'latest' links the newest. The same "
+    "command with the same folder resumes a killed training.",
+)
 @click.option("--tracking-uri", help=f"MLflow tracking URI (default: {TRACKING_PRECEDENCE}).")
-@click.option("--force-retrain", is_flag=True,
-              help="Train even when the data is the data the current champion was trained on.")
+@click.option(
+    "--force-retrain", is_flag=True, help="Train even when the data is the data the current champion was trained on."
+)
 @click.option("--verbose", "-v", is_flag=True, help="Show every line the steps print (always in the run's logs/).")
 def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, verbose):
     """Run the whole pipeline on this machine (KFP local runner)."""
@@ -81,15 +97,27 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     source = cfg.data.source or "SYNTHETIC demo data (generated, not medical images)"
     click.echo(f"lesionpipe: config {cfg.name!r}, data {source}, tracking {uri}", err=True)
     try:
-        summary = run_local(cfg, cfg.data.source, output_dir, uri, force_retrain,
-                            echo=lambda line: click.echo(line, err=True), verbose=verbose)
+        summary = run_local(
+            cfg,
+            cfg.data.source,
+            output_dir,
+            uri,
+            force_retrain,
+            echo=lambda line: click.echo(line, err=True),
+            verbose=verbose,
+        )
     except PipelineFailed as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): the shell's exit status for each
-        said, signum = ("Terminated (SIGTERM)", signal.SIGTERM) if isinstance(exc, Terminated) else \
-            ("Interrupted (Ctrl-C)", signal.SIGINT)
-        click.echo(f"{said}: the MLflow run is marked KILLED; the same command resumes the training from its "
-                   "last epoch.", err=True)
+        said, signum = (
+            ("Terminated (SIGTERM)", signal.SIGTERM)
+            if isinstance(exc, Terminated)
+            else ("Interrupted (Ctrl-C)", signal.SIGINT)
+        )
+        click.echo(
+            f"{said}: the MLflow run is marked KILLED; the same command resumes the training from its last epoch.",
+            err=True,
+        )
         exit_interrupted(128 + signum)
     click.echo("")
     if summary["skipped"]:
@@ -97,13 +125,19 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
         kept = summary.get("champion") or {}
         if kept:
             scores = kept.get("test_metrics", {})
-            click.echo(f"champion kept: {kept['model_uri']}"
-                       + (f" (test balanced accuracy {scores['balanced_accuracy']:.3f})"
-                          if "balanced_accuracy" in scores else ""))
+            click.echo(
+                f"champion kept: {kept['model_uri']}"
+                + (
+                    f" (test balanced accuracy {scores['balanced_accuracy']:.3f})"
+                    if "balanced_accuracy" in scores
+                    else ""
+                )
+            )
     else:
         m = summary["metrics"]
-        click.echo(f"test {result_line(m)}" + decision_rule(m)
-                   + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else ""))
+        click.echo(
+            f"test {result_line(m)}" + decision_rule(m) + (" (SYNTHETIC data)" if summary["data"]["synthetic"] else "")
+        )
         gate = summary.get("gate")
         if gate:
             click.echo(f"registered:    {gate['model_uri']} -> {gate['alias']} ({gate['reason']})")
@@ -116,15 +150,28 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
 
 
 @main.command()
-@config_options(config_help="YAML run config whose data section ingest reads (default: the built-in data "
-                            "settings).", set_example="data.min_image_size=64")
-@click.option("--data", required=True,
-              help="Source to ingest: a folder, a .zip, or gs://bucket/prefix (class folders, Kaggle Train/Test, "
-                   "or CSV + images).")
-@click.option("--output-dir", required=True, type=click.Path(file_okay=False),
-              help="Where manifest.parquet and the reports (report.html, report.md, report.json) go.")
-@click.option("--format", "data_format", type=click.Choice(["auto", *DATA_FORMATS]),
-              help="Source layout (default: the config's data.format, auto-detected).")
+@config_options(
+    config_help="YAML run config whose data section ingest reads (default: the built-in data settings).",
+    set_example="data.min_image_size=64",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="Source to ingest: a folder, a .zip, or gs://bucket/prefix (class folders, Kaggle Train/Test, "
+    "or CSV + images).",
+)
+@click.option(
+    "--output-dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where manifest.parquet and the reports (report.html, report.md, report.json) go.",
+)
+@click.option(
+    "--format",
+    "data_format",
+    type=click.Choice(["auto", *DATA_FORMATS]),
+    help="Source layout (default: the config's data.format, auto-detected).",
+)
 def ingest(config_path, overrides, data, output_dir, data_format):
     """Run the ingest step alone: manifest.parquet, report.json, report.md, report.html."""
     from components.data.ingest import ingest as run_ingest
@@ -134,21 +181,32 @@ def ingest(config_path, overrides, data, output_dir, data_format):
         cfg = cfg.with_overrides([f"data.format={data_format}"])
     result = run_ingest(data, cfg.data, output_dir)
     r = result.report
-    click.echo(f"files found {r['files_found']}: ingested {r['ingested']}, quarantined {r['quarantined']}, "
-               f"ignored {r['ignored']}; {len(r['classes'])} classes")
+    click.echo(
+        f"files found {r['files_found']}: ingested {r['ingested']}, quarantined {r['quarantined']}, "
+        f"ignored {r['ignored']}; {len(r['classes'])} classes"
+    )
     click.echo(f"report: {Path(output_dir, 'report.html')}")
 
 
 @main.command()
-@config_options(config_help="YAML run config whose data and evaluate sections are used (default: the evaluate "
-                            "settings of the pipeline run that logged the model, else the built-in ones).",
-                set_example="evaluate.tta=true")
+@config_options(
+    config_help="YAML run config whose data and evaluate sections are used (default: the evaluate "
+    "settings of the pipeline run that logged the model, else the built-in ones).",
+    set_example="evaluate.tta=true",
+)
 @click.option("--model", "model_uri", required=True, help=MODEL_URI_HELP)
 @click.option("--data", required=True, help="Labelled images: any source ingest reads (an external test set).")
-@click.option("--out", "out_path", default="metrics.json", show_default=True, type=click.Path(dir_okay=False),
-              help="Metrics JSON; report.html and the pictures go beside it.")
-@click.option("--tracking-uri", help=f"MLflow tracking URI for models:/ and runs:/ URIs (default: "
-                                     f"{TRACKING_PRECEDENCE}).")
+@click.option(
+    "--out",
+    "out_path",
+    default="metrics.json",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Metrics JSON; report.html and the pictures go beside it.",
+)
+@click.option(
+    "--tracking-uri", help=f"MLflow tracking URI for models:/ and runs:/ URIs (default: {TRACKING_PRECEDENCE})."
+)
 def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
     """Score a model on every labelled image of a source: same metrics and report as the pipeline.
     Without --config, with the evaluate settings (TTA included) of the pipeline run that
@@ -162,18 +220,23 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     loaded = load_model(model_uri, uri)
     if not config_path and loaded.run_id:
-        ran_with = {k: v for k, v in run_params(uri, loaded.run_id, "evaluate.").items()
-                    if k.removeprefix("evaluate.") in EvaluateConfig.model_fields}
+        ran_with = {
+            k: v
+            for k, v in run_params(uri, loaded.run_id, "evaluate.").items()
+            if k.removeprefix("evaluate.") in EvaluateConfig.model_fields
+        }
         if ran_with:
             cfg = load_config(None, (*(f"{k}={v}" for k, v in sorted(ran_with.items())), *overrides), data)
-            click.echo(f"evaluate settings of the model's run {loaded.run_id} (tta {str(cfg.evaluate.tta).lower()})",
-                       err=True)
+            click.echo(
+                f"evaluate settings of the model's run {loaded.run_id} (tta {str(cfg.evaluate.tta).lower()})", err=True
+            )
     if loaded.synthetic:
         click.echo(loaded.synthetic_warning(), err=True)
     result = evaluate_source(loaded, data, cfg.data, cfg.evaluate, out_path)
     m = result["metrics"]
-    click.echo(f"{m['n']} images: {result_line(m)}" + decision_rule(m)
-               + (" (SYNTHETIC model)" if loaded.synthetic else ""))
+    click.echo(
+        f"{m['n']} images: {result_line(m)}" + decision_rule(m) + (" (SYNTHETIC model)" if loaded.synthetic else "")
+    )
     if result["skipped"]:
         click.echo(f"not scored: {result['skipped']} images ({result['skipped_reason']})", err=True)
     click.echo(f"metrics: {out_path}")

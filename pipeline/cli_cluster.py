@@ -1,7 +1,8 @@
 """``lesionpipe compile``, ``submit`` and ``schedule``: the pipeline on a Kubeflow Pipelines cluster."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import click
 
@@ -11,8 +12,15 @@ from pipeline.cli_options import LesionCLI, config_options, load_config
 
 @click.command("compile")
 @config_options()
-@click.option("-o", "--output", "output", default="pipeline.yaml", show_default=True, type=click.Path(dir_okay=False),
-              help="Where the KFP IR YAML goes.")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    default="pipeline.yaml",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where the KFP IR YAML goes.",
+)
 def compile_(config_path, overrides, output):
     """Compile the pipeline to KFP IR YAML for a cluster."""
     from kfp import compiler
@@ -27,16 +35,25 @@ def compile_(config_path, overrides, output):
 def cluster_options(func):
     """How to reach Kubeflow Pipelines (KF_PIPELINES_ENDPOINT, KF_PIPELINES_TOKEN as fallbacks)."""
     func = click.option("--namespace", help="Kubernetes namespace of a multi-user Kubeflow (your profile).")(func)
-    func = click.option("--token", envvar="KF_PIPELINES_TOKEN", show_envvar=True,
-                        help="Bearer token (default: none, or the pod's service-account token in the cluster).")(func)
-    func = click.option("--host", envvar="KF_PIPELINES_ENDPOINT", show_envvar=True,
-                        help="Kubeflow Pipelines API URL, e.g. http://localhost:8080 after a port-forward.")(func)
+    func = click.option(
+        "--token",
+        envvar="KF_PIPELINES_TOKEN",
+        show_envvar=True,
+        help="Bearer token (default: none, or the pod's service-account token in the cluster).",
+    )(func)
+    func = click.option(
+        "--host",
+        envvar="KF_PIPELINES_ENDPOINT",
+        show_envvar=True,
+        help="Kubeflow Pipelines API URL, e.g. http://localhost:8080 after a port-forward.",
+    )(func)
     return func
 
 
 def experiment_option(func):
-    return click.option("--experiment", help="KFP experiment, created if missing (default: the config's "
-                                             "mlflow.experiment).")(func)
+    return click.option(
+        "--experiment", help="KFP experiment, created if missing (default: the config's mlflow.experiment)."
+    )(func)
 
 
 @click.command()
@@ -45,8 +62,9 @@ def experiment_option(func):
 @experiment_option
 @click.option("--run-name", help="Run name (default: lesion-pipeline-<config name>).")
 @click.option("--no-cache", is_flag=True, help="Run every step even where KFP has cached outputs.")
-@click.option("--force-retrain", is_flag=True,
-              help="Train even when the data is the data the current champion was trained on.")
+@click.option(
+    "--force-retrain", is_flag=True, help="Train even when the data is the data the current champion was trained on."
+)
 def submit(config_path, overrides, host, token, namespace, experiment, run_name, no_cache, force_retrain):
     """Compile the pipeline and start one run on a Kubeflow Pipelines cluster."""
     from pipeline import kfp_client
@@ -81,8 +99,7 @@ def schedule(ctx, config_path, overrides, host, token, namespace, experiment, cr
     cfg = kfp_client.without_caching(cfg) if no_cache else cfg
     kfp_client.check_ready_for_cluster(cfg)
     conn = kfp_client.connect(host, token, namespace)
-    created = kfp_client.create_schedule(conn, cfg, cron, experiment or cfg.mlflow.experiment, namespace,
-                                         schedule_name)
+    created = kfp_client.create_schedule(conn, cfg, cron, experiment or cfg.mlflow.experiment, namespace, schedule_name)
     click.echo(f"schedule {created.recurring_run_id} ({created.name}) created, cron {created.cron!r}: {created.url}")
 
 
@@ -91,8 +108,9 @@ def schedule_connection(ctx: click.Context, host, token, namespace):
     from pipeline import kfp_client
 
     parent = ctx.obj or {}
-    return kfp_client.connect(host or parent.get("host"), token or parent.get("token"),
-                              namespace or parent.get("namespace"))
+    return kfp_client.connect(
+        host or parent.get("host"), token or parent.get("token"), namespace or parent.get("namespace")
+    )
 
 
 @schedule.command("list")
@@ -123,10 +141,16 @@ def _schedule_action(verb: str, help_text: str, act: Callable) -> None:
 def _register_schedule_actions() -> None:
     from pipeline import kfp_client
 
-    _schedule_action("pause", "Stop starting runs (the schedule is kept).",
-                     lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, False))
-    _schedule_action("resume", "Start runs again; missed times are not caught up.",
-                     lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, True))
+    _schedule_action(
+        "pause",
+        "Stop starting runs (the schedule is kept).",
+        lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, False),
+    )
+    _schedule_action(
+        "resume",
+        "Start runs again; missed times are not caught up.",
+        lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, True),
+    )
     _schedule_action("delete", "Delete the schedule (runs it started are kept).", kfp_client.delete_schedule)
 
 

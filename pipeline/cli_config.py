@@ -1,4 +1,5 @@
 """``lesionpipe config show``: the effective run config, every default filled in."""
+
 from __future__ import annotations
 
 import click

@@ -1,5 +1,6 @@
 """``lesionpipe predict`` (score image files with a model) and ``lesionpipe ui`` (review
 runs and models in the MLflow UI)."""
+
 from __future__ import annotations
 
 import json
@@ -21,19 +22,36 @@ MODEL_URI_HELP = "Model URI: models:/<name>@champion, models:/<name>/<version>, 
 @click.command()
 @click.option("--model", "model_uri", required=True, help=MODEL_URI_HELP)
 @click.argument("images", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
-@click.option("--out", "out_path", default="predictions.csv", show_default=True, type=click.Path(dir_okay=False),
-              help="CSV: one row per image, every class's probability, the melanoma probability, errors, and "
-                   "synthetic_model (true: trained on synthetic data).")
-@click.option("--melanoma-class", default=EvaluateConfig().melanoma_class, show_default=True,
-              help="The class whose probability is the melanoma_probability column.")
+@click.option(
+    "--out",
+    "out_path",
+    default="predictions.csv",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="CSV: one row per image, every class's probability, the melanoma probability, errors, and "
+    "synthetic_model (true: trained on synthetic data).",
+)
+@click.option(
+    "--melanoma-class",
+    default=EvaluateConfig().melanoma_class,
+    show_default=True,
+    help="The class whose probability is the melanoma_probability column.",
+)
 @click.option("--tta", is_flag=True, help="Average over 8 flips/turns of each image.")
-@click.option("--lesions", "lesions_csv", type=click.Path(dir_okay=False),
-              help="CSV naming the lesion each image shows: an image column (image, image_id or image_name: the "
-                   "file name without extension) and a lesion column (lesion or lesion_id); HAM10000's metadata CSV "
-                   "works as is. Also writes OUT with _lesions before its extension: one row per lesion, its "
-                   "images' probabilities averaged, the class predicted from them, and its number of images.")
-@click.option("--tracking-uri", help="MLflow tracking URI for models:/ and runs:/ URIs (default: "
-                                     "$MLFLOW_TRACKING_URI, else mlflow.db in the working folder).")
+@click.option(
+    "--lesions",
+    "lesions_csv",
+    type=click.Path(dir_okay=False),
+    help="CSV naming the lesion each image shows: an image column (image, image_id or image_name: the "
+    "file name without extension) and a lesion column (lesion or lesion_id); HAM10000's metadata CSV "
+    "works as is. Also writes OUT with _lesions before its extension: one row per lesion, its "
+    "images' probabilities averaged, the class predicted from them, and its number of images.",
+)
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking URI for models:/ and runs:/ URIs (default: "
+    "$MLFLOW_TRACKING_URI, else mlflow.db in the working folder).",
+)
 def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, tracking_uri):
     """Every class's probability and the melanoma probability for each IMAGE_OR_DIR (CSV);
     with --lesions, per lesion too."""
@@ -46,8 +64,11 @@ def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, track
     rows = predict_files(loaded, find_images(list(images)), melanoma_class, tta=tta)
     write_csv(rows, out_path)
     failed = sum(1 for r in rows if r["error"])
-    click.echo(f"{len(rows)} images -> {out_path}" + (f" ({failed} unreadable, see the error column)" if failed else "")
-               + (" (SYNTHETIC model: see the synthetic_model column)" if loaded.synthetic else ""))
+    click.echo(
+        f"{len(rows)} images -> {out_path}"
+        + (f" ({failed} unreadable, see the error column)" if failed else "")
+        + (" (SYNTHETIC model: see the synthetic_model column)" if loaded.synthetic else "")
+    )
     if lesions_csv:
         click.echo(write_lesions(rows, loaded, lesions_csv, out_path, melanoma_class))
 
@@ -67,11 +88,19 @@ def recorded_store(output_dir: str | Path) -> tuple[str, Path] | None:
 
 
 @click.command()
-@click.option("--tracking-uri", help="Store to show. Default: the store the newest run under --output-dir "
-                                     "recorded (its summary.json), else $MLFLOW_TRACKING_URI, else mlflow.db in "
-                                     "the working folder.")
-@click.option("--output-dir", default=DEFAULT_OUTPUT_DIR, show_default=True, type=click.Path(file_okay=False),
-              help="The runs' folder (lesionpipe run --output-dir) whose newest summary.json names the store.")
+@click.option(
+    "--tracking-uri",
+    help="Store to show. Default: the store the newest run under --output-dir "
+    "recorded (its summary.json), else $MLFLOW_TRACKING_URI, else mlflow.db in "
+    "the working folder.",
+)
+@click.option(
+    "--output-dir",
+    default=DEFAULT_OUTPUT_DIR,
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="The runs' folder (lesionpipe run --output-dir) whose newest summary.json names the store.",
+)
 @click.option("--port", default=5000, show_default=True, help="Port of the UI on 127.0.0.1.")
 def ui(tracking_uri, output_dir, port):
     """Open the MLflow UI on the store your runs logged to."""
@@ -82,6 +111,9 @@ def ui(tracking_uri, output_dir, port):
         return
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)]
     where = f", as {recorded[1]} records" if recorded else ""
-    click.echo(f"MLflow UI on http://127.0.0.1:{port} (store {uri}{where}; the sidebar's 'Model training' switch "
-               "shows runs tables, and the links lesionpipe prints open there); Ctrl-C to stop", err=True)
+    click.echo(
+        f"MLflow UI on http://127.0.0.1:{port} (store {uri}{where}; the sidebar's 'Model training' switch "
+        "shows runs tables, and the links lesionpipe prints open there); Ctrl-C to stop",
+        err=True,
+    )
     os.execv(sys.executable, cmd)

@@ -1,4 +1,5 @@
 """What several ``lesionpipe`` commands share: the config options and how they load."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,9 @@ from components.core.errors import UserError
 from pipeline.config import Config
 
 DEFAULT_OUTPUT_DIR = "lesion_outputs"
-TRACKING_PRECEDENCE = "the config's mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else " \
-                      "mlflow.db in the working folder"
+TRACKING_PRECEDENCE = (
+    "the config's mlflow.tracking_uri, else $MLFLOW_TRACKING_URI, else mlflow.db in the working folder"
+)
 
 
 def exit_interrupted(status: int) -> None:
@@ -38,21 +40,33 @@ class LesionCLI(click.Group):
             exit_interrupted(128 + signal.SIGINT)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        rows = [(name, command.get_short_help_str(limit=10_000)) for name in self.list_commands(ctx)
-                if (command := self.get_command(ctx, name)) is not None and not command.hidden]
+        rows = [
+            (name, command.get_short_help_str(limit=10_000))
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
 
 
-def config_options(config_help: str = "YAML run config (default: the built-in defaults: synthetic data).",
-                   set_example: str = "train.epochs=3"):
+def config_options(
+    config_help: str = "YAML run config (default: the built-in defaults: synthetic data).",
+    set_example: str = "train.epochs=3",
+):
     """``--config`` and ``--set``, with help that says what this command does without a
     config and a key it reads."""
+
     def decorate(func):
-        func = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                            help=f"Override a config value, e.g. --set {set_example} (repeatable).")(func)
+        func = click.option(
+            "--set",
+            "overrides",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help=f"Override a config value, e.g. --set {set_example} (repeatable).",
+        )(func)
         return click.option("--config", "config_path", type=click.Path(dir_okay=False), help=config_help)(func)
+
     return decorate
 
 

@@ -1,6 +1,7 @@
 """The one run configuration: the steps' own sections (components.core.settings) plus how the
 pipeline runs on a cluster; loaded from YAML, overridable with ``--set section.key=value``
 and logged to MLflow as flat params. Each step receives only its own section."""
+
 from __future__ import annotations
 
 import warnings
@@ -25,7 +26,6 @@ from pipeline.steps import STEPS, StepResources
 ConfigError = SettingsError
 
 
-
 class ImagesConfig(Section):
     # The components' base_image: every step but training, and training (CUDA).
     cpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline:0.1.0"
@@ -38,9 +38,11 @@ warnings.filterwarnings("ignore", message='Field name "register" in "ResourcesCo
 
 # Per step (pipeline.steps.STEPS, whose resources are the defaults); the local runner ignores them.
 ResourcesConfig = create_model(
-    "ResourcesConfig", __base__=Section,
+    "ResourcesConfig",
+    __base__=Section,
     __doc__="Per step; the local runner ignores them. Sized for HAM10000-scale data at 128 px.",
-    **{name: (StepResources, Field(default_factory=step.resources.model_copy)) for name, step in STEPS.items()})
+    **{name: (StepResources, Field(default_factory=step.resources.model_copy)) for name, step in STEPS.items()},
+)
 
 
 class TolerationConfig(Section):
@@ -58,6 +60,7 @@ GKE_ACCELERATOR = "nvidia-l4"
 
 class GpuConfig(Section):
     """The train task's accelerator; count 0 trains on CPU (no toleration, no node selector)."""
+
     accelerator_type: str = "nvidia.com/gpu"  # the resource name the GPU device plugin offers
     count: int = Field(1, ge=0)  # GPUs for the train pod (0: train on CPU)
     # Node labels the train pod must match: the node pool with the GPU type you have
@@ -68,6 +71,7 @@ class GpuConfig(Section):
 
 class SecretsConfig(Section):
     """Names of Kubernetes secrets (never their contents) that steps read credentials from."""
+
     # Keys `username` and `password` -> MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
     mlflow: str = "mlflow-client"
     # Empty (the default): no key; pods reach GCS as the runner's Workload Identity.
@@ -78,6 +82,7 @@ class SecretsConfig(Section):
 
 class ClusterConfig(Section):
     """How the pipeline runs on Kubeflow Pipelines; none of it changes a local run's results."""
+
     # Where KFP stores every step's outputs, e.g. gs://my-bucket/lesion-pipeline.
     pipeline_root: str = ""
     # Caching of steps whose outputs depend only on their inputs; submit --no-cache overrides it per run.
@@ -137,7 +142,7 @@ class Config(Section):
             parts = key.split(".")
             for depth, part in enumerate(parts[:-1]):
                 if not isinstance(node.get(part), dict):
-                    raise ConfigError(unknown_key_message(".".join(parts[:depth + 1]), sorted(node)))
+                    raise ConfigError(unknown_key_message(".".join(parts[: depth + 1]), sorted(node)))
                 node = node[part]
             if parts[-1] not in node:
                 raise ConfigError(unknown_key_message(key, sorted(node)))

@@ -1,6 +1,7 @@
 """docs/configuration.md, generated from the config classes themselves: every key, its
 type, its default and the comment above it in the source (``lesionpipe config docs``).
 tests/test_docs.py holds the file to this output, so the reference cannot drift."""
+
 from __future__ import annotations
 
 import ast
@@ -8,7 +9,8 @@ import inspect
 import json
 import textwrap
 import typing
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -107,23 +109,30 @@ def _resources_table() -> str:
     from pipeline.config import ResourcesConfig, StepResources
     from pipeline.steps import STEPS
 
-    lines = [f"\n### `cluster.resources.<step>`\n\n{inspect.cleandoc(ResourcesConfig.__doc__ or '')} Each step "
-             f"has {', '.join(f'`{k}`' for k in StepResources.model_fields)}: "
-             f"{inspect.cleandoc(StepResources.__doc__ or '')} "
-             "E.g. `--set cluster.resources.train.memory_limit=64Gi`.\n",
-             "| step | cpu request / limit | memory request / limit | note |", "|---|---|---|---|"]
+    lines = [
+        f"\n### `cluster.resources.<step>`\n\n{inspect.cleandoc(ResourcesConfig.__doc__ or '')} Each step "
+        f"has {', '.join(f'`{k}`' for k in StepResources.model_fields)}: "
+        f"{inspect.cleandoc(StepResources.__doc__ or '')} "
+        "E.g. `--set cluster.resources.train.memory_limit=64Gi`.\n",
+        "| step | cpu request / limit | memory request / limit | note |",
+        "|---|---|---|---|",
+    ]
     for step, res in ResourcesConfig().model_dump().items():
-        lines.append(f"| `{step}` | {res['cpu_request']} / {res['cpu_limit']} | {res['memory_request']} / "
-                     f"{res['memory_limit']} | {STEPS[step].sizing} |")
+        lines.append(
+            f"| `{step}` | {res['cpu_request']} / {res['cpu_limit']} | {res['memory_request']} / "
+            f"{res['memory_limit']} | {STEPS[step].sizing} |"
+        )
     return "\n".join(lines)
 
 
 def all_keys() -> set[str]:
     """Every dotted key a config has (cluster.resources.<step>.<quantity> included)."""
+
     def walk(model: BaseModel, prefix: str) -> Iterator[str]:
         for name in type(model).model_fields:
             value = getattr(model, name)
             yield f"{prefix}{name}"
             if isinstance(value, BaseModel):
                 yield from walk(value, f"{prefix}{name}.")
+
     return set(walk(Config(), ""))

@@ -9,6 +9,7 @@ The local runner prints through ``sys.stdout`` from one thread per running task
 (normalize's shards run side by side), so a line belongs to the task its thread is
 running.
 """
+
 from __future__ import annotations
 
 import io
@@ -25,8 +26,10 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _STARTED = re.compile(r"Executing task '([^']+)'")
 _FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 # Lines of a step worth a person's attention (printed by our step wrappers).
-_NOTABLE = re.compile(r"^(retraining gate: |resuming training from epoch|training finished earlier|registered |"
-                      r"ensemble member |train\.max_train_minutes|warning: )")
+_NOTABLE = re.compile(
+    r"^(retraining gate: |resuming training from epoch|training finished earlier|registered |"
+    r"ensemble member |train\.max_train_minutes|warning: )"
+)
 _ERROR = re.compile(r"^error: (.+)$")
 FAILED_TAIL_LINES = 15
 
@@ -38,8 +41,15 @@ def _short(name: str) -> str:
 class RunConsole(io.TextIOBase):
     """A ``sys.stdout`` stand-in for the duration of a local run."""
 
-    def __init__(self, run_dir: Path, total_tasks: int, echo: Callable[[str], None], verbose: bool = False,
-                 terminal: TextIO | None = None, pipeline_root: Path | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        total_tasks: int,
+        echo: Callable[[str], None],
+        verbose: bool = False,
+        terminal: TextIO | None = None,
+        pipeline_root: Path | None = None,
+    ):
         self.run_dir = run_dir
         self.logs = run_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)

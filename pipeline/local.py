@@ -1,4 +1,5 @@
 """Run the pipeline on this machine with the KFP local runner: no cluster, same pipeline."""
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,15 @@ class _Stopper:
         _kill_child_processes()
 
 
-def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: str, force_retrain: bool = False,
-              echo: Callable[[str], None] | None = None, verbose: bool = False) -> dict:
+def run_local(
+    cfg: Config,
+    data_uri: str,
+    output_dir: str | Path,
+    tracking_uri: str,
+    force_retrain: bool = False,
+    echo: Callable[[str], None] | None = None,
+    verbose: bool = False,
+) -> dict:
     """Run every step through ``kfp.local.SubprocessRunner`` in a folder of its own,
     ``<output_dir>/<config name>-<time>/`` (``<output_dir>/latest`` points at the newest):
     summary.json, pipeline.log and each task's log. ``echo`` shows the progress lines
@@ -87,14 +95,20 @@ def run_local(cfg: Config, data_uri: str, output_dir: str | Path, tracking_uri: 
     checkpoints = out / CHECKPOINTS_DIR
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     lesion_pipeline = create_pipeline(cfg)
-    console = RunConsole(run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout,
-                         pipeline_root=pipeline_root)
+    console = RunConsole(
+        run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout, pipeline_root=pipeline_root
+    )
     stopper = _Stopper()
     previous = {signum: signal.signal(signum, stopper) for signum in _stop_signals()}
     try:
         with contextlib.redirect_stdout(console):
-            task = lesion_pipeline(data_uri=data_uri, tracking_uri=tracking_uri, force_retrain=force_retrain,
-                                   checkpoint_root=str(checkpoints), local_run_dir=str(run_dir))
+            task = lesion_pipeline(
+                data_uri=data_uri,
+                tracking_uri=tracking_uri,
+                force_retrain=force_retrain,
+                checkpoint_root=str(checkpoints),
+                local_run_dir=str(run_dir),
+            )
     except RuntimeError as exc:
         cause = console.failure() or str(exc).strip().splitlines()[0]
         _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "FAILED", cause)
@@ -175,6 +189,7 @@ def _end_mlflow_run(tracking_uri: str, cfg: Config, run_folder: Path | None, sta
     """Mark this run's MLflow run (named after its pipeline folder) FAILED or KILLED with
     the reason, so it does not stay RUNNING; best effort (the store may be what failed)."""
     from components.core import tracking
+
     if run_folder is None:  # no task started: no MLflow run either
         return
     try:

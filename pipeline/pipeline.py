@@ -38,8 +38,11 @@ def component_ops(cfg: Config) -> dict[str, Callable]:
     ops = {}
     for name, step in STEPS.items():
         module, _, function = step.component.rpartition(".")
-        ops[name] = dsl.component(getattr(importlib.import_module(module), function),
-                                  base_image=cfg.images.gpu if step.gpu else cfg.images.cpu, install_kfp_package=False)
+        ops[name] = dsl.component(
+            getattr(importlib.import_module(module), function),
+            base_image=cfg.images.gpu if step.gpu else cfg.images.cpu,
+            install_kfp_package=False,
+        )
     return ops
 
 
@@ -77,53 +80,118 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
 
 def create_pipeline(cfg: Config) -> Callable:
     ops = component_ops(cfg)
-    data, augment, train, evaluate = (cfg.data.to_dict(), cfg.augment.to_dict(), cfg.train.to_dict(),
-                                      cfg.evaluate.to_dict())
+    data, augment, train, evaluate = (
+        cfg.data.to_dict(),
+        cfg.augment.to_dict(),
+        cfg.train.to_dict(),
+        cfg.evaluate.to_dict(),
+    )
     experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
 
     def step(name: str, **kwargs) -> PipelineTask:
         return configure_task(ops[name](**kwargs), name, cfg.cluster)
 
-    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None,
-                  description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)")
-    def lesion_pipeline(data_uri: str = cfg.data.source, tracking_uri: str = cfg.mlflow.tracking_uri,
-                        force_retrain: bool = False, checkpoint_root: str = "", kfp_ui_url: str = "",
-                        local_run_dir: str = "") -> str:
-        run = {"tracking_uri": tracking_uri, "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
-               "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        pipeline_root=cfg.cluster.pipeline_root or None,
+        description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)",
+    )
+    def lesion_pipeline(
+        data_uri: str = cfg.data.source,
+        tracking_uri: str = cfg.mlflow.tracking_uri,
+        force_retrain: bool = False,
+        checkpoint_root: str = "",
+        kfp_ui_url: str = "",
+        local_run_dir: str = "",
+    ) -> str:
+        run = {
+            "tracking_uri": tracking_uri,
+            "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+            "kfp_run_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        }
         # Where a reviewer finds the run besides MLflow: its KFP page, or its local folder.
         origin = {"kfp_ui_url": kfp_ui_url, "local_run_dir": local_run_dir}
         listing = step("list_source", data_uri=data_uri, data=data)
         with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
-            ingest_shard = step("ingest_shard", data_uri=data_uri, data=data, shard_index=ingest_index,
-                                source_listing=listing.output)
-        manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]),
-                        data=data).outputs["manifest"]
-        gate = step("retrain_gate", manifest=manifest, model_name=model_name, experiment=experiment,
-                    run_params=cfg.flat_params(), force_retrain=force_retrain, **run)
+            ingest_shard = step(
+                "ingest_shard", data_uri=data_uri, data=data, shard_index=ingest_index, source_listing=listing.output
+            )
+        manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]), data=data).outputs[
+            "manifest"
+        ]
+        gate = step(
+            "retrain_gate",
+            manifest=manifest,
+            model_name=model_name,
+            experiment=experiment,
+            run_params=cfg.flat_params(),
+            force_retrain=force_retrain,
+            **run,
+        )
 
         with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
             splits = step("split", manifest=manifest, data=data).outputs["splits"]
             with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
                 shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
-            normalized = step("normalize_gather", shards=dsl.Collected(shard.outputs["shard"]), splits=splits,
-                              manifest=manifest, data=data).outputs["normalized"]
+            normalized = step(
+                "normalize_gather",
+                shards=dsl.Collected(shard.outputs["shard"]),
+                splits=splits,
+                manifest=manifest,
+                data=data,
+            ).outputs["normalized"]
             augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs["augmented"]
-            trained = step("train", normalized=normalized, augmented=augmented, train=train,
-                           melanoma_class=cfg.evaluate.melanoma_class, data_fingerprint=gate.outputs["fingerprint"],
-                           checkpoint_root=checkpoint_root, experiment=experiment, **run)
-            evaluation = step("evaluate", model=trained.outputs["model"], normalized=normalized, evaluate=evaluate,
-                              experiment=experiment, **run).outputs["evaluation"]
-            registered = step("register", evaluation=evaluation, normalized=normalized, evaluate=evaluate,
-                              model_name=model_name, model_uri=trained.outputs["Output"],
-                              data_fingerprint=gate.outputs["fingerprint"], experiment=experiment, **run, **origin)
-            trained_report = step("report", gate_details=gate.outputs["details"], manifest=manifest, splits=splits,
-                                  augmented=augmented, evaluation=evaluation,
-                                  registration=registered.outputs["registration"], model_uri=trained.outputs["Output"],
-                                  kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **origin)
+            trained = step(
+                "train",
+                normalized=normalized,
+                augmented=augmented,
+                train=train,
+                melanoma_class=cfg.evaluate.melanoma_class,
+                data_fingerprint=gate.outputs["fingerprint"],
+                checkpoint_root=checkpoint_root,
+                experiment=experiment,
+                **run,
+            )
+            evaluation = step(
+                "evaluate",
+                model=trained.outputs["model"],
+                normalized=normalized,
+                evaluate=evaluate,
+                experiment=experiment,
+                **run,
+            ).outputs["evaluation"]
+            registered = step(
+                "register",
+                evaluation=evaluation,
+                normalized=normalized,
+                evaluate=evaluate,
+                model_name=model_name,
+                model_uri=trained.outputs["Output"],
+                data_fingerprint=gate.outputs["fingerprint"],
+                experiment=experiment,
+                **run,
+                **origin,
+            )
+            trained_report = step(
+                "report",
+                gate_details=gate.outputs["details"],
+                manifest=manifest,
+                splits=splits,
+                augmented=augmented,
+                evaluation=evaluation,
+                registration=registered.outputs["registration"],
+                model_uri=trained.outputs["Output"],
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                **origin,
+            )
         with dsl.Else(name="data-unchanged"):
-            skipped_report = step("report", gate_details=gate.outputs["details"], manifest=manifest,
-                                  kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **origin)
+            skipped_report = step(
+                "report",
+                gate_details=gate.outputs["details"],
+                manifest=manifest,
+                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                **origin,
+            )
         return dsl.OneOf(trained_report.outputs["Output"], skipped_report.outputs["Output"])
 
     return lesion_pipeline

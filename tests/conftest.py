@@ -47,8 +47,9 @@ def worker_environments(workers: int) -> list[dict[str, str]]:
     """TF_CONFIG for each of ``workers`` processes on 127.0.0.1, as the Training Operator
     sets it for a TFJob with Worker replicas only (worker 0 is the chief)."""
     cluster = {"worker": [f"127.0.0.1:{free_port()}" for _ in range(workers)]}
-    return [{"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})}
-            for i in range(workers)]
+    return [
+        {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})} for i in range(workers)
+    ]
 
 
 def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -66,13 +67,15 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen | None = None) ->
 
 
 @contextmanager
-def running_server(command: list[str], health_url: str, log_path: Path, timeout: float = 120,
-                   env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
+def running_server(
+    command: list[str], health_url: str, log_path: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen]:
     """Start a real server, wait until ``health_url`` answers 200, stop it afterwards.
     If it never answers, fail with the end of its log."""
     log = open(log_path, "w")
-    proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent,
-                            env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, cwd=log_path.parent, env={**os.environ, **(env or {})}
+    )
     try:
         try:
             wait_http(health_url, timeout, proc)
@@ -95,9 +98,22 @@ def mlflow_server(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("mlflow_server")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-               "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination",
-               str(root / "artifacts"), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{root / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(root / "artifacts"),
+        "--workers",
+        "1",
+    ]
     with running_server(command, f"{url}/health", root / "server.log"):
         yield url
 
@@ -133,8 +149,15 @@ def gcs_emulator(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("gcs_emulator")
     port = free_port()
     host = f"http://127.0.0.1:{port}"
-    command = [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
-               "--port", str(port), "--in-memory"]
+    command = [
+        str(Path(sys.executable).with_name("gcp-storage-emulator")),
+        "start",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--in-memory",
+    ]
     previous = os.environ.get("STORAGE_EMULATOR_HOST")
     os.environ["STORAGE_EMULATOR_HOST"] = host
     try:

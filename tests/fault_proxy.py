@@ -6,6 +6,7 @@ nothing answers at all.
 It records the HTTP requests passing through (request lines in the client's stream), so
 a test can say "serve 12 downloads, then fail" and check which requests were made.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,9 +48,18 @@ class FaultProxy:
     ``delaying`` reaches the server ``delay_s`` seconds late (a slow network or gateway).
     """
 
-    def __init__(self, target: tuple[str, int], mode: str = "refuse", *, fail_after_requests: int | None = None,
-                 counting: str = "", status: int = 503, heal_after_s: float | None = None, delaying: str = "",
-                 delay_s: float = 0.0):
+    def __init__(
+        self,
+        target: tuple[str, int],
+        mode: str = "refuse",
+        *,
+        fail_after_requests: int | None = None,
+        counting: str = "",
+        status: int = 503,
+        heal_after_s: float | None = None,
+        delaying: str = "",
+        delay_s: float = 0.0,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}")
         self.target, self.mode, self.status = target, mode, status
@@ -221,8 +231,10 @@ class FaultProxy:
                     break
                 received += data
             if received and (counted or self._count(received)):
-                client.sendall(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                               b"Connection: close\r\n\r\n%s" % (self.status, reason.encode(), len(body), body))
+                client.sendall(
+                    b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                    b"Connection: close\r\n\r\n%s" % (self.status, reason.encode(), len(body), body)
+                )
         except OSError:
             pass
         client.close()

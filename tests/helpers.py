@@ -1,4 +1,5 @@
 """Small real images for tests, made on the fly (never copied from ../shared)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,14 @@ from pathlib import Path
 from components.data import synthetic
 
 
-def write_class_folder(root: Path, classes: tuple[str, ...] = synthetic.CLASSES, per_class: int = 6, size: int = 48,
-                       seed: int = 7, ext: str = "jpg") -> Path:
+def write_class_folder(
+    root: Path,
+    classes: tuple[str, ...] = synthetic.CLASSES,
+    per_class: int = 6,
+    size: int = 48,
+    seed: int = 7,
+    ext: str = "jpg",
+) -> Path:
     """``root/<class>/<n>.<ext>``: synthetic lesion-like images a small CNN can learn."""
     for k, cls in enumerate(classes):
         folder = root / cls

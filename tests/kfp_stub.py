@@ -5,6 +5,7 @@ experiments, runs, recurring runs) with the JSON shapes the real server returns,
 records every request so a test can assert exactly what the client sent. No real KFP
 server can run here; this is not one, only the contract of its API.
 """
+
 from __future__ import annotations
 
 import json
@@ -86,8 +87,9 @@ class KfpStub:
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
                 query = {k: v[0] for k, v in parse_qs(parsed.query).items()}
-                stub.requests.append(Request(self.command, parsed.path, query,
-                                             {k.lower(): v for k, v in self.headers.items()}, body))
+                stub.requests.append(
+                    Request(self.command, parsed.path, query, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
                 status, answer = stub.handle(self.command, parsed.path, query, body)
                 data = json.dumps(answer).encode()
                 self.send_response(status)

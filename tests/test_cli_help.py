@@ -1,4 +1,5 @@
 """Every option of every `lesionpipe` command says what it is for in --help."""
+
 from __future__ import annotations
 
 import click
@@ -18,7 +19,8 @@ def commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Comm
 
 @pytest.mark.parametrize("name, command", commands(main), ids=[name for name, _ in commands(main)])
 def test_every_option_has_help(name, command):
-    undocumented = [p.opts[0] for p in command.params
-                    if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()]
+    undocumented = [
+        p.opts[0] for p in command.params if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()
+    ]
     assert undocumented == [], f"lesionpipe {name}: options without help"
     assert (command.help or "").strip(), f"lesionpipe {name} has no description"

@@ -1,4 +1,5 @@
 """`lesionpipe config show` (the effective config) and `lesionpipe ui` (which store it opens)."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ from pipeline.config import Config
 
 def test_config_show_prints_the_effective_config_with_defaults_and_overrides(tmp_path):
     overrides = ["train.epochs=3", f"data.source={tmp_path / 'images'}"]
-    result = CliRunner().invoke(main, ["config", "show", "--config", "configs/ham10000.yaml",
-                                       *sum((["--set", o] for o in overrides), [])])
+    result = CliRunner().invoke(
+        main, ["config", "show", "--config", "configs/ham10000.yaml", *sum((["--set", o] for o in overrides), [])]
+    )
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert shown["train"]["epochs"] == 3 and shown["train"]["model"] == "efficientnet_lite0"  # override, file
@@ -39,8 +41,10 @@ def test_config_show_refuses_an_unknown_key_in_one_line():
     result = CliRunner().invoke(main, ["config", "show", "--set", "train.epoch=3"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [
-        "Error: unknown config key 'train.epoch' (did you mean 'epochs'? known: " + ", ".join(sorted(
-            Config().train.to_dict())) + ")"]
+        "Error: unknown config key 'train.epoch' (did you mean 'epochs'? known: "
+        + ", ".join(sorted(Config().train.to_dict()))
+        + ")"
+    ]
 
 
 @pytest.fixture

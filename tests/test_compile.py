@@ -1,5 +1,6 @@
 """`lesionpipe compile`: the KFP IR YAML a cluster runs, checked task by task against the
 config (resources, GPU, secrets, retries, caching, images, fan-out, pipeline root)."""
+
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ EXECUTORS = {f"exec-{step.replace('_', '-')}-step": step for step in STEPS} | {"
 
 def compile_yaml(tmp_path, *overrides: str) -> tuple[dict, dict, str]:
     out = tmp_path / "pipeline.yaml"
-    result = CliRunner().invoke(main, ["compile", "--config", CONFIG, *sum((["--set", o] for o in overrides), []),
-                                       "-o", str(out)])
+    result = CliRunner().invoke(
+        main, ["compile", "--config", CONFIG, *sum((["--set", o] for o in overrides), []), "-o", str(out)]
+    )
     assert result.exit_code == 0, result.output
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], str(out)
@@ -39,8 +41,14 @@ def test_loads_back_as_a_component(compiled):
     _, _, path = compiled
     loaded = components.load_component_from_file(path)
     assert loaded.name == "lesion-pipeline"
-    assert set(loaded.component_spec.inputs) == {"data_uri", "tracking_uri", "force_retrain", "checkpoint_root",
-                                                 "kfp_ui_url", "local_run_dir"}
+    assert set(loaded.component_spec.inputs) == {
+        "data_uri",
+        "tracking_uri",
+        "force_retrain",
+        "checkpoint_root",
+        "kfp_ui_url",
+        "local_run_dir",
+    }
 
 
 def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
@@ -51,10 +59,15 @@ def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
     for name, step in EXECUTORS.items():
         container = executors[name]["container"]
         want = getattr(cfg.cluster.resources, step)
-        assert {k: container["resources"][k] for k in ("resourceCpuRequest", "resourceCpuLimit",
-                                                        "resourceMemoryRequest", "resourceMemoryLimit")} == {
-            "resourceCpuRequest": want.cpu_request, "resourceCpuLimit": want.cpu_limit,
-            "resourceMemoryRequest": want.memory_request, "resourceMemoryLimit": want.memory_limit}, name
+        assert {
+            k: container["resources"][k]
+            for k in ("resourceCpuRequest", "resourceCpuLimit", "resourceMemoryRequest", "resourceMemoryLimit")
+        } == {
+            "resourceCpuRequest": want.cpu_request,
+            "resourceCpuLimit": want.cpu_limit,
+            "resourceMemoryRequest": want.memory_request,
+            "resourceMemoryLimit": want.memory_limit,
+        }, name
         assert container["image"] == (cfg.images.gpu if step == "train" else cfg.images.cpu)
         assert ("accelerator" in container["resources"]) == (step == "train")
     assert executors["exec-train-step"]["container"]["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
@@ -81,14 +94,19 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
         container = spec["deploymentSpec"]["executors"][name]["container"]
         assert "secretAsVolume" not in k8s.get(name, {}) and "env" not in container
         assert [(v["secretName"], v["mountPath"]) for v in key_k8s[name]["secretAsVolume"]] == [
-            ("gcs-credentials", "/var/secrets/gcs")]
+            ("gcs-credentials", "/var/secrets/gcs")
+        ]
         env = key_spec["deploymentSpec"]["executors"][name]["container"]["env"]
         assert env == [{"name": "GOOGLE_APPLICATION_CREDENTIALS", "value": "/var/secrets/gcs/key.json"}]
-        mlflow_env = [(s["secretName"], {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]})
-                      for s in k8s.get(name, {}).get("secretAsEnv", [])]
-        assert mlflow_env == ([("mlflow-client", {"username": "MLFLOW_TRACKING_USERNAME",
-                                                       "password": "MLFLOW_TRACKING_PASSWORD"})]
-                              if STEPS[step].mlflow else []), name
+        mlflow_env = [
+            (s["secretName"], {k["secretKey"]: k["envVar"] for k in s["keyToEnv"]})
+            for s in k8s.get(name, {}).get("secretAsEnv", [])
+        ]
+        assert mlflow_env == (
+            [("mlflow-client", {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"})]
+            if STEPS[step].mlflow
+            else []
+        ), name
 
 
 def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
@@ -116,16 +134,26 @@ def test_gate_fan_out_and_pipeline_root(compiled):
     gather = spec["components"]["comp-condition-6"]["dag"]["tasks"]["normalize-gather-step"]
     assert gather["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-5"
     branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
-    assert branches["condition-6"]["triggerPolicy"]["condition"] == \
-        "inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train'"
-    assert branches["condition-7"]["triggerPolicy"]["condition"] == \
-        "!(inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train')"
+    assert (
+        branches["condition-6"]["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train'"
+    )
+    assert (
+        branches["condition-7"]["triggerPolicy"]["condition"]
+        == "!(inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train')"
+    )
 
 
 def test_config_switches_change_the_spec(tmp_path):
-    spec, k8s, _ = compile_yaml(tmp_path, "cluster.caching=false", "cluster.gpu.count=0", "cluster.retries=0",
-                                "cluster.secrets.gcs=", "images.cpu=registry.example/lesion:9",
-                                "cluster.resources.train.memory_limit=64Gi")
+    spec, k8s, _ = compile_yaml(
+        tmp_path,
+        "cluster.caching=false",
+        "cluster.gpu.count=0",
+        "cluster.retries=0",
+        "cluster.secrets.gcs=",
+        "images.cpu=registry.example/lesion:9",
+        "cluster.resources.train.memory_limit=64Gi",
+    )
     assert not any(t["cachingOptions"].get("enableCache") for t in all_tasks(spec).values())
     assert not any("retryPolicy" in t for t in all_tasks(spec).values())
     train = spec["deploymentSpec"]["executors"]["exec-train-step"]["container"]
@@ -184,9 +212,16 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
     evaluate.* value must leave the data tasks byte for byte as they were, so that a
     retraining with other training settings reuses ingest, split and normalize."""
     spec, _, _ = compile_yaml(tmp_path)
-    changed, _, _ = compile_yaml(tmp_path, "train.epochs=99", "train.model=mobilenet_v2", "train.learning_rate=0.5",
-                                 "evaluate.tta=true", "evaluate.champion_margin=0.2", "augment.max_factor=2",
-                                 "mlflow.model_name=another")
+    changed, _, _ = compile_yaml(
+        tmp_path,
+        "train.epochs=99",
+        "train.model=mobilenet_v2",
+        "train.learning_rate=0.5",
+        "evaluate.tta=true",
+        "evaluate.champion_margin=0.2",
+        "augment.max_factor=2",
+        "mlflow.model_name=another",
+    )
     before, after = data_task_specs(spec), data_task_specs(changed)
     assert sorted(before) == sorted(DATA_TASKS)
     for name in DATA_TASKS:
@@ -198,8 +233,13 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
     assert set(before["ingest-merge-step"][0]["inputs"]["parameters"]) == {"data"}
     assert ingest["data"]["runtimeValue"]["constant"] == Config.load(CONFIG).data.to_dict()
     # ... while the train task does see the change.
-    train = [t for c in changed["components"].values() if "dag" in c for n, t in c["dag"]["tasks"].items()
-             if n == "train-step"][0]
+    train = [
+        t
+        for c in changed["components"].values()
+        if "dag" in c
+        for n, t in c["dag"]["tasks"].items()
+        if n == "train-step"
+    ][0]
     assert train["inputs"]["parameters"]["train"]["runtimeValue"]["constant"]["epochs"] == 99
 
 

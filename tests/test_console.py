@@ -1,5 +1,6 @@
 """The run console (pipeline.console.RunConsole) fed the local runner's lines from the
 threads that print them, as KFP's local runner does for a ParallelFor's shards."""
+
 from __future__ import annotations
 
 import re

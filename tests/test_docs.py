@@ -2,6 +2,7 @@
 in README.md and docs/*.md exists (each command's --help run in-process), every config
 key named exists, every relative link (and its #anchor) resolves, and the configuration
 reference is what the code generates. The checks are shown to catch a planted mistake."""
+
 from __future__ import annotations
 
 import re
@@ -148,8 +149,9 @@ def test_the_mlflow_tags_let_through_are_tags_the_code_sets():
 
 
 def test_the_configuration_reference_is_what_the_code_generates():
-    assert (ROOT / "docs" / "configuration.md").read_text() == markdown(), \
+    assert (ROOT / "docs" / "configuration.md").read_text() == markdown(), (
         "regenerate it: lesionpipe config docs > docs/configuration.md"
+    )
     documented = set(re.findall(r"`([\w.]+)`", markdown()))
     leaves = {k for k in all_keys() if not any(other.startswith(k + ".") for other in all_keys())}
     assert {k for k in leaves if not k.startswith("cluster.resources.")} <= documented
@@ -160,22 +162,29 @@ def test_the_readme_is_short_links_every_doc_and_tests_as_ci_does():
     assert len(readme.splitlines()) <= 150
     linked = {Path(t.partition("#")[0]).name for t in LINK.findall(readme)}
     assert {p.name for p in (ROOT / "docs").glob("*.md")} | {"architecture.md", "metrics.md"} <= linked
-    [ci_test] = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
-                 if "pytest" in line and not line.lstrip().startswith("#")]
+    [ci_test] = [
+        line.strip()
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if "pytest" in line and not line.lstrip().startswith("#")
+    ]
     assert any(ci_test in block.splitlines() for block in FENCE.findall(readme))
     assert not re.search(r"\b[0-9a-f]{7,40}\b", readme), "no commit hash in the README: docs/results.md has them"
 
 
 # ---- the checks catch what they are for ------------------------------------------
 
-@pytest.mark.parametrize("planted, expected", [
-    ("lesionpipe rnu --config configs/demo.yaml", "no command 'rnu'"),
-    ("lesionpipe run --confg configs/demo.yaml", "no option '--confg'"),
-    ("lesionpipe schedule pase ID --host http://localhost:8080", "no command 'pase'"),
-    ("lesionpipe predict --model URI --output p.csv IMAGE", "no option '--output'"),
-    ("lesionpipe run --set train.epoch=3", "no config key 'train.epoch'"),
-    ("lesionpipe config shw", "no command 'shw'"),
-])
+
+@pytest.mark.parametrize(
+    "planted, expected",
+    [
+        ("lesionpipe rnu --config configs/demo.yaml", "no command 'rnu'"),
+        ("lesionpipe run --confg configs/demo.yaml", "no option '--confg'"),
+        ("lesionpipe schedule pase ID --host http://localhost:8080", "no command 'pase'"),
+        ("lesionpipe predict --model URI --output p.csv IMAGE", "no option '--output'"),
+        ("lesionpipe run --set train.epoch=3", "no config key 'train.epoch'"),
+        ("lesionpipe config shw", "no command 'shw'"),
+    ],
+)
 def test_a_misspelt_command_option_or_key_in_a_code_block_is_caught(planted, expected):
     text = f"Run it:\n\n```bash\n{planted}   # planted\n```\n"
     [line] = command_lines(text)

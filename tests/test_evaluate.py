@@ -1,5 +1,6 @@
 """Evaluation: metrics against hand-computed values, TTA, Grad-CAM, and the report with
 every picture, on a model really trained on tiny synthetic shards."""
+
 from __future__ import annotations
 
 import json
@@ -62,13 +63,16 @@ def test_metrics_carry_every_number_the_issue_lists():
 
     predicted = probs.argmax(1)
     melanoma = y == 1
-    expected = {"accuracy": sk.accuracy_score(y, predicted),
-                "balanced_accuracy": sk.balanced_accuracy_score(y, predicted),
-                "macro_f1": sk.f1_score(y, predicted, average="macro"),
-                "macro_auc": sk.roc_auc_score(y, probs, multi_class="ovr", average="macro"),
-                "melanoma_auc": sk.roc_auc_score(melanoma, probs[:, 1]), "ece": expected_calibration_error(y, probs),
-                "melanoma_sensitivity_at_80_specificity": sensitivity_at_specificity(melanoma, probs[:, 1], 0.8),
-                "melanoma_sensitivity_at_90_specificity": sensitivity_at_specificity(melanoma, probs[:, 1], 0.9)}
+    expected = {
+        "accuracy": sk.accuracy_score(y, predicted),
+        "balanced_accuracy": sk.balanced_accuracy_score(y, predicted),
+        "macro_f1": sk.f1_score(y, predicted, average="macro"),
+        "macro_auc": sk.roc_auc_score(y, probs, multi_class="ovr", average="macro"),
+        "melanoma_auc": sk.roc_auc_score(melanoma, probs[:, 1]),
+        "ece": expected_calibration_error(y, probs),
+        "melanoma_sensitivity_at_80_specificity": sensitivity_at_specificity(melanoma, probs[:, 1], 0.8),
+        "melanoma_sensitivity_at_90_specificity": sensitivity_at_specificity(melanoma, probs[:, 1], 0.9),
+    }
     assert {key: m[key] for key in expected} == pytest.approx(expected)
     assert 0.5 < m["accuracy"] < 1  # the predictions are good and not perfect: the numbers above say something
     assert set(m["per_class"]["melanoma"]) == {"precision", "recall", "f1", "support", "auc"}
@@ -85,8 +89,9 @@ def test_test_time_augmentation_averages_the_eight_flips_and_turns(trained):
     expected = np.mean([model.predict(v.astype(np.float32), verbose=0) for v in views], axis=0)
     np.testing.assert_allclose(predict_probabilities(model, images, tta=True), expected, rtol=1e-5)
     # A whole-image symmetry: a turned image gets the same TTA probabilities.
-    np.testing.assert_allclose(predict_probabilities(model, np.rot90(images, 1, axes=(1, 2)), tta=True), expected,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        predict_probabilities(model, np.rot90(images, 1, axes=(1, 2)), tta=True), expected, rtol=1e-4, atol=1e-6
+    )
 
 
 def test_gradcam_highlights_the_region_the_class_score_comes_from():
@@ -97,10 +102,12 @@ def test_gradcam_highlights_the_region_the_class_score_comes_from():
 
     inputs = keras.Input((32, 32, 3))
     brightness = keras.layers.Conv2D(1, 1, activation="relu", kernel_initializer=keras.initializers.Constant(1 / 3))(
-        inputs)
+        inputs
+    )
     pooled = keras.layers.GlobalAveragePooling2D()(brightness)
-    outputs = keras.layers.Dense(2, activation="softmax",
-                                 kernel_initializer=keras.initializers.Constant([[1.0, -1.0]]))(pooled)
+    outputs = keras.layers.Dense(
+        2, activation="softmax", kernel_initializer=keras.initializers.Constant([[1.0, -1.0]])
+    )(pooled)
     model = keras.Model(inputs, outputs)
     images = np.zeros((2, 32, 32, 3), np.float32)
     images[0, 4:12, 20:28] = 1.0
@@ -159,8 +166,11 @@ def test_evaluation_streams_the_test_split_with_the_in_memory_results(trained, t
     # The reference: the whole split in memory, predicted in batches of 8 (TTA's views made from the array).
     images, labels, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
     assert len(images) > 8
-    probs = (predict_probabilities(model, images, 8, tta=True) if tta else
-             np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64))
+    probs = (
+        predict_probabilities(model, images, 8, tta=True)
+        if tta
+        else np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64)
+    )
     expected = classification_metrics(labels, probs, classes, cfg.melanoma_class)
 
     read_back: list[int] = []

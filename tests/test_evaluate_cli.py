@@ -1,6 +1,7 @@
 """`lesionpipe evaluate` scores as the pipeline's evaluate step does: with test-time
 augmentation when the run config asks for it (from --config, or, without one, from the
 pipeline run that logged the model), unless told otherwise."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,21 @@ def logged(tmp_path_factory) -> dict:
 
 def _evaluate(logged, tmp_path, *args) -> tuple[dict, np.ndarray, str]:
     out = tmp_path / "m.json"
-    result = CliRunner().invoke(main, ["evaluate", "--model", logged["uri"], "--data", str(logged["images"]),
-                                       "--out", str(out), "--tracking-uri", logged["store"], *args])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            logged["uri"],
+            "--data",
+            str(logged["images"]),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            logged["store"],
+            *args,
+        ],
+    )
     assert result.exit_code == 0, result.output
     probs = np.load(tmp_path / "m_report" / "predictions.npz")["probs"]
     return json.loads(out.read_text()), probs, result.output
@@ -79,8 +93,9 @@ def test_evaluate_is_told_otherwise_by_set_or_config(logged, tmp_path):
 
 def test_evaluate_of_a_local_model_file_uses_the_defaults_or_config(logged, tmp_path):
     out = tmp_path / "m.json"
-    result = CliRunner().invoke(main, ["evaluate", "--model", str(logged["model"]), "--data", str(logged["images"]),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(logged["model"]), "--data", str(logged["images"]), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["tta"] is False
 
@@ -99,8 +114,20 @@ def test_an_mlflow_model_trained_on_synthetic_data_is_flagged(logged, tmp_path):
     assert load_model(uri, logged["store"]).synthetic is True
     assert load_model(logged["uri"], logged["store"]).synthetic is False
     out = tmp_path / "s.json"
-    result = CliRunner().invoke(main, ["evaluate", "--model", uri, "--data", str(logged["images"]), "--out", str(out),
-                                       "--tracking-uri", logged["store"]])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            uri,
+            "--data",
+            str(logged["images"]),
+            "--out",
+            str(out),
+            "--tracking-uri",
+            logged["store"],
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"WARNING: {uri} is a SYNTHETIC model" in result.output
     assert json.loads(out.read_text())["model_synthetic"] is True
@@ -133,8 +160,9 @@ def test_a_models_decision_offsets_travel_with_it_through_mlflow_to_evaluate_and
     assert "per-class offsets, fitted on the validation split" in report and f"{forced} +30.00" in report
 
     out = tmp_path / "predictions.csv"
-    result = CliRunner().invoke(main, ["predict", "--model", uri, str(logged["images"]), "--out", str(out),
-                                       "--tracking-uri", logged["store"]])
+    result = CliRunner().invoke(
+        main, ["predict", "--model", uri, str(logged["images"]), "--out", str(out), "--tracking-uri", logged["store"]]
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(out.open()))
     assert {r["predicted_class"] for r in rows} == {forced}

@@ -1,5 +1,6 @@
 """Partitioned ingest (N partition tasks, then a merge) gives the manifest and report one
 process gives: duplicates, conflicts, leaks and near-duplicates are found across partitions."""
+
 from __future__ import annotations
 
 import base64
@@ -19,11 +20,28 @@ from components.data.ingest.partitions import ingest_partition, load_partition, 
 from components.data.ingest.validation import DECODE_MIN_SIDE
 from tests.test_ingest_validation import corpus, jpeg_bytes, lesion  # noqa: F401  (corpus: the messy generated corpus)
 
-FIGURES = ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
-           "split_leak_groups", "near_duplicate_groups", "near_duplicate_label_conflict_groups",
-           "near_duplicate_split_leak_groups", "label_rows_without_image", "classes", "class_counts_before",
-           "class_counts", "source_splits", "reason_counts", "quarantined_files", "ignored_files",
-           "duplicate_group_details", "near_duplicate_group_details")
+FIGURES = (
+    "files_found",
+    "ingested",
+    "quarantined",
+    "ignored",
+    "duplicate_groups",
+    "label_conflict_groups",
+    "split_leak_groups",
+    "near_duplicate_groups",
+    "near_duplicate_label_conflict_groups",
+    "near_duplicate_split_leak_groups",
+    "label_rows_without_image",
+    "classes",
+    "class_counts_before",
+    "class_counts",
+    "source_splits",
+    "reason_counts",
+    "quarantined_files",
+    "ignored_files",
+    "duplicate_group_details",
+    "near_duplicate_group_details",
+)
 
 
 def partitioned(source: str, cfg: DataConfig, partitions: int, tmp_path) -> tuple:
@@ -43,8 +61,10 @@ def assert_same(one, many) -> None:
 def shown_previews(out) -> dict[str, str]:
     """relpath -> the inline JPEG report.html shows for it ('' where it says "[no preview]")."""
     page = (out / filenames.INGEST_REPORT_HTML).read_text()
-    found = {html.unescape(title): src for src, title in
-             re.findall(r"<img src='(data:image/jpeg;base64,[^']*)' title='([^']*)'", page)}
+    found = {
+        html.unescape(title): src
+        for src, title in re.findall(r"<img src='(data:image/jpeg;base64,[^']*)' title='([^']*)'", page)
+    }
     found.update({html.unescape(title): "" for title in re.findall(r"<span title='([^']*)'>\[no preview\]", page)})
     return found
 
@@ -64,7 +84,10 @@ def test_partitions_merge_to_the_one_process_result(corpus, tmp_path, partitions
         assert (tmp_path / "merged" / name).read_text() == (tmp_path / "one" / name).read_text()
     # A partition task hands over its rows, thumbnails and meta: no previews.
     assert {p.name for p in (tmp_path / "partition-0").iterdir()} == {
-        filenames.INGEST_PARTITION_ROWS, filenames.INGEST_PARTITION_THUMBS, filenames.INGEST_PARTITION_META}
+        filenames.INGEST_PARTITION_ROWS,
+        filenames.INGEST_PARTITION_THUMBS,
+        filenames.INGEST_PARTITION_META,
+    }
 
 
 def test_the_merge_makes_the_shown_previews_and_a_file_gone_or_changed_gets_none(corpus, tmp_path):  # noqa: F811
@@ -111,6 +134,7 @@ def test_isic9_one_and_four_partitions_report_the_same(lesion_data, tmp_path):
 
 def test_ingest_threads_follow_the_cpus_the_process_may_use_and_the_source(tmp_path, monkeypatch):
     from components.data.ingest import threads as ingest_module
+
     monkeypatch.setattr(ingest_module.os, "sched_getaffinity", lambda pid: set(range(16)))
     no_quota = tmp_path / "cpu.max"
     no_quota.write_text("max 100000\n")

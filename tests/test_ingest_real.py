@@ -1,4 +1,5 @@
 """Ingest and split on the real collections in LESION_DATA (skipped when unset)."""
+
 from __future__ import annotations
 
 import pytest
@@ -38,8 +39,17 @@ def test_ham10000_lesions_stay_together(lesion_data, tmp_path):
     result = ingest(str(lesion_data / "ham10000"), DataConfig(), tmp_path)
     r = result.report
     assert r["format"] == "ham10000" and r["files_found"] == 7524
-    assert r["classes"] == sorted(["actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis", "dermatofibroma",
-                                   "melanoma", "nevus", "vascular_lesion"])
+    assert r["classes"] == sorted(
+        [
+            "actinic_keratosis",
+            "basal_cell_carcinoma",
+            "benign_keratosis",
+            "dermatofibroma",
+            "melanoma",
+            "nevus",
+            "vascular_lesion",
+        ]
+    )
     assert (result.manifest[result.manifest.status == "ingested"].group_id != "").all()
     split_report = check_accounting_and_split(result)
     assert all(split_report["class_counts"][s]["dermatofibroma"] > 0 for s in ("train", "val", "test"))
@@ -59,8 +69,9 @@ def test_isic9_small_classes_after_quarantine_are_warned_and_can_stop_the_run(le
     assert "seborrheic_keratosis" in small
     assert [w.split()[1] for w in report["class_size_warnings"]] == small
     seb = {s: n for s, n in ((s, counts[s]["seborrheic_keratosis"]) for s in ("train", "val", "test")) if n < 10}
-    assert (f"class seborrheic_keratosis has few images after quarantine and split "
-            f"({', '.join(f'{s} {n}' for s, n in seb.items())}): fewer than") in report["class_size_warnings"][
-        small.index("seborrheic_keratosis")]
+    assert (
+        f"class seborrheic_keratosis has few images after quarantine and split "
+        f"({', '.join(f'{s} {n}' for s, n in seb.items())}): fewer than"
+    ) in report["class_size_warnings"][small.index("seborrheic_keratosis")]
     with pytest.raises(SplitError, match=r"data.min_images_per_class_split=10\): .*seborrheic_keratosis \("):
         split(tmp_path / "manifest", cfg.model_copy(update={"min_images_per_class_split": 10}), tmp_path / "stopped")

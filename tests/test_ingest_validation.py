@@ -1,5 +1,6 @@
 """Ingest on a generated corpus of broken and odd files: every case gets the status and
 reason it should, and every file on disk is accounted for."""
+
 from __future__ import annotations
 
 import io
@@ -33,8 +34,10 @@ def jpeg_bytes(img: Image.Image, quality: int = 92) -> bytes:
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG that declares ``width`` x ``height`` pixels but carries almost no data: a
     decompression bomb as far as any decoder that trusts the header is concerned."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
@@ -112,8 +115,12 @@ def corpus(tmp_path_factory) -> Path:
     expect["Train/melanoma/m\\xe9lanome.jpg"] = ("quarantined", "bad_name")
 
     # Not images at all.
-    for relpath, code in (("README.md", "not_image_file"), ("notes.csv", "not_image_file"),
-                          (".DS_Store", "system_file"), ("Train/melanoma/._mel_0.jpg", "system_file")):
+    for relpath, code in (
+        ("README.md", "not_image_file"),
+        ("notes.csv", "not_image_file"),
+        (".DS_Store", "system_file"),
+        ("Train/melanoma/._mel_0.jpg", "system_file"),
+    ):
         write(root, relpath, b"a,b\n1,2\n")
         expect[relpath] = ("ignored", code)
 
@@ -214,8 +221,18 @@ def test_outputs_written(result):
     assert len(manifest) == res.report["files_found"]
     assert {"uri", "label", "group_id", "split", "md5", "width", "height", "status", "reason"} <= set(manifest.columns)
     report = json.loads((out / "report.json").read_text())
-    for key in ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
-                "split_leak_groups", "near_duplicate_groups", "class_counts_before", "class_counts"):
+    for key in (
+        "files_found",
+        "ingested",
+        "quarantined",
+        "ignored",
+        "duplicate_groups",
+        "label_conflict_groups",
+        "split_leak_groups",
+        "near_duplicate_groups",
+        "class_counts_before",
+        "class_counts",
+    ):
         assert key in report
     page = (out / "report.html").read_text()
     assert "bomb.png" in page and "label_conflict" in page and "Samples per class" in page
@@ -237,7 +254,10 @@ def test_conflict_majority_and_leak_quarantine_policies(tmp_path):
     cfg = DataConfig(label_conflict_policy="majority", split_leak_policy="quarantine")
     manifest = ingest(str(tmp_path), cfg).manifest.set_index("relpath")
     assert manifest.loc[["Train/melanoma/a.jpg", "Train/melanoma/b.jpg", "Train/nevus/c.jpg"], "status"].tolist() == [
-        "ingested", "ignored", "quarantined"]
+        "ingested",
+        "ignored",
+        "quarantined",
+    ]
     assert manifest.loc[["Train/nevus/leak.jpg", "Test/nevus/leak.jpg"], "reason_code"].tolist() == ["split_leak"] * 2
     assert (manifest.loc[["Train/nevus/leak.jpg", "Test/nevus/leak.jpg"], "status"] == "quarantined").all()
 
@@ -315,7 +335,8 @@ def test_ingest_with_no_usable_image_still_writes_its_report_and_says_where(tmp_
     assert "Traceback" not in result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith(f"Error: no usable images in {source}: ") and line.endswith(
-        f"; every file's reason: {out / 'report.html'}"), line
+        f"; every file's reason: {out / 'report.html'}"
+    ), line
     report = json.loads((out / "report.json").read_text())
     assert report["ingested"] == 0 and report["files_found"] == 3
     html = (out / "report.html").read_text()
@@ -351,6 +372,7 @@ def test_reduced_decode_measures_and_hashes_like_the_full_decode(orientation):
 
 def test_phash_is_imagehash_phash():
     import imagehash
+
     from components.data.imaging import phash_hex
 
     for index in range(20):
@@ -363,6 +385,7 @@ def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
     a batch): the same bytes as imagehash.phash and Image.resize, one image at a time,
     whatever the sizes, the order of Pillow's passes for them, or the images' content."""
     import imagehash
+
     from components.data.imaging import STACK_MAX_PIXELS, phash_hex_batch, phash_pixels, phash_pixels_and_thumbs
     from components.data.ingest.validation import THUMB_SIDE, inspect_images
 
@@ -377,9 +400,13 @@ def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
         assert np.array_equal(thumb, np.asarray(img.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)))
 
     # In ingest, with a decode too large to be held for the batch (a PNG is decoded whole).
-    big = int(STACK_MAX_PIXELS ** 0.5) + 1
-    files = {"a.jpg": lesion(1, size=200), "big.png": lesion(2, size=big), "b.jpg": lesion(3, size=200),
-             "c.png": lesion(4, size=90)}
+    big = int(STACK_MAX_PIXELS**0.5) + 1
+    files = {
+        "a.jpg": lesion(1, size=200),
+        "big.png": lesion(2, size=big),
+        "b.jpg": lesion(3, size=200),
+        "c.png": lesion(4, size=90),
+    }
     for name, img in files.items():
         img.save(tmp_path / name)
     found = inspect_images([str(tmp_path / name) for name in files], 10**8, 10**8)

@@ -1,6 +1,7 @@
 """The bootstrap of the test metrics: weighted metrics that agree with the plain ones,
 resamples of whole lesions, intervals that cover what they should, and the paired
 difference the champion gate decides on."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,18 @@ def _planted(n: int, signal: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _headline(m: dict) -> dict:
-    flat = {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "macro_auc", "melanoma_auc",
-                              "melanoma_sensitivity_at_80_specificity", "melanoma_sensitivity_at_90_specificity")}
+    flat = {
+        k: m[k]
+        for k in (
+            "accuracy",
+            "balanced_accuracy",
+            "macro_f1",
+            "macro_auc",
+            "melanoma_auc",
+            "melanoma_sensitivity_at_80_specificity",
+            "melanoma_sensitivity_at_90_specificity",
+        )
+    }
     return {**flat, **{f"recall_{c}": r for c, r in m["per_class_recall"].items()}}
 
 
@@ -38,8 +49,9 @@ def test_weighted_metrics_equal_the_plain_ones_on_the_same_rows(bias):
     counts = np.random.default_rng(2).integers(0, 4, 300).astype(float)
     weights = np.stack([np.ones(300), counts], axis=1)
     got = resampled_metrics(weights, y, probs, labels, CLASSES)
-    repeated = classification_metrics(np.repeat(y, counts.astype(int)), np.repeat(probs, counts.astype(int), axis=0),
-                                       CLASSES, decision_bias=bias)
+    repeated = classification_metrics(
+        np.repeat(y, counts.astype(int)), np.repeat(probs, counts.astype(int), axis=0), CLASSES, decision_bias=bias
+    )
     for row, expected in ((0, _headline(predicted)), (1, _headline(repeated))):
         for name, value in expected.items():
             assert got[name][row] == pytest.approx(value, abs=1e-12), (row, name)
@@ -69,8 +81,12 @@ def test_the_interval_brackets_the_estimate_and_narrows_with_more_images():
         low, high = found["values"]["melanoma_auc"]
         assert low < m["melanoma_auc"] < high
         widths.append(high - low)
-        assert found["values"].keys() >= {"accuracy", "balanced_accuracy", "recall_melanoma",
-                                          "melanoma_sensitivity_at_90_specificity"}
+        assert found["values"].keys() >= {
+            "accuracy",
+            "balanced_accuracy",
+            "recall_melanoma",
+            "melanoma_sensitivity_at_90_specificity",
+        }
         assert (found["unit"], found["units"], found["level"]) == ("images", n, 0.95)
     # The standard error falls as 1/sqrt(n): 16 times the images, about a quarter the width.
     assert 0.15 < widths[1] / widths[0] < 0.4

@@ -2,6 +2,7 @@
 KFP v2beta1 REST API on 127.0.0.1 (tests/kfp_stub.py): they assert the exact requests
 the real kfp.Client sends: pipeline spec, parameters, experiment, cron, concurrency,
 catch-up, auth header."""
+
 import json
 
 import pytest
@@ -20,9 +21,14 @@ CONFIG = "configs/cluster.yaml"
 def stub(monkeypatch, tmp_path):
     # kfp.Client reads ~/.config/kfp/context.json and these variables: keep the machine's out.
     monkeypatch.setenv("HOME", str(tmp_path))
-    for name in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT", "KF_PIPELINES_TOKEN",
-                 "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME", "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
-                 "KUBERNETES_SERVICE_HOST"):
+    for name in (
+        "KF_PIPELINES_ENDPOINT",
+        "KF_PIPELINES_UI_ENDPOINT",
+        "KF_PIPELINES_TOKEN",
+        "KF_PIPELINES_DEFAULT_EXPERIMENT_NAME",
+        "KF_PIPELINES_OVERRIDE_EXPERIMENT_NAME",
+        "KUBERNETES_SERVICE_HOST",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("KF_PIPELINES_SA_TOKEN_PATH", str(tmp_path / "no-service-account-token"))
     stub = KfpStub()
@@ -48,28 +54,42 @@ def compiled(tmp_path, *overrides: str) -> dict:
 def expected_parameters(ui: str, force_retrain: bool = False) -> dict:
     """The config's values, and the KFP UI that the MLflow run's description links the run to."""
     cfg = Config.load(CONFIG)
-    return {"data_uri": cfg.data.source, "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000",
-            "force_retrain": force_retrain, "kfp_ui_url": ui}
+    return {
+        "data_uri": cfg.data.source,
+        "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000",
+        "force_retrain": force_retrain,
+        "kfp_ui_url": ui,
+    }
 
 
 def caching_of(pipeline_spec: dict) -> dict[str, bool]:
     """task name -> enableCache, over every DAG of the spec."""
     dags = [pipeline_spec["root"]["dag"]] + [c["dag"] for c in pipeline_spec["components"].values() if "dag" in c]
-    return {name: task.get("cachingOptions", {}).get("enableCache", False)
-            for dag in dags for name, task in dag["tasks"].items() if "cachingOptions" in task}
+    return {
+        name: task.get("cachingOptions", {}).get("enableCache", False)
+        for dag in dags
+        for name, task in dag["tasks"].items()
+        if "cachingOptions" in task
+    }
 
 
 def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_parameters(stub, tmp_path):
-    result = lesionpipe("submit", "--host", stub.url, "--config", CONFIG, "--experiment", "lesion-weekly",
-                        "--token", "secret-token")
+    result = lesionpipe(
+        "submit", "--host", stub.url, "--config", CONFIG, "--experiment", "lesion-weekly", "--token", "secret-token"
+    )
     assert result.exit_code == 0, result.output
     assert result.output.strip() == f"run run-1 started: {stub.url}/#/runs/details/run-1"
-    assert stub.calls() == [("GET", f"{API}/healthz"), ("GET", f"{API}/experiments"), ("POST", f"{API}/experiments"),
-                            ("POST", f"{API}/runs")]
+    assert stub.calls() == [
+        ("GET", f"{API}/healthz"),
+        ("GET", f"{API}/experiments"),
+        ("POST", f"{API}/experiments"),
+        ("POST", f"{API}/runs"),
+    ]
     assert all(r.headers["authorization"] == "Bearer secret-token" for r in stub.requests)
     lookup = stub.only("GET", f"{API}/experiments")
     assert json.loads(lookup.query["filter"])["predicates"] == [
-        {"operation": 1, "key": "display_name", "stringValue": "lesion-weekly"}]  # 1: EQUALS
+        {"operation": 1, "key": "display_name", "stringValue": "lesion-weekly"}
+    ]  # 1: EQUALS
     assert stub.only("POST", f"{API}/experiments").body == {"display_name": "lesion-weekly", "namespace": ""}
 
     run = stub.only("POST", f"{API}/runs").body
@@ -84,8 +104,9 @@ def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_paramet
 
 def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_for_the_run(stub, tmp_path):
     stub.experiments.append({"experiment_id": "exp-7", "display_name": "lesion-ham10000", "namespace": "team-derm"})
-    result = lesionpipe("submit", "--host", stub.url, "--config", CONFIG, "--namespace", "team-derm", "--no-cache",
-                        "--force-retrain")
+    result = lesionpipe(
+        "submit", "--host", stub.url, "--config", CONFIG, "--namespace", "team-derm", "--no-cache", "--force-retrain"
+    )
     assert result.exit_code == 0, result.output
     assert ("POST", f"{API}/experiments") not in stub.calls()  # default experiment: the config's mlflow.experiment
     assert stub.only("GET", f"{API}/experiments").query["namespace"] == "team-derm"
@@ -110,10 +131,17 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
 def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp_path):
     result = lesionpipe("schedule", "--host", stub.url, "--config", CONFIG, "--cron", "0  0 3 * * 0")
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == (f"schedule rr-1 (lesion-pipeline-cluster-retrain) created, cron '0 0 3 * * 0': "
-                                     f"{stub.url}/#/recurringrun/details/rr-1")
-    assert stub.calls() == [("GET", f"{API}/healthz"), ("GET", f"{API}/experiments"), ("POST", f"{API}/experiments"),
-                            ("GET", f"{API}/recurringruns"), ("POST", f"{API}/recurringruns")]
+    assert result.output.strip() == (
+        f"schedule rr-1 (lesion-pipeline-cluster-retrain) created, cron '0 0 3 * * 0': "
+        f"{stub.url}/#/recurringrun/details/rr-1"
+    )
+    assert stub.calls() == [
+        ("GET", f"{API}/healthz"),
+        ("GET", f"{API}/experiments"),
+        ("POST", f"{API}/experiments"),
+        ("GET", f"{API}/recurringruns"),
+        ("POST", f"{API}/recurringruns"),
+    ]
     assert stub.only("GET", f"{API}/recurringruns").query["experiment_id"] == "exp-1"
     body = stub.only("POST", f"{API}/recurringruns").body
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}
@@ -132,15 +160,23 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp
 
 
 def test_schedule_list_pause_resume_delete(stub):
-    stub.recurring_runs.append({"recurring_run_id": "rr-9", "display_name": "weekly", "status": "ENABLED",
-                                "trigger": {"cron_schedule": {"cron": "0 0 3 * * 0"}}})
+    stub.recurring_runs.append(
+        {
+            "recurring_run_id": "rr-9",
+            "display_name": "weekly",
+            "status": "ENABLED",
+            "trigger": {"cron_schedule": {"cron": "0 0 3 * * 0"}},
+        }
+    )
     listed = lesionpipe("schedule", "list", "--host", stub.url)
     assert listed.exit_code == 0, listed.output
     assert listed.output.split() == ["rr-9", "ENABLED", "'0", "0", "3", "*", "*", "0'", "weekly"]
 
-    for verb, call in [("pause", ("POST", f"{API}/recurringruns/rr-9:disable")),
-                       ("resume", ("POST", f"{API}/recurringruns/rr-9:enable")),
-                       ("delete", ("DELETE", f"{API}/recurringruns/rr-9"))]:
+    for verb, call in [
+        ("pause", ("POST", f"{API}/recurringruns/rr-9:disable")),
+        ("resume", ("POST", f"{API}/recurringruns/rr-9:enable")),
+        ("delete", ("DELETE", f"{API}/recurringruns/rr-9")),
+    ]:
         result = lesionpipe("schedule", verb, "rr-9", "--host", stub.url)
         assert result.exit_code == 0, result.output
         assert result.output.strip() == f"schedule rr-9: {verb}d"
@@ -162,14 +198,17 @@ def test_endpoint_and_service_account_token_from_the_environment(stub, tmp_path,
     assert [r.headers.get("authorization") for r in stub.requests] == ["Bearer projected-sa-token"] * 2
 
 
-@pytest.mark.parametrize("cron, complaint", [
-    ("0 3 * * 0", "has 5 fields; KFP needs 6, seconds first"),
-    ("0 0 3 * * 0 2027", "has 7 fields"),
-    ("0 0 24 * * 0", "bad hour field '24'"),
-    ("0 0 3 * * 7", "bad day of week field '7'"),
-    ("0 */0 3 * * 0", "bad minute field '*/0'"),
-    ("0 0 3 * JANUARY 0", "bad month field 'JANUARY'"),
-])
+@pytest.mark.parametrize(
+    "cron, complaint",
+    [
+        ("0 3 * * 0", "has 5 fields; KFP needs 6, seconds first"),
+        ("0 0 3 * * 0 2027", "has 7 fields"),
+        ("0 0 24 * * 0", "bad hour field '24'"),
+        ("0 0 3 * * 7", "bad day of week field '7'"),
+        ("0 */0 3 * * 0", "bad minute field '*/0'"),
+        ("0 0 3 * JANUARY 0", "bad month field 'JANUARY'"),
+    ],
+)
 def test_bad_cron_is_one_line_and_nothing_is_sent(stub, cron, complaint):
     result = lesionpipe("schedule", "--host", stub.url, "--config", CONFIG, "--cron", cron)
     assert result.exit_code == 1

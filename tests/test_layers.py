@@ -2,6 +2,7 @@
 only the stages before it and the shared basics; no module imports itself back through
 others; every module imports on its own (no hidden order dependence); and no module
 grows past one idea's length."""
+
 from __future__ import annotations
 
 import ast
@@ -62,8 +63,11 @@ def test_components_are_grouped_by_stage():
 
 
 def test_components_never_import_pipeline():
-    upward = {m: sorted(i for i in imported_modules(m) if i.startswith("pipeline."))
-              for m in modules() if m.startswith("components.")}
+    upward = {
+        m: sorted(i for i in imported_modules(m) if i.startswith("pipeline."))
+        for m in modules()
+        if m.startswith("components.")
+    }
     assert {m: i for m, i in upward.items() if i} == {}
 
 

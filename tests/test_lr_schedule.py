@@ -2,6 +2,7 @@
 steps, and, under a wall-clock budget, over the phase's time, so a budget that runs out
 early still ends the phase at a low rate. Driven through a real Keras fit with a clock
 the test advances."""
+
 from __future__ import annotations
 
 import numpy as np

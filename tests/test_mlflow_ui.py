@@ -4,6 +4,7 @@ a reviewer sees: the experiment opens on its runs table (not the GenAI overview)
 run page says the verdict on top (test metrics, champion decision, registered version
 and alias, the KFP run's link) and links the registered version, the evaluation report
 and the registered model's alias show up; screenshots go to the test's tmp folder."""
+
 from __future__ import annotations
 
 import shutil
@@ -31,14 +32,23 @@ from components.training.models import build_model
 from tests.conftest import free_port, running_server
 from tests.tiny_data import make_tiny_shards, tiny_config
 
-CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1400,1000")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1000",
+)
 MODEL_NAME = "ui-test-classifier"
 KFP_UI = "https://kfp.example.com"
 
 
 def _chromium():
     from selenium import webdriver
+
     binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
     if not binary or not driver:
         pytest.skip(
@@ -70,18 +80,46 @@ def store(tmp_path_factory) -> dict:
     ev = evaluate(root / "model.keras", normalized, cfg.evaluate, root / "evaluation")
     write_report(ev, root / "evaluation", PIPELINE_REPORT_TITLE, synthetic=True)
     log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
-    gate = register(root / "evaluation", normalized, cfg.evaluate, MODEL_NAME, model_uri, "f" * 64, uri, run_id,
-                    root / "registration", run_descriptions.kfp_run_url(KFP_UI, "kfp-ui-test"))
-    return {"uri": uri, "run_id": run_id, "experiment_id": ensure_experiment(uri, "ui-test"), "gate": gate,
-            "metrics": ev.metrics, "root": root}
+    gate = register(
+        root / "evaluation",
+        normalized,
+        cfg.evaluate,
+        MODEL_NAME,
+        model_uri,
+        "f" * 64,
+        uri,
+        run_id,
+        root / "registration",
+        run_descriptions.kfp_run_url(KFP_UI, "kfp-ui-test"),
+    )
+    return {
+        "uri": uri,
+        "run_id": run_id,
+        "experiment_id": ensure_experiment(uri, "ui-test"),
+        "gate": gate,
+        "metrics": ev.metrics,
+        "root": root,
+    }
 
 
 @pytest.fixture(scope="module")
 def ui(store) -> str:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store["uri"],
-               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store["uri"],
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     with running_server(command, f"{url}/health", store["root"] / "ui.log"):
         yield url
 
@@ -135,18 +173,30 @@ def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
         # (MLflow 3.17 follows its sidebar switch, GenAI by default, not the experiment's tag).
         local_ui = experiment_url(store["uri"], store["experiment_id"]).removeprefix("http://127.0.0.1:5000")
         driver.get(ui + local_ui)
-        experiment = _wait_for_text(driver, ["Model training", "lesion-pipeline-ui-test", "Run Name", "Created",
-                                             "1 matching run"])
+        experiment = _wait_for_text(
+            driver, ["Model training", "lesion-pipeline-ui-test", "Run Name", "Created", "1 matching run"]
+        )
         driver.save_screenshot(str(tmp_path / "experiment.png"))
         for genai in ("Detect Issues", "Observability", "Traces per"):
             assert genai not in experiment, experiment[:2000]
 
         run_page = f"{ui}/#/experiments/{store['experiment_id']}/runs/{store['run_id']}"
         driver.get(ui + run_url(store["uri"], store["run_id"]).removeprefix("http://127.0.0.1:5000"))
-        body = _wait_for_text(driver, ["lesion-pipeline-ui-test", "Test metrics", "test_balanced_accuracy",
-                                       "test_melanoma_auc", "Verdict: CHAMPION", "Show more",
-                                       f"balanced accuracy {m['balanced_accuracy']:.3f}", "alias @champion",
-                                       f"{MODEL_NAME} version 1", "SYNTHETIC data"])
+        body = _wait_for_text(
+            driver,
+            [
+                "lesion-pipeline-ui-test",
+                "Test metrics",
+                "test_balanced_accuracy",
+                "test_melanoma_auc",
+                "Verdict: CHAMPION",
+                "Show more",
+                f"balanced accuracy {m['balanced_accuracy']:.3f}",
+                "alias @champion",
+                f"{MODEL_NAME} version 1",
+                "SYNTHETIC data",
+            ],
+        )
         driver.save_screenshot(str(tmp_path / "run.png"))
         driver.find_element(By.XPATH, "//*[text()='Show more']").click()
         body = _wait_for_text(driver, [f"{KFP_UI}/#/runs/details/kfp-ui-test", "no champion yet"])
@@ -156,7 +206,7 @@ def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
         # The description, test metrics first, is on top: above the metrics table, whose
         # rows come in the order they were logged (training epochs first).
         assert body.index("Test metrics") < body.index("Verdict: CHAMPION") < body.index("Metrics (")
-        registered = body[body.index("Registered models"):]
+        registered = body[body.index("Registered models") :]
         assert registered.startswith("Registered models") and MODEL_NAME in registered[:200], registered[:200]
 
         driver.get(f"{run_page}/artifacts/evaluation/report.html")

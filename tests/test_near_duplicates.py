@@ -1,5 +1,6 @@
 """The near-duplicate search (multi-index hashing on pHash bands) finds exactly what
 comparing every pair finds."""
+
 from __future__ import annotations
 
 import numpy as np

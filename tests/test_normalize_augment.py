@@ -1,5 +1,6 @@
 """normalize and augment on small generated images: shards, train-only statistics,
 oversampling of train only with a recorded, seeded policy."""
+
 import json
 
 import numpy as np
@@ -48,8 +49,13 @@ def test_mean_std_come_from_train_only(normalized):
     pixels = train.reshape(-1, 3).astype(np.float64)
     np.testing.assert_allclose(meta["mean"], pixels.mean(0), atol=1e-3)
     np.testing.assert_allclose(meta["std"], pixels.std(0), atol=1e-3)
-    everything = np.concatenate([tfrecords.read_all(tfrecords.shard_paths(root / "normalized", s), 32)[0]
-                                 for s in ("train", "val", "test")]).reshape(-1, 3).mean(0)
+    everything = (
+        np.concatenate(
+            [tfrecords.read_all(tfrecords.shard_paths(root / "normalized", s), 32)[0] for s in ("train", "val", "test")]
+        )
+        .reshape(-1, 3)
+        .mean(0)
+    )
     assert not np.allclose(meta["mean"], everything, atol=1e-3)
 
 
@@ -89,8 +95,9 @@ def test_the_streamed_readers_give_read_alls_records_in_its_order(normalized):
     assert list(tfrecords.images_at(paths, 32, [])) == []
 
 
-def test_augment_streams_the_split_and_each_image_is_its_policy_transform_of_its_source(normalized, tmp_path,
-                                                                                       monkeypatch):
+def test_augment_streams_the_split_and_each_image_is_its_policy_transform_of_its_source(
+    normalized, tmp_path, monkeypatch
+):
     root, _, meta = normalized
     # Over every class's training count: sources used more than once.
     cfg = AugmentConfig(target_per_class=2 * max(meta["class_counts"]["train"]) + 1)

@@ -1,5 +1,6 @@
 """normalize as the pipeline runs it: one task per shard, then a gather that refuses an
 incomplete set; shards may be empty when a split has fewer images than shards."""
+
 import shutil
 
 import pytest

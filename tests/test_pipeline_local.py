@@ -1,6 +1,7 @@
 """The whole pipeline through the real KFP local runner on tiny generated data, with
 MLflow on a local SQLite store (the default) and on a real tracking server (where the
 evaluate and register steps' outputs are checked)."""
+
 import json
 import os
 import re
@@ -20,8 +21,15 @@ from pipeline.local import run_local
 from tests.helpers import write_class_folder
 
 LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
-TINY = ["data.synthetic_images_per_class=8", "data.synthetic_image_size=48", "data.image_size=32",
-        "train.epochs=1", "train.batch_size=8", "data.num_shards=1", "data.ingest_shards=1"]
+TINY = [
+    "data.synthetic_images_per_class=8",
+    "data.synthetic_image_size=48",
+    "data.image_size=32",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "data.num_shards=1",
+    "data.ingest_shards=1",
+]
 
 
 def check_run(summary: dict, n_classes: int) -> None:
@@ -116,8 +124,9 @@ def test_pipeline_evaluates_registers_and_gates_the_model_on_a_real_mlflow_serve
     registered with its alias."""
     data = write_class_folder(tmp_path / "data", classes=("melanoma", "nevus", "vascular_lesion"), per_class=8, size=40)
     model_name = f"pipeline-gate-{tmp_path.name}"
-    cfg = Config.load("configs/demo.yaml", [*TINY, f"mlflow.model_name={model_name}",
-                                            "mlflow.experiment=pipeline-evaluate-test"])
+    cfg = Config.load(
+        "configs/demo.yaml", [*TINY, f"mlflow.model_name={model_name}", "mlflow.experiment=pipeline-evaluate-test"]
+    )
     summary = run_local(cfg, str(data), tmp_path / "out", mlflow_server)
     assert summary["tracking_uri"] == mlflow_server
     assert summary["data"]["synthetic"] is False
@@ -148,13 +157,21 @@ def test_pipeline_evaluates_registers_and_gates_the_model_on_a_real_mlflow_serve
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
 
 
-@pytest.mark.parametrize("make_data, expected", [
-    (lambda d: d / "missing", "Error: data source not found"),
-    (lambda d: write_class_folder(d / "one", classes=("nevus",), per_class=4), "only one class found"),
-])
+@pytest.mark.parametrize(
+    "make_data, expected",
+    [
+        (lambda d: d / "missing", "Error: data source not found"),
+        (lambda d: write_class_folder(d / "one", classes=("nevus",), per_class=4), "only one class found"),
+    ],
+)
 def test_cli_user_mistakes_are_one_line_errors(tmp_path, make_data, expected):
-    proc = subprocess.run([LESIONPIPE, "run", "--data", str(make_data(tmp_path)), "--output-dir", "out"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [LESIONPIPE, "run", "--data", str(make_data(tmp_path)), "--output-dir", "out"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert expected in output
@@ -176,18 +193,29 @@ def test_the_same_command_run_again_after_sigterm_resumes_training(tmp_path):
     pipeline run fewer."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     _, other_checkpoints = plant_another_run(tmp_path / "out", store)
-    command = [LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
-               *sum((["--set", s] for s in TINY), []), "--set", "train.epochs=8",
-               "--set", "train.early_stopping_patience=8", "--output-dir", "out"]
-    killed = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    command = [
+        LESIONPIPE,
+        "run",
+        "--config",
+        str(Path("configs/demo.yaml").resolve()),
+        *sum((["--set", s] for s in TINY), []),
+        "--set",
+        "train.epochs=8",
+        "--set",
+        "train.early_stopping_patience=8",
+        "--output-dir",
+        "out",
+    ]
+    killed = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
     def own_logs() -> list[Path]:
-        return [log for log in (tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl")
-                if log.parent != other_checkpoints]
+        return [
+            log for log in (tmp_path / "out" / "checkpoints").glob("*/epochs.jsonl") if log.parent != other_checkpoints
+        ]
 
-    _wait_for(lambda: any(len(_read_or_empty(log).splitlines()) >= 2 for log in own_logs()), killed,
-              "two epochs done")
+    _wait_for(lambda: any(len(_read_or_empty(log).splitlines()) >= 2 for log in own_logs()), killed, "two epochs done")
     _stop_and_time(killed, signal.SIGTERM, tmp_path)
     assert killed.returncode == 143
     assert _mlflow_run_of(store, "lesion-demo").info.status == "KILLED"
@@ -199,8 +227,12 @@ def test_the_same_command_run_again_after_sigterm_resumes_training(tmp_path):
     resumed = re.search(r"resuming training from epoch (\d+)", again.stdout + again.stderr)
     assert resumed and int(resumed[1]) >= done_before >= 2
     summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
-    epochs = [json.loads(line)["epoch"] for line in
-              (Path(summary["pipeline_run_dir"]) / "train-step" / "model" / "epochs.jsonl").read_text().splitlines()]
+    epochs = [
+        json.loads(line)["epoch"]
+        for line in (Path(summary["pipeline_run_dir"]) / "train-step" / "model" / "epochs.jsonl")
+        .read_text()
+        .splitlines()
+    ]
     assert sorted(set(epochs)) == list(range(8))  # every epoch logged, none lost across the kill
     assert not log.parent.exists()  # a finished run leaves no checkpoint of its own behind
     assert (other_checkpoints / "epochs.jsonl").is_file()  # nor removes another run's
@@ -233,8 +265,11 @@ def _read_or_empty(path: Path) -> str:
 def _mlflow_run_of(tracking_uri: str, experiment: str):
     """The experiment's one MLflow run besides the planted one (plant_another_run)."""
     client = MlflowClient(tracking_uri)
-    (run,) = [run for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-              if run.info.run_name != ANOTHER_RUN]
+    (run,) = [
+        run
+        for run in client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+        if run.info.run_name != ANOTHER_RUN
+    ]
     return run
 
 
@@ -243,14 +278,30 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     the newest pipeline folder's run was ended FAILED, and this one stayed RUNNING)."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     other_run_id, other_checkpoints = plant_another_run(tmp_path / "out", store)
-    proc = subprocess.run([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
-                           *sum((["--set", s] for s in TINY), []), "--set", "train.model=mobilenet_v2",
-                           "--set", "train.alpha=0.3", "--output-dir", "out"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            LESIONPIPE,
+            "run",
+            "--config",
+            str(Path("configs/demo.yaml").resolve()),
+            *sum((["--set", s] for s in TINY), []),
+            "--set",
+            "train.model=mobilenet_v2",
+            "--set",
+            "train.alpha=0.3",
+            "--output-dir",
+            "out",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1
     last = (proc.stdout + proc.stderr).strip().splitlines()[-1]
-    assert re.fullmatch(r"Error: train failed: mobilenet_v2 has no alpha 0\.3 \(one of .*\) \(full log: .*train\.log\)",
-                        last), last
+    assert re.fullmatch(
+        r"Error: train failed: mobilenet_v2 has no alpha 0\.3 \(one of .*\) \(full log: .*train\.log\)", last
+    ), last
     assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
     run = _mlflow_run_of(store, "lesion-demo")
     assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
@@ -292,12 +343,17 @@ def _stop_and_time(cli: subprocess.Popen, sent: int, tmp_path: Path) -> float:
     return seconds
 
 
-@pytest.mark.parametrize("sent, exit_status, reason", [
-    (signal.SIGINT, 130, "interrupted (Ctrl-C)"),  # a terminal's Ctrl-C reaches the CLI first
-    (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a container stopping, `timeout`, a cancelled job
-], ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_ends_a_silent_step_within_seconds_and_its_mlflow_run_killed(tmp_path, gcs_emulator, sent,
-                                                                                       exit_status, reason):
+@pytest.mark.parametrize(
+    "sent, exit_status, reason",
+    [
+        (signal.SIGINT, 130, "interrupted (Ctrl-C)"),  # a terminal's Ctrl-C reaches the CLI first
+        (signal.SIGTERM, 143, "terminated (SIGTERM)"),  # a container stopping, `timeout`, a cancelled job
+    ],
+    ids=["SIGINT", "SIGTERM"],
+)
+def test_ctrl_c_or_sigterm_ends_a_silent_step_within_seconds_and_its_mlflow_run_killed(
+    tmp_path, gcs_emulator, sent, exit_status, reason
+):
     """The normalize shards (a ParallelFor: two tasks on the runner's threads) wait
     silently on a source whose downloads stall. Was: "Aborted!", exit status 1, the MLflow
     run RUNNING forever (Ctrl-C, the first fix); then nothing for as long as the step
@@ -309,18 +365,35 @@ def test_ctrl_c_or_sigterm_ends_a_silent_step_within_seconds_and_its_mlflow_run_
     from tests.fault_proxy import FaultProxy
 
     bucket = storage.Client().create_bucket(f"interrupt-{int(sent)}")
-    for image in write_class_folder(tmp_path / "images", classes=("melanoma", "nevus"), per_class=8,
-                                    size=40).rglob("*.jpg"):
+    for image in write_class_folder(tmp_path / "images", classes=("melanoma", "nevus"), per_class=8, size=40).rglob(
+        "*.jpg"
+    ):
         bucket.blob(f"images/{image.parent.name}/{image.name}").upload_from_filename(str(image))
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     other_run_id, _ = plant_another_run(tmp_path / "out", store)
     proxy = FaultProxy(("127.0.0.1", int(gcs_emulator.rsplit(":", 1)[1])))
-    cli = subprocess.Popen([LESIONPIPE, "run", "--config", str(Path("configs/demo.yaml").resolve()),
-                            *sum((["--set", s] for s in TINY), []), "--set", "data.num_shards=2",
-                            "--data", f"gs://{bucket.name}/images", "--output-dir", "out"],
-                           cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           env={**os.environ, "STORAGE_EMULATOR_HOST": proxy.url},
-                           start_new_session=True, preexec_fn=_default_sigint)
+    cli = subprocess.Popen(
+        [
+            LESIONPIPE,
+            "run",
+            "--config",
+            str(Path("configs/demo.yaml").resolve()),
+            *sum((["--set", s] for s in TINY), []),
+            "--set",
+            "data.num_shards=2",
+            "--data",
+            f"gs://{bucket.name}/images",
+            "--output-dir",
+            "out",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "STORAGE_EMULATOR_HOST": proxy.url},
+        start_new_session=True,
+        preexec_fn=_default_sigint,
+    )
     try:
         _wait_for(lambda: (tmp_path / "out" / "latest" / "logs" / "split.log").exists(), cli, "split started")
         # From now on each download waits two minutes: the normalize shards' reads stall.

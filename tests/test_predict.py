@@ -1,5 +1,6 @@
 """`lesionpipe predict` and `lesionpipe evaluate` through the real CLI (in process), on a
 model trained on tiny synthetic shards and on images written as files."""
+
 from __future__ import annotations
 
 import csv
@@ -43,8 +44,14 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
     assert "17 images" in result.output and "1 unreadable" in result.output
     rows = list(csv.DictReader(out.open()))
     classes = json.loads((model_dir / "classes.json").read_text())
-    assert list(rows[0]) == ["path", "predicted_class", *[f"p_{c}" for c in classes], "melanoma_probability", "error",
-                             "synthetic_model"]
+    assert list(rows[0]) == [
+        "path",
+        "predicted_class",
+        *[f"p_{c}" for c in classes],
+        "melanoma_probability",
+        "error",
+        "synthetic_model",
+    ]
     # Trained on the generated shards: train() says so in model_info.json.
     assert {r["synthetic_model"] for r in rows} == {"True"}
     good = [r for r in rows if not r["error"]]
@@ -61,13 +68,22 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
 
 def test_evaluate_scores_a_folder_with_the_pipelines_metrics_and_report(model_dir, images, tmp_path):
     out = tmp_path / "external" / "metrics.json"
-    result = CliRunner().invoke(main, ["evaluate", "--model", str(model_dir / "model.keras"), "--data", str(images),
-                                       "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(model_dir / "model.keras"), "--data", str(images), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert metrics["n"] == 16 and metrics["data"] == str(images)
-    for key in ("accuracy", "balanced_accuracy", "macro_f1", "melanoma_auc", "ece", "per_class", "confusion_matrix",
-                "melanoma_sensitivity_at_90_specificity"):
+    for key in (
+        "accuracy",
+        "balanced_accuracy",
+        "macro_f1",
+        "melanoma_auc",
+        "ece",
+        "per_class",
+        "confusion_matrix",
+        "melanoma_sensitivity_at_90_specificity",
+    ):
         assert key in metrics
     report = (tmp_path / "external" / "metrics_report" / "report.html").read_text()
     assert "confusion matrix" in report.lower() and "data:image/png;base64," in report
@@ -84,14 +100,19 @@ def test_evaluate_counts_images_of_classes_the_model_does_not_know(model_dir, tm
     assert "not scored: 3 images (classes unknown to the model: lentigo)" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["predict", "--model", "models:/nope@champion", "x.jpg"], "Error: cannot load model models:/nope@champion"),
-    (["predict", "--model", "/no/such/model.keras", "x.jpg"], "Error: model not found: /no/such/model.keras"),
-    (["run", "--set", "train.model=vgg99"], "Error: unknown model 'vgg99'"),
-    (["run", "--set", "train.imbalance=smote"], "Error: train.imbalance must be none, class_weight, focal"),
-    (["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=/no/such/weights.h5"],
-     "Error: weights file not found: /no/such/weights.h5"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "--model", "models:/nope@champion", "x.jpg"], "Error: cannot load model models:/nope@champion"),
+        (["predict", "--model", "/no/such/model.keras", "x.jpg"], "Error: model not found: /no/such/model.keras"),
+        (["run", "--set", "train.model=vgg99"], "Error: unknown model 'vgg99'"),
+        (["run", "--set", "train.imbalance=smote"], "Error: train.imbalance must be none, class_weight, focal"),
+        (
+            ["run", "--set", "train.model=mobilenet_v2", "--set", "train.weights=/no/such/weights.h5"],
+            "Error: weights file not found: /no/such/weights.h5",
+        ),
+    ],
+)
 def test_user_mistakes_are_one_error_line(args, message, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     result = CliRunner().invoke(main, args)
@@ -121,6 +142,7 @@ def test_predict_reads_the_same_pixels_as_training(model_dir, tmp_path):
 def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, images, tmp_path, monkeypatch, tta):
     from components.evaluation.predict import find_images
     from components.scoring import inference
+
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     files = find_images([str(images)])
@@ -134,8 +156,9 @@ def test_files_are_scored_a_few_batches_at_a_time_as_in_one_pass(model_dir, imag
     assert chunked_errors == errors and bool(errors[5]) and not any(errors[:5] + errors[6:])
 
 
-def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_pass(model_dir, images, tmp_path,
-                                                                                        monkeypatch):
+def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_pass(
+    model_dir, images, tmp_path, monkeypatch
+):
     from components.core.settings import DataConfig
     from components.data.ingest import ingest
     from components.data.normalize import normalize
@@ -185,8 +208,9 @@ def test_a_model_trained_on_synthetic_data_is_flagged_by_predict_and_evaluate(mo
     assert {r["synthetic_model"] for r in csv.DictReader(out.open())} == {"True"}
 
     metrics_path = tmp_path / "external" / "metrics.json"
-    result = CliRunner().invoke(main, ["evaluate", "--model", str(flagged / "model.keras"), "--data", str(images),
-                                       "--out", str(metrics_path)])
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(flagged / "model.keras"), "--data", str(images), "--out", str(metrics_path)]
+    )
     assert result.exit_code == 0, result.output
     assert "is a SYNTHETIC model" in result.output and "(SYNTHETIC model)" in result.output
     metrics = json.loads(metrics_path.read_text())
@@ -199,14 +223,19 @@ def test_decision_offsets_for_other_classes_are_one_error_line(model_dir, images
     import shutil
 
     from components.core import filenames
+
     broken = tmp_path / "model"
     shutil.copytree(model_dir, broken)
     (broken / filenames.DECISION_BIAS).write_text(json.dumps({"decision_bias": {"nevus": 1.0, "lentigo": -1.0}}))
-    result = CliRunner().invoke(main, ["predict", "--model", str(broken), str(images), "--out",
-                                       str(tmp_path / "p.csv")])
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(broken), str(images), "--out", str(tmp_path / "p.csv")]
+    )
     assert result.exit_code != 0 and "Traceback" not in result.output
-    assert result.output.strip().splitlines()[-1].startswith(
-        f"Error: cannot load model {broken}: decision offsets are for classes ['lentigo', 'nevus']"), result.output
+    assert (
+        result.output.strip()
+        .splitlines()[-1]
+        .startswith(f"Error: cannot load model {broken}: decision offsets are for classes ['lentigo', 'nevus']")
+    ), result.output
 
 
 HAM_CODES = {"melanoma": "mel", "nevus": "nv", "basal_cell_carcinoma": "bcc", "benign_keratosis": "bkl"}
@@ -229,8 +258,9 @@ def ham_source(images, tmp_path) -> Path:
 
 def test_evaluate_scores_lesions_beside_images_with_intervals(model_dir, ham_source, tmp_path):
     out = tmp_path / "metrics.json"
-    result = CliRunner().invoke(main, ["evaluate", "--model", str(model_dir / "model.keras"), "--data",
-                                       str(ham_source), "--out", str(out)])
+    result = CliRunner().invoke(
+        main, ["evaluate", "--model", str(model_dir / "model.keras"), "--data", str(ham_source), "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     # Per image: 16 images, intervals from resampling the 8 lesions.
@@ -257,15 +287,33 @@ def test_predict_with_lesions_writes_one_row_per_lesion(model_dir, ham_source, t
     metadata = ham_source / "HAM10000_metadata.csv"
     stray = tmp_path / "stray.jpg"  # an image the CSV does not name
     stray.write_bytes((ham_source / "images" / "ISIC_0000000.jpg").read_bytes())
-    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(ham_source / "images"), str(stray),
-                                       "--out", str(out), "--lesions", str(metadata)])
+    result = CliRunner().invoke(
+        main,
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            str(ham_source / "images"),
+            str(stray),
+            "--out",
+            str(out),
+            "--lesions",
+            str(metadata),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "8 lesions ->" in result.output and "1 images not in" in result.output
     images = {Path(r["path"]).stem: r for r in csv.DictReader(out.open())}
     lesions = list(csv.DictReader((tmp_path / "p_lesions.csv").open()))
     classes = json.loads((model_dir / "classes.json").read_text())
-    assert list(lesions[0]) == ["lesion", "images", "predicted_class", *[f"p_{c}" for c in classes],
-                                "melanoma_probability", "synthetic_model"]
+    assert list(lesions[0]) == [
+        "lesion",
+        "images",
+        "predicted_class",
+        *[f"p_{c}" for c in classes],
+        "melanoma_probability",
+        "synthetic_model",
+    ]
     assert [r["lesion"] for r in lesions] == [f"HAM_{i:07d}" for i in range(8)]
     for i, row in enumerate(lesions):
         pair = [images[f"ISIC_{2 * i + j:07d}"] for j in (0, 1)]
@@ -277,6 +325,7 @@ def test_predict_with_lesions_writes_one_row_per_lesion(model_dir, ham_source, t
     # A CSV without the columns is one error line.
     bad = tmp_path / "bad.csv"
     bad.write_text("file,patient\na,b\n")
-    result = CliRunner().invoke(main, ["predict", "--model", str(model_dir), str(stray), "--out", str(out),
-                                       "--lesions", str(bad)])
+    result = CliRunner().invoke(
+        main, ["predict", "--model", str(model_dir), str(stray), "--out", str(out), "--lesions", str(bad)]
+    )
     assert result.exit_code == 1 and "needs an image column (image, image_id, image_name)" in result.output

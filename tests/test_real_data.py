@@ -1,6 +1,7 @@
 """ingest + split + normalize on slices of the real collections in LESION_DATA
 (../shared/data in CI). Slices are copied into the test's temporary folder: a symlink
 leaving its source is refused by ingest (symlink_outside_source), as a user's would be."""
+
 import shutil
 
 import pandas as pd
@@ -14,8 +15,17 @@ from components.data.split import split
 
 pytestmark = pytest.mark.real_data
 
-ISIC9_CLASSES = ["actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis", "dermatofibroma", "melanoma",
-                 "nevus", "seborrheic_keratosis", "squamous_cell_carcinoma", "vascular_lesion"]
+ISIC9_CLASSES = [
+    "actinic_keratosis",
+    "basal_cell_carcinoma",
+    "benign_keratosis",
+    "dermatofibroma",
+    "melanoma",
+    "nevus",
+    "seborrheic_keratosis",
+    "squamous_cell_carcinoma",
+    "vascular_lesion",
+]
 
 
 def copy_slice(src_root, dst_root, relpaths):
@@ -72,8 +82,15 @@ def test_ham10000_slice_never_splits_a_lesion(lesion_data, tmp_path):
     report = result.report
     assert report["files_found"] == len(rows) + 1  # the images and the label file
     assert report["files_found"] == report["ingested"] + report["quarantined"] + report["ignored"]
-    assert report["classes"] == ["actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis", "dermatofibroma",
-                                 "melanoma", "nevus", "vascular_lesion"]
+    assert report["classes"] == [
+        "actinic_keratosis",
+        "basal_cell_carcinoma",
+        "benign_keratosis",
+        "dermatofibroma",
+        "melanoma",
+        "nevus",
+        "vascular_lesion",
+    ]
     assert sum(report["class_counts"].values()) == report["ingested"]
     subsets_per_lesion = splits.groupby("group_id").subset.nunique()
     assert subsets_per_lesion.max() == 1, "a lesion spans two splits"

@@ -1,5 +1,6 @@
 """The champion gate: the decision rules, and the real thing on an MLflow server
 (register, aliases, re-scoring the champion on the same test split)."""
+
 from __future__ import annotations
 
 import json
@@ -90,8 +91,10 @@ def test_the_gate_promotes_only_beyond_the_noise(gained, lost, alias):
         assert 0 < difference.estimate < 0.02 and difference.low < 0 < difference.high
         assert "not shown better than the champion" in decision.reason
         # A negative margin accepts a challenger that may be that much worse.
-        assert decide(new.metrics, old.metrics, EvaluateConfig(champion_margin=-0.05),
-                      difference=difference).alias == CHAMPION
+        assert (
+            decide(new.metrics, old.metrics, EvaluateConfig(champion_margin=-0.05), difference=difference).alias
+            == CHAMPION
+        )
     if gained < lost:
         assert "worse than the champion" in decision.reason
 
@@ -109,8 +112,13 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
         result = train(normalized, None, cfg.train, root / name)
         evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}")
         scored = load_scored(root / f"eval-{name}")
-        out[name] = {"uri": log_model(result.model_path, 32, mlflow_server, run_id, classes), "scored": scored,
-                     "metrics": scored.metrics, "evaluation": str(root / f"eval-{name}"), "path": result.model_path}
+        out[name] = {
+            "uri": log_model(result.model_path, 32, mlflow_server, run_id, classes),
+            "scored": scored,
+            "metrics": scored.metrics,
+            "evaluation": str(root / f"eval-{name}"),
+            "path": result.model_path,
+        }
     return out
 
 
@@ -129,12 +137,14 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     good, bad = two_models["good"], two_models["bad"]
     assert good["metrics"]["balanced_accuracy"] > bad["metrics"]["balanced_accuracy"] + cfg.champion_margin
 
-    first = register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg,
-                                 "f" * 64)
+    first = register_and_promote(
+        mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64
+    )
     assert (first["alias"], first["version"], first["previous_champion"]) == (CHAMPION, "1", None)
 
-    second = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], two_models["normalized"], cfg,
-                                  "e" * 64)
+    second = register_and_promote(
+        mlflow_server, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64
+    )
     assert second["alias"] == CHALLENGER and second["version"] == "2"
     # The champion was re-scored on the same test split: the same numbers it got when evaluated.
     assert second["comparison"]["balanced_accuracy"]["champion"] == pytest.approx(good["metrics"]["balanced_accuracy"])
@@ -154,10 +164,26 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     # ... also for the CLI in a fresh process (no tracking URI set by earlier calls).
     image = tmp_path / "one.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
-    cli = subprocess.run([sys.executable, "-m", "pipeline.cli", "predict", "--model", f"models:/{name}@{CHAMPION}",
-                          "--tracking-uri", mlflow_server, str(image), "--out", str(tmp_path / "p.csv")],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    cli = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "predict",
+            "--model",
+            f"models:/{name}@{CHAMPION}",
+            "--tracking-uri",
+            mlflow_server,
+            str(image),
+            "--out",
+            str(tmp_path / "p.csv"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     assert cli.returncode == 0, cli.stderr[-2000:]
     assert "melanoma_probability" in (tmp_path / "p.csv").read_text().splitlines()[0]
 
@@ -198,8 +224,9 @@ def quick_mlflow_failures(monkeypatch):
 
 
 @pytest.mark.parametrize("status", [403, 500])
-def test_a_registry_error_while_looking_up_the_champion_fails_the_step(two_models, mlflow_server, status,
-                                                                       quick_mlflow_failures):
+def test_a_registry_error_while_looking_up_the_champion_fails_the_step(
+    two_models, mlflow_server, status, quick_mlflow_failures
+):
     """Was: any MlflowException meant "no champion yet", and a 0.35 model took @champion."""
     from mlflow.tracking import MlflowClient
 
@@ -207,8 +234,9 @@ def test_a_registry_error_while_looking_up_the_champion_fails_the_step(two_model
     cfg = _cfg()
     good, bad = two_models["good"], two_models["bad"]
     register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64)
-    with FaultProxy(_server_address(mlflow_server), "status", status=status, fail_after_requests=0,
-                    counting=f"GET {ALIAS_PATH}") as proxy:
+    with FaultProxy(
+        _server_address(mlflow_server), "status", status=status, fail_after_requests=0, counting=f"GET {ALIAS_PATH}"
+    ) as proxy:
         with pytest.raises(RegistryUnavailable, match=f"cannot look up {name}@champion in {proxy.url}"):
             register_and_promote(proxy.url, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64)
         with pytest.raises(RegistryUnavailable):  # the retraining gate's lookup: the same policy
@@ -219,16 +247,19 @@ def test_a_registry_error_while_looking_up_the_champion_fails_the_step(two_model
 
 
 def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_fingerprint(
-        two_models, mlflow_server, quick_mlflow_failures):
+    two_models, mlflow_server, quick_mlflow_failures
+):
     from mlflow.tracking import MlflowClient
 
     name = f"alias-fault-{abs(hash(str(two_models['normalized']))) % 10**6}"
     good = two_models["good"]
-    with FaultProxy(_server_address(mlflow_server), "status", status=500, fail_after_requests=0,
-                    counting=f"POST {ALIAS_PATH}") as proxy:
+    with FaultProxy(
+        _server_address(mlflow_server), "status", status=500, fail_after_requests=0, counting=f"POST {ALIAS_PATH}"
+    ) as proxy:
         with pytest.raises(RegistryUnavailable, match="registered with its decision and data fingerprint, but"):
-            register_and_promote(proxy.url, name, good["uri"], good["scored"], two_models["normalized"], _cfg(),
-                                 "d" * 64)
+            register_and_promote(
+                proxy.url, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "d" * 64
+            )
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     tags = client.get_model_version(name, "1").tags
     assert tags[FINGERPRINT_TAG] == "d" * 64 and tags["gate.alias"] == CHAMPION and "gate.reason" in tags
@@ -261,9 +292,13 @@ def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, 
     script.write_text(PROMOTE_IN_A_SUBPROCESS)
     root = Path(__file__).resolve().parents[1]
     with FaultProxy(_server_address(mlflow_server), delaying=f"POST {ALIAS_PATH}", delay_s=8.0) as slow:
-        worse = subprocess.Popen([sys.executable, str(script), slow.url, name, worse_uri, bad["evaluation"],
-                                  normalized, "c" * 64], cwd=root, stdout=subprocess.PIPE, text=True,
-                                 env={**os.environ, "PYTHONPATH": str(root)})
+        worse = subprocess.Popen(
+            [sys.executable, str(script), slow.url, name, worse_uri, bad["evaluation"], normalized, "c" * 64],
+            cwd=root,
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(root)},
+        )
         deadline = time.time() + 120
         while not slow.delayed:  # the worse run has compared with v1 and is moving the alias
             assert worse.poll() is None and time.time() < deadline, "the worse run never reached its alias write"
@@ -296,15 +331,23 @@ def test_a_champion_rolled_back_by_hand_stays_rolled_back(two_models, mlflow_ser
     register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "b" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     client.set_registered_model_alias(name, CHAMPION, "1")  # the rollback, with plain MLflow
-    third = register_and_promote(mlflow_server, name, _retrained(two_models, "bad", mlflow_server)["uri"],
-                                 bad["scored"], normalized, cfg, "b" * 64)
+    third = register_and_promote(
+        mlflow_server,
+        name,
+        _retrained(two_models, "bad", mlflow_server)["uri"],
+        bad["scored"],
+        normalized,
+        cfg,
+        "b" * 64,
+    )
     assert (third["version"], third["previous_champion"], third["alias"]) == ("3", "version 1", CHAMPION)
     assert client.get_model_version_by_alias(name, CHAMPION).version == "3"
     assert "promoted at the same time" not in third["reason"]
 
 
-def test_a_version_left_without_its_alias_is_no_rival_and_its_retry_finishes_it(two_models, mlflow_server,
-                                                                               quick_mlflow_failures):
+def test_a_version_left_without_its_alias_is_no_rival_and_its_retry_finishes_it(
+    two_models, mlflow_server, quick_mlflow_failures
+):
     """Was: a version whose alias write failed counted as a rival of every later run on
     the same data, and the next one's settling handed @champion to it; a retry of the
     failed step registered the model a second time."""
@@ -313,8 +356,9 @@ def test_a_version_left_without_its_alias_is_no_rival_and_its_retry_finishes_it(
     name = f"orphan-{abs(hash(str(two_models['normalized']))) % 10**6}"
     cfg = EvaluateConfig(champion_margin=-1.0)
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
-    with FaultProxy(_server_address(mlflow_server), "status", status=500, fail_after_requests=0,
-                    counting=f"POST {ALIAS_PATH}") as proxy:
+    with FaultProxy(
+        _server_address(mlflow_server), "status", status=500, fail_after_requests=0, counting=f"POST {ALIAS_PATH}"
+    ) as proxy:
         with pytest.raises(RegistryUnavailable, match="giving it an alias failed"):
             register_and_promote(proxy.url, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
     other = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "o" * 64)
@@ -353,8 +397,9 @@ def test_a_retried_registration_reuses_its_version_and_never_compares_a_model_wi
 
 
 @pytest.mark.parametrize("fault", ["timeout", "500", "403"])
-def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(two_models, mlflow_server, quick_mlflow_failures,
-                                                                 monkeypatch, fault):
+def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(
+    two_models, mlflow_server, quick_mlflow_failures, monkeypatch, fault
+):
     """Was: any error while loading the champion (a timeout, a 500, a 403) made the new
     model a "not compared" challenger and the step succeeded, so KFP never retried it.
     The timeout hits the champion's download alone (the registry answers)."""
@@ -365,11 +410,15 @@ def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(two_models, mlf
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
     register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
     downloads, server = "GET /api/2.0/mlflow-artifacts/artifacts", _server_address(mlflow_server)
-    proxy = (FaultProxy(server, delaying=downloads, delay_s=5.0) if fault == "timeout" else
-             FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=downloads))
+    proxy = (
+        FaultProxy(server, delaying=downloads, delay_s=5.0)
+        if fault == "timeout"
+        else FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=downloads)
+    )
     with proxy:
-        with pytest.raises(RegistryUnavailable, match=f"cannot compare with the champion: cannot download model "
-                                                      f"models:/{name}/1 now: "):
+        with pytest.raises(
+            RegistryUnavailable, match=f"cannot compare with the champion: cannot download model models:/{name}/1 now: "
+        ):
             register_and_promote(proxy.url, name, bad["uri"], bad["scored"], normalized, _cfg(), "e" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     assert _versions(client, name) == ["1"]
@@ -388,6 +437,7 @@ def test_a_champion_that_is_not_a_model_leaves_the_new_one_a_challenger(two_mode
     version = client.create_model_version(name, f"{client.get_run(run_id).info.artifact_uri}/notes", run_id=run_id)
     client.set_registered_model_alias(name, CHAMPION, version.version)
     good = two_models["good"]
-    gate = register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], _cfg(),
-                                "f" * 64)
+    gate = register_and_promote(
+        mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "f" * 64
+    )
     assert gate["alias"] == CHALLENGER and "not compared with the current champion: no model at" in gate["reason"]

@@ -1,6 +1,7 @@
 """The retraining gate: the data fingerprint, the decision, the champion lookup on a real
 MLflow store, and the whole pipeline on the KFP local runner stopping after ingest when
 the data is the champion's (and training anyway when forced)."""
+
 import json
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from mlflow.tracking import MlflowClient
 
 from components.data.ingest import ingest
 from components.data.listing import data_fingerprint
-from components.registry.gate import CHAMPION as CHAMPION_ALIAS
 from components.registry.champion import FINGERPRINT_TAG, Champion, find_champion
+from components.registry.gate import CHAMPION as CHAMPION_ALIAS
 from components.registry.retrain_gate import SKIP, TRAIN, decide
 from pipeline.cli import main
 from pipeline.config import Config
@@ -20,8 +21,14 @@ from pipeline.local import run_local
 from tests.helpers import write_class_folder
 
 DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
-TINY = ["data.image_size=32", "train.epochs=1", "train.batch_size=8", "data.num_shards=2",
-        "mlflow.model_name=gate-test-model", "mlflow.experiment=gate-test"]
+TINY = [
+    "data.image_size=32",
+    "train.epochs=1",
+    "train.batch_size=8",
+    "data.num_shards=2",
+    "mlflow.model_name=gate-test-model",
+    "mlflow.experiment=gate-test",
+]
 
 
 def write_manifest(folder, rows: list[tuple[str, str, str, str]]) -> str:
@@ -31,8 +38,11 @@ def write_manifest(folder, rows: list[tuple[str, str, str, str]]) -> str:
 
 
 def test_fingerprint_is_content_and_labels_only(tmp_path):
-    rows = [("a.jpg", "m1", "nevus", "ingested"), ("b.jpg", "m2", "melanoma", "ingested"),
-            ("bad.jpg", "", "nevus", "quarantined")]
+    rows = [
+        ("a.jpg", "m1", "nevus", "ingested"),
+        ("b.jpg", "m2", "melanoma", "ingested"),
+        ("bad.jpg", "", "nevus", "quarantined"),
+    ]
     base = data_fingerprint(write_manifest(tmp_path / "base", rows))
     assert len(base) == 64
     reordered_renamed = [("z.jpg", "m2", "melanoma", "ingested"), ("y.jpg", "m1", "nevus", "ingested")]
@@ -43,13 +53,16 @@ def test_fingerprint_is_content_and_labels_only(tmp_path):
     assert data_fingerprint(write_manifest(tmp_path / "new", new_image)) != base
 
 
-@pytest.mark.parametrize("champion, force, action, reason", [
-    (None, False, TRAIN, "no champion yet"),
-    (Champion("3", "abc"), False, SKIP, "data unchanged since champion v3"),
-    (Champion("3", "abc"), True, TRAIN, "forced (force_retrain)"),
-    (Champion("3", "old"), False, TRAIN, "data changed since champion v3"),
-    (Champion("3", ""), False, TRAIN, "champion v3 has no data fingerprint"),
-])
+@pytest.mark.parametrize(
+    "champion, force, action, reason",
+    [
+        (None, False, TRAIN, "no champion yet"),
+        (Champion("3", "abc"), False, SKIP, "data unchanged since champion v3"),
+        (Champion("3", "abc"), True, TRAIN, "forced (force_retrain)"),
+        (Champion("3", "old"), False, TRAIN, "data changed since champion v3"),
+        (Champion("3", ""), False, TRAIN, "champion v3 has no data fingerprint"),
+    ],
+)
 def test_decide(champion, force, action, reason):
     decision = decide("abc", champion, force)
     assert (decision.action, decision.reason) == (action, reason)
@@ -74,8 +87,9 @@ def test_find_champion_on_a_real_store(tmp_path):
 
 
 def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, monkeypatch):
-    data = write_class_folder(tmp_path / "data", classes=("melanoma", "nevus", "basal_cell_carcinoma"), per_class=6,
-                              size=40)
+    data = write_class_folder(
+        tmp_path / "data", classes=("melanoma", "nevus", "basal_cell_carcinoma"), per_class=6, size=40
+    )
     cfg = Config.load(DEMO_CONFIG, TINY)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ingest(str(data), cfg.data, tmp_path / "ingested")
@@ -84,8 +98,21 @@ def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, m
     champion = plant_champion(tracking_uri, cfg.mlflow.model_name, fingerprint, str(tmp_path))
 
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(main, ["run", "--config", DEMO_CONFIG, *sum((["--set", s] for s in TINY), []),
-                                       "--data", str(data), "--tracking-uri", tracking_uri, "--output-dir", "skipped"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "run",
+            "--config",
+            DEMO_CONFIG,
+            *sum((["--set", s] for s in TINY), []),
+            "--data",
+            str(data),
+            "--tracking-uri",
+            tracking_uri,
+            "--output-dir",
+            "skipped",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert f"skipped: data unchanged since champion v{champion} (--force-retrain trains anyway)" in result.output
     skipped = json.loads((tmp_path / "skipped" / "latest" / "summary.json").read_text())
@@ -98,7 +125,8 @@ def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, m
     skipped_run = client.get_run(skipped["mlflow_run_id"]).data.tags
     assert (skipped_run[FINGERPRINT_TAG], skipped_run["retrain.decision"]) == (fingerprint, SKIP)
     assert skipped_run["mlflow.note.content"].startswith(
-        f"Verdict: **training skipped**: data unchanged since champion v{champion}")
+        f"Verdict: **training skipped**: data unchanged since champion v{champion}"
+    )
     assert f"Champion kept: `models:/{cfg.mlflow.model_name}/{champion}`" in skipped_run["mlflow.note.content"]
 
     forced = run_local(cfg, str(data), tmp_path / "forced", tracking_uri, force_retrain=True)

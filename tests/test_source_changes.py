@@ -2,6 +2,7 @@
 changes with any file's content, not only its name and size; normalize re-checks every
 file it reads against the manifest (size limit and md5); a gs:// zip is cached by its
 generation and its size is checked before it is downloaded."""
+
 from __future__ import annotations
 
 import io
@@ -152,6 +153,8 @@ def test_a_gcs_zip_over_the_limit_is_refused_before_it_is_downloaded(gcs_emulato
     archive = zip_bytes(kaggle_files(2))
     storage.Client().create_bucket("big-zips").blob("kaggle.zip").upload_from_string(archive)
     limit = len(archive) // 2
-    with pytest.raises(SourceError, match=rf"{len(archive)} bytes, over data.zip_max_total_bytes={limit}: not downloaded"):
+    with pytest.raises(
+        SourceError, match=rf"{len(archive)} bytes, over data.zip_max_total_bytes={limit}: not downloaded"
+    ):
         ingest("gs://big-zips/kaggle.zip", DataConfig(zip_max_total_bytes=limit))
     assert not list((tmp_path / "cache").glob("*"))  # nothing downloaded, not even in part

@@ -1,6 +1,7 @@
 """A source that fails must fail ingest, in one line and within a bounded time, and never
 quarantine the files it could not read: the real gcp-storage-emulator behind a
 FaultProxy that breaks the way networks do (refused, reset, no answer, 503, 429)."""
+
 from __future__ import annotations
 
 import io
@@ -16,9 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from components.data.sources import gcs
 from components.data.ingest import ingest, merge_partitions
 from components.data.ingest.partitions import ingest_partition
+from components.data.sources import gcs
 from components.data.sources.base import SourceUnavailable
 from pipeline.cli import main
 from pipeline.config import DataConfig
@@ -78,13 +79,16 @@ def downloads(proxy: FaultProxy) -> list[str]:
     return [line.split("/o/")[1].split("?")[0].replace("%2F", "/") for line in proxy.requests if DOWNLOAD in line]
 
 
-@pytest.mark.parametrize("mode, status, cause", [
-    ("refuse", 0, "connection refused"),
-    ("reset", 0, "connection reset|closed connection|broken pipe"),  # depends on when the RST lands
-    ("hang", 0, "timed out"),
-    ("status", 503, "HTTP 503 Service Unavailable"),
-    ("status", 429, "HTTP 429 Too Many Requests"),
-])
+@pytest.mark.parametrize(
+    "mode, status, cause",
+    [
+        ("refuse", 0, "connection refused"),
+        ("reset", 0, "connection reset|closed connection|broken pipe"),  # depends on when the RST lands
+        ("hang", 0, "timed out"),
+        ("status", 503, "HTTP 503 Service Unavailable"),
+        ("status", 429, "HTTP 429 Too Many Requests"),
+    ],
+)
 def test_a_source_failing_mid_ingest_fails_the_step_and_quarantines_nothing(faulty, tmp_path, mode, status, cause):
     proxy = faulty(mode, fail_after_requests=5, counting=DOWNLOAD, status=status)
     started = time.monotonic()
@@ -146,8 +150,11 @@ def test_a_source_failing_before_the_merge_costs_the_previews_not_the_run(faulty
 def test_listing_a_failing_source_fails_in_one_line(faulty):
     faulty().fail()
     started = time.monotonic()
-    with pytest.raises(SourceUnavailable, match=f"^cannot list {SOURCE}/: connection refused, still failing after "
-                                                r"\d+ s of retries$"):
+    with pytest.raises(
+        SourceUnavailable,
+        match=f"^cannot list {SOURCE}/: connection refused, still failing after "
+        r"\d+ s of retries$",
+    ):
         ingest(SOURCE, DataConfig())
     assert time.monotonic() - started < RETRY_SECONDS + SLACK_SECONDS
 
@@ -184,20 +191,24 @@ def _untrained_model(folder: Path) -> Path:
 
 
 @pytest.mark.parametrize("command", ["ingest", "evaluate"])
-@pytest.mark.parametrize("sent, exit_status", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)],
-                         ids=["SIGINT", "SIGTERM"])
-def test_ctrl_c_or_sigterm_ends_an_ingest_of_a_slow_source_within_seconds(faulty, tmp_path, command, sent,
-                                                                          exit_status):
+@pytest.mark.parametrize(
+    "sent, exit_status", [(signal.SIGINT, 130), (signal.SIGTERM, -signal.SIGTERM)], ids=["SIGINT", "SIGTERM"]
+)
+def test_ctrl_c_or_sigterm_ends_an_ingest_of_a_slow_source_within_seconds(faulty, tmp_path, command, sent, exit_status):
     """Every download takes 2 s (a slow network); the signal goes to the CLI alone while
     the first one is held. Was (Ctrl-C): "Aborted!", exit status 1, after the reads
     already running had gone on to the end of their batch (here all twelve files, 20 s
     more), since leaving a thread pool waits for its running tasks."""
     proxy = faulty(delaying=DOWNLOAD, delay_s=2.0)
     out = tmp_path / "out"
-    args = (["ingest", "--data", SOURCE, "--output-dir", str(out)] if command == "ingest" else
-            ["evaluate", "--model", str(_untrained_model(tmp_path)), "--data", SOURCE, "--out", str(out / "m.json")])
-    cli = subprocess.Popen([LESIONPIPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                           preexec_fn=_default_sigint)
+    args = (
+        ["ingest", "--data", SOURCE, "--output-dir", str(out)]
+        if command == "ingest"
+        else ["evaluate", "--model", str(_untrained_model(tmp_path)), "--data", SOURCE, "--out", str(out / "m.json")]
+    )
+    cli = subprocess.Popen(
+        [LESIONPIPE, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint
+    )
     deadline = time.time() + 120
     while not proxy.delayed:
         assert cli.poll() is None and time.time() < deadline, "no download started"

@@ -1,6 +1,7 @@
 """Every kind of source through the same ingest: local folders (with hostile links and
 oversized files), zip archives (with hostile entries), the three CSV formats, gs:// on a
 real gcp-storage-emulator, and `lesionpipe ingest`."""
+
 from __future__ import annotations
 
 import io
@@ -113,8 +114,9 @@ def test_files_over_max_file_bytes_are_quarantined_unread(tmp_path):
     m = result.manifest.set_index("relpath")
     for name in ("melanoma/huge.jpg", "labels.csv"):
         assert (m.at[name, "status"], m.at[name, "reason_code"], m.at[name, "md5"]) == ("quarantined", "too_large", "")
-        assert m.at[name, "reason"] == (f"{MAX_FILE_BYTES + 1} bytes is over "
-                                        f"data.max_file_bytes={MAX_FILE_BYTES}: not read")
+        assert m.at[name, "reason"] == (
+            f"{MAX_FILE_BYTES + 1} bytes is over data.max_file_bytes={MAX_FILE_BYTES}: not read"
+        )
     assert peak < 32 * 2**20  # neither file was read into memory
     assert result.report["ingested"] == 6 and result.report["files_found"] == 8
 
@@ -209,8 +211,14 @@ def csv_source(root: Path, fmt: str) -> Path:
     rows.append(("ISIC_9999999", "MEL", "L99"))
     rows = rows[1:]
     if fmt == "ham10000":
-        frame = pd.DataFrame({"lesion_id": [r[2] for r in rows], "image_id": [r[0] for r in rows],
-                              "dx": [r[1].lower() for r in rows], "age": 50})
+        frame = pd.DataFrame(
+            {
+                "lesion_id": [r[2] for r in rows],
+                "image_id": [r[0] for r in rows],
+                "dx": [r[1].lower() for r in rows],
+                "age": 50,
+            }
+        )
         frame.to_csv(root / "HAM10000_metadata.csv", index=False)
     elif fmt == "isic2019":
         frame = pd.DataFrame({"image": [r[0] for r in rows]})
@@ -218,13 +226,19 @@ def csv_source(root: Path, fmt: str) -> Path:
             frame[code] = [1.0 if r[1] == code else 0.0 for r in rows]
         frame.to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
         pd.DataFrame({"image": [r[0] for r in rows], "lesion_id": [r[2] for r in rows]}).to_csv(
-            root / "ISIC_2019_Training_Metadata.csv", index=False)
+            root / "ISIC_2019_Training_Metadata.csv", index=False
+        )
     else:
         names = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal cell carcinoma"}
-        frame = pd.DataFrame({"image_name": [r[0] for r in rows], "patient_id": [r[2] for r in rows],
-                              "diagnosis": [names[r[1]] for r in rows],
-                              "benign_malignant": ["malignant" if r[1] == "MEL" else "benign" for r in rows],
-                              "target": [int(r[1] == "MEL") for r in rows]})
+        frame = pd.DataFrame(
+            {
+                "image_name": [r[0] for r in rows],
+                "patient_id": [r[2] for r in rows],
+                "diagnosis": [names[r[1]] for r in rows],
+                "benign_malignant": ["malignant" if r[1] == "MEL" else "benign" for r in rows],
+                "target": [int(r[1] == "MEL") for r in rows],
+            }
+        )
         frame.to_csv(root / "train.csv", index=False)
     (root / "other.csv").write_text("x,y\n1,2\n")
     return root

@@ -1,5 +1,6 @@
 """Split: grouped by lesion/patient, identical content and near-duplicates; stratified;
 deterministic; the source's Test kept; a clear error when a class is too small."""
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,28 @@ LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 
 
 def manifest(rows: list[dict]) -> pd.DataFrame:
-    defaults = {"group_id": "", "split": "", "md5": "", "status": "ingested", "reason_code": "", "reason": "",
-                "duplicate_of": "", "near_duplicate_group": ""}
+    defaults = {
+        "group_id": "",
+        "split": "",
+        "md5": "",
+        "status": "ingested",
+        "reason_code": "",
+        "reason": "",
+        "duplicate_of": "",
+        "near_duplicate_group": "",
+    }
     frame = pd.DataFrame([{**defaults, **row} for row in rows])
     frame["md5"] = [m or f"md5-{u}" for m, u in zip(frame.md5, frame.uri)]
     return frame
 
 
 def lesions(per_class: int = 20, images_per_lesion: int = 3) -> list[dict]:
-    return [{"uri": f"{cls}/{lesion}/{i}.jpg", "label": cls, "group_id": f"{cls}-{lesion}"}
-            for cls in ("melanoma", "nevus") for lesion in range(per_class) for i in range(images_per_lesion)]
+    return [
+        {"uri": f"{cls}/{lesion}/{i}.jpg", "label": cls, "group_id": f"{cls}-{lesion}"}
+        for cls in ("melanoma", "nevus")
+        for lesion in range(per_class)
+        for i in range(images_per_lesion)
+    ]
 
 
 def subsets_of(df: pd.DataFrame, column: str) -> pd.Series:
@@ -45,8 +58,17 @@ def test_duplicates_and_near_duplicates_link_lesions():
     rows = lesions(per_class=10, images_per_lesion=1)
     # melanoma-0 and melanoma-1 share an image (ingest kept one copy, ignored the other);
     # melanoma-2 and melanoma-3 are near-duplicates.
-    rows.append({"uri": "dup.jpg", "label": "melanoma", "group_id": "melanoma-1", "md5": "md5-melanoma/0/0.jpg",
-                 "status": "ignored", "reason_code": "duplicate", "reason": "exact duplicate"})
+    rows.append(
+        {
+            "uri": "dup.jpg",
+            "label": "melanoma",
+            "group_id": "melanoma-1",
+            "md5": "md5-melanoma/0/0.jpg",
+            "status": "ignored",
+            "reason_code": "duplicate",
+            "reason": "exact duplicate",
+        }
+    )
     frame = manifest(rows)
     frame.loc[frame.group_id.isin(["melanoma-2", "melanoma-3"]), "near_duplicate_group"] = "near-00001"
     for seed in range(5):
@@ -83,8 +105,9 @@ def test_source_test_split_is_kept_with_its_groups():
 
 
 def test_too_few_groups_is_a_clear_error():
-    rows = lesions(per_class=10) + [{"uri": f"df/{i}.jpg", "label": "dermatofibroma", "group_id": "df-0"}
-                                    for i in range(8)]
+    rows = lesions(per_class=10) + [
+        {"uri": f"df/{i}.jpg", "label": "dermatofibroma", "group_id": "df-0"} for i in range(8)
+    ]
     with pytest.raises(SplitError, match="class 'dermatofibroma' has 1 independent groups"):
         split_manifest(manifest(rows), DataConfig())
 
@@ -108,30 +131,62 @@ def test_a_class_with_few_images_per_subset_is_a_warning_in_the_report_and_on_st
     assert counts == {"train": 1, "val": 1, "test": 1}
     assert report["class_size_warnings"] == [
         "class melanoma has few images after quarantine and split (train 1, val 1, test 1): fewer than "
-        "data.warn_images_per_class_split=3, its metrics will be noisy"]
-    assert json.loads((tmp_path / "split" / "split_report.json").read_text())["class_size_warnings"] == \
-        report["class_size_warnings"]
+        "data.warn_images_per_class_split=3, its metrics will be noisy"
+    ]
+    assert (
+        json.loads((tmp_path / "split" / "split_report.json").read_text())["class_size_warnings"]
+        == report["class_size_warnings"]
+    )
     assert f"warning: {report['class_size_warnings'][0]}" in capsys.readouterr().err
     # 0 turns the warning off; classes at the threshold are fine.
-    assert split(tmp_path / "ingested", cfg.model_copy(update={"warn_images_per_class_split": 0}),
-                 tmp_path / "quiet")["class_size_warnings"] == []
-    assert split(tmp_path / "ingested", cfg.model_copy(update={"warn_images_per_class_split": 1}),
-                 tmp_path / "one")["class_size_warnings"] == []
+    assert (
+        split(tmp_path / "ingested", cfg.model_copy(update={"warn_images_per_class_split": 0}), tmp_path / "quiet")[
+            "class_size_warnings"
+        ]
+        == []
+    )
+    assert (
+        split(tmp_path / "ingested", cfg.model_copy(update={"warn_images_per_class_split": 1}), tmp_path / "one")[
+            "class_size_warnings"
+        ]
+        == []
+    )
 
 
 def test_the_stop_threshold_ends_the_run_before_training_with_one_line(tmp_path):
     data = _uneven_source(tmp_path / "data")
-    proc = subprocess.run([LESIONPIPE, "run", "--data", str(data), "--output-dir", "out",
-                           "--set", "data.val_fraction=0.25", "--set", "data.test_fraction=0.25",
-                           "--set", "data.num_shards=1", "--set", "data.ingest_shards=1",
-                           "--set", "data.min_images_per_class_split=2"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            LESIONPIPE,
+            "run",
+            "--data",
+            str(data),
+            "--output-dir",
+            "out",
+            "--set",
+            "data.val_fraction=0.25",
+            "--set",
+            "data.test_fraction=0.25",
+            "--set",
+            "data.num_shards=1",
+            "--set",
+            "data.ingest_shards=1",
+            "--set",
+            "data.min_images_per_class_split=2",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 1
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output
     last = output.strip().splitlines()[-1]
-    assert last.startswith("Error: split failed: too few images per class after quarantine and split "
-                           "(data.min_images_per_class_split=2): melanoma (train 1, val 1, test 1); add images"), last
+    assert last.startswith(
+        "Error: split failed: too few images per class after quarantine and split "
+        "(data.min_images_per_class_split=2): melanoma (train 1, val 1, test 1); add images"
+    ), last
     assert "] train ..." not in proc.stderr  # stopped before training
     # The warning (default threshold 10) was on the quiet console before the stop.
     assert re.search(r"^ +warning: class melanoma has few images after quarantine and split", proc.stderr, re.M)

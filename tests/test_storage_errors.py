@@ -2,6 +2,7 @@
 ETIMEDOUT on an NFS or gcsfuse mount) fails the step in one line, so that KFP retries it
 and an outage never becomes a smaller, cached dataset; a MemoryError while decoding is
 the machine's, not the file's, and propagates."""
+
 from __future__ import annotations
 
 import os
@@ -64,8 +65,14 @@ except MemoryError:
 
 def test_a_memory_error_while_decoding_is_not_a_corrupt_file(tmp_path):
     code = DECODE_UNDER_A_MEMORY_LIMIT.replace("{path}", str(tmp_path / "large.png"))
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.stdout.strip() == "MemoryError", done.stdout + done.stderr
 
 

@@ -1,6 +1,7 @@
 """MLflow faults at the start of a run: a tracking server that is down or hangs is
 reported in one line within seconds, and runs that start together on a new SQLite store
 create it once."""
+
 from __future__ import annotations
 
 import subprocess
@@ -47,8 +48,10 @@ def test_runs_starting_together_on_a_new_sqlite_store_create_it_once(tmp_path):
     """Was: one of two first runs failed in MLflow's schema migration ("Online migration
     expected to match one row", or "duplicate column name: step")."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri, str(i)], cwd=ROOT, stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CREATE_STORE, uri, str(i)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        for i in range(4)
+    ]
     errors = [p.communicate(timeout=180)[1] for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, "\n".join(e[-1500:] for e in errors)
     from mlflow.tracking import MlflowClient

@@ -1,5 +1,6 @@
 """Training: models by name, transfer weights, two phases, imbalance, determinism,
 early stopping with best weights, resume after a kill. Real TF on 32 px images."""
+
 from __future__ import annotations
 
 import json
@@ -32,9 +33,15 @@ def normalized(tmp_path_factory) -> Path:
     return make_tiny_shards(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.mark.parametrize("name, size, kwargs", [
-    ("seed_cnn", 32, {}), ("small_resnet", 32, {}), ("mobilenet_v2", 32, {"alpha": 0.35}), ("mobilenet", 32, {"alpha": 0.25}),
-])
+@pytest.mark.parametrize(
+    "name, size, kwargs",
+    [
+        ("seed_cnn", 32, {}),
+        ("small_resnet", 32, {}),
+        ("mobilenet_v2", 32, {"alpha": 0.35}),
+        ("mobilenet", 32, {"alpha": 0.25}),
+    ],
+)
 def test_every_model_name_builds_a_probability_model(name, size, kwargs):
     model = build_model(name, 5, size, MEAN, STD, **kwargs)
     probs = model.predict(np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32), verbose=0)
@@ -100,8 +107,11 @@ def test_two_phases_freeze_the_backbone_then_fine_tune_it(normalized, tmp_path, 
     # One line per epoch, numbered out of all epochs: the frozen phase's single epoch too.
     lines = [found[1] for found in map(EPOCH_LINE.search, capsys.readouterr().out.splitlines()) if found]
     assert [line.split()[1] for line in lines] == ["1/2", "2/2"]
-    assert re.fullmatch(r"epoch 2/2  loss [\d.]+  val_loss [\d.]+  val_balanced_accuracy [\d.]+  "
-                        r"val_melanoma_auc [\d.]+  learning_rate [\de.+-]+  \(\d+ s\)", lines[1])
+    assert re.fullmatch(
+        r"epoch 2/2  loss [\d.]+  val_loss [\d.]+  val_balanced_accuracy [\d.]+  "
+        r"val_melanoma_auc [\d.]+  learning_rate [\de.+-]+  \(\d+ s\)",
+        lines[1],
+    )
 
 
 def test_training_is_deterministic_with_a_seed_on_cpu(normalized, tmp_path):
@@ -249,10 +259,14 @@ def test_validation_metrics_equal_those_of_the_split_held_in_memory(normalized, 
     images, labels, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "val"), 32)
     probs = np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64)
     m = classification_metrics(labels, probs, meta["classes"], "melanoma")
-    expected = {"val_loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)).mean()),
-                "val_accuracy": m["accuracy"], "val_balanced_accuracy": m["balanced_accuracy"],
-                "val_macro_f1": m["macro_f1"], "val_macro_auc": m["macro_auc"] or 0.0,
-                "val_melanoma_auc": m.get("melanoma_auc") or 0.0}
+    expected = {
+        "val_loss": float(-np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-7, 1.0)).mean()),
+        "val_accuracy": m["accuracy"],
+        "val_balanced_accuracy": m["balanced_accuracy"],
+        "val_macro_f1": m["macro_f1"],
+        "val_macro_auc": m["macro_auc"] or 0.0,
+        "val_melanoma_auc": m.get("melanoma_auc") or 0.0,
+    }
     assert len(labels) > 8  # more than one batch
 
     data = TrainingData.load(normalized, None, tiny_config(cache_memory_mb=budget_mb).train)
@@ -295,8 +309,14 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(normalized, tmp
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
     # Killed in the middle of epoch 2 (0-based), the second fine-tuning epoch.
-    proc = subprocess.Popen([sys.executable, str(script), str(normalized), str(out), "2"], env=env, cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(normalized), str(out), "2"],
+        env=env,
+        cwd=root,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 240
     while not (out / "kill-me").exists():
         assert proc.poll() is None, proc.stdout.read()
@@ -308,8 +328,14 @@ def test_a_killed_training_resumes_from_its_last_completed_epoch(normalized, tmp
     assert before == [0, 1]  # the frozen epoch and one fine-tuning epoch complete, epoch 2 cut off
     assert (out / "backup" / "fine_tune").is_dir()
 
-    done = subprocess.run([sys.executable, str(script), str(normalized), str(out), "-1"], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), str(normalized), str(out), "-1"],
+        env=env,
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     log = (out / "epochs.jsonl").read_text().splitlines()
     epochs = [json.loads(line)["epoch"] for line in log]
@@ -328,8 +354,13 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
     from components.evaluation.gradcam import gradcam
 
     run_id = tracking.pipeline_run(mlflow_server, "ensemble-test", "run", "", {})
-    cfg = tiny_config(model="seed_cnn", epochs=2, max_train_minutes=10, balance_decisions=True,
-                      ensemble=[{"model": "small_resnet", "seed": 7}, {"seed": 8, "epochs": 1}])
+    cfg = tiny_config(
+        model="seed_cnn",
+        epochs=2,
+        max_train_minutes=10,
+        balance_decisions=True,
+        ensemble=[{"model": "small_resnet", "seed": 7}, {"seed": 8, "epochs": 1}],
+    )
     result = train(normalized, None, cfg.train, tmp_path, mlflow_server, run_id)
     assert [m.epochs_run for m in result.members] == [2, 2, 1] and result.epochs_run == 5
 
@@ -345,8 +376,12 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
 
     # Each member's epochs under its own name in the one MLflow run, and the ensemble's validation score.
     metrics = MlflowClient(mlflow_server).get_run(run_id).data.metrics
-    assert {"member0_val_balanced_accuracy", "member1_val_balanced_accuracy", "member2_val_balanced_accuracy",
-            "ensemble_val_balanced_accuracy"} <= set(metrics)
+    assert {
+        "member0_val_balanced_accuracy",
+        "member1_val_balanced_accuracy",
+        "member2_val_balanced_accuracy",
+        "ensemble_val_balanced_accuracy",
+    } <= set(metrics)
     assert "val_balanced_accuracy" not in metrics
     # Decision offsets are fitted once, for the ensemble, not for each member.
     assert "val_tta_balanced_accuracy_balanced_decisions" in metrics
@@ -365,8 +400,11 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
 
     again = train(normalized, None, cfg.train, tmp_path, extra_callbacks=[Count()])
     assert epochs_seen == [] and again.epochs_run == 5
-    np.testing.assert_allclose(keras.models.load_model(again.model_path, compile=False).predict(images, verbose=0),
-                               np.mean(member_probs, axis=0), atol=1e-5)
+    np.testing.assert_allclose(
+        keras.models.load_model(again.model_path, compile=False).predict(images, verbose=0),
+        np.mean(member_probs, axis=0),
+        atol=1e-5,
+    )
 
 
 def test_the_epoch_log_survives_a_line_cut_short_by_a_kill(tmp_path):
@@ -405,8 +443,9 @@ def test_a_killed_backup_write_leaves_the_previous_backup_whole(normalized, tmp_
         np.testing.assert_array_equal(got, want)
 
 
-def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_step(normalized, tmp_path, capsys,
-                                                                                    monkeypatch):
+def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_step(
+    normalized, tmp_path, capsys, monkeypatch
+):
     """train.balance_decisions: offsets fitted on the validation split's TTA probabilities,
     saved beside the model, and the pipeline's evaluate step decides with them."""
     import keras
@@ -434,5 +473,7 @@ def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_st
 
     ev = evaluate(result.model_path, normalized, EvaluateConfig(tta=True), tmp_path / "eval")
     assert ev.metrics["decision_bias"] == dict(zip(classes, saved))
-    assert np.asarray(ev.metrics["confusion_matrix"]).sum(0).tolist() == \
-        np.bincount(decide(ev.probs, saved), minlength=len(classes)).tolist()
+    assert (
+        np.asarray(ev.metrics["confusion_matrix"]).sum(0).tolist()
+        == np.bincount(decide(ev.probs, saved), minlength=len(classes)).tolist()
+    )

@@ -3,6 +3,7 @@ train.cache_memory_mb, in a file under the step's working folder when they do no
 the choice printed; the validation images in memory only within what the training cache
 leaves of that budget, else read from the shards at every validation. Real tf.data on a
 tiny shard."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -91,8 +92,9 @@ def test_validation_images_stay_in_memory_within_what_the_training_cache_leaves(
     source = write_tiny_shard(tmp_path)  # 10 validation images: 0.029 MB decoded
 
     def cache_line(train_count: int, budget_mb: int, **train) -> str:
-        validation_images([str(source)], 32, tiny_config(cache_memory_mb=budget_mb, **train).train, len(LABELS),
-                          train_count)
+        validation_images(
+            [str(source)], 32, tiny_config(cache_memory_mb=budget_mb, **train).train, len(LABELS), train_count
+        )
         return capsys.readouterr().out
 
     assert "validation input cache: memory" in cache_line(10, 1)
@@ -112,11 +114,13 @@ def test_validation_reads_the_shards_at_every_validation_unless_cached(tmp_path,
     from components.training.callbacks import validation_metrics
 
     source = write_tiny_shard(tmp_path)
-    images = validation_images([str(source)], 32, tiny_config(cache_memory_mb=budget_mb).train, len(LABELS),
-                               len(LABELS))
+    images = validation_images(
+        [str(source)], 32, tiny_config(cache_memory_mb=budget_mb).train, len(LABELS), len(LABELS)
+    )
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
-                              keras.layers.Dense(3, activation="softmax")])
+    model = keras.Sequential(
+        [keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")]
+    )
     labels = np.asarray(LABELS)
     first = validation_metrics(model, images, labels, ["a", "b", "c"], 4, "b")
     source.unlink()  # only a cache can give the second validation now

@@ -1,5 +1,6 @@
 """`python -m components.training.train_job`, the TFJob's entry point: inputs and outputs on GCS
 (the emulator), and two real workers on 127.0.0.1 under MultiWorkerMirroredStrategy."""
+
 import json
 import os
 import subprocess
@@ -26,8 +27,14 @@ def write_config(path: Path, **train) -> Path:
 
 
 def job(*args: str, env: dict | None = None, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "components.training.train_job", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})}, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-m", "components.training.train_job", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **popen,
+    )
 
 
 def test_single_worker_reads_and_writes_gcs_and_logs_to_mlflow(tmp_path, gcs_emulator):
@@ -36,8 +43,18 @@ def test_single_worker_reads_and_writes_gcs_and_logs_to_mlflow(tmp_path, gcs_emu
     storage.Client().create_bucket("job-bucket")
     upload_folder(make_tiny_shards(tmp_path), "gs://job-bucket/run-1/normalized")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    proc = job("--normalized", "gs://job-bucket/run-1/normalized", "--config", str(write_config(tmp_path / "c.yaml")),
-               "--output-dir", "gs://job-bucket/run-1/model", "--tracking-uri", tracking, "--run-id", "kfp-run-7")
+    proc = job(
+        "--normalized",
+        "gs://job-bucket/run-1/normalized",
+        "--config",
+        str(write_config(tmp_path / "c.yaml")),
+        "--output-dir",
+        "gs://job-bucket/run-1/model",
+        "--tracking-uri",
+        tracking,
+        "--run-id",
+        "kfp-run-7",
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
@@ -57,8 +74,20 @@ def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_pat
     # its own images; class weights: per-image weights in the loss.
     config = write_config(tmp_path / "c.yaml", model="small_resnet", epochs=2, imbalance="class_weight")
     tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    procs = [job("--normalized", str(normalized), "--config", str(config), "--output-dir", str(tmp_path / f"out{i}"),
-                 "--tracking-uri", tracking, env=env) for i, env in enumerate(worker_environments(2))]
+    procs = [
+        job(
+            "--normalized",
+            str(normalized),
+            "--config",
+            str(config),
+            "--output-dir",
+            str(tmp_path / f"out{i}"),
+            "--tracking-uri",
+            tracking,
+            env=env,
+        )
+        for i, env in enumerate(worker_environments(2))
+    ]
     summaries = []
     for proc in procs:
         out, err = proc.communicate(timeout=300)
@@ -75,7 +104,8 @@ def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_pat
     assert not (tmp_path / "out1").exists()  # the other worker trained in a scratch folder
     assert weights_checksum(model_path) == chief["weights_sha256"]
     probabilities = keras.models.load_model(model_path, compile=False).predict(
-        np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0)
+        np.full((2, 32, 32, 3), 128.0, np.float32), verbose=0
+    )
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
     assert [e["epoch"] for e in read_epoch_log(tmp_path / "out0")] == [0, 1]
     client = MlflowClient(tracking)
@@ -88,8 +118,17 @@ def test_two_workers_train_one_model_that_only_the_chief_writes_and_logs(tmp_pat
 def test_a_worker_whose_peer_never_comes_up_stops_with_one_error_line(tmp_path):
     config = write_config(tmp_path / "c.yaml")
     lonely = worker_environments(2)[1]
-    proc = job("--normalized", str(make_tiny_shards(tmp_path)), "--config", str(config), "--output-dir",
-               str(tmp_path / "out"), "--wait-for-workers-minutes", "0.05", env=lonely)
+    proc = job(
+        "--normalized",
+        str(make_tiny_shards(tmp_path)),
+        "--config",
+        str(config),
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--wait-for-workers-minutes",
+        "0.05",
+        env=lonely,
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().splitlines()[-1].startswith("error: worker 1 could not reach 127.0.0.1:")
@@ -112,8 +151,14 @@ def test_chief_is_worker_zero_without_a_chief_task(monkeypatch):
 
 
 def test_a_missing_input_is_one_error_line(tmp_path):
-    proc = job("--normalized", str(tmp_path / "nope"), "--config", str(write_config(tmp_path / "c.yaml")),
-               "--output-dir", str(tmp_path / "out"))
+    proc = job(
+        "--normalized",
+        str(tmp_path / "nope"),
+        "--config",
+        str(write_config(tmp_path / "c.yaml")),
+        "--output-dir",
+        str(tmp_path / "out"),
+    )
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().splitlines()[-1].startswith("error:") and "Traceback" not in err
@@ -134,8 +179,16 @@ def test_the_chief_logs_the_decision_offsets_that_evaluate_then_decides_with(tmp
     cfg = tiny_config(epochs=1, balance_decisions=True).with_overrides(["data.synthetic_images_per_class=48"])
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(cfg.to_dict()))
-    proc = job("--normalized", str(make_tiny_shards(tmp_path, cfg)), "--config", str(config), "--output-dir",
-               str(tmp_path / "model"), "--tracking-uri", mlflow_server)
+    proc = job(
+        "--normalized",
+        str(make_tiny_shards(tmp_path, cfg)),
+        "--config",
+        str(config),
+        "--output-dir",
+        str(tmp_path / "model"),
+        "--tracking-uri",
+        mlflow_server,
+    )
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     summary = json.loads(out.strip().splitlines()[-1])
@@ -147,8 +200,20 @@ def test_the_chief_logs_the_decision_offsets_that_evaluate_then_decides_with(tmp
 
     metrics_path = tmp_path / "metrics.json"
     images = write_class_folder(tmp_path / "images", per_class=3, size=48, seed=5)
-    result = CliRunner().invoke(main, ["evaluate", "--model", summary["model_uri"], "--data", str(images),
-                                       "--out", str(metrics_path), "--tracking-uri", mlflow_server])
+    result = CliRunner().invoke(
+        main,
+        [
+            "evaluate",
+            "--model",
+            summary["model_uri"],
+            "--data",
+            str(images),
+            "--out",
+            str(metrics_path),
+            "--tracking-uri",
+            mlflow_server,
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(metrics_path.read_text())
     assert metrics["decision_bias"] == saved

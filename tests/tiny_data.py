@@ -1,5 +1,6 @@
 """Tiny real datasets for the training/evaluation tests: the project's own synthetic
 images through the real ingest -> split -> normalize steps, at 32 px."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -12,12 +13,20 @@ from pipeline.config import Config
 
 def tiny_config(**train) -> Config:
     """A config for seconds-long CPU runs; ``train`` overrides train.* values."""
-    return Config.from_dict({
-        "data": {"image_size": 32, "synthetic_images_per_class": 16, "synthetic_image_size": 48,
-                 "val_fraction": 0.25, "test_fraction": 0.25, "num_shards": 2},
-        "train": {"epochs": 2, "batch_size": 16, "early_stopping_patience": 10, **train},
-        "evaluate": {"worst_images": 4, "gradcam_images": 2},
-    })
+    return Config.from_dict(
+        {
+            "data": {
+                "image_size": 32,
+                "synthetic_images_per_class": 16,
+                "synthetic_image_size": 48,
+                "val_fraction": 0.25,
+                "test_fraction": 0.25,
+                "num_shards": 2,
+            },
+            "train": {"epochs": 2, "batch_size": 16, "early_stopping_patience": 10, **train},
+            "evaluate": {"worst_images": 4, "gradcam_images": 2},
+        }
+    )
 
 
 def make_tiny_shards(root: Path, cfg: Config | None = None) -> Path:

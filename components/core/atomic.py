@@ -1,5 +1,6 @@
 """Outputs that appear under their final name only once complete, so a killed or
 retried step never leaves a half-written file or folder that looks finished."""
+
 from __future__ import annotations
 
 import shutil

@@ -1,4 +1,5 @@
 """User mistakes (bad data, bad config) end a step with one line, never a traceback."""
+
 from __future__ import annotations
 
 import sys

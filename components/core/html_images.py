@@ -1,6 +1,7 @@
 """Images inside one self-contained HTML page: the ingest data report and the
 evaluation report both inline theirs, so that MLflow, KFP and a mail show each page as
 one file."""
+
 from __future__ import annotations
 
 import base64

@@ -9,12 +9,18 @@ reviewer looks for come first here, in the description above that table.
 
 The register step writes it as soon as the decision is made; the report step writes it
 again with the data warnings, and alone when the retraining gate skipped training."""
+
 from __future__ import annotations
 
 NOTE_TAG = "mlflow.note.content"
 # The headline test metrics in the order a reviewer reads them, with their names in words.
-TEST_METRICS = (("balanced_accuracy", "balanced accuracy"), ("accuracy", "accuracy"), ("macro_f1", "macro-F1"),
-                ("melanoma_auc", "melanoma AUC"), ("macro_auc", "macro AUC"))
+TEST_METRICS = (
+    ("balanced_accuracy", "balanced accuracy"),
+    ("accuracy", "accuracy"),
+    ("macro_f1", "macro-F1"),
+    ("melanoma_auc", "melanoma AUC"),
+    ("macro_auc", "macro AUC"),
+)
 SYNTHETIC_WARNING = (
     "**SYNTHETIC data**: this model was trained and tested on generated images "
     "(components/data/synthetic.py), not on medical images; its numbers say nothing about real lesions."
@@ -38,8 +44,11 @@ def interval_text(metrics: dict, key: str) -> str:
 def scores_text(metrics: dict, bold: str = "") -> str:
     """``balanced accuracy 0.700 [0.65, 0.75], ...``: the headline test metrics with their
     intervals, each value between ``bold`` marks."""
-    shown = [f"{words} {bold}{metrics[key]:.3f}{bold}{interval_text(metrics, key)}" for key, words in TEST_METRICS
-             if metrics.get(key) is not None]
+    shown = [
+        f"{words} {bold}{metrics[key]:.3f}{bold}{interval_text(metrics, key)}"
+        for key, words in TEST_METRICS
+        if metrics.get(key) is not None
+    ]
     return ", ".join(shown) if shown else "none defined"
 
 
@@ -63,9 +72,11 @@ def test_metrics_line(metrics: dict, label: str = "Test metrics") -> str:
 def gate_lines(gate: dict) -> list[str]:
     name, version, alias = gate["model_name"], gate["version"], gate["alias"]
     verdict = "CHAMPION" if alias == "champion" else "not champion (challenger)"
-    return [f"Verdict: **{verdict}**: registered model `{name}` version **{version}**, alias **@{alias}** "
-            f"(`models:/{name}@{alias}`)",
-            f"Champion gate: {gate['reason']}"]
+    return [
+        f"Verdict: **{verdict}**: registered model `{name}` version **{version}**, alias **@{alias}** "
+        f"(`models:/{name}@{alias}`)",
+        f"Champion gate: {gate['reason']}",
+    ]
 
 
 def origin_lines(kfp_url: str, local_run_dir: str) -> list[str]:
@@ -77,8 +88,14 @@ def origin_lines(kfp_url: str, local_run_dir: str) -> list[str]:
     return lines
 
 
-def trained_description(metrics: dict, gate: dict, synthetic: bool, kfp_url: str = "", local_run_dir: str = "",
-                        warnings: list[str] | tuple[str, ...] = ()) -> str:
+def trained_description(
+    metrics: dict,
+    gate: dict,
+    synthetic: bool,
+    kfp_url: str = "",
+    local_run_dir: str = "",
+    warnings: list[str] | tuple[str, ...] = (),
+) -> str:
     """The verdict of a run that trained: test metrics, gate decision, where it ran."""
     verdict, reason = gate_lines(gate)
     # The UI shows the first few paragraphs, then "Show more": the verdict and any

@@ -7,6 +7,7 @@ sections themselves are in ``components.core.settings``.
 KFP hands a dict input over as a protobuf Struct, where every number is a float:
 pydantic's lax mode takes 7.0 for an int field, and refuses 7.5.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,8 +89,7 @@ SQLITE = "sqlite:///"
 
 
 def _is_relative_local_path(value: Any) -> bool:
-    return (isinstance(value, str) and value not in NOT_PATHS and "://" not in value
-            and not value.startswith(("/", "~")))
+    return isinstance(value, str) and value not in NOT_PATHS and "://" not in value and not value.startswith(("/", "~"))
 
 
 def _against(folder: Path, value: str) -> str:
@@ -146,8 +146,12 @@ def describe_error(error: dict, cls: type[BaseModel], where: str) -> str:
     kind, value, ctx = error["type"], error.get("input"), error.get("ctx") or {}
     if kind == "extra_forbidden":
         return unknown_key_message(key, known_keys(cls, error["loc"]))
-    bounds = {"greater_than_equal": ("at least", "ge"), "greater_than": ("above", "gt"),
-              "less_than_equal": ("at most", "le"), "less_than": ("below", "lt")}
+    bounds = {
+        "greater_than_equal": ("at least", "ge"),
+        "greater_than": ("above", "gt"),
+        "less_than_equal": ("at most", "le"),
+        "less_than": ("below", "lt"),
+    }
     if kind in bounds:
         words, name = bounds[kind]
         return f"{key} must be {words} {ctx[name]:g}, got {value!r}"
@@ -156,8 +160,14 @@ def describe_error(error: dict, cls: type[BaseModel], where: str) -> str:
     if kind == "value_error":
         message = str(ctx.get("error", error["msg"]))
         return f"{key}: {message}" if key else message
-    expected = {"int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
-                "dict": "a mapping", "list": "a list"}
+    expected = {
+        "int": "an integer",
+        "float": "a number",
+        "bool": "true or false",
+        "string": "a string",
+        "dict": "a mapping",
+        "list": "a list",
+    }
     for prefix, words in expected.items():
         if kind.startswith(prefix):
             return f"{key} must be {words}, got {value!r}"

@@ -7,6 +7,7 @@ its cache key on a cluster. ``pipeline.config`` composes these sections (with th
 cluster settings) into the one run configuration. How a section is loaded, checked and
 reported (one line naming the key) is ``components.core.section``.
 """
+
 from __future__ import annotations
 
 from typing import Any, Literal, get_args
@@ -212,8 +213,10 @@ class TrainConfig(Section):
         """This section's model first, then one config per ensemble entry, each checked
         like the section itself."""
         base = self.model_dump(exclude={"ensemble"})
-        return [self] + [load_section(TrainConfig, {**base, **overrides}, f"train.ensemble[{i}].")
-                         for i, overrides in enumerate(self.ensemble)]
+        return [self] + [
+            load_section(TrainConfig, {**base, **overrides}, f"train.ensemble[{i}].")
+            for i, overrides in enumerate(self.ensemble)
+        ]
 
 
 class EvaluateConfig(Section):

@@ -4,6 +4,7 @@ logging a Keras model into it.
 Steps find the pipeline's MLflow run by the KFP run id tag (creating it on first use),
 so no step needs another's output to log, and a cached step never points at a stale run.
 """
+
 from __future__ import annotations
 
 import os
@@ -104,8 +105,10 @@ def check_reachable(tracking_uri: str, timeout: float = HEALTH_TIMEOUT_S) -> Non
         problem = f"HTTP {exc.code} {exc.reason}"
     except (urllib.error.URLError, OSError) as exc:
         problem = str(getattr(exc, "reason", exc))
-    raise TrackingUnavailable(f"MLflow tracking server {tracking_uri} does not answer ({problem} from {url} within "
-                              f"{timeout:g} s): start it, or leave out --tracking-uri to use ./{DEFAULT_DB_NAME}")
+    raise TrackingUnavailable(
+        f"MLflow tracking server {tracking_uri} does not answer ({problem} from {url} within "
+        f"{timeout:g} s): start it, or leave out --tracking-uri to use ./{DEFAULT_DB_NAME}"
+    )
 
 
 def ensure_store(tracking_uri: str) -> None:
@@ -150,21 +153,32 @@ def ensure_experiment(tracking_uri: str, experiment: str) -> str:
     found = store.get_experiment_by_name(experiment)
     if found is None:
         try:
-            return store.create_experiment(experiment, artifact_location=_artifact_location(tracking_uri, experiment),
-                                           tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+            return store.create_experiment(
+                experiment,
+                artifact_location=_artifact_location(tracking_uri, experiment),
+                tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT},
+            )
         except MlflowException:  # created meanwhile by a parallel step
             found = store.get_experiment_by_name(experiment)
     if EXPERIMENT_KIND_TAG not in found.tags:
         try:
             store.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
         except MlflowException as exc:  # someone else's experiment, read-only to us: only the UI's view is lost
-            sys.stderr.write(f"warning: could not tag experiment {experiment!r} as model training: "
-                             f"{exc.message.splitlines()[0] if exc.message else exc}\n")
+            sys.stderr.write(
+                f"warning: could not tag experiment {experiment!r} as model training: "
+                f"{exc.message.splitlines()[0] if exc.message else exc}\n"
+            )
     return found.experiment_id
 
 
-def pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, kfp_run_id: str,
-                 params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> str:
+def pipeline_run(
+    tracking_uri: str,
+    experiment: str,
+    kfp_run_name: str,
+    kfp_run_id: str,
+    params: dict[str, str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
     """The id of the MLflow run for this KFP run, created (with params and tags) if needed."""
     from mlflow.entities import Param
 
@@ -173,8 +187,11 @@ def pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, kfp_run_
     found = store.search_runs([experiment_id], filter_string=f"tags.`{KFP_RUN_ID_TAG}` = '{kfp_run_id}'", max_results=1)
     if found:
         return found[0].info.run_id
-    run = store.create_run(experiment_id, run_name=kfp_run_name,
-                            tags={KFP_RUN_ID_TAG: kfp_run_id, KFP_RUN_NAME_TAG: kfp_run_name, **(tags or {})})
+    run = store.create_run(
+        experiment_id,
+        run_name=kfp_run_name,
+        tags={KFP_RUN_ID_TAG: kfp_run_id, KFP_RUN_NAME_TAG: kfp_run_name, **(tags or {})},
+    )
     if params:
         store.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     return run.info.run_id
@@ -192,8 +209,11 @@ def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, stat
     for run in store.search_runs([found.experiment_id], filter_string=f"tags.`{KFP_RUN_NAME_TAG}` = '{kfp_run_name}'"):
         if run.info.status == "RUNNING":
             store.set_tag(run.info.run_id, "lesion.end_reason", reason[:5000])
-            store.set_tag(run.info.run_id, NOTE_TAG,
-                          failed_description(status, reason[:5000], run.data.tags.get(NOTE_TAG, ""))[:60000])
+            store.set_tag(
+                run.info.run_id,
+                NOTE_TAG,
+                failed_description(status, reason[:5000], run.data.tags.get(NOTE_TAG, ""))[:60000],
+            )
             store.set_terminated(run.info.run_id, status)
 
 
@@ -244,9 +264,16 @@ def ui_command(tracking_uri: str) -> str:
     return f"lesionpipe ui --tracking-uri {tracking_uri}"
 
 
-def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, classes: list[str],
-              resize_mode: str = "pad", synthetic: bool = False,
-              decision_bias: dict[str, float] | None = None) -> str:
+def log_model(
+    model_path: str,
+    image_size: int,
+    tracking_uri: str,
+    run_id: str,
+    classes: list[str],
+    resize_mode: str = "pad",
+    synthetic: bool = False,
+    decision_bias: dict[str, float] | None = None,
+) -> str:
     """Log the Keras model to the MLflow run with signature and input example; return its URI.
     Its metadata says whether it was trained on synthetic data, so every later use of it
     (predict, evaluate) can say so, and carries its decision offsets by class
@@ -260,8 +287,17 @@ def log_model(model_path: str, image_size: int, tracking_uri: str, run_id: str, 
     example = np.full((1, image_size, image_size, 3), 128.0, dtype=np.float32)
     signature = infer_signature(example, model.predict(example, verbose=0))
     with logging_into(tracking_uri, run_id):
-        info = mlflow.tensorflow.log_model(model, name="model", signature=signature, input_example=example,
-                                           metadata={"classes": classes, "image_size": image_size,
-                                                     "resize_mode": resize_mode, "synthetic": synthetic,
-                                                     **({"decision_bias": decision_bias} if decision_bias else {})})
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example,
+            metadata={
+                "classes": classes,
+                "image_size": image_size,
+                "resize_mode": resize_mode,
+                "synthetic": synthetic,
+                **({"decision_bias": decision_bias} if decision_bias else {}),
+            },
+        )
     return info.model_uri

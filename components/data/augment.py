@@ -58,8 +58,12 @@ class Transform:
         img = img.rotate(self.rotation_degrees, resample=Image.Resampling.BILINEAR)
         crop = size / self.zoom
         offset = (size - crop) / 2
-        img = img.transform((size, size), Image.Transform.EXTENT, (offset, offset, offset + crop, offset + crop),
-                            resample=Image.Resampling.BILINEAR)
+        img = img.transform(
+            (size, size),
+            Image.Transform.EXTENT,
+            (offset, offset, offset + crop, offset + crop),
+            resample=Image.Resampling.BILINEAR,
+        )
         img = ImageEnhance.Brightness(img).enhance(self.brightness)
         img = ImageEnhance.Contrast(img).enhance(self.contrast)
         img = ImageEnhance.Color(img).enhance(self.saturation)
@@ -108,10 +112,14 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
         # Then one pass over the train shards, each extra image made as its source passes
         # by and written at once: one image in memory, not the split. The shard holds them
         # in their sources' record order (policy.json's samples keep the plan's order).
-        tfrecords.write_shard(out / "train-00000-of-00001.tfrecord", (
-            (transform.apply(image), label, uri)
-            for source, image in tfrecords.images_at(paths, meta["image_size"], planned)
-            for transform, label, uri in planned[source]))
+        tfrecords.write_shard(
+            out / "train-00000-of-00001.tfrecord",
+            (
+                (transform.apply(image), label, uri)
+                for source, image in tfrecords.images_at(paths, meta["image_size"], planned)
+                for transform, label, uri in planned[source]
+            ),
+        )
     report = {
         "seed": seed,
         "policy": cfg.to_dict(),

@@ -8,6 +8,7 @@ reading those files again from the source (components.data.ingest.report_preview
 that can no longer be read, or whose bytes changed since it was ingested, is shown as
 "[no preview]", and the figures are unchanged.
 """
+
 from __future__ import annotations
 
 import html
@@ -31,8 +32,16 @@ SAMPLES_PER_CLASS = 8
 
 
 # The report's figures that a run's summary.json and MLflow run carry.
-SUMMARY_COUNTS = ("files_found", "ingested", "quarantined", "ignored", "duplicate_groups", "label_conflict_groups",
-                  "split_leak_groups", "synthetic")
+SUMMARY_COUNTS = (
+    "files_found",
+    "ingested",
+    "quarantined",
+    "ignored",
+    "duplicate_groups",
+    "label_conflict_groups",
+    "split_leak_groups",
+    "synthetic",
+)
 
 
 def summary_counts(report: dict) -> dict:
@@ -43,8 +52,17 @@ class AccountingError(AssertionError):
     """Files were lost or counted twice: a bug, never a data problem."""
 
 
-def build_report(df: pd.DataFrame, *, source_root: str, synthetic: bool, fmt: str, counts_before: dict,
-                 duplicate_groups: list[dict], near_groups: list[dict], label_rows_without_image: int) -> dict:
+def build_report(
+    df: pd.DataFrame,
+    *,
+    source_root: str,
+    synthetic: bool,
+    fmt: str,
+    counts_before: dict,
+    duplicate_groups: list[dict],
+    near_groups: list[dict],
+    label_rows_without_image: int,
+) -> dict:
     status = df.status.value_counts()
     ingested = df.loc[df.status == "ingested", ["label", "split"]]  # the columns it needs, not a copy of all
     report = {
@@ -66,8 +84,10 @@ def build_report(df: pd.DataFrame, *, source_root: str, synthetic: bool, fmt: st
         "class_counts_before": {k: int(v) for k, v in counts_before.items()},
         "class_counts": {k: int(v) for k, v in ingested.label.value_counts().sort_index().items()},
         "source_splits": {k or "none": int(v) for k, v in ingested.split.value_counts().sort_index().items()},
-        "reason_counts": {s: {k: int(v) for k, v in df[df.status == s].reason_code.value_counts().sort_index().items()}
-                          for s in ("quarantined", "ignored")},
+        "reason_counts": {
+            s: {k: int(v) for k, v in df[df.status == s].reason_code.value_counts().sort_index().items()}
+            for s in ("quarantined", "ignored")
+        },
         "quarantined_files": df[df.status == "quarantined"][["relpath", "reason_code", "reason"]].to_dict("records"),
         "ignored_files": df[df.status == "ignored"][["relpath", "reason_code", "reason"]].to_dict("records"),
         "duplicate_group_details": duplicate_groups,
@@ -81,8 +101,10 @@ def check_accounting(df: pd.DataFrame, report: dict) -> None:
     """The invariant, on every run: every file found is in exactly one place, and every
     file not ingested is named with its reason."""
     if report["files_found"] != report["ingested"] + report["quarantined"] + report["ignored"]:
-        raise AccountingError(f"ingest lost files: {report['files_found']} found, "
-                              f"{report['ingested']}+{report['quarantined']}+{report['ignored']} accounted for")
+        raise AccountingError(
+            f"ingest lost files: {report['files_found']} found, "
+            f"{report['ingested']}+{report['quarantined']}+{report['ignored']} accounted for"
+        )
     if df.uri.duplicated().any():
         raise AccountingError(f"files listed twice: {df.uri[df.uri.duplicated()].tolist()[:5]}")
     unexplained = df[(df.status != "ingested") & (df.reason == "")]
@@ -168,8 +190,10 @@ def _shown_groups(report: dict) -> list[tuple[str, list[dict], int]]:
 
 def _sample_rows(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     ingested = df.loc[df.status == "ingested", ["relpath", "uri", "label"]]
-    return {label: group.sort_values("relpath").head(SAMPLES_PER_CLASS)
-            for label, group in ingested.groupby("label", sort=True)}
+    return {
+        label: group.sort_values("relpath").head(SAMPLES_PER_CLASS)
+        for label, group in ingested.groupby("label", sort=True)
+    }
 
 
 def shown_uris(df: pd.DataFrame, report: dict) -> set[str]:
@@ -191,17 +215,31 @@ def _group_sections(df: pd.DataFrame, report: dict, previews: dict[str, bytes]) 
         rendered = []
         for group in groups:
             members = by_relpath.loc[group["files"]]
-            rendered.append({"files": [
-                {"relpath": relpath, "label": row.label or row.source_label, "split": row.split or "-",
-                 "status": row.status, "reason": row.reason, "thumb": _preview_uri(previews, row.uri)}
-                for relpath, row in members.iterrows()], "total": total})
+            rendered.append(
+                {
+                    "files": [
+                        {
+                            "relpath": relpath,
+                            "label": row.label or row.source_label,
+                            "split": row.split or "-",
+                            "status": row.status,
+                            "reason": row.reason,
+                            "thumb": _preview_uri(previews, row.uri),
+                        }
+                        for relpath, row in members.iterrows()
+                    ],
+                    "total": total,
+                }
+            )
         shown.append((f"{title}: {total} groups", rendered))
     return shown
 
 
 def _samples(df: pd.DataFrame, previews: dict[str, bytes]) -> dict[str, list[tuple[str, str]]]:
-    return {label: [(r.relpath, _preview_uri(previews, r.uri)) for r in rows.itertuples()]
-            for label, rows in _sample_rows(df).items()}
+    return {
+        label: [(r.relpath, _preview_uri(previews, r.uri)) for r in rows.itertuples()]
+        for label, rows in _sample_rows(df).items()
+    }
 
 
 # ---- rendering ---------------------------------------------------------------
@@ -216,8 +254,11 @@ def _summary_lines(report: dict) -> list[str]:
         f"Train/Test leaks {report['split_leak_groups']}); near-duplicate groups {report['near_duplicate_groups']} "
         f"(with different labels {report['near_duplicate_label_conflict_groups']}, across Train/Test "
         f"{report['near_duplicate_split_leak_groups']}).",
-    ] + ([f"Label-file rows with no image: {report['label_rows_without_image']}."]
-         if report["label_rows_without_image"] else [])
+    ] + (
+        [f"Label-file rows with no image: {report['label_rows_without_image']}."]
+        if report["label_rows_without_image"]
+        else []
+    )
 
 
 def _class_rows(report: dict) -> list[tuple[str, int, int]]:
@@ -231,8 +272,16 @@ def _md_cell(text: str) -> str:
 
 def render_markdown(report: dict, groups: list[tuple[str, list[dict]]], samples: dict, histogram: str) -> str:
     title = "# Data report" + (" (SYNTHETIC data, not medical images)" if report["synthetic"] else "")
-    lines = [title, "", *_summary_lines(report), "", "## Images per class", "",
-             "| class | labelled | ingested |", "|---|---:|---:|"]
+    lines = [
+        title,
+        "",
+        *_summary_lines(report),
+        "",
+        "## Images per class",
+        "",
+        "| class | labelled | ingested |",
+        "|---|---:|---:|",
+    ]
     lines += [f"| {c} | {before} | {after} |" for c, before, after in _class_rows(report)]
     for status in ("quarantined", "ignored"):
         rows = report[f"{status}_files"]
@@ -246,9 +295,13 @@ def render_markdown(report: dict, groups: list[tuple[str, list[dict]]], samples:
     for heading, rendered in groups:
         lines += ["", f"## {heading}", ""]
         for number, group in enumerate(rendered, start=1):
-            lines.append(f"{number}. " + "; ".join(
-                f"![]({f['thumb']}) `{_md_cell(f['relpath'])}` {f['label']} ({f['split']}, {f['status']})"
-                for f in group["files"]))
+            lines.append(
+                f"{number}. "
+                + "; ".join(
+                    f"![]({f['thumb']}) `{_md_cell(f['relpath'])}` {f['label']} ({f['split']}, {f['status']})"
+                    for f in group["files"]
+                )
+            )
     lines += ["", "## Image sizes", "", f"![size histogram]({histogram})", "", "## Samples per class", ""]
     for label, thumbs in samples.items():
         lines.append(f"**{label}** " + " ".join(f"![{_md_cell(p)}]({t})" for p, t in thumbs if t))
@@ -266,11 +319,13 @@ def render_html(report: dict, groups: list[tuple[str, list[dict]]], samples: dic
         parts = line.split("`")
         return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
-    out = ["<!doctype html><html><head><meta charset='utf-8'><title>Data report</title><style>"
-           "body{font-family:sans-serif;margin:1em 2em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
-           "table{border-collapse:collapse}.group{margin:6px 0;padding:4px;border:1px solid #ddd}"
-           ".file{display:inline-block;margin:3px;font-size:11px;max-width:180px;vertical-align:top}"
-           ".warn{color:#a00;font-weight:bold}</style></head><body><h1>Data report</h1>"]
+    out = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>Data report</title><style>"
+        "body{font-family:sans-serif;margin:1em 2em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left}"
+        "table{border-collapse:collapse}.group{margin:6px 0;padding:4px;border:1px solid #ddd}"
+        ".file{display:inline-block;margin:3px;font-size:11px;max-width:180px;vertical-align:top}"
+        ".warn{color:#a00;font-weight:bold}</style></head><body><h1>Data report</h1>"
+    ]
     if report["synthetic"]:
         out.append("<p class='warn'>SYNTHETIC data: not medical images.</p>")
     out += [f"<p>{md_to_html(line)}</p>" for line in _summary_lines(report)]
@@ -283,8 +338,11 @@ def render_html(report: dict, groups: list[tuple[str, list[dict]]], samples: dic
         out.append(f"<h2>{status.capitalize()} files ({len(rows)})</h2><p>{counts}</p>")
         if rows:
             out.append("<table><tr><th>file</th><th>code</th><th>reason</th></tr>")
-            out += [f"<tr><td><code>{esc(r['relpath'])}</code></td><td>{esc(r['reason_code'])}</td>"
-                    f"<td>{esc(r['reason'])}</td></tr>" for r in rows[:MAX_TABLE_ROWS]]
+            out += [
+                f"<tr><td><code>{esc(r['relpath'])}</code></td><td>{esc(r['reason_code'])}</td>"
+                f"<td>{esc(r['reason'])}</td></tr>"
+                for r in rows[:MAX_TABLE_ROWS]
+            ]
             if len(rows) > MAX_TABLE_ROWS:
                 out.append(f"<tr><td colspan='3'>... {len(rows) - MAX_TABLE_ROWS} more in report.json</td></tr>")
             out.append("</table>")
@@ -293,10 +351,15 @@ def render_html(report: dict, groups: list[tuple[str, list[dict]]], samples: dic
         if rendered and rendered[0]["total"] > len(rendered):
             out.append(f"<p>first {len(rendered)} shown; all in report.json</p>")
         for group in rendered:
-            out.append("<div class='group'>" + "".join(
-                f"<div class='file'>{img_tag(f['thumb'], f['relpath'])}<br><code>{esc(f['relpath'])}</code><br>"
-                f"{esc(f['label'])} &middot; {esc(f['split'])} &middot; {esc(f['status'])}</div>"
-                for f in group["files"]) + "</div>")
+            out.append(
+                "<div class='group'>"
+                + "".join(
+                    f"<div class='file'>{img_tag(f['thumb'], f['relpath'])}<br><code>{esc(f['relpath'])}</code><br>"
+                    f"{esc(f['label'])} &middot; {esc(f['split'])} &middot; {esc(f['status'])}</div>"
+                    for f in group["files"]
+                )
+                + "</div>"
+            )
     out.append(f"<h2>Image sizes</h2><img src='{histogram}' alt='size histogram'><h2>Samples per class</h2>")
     for label, thumbs in samples.items():
         out.append(f"<h3>{esc(label)}</h3><div>" + "".join(img_tag(t, p) for p, t in thumbs) + "</div>")

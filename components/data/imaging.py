@@ -1,5 +1,6 @@
 """Image decoding and resizing shared by ingest, normalize, evaluate and predict, so a
 model sees at prediction time exactly the pixels it was trained on."""
+
 from __future__ import annotations
 
 import functools
@@ -119,8 +120,9 @@ def _row_pass(stack: np.ndarray, width: int, resample: Image.Resampling) -> np.n
     return out.reshape(k, height, width, *stack.shape[3:])
 
 
-def _stack_resized(stack: np.ndarray, size: tuple[int, int], resample: Image.Resampling,
-                   rows_first: bool) -> np.ndarray:
+def _stack_resized(
+    stack: np.ndarray, size: tuple[int, int], resample: Image.Resampling, rows_first: bool
+) -> np.ndarray:
     """Image.resize(size, resample) of each of ``stack``'s images: Pillow resizes in two
     passes, the rows then the columns or the other way round, rounding to 8 bits between
     them; a column pass is a row pass of the transposed images."""
@@ -130,16 +132,20 @@ def _stack_resized(stack: np.ndarray, size: tuple[int, int], resample: Image.Res
 
 
 @functools.lru_cache(maxsize=1024)
-def _rows_first(bands: int, size_in: tuple[int, int], size_out: tuple[int, int],
-                resample: Image.Resampling) -> bool | None:
+def _rows_first(
+    bands: int, size_in: tuple[int, int], size_out: tuple[int, int], resample: Image.Resampling
+) -> bool | None:
     """Whether this Pillow resizes an image of ``size_in`` to ``size_out`` rows first (it
     picks the order from the sizes), found by resizing a random image of that size both
     ways; None when that does not tell one order from the other."""
     shape = (size_in[1], size_in[0]) + ((bands,) if bands > 1 else ())
     probe = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     want = np.asarray(Image.fromarray(probe).resize(size_out, resample))
-    found = [first for first in (True, False)
-             if np.array_equal(_stack_resized(probe[None], size_out, resample, first)[0], want)]
+    found = [
+        first
+        for first in (True, False)
+        if np.array_equal(_stack_resized(probe[None], size_out, resample, first)[0], want)
+    ]
     return found[0] if len(found) == 1 else None
 
 

@@ -1,6 +1,7 @@
 """Labels: one class vocabulary for every source (HAM10000's ``mel``, ISIC 2019's
 ``MEL`` and the Kaggle ``melanoma`` folder are the same class), and how each source
 format names an image's label and group (lesion or patient)."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,15 @@ VOCABULARY: dict[str, tuple[str, ...]] = {
     "actinic_keratosis": ("akiec", "ak", "actinic keratosis", "actinic keratoses"),
     # HAM10000 and ISIC 2019 define BKL as solar lentigo + lichen-planus-like keratosis
     # (+ seborrheic keratosis, which the Kaggle set keeps apart, so we do too).
-    "benign_keratosis": ("bkl", "pigmented benign keratosis", "benign keratosis", "benign keratosis-like lesions",
-                         "solar lentigo", "lentigo nos", "lichenoid keratosis"),
+    "benign_keratosis": (
+        "bkl",
+        "pigmented benign keratosis",
+        "benign keratosis",
+        "benign keratosis-like lesions",
+        "solar lentigo",
+        "lentigo nos",
+        "lichenoid keratosis",
+    ),
     "seborrheic_keratosis": ("seborrheic keratosis",),
     "dermatofibroma": ("df", "dermatofibroma"),
     "vascular_lesion": ("vasc", "vascular lesion", "vascular lesions"),

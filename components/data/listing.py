@@ -27,8 +27,10 @@ def _digest(lines: list[str]) -> str:
 
 def listing_digest(files: list, csv_md5s: dict[str, str]) -> str:
     """sha256 of ``files`` (SourceFile: relpath, size, version) and the CSVs' md5s by relpath."""
-    return _digest([f"{f.relpath}\t{f.size}\t{f.version}" for f in files]
-                   + [f"{relpath}\tmd5\t{md5}" for relpath, md5 in csv_md5s.items()])
+    return _digest(
+        [f"{f.relpath}\t{f.size}\t{f.version}" for f in files]
+        + [f"{relpath}\tmd5\t{md5}" for relpath, md5 in csv_md5s.items()]
+    )
 
 
 def source_listing_digest(source_uri: str, cfg: DataConfig) -> str:

@@ -59,8 +59,10 @@ def _refuse_changed(part: pd.DataFrame, problems: list[str]) -> None:
     changed = [f"{relpath}: {why}" for relpath, why in zip(part.relpath, problems) if why]
     if changed:
         shown = "; ".join(changed[:CHANGED_FILES_SHOWN]) + ("; ..." if len(changed) > CHANGED_FILES_SHOWN else "")
-        raise UserError(f"normalize: {len(changed)} file{'s' * (len(changed) > 1)} changed since ingest ({shown}): "
-                        "run the pipeline again, so that ingest checks the source as it is now")
+        raise UserError(
+            f"normalize: {len(changed)} file{'s' * (len(changed) > 1)} changed since ingest ({shown}): "
+            "run the pipeline again, so that ingest checks the source as it is now"
+        )
 
 
 def _read_splits(splits_dir: str | Path) -> pd.DataFrame:
@@ -83,7 +85,7 @@ def normalize_shard(splits_dir: str | Path, cfg: DataConfig, shard_index: int, o
     with ThreadPoolExecutor(max_workers=8) as pool:
         for subset in SUBSETS:
             rows = df[df.subset == subset].sort_values("uri").reset_index(drop=True)
-            part = rows.iloc[shard_index::cfg.num_shards]
+            part = rows.iloc[shard_index :: cfg.num_shards]
             loaded = list(pool.map(lambda uri, md5: _load(uri, md5, cfg), part.uri, part.md5))
             _refuse_changed(part, [why for _, why in loaded])
             images = [image for image, _ in loaded]
@@ -91,12 +93,18 @@ def normalize_shard(splits_dir: str | Path, cfg: DataConfig, shard_index: int, o
                 for image in images:
                     pixels = image.reshape(-1, 3).astype(np.float64)
                     pixel_sum += pixels.sum(0)
-                    pixel_sq += (pixels ** 2).sum(0)
+                    pixel_sq += (pixels**2).sum(0)
                     pixel_count += len(pixels)
-            tfrecords.write_shard(out / shard_name(subset, shard_index, cfg.num_shards),
-                               zip(images, (index[label] for label in part.label), part.uri))
-    stats = {"shard_index": shard_index, "pixel_sum": pixel_sum.tolist(), "pixel_sq": pixel_sq.tolist(),
-             "pixel_count": pixel_count}
+            tfrecords.write_shard(
+                out / shard_name(subset, shard_index, cfg.num_shards),
+                zip(images, (index[label] for label in part.label), part.uri),
+            )
+    stats = {
+        "shard_index": shard_index,
+        "pixel_sum": pixel_sum.tolist(),
+        "pixel_sq": pixel_sq.tolist(),
+        "pixel_count": pixel_count,
+    }
     atomic.write_text(out / STATS_FILE, json.dumps(stats))
     return stats
 
@@ -109,22 +117,30 @@ def dataset_meta(splits_dir: str | Path, cfg: DataConfig, pixel_stats: list[dict
     pixel_sq = np.sum([s["pixel_sq"] for s in pixel_stats], axis=0)
     pixel_n = max(1, sum(s["pixel_count"] for s in pixel_stats))
     mean = pixel_sum / pixel_n
-    std = np.sqrt(np.maximum(pixel_sq / pixel_n - mean ** 2, 1e-6))
+    std = np.sqrt(np.maximum(pixel_sq / pixel_n - mean**2, 1e-6))
     return {
         "classes": classes,
         "image_size": cfg.image_size,
         "resize_mode": cfg.resize_mode,
         "counts": {s: int((df.subset == s).sum()) for s in SUBSETS},
-        "class_counts": {s: df[df.subset == s].label.value_counts().reindex(classes, fill_value=0).astype(int).tolist()
-                         for s in SUBSETS},
+        "class_counts": {
+            s: df[df.subset == s].label.value_counts().reindex(classes, fill_value=0).astype(int).tolist()
+            for s in SUBSETS
+        },
         "mean": mean.round(4).tolist(),
         "std": std.round(4).tolist(),
         "synthetic": synthetic,
     }
 
 
-def gather_shards(shard_dirs: list[str | Path], splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path,
-                  synthetic: bool = False, group_unit: str = "groups") -> dict:
+def gather_shards(
+    shard_dirs: list[str | Path],
+    splits_dir: str | Path,
+    cfg: DataConfig,
+    output_dir: str | Path,
+    synthetic: bool = False,
+    group_unit: str = "groups",
+) -> dict:
     """One dataset folder from the shard tasks' outputs, with the test images' group ids
     (``group_unit``: what they name, labels.GROUP_UNITS); refuses an incomplete set of shards."""
     folders = [Path(d) for d in shard_dirs]
@@ -148,8 +164,9 @@ def gather_shards(shard_dirs: list[str | Path], splits_dir: str | Path, cfg: Dat
     return meta
 
 
-def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, synthetic: bool = False,
-              group_unit: str = "groups") -> dict:
+def normalize(
+    splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, synthetic: bool = False, group_unit: str = "groups"
+) -> dict:
     """The pipeline's fan-out and gather, one shard after the other in this process."""
     out = Path(output_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -160,8 +177,7 @@ def normalize(splits_dir: str | Path, cfg: DataConfig, output_dir: str | Path, s
         return gather_shards(folders, splits_dir, cfg, out, synthetic, group_unit)
 
 
-def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index: int,
-                         shard: dsl.Output[dsl.Dataset]):
+def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset]):
     """KFP wrapper: one shard of every split (the pipeline fans out over data.num_shards of these)."""
     from components.core import atomic
     from components.core.errors import user_errors
@@ -174,8 +190,13 @@ def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index
     shard.metadata["train_pixels"] = stats["pixel_count"]
 
 
-def normalize_gather_step(shards: dsl.Input[list[dsl.Dataset]], splits: dsl.Input[dsl.Dataset],
-                          manifest: dsl.Input[dsl.Dataset], data: dict, normalized: dsl.Output[dsl.Dataset]):
+def normalize_gather_step(
+    shards: dsl.Input[list[dsl.Dataset]],
+    splits: dsl.Input[dsl.Dataset],
+    manifest: dsl.Input[dsl.Dataset],
+    data: dict,
+    normalized: dsl.Output[dsl.Dataset],
+):
     """KFP wrapper: the shard tasks' outputs as one normalized dataset."""
     import json
     from pathlib import Path
@@ -189,6 +210,12 @@ def normalize_gather_step(shards: dsl.Input[list[dsl.Dataset]], splits: dsl.Inpu
 
     ingested = json.loads((Path(manifest.path) / filenames.INGEST_REPORT).read_text())
     with user_errors(), atomic.output_dir(normalized.path) as out:
-        meta = gather_shards([s.path for s in shards], splits.path, load_section(DataConfig, data, "data."), out,
-                             ingested["synthetic"], GROUP_UNITS.get(ingested["format"], "groups"))
+        meta = gather_shards(
+            [s.path for s in shards],
+            splits.path,
+            load_section(DataConfig, data, "data."),
+            out,
+            ingested["synthetic"],
+            GROUP_UNITS.get(ingested["format"], "groups"),
+        )
     normalized.metadata.update(meta["counts"])

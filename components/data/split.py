@@ -59,7 +59,8 @@ def _assign(groups: pd.DataFrame, fractions: dict[str, float], rng: np.random.Ge
         if len(members) < len(names):
             raise SplitError(
                 f"class {label!r} has {len(members)} independent groups (lesions/patients/images); "
-                f"splitting it into {'/'.join(names)} needs at least {len(names)}")
+                f"splitting it into {'/'.join(names)} needs at least {len(names)}"
+            )
         order = members.assign(tiebreak=rng.permutation(len(members))).sort_values(
             ["size", "tiebreak"], ascending=[False, True]
         )
@@ -86,10 +87,16 @@ def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFram
     # A group with any member in the source's Test split goes to test whole.
     has_source_test = bool((df.split == "test").any())
 
-    groups = (df.groupby("group_key")
-              .agg(label=("label", lambda s: s.mode().sort_values().iloc[0]), size=("uri", "size"),
-                   source_test=("split", lambda s: (s == "test").any()))
-              .reset_index().rename(columns={"group_key": "key"}))
+    groups = (
+        df.groupby("group_key")
+        .agg(
+            label=("label", lambda s: s.mode().sort_values().iloc[0]),
+            size=("uri", "size"),
+            source_test=("split", lambda s: (s == "test").any()),
+        )
+        .reset_index()
+        .rename(columns={"group_key": "key"})
+    )
     if has_source_test:
         assignment = {k: "test" for k in groups.key[groups.source_test]}
         rest = groups[~groups.source_test]
@@ -147,18 +154,22 @@ def describe_small(small: dict[str, dict[str, int]]) -> str:
 def class_size_warnings(report: dict, cfg: DataConfig) -> list[str]:
     """One line per class below ``data.warn_images_per_class_split`` in some subset."""
     small = small_classes(report["class_counts"], cfg.warn_images_per_class_split)
-    return [f"class {label} has few images after quarantine and split ({_subset_sizes(subsets)}): fewer than "
-            f"data.warn_images_per_class_split={cfg.warn_images_per_class_split}, its metrics will be noisy"
-            for label, subsets in sorted(small.items())]
+    return [
+        f"class {label} has few images after quarantine and split ({_subset_sizes(subsets)}): fewer than "
+        f"data.warn_images_per_class_split={cfg.warn_images_per_class_split}, its metrics will be noisy"
+        for label, subsets in sorted(small.items())
+    ]
 
 
 def check_class_sizes(report: dict, cfg: DataConfig) -> None:
     """Stop before training when a class is below ``data.min_images_per_class_split``."""
     small = small_classes(report["class_counts"], cfg.min_images_per_class_split)
     if small:
-        raise SplitError(f"too few images per class after quarantine and split (data.min_images_per_class_split="
-                         f"{cfg.min_images_per_class_split}): {describe_small(small)}; add images, merge or drop these "
-                         "classes (data.class_map), or lower the threshold")
+        raise SplitError(
+            f"too few images per class after quarantine and split (data.min_images_per_class_split="
+            f"{cfg.min_images_per_class_split}): {describe_small(small)}; add images, merge or drop these "
+            "classes (data.class_map), or lower the threshold"
+        )
 
 
 def split(manifest_dir: str | Path, cfg: DataConfig, output_dir: str | Path) -> dict:

@@ -7,6 +7,7 @@ the same pixels without files being copied around. The classes differ in colour,
 shape, border and texture, enough for a small CNN to learn them clearly. Nothing
 here is medical data: every report marks it as synthetic.
 """
+
 from __future__ import annotations
 
 import io

@@ -5,6 +5,7 @@ is a reshape: no Python in the training hot loop), its class index and its sourc
 A shard folder also holds ``dataset.json``: classes, image size, per-split counts and
 the train-only per-channel mean/std.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,17 @@ def write_shard(path: str | Path, records: Iterable[tuple[np.ndarray, int, str]]
     tf = _tf()
     with tf.io.TFRecordWriter(str(tmp)) as writer:
         for image, label, uri in records:
-            example = tf.train.Example(features=tf.train.Features(feature={
-                "image": tf.train.Feature(bytes_list=tf.train.BytesList(
-                    value=[np.ascontiguousarray(image, dtype=np.uint8).tobytes()])),
-                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
-                "uri": tf.train.Feature(bytes_list=tf.train.BytesList(value=[uri.encode("utf-8")])),
-            }))
+            example = tf.train.Example(
+                features=tf.train.Features(
+                    feature={
+                        "image": tf.train.Feature(
+                            bytes_list=tf.train.BytesList(value=[np.ascontiguousarray(image, dtype=np.uint8).tobytes()])
+                        ),
+                        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+                        "uri": tf.train.Feature(bytes_list=tf.train.BytesList(value=[uri.encode("utf-8")])),
+                    }
+                )
+            )
             writer.write(example.SerializeToString())
             count += 1
     tmp.replace(path)
@@ -61,6 +67,7 @@ def read_meta(folder: str | Path) -> dict:
 
 def write_meta(folder: str | Path, meta: dict) -> None:
     from components.core import atomic
+
     atomic.write_text(Path(folder) / META_FILE, json.dumps(meta, indent=2))
 
 
@@ -68,6 +75,7 @@ def write_test_groups(folder: str | Path, unit: str, groups: dict[str, str]) -> 
     """``groups``: URI -> group id of each test image that has one; ``unit``: what a
     group is, plural ("lesions", "patients")."""
     from components.core import atomic
+
     atomic.write_text(Path(folder) / TEST_GROUPS_FILE, json.dumps({"unit": unit, "groups": groups}))
 
 
@@ -135,9 +143,11 @@ def image_dataset(paths: list[str], image_size: int, count: int):
     components.scoring.inference need to know."""
     tf = _tf()
     parse = parse_fn(image_size)
-    return (tf.data.TFRecordDataset(paths)
-            .map(lambda r: parse(r)[0], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-            .apply(tf.data.experimental.assert_cardinality(count)))
+    return (
+        tf.data.TFRecordDataset(paths)
+        .map(lambda r: parse(r)[0], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .apply(tf.data.experimental.assert_cardinality(count))
+    )
 
 
 def images_at(paths: list[str], image_size: int, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:

@@ -1,5 +1,6 @@
 """Union-find (disjoint sets) over any hashable keys: how ingest groups near-duplicate
 images and split groups files that must stay on one side (same lesion, same content)."""
+
 from __future__ import annotations
 
 from collections.abc import Hashable

@@ -67,31 +67,45 @@ def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: Eva
     picked = np.zeros(0, int)
     if mel is not None and cfg.gradcam_images:
         members = np.flatnonzero(ev.y_true == mel)
-        picked = members[np.argsort(-ev.probs[members, mel], kind="stable")][:cfg.gradcam_images]
+        picked = members[np.argsort(-ev.probs[members, mel], kind="stable")][: cfg.gradcam_images]
     shown = sorted(set(worst.tolist()) | set(picked.tolist()))
     images = images_at(shown)
     if len(worst):
-        captions = [f"true {classes[ev.y_true[i]]}\npred {classes[predicted[i]]} ({ev.probs[i, predicted[i]]:.2f})"
-                    for i in worst]
+        captions = [
+            f"true {classes[ev.y_true[i]]}\npred {classes[predicted[i]]} ({ev.probs[i, predicted[i]]:.2f})"
+            for i in worst
+        ]
         plot_image_grid([images[i] for i in worst], captions, out / "worst_misclassified.png")
-        ev.pictures.append(("Worst misclassified test images (lowest probability on the true class)",
-                            "worst_misclassified.png"))
+        ev.pictures.append(
+            ("Worst misclassified test images (lowest probability on the true class)", "worst_misclassified.png")
+        )
     if len(picked):
         heat = gradcam(model, np.stack([images[i] for i in picked]).astype(np.float32), mel)
-        plot_image_grid([images[i] for i in picked], [f"melanoma, p(melanoma) {ev.probs[i, mel]:.2f}" for i in picked],
-                        out / "gradcam_melanoma.png", overlays=list(heat))
+        plot_image_grid(
+            [images[i] for i in picked],
+            [f"melanoma, p(melanoma) {ev.probs[i, mel]:.2f}" for i in picked],
+            out / "gradcam_melanoma.png",
+            overlays=list(heat),
+        )
         ev.pictures.append(("Grad-CAM on test melanomas (where the melanoma score looks)", "gradcam_melanoma.png"))
 
 
 # ---- evaluation -----------------------------------------------------------------
 
 
-def metrics_with_intervals(y_true: np.ndarray, probs: np.ndarray, classes: list[str], cfg: EvaluateConfig,
-                 decision_bias: list[float] | None = None, groups: list[str] | None = None,
-                 unit: str = "") -> dict:
+def metrics_with_intervals(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    cfg: EvaluateConfig,
+    decision_bias: list[float] | None = None,
+    groups: list[str] | None = None,
+    unit: str = "",
+) -> dict:
     """classification_metrics with their ``intervals``, resampling ``groups`` (one id per
     image, '' for none; ``unit`` names them, e.g. "lesions"), and where they are lesions,
     ``per_lesion``: the same metrics of each lesion's mean probabilities."""
+
     def scored(y, p, ids, what) -> dict:
         metrics = classification_metrics(y, p, classes, cfg.melanoma_class, decision_bias)
         plan = resampling(ids, len(y), what, cfg.bootstrap_resamples, cfg.bootstrap_seed)
@@ -105,10 +119,20 @@ def metrics_with_intervals(y_true: np.ndarray, probs: np.ndarray, classes: list[
     return metrics
 
 
-def evaluate_predictions(model, classes: list[str], y_true: np.ndarray, probs: np.ndarray, images_at,
-                         cfg: EvaluateConfig, output_dir: str | Path, synthetic: bool = False,
-                         model_synthetic: bool = False, decision_bias: list[float] | None = None,
-                         groups: list[str] | None = None, unit: str = "") -> Evaluation:
+def evaluate_predictions(
+    model,
+    classes: list[str],
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    images_at,
+    cfg: EvaluateConfig,
+    output_dir: str | Path,
+    synthetic: bool = False,
+    model_synthetic: bool = False,
+    decision_bias: list[float] | None = None,
+    groups: list[str] | None = None,
+    unit: str = "",
+) -> Evaluation:
     """Metrics and pictures of ``model``'s probabilities ``probs`` (with ``cfg.tta`` if
     made so) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
     pictures as {position: image} (see make_pictures); writes metrics.json,
@@ -128,8 +152,9 @@ def evaluate_predictions(model, classes: list[str], y_true: np.ndarray, probs: n
     return ev
 
 
-def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig,
-             output_dir: str | Path) -> Evaluation:
+def evaluate(
+    model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig, output_dir: str | Path
+) -> Evaluation:
     """The pipeline's evaluation: the model on the normalized test split, streamed from
     its shards in batches (labels and probabilities are what it holds of the split)."""
     import keras
@@ -145,9 +170,20 @@ def evaluate(model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateCo
     groups, unit = tfrecords.read_test_groups(normalized_dir, uris)
     probs = predict_probabilities(model, tfrecords.image_dataset(paths, size, len(labels)), cfg.batch_size, cfg.tta)
     synthetic = bool(meta.get("synthetic", False))  # the model was trained on the same data
-    return evaluate_predictions(model, meta["classes"], labels, probs,
-                                lambda indices: dict(tfrecords.images_at(paths, size, indices)), cfg, output_dir,
-                                synthetic, synthetic, decision_bias, groups, unit)
+    return evaluate_predictions(
+        model,
+        meta["classes"],
+        labels,
+        probs,
+        lambda indices: dict(tfrecords.images_at(paths, size, indices)),
+        cfg,
+        output_dir,
+        synthetic,
+        synthetic,
+        decision_bias,
+        groups,
+        unit,
+    )
 
 
 def load_scored(evaluation_dir: str | Path) -> Scored:
@@ -185,17 +221,31 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     def images_at(indices: list[int]) -> dict[int, np.ndarray]:
         return dict(zip(indices, load_images([uris[i] for i in indices], loaded.image_size, loaded.resize_mode)[0]))
 
-    ev = evaluate_predictions(loaded.model, loaded.classes, labels, probs, images_at, cfg, folder,
-                              synthetic=source_uri == "", model_synthetic=loaded.synthetic,
-                              decision_bias=loaded.decision_bias, groups=known.group_id.fillna("").tolist(),
-                              unit=GROUP_UNITS.get(ingested.report["format"], "groups"))
+    ev = evaluate_predictions(
+        loaded.model,
+        loaded.classes,
+        labels,
+        probs,
+        images_at,
+        cfg,
+        folder,
+        synthetic=source_uri == "",
+        model_synthetic=loaded.synthetic,
+        decision_bias=loaded.decision_bias,
+        groups=known.group_id.fillna("").tolist(),
+        unit=GROUP_UNITS.get(ingested.report["format"], "groups"),
+    )
     ev.metrics["model_uri"] = loaded.uri
     ev.metrics["data"] = source_uri
     report = write_report(ev, folder, f"Evaluation of {loaded.uri} on {source_uri}", source_uri == "")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(ev.metrics, indent=2))
-    return {"metrics": ev.metrics, "report": str(report), "skipped": int(len(usable) - len(known)),
-            "skipped_reason": f"classes unknown to the model: {', '.join(unknown)}" if unknown else ""}
+    return {
+        "metrics": ev.metrics,
+        "report": str(report),
+        "skipped": int(len(usable) - len(known)),
+        "skipped_reason": f"classes unknown to the model: {', '.join(unknown)}" if unknown else "",
+    }
 
 
 def headline_metrics(metrics: dict) -> dict[str, float]:
@@ -213,7 +263,9 @@ def headline_metrics(metrics: dict) -> dict[str, float]:
     return flat
 
 
-def thinned_roc(y_true: np.ndarray, probs: np.ndarray, class_index: int) -> tuple[list[float], list[float], list[float]]:
+def thinned_roc(
+    y_true: np.ndarray, probs: np.ndarray, class_index: int
+) -> tuple[list[float], list[float], list[float]]:
     fpr, tpr, thresholds = roc_points(y_true, probs, class_index)
     keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), MAX_ROC_POINTS)).round().astype(int))
     return [fpr[i] for i in keep], [tpr[i] for i in keep], [thresholds[i] for i in keep]
@@ -224,15 +276,25 @@ def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path)
     import mlflow
 
     from components.core import tracking
+
     with tracking.logging_into(tracking_uri, run_id):
         mlflow.log_metrics({f"test_{k}": v for k, v in headline_metrics(metrics).items()})
         mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
 
 
-def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset], evaluate: dict, experiment: str,
-                  tracking_uri: str, kfp_run_name: str, kfp_run_id: str, metrics: dsl.Output[dsl.Metrics],
-                  classification: dsl.Output[dsl.ClassificationMetrics], report: dsl.Output[dsl.HTML],
-                  evaluation: dsl.Output[dsl.Dataset]):
+def evaluate_step(
+    model: dsl.Input[dsl.Model],
+    normalized: dsl.Input[dsl.Dataset],
+    evaluate: dict,
+    experiment: str,
+    tracking_uri: str,
+    kfp_run_name: str,
+    kfp_run_id: str,
+    metrics: dsl.Output[dsl.Metrics],
+    classification: dsl.Output[dsl.ClassificationMetrics],
+    report: dsl.Output[dsl.HTML],
+    evaluation: dsl.Output[dsl.Dataset],
+):
     """KFP wrapper: the evaluate step (test metrics, pictures, report; logged to MLflow)."""
     import shutil
     from pathlib import Path
@@ -257,6 +319,7 @@ def evaluate_step(model: dsl.Input[dsl.Model], normalized: dsl.Input[dsl.Dataset
         metrics.log_metric(name, value)
     classification.log_confusion_matrix(result.metrics["classes"], result.metrics["confusion_matrix"])
     if cfg.melanoma_class in result.metrics["classes"]:
-        fpr, tpr, thresholds = thinned_roc(result.y_true, result.probs,
-                                           result.metrics["classes"].index(cfg.melanoma_class))
+        fpr, tpr, thresholds = thinned_roc(
+            result.y_true, result.probs, result.metrics["classes"].index(cfg.melanoma_class)
+        )
         classification.log_roc_curve(fpr, tpr, thresholds)

@@ -1,4 +1,5 @@
 """Grad-CAM: where in an image a model's score for a class comes from."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,8 +13,11 @@ def gradcam(model, images: np.ndarray, class_index: int) -> np.ndarray:
     import tensorflow as tf
 
     def feature_maps(model) -> list:
-        return [layer for layer in model.layers
-                if len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer)]
+        return [
+            layer
+            for layer in model.layers
+            if len(layer.output.shape) == 4 and not isinstance(layer, keras.layers.InputLayer)
+        ]
 
     while not feature_maps(model):  # an ensemble: the heatmap of its first member
         model = next(layer for layer in model.layers if isinstance(layer, keras.Model))

@@ -1,5 +1,6 @@
 """The evaluation report's pictures, drawn with matplotlib: confusion matrices, ROC
 curves, the reliability diagram and grids of images (with heatmaps)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,7 +26,10 @@ def plot_confusion_matrices(matrix: list[list[int]], classes: list[str], path: P
     normalised = counts / np.maximum(counts.sum(1, keepdims=True), 1)
     size = max(4.0, 0.7 * len(classes) + 2.5)
     fig, axes = plt.subplots(1, 2, figsize=(2 * size, size))
-    for ax, values, title, fmt in ((axes[0], counts, "counts", "{:d}"), (axes[1], normalised, "normalised by true class", "{:.2f}")):
+    for ax, values, title, fmt in (
+        (axes[0], counts, "counts", "{:d}"),
+        (axes[1], normalised, "normalised by true class", "{:.2f}"),
+    ):
         ax.imshow(values, cmap="Blues")
         ax.set_title(title)
         ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
@@ -34,8 +38,15 @@ def plot_confusion_matrices(matrix: list[list[int]], classes: list[str], path: P
         ax.set_ylabel("true")
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                ax.text(j, i, fmt.format(values[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if values[i, j] > values.max() / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(values[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if values[i, j] > values.max() / 2 else "black",
+                )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -79,8 +90,9 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float, path: Pa
     plt.close(fig)
 
 
-def worst_misclassified(y_true: np.ndarray, probs: np.ndarray, count: int,
-                        predicted: np.ndarray | None = None) -> np.ndarray:
+def worst_misclassified(
+    y_true: np.ndarray, probs: np.ndarray, count: int, predicted: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of wrong predictions (``predicted``, else the argmax), lowest probability
     on the true class first."""
     wrong = np.flatnonzero((probs.argmax(1) if predicted is None else predicted) != y_true)
@@ -88,7 +100,9 @@ def worst_misclassified(y_true: np.ndarray, probs: np.ndarray, count: int,
     return wrong[np.argsort(true_prob, kind="stable")][:count]
 
 
-def plot_image_grid(images: list[np.ndarray], captions: list[str], path: Path, overlays: list[np.ndarray] | None = None) -> None:
+def plot_image_grid(
+    images: list[np.ndarray], captions: list[str], path: Path, overlays: list[np.ndarray] | None = None
+) -> None:
     plt = _pyplot()
     columns = min(4, len(images))
     rows = -(-len(images) // columns)

@@ -1,6 +1,7 @@
 """``lesionpipe predict``: every class's probability and the predicted class of image
 files and folders, one CSV row per file; and, given which lesion each image shows, one
 row per lesion (its images' probabilities averaged)."""
+
 from __future__ import annotations
 
 import csv
@@ -34,8 +35,9 @@ def find_images(paths: list[str]) -> list[str]:
     return found
 
 
-def predict_files(loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64,
-                  tta: bool = False) -> list[dict]:
+def predict_files(
+    loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64, tta: bool = False
+) -> list[dict]:
     """One row per file: path, predicted class, every class's probability, the melanoma
     probability, the reason when the file could not be read as an image, and whether the
     model was trained on synthetic data."""
@@ -71,13 +73,16 @@ def read_lesions(path: str | Path) -> dict[str, str]:
     image = next((c for c in IMAGE_COLUMNS if c in frame.columns), None)
     lesion = next((c for c in LESION_COLUMNS if c in frame.columns), None)
     if image is None or lesion is None:
-        raise UserError(f"{path}: a lesions CSV needs an image column ({', '.join(IMAGE_COLUMNS)}) and a lesion "
-                        f"column ({', '.join(LESION_COLUMNS)}); it has {', '.join(frame.columns)}")
+        raise UserError(
+            f"{path}: a lesions CSV needs an image column ({', '.join(IMAGE_COLUMNS)}) and a lesion "
+            f"column ({', '.join(LESION_COLUMNS)}); it has {', '.join(frame.columns)}"
+        )
     return {Path(i).stem: g for i, g in zip(frame[image], frame[lesion]) if i and g}
 
 
-def lesion_rows(rows: list[dict], loaded: LoadedModel, lesions: dict[str, str],
-                melanoma_class: str = "melanoma") -> tuple[list[dict], int]:
+def lesion_rows(
+    rows: list[dict], loaded: LoadedModel, lesions: dict[str, str], melanoma_class: str = "melanoma"
+) -> tuple[list[dict], int]:
     """One row per lesion of the readable images of ``rows`` (predict_files) that
     ``lesions`` names: the number of its images, the class predicted from, and every
     class's probability as, the mean of its images' probabilities; and how many readable
@@ -99,8 +104,13 @@ def lesion_rows(rows: list[dict], loaded: LoadedModel, lesions: dict[str, str],
     return out, len(readable) - len(named)
 
 
-def write_lesions(rows: list[dict], loaded: LoadedModel, lesions_csv: str | Path, out_path: str | Path,
-                  melanoma_class: str = "melanoma") -> str:
+def write_lesions(
+    rows: list[dict],
+    loaded: LoadedModel,
+    lesions_csv: str | Path,
+    out_path: str | Path,
+    melanoma_class: str = "melanoma",
+) -> str:
     """``predict --lesions``: the lesion rows of ``rows`` (lesion_rows) written beside
     ``out_path``, with ``_lesions`` before its extension; returns the console's line."""
     per_lesion, unnamed = lesion_rows(rows, loaded, read_lesions(lesions_csv), melanoma_class)

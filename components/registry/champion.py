@@ -17,6 +17,7 @@ fails the step, which KFP retries; it never hands the alias to a model that was 
 compared. A retry reuses the version its earlier try registered: a model is registered
 once and never compared with itself. ``@champion`` moved by hand (a rollback) stands.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,13 +60,16 @@ def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
     from mlflow.exceptions import MlflowException
 
     from components.core import tracking
+
     try:
         version = tracking.client(tracking_uri).get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException as exc:
         if tracking.is_not_found(exc):
             return None
-        raise RegistryUnavailable(f"cannot look up {model_name}@{CHAMPION} in {tracking_uri}: "
-                                  f"{exc.message.splitlines()[0] if exc.message else exc}") from None
+        raise RegistryUnavailable(
+            f"cannot look up {model_name}@{CHAMPION} in {tracking_uri}: "
+            f"{exc.message.splitlines()[0] if exc.message else exc}"
+        ) from None
     return Champion(str(version.version), version.tags.get(FINGERPRINT_TAG, ""), str(version.run_id or ""))
 
 
@@ -74,8 +78,9 @@ class RegistryUnavailable(UserError):
     KFP retries it) rather than decide without the champion."""
 
 
-def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalized_dir: str | Path,
-                                 cfg: EvaluateConfig) -> tuple[Scored | None, str]:
+def score_champion_on_test_split(
+    champion_uri: str, tracking_uri: str, normalized_dir: str | Path, cfg: EvaluateConfig
+) -> tuple[Scored | None, str]:
     """(the champion's probabilities and metrics on the test split, ''), or (None, why it
     cannot be scored).
 
@@ -83,11 +88,7 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
     another image size or resize mode is fed the same test images re-read from their
     sources with its own preprocessing, a few batches at a time."""
     from components.data import tfrecords
-    from components.scoring.inference import (
-        ModelLoadError,
-        ModelUnavailable,
-        load_model,
-    )
+    from components.scoring.inference import ModelLoadError, ModelUnavailable, load_model
     from components.scoring.metrics import classification_metrics
 
     try:
@@ -106,9 +107,14 @@ def score_champion_on_test_split(champion_uri: str, tracking_uri: str, normalize
         if any(errors):
             return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
     else:
-        probs = champion.predict(tfrecords.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta)
-    return Scored(labels, probs, classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class,
-                                                        champion.decision_bias)), ""
+        probs = champion.predict(
+            tfrecords.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta
+        )
+    return Scored(
+        labels,
+        probs,
+        classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class, champion.decision_bias),
+    ), ""
 
 
 def compare(new: Scored, champion: Scored, normalized_dir: str | Path, cfg: EvaluateConfig) -> Difference | None:
@@ -123,12 +129,19 @@ def compare(new: Scored, champion: Scored, normalized_dir: str | Path, cfg: Eval
     return paired_difference(cfg.champion_metric, plan, new, champion, cfg.melanoma_class)
 
 
-def _decide_against(champion: Champion | None, model_name: str, tracking_uri: str, new: Scored,
-                    normalized_dir: str | Path, cfg: EvaluateConfig) -> GateDecision:
+def _decide_against(
+    champion: Champion | None,
+    model_name: str,
+    tracking_uri: str,
+    new: Scored,
+    normalized_dir: str | Path,
+    cfg: EvaluateConfig,
+) -> GateDecision:
     if champion is None:
         return decide(new.metrics, None, cfg)
-    scored, problem = score_champion_on_test_split(f"models:/{model_name}/{champion.version}", tracking_uri,
-                                                   normalized_dir, cfg)
+    scored, problem = score_champion_on_test_split(
+        f"models:/{model_name}/{champion.version}", tracking_uri, normalized_dir, cfg
+    )
     if scored is None:
         return decide(new.metrics, None, cfg, problem)
     return decide(new.metrics, scored.metrics, cfg, difference=compare(new, scored, normalized_dir, cfg))
@@ -137,9 +150,16 @@ def _decide_against(champion: Champion | None, model_name: str, tracking_uri: st
 # ---- registering and promoting ----------------------------------------------------
 
 
-def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new: Scored,
-                         normalized_dir: str | Path, cfg: EvaluateConfig, data_fingerprint: str,
-                         synthetic: bool = False) -> dict:
+def register_and_promote(
+    tracking_uri: str,
+    model_name: str,
+    model_uri: str,
+    new: Scored,
+    normalized_dir: str | Path,
+    cfg: EvaluateConfig,
+    data_fingerprint: str,
+    synthetic: bool = False,
+) -> dict:
     """Register ``model_uri`` as a new version of ``model_name`` (tagged with its decision,
     data fingerprint and whether that data was synthetic) and give it the alias the gate
     decides on ``new``, its scores on the test split of ``normalized_dir``; returns the decision
@@ -154,6 +174,7 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     from mlflow.exceptions import MlflowException
 
     from components.core import tracking
+
     earlier = _registered_before(tracking_uri, model_name, model_uri)
     if earlier is not None and PROMOTED_AT_TAG in earlier.tags:
         return _result(_recorded(earlier), model_name, earlier.version, earlier.tags[COMPARED_WITH_TAG], cfg)
@@ -162,11 +183,20 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
         # The earlier try's alias write landed, then it failed: finish that promotion.
         baseline = earlier.tags[COMPARED_WITH_TAG]
         try:
-            decision = _after_alias_write(tracking_uri, model_name, earlier.version, baseline, _recorded(earlier),
-                                          cfg, data_fingerprint, int(earlier.tags[CHECKED_AT_TAG]))
+            decision = _after_alias_write(
+                tracking_uri,
+                model_name,
+                earlier.version,
+                baseline,
+                _recorded(earlier),
+                cfg,
+                data_fingerprint,
+                int(earlier.tags[CHECKED_AT_TAG]),
+            )
         except MlflowException as exc:
-            raise RegistryUnavailable(f"cannot finish promoting version {earlier.version} of {model_name}: "
-                                      f"{exc.message.splitlines()[0]}") from None
+            raise RegistryUnavailable(
+                f"cannot finish promoting version {earlier.version} of {model_name}: {exc.message.splitlines()[0]}"
+            ) from None
         return _result(decision, model_name, earlier.version, baseline, cfg)
     decision = _decide_against(compared_with, model_name, tracking_uri, new, normalized_dir, cfg)
     if earlier is not None:
@@ -174,19 +204,32 @@ def register_and_promote(tracking_uri: str, model_name: str, model_uri: str, new
     else:
         tracking.use_store(tracking_uri)
         try:
-            version = str(mlflow.register_model(model_uri, model_name, tags={
-                **_decision_tags(decision, _baseline(compared_with)), FINGERPRINT_TAG: data_fingerprint,
-                SYNTHETIC_TAG: str(synthetic).lower(), REGISTERED_FROM_TAG: model_uri}).version)
+            version = str(
+                mlflow.register_model(
+                    model_uri,
+                    model_name,
+                    tags={
+                        **_decision_tags(decision, _baseline(compared_with)),
+                        FINGERPRINT_TAG: data_fingerprint,
+                        SYNTHETIC_TAG: str(synthetic).lower(),
+                        REGISTERED_FROM_TAG: model_uri,
+                    },
+                ).version
+            )
         except MlflowException as exc:
-            raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: "
-                                      f"{exc.message.splitlines()[0]}") from None
+            raise RegistryUnavailable(
+                f"cannot register {model_uri} as {model_name}: {exc.message.splitlines()[0]}"
+            ) from None
 
     try:
-        decision, compared_with = _promote(tracking_uri, model_name, version, compared_with, decision, new,
-                                           normalized_dir, cfg, data_fingerprint)
+        decision, compared_with = _promote(
+            tracking_uri, model_name, version, compared_with, decision, new, normalized_dir, cfg, data_fingerprint
+        )
     except MlflowException as exc:
-        raise RegistryUnavailable(f"version {version} of {model_name} is registered with its decision and data "
-                                  f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}") from None
+        raise RegistryUnavailable(
+            f"version {version} of {model_name} is registered with its decision and data "
+            f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}"
+        ) from None
     return _result(decision, model_name, version, _baseline(compared_with), cfg)
 
 
@@ -195,11 +238,14 @@ def _registered_before(tracking_uri: str, model_name: str, model_uri: str):
     from mlflow.exceptions import MlflowException
 
     from components.core import tracking
+
     try:
         versions = tracking.client(tracking_uri).search_model_versions(f"name='{model_name}'")
     except MlflowException as exc:
-        raise RegistryUnavailable(f"cannot list the versions of {model_name} in {tracking_uri}: "
-                                  f"{exc.message.splitlines()[0] if exc.message else exc}") from None
+        raise RegistryUnavailable(
+            f"cannot list the versions of {model_name} in {tracking_uri}: "
+            f"{exc.message.splitlines()[0] if exc.message else exc}"
+        ) from None
     return next((v for v in versions if v.tags.get(REGISTERED_FROM_TAG) == model_uri), None)
 
 
@@ -208,18 +254,32 @@ def _recorded(version) -> GateDecision:
 
 
 def _result(decision: GateDecision, model_name: str, version: str, baseline: str, cfg: EvaluateConfig) -> dict:
-    return {**asdict(decision), "model_name": model_name, "version": version,
-            "model_uri": f"models:/{model_name}/{version}",
-            "previous_champion": None if baseline == "none" else f"version {baseline}",
-            "metric": cfg.champion_metric, "margin": cfg.champion_margin}
+    return {
+        **asdict(decision),
+        "model_name": model_name,
+        "version": version,
+        "model_uri": f"models:/{model_name}/{version}",
+        "previous_champion": None if baseline == "none" else f"version {baseline}",
+        "metric": cfg.champion_metric,
+        "margin": cfg.champion_margin,
+    }
 
 
-def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Champion | None,
-             decision: GateDecision, new: Scored, normalized_dir: str | Path, cfg: EvaluateConfig,
-             data_fingerprint: str) -> tuple[GateDecision, Champion | None]:
+def _promote(
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    compared_with: Champion | None,
+    decision: GateDecision,
+    new: Scored,
+    normalized_dir: str | Path,
+    cfg: EvaluateConfig,
+    data_fingerprint: str,
+) -> tuple[GateDecision, Champion | None]:
     """Give ``version`` the decided alias, deciding again if the champion moved since the
     comparison; returns the final decision and the champion it was made against."""
     from components.core import tracking
+
     client = tracking.client(tracking_uri)
     for _ in range(MAX_PROMOTION_ATTEMPTS):
         checked_at = int(time.time() * 1000)
@@ -230,30 +290,50 @@ def _promote(tracking_uri: str, model_name: str, version: str, compared_with: Ch
         decision = _decide_against(current, model_name, tracking_uri, new, normalized_dir, cfg)
         decision.reason += " (re-decided: another run moved the champion meanwhile)"
     else:
-        raise RegistryUnavailable(f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
-                                  f"compare with it: version {version} registered without an alias")
+        raise RegistryUnavailable(
+            f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
+            f"compare with it: version {version} registered without an alias"
+        )
     for key, value in {**_decision_tags(decision, _baseline(compared_with)), CHECKED_AT_TAG: str(checked_at)}.items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, decision.alias, version)
-    return _after_alias_write(tracking_uri, model_name, version, _baseline(compared_with), decision, cfg,
-                              data_fingerprint, checked_at), compared_with
+    return _after_alias_write(
+        tracking_uri, model_name, version, _baseline(compared_with), decision, cfg, data_fingerprint, checked_at
+    ), compared_with
 
 
-def _after_alias_write(tracking_uri: str, model_name: str, version: str, baseline: str, decision: GateDecision,
-                       cfg: EvaluateConfig, data_fingerprint: str, checked_at: int) -> GateDecision:
+def _after_alias_write(
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    baseline: str,
+    decision: GateDecision,
+    cfg: EvaluateConfig,
+    data_fingerprint: str,
+    checked_at: int,
+) -> GateDecision:
     """Record that the alias write ended, then settle a race for ``@champion``."""
     from components.core import tracking
+
     promoted_at = int(time.time() * 1000)
     tracking.client(tracking_uri).set_model_version_tag(model_name, version, PROMOTED_AT_TAG, str(promoted_at))
     if decision.alias != CHAMPION:
         return decision
-    return _settle_concurrent_promotions(tracking_uri, model_name, version, baseline, decision, cfg,
-                                         data_fingerprint, (checked_at, promoted_at))
+    return _settle_concurrent_promotions(
+        tracking_uri, model_name, version, baseline, decision, cfg, data_fingerprint, (checked_at, promoted_at)
+    )
 
 
-def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: str, baseline: str,
-                                  decision: GateDecision, cfg: EvaluateConfig, data_fingerprint: str,
-                                  window: tuple[int, int]) -> GateDecision:
+def _settle_concurrent_promotions(
+    tracking_uri: str,
+    model_name: str,
+    version: str,
+    baseline: str,
+    decision: GateDecision,
+    cfg: EvaluateConfig,
+    data_fingerprint: str,
+    window: tuple[int, int],
+) -> GateDecision:
     """After moving ``@champion`` to ``version``: if runs on the same data promoted their
     own versions at the same time (each compared with the same old champion, and each
     read ``@champion`` before the other's alias write ended: neither saw the other),
@@ -264,13 +344,19 @@ def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: s
     (its retry finishes it). A champion that no run of this set chose is left alone: it
     was decided later, knowing ours. Returns this version's decision, changed if it lost."""
     from components.core import tracking
+
     client = tracking.client(tracking_uri)
     current = find_champion(tracking_uri, model_name)
     metric_tag = f"test.{cfg.champion_metric}"
-    rivals = {str(v.version): float(v.tags[metric_tag]) for v in client.search_model_versions(f"name='{model_name}'")
-              if v.tags.get(COMPARED_WITH_TAG) == baseline and v.tags.get("gate.alias") == CHAMPION
-              and metric_tag in v.tags and v.tags.get(FINGERPRINT_TAG) == data_fingerprint
-              and (str(v.version) == version or _overlaps(v.tags, window))}
+    rivals = {
+        str(v.version): float(v.tags[metric_tag])
+        for v in client.search_model_versions(f"name='{model_name}'")
+        if v.tags.get(COMPARED_WITH_TAG) == baseline
+        and v.tags.get("gate.alias") == CHAMPION
+        and metric_tag in v.tags
+        and v.tags.get(FINGERPRINT_TAG) == data_fingerprint
+        and (str(v.version) == version or _overlaps(v.tags, window))
+    }
     if current is None or current.version not in rivals or version not in rivals:
         return decision
     best = max(rivals, key=lambda v: (rivals[v], int(v)))
@@ -278,9 +364,13 @@ def _settle_concurrent_promotions(tracking_uri: str, model_name: str, version: s
         client.set_registered_model_alias(model_name, CHAMPION, best)
     if best == version:
         return decision
-    lost = GateDecision(CHALLENGER, f"promoted at the same time as version {best} of the same data, which has the "
-                        f"better {cfg.champion_metric} ({rivals[best]:.4f} vs {rivals[version]:.4f}): "
-                        f"{decision.reason}", decision.comparison)
+    lost = GateDecision(
+        CHALLENGER,
+        f"promoted at the same time as version {best} of the same data, which has the "
+        f"better {cfg.champion_metric} ({rivals[best]:.4f} vs {rivals[version]:.4f}): "
+        f"{decision.reason}",
+        decision.comparison,
+    )
     for key, value in _decision_tags(lost, baseline).items():
         client.set_model_version_tag(model_name, version, key, value)
     client.set_registered_model_alias(model_name, CHALLENGER, version)
@@ -300,9 +390,13 @@ def _baseline(compared_with: Champion | None) -> str:
 
 
 def _decision_tags(decision: GateDecision, baseline: str) -> dict[str, str]:
-    return {"gate.alias": decision.alias, "gate.reason": decision.reason[:5000], COMPARED_WITH_TAG: baseline,
-            DECISION_TAG: json.dumps(asdict(decision)),
-            **{f"test.{k}": f"{v['new']:.4f}" for k, v in decision.comparison.items() if v["new"] is not None}}
+    return {
+        "gate.alias": decision.alias,
+        "gate.reason": decision.reason[:5000],
+        COMPARED_WITH_TAG: baseline,
+        DECISION_TAG: json.dumps(asdict(decision)),
+        **{f"test.{k}": f"{v['new']:.4f}" for k, v in decision.comparison.items() if v["new"] is not None},
+    }
 
 
 def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
@@ -311,12 +405,20 @@ def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
     from mlflow.entities import RunTag
 
     from components.core import tracking
-    values = {f"gate_{who}_{k}": v[who] for k, v in gate["comparison"].items()
-              for who in ("new", "champion") if v[who] is not None}
+
+    values = {
+        f"gate_{who}_{k}": v[who]
+        for k, v in gate["comparison"].items()
+        for who in ("new", "champion")
+        if v[who] is not None
+    }
     if gate.get("difference"):
         d = gate["difference"]
         values.update(gate_difference=d["estimate"], gate_difference_ci_low=d["low"], gate_difference_ci_high=d["high"])
     metrics = tracking.metrics_at(values)
-    tags = [RunTag("gate.alias", gate["alias"]), RunTag("gate.reason", gate["reason"][:5000]),
-            RunTag("gate.registered_version", gate["model_uri"])]
+    tags = [
+        RunTag("gate.alias", gate["alias"]),
+        RunTag("gate.reason", gate["reason"][:5000]),
+        RunTag("gate.registered_version", gate["model_uri"]),
+    ]
     tracking.client(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)

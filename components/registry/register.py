@@ -12,9 +12,19 @@ from components.core import filenames
 from components.core.settings import EvaluateConfig
 
 
-def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig, model_name: str,
-             model_uri: str, data_fingerprint: str, tracking_uri: str, mlflow_run_id: str,
-             output_dir: str | Path, kfp_url: str = "", local_run_dir: str = "") -> dict:
+def register(
+    evaluation_dir: str | Path,
+    normalized_dir: str | Path,
+    cfg: EvaluateConfig,
+    model_name: str,
+    model_uri: str,
+    data_fingerprint: str,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    output_dir: str | Path,
+    kfp_url: str = "",
+    local_run_dir: str = "",
+) -> dict:
     """Register and gate the evaluated model; write gate.json and the report with the
     decision to ``output_dir`` and log both into the pipeline's MLflow run, whose
     description (and the new version's) then carries the verdict in words."""
@@ -28,10 +38,14 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
     new = load_scored(evaluation_dir)
     new_metrics = new.metrics
     synthetic = bool(new_metrics.get("synthetic"))
-    gate = champion.register_and_promote(tracking_uri, model_name, model_uri, new, normalized_dir, cfg,
-                                         data_fingerprint, synthetic=synthetic)
-    tracking.set_description(tracking_uri, mlflow_run_id, run_descriptions.trained_description(
-        new_metrics, gate, synthetic, kfp_url, local_run_dir))
+    gate = champion.register_and_promote(
+        tracking_uri, model_name, model_uri, new, normalized_dir, cfg, data_fingerprint, synthetic=synthetic
+    )
+    tracking.set_description(
+        tracking_uri,
+        mlflow_run_id,
+        run_descriptions.trained_description(new_metrics, gate, synthetic, kfp_url, local_run_dir),
+    )
     tracking.client(tracking_uri).update_model_version(
         model_name,
         gate["version"],
@@ -53,10 +67,22 @@ def register(evaluation_dir: str | Path, normalized_dir: str | Path, cfg: Evalua
     return gate
 
 
-def register_step(evaluation: dsl.Input[dsl.Dataset], normalized: dsl.Input[dsl.Dataset], evaluate: dict,
-                  model_name: str, model_uri: str, data_fingerprint: str, experiment: str, tracking_uri: str,
-                  kfp_run_name: str, kfp_run_id: str, registration: dsl.Output[dsl.Artifact],
-                  report: dsl.Output[dsl.HTML], kfp_ui_url: str = "", local_run_dir: str = ""):
+def register_step(
+    evaluation: dsl.Input[dsl.Dataset],
+    normalized: dsl.Input[dsl.Dataset],
+    evaluate: dict,
+    model_name: str,
+    model_uri: str,
+    data_fingerprint: str,
+    experiment: str,
+    tracking_uri: str,
+    kfp_run_name: str,
+    kfp_run_id: str,
+    registration: dsl.Output[dsl.Artifact],
+    report: dsl.Output[dsl.HTML],
+    kfp_ui_url: str = "",
+    local_run_dir: str = "",
+):
     """KFP wrapper: register the model and move the champion alias only to a better one
     (never cached: the champion changes between runs). ``kfp_ui_url`` (the KFP UI a cluster
     run was submitted to) and ``local_run_dir`` (a local run's folder) go into the MLflow
@@ -73,9 +99,19 @@ def register_step(evaluation: dsl.Input[dsl.Dataset], normalized: dsl.Input[dsl.
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
     with user_errors():
-        gate = register(evaluation.path, normalized.path, load_section(EvaluateConfig, evaluate, "evaluate."),
-                        model_name, model_uri, data_fingerprint, tracking_uri, run_id, registration.path,
-                        kfp_run_url(kfp_ui_url, kfp_run_id), local_run_dir)
+        gate = register(
+            evaluation.path,
+            normalized.path,
+            load_section(EvaluateConfig, evaluate, "evaluate."),
+            model_name,
+            model_uri,
+            data_fingerprint,
+            tracking_uri,
+            run_id,
+            registration.path,
+            kfp_run_url(kfp_ui_url, kfp_run_id),
+            local_run_dir,
+        )
     shutil.copyfile(Path(registration.path) / filenames.EVALUATION_REPORT, report.path)
     registration.metadata.update({"version": gate["version"], "alias": gate["alias"], "model_uri": gate["model_uri"]})
     print(f"registered {gate['model_uri']} -> {gate['alias']}: {gate['reason']}")

@@ -37,8 +37,16 @@ def decide(fingerprint: str, champion: Champion | None, force: bool) -> Decision
     return Decision(TRAIN, f"data changed since champion v{champion.version}")
 
 
-def gate(manifest_dir: str | Path, model_name: str, experiment: str, run_params: dict[str, str], tracking_uri: str,
-         force: bool, kfp_run_name: str, kfp_run_id: str) -> dict:
+def gate(
+    manifest_dir: str | Path,
+    model_name: str,
+    experiment: str,
+    run_params: dict[str, str],
+    tracking_uri: str,
+    force: bool,
+    kfp_run_name: str,
+    kfp_run_id: str,
+) -> dict:
     """Decide, record the decision on the pipeline's MLflow run, and return the details."""
     from components.core import filenames, tracking
     from components.data.data_report import summary_counts
@@ -49,26 +57,44 @@ def gate(manifest_dir: str | Path, model_name: str, experiment: str, run_params:
     decision = decide(fingerprint, champion, force)
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id, run_params)
     client = tracking.client(tracking_uri)
-    for key, value in {FINGERPRINT_TAG: fingerprint, "retrain.decision": decision.action,
-                       "retrain.reason": decision.reason}.items():
+    for key, value in {
+        FINGERPRINT_TAG: fingerprint,
+        "retrain.decision": decision.action,
+        "retrain.reason": decision.reason,
+    }.items():
         client.set_tag(run_id, key, value)
     report = json.loads((Path(manifest_dir) / filenames.INGEST_REPORT).read_text())
     kept = {}
     if champion is not None:
         metrics = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
-        kept = {"version": champion.version, "model_uri": f"models:/{model_name}/{champion.version}",
-                "test_metrics": {k.removeprefix("test_"): v for k, v in sorted(metrics.items())
-                                 if k.startswith("test_")}}
-    return {"decision": decision.action, "reason": decision.reason, "fingerprint": fingerprint,
-            "champion_version": champion.version if champion else "", "champion": kept, "mlflow_run_id": run_id,
-            "mlflow_run_url": tracking.run_url(tracking_uri, run_id), "tracking_uri": tracking_uri,
-            "data": summary_counts(report)}
+        kept = {
+            "version": champion.version,
+            "model_uri": f"models:/{model_name}/{champion.version}",
+            "test_metrics": {k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")},
+        }
+    return {
+        "decision": decision.action,
+        "reason": decision.reason,
+        "fingerprint": fingerprint,
+        "champion_version": champion.version if champion else "",
+        "champion": kept,
+        "mlflow_run_id": run_id,
+        "mlflow_run_url": tracking.run_url(tracking_uri, run_id),
+        "tracking_uri": tracking_uri,
+        "data": summary_counts(report),
+    }
 
 
-def retrain_gate_step(manifest: dsl.Input[dsl.Dataset], model_name: str, experiment: str, run_params: dict,
-                      tracking_uri: str, force_retrain: bool, kfp_run_name: str,
-                      kfp_run_id: str) -> NamedTuple("GateOutputs", [("decision", str), ("fingerprint", str),
-                                                                      ("details", str)]):
+def retrain_gate_step(
+    manifest: dsl.Input[dsl.Dataset],
+    model_name: str,
+    experiment: str,
+    run_params: dict,
+    tracking_uri: str,
+    force_retrain: bool,
+    kfp_run_name: str,
+    kfp_run_id: str,
+) -> NamedTuple("GateOutputs", [("decision", str), ("fingerprint", str), ("details", str)]):
     """KFP wrapper: train or skip (never cached: the champion changes between runs).
     ``run_params`` are the whole run's settings, logged as the MLflow run's params."""
     import json
@@ -77,8 +103,9 @@ def retrain_gate_step(manifest: dsl.Input[dsl.Dataset], model_name: str, experim
     from components.registry.retrain_gate import gate
 
     with user_errors():
-        details = gate(manifest.path, model_name, experiment, run_params, tracking_uri, force_retrain, kfp_run_name,
-                       kfp_run_id)
+        details = gate(
+            manifest.path, model_name, experiment, run_params, tracking_uri, force_retrain, kfp_run_name, kfp_run_id
+        )
     print(
         f"retraining gate: {details['decision']}: {details['reason']} (data fingerprint {details['fingerprint'][:12]})"
     )

@@ -11,6 +11,7 @@ metric such as melanoma AUC is computed on them, and shifting all classes would 
 it. Fitting 7 offsets is convex and stable, unlike a search for the offsets that
 maximize balanced accuracy itself on a few hundred images.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,8 +83,11 @@ def fit_balanced_bias(probs: np.ndarray, labels: np.ndarray, num_classes: int) -
 
 def write_decision_bias(folder: str | Path, classes: list[str], bias: np.ndarray, fitted_on: str) -> None:
     """The offsets beside a model (filenames.DECISION_BIAS), by class name."""
-    (Path(folder) / filenames.DECISION_BIAS).write_text(json.dumps(
-        {"decision_bias": {c: round(float(b), 6) for c, b in zip(classes, bias)}, "fitted_on": fitted_on}, indent=1))
+    (Path(folder) / filenames.DECISION_BIAS).write_text(
+        json.dumps(
+            {"decision_bias": {c: round(float(b), 6) for c, b in zip(classes, bias)}, "fitted_on": fitted_on}, indent=1
+        )
+    )
 
 
 def saved_decision_bias(folder: str | Path) -> dict[str, float] | None:

@@ -2,6 +2,7 @@
 the pipeline used (components.data.imaging.load_for_model at the model's size and resize
 mode): for training's validation, ``lesionpipe predict``, ``lesionpipe evaluate`` and the
 champion gate."""
+
 from __future__ import annotations
 
 import json
@@ -49,8 +50,10 @@ class LoadedModel:
         """The line every command that uses a synthetic model shows ('' otherwise)."""
         if not self.synthetic:
             return ""
-        return (f"WARNING: {self.uri} is a SYNTHETIC model: trained on generated images, not medical images; "
-                "its outputs say nothing about real lesions")
+        return (
+            f"WARNING: {self.uri} is a SYNTHETIC model: trained on generated images, not medical images; "
+            "its outputs say nothing about real lesions"
+        )
 
     def predict(self, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
         """Class probabilities of images in [0, 255] (see predict_probabilities)."""
@@ -60,8 +63,9 @@ class LoadedModel:
         """The class each row of ``probs`` (this model's) is predicted to be."""
         return [self.classes[i] for i in decide(probs, self.decision_bias)]
 
-    def probabilities_of_files(self, uris: list[str], batch_size: int = 64,
-                               tta: bool = False) -> tuple[np.ndarray, list[str]]:
+    def probabilities_of_files(
+        self, uris: list[str], batch_size: int = 64, tta: bool = False
+    ) -> tuple[np.ndarray, list[str]]:
         """(class probabilities, error per URI, '' when fine) of image files, read with the
         model's preprocessing ``FILE_CHUNK_BATCHES`` batches at a time: memory bounded by
         the batch size, not by the number of files. An unreadable file is scored as a
@@ -70,7 +74,7 @@ class LoadedModel:
         probs = [np.zeros((0, int(self.model.output_shape[-1])))]
         errors: list[str] = []
         for start in range(0, len(uris), chunk):
-            images, chunk_errors = load_images(uris[start:start + chunk], self.image_size, self.resize_mode)
+            images, chunk_errors = load_images(uris[start : start + chunk], self.image_size, self.resize_mode)
             probs.append(self.predict(images, batch_size, tta))
             errors += chunk_errors
         return np.concatenate(probs), errors
@@ -135,6 +139,7 @@ def _download(uri: str, tracking_uri: str | None) -> Path:
     from mlflow.exceptions import MlflowException
 
     from components.core import tracking
+
     if tracking_uri:
         # models:/ URIs are resolved by the registry, which does not follow tracking_uri=.
         tracking.use_store(tracking_uri)
@@ -151,6 +156,7 @@ def _is_missing(exc: Exception) -> bool:
     """The store answered that the model, or a file of it, does not exist (as opposed to
     not answering, or refusing)."""
     from components.core import tracking
+
     if isinstance(exc, FileNotFoundError) or tracking.is_not_found(exc):
         return True
     return getattr(getattr(exc, "response", None), "status_code", None) == 404
@@ -177,12 +183,21 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         decision_bias = in_class_order(metadata.get("decision_bias"), classes)
     except ValueError as exc:
         raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
-    return LoadedModel(model, classes, image_size, str(metadata.get("resize_mode", "pad")), uri,
-                       str(metadata.get("mlflow_run_id") or ""), bool(metadata.get("synthetic")), decision_bias)
+    return LoadedModel(
+        model,
+        classes,
+        image_size,
+        str(metadata.get("resize_mode", "pad")),
+        uri,
+        str(metadata.get("mlflow_run_id") or ""),
+        bool(metadata.get("synthetic")),
+        decision_bias,
+    )
 
 
 def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
     """Decode and resize images by URI in parallel; (images, error per URI, '' when fine)."""
+
     def one(uri: str) -> tuple[np.ndarray | None, str]:
         try:
             return load_for_model(read_bytes(uri), size, mode), ""
@@ -192,6 +207,9 @@ def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(one, uris))
     blank = np.zeros((size, size, 3), np.uint8)
-    images = np.stack([image if image is not None else blank for image, _ in results]) if results else \
-        np.zeros((0, size, size, 3), np.uint8)
+    images = (
+        np.stack([image if image is not None else blank for image, _ in results])
+        if results
+        else np.zeros((0, size, size, 3), np.uint8)
+    )
     return images, [error for _, error in results]

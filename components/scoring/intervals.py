@@ -13,10 +13,11 @@ The interval is the 2.5th to 97.5th percentile of the resampled values (percenti
 bootstrap); a resample in which a metric is undefined (no melanoma drawn) is left out
 of that metric's percentiles.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -54,12 +55,10 @@ class Resampling:
             yield counts[self.group_index].astype(np.float64)
 
     def describe(self) -> dict:
-        return {"level": LEVEL, "resamples": self.resamples, "seed": self.seed, "unit": self.unit,
-                "units": self.groups}
+        return {"level": LEVEL, "resamples": self.resamples, "seed": self.seed, "unit": self.unit, "units": self.groups}
 
 
-def resampling(group_ids: Sequence[str] | None, n: int, unit: str, resamples: int = 1000,
-               seed: int = 0) -> Resampling:
+def resampling(group_ids: Sequence[str] | None, n: int, unit: str, resamples: int = 1000, seed: int = 0) -> Resampling:
     """Resample by ``group_ids`` (one per image; '' for an image with none, which is then
     its own group), or by image when there are none. ``unit``: what a group is, plural."""
     if group_ids is None or not any(group_ids):
@@ -68,8 +67,9 @@ def resampling(group_ids: Sequence[str] | None, n: int, unit: str, resamples: in
     return Resampling(index, len(names), unit, resamples, seed)
 
 
-def rank_metrics(positive: np.ndarray, scores: np.ndarray, weights: np.ndarray,
-                 specificities: tuple[float, ...] = ()) -> tuple[np.ndarray, list[np.ndarray]]:
+def rank_metrics(
+    positive: np.ndarray, scores: np.ndarray, weights: np.ndarray, specificities: tuple[float, ...] = ()
+) -> tuple[np.ndarray, list[np.ndarray]]:
     """One class against the rest, per column of ``weights`` (images x resamples): the
     AUC (Mann-Whitney: the chance a positive scores above a negative, ties count half)
     and, per specificity, the best sensitivity of a threshold whose specificity is at
@@ -128,9 +128,15 @@ def _mean_of_defined(values: np.ndarray) -> np.ndarray:
     return np.where(count > 0, np.where(defined, values, 0.0).sum(0) / np.maximum(count, 1), np.nan)
 
 
-def resampled_metrics(weights: np.ndarray, y_true: np.ndarray, probs: np.ndarray, predicted: np.ndarray,
-                      classes: list[str], melanoma_class: str = "melanoma",
-                      only: str | None = None) -> dict[str, np.ndarray]:
+def resampled_metrics(
+    weights: np.ndarray,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    predicted: np.ndarray,
+    classes: list[str],
+    melanoma_class: str = "melanoma",
+    only: str | None = None,
+) -> dict[str, np.ndarray]:
     """The headline metrics (names as evaluation's headline_metrics: accuracy,
     balanced_accuracy, macro_f1, macro_auc, melanoma_auc, melanoma_sensitivity_at_NN_specificity,
     recall_<class>) of every column of ``weights`` (images x resamples); with weights of
@@ -144,8 +150,12 @@ def resampled_metrics(weights: np.ndarray, y_true: np.ndarray, probs: np.ndarray
         recall = np.where(true_k > 0, hits_k / true_k, np.nan)
         f1 = np.where(true_k + predicted_k > 0, 2 * hits_k / (true_k + predicted_k), 0.0)
     # sklearn's balanced accuracy: the mean recall of the classes present
-    out = {"accuracy": hits_k.sum(0) / true_k.sum(0), "balanced_accuracy": _mean_of_defined(recall),
-           "macro_f1": f1.mean(0), **{f"recall_{c}": recall[i] for i, c in enumerate(classes)}}
+    out = {
+        "accuracy": hits_k.sum(0) / true_k.sum(0),
+        "balanced_accuracy": _mean_of_defined(recall),
+        "macro_f1": f1.mean(0),
+        **{f"recall_{c}": recall[i] for i, c in enumerate(classes)},
+    }
     if only in out:
         return out
     ranked = classes if only in (None, "macro_auc") else [c for c in classes if c == melanoma_class]
@@ -156,21 +166,30 @@ def resampled_metrics(weights: np.ndarray, y_true: np.ndarray, probs: np.ndarray
         aucs[i], sensitivities = rank_metrics(y_true == i, probs[:, i], weights, SPECIFICITIES if melanoma else ())
         if melanoma:
             out["melanoma_auc"] = aucs[i]
-            out.update({f"melanoma_sensitivity_at_{round(s * 100)}_specificity": v
-                        for s, v in zip(SPECIFICITIES, sensitivities)})
+            out.update(
+                {
+                    f"melanoma_sensitivity_at_{round(s * 100)}_specificity": v
+                    for s, v in zip(SPECIFICITIES, sensitivities)
+                }
+            )
     out["macro_auc"] = _mean_of_defined(aucs)
     return out
 
 
-def bootstrap(resample: Resampling, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-              melanoma_class: str = "melanoma", decision_bias: list[float] | None = None,
-              only: str | None = None) -> dict[str, np.ndarray]:
+def bootstrap(
+    resample: Resampling,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    melanoma_class: str = "melanoma",
+    decision_bias: list[float] | None = None,
+    only: str | None = None,
+) -> dict[str, np.ndarray]:
     """Every headline metric (or ``only`` that one) of every resample: name -> (resamples,) array."""
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
     predicted = decide(probs, decision_bias)
-    blocks = [resampled_metrics(w, y_true, probs, predicted, classes, melanoma_class, only)
-              for w in resample.weights()]
+    blocks = [resampled_metrics(w, y_true, probs, predicted, classes, melanoma_class, only) for w in resample.weights()]
     return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]} if blocks else {}
 
 
@@ -185,8 +204,14 @@ def percentile_interval(values: np.ndarray) -> list[float] | None:
     return [float(low), float(high)]
 
 
-def intervals(resample: Resampling, y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-              melanoma_class: str = "melanoma", decision_bias: list[float] | None = None) -> dict:
+def intervals(
+    resample: Resampling,
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    melanoma_class: str = "melanoma",
+    decision_bias: list[float] | None = None,
+) -> dict:
     """metrics.json's ``intervals``: how they were drawn, and [low, high] per metric name."""
     values = bootstrap(resample, y_true, probs, classes, melanoma_class, decision_bias)
     found = {name: percentile_interval(v) for name, v in values.items()}
@@ -206,21 +231,32 @@ class Difference:
     units: int
 
     def describe(self) -> str:
-        return (f"difference {self.estimate:+.4f}, {round(LEVEL * 100)} % interval [{self.low:+.4f}, {self.high:+.4f}] "
-                f"(paired bootstrap, {self.resamples} resamples of {self.units} {self.unit})")
+        return (
+            f"difference {self.estimate:+.4f}, {round(LEVEL * 100)} % interval [{self.low:+.4f}, {self.high:+.4f}] "
+            f"(paired bootstrap, {self.resamples} resamples of {self.units} {self.unit})"
+        )
 
 
-def paired_difference(metric: str, resample: Resampling, new: Scored, old: Scored,
-                      melanoma_class: str = "melanoma") -> Difference | None:
+def paired_difference(
+    metric: str, resample: Resampling, new: Scored, old: Scored, melanoma_class: str = "melanoma"
+) -> Difference | None:
     """``new`` minus ``old`` on ``metric`` (the same test images, in the same order), both
     resampled with the same draws; None where the metric is undefined for either."""
     if new.metrics.get(metric) is None or old.metrics.get(metric) is None:
         return None
     classes = new.metrics["classes"]
-    values = [bootstrap(resample, s.y_true, s.probs, classes, melanoma_class, s.decision_bias, metric)[metric]
-              for s in (new, old)]
+    values = [
+        bootstrap(resample, s.y_true, s.probs, classes, melanoma_class, s.decision_bias, metric)[metric]
+        for s in (new, old)
+    ]
     interval = percentile_interval(values[0] - values[1])
     if interval is None:
         return None
-    return Difference(metric, float(new.metrics[metric] - old.metrics[metric]), *interval, resample.resamples,
-                      resample.unit, resample.groups)
+    return Difference(
+        metric,
+        float(new.metrics[metric] - old.metrics[metric]),
+        *interval,
+        resample.resamples,
+        resample.unit,
+        resample.groups,
+    )

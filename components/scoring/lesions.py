@@ -1,8 +1,9 @@
 """Lesion-level scores: a lesion photographed several times is one diagnosis, so its
 images' probabilities are averaged into one prediction per lesion."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -1,5 +1,6 @@
 """Classification metrics from true labels and predicted probabilities: one definition
 for the training callback, the evaluate step and ``lesionpipe evaluate``."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,13 @@ def _auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
     return float(roc_auc_score(y_binary, scores))
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str],
-                           melanoma_class: str = "melanoma", decision_bias: list[float] | None = None) -> dict:
+def classification_metrics(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    classes: list[str],
+    melanoma_class: str = "melanoma",
+    decision_bias: list[float] | None = None,
+) -> dict:
     """Metrics of the predicted classes (argmax, shifted by ``decision_bias`` when the
     model has one: components.scoring.decisions) and of the probabilities (AUCs, calibration)."""
     y_true = np.asarray(y_true, dtype=int)
@@ -55,7 +61,8 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         out["melanoma_auc"] = aucs[melanoma_class]
         for specificity in (0.8, 0.9):
             out[f"melanoma_sensitivity_at_{round(specificity * 100)}_specificity"] = sensitivity_at_specificity(
-                (y_true == index).astype(int), probs[:, index], specificity)
+                (y_true == index).astype(int), probs[:, index], specificity
+            )
     return out
 
 
@@ -80,17 +87,28 @@ def reliability_bins(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> l
     out = []
     for b in range(bins):
         members = which == b
-        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": int(members.sum()),
-                    "confidence": float(confidence[members].mean()) if members.any() else None,
-                    "accuracy": float(correct[members].mean()) if members.any() else None})
+        out.append(
+            {
+                "low": float(edges[b]),
+                "high": float(edges[b + 1]),
+                "count": int(members.sum()),
+                "confidence": float(confidence[members].mean()) if members.any() else None,
+                "accuracy": float(correct[members].mean()) if members.any() else None,
+            }
+        )
     return out
 
 
 def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
     """ECE: the count-weighted gap between confidence and accuracy over the bins."""
     total = len(y_true)
-    return float(sum(b["count"] / total * abs(b["confidence"] - b["accuracy"])
-                     for b in reliability_bins(y_true, probs, bins) if b["count"]))
+    return float(
+        sum(
+            b["count"] / total * abs(b["confidence"] - b["accuracy"])
+            for b in reliability_bins(y_true, probs, bins)
+            if b["count"]
+        )
+    )
 
 
 def roc_points(y_true: np.ndarray, probs: np.ndarray, class_index: int) -> tuple[list[float], list[float], list[float]]:

@@ -1,6 +1,7 @@
 """What happens at the end of every training epoch: validation metrics, the best epoch
 and early stopping (kept on disk, so they survive a restart), the epoch log (file and
 MLflow) and the wall-clock budget."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ BEST_STATE_FILE = "best.json"
 EPOCH_LOG_FILE = "epochs.jsonl"
 
 
-def validation_metrics(model, val_images, val_labels: np.ndarray, classes: list[str], batch_size: int,
-                       melanoma_class: str) -> dict[str, float]:
+def validation_metrics(
+    model, val_images, val_labels: np.ndarray, classes: list[str], batch_size: int, melanoma_class: str
+) -> dict[str, float]:
     """val_loss, val_accuracy, val_balanced_accuracy, val_macro_f1, val_macro_auc and
     val_melanoma_auc of ``model``, from one prediction pass over the validation split:
     ``val_images`` a tf.data.Dataset of its images in the order of ``val_labels``
@@ -30,14 +32,17 @@ def validation_metrics(model, val_images, val_labels: np.ndarray, classes: list[
     probs = predict_probabilities(model, val_images, batch_size)
     m = classification_metrics(val_labels, probs, classes, melanoma_class)
     picked = np.clip(probs[np.arange(len(val_labels)), val_labels], 1e-7, 1.0)
-    return {"val_loss": float(-np.log(picked).mean()), "val_accuracy": m["accuracy"],
-            "val_balanced_accuracy": m["balanced_accuracy"], "val_macro_f1": m["macro_f1"],
-            "val_macro_auc": m["macro_auc"] or 0.0, "val_melanoma_auc": m.get("melanoma_auc") or 0.0}
+    return {
+        "val_loss": float(-np.log(picked).mean()),
+        "val_accuracy": m["accuracy"],
+        "val_balanced_accuracy": m["balanced_accuracy"],
+        "val_macro_f1": m["macro_f1"],
+        "val_macro_auc": m["macro_auc"] or 0.0,
+        "val_melanoma_auc": m.get("melanoma_auc") or 0.0,
+    }
 
 
-
-def validation_callback(val_images, val_labels: np.ndarray, classes: list[str], batch_size: int,
-                         melanoma_class: str):
+def validation_callback(val_images, val_labels: np.ndarray, classes: list[str], batch_size: int, melanoma_class: str):
     """Adds the validation metrics to the epoch logs (before the best-epoch tracker reads them)."""
     import keras
 
@@ -46,7 +51,6 @@ def validation_callback(val_images, val_labels: np.ndarray, classes: list[str], 
             logs.update(validation_metrics(self.model, val_images, val_labels, classes, batch_size, melanoma_class))
 
     return ValidationMetrics()
-
 
 
 class BestEpochTracker:
@@ -82,8 +86,10 @@ class BestEpochTracker:
                 if tracker.improved(value):
                     tracker.best, tracker.best_epoch = value, epoch
                     save_weights_atomically(self.model, tracker.out / BEST_WEIGHTS_FILE)
-                    atomic.write_text(tracker.out / BEST_STATE_FILE, json.dumps(
-                        {"monitor": tracker.monitor, "best": value, "best_epoch": epoch}))
+                    atomic.write_text(
+                        tracker.out / BEST_STATE_FILE,
+                        json.dumps({"monitor": tracker.monitor, "best": value, "best_epoch": epoch}),
+                    )
                 since_best = epoch - max(tracker.best_epoch, phase_start - 1)
                 if tracker.patience is not None and since_best >= tracker.patience:
                     self.model.stop_training = True
@@ -95,7 +101,6 @@ class BestEpochTracker:
             model.load_weights(self.out / BEST_WEIGHTS_FILE)
 
 
-
 # The metrics an epoch's console line shows, in this order; epochs.jsonl and MLflow keep all.
 EPOCH_LINE_METRICS = ("loss", "val_loss", "val_balanced_accuracy", "val_melanoma_auc", "learning_rate")
 EPOCH_LINE = re.compile(r"(epoch \d+/\d+ .*\(\d+ s\))$")
@@ -105,8 +110,11 @@ def epoch_line(epoch: int, total_epochs: int, seconds: float, values: dict[str, 
     """One finished epoch in words, e.g. ``epoch 3/14  loss 0.512  val_loss 0.610 ...  (42 s)``.
     Ours rather than Keras' progress text, which heads a one-epoch fit() with no number and
     leaves carriage-return residue in a captured stream; ``EPOCH_LINE`` finds it in a log."""
-    shown = "  ".join(f"{k} {values[k]:.3g}" if k == "learning_rate" else f"{k} {values[k]:.3f}"
-                      for k in EPOCH_LINE_METRICS if k in values)
+    shown = "  ".join(
+        f"{k} {values[k]:.3g}" if k == "learning_rate" else f"{k} {values[k]:.3f}"
+        for k in EPOCH_LINE_METRICS
+        if k in values
+    )
     return f"epoch {epoch + 1}/{total_epochs}{f' [{label}]' if label else ''}  {shown}  ({seconds:.0f} s)"
 
 
@@ -118,6 +126,7 @@ def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, total_epochs: 
     client = None
     if run_id:
         from components.core import tracking
+
         client = tracking.client(tracking_uri)
 
     class EpochLog(keras.callbacks.Callback):
@@ -132,10 +141,13 @@ def epoch_log_callback(out: Path, tracking_uri: str, run_id: str, total_epochs: 
             values["learning_rate"] = float(np.asarray(self.model.optimizer.learning_rate))
             append_line(out / EPOCH_LOG_FILE, json.dumps({"epoch": epoch, **values}))
             if client is not None:
-                client.log_batch(run_id, metrics=tracking.metrics_at(
-                    {metric_prefix + k: v for k, v in values.items()}, step=epoch))
-            print(epoch_line(epoch, total_epochs, time.monotonic() - self.began, values, metric_prefix.rstrip("_")),
-                  flush=True)
+                client.log_batch(
+                    run_id, metrics=tracking.metrics_at({metric_prefix + k: v for k, v in values.items()}, step=epoch)
+                )
+            print(
+                epoch_line(epoch, total_epochs, time.monotonic() - self.began, values, metric_prefix.rstrip("_")),
+                flush=True,
+            )
 
     return EpochLog()
 
@@ -151,7 +163,6 @@ def time_budget_callback(minutes: float, started: float):
                 self.model.stop_training = True
 
     return TimeBudget()
-
 
 
 def save_weights_atomically(model, path: Path) -> None:
@@ -177,8 +188,10 @@ def backup_and_restore(backup_dir: Path):
             folder.mkdir(parents=True, exist_ok=True)
             weights = folder / f"epoch-{self._current_epoch:05d}.weights.h5"
             save_weights_atomically(self.model, weights)
-            atomic.write_text(self._training_metadata_path, json.dumps(
-                {"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": weights.name}))
+            atomic.write_text(
+                self._training_metadata_path,
+                json.dumps({"epoch": self._current_epoch, "batch": self._last_batch_seen, "weights": weights.name}),
+            )
             for old in folder.glob("epoch-*.weights.h5"):
                 if old != weights:
                     old.unlink()

@@ -1,5 +1,6 @@
 """Where training runs: GPUs with mixed precision and MirroredStrategy, several workers
 (a TFJob's TF_CONFIG) under MultiWorkerMirroredStrategy, or a deterministic CPU."""
+
 from __future__ import annotations
 
 import json
@@ -15,12 +16,10 @@ class Devices:
     workers: int = 1
 
 
-
 def tf_config_workers() -> int:
     """How many workers TF_CONFIG names (a TFJob's Training Operator sets it); 0 without it."""
     cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
     return len(cluster.get("chief", [])) + len(cluster.get("worker", []))
-
 
 
 def configure_devices(seed: int) -> Devices:
@@ -41,8 +40,12 @@ def configure_devices(seed: int) -> Devices:
     if gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
         if multi_worker:
-            return Devices(multi_worker, f"{workers} workers (MultiWorkerMirroredStrategy), {len(gpus)} GPU(s) each, "
-                           "mixed_float16", True, workers)
+            return Devices(
+                multi_worker,
+                f"{workers} workers (MultiWorkerMirroredStrategy), {len(gpus)} GPU(s) each, mixed_float16",
+                True,
+                workers,
+            )
         return Devices(tf.distribute.MirroredStrategy(), f"{len(gpus)} GPU(s), mixed_float16, XLA", True)
     keras.mixed_precision.set_global_policy("float32")
     tf.config.experimental.enable_op_determinism()

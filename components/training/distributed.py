@@ -24,6 +24,7 @@ forever. What keeps them in step:
   folder becomes a copy of the chief's (the others train in scratch folders that do not
   survive a restart), so all skip the same phases and resume at the same epoch.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,8 +46,10 @@ def replica_batch_size(global_batch_size: int, replicas: int) -> int:
     with fit under MirroredStrategy, and every replica takes an equal share of it (of a
     pass's last, short batch as equal as it goes): all hold the same batch, none idles."""
     if global_batch_size % replicas:
-        raise UserError(f"train.batch_size {global_batch_size} does not split evenly over {replicas} replicas "
-                        f"(workers x devices each): use a multiple of {replicas}")
+        raise UserError(
+            f"train.batch_size {global_batch_size} does not split evenly over {replicas} replicas "
+            f"(workers x devices each): use a multiple of {replicas}"
+        )
     return global_batch_size // replicas
 
 
@@ -161,15 +164,17 @@ def _step_function(model, class_weight: dict | None, global_batch_size: int):
     strategy = model.distribute_strategy
     optimizer = model.optimizer
     per_example_loss = _per_example_loss(model.loss)
-    weight_of_class = (tf.constant([class_weight[c] for c in range(len(class_weight))], tf.float32)
-                       if class_weight else None)
+    weight_of_class = (
+        tf.constant([class_weight[c] for c in range(len(class_weight))], tf.float32) if class_weight else None
+    )
 
     def replica_step(images, labels):
         weights = tf.ones_like(labels, tf.float32) if weight_of_class is None else tf.gather(weight_of_class, labels)
         with tf.GradientTape() as tape:
             probabilities = model(images, training=True)
-            loss = tf.nn.compute_average_loss(per_example_loss(labels, probabilities), sample_weight=weights,
-                                              global_batch_size=global_batch_size)
+            loss = tf.nn.compute_average_loss(
+                per_example_loss(labels, probabilities), sample_weight=weights, global_batch_size=global_batch_size
+            )
             if model.losses:  # layer regularization, added to the loss as fit does
                 loss += tf.nn.scale_regularization_loss(tf.add_n(model.losses))
             scaled_loss = optimizer.scale_loss(loss)  # mixed precision: the loss-scale optimizer's factor
@@ -197,8 +202,12 @@ def _average_moving_statistics(model):
     import tensorflow as tf
 
     strategy = model.distribute_strategy
-    statistics = [variable for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)
-                  and layer.trainable for variable in (layer.moving_mean, layer.moving_variance)]
+    statistics = [
+        variable
+        for layer in model.layers
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+        for variable in (layer.moving_mean, layer.moving_variance)
+    ]
 
     def replica_means():
         context = tf.distribute.get_replica_context()
@@ -213,8 +222,17 @@ def _average_moving_statistics(model):
     return average if statistics else lambda: None
 
 
-def fit_phase(model, train_ds, steps_per_epoch: int, first_epoch: int, last_epoch: int, backup_dir: Path,
-              callbacks: list, class_weight: dict | None, global_batch_size: int) -> None:
+def fit_phase(
+    model,
+    train_ds,
+    steps_per_epoch: int,
+    first_epoch: int,
+    last_epoch: int,
+    backup_dir: Path,
+    callbacks: list,
+    class_weight: dict | None,
+    global_batch_size: int,
+) -> None:
     """Train ``model`` (compiled, under its strategy) from ``first_epoch`` to
     ``last_epoch`` as ``components.training.train._fit_phase`` does with fit: the same callbacks,
     a checkpoint after each epoch in ``backup_dir`` to resume from (removed when the
@@ -242,8 +260,11 @@ def fit_phase(model, train_ds, steps_per_epoch: int, first_epoch: int, last_epoc
     average_moving_statistics = _average_moving_statistics(model)
     # No Keras progress bar, as in components.training.train: epoch_log_callback prints each epoch's line.
     callback_list = keras.callbacks.CallbackList(callbacks, model=model, epochs=last_epoch, steps=steps_per_epoch)
-    print(f"{strategy.num_replicas_in_sync} replicas, global batch {global_batch_size} ({per_replica} each), "
-          f"{steps_per_epoch} steps per epoch", flush=True)
+    print(
+        f"{strategy.num_replicas_in_sync} replicas, global batch {global_batch_size} ({per_replica} each), "
+        f"{steps_per_epoch} steps per epoch",
+        flush=True,
+    )
 
     model.stop_training = False
     callback_list.on_train_begin()
@@ -264,4 +285,3 @@ def fit_phase(model, train_ds, steps_per_epoch: int, first_epoch: int, last_epoc
             break
     callback_list.on_train_end()
     shutil.rmtree(backup_dir)
-

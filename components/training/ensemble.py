@@ -1,4 +1,5 @@
 """One model out of several: the mean of the members' probabilities (train.ensemble)."""
+
 from __future__ import annotations
 
 

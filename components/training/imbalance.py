@@ -1,5 +1,6 @@
 """Remedies for class imbalance (train.imbalance): class weights, focal loss and the
 logit-adjusted loss; ``loss_and_class_weights`` picks what the config asks for."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,6 @@ def class_weights(counts: np.ndarray, cap: float = 0.0) -> dict[int, float]:
     return {i: min(w, cap) if cap else w for i, w in weights.items()}
 
 
-
 def sparse_focal_loss(gamma: float):
     """Focal loss (Lin et al. 2017) on integer labels: cross-entropy scaled by
     (1 - p_true)^gamma, so easy majority-class images count less."""
@@ -25,7 +25,6 @@ def sparse_focal_loss(gamma: float):
         return ops.power(1.0 - ops.exp(-ce), gamma) * ce
 
     return focal_loss
-
 
 
 def logit_adjusted_loss(class_counts: np.ndarray, tau: float = 1.0):

@@ -7,6 +7,7 @@ steps taken, and the share of the phase's wall-clock budget spent (train.max_tra
 A budget that runs out before the planned epochs (a slower or a shared machine) then
 still ends the phase annealed, at a low rate, instead of cut off at a high one: the
 epochs get fewer, not worse."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,15 @@ def cosine_rate(progress: float, peak: float, warmup: float) -> float:
     return peak * (FLOOR + (1 - FLOOR) * 0.5 * (1 + math.cos(math.pi * decayed)))
 
 
-def learning_rate(tc: TrainConfig, peak: float, first_epoch: int, phase_epochs: int, steps_per_epoch: int,
-                  deadline: float | None = None, clock: Callable[[], float] = time.monotonic) -> tuple[float, list]:
+def learning_rate(
+    tc: TrainConfig,
+    peak: float,
+    first_epoch: int,
+    phase_epochs: int,
+    steps_per_epoch: int,
+    deadline: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[float, list]:
     """The optimizer's initial rate and the callbacks that drive it through a phase of
     ``phase_epochs`` epochs starting at ``first_epoch``; ``deadline`` (a ``clock()``
     time) is when the phase's share of the time budget is spent, None for no budget."""
@@ -40,8 +48,15 @@ def learning_rate(tc: TrainConfig, peak: float, first_epoch: int, phase_epochs: 
     return peak * FLOOR, [_cosine_callback(peak, warmup, first_epoch, phase_steps, steps_per_epoch, deadline, clock)]
 
 
-def _cosine_callback(peak: float, warmup: float, first_epoch: int, phase_steps: int, steps_per_epoch: int,
-                     deadline: float | None, clock: Callable[[], float]):
+def _cosine_callback(
+    peak: float,
+    warmup: float,
+    first_epoch: int,
+    phase_steps: int,
+    steps_per_epoch: int,
+    deadline: float | None,
+    clock: Callable[[], float],
+):
     import keras
 
     class CosineSchedule(keras.callbacks.Callback):

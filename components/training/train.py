@@ -62,22 +62,43 @@ class TrainResult:
     members: list["TrainResult"] = field(default_factory=list)
 
 
-def _fit_phase(model, train_ds, steps_per_epoch: int | None, first_epoch: int, last_epoch: int, backup_dir: Path,
-               callbacks: list, class_weight: dict | None) -> None:
+def _fit_phase(
+    model,
+    train_ds,
+    steps_per_epoch: int | None,
+    first_epoch: int,
+    last_epoch: int,
+    backup_dir: Path,
+    callbacks: list,
+    class_weight: dict | None,
+) -> None:
     # BackupAndRestore sets model._initial_epoch when it restores, and Keras prefers that
     # over fit(initial_epoch=...): clear a value left over from the previous phase.
     model._initial_epoch = None
-    model.fit(train_ds, epochs=last_epoch, initial_epoch=first_epoch, steps_per_epoch=steps_per_epoch,
-              # The backup last: an epoch is saved only after every callback of ours has logged
-              # it and kept its weights if best, so a resume never skips an epoch's record.
-              callbacks=[*callbacks, backup_and_restore(backup_dir)],
-              # verbose=0: epoch_log_callback prints each epoch's line.
-              class_weight=class_weight, verbose=0)
+    model.fit(
+        train_ds,
+        epochs=last_epoch,
+        initial_epoch=first_epoch,
+        steps_per_epoch=steps_per_epoch,
+        # The backup last: an epoch is saved only after every callback of ours has logged
+        # it and kept its weights if best, so a resume never skips an epoch's record.
+        callbacks=[*callbacks, backup_and_restore(backup_dir)],
+        # verbose=0: epoch_log_callback prints each epoch's line.
+        class_weight=class_weight,
+        verbose=0,
+    )
 
 
-def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: TrainConfig, output_dir: str | Path,
-          tracking_uri: str = "", mlflow_run_id: str = "", extra_callbacks: Sequence = (),
-          melanoma_class: str = "melanoma") -> TrainResult:
+def train(
+    normalized_dir: str | Path,
+    augmented_dir: str | Path | None,
+    tc: TrainConfig,
+    output_dir: str | Path,
+    tracking_uri: str = "",
+    mlflow_run_id: str = "",
+    extra_callbacks: Sequence = (),
+    melanoma_class: str = "melanoma",
+) -> TrainResult:
     """Train ``tc.model`` and save the best epoch's model to ``output_dir``; with
     ``tc.ensemble``, train every member in turn (in ``output_dir/members/<i>``) and save
     a model that averages their probabilities. ``melanoma_class`` names the class whose
@@ -111,30 +132,66 @@ def train(normalized_dir: str | Path, augmented_dir: str | Path | None, tc: Trai
         if (member_out / HISTORY_FILE).is_file():
             results.append(_finished_model(member_out))
             continue
-        print(f"ensemble member {i + 1}/{len(members)}: {member.model}"
-              f"{f' alpha {member.alpha}' if member.model.startswith('mobilenet') else ''}, seed {member.seed}",
-              flush=True)
-        results.append(_train_model(member, data, melanoma_class, devices, member_out, tracking_uri, mlflow_run_id,
-                                    extra_callbacks, metric_prefix=f"member{i}_"))
+        print(
+            f"ensemble member {i + 1}/{len(members)}: {member.model}"
+            f"{f' alpha {member.alpha}' if member.model.startswith('mobilenet') else ''}, seed {member.seed}",
+            flush=True,
+        )
+        results.append(
+            _train_model(
+                member,
+                data,
+                melanoma_class,
+                devices,
+                member_out,
+                tracking_uri,
+                mlflow_run_id,
+                extra_callbacks,
+                metric_prefix=f"member{i}_",
+            )
+        )
 
     with devices.strategy.scope():
-        model = ensemble_model([keras.models.load_model(r.model_path, compile=False) for r in results],
-                               data.meta["image_size"])
-    val_metrics = validation_metrics(model, data.val_images, data.val_labels, data.meta["classes"], tc.batch_size,
-                                     melanoma_class)
+        model = ensemble_model(
+            [keras.models.load_model(r.model_path, compile=False) for r in results], data.meta["image_size"]
+        )
+    val_metrics = validation_metrics(
+        model, data.val_images, data.val_labels, data.meta["classes"], tc.batch_size, melanoma_class
+    )
     if mlflow_run_id:
         from components.core import tracking
-        tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=tracking.metrics_at(
-            {f"ensemble_{k}": v for k, v in val_metrics.items()}))
-    model_path = _save_finished(model, data, tc, out, tracking_uri, mlflow_run_id, {
-        "members": [{"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run}
-                    for r in results], "ensemble_validation": val_metrics, "device": devices.description})
-    return TrainResult(model_path, {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
-                       sum(r.epochs_run for r in results), -1, devices.description, results)
+
+        tracking.client(tracking_uri).log_batch(
+            mlflow_run_id, metrics=tracking.metrics_at({f"ensemble_{k}": v for k, v in val_metrics.items()})
+        )
+    model_path = _save_finished(
+        model,
+        data,
+        tc,
+        out,
+        tracking_uri,
+        mlflow_run_id,
+        {
+            "members": [
+                {"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run} for r in results
+            ],
+            "ensemble_validation": val_metrics,
+            "device": devices.description,
+        },
+    )
+    return TrainResult(
+        model_path,
+        {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
+        sum(r.epochs_run for r in results),
+        -1,
+        devices.description,
+        results,
+    )
 
 
-def _save_finished(model, data: TrainingData, tc: TrainConfig, out: Path, tracking_uri: str, mlflow_run_id: str,
-                   history: dict) -> str:
+def _save_finished(
+    model, data: TrainingData, tc: TrainConfig, out: Path, tracking_uri: str, mlflow_run_id: str, history: dict
+) -> str:
     """Save the trained ``model`` in ``out`` with what makes it a finished train output
     (components.training.trained_model): its classes, its model info, its decision offsets
     (train.balance_decisions), and ``history`` last (HISTORY_FILE). Returns the model's path."""
@@ -148,8 +205,9 @@ def _save_finished(model, data: TrainingData, tc: TrainConfig, out: Path, tracki
     return str(model_path)
 
 
-def balance_decisions(model, data: TrainingData, batch_size: int, out: Path, tracking_uri: str = "",
-                      mlflow_run_id: str = "") -> None:
+def balance_decisions(
+    model, data: TrainingData, batch_size: int, out: Path, tracking_uri: str = "", mlflow_run_id: str = ""
+) -> None:
     """Fits ``model``'s per-class decision offsets on the validation split and saves them
     in ``out`` (components.scoring.decisions); logs the validation balanced accuracy without and
     with them. Fitted on probabilities averaged over the 8 flips and turns, as evaluate
@@ -173,25 +231,43 @@ def balance_decisions(model, data: TrainingData, batch_size: int, out: Path, tra
     bias = fit_balanced_bias(probs, labels, len(classes))
     unfitted = [c for c, few in zip(classes, too_few_to_fit(labels, len(classes))) if few]
     if unfitted:
-        print(f"decision offsets: {', '.join(unfitted)} keep offset 0 (fewer than {MIN_IMAGES_TO_FIT} "
-              f"validation images)", flush=True)
+        print(
+            f"decision offsets: {', '.join(unfitted)} keep offset 0 (fewer than {MIN_IMAGES_TO_FIT} validation images)",
+            flush=True,
+        )
     write_decision_bias(out, classes, bias, f"validation split ({len(labels)} images, 8 flips/turns averaged)")
     before = balanced_accuracy_score(labels, decide(probs))
     after = balanced_accuracy_score(labels, decide(probs, bias))
-    print(f"decision offsets fitted on the validation split: its balanced accuracy {before:.3f} -> {after:.3f} "
-          f"(fitted on these images, so optimistic; the test split says what holds)", flush=True)
+    print(
+        f"decision offsets fitted on the validation split: its balanced accuracy {before:.3f} -> {after:.3f} "
+        f"(fitted on these images, so optimistic; the test split says what holds)",
+        flush=True,
+    )
     if mlflow_run_id:
         from components.core import tracking
-        tracking.client(tracking_uri).log_batch(mlflow_run_id, metrics=tracking.metrics_at(
-            {"val_tta_balanced_accuracy": before, "val_tta_balanced_accuracy_balanced_decisions": after}))
+
+        tracking.client(tracking_uri).log_batch(
+            mlflow_run_id,
+            metrics=tracking.metrics_at(
+                {"val_tta_balanced_accuracy": before, "val_tta_balanced_accuracy_balanced_decisions": after}
+            ),
+        )
 
 
-def checkpoint_dir(checkpoint_root: str | Path, normalized_dir: str | Path, augmented_dir: str | Path | None,
-                   tc: TrainConfig, data_fingerprint: str) -> Path:
+def checkpoint_dir(
+    checkpoint_root: str | Path,
+    normalized_dir: str | Path,
+    augmented_dir: str | Path | None,
+    tc: TrainConfig,
+    data_fingerprint: str,
+) -> Path:
     """Where a training of this data with these settings keeps its checkpoints, under
     ``checkpoint_root``: the same folder for the same run started again, so it resumes."""
-    identity = [data_fingerprint, json.dumps(tc.to_dict(), sort_keys=True),
-                (Path(normalized_dir) / tfrecords.META_FILE).read_text()]
+    identity = [
+        data_fingerprint,
+        json.dumps(tc.to_dict(), sort_keys=True),
+        (Path(normalized_dir) / tfrecords.META_FILE).read_text(),
+    ]
     if augmented_dir and (Path(augmented_dir) / filenames.AUGMENT_POLICY).is_file():
         identity.append((Path(augmented_dir) / filenames.AUGMENT_POLICY).read_text())
     return Path(checkpoint_root) / hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
@@ -214,8 +290,14 @@ def keep_model(work: str | Path, output_dir: str | Path) -> str:
     work, out = Path(work), Path(output_dir)
     if work != out:
         out.mkdir(parents=True, exist_ok=True)
-        for name in (filenames.MODEL, filenames.CLASSES, filenames.MODEL_INFO, filenames.DECISION_BIAS, HISTORY_FILE,
-                     EPOCH_LOG_FILE):
+        for name in (
+            filenames.MODEL,
+            filenames.CLASSES,
+            filenames.MODEL_INFO,
+            filenames.DECISION_BIAS,
+            HISTORY_FILE,
+            EPOCH_LOG_FILE,
+        ):
             if (work / name).is_file():
                 shutil.copy2(work / name, out / name)
     return str(out / filenames.MODEL)
@@ -224,13 +306,22 @@ def keep_model(work: str | Path, output_dir: str | Path) -> str:
 def _finished_model(out: Path) -> TrainResult:
     """The result of a model trained to the end in ``out`` by an earlier, killed run."""
     saved = json.loads((out / HISTORY_FILE).read_text())
-    return TrainResult(str(out / filenames.MODEL), saved["history"], len(read_epoch_log(out)), saved["best_epoch"],
-                       saved["device"])
+    return TrainResult(
+        str(out / filenames.MODEL), saved["history"], len(read_epoch_log(out)), saved["best_epoch"], saved["device"]
+    )
 
 
-def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devices: Devices, out: Path,
-                 tracking_uri: str, mlflow_run_id: str, extra_callbacks: Sequence,
-                 metric_prefix: str = "") -> TrainResult:
+def _train_model(
+    tc: TrainConfig,
+    data: TrainingData,
+    melanoma_class: str,
+    devices: Devices,
+    out: Path,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    extra_callbacks: Sequence,
+    metric_prefix: str = "",
+) -> TrainResult:
     """One model, both phases, into ``out``; ``metric_prefix`` names its MLflow metrics."""
     import keras
 
@@ -252,15 +343,34 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
 
         with devices.strategy.scope():
             keras.utils.set_random_seed(tc.seed)
-            model = build_model(tc.model, len(classes), size, data.meta["mean"], data.meta["std"], dropout=tc.dropout,
-                                weights=tc.weights, alpha=tc.alpha, stochastic_depth=tc.stochastic_depth)
+            model = build_model(
+                tc.model,
+                len(classes),
+                size,
+                data.meta["mean"],
+                data.meta["std"],
+                dropout=tc.dropout,
+                weights=tc.weights,
+                alpha=tc.alpha,
+                stochastic_depth=tc.stochastic_depth,
+            )
 
             def compile_for(peak_rate: float, first_epoch: int, last_epoch: int) -> list:
                 """Compiles for the phase; returns the callbacks that drive its learning rate."""
-                initial_rate, schedule = learning_rate(tc, peak_rate, first_epoch, last_epoch - first_epoch,
-                                                       steps_per_epoch, phase_deadline(first_epoch, last_epoch))
-                model.compile(optimizer=keras.optimizers.Adam(initial_rate), loss=loss, metrics=["accuracy"],
-                              jit_compile=devices.gpu)
+                initial_rate, schedule = learning_rate(
+                    tc,
+                    peak_rate,
+                    first_epoch,
+                    last_epoch - first_epoch,
+                    steps_per_epoch,
+                    phase_deadline(first_epoch, last_epoch),
+                )
+                model.compile(
+                    optimizer=keras.optimizers.Adam(initial_rate),
+                    loss=loss,
+                    metrics=["accuracy"],
+                    jit_compile=devices.gpu,
+                )
                 return schedule
 
         def phase_deadline(first_epoch: int, last_epoch: int) -> float | None:
@@ -295,34 +405,76 @@ def _train_model(tc: TrainConfig, data: TrainingData, melanoma_class: str, devic
                 with devices.strategy.scope():
                     set_backbone_trainable(model, 0)
                     schedule = compile_for(tc.learning_rate, 0, frozen_epochs)
-                fit_phase(model, train_ds, fixed_steps, 0, frozen_epochs, out / "backup" / "frozen",
-                          callbacks(0, schedule), class_weight)
+                fit_phase(
+                    model,
+                    train_ds,
+                    fixed_steps,
+                    0,
+                    frozen_epochs,
+                    out / "backup" / "frozen",
+                    callbacks(0, schedule),
+                    class_weight,
+                )
                 save_weights_atomically(model, out / FROZEN_DONE_FILE)
         if tc.epochs > frozen_epochs:
             with devices.strategy.scope():
                 if transfer:
-                    set_backbone_trainable(model, tc.fine_tune_layers or None,
-                                           freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
-                                           batchnorm_momentum=tc.batchnorm_momentum)
-                schedule = compile_for(tc.fine_tune_learning_rate if transfer else tc.learning_rate, frozen_epochs,
-                                       tc.epochs)
-            fit_phase(model, train_ds, fixed_steps, frozen_epochs, tc.epochs, out / "backup" / "fine_tune",
-                      callbacks(frozen_epochs, schedule), class_weight)
+                    set_backbone_trainable(
+                        model,
+                        tc.fine_tune_layers or None,
+                        freeze_batchnorm=bool(tc.weights) and not tc.fine_tune_batchnorm,
+                        batchnorm_momentum=tc.batchnorm_momentum,
+                    )
+                schedule = compile_for(
+                    tc.fine_tune_learning_rate if transfer else tc.learning_rate, frozen_epochs, tc.epochs
+                )
+            fit_phase(
+                model,
+                train_ds,
+                fixed_steps,
+                frozen_epochs,
+                tc.epochs,
+                out / "backup" / "fine_tune",
+                callbacks(frozen_epochs, schedule),
+                class_weight,
+            )
 
     if keep_best:
         tracker.restore_best(model)
     epochs = read_epoch_log(out)
     kept_epoch = tracker.best_epoch if keep_best else len(epochs) - 1
     history = {k: [e.get(k) for e in epochs] for k in epochs[0] if k != "epoch"} if epochs else {}
-    model_path = _save_finished(model, data, tc, out, tracking_uri, mlflow_run_id, {
-        "history": history, "best_epoch": kept_epoch, "monitor": tc.monitor, "keep": tc.keep,
-        "device": devices.description})
+    model_path = _save_finished(
+        model,
+        data,
+        tc,
+        out,
+        tracking_uri,
+        mlflow_run_id,
+        {
+            "history": history,
+            "best_epoch": kept_epoch,
+            "monitor": tc.monitor,
+            "keep": tc.keep,
+            "device": devices.description,
+        },
+    )
     return TrainResult(model_path, history, len(epochs), kept_epoch, devices.description)
 
 
-def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Dataset], train: dict,
-               melanoma_class: str, data_fingerprint: str, checkpoint_root: str, experiment: str, tracking_uri: str,
-               kfp_run_name: str, kfp_run_id: str, model: dsl.Output[dsl.Model]) -> str:
+def train_step(
+    normalized: dsl.Input[dsl.Dataset],
+    augmented: dsl.Input[dsl.Dataset],
+    train: dict,
+    melanoma_class: str,
+    data_fingerprint: str,
+    checkpoint_root: str,
+    experiment: str,
+    tracking_uri: str,
+    kfp_run_name: str,
+    kfp_run_id: str,
+    model: dsl.Output[dsl.Model],
+) -> str:
     """KFP wrapper: the train step. Returns the MLflow model URI. With ``checkpoint_root``
     (a local run's output folder) it trains in a folder there that the same run started
     again finds, and resumes from its last completed epoch."""
@@ -339,15 +491,25 @@ def train_step(normalized: dsl.Input[dsl.Dataset], augmented: dsl.Input[dsl.Data
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
     with user_errors():
         tc = load_section(TrainConfig, train, "train.")
-        work = (checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint)
-                if checkpoint_root else Path(model.path))
+        work = (
+            checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint)
+            if checkpoint_root
+            else Path(model.path)
+        )
         if progress := progress_so_far(work):
             print(progress, flush=True)
-        result = train_model(normalized.path, augmented.path, tc, work, tracking_uri, run_id,
-                             melanoma_class=melanoma_class)
+        result = train_model(
+            normalized.path, augmented.path, tc, work, tracking_uri, run_id, melanoma_class=melanoma_class
+        )
     keep_model(work, model.path)
-    model.metadata.update({"framework": "keras", "epochs_run": result.epochs_run, "device": result.device,
-                           "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch})
+    model.metadata.update(
+        {
+            "framework": "keras",
+            "epochs_run": result.epochs_run,
+            "device": result.device,
+            "best_epoch": [m.best_epoch for m in result.members] or result.best_epoch,
+        }
+    )
     if checkpoint_root:  # a local run removes this folder once it has finished, not other runs' folders
         model.metadata["checkpoints"] = str(work)
     return log_trained_model(model.path, tracking_uri, run_id)

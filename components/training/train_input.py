@@ -1,6 +1,7 @@
 """The training input pipeline: TFRecord shards -> shuffled (or class-balanced), online
 augmented batches for fit(), and the validation split's images streamed from its shards
 (cached in memory when they fit the budget) with its labels in memory."""
+
 from __future__ import annotations
 
 import contextlib
@@ -42,11 +43,11 @@ def online_augment_fn(zoom: float = 0.0):
     return augment
 
 
-
 @dataclass
 class CachePlan:
     """Where training keeps its decoded images between epochs: ``memory``, ``disk`` (in
     ``path``, a tf.data cache file prefix) or ``none``; ``why`` says what decided it."""
+
     kind: str
     path: Path | None
     why: str
@@ -92,8 +93,14 @@ def input_cache_folder(path: Path) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_classes: int, count: int | None = None,
-                     cache_dir: str | Path | None = None):
+def training_dataset(
+    paths: list[str],
+    image_size: int,
+    tc: TrainConfig,
+    num_classes: int,
+    count: int | None = None,
+    cache_dir: str | Path | None = None,
+):
     """Batches of (float32 image in [0, 255], label) for fit(): parallel parse, optional
     cache of the decoded uint8 images (see cache_plan: in memory, in a file under
     ``cache_dir``, an empty folder from input_cache_folder, or none), shuffle, balanced
@@ -106,8 +113,12 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
     print(f"training input cache: {plan.kind} ({plan.why})", flush=True)
 
     files = tf.data.Dataset.from_tensor_slices(paths)
-    records = files.interleave(tf.data.TFRecordDataset, cycle_length=max(1, min(4, len(paths))),
-                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    records = files.interleave(
+        tf.data.TFRecordDataset,
+        cycle_length=max(1, min(4, len(paths))),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     parse = tfrecords.parse_fn(image_size)
     ds = records.map(lambda r: parse(r)[:2], num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if count is not None:
@@ -124,21 +135,25 @@ def training_dataset(paths: list[str], image_size: int, tc: TrainConfig, num_cla
             return stream.shuffle(1024, seed=tc.seed + c).repeat()
 
         per_class = [class_stream(c) for c in range(num_classes)]
-        ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[1.0 / num_classes] * num_classes,
-                                                  seed=tc.seed, stop_on_empty_dataset=False)
+        ds = tf.data.Dataset.sample_from_datasets(
+            per_class, weights=[1.0 / num_classes] * num_classes, seed=tc.seed, stop_on_empty_dataset=False
+        )
     else:
         if plan.kind == "disk":
             ds = ds.cache(str(plan.path))
         ds = ds.shuffle(4096, seed=tc.seed, reshuffle_each_iteration=True)
-    ds = ds.map(lambda image, label: (tf.cast(image, tf.float32), label), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True)
+    ds = ds.map(
+        lambda image, label: (tf.cast(image, tf.float32), label),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
     if tc.online_augment:
         seeds = tf.data.Dataset.random(seed=tc.seed, rerandomize_each_iteration=True).batch(2)
         augment = online_augment_fn(tc.online_zoom)
-        ds = tf.data.Dataset.zip(ds, seeds).map(lambda example, s: augment(*example, s),
-                                                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        ds = tf.data.Dataset.zip(ds, seeds).map(
+            lambda example, s: augment(*example, s), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     return ds.batch(tc.batch_size).prefetch(tf.data.AUTOTUNE)
-
 
 
 def training_class_counts(normalized_dir: str | Path, augmented_dir: str | Path | None) -> np.ndarray:
@@ -158,9 +173,11 @@ def validation_images(paths: list[str], image_size: int, tc: TrainConfig, count:
     training = cache_plan(tc, train_count, image_size, None)
     left_mb = tc.cache_memory_mb - (decoded_mb(train_count, image_size) if training.kind == "memory" else 0)
     need_mb = decoded_mb(count, image_size)
-    size = (f"{count} decoded validation images at {image_size} px are {need_mb:,.0f} MB, "
-            f"{'within' if need_mb <= left_mb else 'over'} the {left_mb:,.0f} MB of "
-            f"train.cache_memory_mb={tc.cache_memory_mb} that the training cache ({training.kind}) leaves")
+    size = (
+        f"{count} decoded validation images at {image_size} px are {need_mb:,.0f} MB, "
+        f"{'within' if need_mb <= left_mb else 'over'} the {left_mb:,.0f} MB of "
+        f"train.cache_memory_mb={tc.cache_memory_mb} that the training cache ({training.kind}) leaves"
+    )
     images = tfrecords.image_dataset(paths, image_size, count)
     if need_mb <= left_mb:
         print(f"validation input cache: memory ({size})", flush=True)
@@ -173,6 +190,7 @@ def validation_images(paths: list[str], image_size: int, tc: TrainConfig, count:
 class TrainingData:
     """What every model trained in one step shares: the splits' shards, sizes and classes,
     and the validation split (images streamed, see validation_images; labels in memory)."""
+
     meta: dict
     train_paths: list[str]
     class_counts: np.ndarray

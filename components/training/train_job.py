@@ -8,6 +8,7 @@ prefixes); only the chief writes the model to ``--output-dir`` and logs to MLflo
 other workers train into scratch folders. Every worker prints a summary with a
 checksum of its final weights: the same on all workers of a job.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,15 @@ def weights_checksum(model_path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def run(normalized: str, augmented: str, config_path: str, output_dir: str, tracking_uri: str = "",
-        run_id_tag: str = "", wait_for_workers_minutes: float = 15.0) -> dict:
+def run(
+    normalized: str,
+    augmented: str,
+    config_path: str,
+    output_dir: str,
+    tracking_uri: str = "",
+    run_id_tag: str = "",
+    wait_for_workers_minutes: float = 15.0,
+) -> dict:
     from components.core import tracking
     from components.core.section import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
     from components.core.settings import EvaluateConfig, MlflowConfig, TrainConfig
@@ -71,14 +79,32 @@ def run(normalized: str, augmented: str, config_path: str, output_dir: str, trac
         run_id = ""
         if chief and tracking_uri:
             job_id = run_id_tag or f"tfjob-{uuid.uuid4().hex[:12]}"
-            run_id = tracking.pipeline_run(tracking_uri, mlflow_settings.experiment, f"lesion-train-job-{job_id}",
-                                           job_id, flat_params({"train": train_settings.to_dict()}),
-                                           tags={"lesion.trainer": "tfjob"})
-        result = train(normalized_dir, augmented_dir, train_settings, out, tracking_uri if run_id else "", run_id,
-                       melanoma_class=melanoma_class)
-        summary = {"chief": chief, "device": result.device, "epochs_run": result.epochs_run,
-                   "best_epoch": result.best_epoch, "weights_sha256": weights_checksum(result.model_path),
-                   "mlflow_run_id": run_id, "model_uri": ""}
+            run_id = tracking.pipeline_run(
+                tracking_uri,
+                mlflow_settings.experiment,
+                f"lesion-train-job-{job_id}",
+                job_id,
+                flat_params({"train": train_settings.to_dict()}),
+                tags={"lesion.trainer": "tfjob"},
+            )
+        result = train(
+            normalized_dir,
+            augmented_dir,
+            train_settings,
+            out,
+            tracking_uri if run_id else "",
+            run_id,
+            melanoma_class=melanoma_class,
+        )
+        summary = {
+            "chief": chief,
+            "device": result.device,
+            "epochs_run": result.epochs_run,
+            "best_epoch": result.best_epoch,
+            "weights_sha256": weights_checksum(result.model_path),
+            "mlflow_run_id": run_id,
+            "model_uri": "",
+        }
         if chief:
             if run_id:
                 summary["model_uri"] = log_trained_model(out, tracking_uri, run_id)
@@ -97,12 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-dir", required=True, help="where the chief writes the model (folder or gs://)")
     parser.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI", ""))
     parser.add_argument("--run-id", default="", help="the KFP run id whose MLflow run to log into (default: new run)")
-    parser.add_argument("--wait-for-workers-minutes", type=float, default=15.0,
-                        help="several workers: how long to wait for all to be up before giving up (default: 15)")
+    parser.add_argument(
+        "--wait-for-workers-minutes",
+        type=float,
+        default=15.0,
+        help="several workers: how long to wait for all to be up before giving up (default: 15)",
+    )
     args = parser.parse_args(argv)
     try:
-        summary = run(args.normalized, args.augmented, args.config, args.output_dir, args.tracking_uri, args.run_id,
-                      args.wait_for_workers_minutes)
+        summary = run(
+            args.normalized,
+            args.augmented,
+            args.config,
+            args.output_dir,
+            args.tracking_uri,
+            args.run_id,
+            args.wait_for_workers_minutes,
+        )
     except (UserError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ images and what it was trained on (filenames.MODEL_INFO), and its decision offse
 it has them (filenames.DECISION_BIAS). Everything MLflow's copy carries comes from the
 folder, so a model logged by either trainer is read the same way by predict, evaluate
 and the champion gate."""
+
 from __future__ import annotations
 
 import json
@@ -17,9 +18,11 @@ def write_model_info(folder: str | Path, normalized_meta: dict) -> None:
     mode, so that predict and evaluate read images as training did, and whether it was
     trained on the generated demo data (components.data.synthetic), so that every use of
     it can say so."""
-    info = {"image_size": int(normalized_meta["image_size"]),
-            "resize_mode": normalized_meta.get("resize_mode", "pad"),
-            "synthetic": bool(normalized_meta.get("synthetic"))}
+    info = {
+        "image_size": int(normalized_meta["image_size"]),
+        "resize_mode": normalized_meta.get("resize_mode", "pad"),
+        "synthetic": bool(normalized_meta.get("synthetic")),
+    }
     (Path(folder) / filenames.MODEL_INFO).write_text(json.dumps(info))
 
 
@@ -33,6 +36,13 @@ def log_trained_model(model_dir: str | Path, tracking_uri: str, run_id: str) -> 
     folder = Path(model_dir)
     classes = json.loads((folder / filenames.CLASSES).read_text())
     info = json.loads((folder / filenames.MODEL_INFO).read_text())
-    return tracking.log_model(str(folder / filenames.MODEL), int(info["image_size"]), tracking_uri, run_id, classes,
-                              info.get("resize_mode", "pad"), bool(info.get("synthetic")),
-                              saved_decision_bias(folder))
+    return tracking.log_model(
+        str(folder / filenames.MODEL),
+        int(info["image_size"]),
+        tracking_uri,
+        run_id,
+        classes,
+        info.get("resize_mode", "pad"),
+        bool(info.get("synthetic")),
+        saved_decision_bias(folder),
+    )

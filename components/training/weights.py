@@ -2,6 +2,7 @@
 "imagenet", a local file, or gs://), and the one error type for unusable models and
 weights. Apart from the models themselves (components.training.models), so that the modules
 building particular backbones can use it without importing each other."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ def resolve_weights(weights: str) -> str | None:
     path = Path(weights).expanduser()
     if not path.is_file():
         resolved = "" if path.is_absolute() else f" (relative to the working folder: {path.absolute()})"
-        raise ModelError(f"weights file not found: {weights}{resolved} (train.weights: 'imagenet', a file, gs://..., "
-                         "or empty; a config file's relative paths are relative to its folder)")
+        raise ModelError(
+            f"weights file not found: {weights}{resolved} (train.weights: 'imagenet', a file, gs://..., "
+            "or empty; a config file's relative paths are relative to its folder)"
+        )
     return str(path)
 
 

@@ -18,7 +18,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
 
 import numpy as np
 import pandas as pd
@@ -37,8 +36,23 @@ from components.data.sources import read_as_ingested
 from components.data.sources.base import SourceError
 
 MANIFEST_COLUMNS = [
-    "uri", "relpath", "label", "source_label", "group_id", "split", "md5", "phash", "width", "height",
-    "bytes", "image_format", "status", "reason_code", "reason", "duplicate_of", "near_duplicate_group",
+    "uri",
+    "relpath",
+    "label",
+    "source_label",
+    "group_id",
+    "split",
+    "md5",
+    "phash",
+    "width",
+    "height",
+    "bytes",
+    "image_format",
+    "status",
+    "reason_code",
+    "reason",
+    "duplicate_of",
+    "near_duplicate_group",
 ]
 
 
@@ -79,8 +93,9 @@ def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[s
     return {uri: jpeg for uri, jpeg in zip(readable, jpegs) if jpeg}
 
 
-def merge_partitions(partitions: list[IngestPartition], cfg: DataConfig,
-                     output_dir: str | Path | None = None) -> IngestResult:
+def merge_partitions(
+    partitions: list[IngestPartition], cfg: DataConfig, output_dir: str | Path | None = None
+) -> IngestResult:
     """The whole ingest from its partitions: exact duplicates, label conflicts and
     Train/Test leaks (md5), the per-class cap and near-duplicates (pHash + thumbnail)
     across every partition, then the manifest and reports, the same as one partition over
@@ -108,9 +123,16 @@ def merge_partitions(partitions: list[IngestPartition], cfg: DataConfig,
     near_groups = mark_near_duplicates(df, store, cfg)
     df = df[MANIFEST_COLUMNS].astype({"width": int, "height": int, "bytes": int}).reset_index(drop=True)
 
-    report = build_report(df, source_root=first["source_root"], synthetic=first["synthetic"], fmt=first["format"],
-                          counts_before=first["counts_before"], duplicate_groups=duplicate_groups,
-                          near_groups=near_groups, label_rows_without_image=first["label_rows_without_image"])
+    report = build_report(
+        df,
+        source_root=first["source_root"],
+        synthetic=first["synthetic"],
+        fmt=first["format"],
+        counts_before=first["counts_before"],
+        duplicate_groups=duplicate_groups,
+        near_groups=near_groups,
+        label_rows_without_image=first["label_rows_without_image"],
+    )
     if output_dir is not None:
         # Written first: when the data is unusable, the per-file reasons are what the user reads.
         write_outputs(df, report, Path(output_dir), report_previews(df, shown_uris(df, report), cfg))
@@ -131,7 +153,10 @@ def _cap_per_class(df: pd.DataFrame, cap: int, seed: int) -> None:
         if len(group) > cap:
             dropped = group.sample(len(group) - cap, random_state=seed).index
             df.loc[dropped, ["status", "reason_code", "reason"]] = [
-                "ignored", "over_cap", f"over data.max_images_per_class={cap}"]
+                "ignored",
+                "over_cap",
+                f"over data.max_images_per_class={cap}",
+            ]
 
 
 def check_usable(report: dict, cfg: DataConfig, report_path: Path | None = None) -> None:
@@ -148,11 +173,14 @@ def check_usable(report: dict, cfg: DataConfig, report_path: Path | None = None)
     if small:
         raise IngestError(
             f"classes with fewer than data.min_images_per_class={cfg.min_images_per_class} images: "
-            + ", ".join(f"{c} ({n})" for c, n in sorted(small.items())) + where)
+            + ", ".join(f"{c} ({n})" for c, n in sorted(small.items()))
+            + where
+        )
 
 
-def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset],
-                      source_listing: str = ""):
+def ingest_shard_step(
+    data_uri: str, data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset], source_listing: str = ""
+):
     """KFP wrapper: ingest partition ``shard_index`` of ``data.ingest_shards`` (the step,
     its parameters and the config key keep the word "shard" that run folders and configs
     already hold). ``source_listing`` (a digest of the source's file list) is not read: it
@@ -167,8 +195,13 @@ def ingest_shard_step(data_uri: str, data: dict, shard_index: int, shard: dsl.Ou
         save_partition(ingest_partition(data_uri, cfg, shard_index, cfg.ingest_shards, partial), partial)
 
 
-def ingest_merge_step(shards: dsl.Input[List[dsl.Dataset]], data: dict, manifest: dsl.Output[dsl.Dataset],
-                      report_md: dsl.Output[dsl.Markdown], report_html: dsl.Output[dsl.HTML]):
+def ingest_merge_step(
+    shards: dsl.Input[list[dsl.Dataset]],
+    data: dict,
+    manifest: dsl.Output[dsl.Dataset],
+    report_md: dsl.Output[dsl.Markdown],
+    report_html: dsl.Output[dsl.HTML],
+):
     """KFP wrapper: the partition tasks' outputs as one manifest and report. The report's
     previews are made from the files it shows, read again by their manifest URIs (no
     source URI needed); ``data`` gives the read and decode limits and the threads."""
@@ -188,4 +221,3 @@ def ingest_merge_step(shards: dsl.Input[List[dsl.Dataset]], data: dict, manifest
     shutil.copyfile(out / filenames.INGEST_REPORT_MD, report_md.path)
     shutil.copyfile(out / filenames.INGEST_REPORT_HTML, report_html.path)
     manifest.metadata.update({k: result.report[k] for k in ("files_found", "ingested", "quarantined", "ignored")})
-

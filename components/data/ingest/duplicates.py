@@ -38,27 +38,57 @@ def resolve_duplicates(df: pd.DataFrame, conflict_policy: str, leak_policy: str)
         ordered = group.assign(not_test=group.split != "test").sort_values(["not_test", "relpath"])
         keep = ordered.index[0]
         if conflict and leak:
-            _set(df, group.index, "quarantined", "label_conflict",
-                 f"identical image in Train and Test under {', '.join(labels.index)}")
+            _set(
+                df,
+                group.index,
+                "quarantined",
+                "label_conflict",
+                f"identical image in Train and Test under {', '.join(labels.index)}",
+            )
         elif conflict:
             majority = labels.index[0]
             if conflict_policy == "majority" and labels.iloc[0] * 2 > len(group):
                 keep = ordered.index[ordered.label == majority][0]
                 outvoted = group.index[group.label != majority]
-                _set(df, outvoted, "quarantined", "label_conflict",
-                     f"identical image filed as {majority} more often", df.at[keep, "uri"])
-                _set(df, group.index[(group.label == majority) & (group.index != keep)], "ignored", "duplicate",
-                     f"exact duplicate of {df.at[keep, 'relpath']}", df.at[keep, "uri"])
+                _set(
+                    df,
+                    outvoted,
+                    "quarantined",
+                    "label_conflict",
+                    f"identical image filed as {majority} more often",
+                    df.at[keep, "uri"],
+                )
+                _set(
+                    df,
+                    group.index[(group.label == majority) & (group.index != keep)],
+                    "ignored",
+                    "duplicate",
+                    f"exact duplicate of {df.at[keep, 'relpath']}",
+                    df.at[keep, "uri"],
+                )
             else:
-                _set(df, group.index, "quarantined", "label_conflict",
-                     f"identical image filed as {', '.join(sorted(labels.index))}")
+                _set(
+                    df,
+                    group.index,
+                    "quarantined",
+                    "label_conflict",
+                    f"identical image filed as {', '.join(sorted(labels.index))}",
+                )
         elif leak and leak_policy == "quarantine":
             _set(df, group.index, "quarantined", "split_leak", "identical image in Train and Test")
         else:
             code, why = ("split_leak", "in Test: kept there only") if leak else ("duplicate", "exact duplicate")
             _set(df, ordered.index[1:], "ignored", code, f"{why} of {df.at[keep, 'relpath']}", df.at[keep, "uri"])
-        groups.append({"md5": md5, "files": files, "labels": sorted(labels.index), "label_conflict": conflict,
-                       "split_leak": leak, "kept": df.at[keep, "relpath"] if df.at[keep, "status"] == "ingested" else ""})
+        groups.append(
+            {
+                "md5": md5,
+                "files": files,
+                "labels": sorted(labels.index),
+                "label_conflict": conflict,
+                "split_leak": leak,
+                "kept": df.at[keep, "relpath"] if df.at[keep, "status"] == "ingested" else "",
+            }
+        )
     return groups
 
 
@@ -71,8 +101,7 @@ def _bands(max_distance: int) -> list[tuple[int, int]]:
     return list(zip(shifts, widths))
 
 
-def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPLICATE_BLOCK,
-                   keep=None) -> np.ndarray:
+def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPLICATE_BLOCK, keep=None) -> np.ndarray:
     """Index pairs (i < j, shape (k, 2), sorted) of 64-bit hashes at most ``max_distance``
     bits apart, by multi-index hashing: for each band, hashes are bucketed by the band's
     value and only hashes sharing a bucket are compared (exactly, all 64 bits). The work is
@@ -102,11 +131,11 @@ def _hamming_pairs(hashes: np.ndarray, max_distance: int, block: int = NEAR_DUPL
             starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
             sizes = np.diff(np.r_[starts, n])
             for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-                members = np.sort(order[start:start + size])  # ascending: pairs come out as i < j
+                members = np.sort(order[start : start + size])  # ascending: pairs come out as i < j
                 member_hashes = hashes[members]
                 step = max(1, block // size)
                 for row in range(0, size, step):
-                    rows = member_hashes[row:row + step]
+                    rows = member_hashes[row : row + step]
                     # Only columns after the block's first row can pair with it as i < j.
                     distance = np.bitwise_count(rows[:, None] ^ member_hashes[None, row:])
                     a, b = np.nonzero(distance <= max_distance)
@@ -138,26 +167,29 @@ def _close_thumbnails(thumbs, pairs: np.ndarray, max_pixel_difference: float, ch
     each one is fetched once per chunk."""
     keep = np.zeros(len(pairs), dtype=bool)
     for start in range(0, len(pairs), chunk):
-        block = pairs[start:start + chunk]
+        block = pairs[start : start + chunk]
         rows, inverse = np.unique(block, return_inverse=True)
         inverse = inverse.reshape(block.shape)
         flat = np.asarray(thumbs[rows]).reshape(len(rows), -1)
         total = np.abs(flat[inverse[:, 0]].astype(np.int16) - flat[inverse[:, 1]]).sum(axis=1, dtype=np.int64)
-        keep[start:start + chunk] = total / flat.shape[1] <= max_pixel_difference
+        keep[start : start + chunk] = total / flat.shape[1] <= max_pixel_difference
     return keep
 
 
-def near_duplicate_pairs(hashes: np.ndarray, thumbs, max_distance: int,
-                         max_pixel_difference: float) -> list[tuple[int, int]]:
+def near_duplicate_pairs(
+    hashes: np.ndarray, thumbs, max_distance: int, max_pixel_difference: float
+) -> list[tuple[int, int]]:
     """Pairs (i < j, sorted) close in pHash (multi-index hashing, exact within candidates)
     whose thumbnails also agree pixel for pixel."""
-    pairs = _hamming_pairs(hashes, max_distance,
-                           keep=lambda pairs: _close_thumbnails(thumbs, pairs, max_pixel_difference))
+    pairs = _hamming_pairs(
+        hashes, max_distance, keep=lambda pairs: _close_thumbnails(thumbs, pairs, max_pixel_difference)
+    )
     return [(int(i), int(j)) for i, j in pairs]
 
 
-def near_duplicate_edges(hashes: np.ndarray, thumbs, max_distance: int,
-                         max_pixel_difference: float) -> list[tuple[int, int]]:
+def near_duplicate_edges(
+    hashes: np.ndarray, thumbs, max_distance: int, max_pixel_difference: float
+) -> list[tuple[int, int]]:
     """Edges whose connected components are the near-duplicate groups: the same groups as
     near_duplicate_pairs gives, without its k² pairs among k copies that are identical in
     pHash and thumbnail (blank or repeated images): those are joined to their first copy
@@ -174,7 +206,7 @@ def near_duplicate_edges(hashes: np.ndarray, thumbs, max_distance: int,
     starts = np.flatnonzero(np.r_[True, sorted_hashes[1:] != sorted_hashes[:-1]])
     sizes = np.diff(np.r_[starts, n])
     for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-        members = order[start:start + size]  # ascending (stable sort)
+        members = order[start : start + size]  # ascending (stable sort)
         flat = np.asarray(thumbs[members]).reshape(size, -1)
         _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
         source = first[inverse.reshape(-1)]
@@ -196,8 +228,12 @@ def mark_near_duplicates(df: pd.DataFrame, thumbs, cfg: DataConfig) -> list[dict
     if cfg.near_duplicate_distance < 0 or len(rows_ingested) < 2:
         return []
     hashes = df.phash_u64.to_numpy(dtype=np.uint64)[rows_ingested]
-    edges = np.array(near_duplicate_edges(hashes, _Rows(thumbs, rows_ingested), cfg.near_duplicate_distance,
-                                          cfg.near_duplicate_max_pixel_difference), dtype=np.int64).reshape(-1, 2)
+    edges = np.array(
+        near_duplicate_edges(
+            hashes, _Rows(thumbs, rows_ingested), cfg.near_duplicate_distance, cfg.near_duplicate_max_pixel_difference
+        ),
+        dtype=np.int64,
+    ).reshape(-1, 2)
     if not len(edges):
         return []
     sets = UnionFind()
@@ -219,9 +255,15 @@ def mark_near_duplicates(df: pd.DataFrame, thumbs, cfg: DataConfig) -> list[dict
         group_id = f"near-{number:05d}"
         group_of[rows] = group_id
         row_splits = splits[rows]
-        groups.append({"group": group_id, "files": relpaths[rows].tolist(), "labels": sorted(set(labels[rows])),
-                       "splits": sorted(set(row_splits) - {""}),
-                       "label_conflict": len(set(labels[rows])) > 1,
-                       "split_leak": bool((row_splits == "test").any() and (row_splits != "test").any())})
+        groups.append(
+            {
+                "group": group_id,
+                "files": relpaths[rows].tolist(),
+                "labels": sorted(set(labels[rows])),
+                "splits": sorted(set(row_splits) - {""}),
+                "label_conflict": len(set(labels[rows])) > 1,
+                "split_leak": bool((row_splits == "test").any() and (row_splits != "test").any()),
+            }
+        )
     df.loc[df.index[positions], "near_duplicate_group"] = group_of
     return groups

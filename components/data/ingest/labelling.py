@@ -25,7 +25,6 @@ class IngestError(UserError):
     """The data is not usable for training: one line for the user."""
 
 
-
 # PurePosixPath's parts, name, suffix and stem of a listing's relpaths, without building
 # a path object: ingest asks for them for every file, several times (the cache holds the
 # last few files' parts, so it stays small whatever the source's size).
@@ -89,8 +88,12 @@ def read_csvs(files: list[SourceFile], max_file_bytes: int) -> tuple[dict[str, p
     ``max_file_bytes`` is not read: refuse_too_large quarantines it)."""
     csvs, md5s = {}, {}
     for f in files:
-        if (_suffix(f.relpath) == ".csv" and not f.refused_code and not _is_system_file(f.relpath)
-                and f.size <= max_file_bytes):
+        if (
+            _suffix(f.relpath) == ".csv"
+            and not f.refused_code
+            and not _is_system_file(f.relpath)
+            and f.size <= max_file_bytes
+        ):
             try:
                 data = read_bytes(f.uri, max_file_bytes)
                 md5s[f.relpath] = hashlib.md5(data).hexdigest()
@@ -112,8 +115,9 @@ def detect_format(csvs: dict[str, pd.DataFrame], requested: str = "auto") -> str
     return found.pop() if found else "folders"
 
 
-def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame],
-                class_map: dict[str, str]) -> tuple[pd.DataFrame, int]:
+def label_files(
+    files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame], class_map: dict[str, str]
+) -> tuple[pd.DataFrame, int]:
     """One row per file with its split, labels and group; files that need no decoding
     (ignored, refused, unlabelled) already get their status. Also returns how many
     label-file rows name an image that is not there."""
@@ -123,7 +127,11 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
             table = label_table(fmt, csvs)
         except ValueError as exc:
             raise IngestError(str(exc)) from None
-    used_csvs = {table.label_file: "label file", **{m: "lesion-id metadata file" for m in table.metadata_files}} if table else {}
+    used_csvs = (
+        {table.label_file: "label file", **{m: "lesion-id metadata file" for m in table.metadata_files}}
+        if table
+        else {}
+    )
     images = [f.relpath for f in files if _suffix(f.relpath) in IMAGE_EXTENSIONS and not _is_system_file(f.relpath)]
     root_depth = _layout_root(images)
     keys = ("uri", "relpath", "bytes", "split", "source_label", "label", "group_id", "status", "reason_code", "reason")
@@ -131,13 +139,25 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
     matched_ids = set()
     for f in files:
         split, rest = _split_and_rest(f.relpath, root_depth)
-        row = {"uri": f.uri, "relpath": f.relpath, "bytes": f.size, "split": split, "source_label": "", "label": "",
-               "group_id": "", "status": "", "reason_code": "", "reason": ""}
+        row = {
+            "uri": f.uri,
+            "relpath": f.relpath,
+            "bytes": f.size,
+            "split": split,
+            "source_label": "",
+            "label": "",
+            "group_id": "",
+            "status": "",
+            "reason_code": "",
+            "reason": "",
+        }
         name = _name(f.relpath)
         if f.refused_code:
             row.update(status="quarantined", reason_code=f.refused_code, reason=f.refused_reason)
         elif _is_system_file(f.relpath):
-            row.update(status="ignored", reason_code="system_file", reason=f"operating-system or archiver file ({name})")
+            row.update(
+                status="ignored", reason_code="system_file", reason=f"operating-system or archiver file ({name})"
+            )
         elif f.relpath in used_csvs:
             row.update(status="ignored", reason_code="label_file", reason=used_csvs[f.relpath])
         elif _suffix(f.relpath) not in IMAGE_EXTENSIONS:
@@ -146,7 +166,9 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
         elif table is not None:
             image_id = _stem(f.relpath)
             if image_id not in table.source_labels:
-                row.update(status="quarantined", reason_code="no_label", reason=f"no row for {image_id} in {table.label_file}")
+                row.update(
+                    status="quarantined", reason_code="no_label", reason=f"no row for {image_id} in {table.label_file}"
+                )
             else:
                 matched_ids.add(image_id)
                 row.update(source_label=table.source_labels[image_id], group_id=table.group_ids.get(image_id, ""))
@@ -157,8 +179,11 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
         if row["status"] == "":
             label = canonical_label(row["source_label"], class_map)
             if label is None:
-                row.update(status="quarantined", reason_code="no_label",
-                           reason=f"unknown or missing label {row['source_label']!r}")
+                row.update(
+                    status="quarantined",
+                    reason_code="no_label",
+                    reason=f"unknown or missing label {row['source_label']!r}",
+                )
             else:
                 row["label"] = label
         for k in keys:
@@ -167,12 +192,12 @@ def label_files(files: list[SourceFile], fmt: str, csvs: dict[str, pd.DataFrame]
     return pd.DataFrame(columns), missing_images
 
 
-
 def refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:
     """Quarantine, unread, every file ingest would read (an image to decode, a CSV that
     may be the label file) whose listed size is over data.max_file_bytes."""
     would_read = (df.status == "") | ((df.reason_code == "not_image_file") & (df.relpath.map(_suffix) == ".csv"))
     big = df.index[would_read & (df.bytes > max_file_bytes)]
     df.loc[big, ["status", "reason_code"]] = ["quarantined", "too_large"]
-    df.loc[big, "reason"] = [f"{n} bytes is over data.max_file_bytes={max_file_bytes}: not read"
-                             for n in df.loc[big, "bytes"]]
+    df.loc[big, "reason"] = [
+        f"{n} bytes is over data.max_file_bytes={max_file_bytes}: not read" for n in df.loc[big, "bytes"]
+    ]

@@ -20,7 +20,6 @@ from components.data.sources import open_source
 from components.data.sources.base import Source
 
 
-
 @dataclass
 class IngestPartition:
     """One partition's share of ingest: every ``num_partitions``-th file of the listing
@@ -28,14 +27,20 @@ class IngestPartition:
     position in the whole listing), ``thumbnails`` its thumbnails on disk (row ``k`` for
     ``rows``' ``k``-th row), and ``meta`` what every partition sees alike (the listing's
     digest, format, label counts)."""
+
     rows: pd.DataFrame
     thumbnails: PartitionThumbnails
     meta: dict
     scratch: tempfile.TemporaryDirectory | None = None  # holds ``thumbnails`` when no folder was given
 
 
-def ingest_partition(source_uri: str, cfg: DataConfig, partition_index: int = 0, num_partitions: int = 1,
-                     folder: str | Path | None = None) -> IngestPartition:
+def ingest_partition(
+    source_uri: str,
+    cfg: DataConfig,
+    partition_index: int = 0,
+    num_partitions: int = 1,
+    folder: str | Path | None = None,
+) -> IngestPartition:
     """List and label the whole source (cheap: no file is opened but the CSVs), then
     decode and check partition ``partition_index`` of ``num_partitions``: the files at
     listing positions ``partition_index``, ``partition_index + num_partitions``, ...
@@ -51,14 +56,26 @@ def ingest_partition(source_uri: str, cfg: DataConfig, partition_index: int = 0,
     fmt = "folders" if source.synthetic else detect_format(csvs, cfg.format)
     df, label_rows_without_image = label_files(files, fmt, csvs, cfg.class_map)
     refuse_too_large(df, cfg.max_file_bytes)
-    for column, empty in (("md5", ""), ("phash", ""), ("image_format", ""), ("width", 0), ("height", 0),
-                          ("duplicate_of", "")):
+    for column, empty in (
+        ("md5", ""),
+        ("phash", ""),
+        ("image_format", ""),
+        ("width", 0),
+        ("height", 0),
+        ("duplicate_of", ""),
+    ):
         df[column] = empty
-    meta = {"partition_index": partition_index, "num_partitions": num_partitions, "source_root": source.root,
-            "synthetic": source.synthetic, "format": fmt, "files_found": len(df),
-            "listing_digest": listing_digest(files, csv_md5s),
-            "counts_before": {k: int(v) for k, v in df[df.label != ""].label.value_counts().sort_index().items()},
-            "label_rows_without_image": int(label_rows_without_image)}
+    meta = {
+        "partition_index": partition_index,
+        "num_partitions": num_partitions,
+        "source_root": source.root,
+        "synthetic": source.synthetic,
+        "format": fmt,
+        "files_found": len(df),
+        "listing_digest": listing_digest(files, csv_md5s),
+        "counts_before": {k: int(v) for k, v in df[df.label != ""].label.value_counts().sort_index().items()},
+        "label_rows_without_image": int(label_rows_without_image),
+    }
     del files, csvs
     rows = df.iloc[partition_index::num_partitions].copy()
     del df
@@ -75,8 +92,7 @@ def save_partition(partition: IngestPartition, output_dir: str | Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if partition.thumbnails.folder.resolve() != out.resolve():
         shutil.copyfile(partition.thumbnails.path, out / filenames.INGEST_PARTITION_THUMBS)
-    partition.rows.rename_axis("position").reset_index().to_parquet(out / filenames.INGEST_PARTITION_ROWS,
-                                                                    index=False)
+    partition.rows.rename_axis("position").reset_index().to_parquet(out / filenames.INGEST_PARTITION_ROWS, index=False)
     (out / filenames.INGEST_PARTITION_META).write_text(json.dumps(partition.meta))
 
 

@@ -38,8 +38,7 @@ DECODE_MIN_SIDE = 72
 VALIDATE_BATCH = 16
 
 
-def inspect_images(uris: list[str], max_pixels: int, max_bytes: int,
-                   stop: threading.Event | None = None) -> list[dict]:
+def inspect_images(uris: list[str], max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> list[dict]:
     """inspect_image of each of ``uris``, their thumbnails and pHashes made together
     (imaging.phash_pixels_and_thumbs); a decode of more than imaging.STACK_MAX_PIXELS
     (a large image that is not a JPEG) is done with at once, never held for the others."""
@@ -83,9 +82,15 @@ def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | 
         img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
-    return {"md5": md5, "width": width, "height": height, "image": img, "image_format": fmt, "error_code": "",
-            "error": ""}
-
+    return {
+        "md5": md5,
+        "width": width,
+        "height": height,
+        "image": img,
+        "image_format": fmt,
+        "error_code": "",
+        "error": "",
+    }
 
 
 class PartitionThumbnails:
@@ -107,7 +112,8 @@ class PartitionThumbnails:
             fd = f.fileno()
             for k, row in enumerate(rows):
                 out[k] = np.frombuffer(os.pread(fd, self.ROW, int(row) * self.ROW), dtype=np.uint8).reshape(
-                    THUMB_SIDE, THUMB_SIDE, 3)
+                    THUMB_SIDE, THUMB_SIDE, 3
+                )
         return out
 
 
@@ -140,7 +146,7 @@ def validate(df: pd.DataFrame, cfg: DataConfig, thumbnails: PartitionThumbnails)
     with ThreadPoolExecutor(max_workers=ingest_threads(cfg, uris)) as pool, open(thumbnails.path, "wb") as thumbs:
         try:
             # On the first exception, map's iterator cancels every future not yet started.
-            batches = pool.map(inspect, [uris[k:k + VALIDATE_BATCH] for k in range(0, len(uris), VALIDATE_BATCH)])
+            batches = pool.map(inspect, [uris[k : k + VALIDATE_BATCH] for k in range(0, len(uris), VALIDATE_BATCH)])
             for position, f in zip(positions, (f for batch in batches for f in batch)):
                 if "thumb" in f:
                     if position > next_row:  # rows not decoded: zeros
@@ -152,7 +158,7 @@ def validate(df: pd.DataFrame, cfg: DataConfig, thumbnails: PartitionThumbnails)
         except SourceUnavailable:
             raise failures[0] from None
         except KeyboardInterrupt:  # Ctrl-C: no read starts, those running stop retrying; the pool's exit waits
-            stop.set()             # for the running ones only
+            stop.set()  # for the running ones only
             pool.shutdown(wait=False, cancel_futures=True)
             raise
         thumbs.write(bytes((len(df) - next_row) * PartitionThumbnails.ROW))
@@ -171,5 +177,7 @@ def validate(df: pd.DataFrame, cfg: DataConfig, thumbnails: PartitionThumbnails)
     df.loc[bad, "reason"] = info.loc[bad, "error"]
     small = df.index[(df.status == "") & ((df.width < cfg.min_image_size) | (df.height < cfg.min_image_size))]
     df.loc[small, ["status", "reason_code"]] = ["quarantined", "too_small"]
-    df.loc[small, "reason"] = [f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
-                               for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])]
+    df.loc[small, "reason"] = [
+        f"{w}x{h} is below data.min_image_size={cfg.min_image_size}"
+        for w, h in zip(df.loc[small, "width"], df.loc[small, "height"])
+    ]

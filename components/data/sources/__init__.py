@@ -17,6 +17,7 @@ A file that cannot be used is the file's problem: the caller quarantines it. A s
 that does not answer is not: ``SourceUnavailable`` fails the step, so an outage never
 turns into a smaller dataset.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,6 +53,7 @@ class SyntheticSource(Source):
 
 
 # ---- entry points ------------------------------------------------------------
+
 
 def open_source(uri: str, data: DataConfig | None = None) -> Source:
     """Open a data source named by the user. An empty URI is the synthetic dataset

@@ -1,6 +1,7 @@
 """What every kind of source shares: the listing's entry (SourceFile), the Source
 interface, the errors that tell a file's fault from the source's, and reads bounded by
 size (data.max_file_bytes)."""
+
 from __future__ import annotations
 
 import errno
@@ -16,11 +17,29 @@ READ_CHUNK = 2**20
 # OS errors that say the storage failed, not the file: a mounted filesystem (NFS, gcsfuse)
 # whose server is gone or slow, or a machine out of memory or file handles. The same read
 # may well work on a retry of the step; quarantining the file would shrink the data.
-STORAGE_ERRNOS = frozenset({
-    errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.ENOTCONN, errno.ECONNABORTED, errno.ECONNRESET,
-    errno.ECONNREFUSED, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ENETDOWN, errno.ENETUNREACH, errno.ENETRESET,
-    errno.ENOLINK, errno.ECOMM, errno.EREMOTEIO, errno.ENOMEM, errno.ENFILE, errno.EMFILE, errno.EAGAIN,
-})
+STORAGE_ERRNOS = frozenset(
+    {
+        errno.EIO,
+        errno.ESTALE,
+        errno.ETIMEDOUT,
+        errno.ENOTCONN,
+        errno.ECONNABORTED,
+        errno.ECONNRESET,
+        errno.ECONNREFUSED,
+        errno.EHOSTDOWN,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.ENETRESET,
+        errno.ENOLINK,
+        errno.ECOMM,
+        errno.EREMOTEIO,
+        errno.ENOMEM,
+        errno.ENFILE,
+        errno.EMFILE,
+        errno.EAGAIN,
+    }
+)
 
 
 class SourceError(UserError):
@@ -46,8 +65,10 @@ def raise_if_storage_failed(exc: OSError, uri: str) -> None:
     storage's failure rather than the file's; otherwise nothing: the caller handles it."""
     if exc.errno in STORAGE_ERRNOS:
         reason = os.strerror(exc.errno)
-        raise SourceUnavailable(f"cannot read {uri}: {reason[:1].lower() + reason[1:]} "
-                                f"({errno.errorcode[exc.errno]}): the storage failed, not the file") from None
+        raise SourceUnavailable(
+            f"cannot read {uri}: {reason[:1].lower() + reason[1:]} "
+            f"({errno.errorcode[exc.errno]}): the storage failed, not the file"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -103,4 +124,3 @@ class BoundedBuffer(io.BytesIO):
         if self.max_bytes is not None and self.tell() + len(data) > self.max_bytes:
             raise FileTooLarge(f"more than {self.max_bytes} bytes (data.max_file_bytes): not read further")
         return super().write(data)
-

@@ -1,13 +1,15 @@
 """Google Cloud Storage as a source: objects under ``gs://bucket/prefix`` listed and read
 with google-cloud-storage; transient failures retried for SOURCE_RETRY_SECONDS, then the
 source is unavailable (SourceUnavailable), never a file's fault."""
+
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from components.data.sources.base import BoundedBuffer, Source, SourceError, SourceFile, SourceUnavailable
 
@@ -24,7 +26,7 @@ T = TypeVar("T")
 
 
 def parse_gcs_uri(uri: str) -> tuple[str, str]:
-    bucket, _, name = uri[len(GCS_SCHEME):].partition("/")
+    bucket, _, name = uri[len(GCS_SCHEME) :].partition("/")
     if not bucket:
         raise SourceError(f"no bucket in {uri!r} (gs://bucket/prefix)")
     return bucket, name
@@ -77,8 +79,9 @@ def _transient(exc: BaseException) -> bool:
 
     if isinstance(exc, GoogleAPICallError):
         return exc.code in (408, 429) or (exc.code or 0) >= 500
-    return isinstance(exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError,
-                            TransportError))
+    return isinstance(
+        exc, (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, TransportError)
+    )
 
 
 def _cause(exc: BaseException) -> str:
@@ -92,8 +95,13 @@ def _cause(exc: BaseException) -> str:
     while current is not None and len(chain) < 10:
         chain.append(current)
         reason = getattr(current, "reason", None)  # urllib3's MaxRetryError names the failure here
-        current = (current.cause if isinstance(current, RetryError) else reason if isinstance(reason, BaseException)
-                   else current.__cause__ or current.__context__)
+        current = (
+            current.cause
+            if isinstance(current, RetryError)
+            else reason
+            if isinstance(reason, BaseException)
+            else current.__cause__ or current.__context__
+        )
     for link in chain:
         if isinstance(link, GoogleAPICallError) and link.code:
             try:
@@ -162,11 +170,19 @@ class GcsSource(Source):
         self.root = f"{GCS_SCHEME}{self.bucket}/{self.prefix}"
 
     def _list_level(self, prefix: str) -> tuple[list[SourceFile], list[str]]:
-        pages = _gcs_client().list_blobs(self.bucket, prefix=prefix, delimiter="/",
-                                         retry=gcs_retry(SOURCE_RETRY_SECONDS), timeout=GCS_TIMEOUT_S)
-        files = [SourceFile(uri=f"{GCS_SCHEME}{self.bucket}/{blob.name}", relpath=blob.name[len(self.prefix):],
-                            size=int(blob.size or 0), version=f"{blob.generation}/{blob.md5_hash or blob.crc32c}")
-                 for blob in pages if not blob.name.endswith("/")]  # "folder" placeholder objects
+        pages = _gcs_client().list_blobs(
+            self.bucket, prefix=prefix, delimiter="/", retry=gcs_retry(SOURCE_RETRY_SECONDS), timeout=GCS_TIMEOUT_S
+        )
+        files = [
+            SourceFile(
+                uri=f"{GCS_SCHEME}{self.bucket}/{blob.name}",
+                relpath=blob.name[len(self.prefix) :],
+                size=int(blob.size or 0),
+                version=f"{blob.generation}/{blob.md5_hash or blob.crc32c}",
+            )
+            for blob in pages
+            if not blob.name.endswith("/")
+        ]  # "folder" placeholder objects
         return files, sorted(pages.prefixes)
 
     def list_files(self) -> list[SourceFile]:
@@ -183,9 +199,10 @@ class GcsSource(Source):
                     files += [f for level_files, _ in found for f in level_files]
                     level = [p for _, prefixes in found for p in prefixes]
         except RetryError as exc:  # transient failures until the deadline
-            raise SourceUnavailable(f"cannot list {self.root}: {_cause(exc)}, still failing after "
-                                    f"{time.monotonic() - started:.0f} s of retries") from None
+            raise SourceUnavailable(
+                f"cannot list {self.root}: {_cause(exc)}, still failing after "
+                f"{time.monotonic() - started:.0f} s of retries"
+            ) from None
         except gcs_errors() as exc:
             raise SourceError(f"cannot list {self.root}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
         return sorted(files, key=lambda f: f.relpath)
-

@@ -1,5 +1,6 @@
 """Step output folders to and from ``gs://bucket/prefix`` (the training job's inputs and
 outputs on a cluster)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,7 +39,8 @@ def upload_folder(local: str | Path, uri: str) -> None:
         if path.is_file():
             name = f"{prefix.rstrip('/')}/{path.relative_to(local).as_posix()}".lstrip("/")
             try:
-                gcs_blob(bucket, name).upload_from_filename(str(path), retry=gcs_retry(UPLOAD_RETRY_SECONDS),
-                                                            timeout=GCS_TIMEOUT_S)
+                gcs_blob(bucket, name).upload_from_filename(
+                    str(path), retry=gcs_retry(UPLOAD_RETRY_SECONDS), timeout=GCS_TIMEOUT_S
+                )
             except gcs_errors() as exc:
                 raise OSError(f"cannot write gs://{bucket}/{name}: {exc}") from None

@@ -1,5 +1,6 @@
 """A local folder as a source: its files listed, links and special files refused where
 reading them would be unsafe or meaningless."""
+
 from __future__ import annotations
 
 import os
@@ -37,15 +38,21 @@ class LocalFolderSource(Source):
             # the link itself, so that a class folder linked from elsewhere is reported.
             linked = [d for d in dirnames if Path(dirpath, d).is_symlink()]
             # Strings, not a path object per file (a tenth of ingest's listing time).
-            folder = "" if dirpath == self.root else dirpath[len(prefix):].replace(os.sep, "/") + "/"
+            folder = "" if dirpath == self.root else dirpath[len(prefix) :].replace(os.sep, "/") + "/"
             for name in sorted(filenames + linked):
                 full = os.path.join(dirpath, name)
                 relpath = folder + name
                 if _utf8_or_none(relpath) is None:
                     shown = _shown(relpath)
-                    files.append(SourceFile(uri=str(self.path / shown), relpath=shown, size=0,
-                                            refused_code="bad_name",
-                                            refused_reason="file name is not valid UTF-8 (shown with \\x escapes)"))
+                    files.append(
+                        SourceFile(
+                            uri=str(self.path / shown),
+                            relpath=shown,
+                            size=0,
+                            refused_code="bad_name",
+                            refused_reason="file name is not valid UTF-8 (shown with \\x escapes)",
+                        )
+                    )
                 else:
                     files.append(self._file(full, relpath))
         return files
@@ -55,6 +62,7 @@ class LocalFolderSource(Source):
         source is never followed: x.jpg -> /etc/shadow must not be read, and an image
         elsewhere is not this source's data. A link inside the source is followed (its
         target is listed too: an exact duplicate). A pipe or device would block the read."""
+
         def refused(code: str, reason: str) -> SourceFile:
             return SourceFile(uri=str(path), relpath=relpath, size=0, refused_code=code, refused_reason=reason)
 
@@ -69,12 +77,15 @@ class LocalFolderSource(Source):
             if not target.is_relative_to(self.path):
                 return refused("symlink_outside_source", f"symbolic link to {link}, outside the source: not read")
             if not target.exists():
-                return refused("dangling_symlink",
-                               f"symbolic link to {link}, which leads nowhere (missing target or a loop)")
+                return refused(
+                    "dangling_symlink", f"symbolic link to {link}, which leads nowhere (missing target or a loop)"
+                )
             if target.is_dir():
                 folder = target.relative_to(self.path).as_posix()
-                return refused("symlinked_folder",
-                               f"symbolic link to the folder {folder} in the source: not followed, its files are listed there")
+                return refused(
+                    "symlinked_folder",
+                    f"symbolic link to the folder {folder} in the source: not followed, its files are listed there",
+                )
             try:
                 info = os.stat(path)
             except OSError as exc:

@@ -1,5 +1,6 @@
 """Zip archives as a source: ``zip://<archive>!/<member>`` URIs, members read in place
 (never extracted); a gs:// archive is downloaded once per process into a local cache."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,11 +24,11 @@ def zip_member_uri(archive: str, member: str) -> str:
 
 def parse_zip_uri(uri: str) -> tuple[str, str]:
     """``zip://<archive>.zip!/<member>`` -> (archive, member)."""
-    body = uri[len(ZIP_SCHEME):]
+    body = uri[len(ZIP_SCHEME) :]
     cut = body.lower().find(".zip" + ZIP_MEMBER_SEPARATOR)
     if cut < 0:
         raise ValueError(f"not a zip member URI (zip://<archive>.zip!/<member>): {uri}")
-    return body[:cut + 4], body[cut + 4 + len(ZIP_MEMBER_SEPARATOR):]
+    return body[: cut + 4], body[cut + 4 + len(ZIP_MEMBER_SEPARATOR) :]
 
 
 def unsafe_member_reason(name: str) -> str:
@@ -63,8 +64,12 @@ def _local_archive(archive: str, max_bytes: int | None) -> Path:
         partial = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.part")
         try:
             # That generation only: a re-upload during the download fails it (HTTP 412).
-            gcs_call(archive, lambda timeout: blob.download_to_filename(
-                str(partial), retry=None, timeout=timeout, if_generation_match=blob.generation))
+            gcs_call(
+                archive,
+                lambda timeout: blob.download_to_filename(
+                    str(partial), retry=None, timeout=timeout, if_generation_match=blob.generation
+                ),
+            )
             partial.replace(target)  # atomic: concurrent readers see a whole file or none
         finally:
             partial.unlink(missing_ok=True)
@@ -124,12 +129,20 @@ class ZipSource(Source):
             raise SourceError(f"{self.archive} has {len(infos)} entries, over data.zip_max_entries={self.max_entries}")
         total = sum(info.file_size for info in infos)
         if total > self.max_total_bytes:
-            raise SourceError(f"{self.archive} would expand to {total} bytes, over "
-                              f"data.zip_max_total_bytes={self.max_total_bytes}")
+            raise SourceError(
+                f"{self.archive} would expand to {total} bytes, over data.zip_max_total_bytes={self.max_total_bytes}"
+            )
         files = []
         for info in sorted(infos, key=lambda i: i.filename):
             reason = unsafe_member_reason(info.filename)
-            files.append(SourceFile(uri=zip_member_uri(self.archive, info.filename),
-                                    relpath=info.filename.replace("\\", "/").lstrip("/"), size=info.file_size,
-                                    version=f"{info.CRC:08x}", refused_code="unsafe_zip_path" if reason else "", refused_reason=reason))
+            files.append(
+                SourceFile(
+                    uri=zip_member_uri(self.archive, info.filename),
+                    relpath=info.filename.replace("\\", "/").lstrip("/"),
+                    size=info.file_size,
+                    version=f"{info.CRC:08x}",
+                    refused_code="unsafe_zip_path" if reason else "",
+                    refused_reason=reason,
+                )
+            )
         return files
