@@ -234,7 +234,7 @@ def fit_phase(
     global_batch_size: int,
 ) -> None:
     """Train ``model`` (compiled, under its strategy) from ``first_epoch`` to
-    ``last_epoch`` as ``components.training.train._fit_phase`` does with fit: the same callbacks,
+    ``last_epoch`` as ``components.training.fit.fit_locally`` does with fit: the same callbacks,
     a checkpoint after each epoch in ``backup_dir`` to resume from (removed when the
     phase ends), epochs of ``steps_per_epoch`` global batches of ``train_ds``."""
     import keras
