@@ -163,7 +163,7 @@ def test_a_champion_of_another_image_size_is_scored_on_the_test_files_as_in_one_
     from components.data.ingest import ingest
     from components.data.normalize import normalize
     from components.data.split import split
-    from components.registry.champion import score_champion_on_test_split
+    from components.registry.rescoring import score_champion_on_test_split
     from components.scoring import inference
     from components.scoring.metrics import classification_metrics
 

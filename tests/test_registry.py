@@ -23,10 +23,10 @@ from components.registry.champion import (
     PROMOTED_AT_TAG,
     RegistryUnavailable,
     find_champion,
-    log_gate,
     register_and_promote,
 )
 from components.registry.gate import CHALLENGER, CHAMPION, decide
+from components.registry.register import log_gate
 from components.scoring.inference import ModelLoadError, load_model
 from components.scoring.intervals import paired_difference, resampling
 from components.scoring.metrics import Scored, classification_metrics

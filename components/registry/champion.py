@@ -1,5 +1,6 @@
-"""The champion: the one module that finds, compares, registers and promotes models in
-the MLflow model registry, and tags each version with the data it was trained on.
+"""The champion: the one module that finds, registers and promotes models in the MLflow
+model registry (the comparison: components.registry.rescoring and .gate), and tags each
+version with the data it was trained on.
 
 The champion is ``models:/<model_name>@champion``. Every trained model is registered as
 a new version, carrying its gate decision and its data fingerprint from the moment it
@@ -28,7 +29,7 @@ from pathlib import Path
 from components.core.errors import UserError
 from components.core.settings import EvaluateConfig
 from components.registry.gate import CHALLENGER, CHAMPION, GateDecision, decide
-from components.scoring.intervals import Difference
+from components.registry.rescoring import compare, score_champion_on_test_split
 from components.scoring.metrics import Scored
 
 FINGERPRINT_TAG = "data_fingerprint"
@@ -78,57 +79,6 @@ class RegistryUnavailable(UserError):
     KFP retries it) rather than decide without the champion."""
 
 
-def score_champion_on_test_split(
-    champion_uri: str, tracking_uri: str, normalized_dir: str | Path, cfg: EvaluateConfig
-) -> tuple[Scored | None, str]:
-    """(the champion's probabilities and metrics on the test split, ''), or (None, why it
-    cannot be scored).
-
-    The test images are streamed from their shards in batches; a champion trained at
-    another image size or resize mode is fed the same test images re-read from their
-    sources with its own preprocessing, a few batches at a time."""
-    from components.data import tfrecords
-    from components.scoring.inference import ModelLoadError, ModelUnavailable, load_model
-    from components.scoring.metrics import classification_metrics
-
-    try:
-        champion = load_model(champion_uri, tracking_uri)
-    except ModelLoadError as exc:
-        return None, str(exc)
-    except ModelUnavailable as exc:
-        raise RegistryUnavailable(f"cannot compare with the champion: {exc}") from None
-    meta = tfrecords.read_meta(normalized_dir)
-    if champion.classes != meta["classes"]:
-        return None, f"it predicts other classes ({', '.join(champion.classes)})"
-    paths = tfrecords.shard_paths(normalized_dir, "test")
-    labels, uris = tfrecords.read_labels(paths)
-    if (champion.image_size, champion.resize_mode) != (meta["image_size"], meta.get("resize_mode", "pad")):
-        probs, errors = champion.probabilities_of_files(uris, cfg.batch_size, cfg.tta)
-        if any(errors):
-            return None, f"test images unreadable for its preprocessing: {next(e for e in errors if e)}"
-    else:
-        probs = champion.predict(
-            tfrecords.image_dataset(paths, meta["image_size"], len(labels)), cfg.batch_size, cfg.tta
-        )
-    return Scored(
-        labels,
-        probs,
-        classification_metrics(labels, probs, meta["classes"], cfg.melanoma_class, champion.decision_bias),
-    ), ""
-
-
-def compare(new: Scored, champion: Scored, normalized_dir: str | Path, cfg: EvaluateConfig) -> Difference | None:
-    """``new`` minus ``champion`` on the gate's metric, paired bootstrap over the test
-    split's lesions (images where it has no lesion ids)."""
-    from components.data import tfrecords
-    from components.scoring.intervals import paired_difference, resampling
-
-    _, uris = tfrecords.read_labels(tfrecords.shard_paths(normalized_dir, "test"))
-    groups, unit = tfrecords.read_test_groups(normalized_dir, uris)
-    plan = resampling(groups, len(uris), unit, cfg.bootstrap_resamples, cfg.bootstrap_seed)
-    return paired_difference(cfg.champion_metric, plan, new, champion, cfg.melanoma_class)
-
-
 def _decide_against(
     champion: Champion | None,
     model_name: str,
@@ -139,9 +89,14 @@ def _decide_against(
 ) -> GateDecision:
     if champion is None:
         return decide(new.metrics, None, cfg)
-    scored, problem = score_champion_on_test_split(
-        f"models:/{model_name}/{champion.version}", tracking_uri, normalized_dir, cfg
-    )
+    from components.scoring.inference import ModelUnavailable
+
+    try:
+        scored, problem = score_champion_on_test_split(
+            f"models:/{model_name}/{champion.version}", tracking_uri, normalized_dir, cfg
+        )
+    except ModelUnavailable as exc:
+        raise RegistryUnavailable(f"cannot compare with the champion: {exc}") from None
     if scored is None:
         return decide(new.metrics, None, cfg, problem)
     return decide(new.metrics, scored.metrics, cfg, difference=compare(new, scored, normalized_dir, cfg))
@@ -397,28 +352,3 @@ def _decision_tags(decision: GateDecision, baseline: str) -> dict[str, str]:
         DECISION_TAG: json.dumps(asdict(decision)),
         **{f"test.{k}": f"{v['new']:.4f}" for k, v in decision.comparison.items() if v["new"] is not None},
     }
-
-
-def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
-    """The decision, its reason, both models' numbers and their difference with its
-    interval (``gate_difference``, ``_ci_low``, ``_ci_high``) into the pipeline's MLflow run."""
-    from mlflow.entities import RunTag
-
-    from components.core import tracking
-
-    values = {
-        f"gate_{who}_{k}": v[who]
-        for k, v in gate["comparison"].items()
-        for who in ("new", "champion")
-        if v[who] is not None
-    }
-    if gate.get("difference"):
-        d = gate["difference"]
-        values.update(gate_difference=d["estimate"], gate_difference_ci_low=d["low"], gate_difference_ci_high=d["high"])
-    metrics = tracking.metrics_at(values)
-    tags = [
-        RunTag("gate.alias", gate["alias"]),
-        RunTag("gate.reason", gate["reason"][:5000]),
-        RunTag("gate.registered_version", gate["model_uri"]),
-    ]
-    tracking.client(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)

@@ -59,7 +59,7 @@ def register(
     out.mkdir(parents=True, exist_ok=True)
     (out / filenames.GATE).write_text(json.dumps(gate, indent=2))
     report = report_with_gate(evaluation_dir, gate, out / filenames.EVALUATION_REPORT)
-    champion.log_gate(tracking_uri, mlflow_run_id, gate)
+    log_gate(tracking_uri, mlflow_run_id, gate)
     with tracking.logging_into(tracking_uri, mlflow_run_id):
         # Replaces evaluate's report in the run: the same page, now with the decision.
         mlflow.log_artifact(str(report), artifact_path="evaluation")
@@ -115,3 +115,28 @@ def register_step(
     shutil.copyfile(Path(registration.path) / filenames.EVALUATION_REPORT, report.path)
     registration.metadata.update({"version": gate["version"], "alias": gate["alias"], "model_uri": gate["model_uri"]})
     print(f"registered {gate['model_uri']} -> {gate['alias']}: {gate['reason']}")
+
+
+def log_gate(tracking_uri: str, run_id: str, gate: dict) -> None:
+    """The decision, its reason, both models' numbers and their difference with its
+    interval (``gate_difference``, ``_ci_low``, ``_ci_high``) into the pipeline's MLflow run."""
+    from mlflow.entities import RunTag
+
+    from components.core import tracking
+
+    values = {
+        f"gate_{who}_{k}": v[who]
+        for k, v in gate["comparison"].items()
+        for who in ("new", "champion")
+        if v[who] is not None
+    }
+    if gate.get("difference"):
+        d = gate["difference"]
+        values.update(gate_difference=d["estimate"], gate_difference_ci_low=d["low"], gate_difference_ci_high=d["high"])
+    metrics = tracking.metrics_at(values)
+    tags = [
+        RunTag("gate.alias", gate["alias"]),
+        RunTag("gate.reason", gate["reason"][:5000]),
+        RunTag("gate.registered_version", gate["model_uri"]),
+    ]
+    tracking.client(tracking_uri).log_batch(run_id, metrics=metrics, tags=tags)
