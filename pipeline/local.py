@@ -64,8 +64,12 @@ class _Stopper:
             _kill_child_processes()
 
     def stop(self) -> None:
+        """Called when the run ends, however it ends; kills only after a signal. A run that
+        ends by itself has no step left, and the caller's own other processes (a server a
+        notebook or a test started) are not the run's to kill."""
         self._done.set()
-        _kill_child_processes()
+        if self.signum is not None:
+            _kill_child_processes()
 
 
 def run_local(

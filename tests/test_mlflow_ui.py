@@ -156,6 +156,11 @@ def test_run_description_and_registered_version_carry_the_verdict(store):
     assert note.startswith(f"Test metrics ({m['n']} images): balanced accuracy **{m['balanced_accuracy']:.3f}**")
     assert f"registered model `{MODEL_NAME}` version **{gate['version']}**, alias **@champion**" in note
     assert gate["reason"] in note and "SYNTHETIC data" in note
+    # The intervals follow the verdict and the warning, which the UI must show unfolded.
+    assert (
+        f"95 % intervals (1000 resamples of {m['n']} images): balanced accuracy {m['balanced_accuracy']:.3f} [" in note
+    )
+    assert note.index("SYNTHETIC data") < note.index("95 % intervals")
     assert f"{KFP_UI}/#/runs/details/kfp-ui-test" in note
     version = client(store["uri"]).get_model_version(MODEL_NAME, gate["version"])
     assert version.run_id == store["run_id"]  # the run page lists it under "Registered models"
@@ -199,7 +204,7 @@ def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
         )
         driver.save_screenshot(str(tmp_path / "run.png"))
         driver.find_element(By.XPATH, "//*[text()='Show more']").click()
-        body = _wait_for_text(driver, [f"{KFP_UI}/#/runs/details/kfp-ui-test", "no champion yet"])
+        body = _wait_for_text(driver, [f"{KFP_UI}/#/runs/details/kfp-ui-test", "no champion yet", "95 % intervals"])
         link = driver.find_element(By.XPATH, f"//a[@href='{KFP_UI}/#/runs/details/kfp-ui-test']")
         assert link.text == f"{KFP_UI}/#/runs/details/kfp-ui-test"
         driver.save_screenshot(str(tmp_path / "run_description.png"))

@@ -127,7 +127,14 @@ def test_pipeline_evaluates_registers_and_gates_the_model_on_a_real_mlflow_serve
     cfg = Config.load(
         "configs/demo.yaml", [*TINY, f"mlflow.model_name={model_name}", "mlflow.experiment=pipeline-evaluate-test"]
     )
-    summary = run_local(cfg, str(data), tmp_path / "out", mlflow_server)
+    # A process of the caller's own (as the MLflow server beside a notebook, or this test
+    # session's): a run that ends by itself kills none of them.
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        summary = run_local(cfg, str(data), tmp_path / "out", mlflow_server)
+        assert bystander.poll() is None, "the run killed a process it did not start"
+    finally:
+        bystander.kill()
     assert summary["tracking_uri"] == mlflow_server
     assert summary["data"]["synthetic"] is False
     assert summary["metrics"]["classes"] == ["melanoma", "nevus", "vascular_lesion"]

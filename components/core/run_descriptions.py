@@ -41,11 +41,11 @@ def interval_text(metrics: dict, key: str) -> str:
     return f" [{found[0]:.2f}, {found[1]:.2f}]" if found else ""
 
 
-def scores_text(metrics: dict, bold: str = "") -> str:
-    """``balanced accuracy 0.700 [0.65, 0.75], ...``: the headline test metrics with their
-    intervals, each value between ``bold`` marks."""
+def scores_text(metrics: dict, bold: str = "", intervals: bool = True) -> str:
+    """``balanced accuracy 0.700 [0.65, 0.75], ...``: the headline test metrics, with their
+    intervals unless ``intervals`` is False, each value between ``bold`` marks."""
     shown = [
-        f"{words} {bold}{metrics[key]:.3f}{bold}{interval_text(metrics, key)}"
+        f"{words} {bold}{metrics[key]:.3f}{bold}{interval_text(metrics, key) if intervals else ''}"
         for key, words in TEST_METRICS
         if metrics.get(key) is not None
     ]
@@ -62,11 +62,24 @@ def result_line(metrics: dict) -> str:
 
 
 def test_metrics_line(metrics: dict, label: str = "Test metrics") -> str:
+    """The point figures, short: the MLflow UI shows a description's first lines only
+    (the verdict and any SYNTHETIC warning must be among them); interval_lines follow."""
     n = f" ({metrics['n']} images)" if metrics.get("n") else ""
-    line = f"{label}{n}: " + scores_text(metrics, "**")
+    return f"{label}{n}: " + scores_text(metrics, "**", intervals=False)
+
+
+def interval_lines(metrics: dict) -> list[str]:
+    """The test metrics with their 95 % intervals, and the same per lesion where scored
+    so (components.scoring.intervals); none for metrics without intervals."""
+    found = metrics.get("intervals")
+    if not found:
+        return []
+    lines = [
+        f"95 % intervals ({found['resamples']} resamples of {found['units']} {found['unit']}): " + scores_text(metrics)
+    ]
     if metrics.get("per_lesion"):
-        line += f"\n\nPer lesion ({metrics['per_lesion']['n']} lesions): " + scores_text(metrics["per_lesion"], "**")
-    return line
+        lines.append(f"Per lesion ({metrics['per_lesion']['n']} lesions): {scores_text(metrics['per_lesion'])}")
+    return lines
 
 
 def gate_lines(gate: dict) -> list[str]:
@@ -103,6 +116,7 @@ def trained_description(
     lines = [test_metrics_line(metrics), verdict]
     if synthetic:
         lines.append(SYNTHETIC_WARNING)
+    lines += interval_lines(metrics)
     lines += origin_lines(kfp_url, local_run_dir)
     lines.append(reason)
     lines += [f"Warning: {w}" for w in warnings]
@@ -128,6 +142,7 @@ def failed_description(status: str, reason: str, previous: str = "") -> str:
 def model_version_description(gate: dict, metrics: dict, synthetic: bool, mlflow_run_url: str = "") -> str:
     """The registered version's own description (the model page shows it)."""
     lines = [test_metrics_line(metrics), f"Champion gate: **@{gate['alias']}**: {gate['reason']}"]
+    lines += interval_lines(metrics)
     if synthetic:
         lines.insert(0, SYNTHETIC_WARNING)
     if mlflow_run_url:
