@@ -38,9 +38,17 @@ def check_run(summary: dict, n_classes: int) -> None:
     assert data["files_found"] == data["ingested"] + data["quarantined"] + data["ignored"]
     assert data["train_images"] + data["val_images"] + data["test_images"] == data["ingested"]
     m = summary["metrics"]
-    for key in ("accuracy", "balanced_accuracy", "macro_f1"):
-        assert 0.0 <= m[key] <= 1.0
-    assert len(m["per_class_recall"]) == n_classes
+    # The figures follow from the confusion matrix (rows: true classes) of every test image.
+    matrix = np.array(m["confusion_matrix"])
+    assert matrix.shape == (n_classes, n_classes) and matrix.sum() == m["n"] == data["test_images"]
+    assert m["accuracy"] == pytest.approx(np.trace(matrix) / matrix.sum())
+    present = matrix.sum(axis=1) > 0
+    recalls = np.diag(matrix)[present] / matrix.sum(axis=1)[present]
+    assert m["balanced_accuracy"] == pytest.approx(recalls.mean())
+    assert [m["per_class_recall"][c] for c, shown in zip(m["classes"], present) if shown] == pytest.approx(recalls)
+    for key in ("accuracy", "balanced_accuracy"):  # each with an interval around it
+        low, high = m["intervals"]["values"][key]
+        assert low <= m[key] <= high
     assert "melanoma_auc" in m
 
     client = MlflowClient(summary["tracking_uri"])
