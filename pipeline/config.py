@@ -54,7 +54,7 @@ class TolerationConfig(Section):
 
 
 # The GPU type training asks for, as GKE labels its GPU nodes; the GKE overlay's TFJob
-# selects the same (manifests/overlays/gke/tfjob-gpu-node-pool.yaml, tests/test_manifests.py).
+# selects the same (manifests/overlays/gke/tfjob-gpu-node-pool.yaml, tests/deploy/test_manifests.py).
 GKE_ACCELERATOR = "nvidia-l4"
 
 

@@ -1,6 +1,6 @@
 """docs/configuration.md, generated from the config classes themselves: every key, its
 type, its default and the comment above it in the source (``lesionpipe config docs``).
-tests/test_docs.py holds the file to this output, so the reference cannot drift."""
+tests/project/test_docs.py holds the file to this output, so the reference cannot drift."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ HEADER = """# Configuration reference
 
 Every key of a run config, generated from the config classes
 (`components/core/settings.py`: the steps' sections; `pipeline/config.py`: images and
-cluster) by `lesionpipe config docs > docs/configuration.md`; `tests/test_docs.py` fails
+cluster) by `lesionpipe config docs > docs/configuration.md`; `tests/project/test_docs.py` fails
 when this file and the code differ.
 
 A config file sets any of these keys (YAML, one mapping per section), `--set key=value`
