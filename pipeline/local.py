@@ -98,7 +98,7 @@ def run_local(
     # folder), so the same command started again resumes; a finished run removes its own.
     checkpoints = out / CHECKPOINTS_DIR
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    lesion_pipeline = create_pipeline(cfg)
+    lesion_pipeline = create_pipeline(cfg, note_unpinned=False)
     console = RunConsole(
         run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout, pipeline_root=pipeline_root
     )

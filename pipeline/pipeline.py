@@ -31,17 +31,18 @@ from pipeline.retries import retry_transient
 from pipeline.steps import STEPS
 
 PIPELINE_NAME = "lesion-pipeline"
+PIPELINE_DESCRIPTION = "Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)"
 GCS_KEY_MOUNT = "/var/secrets/gcs"
 GCS_KEY_FILE = "key.json"
 # Secret key -> environment variable MLflow's client reads for basic auth.
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
-def component_ops(cfg: Config) -> dict[str, Callable]:
+def component_ops(cfg: Config, note_unpinned: bool = True) -> dict[str, Callable]:
     """Every step (pipeline.steps.STEPS) as a KFP component on our images (kfp is already in
     them), by digest where one is recorded (pipeline.images); a step that touches the network
     retries its transient failures (pipeline.retries)."""
-    images = pinned_images(cfg.images)
+    images = pinned_images(cfg.images, warn=None if note_unpinned else lambda line: None)
     ops = {}
     for name, step in STEPS.items():
         module, _, function = step.component.rpartition(".")
@@ -86,8 +87,9 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
     return task
 
 
-def create_pipeline(cfg: Config) -> Callable:
-    ops = component_ops(cfg)
+def create_pipeline(cfg: Config, note_unpinned: bool = True) -> Callable:
+    """``note_unpinned``: say on stderr which images run by tag (not for the local runner, which runs no image)."""
+    ops = component_ops(cfg, note_unpinned)
     data, augment, train, evaluate = (
         cfg.data.to_dict(),
         cfg.augment.to_dict(),
@@ -99,11 +101,7 @@ def create_pipeline(cfg: Config) -> Callable:
     def step(name: str, **kwargs) -> PipelineTask:
         return configure_task(ops[name](**kwargs), name, cfg.cluster)
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        pipeline_root=cfg.cluster.pipeline_root or None,
-        description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)",
-    )
+    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None, description=PIPELINE_DESCRIPTION)
     def lesion_pipeline(
         data_uri: str = cfg.data.source,
         tracking_uri: str = cfg.mlflow.tracking_uri,
