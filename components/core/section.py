@@ -74,8 +74,16 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise SettingsError(f"config file not found: {p}")
+    data = p.read_bytes()
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"{p} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save it as UTF-8"
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"{p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):

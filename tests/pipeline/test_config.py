@@ -194,3 +194,10 @@ def test_settings_that_are_not_text_still_parse_yaml():
     assert Config.load(None, ["data.resize_mode=crop"]).data.resize_mode == "crop"
     with pytest.raises(ConfigError, match="data.resize_mode must be pad or crop, not 'yes'"):
         Config.load(None, ["data.resize_mode=yes"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    latin1 = tmp_path / "run.yaml"
+    latin1.write_bytes("name: dermatologie\ndata:\n  source: /données\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"run\.yaml is not UTF-8 text \(byte 0xe9 on line 3\)"):
+        Config.load(latin1)
