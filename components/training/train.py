@@ -159,7 +159,7 @@ def train_step(
     from components.training.trained_model import keep_model, log_trained_model
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
-    with user_errors():
+    with user_errors(writing=checkpoint_root or model.path):
         tc = load_section(TrainConfig, train, "train.")
         work = (
             checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint)
