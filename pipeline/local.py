@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -129,7 +128,9 @@ def run_local(
         console.finish()
     summary = json.loads(task.output)
     if own_checkpoints := _checkpoints_of(console.pipeline_run):
-        shutil.rmtree(own_checkpoints, ignore_errors=True)
+        from components.training.checkpoints import remove_unless_held
+
+        remove_unless_held(own_checkpoints)
     summary["pipeline_run_dir"] = str(console.pipeline_run)
     summary["config_name"] = cfg.name
     summary["run_dir"] = str(run_dir)
