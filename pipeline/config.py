@@ -8,7 +8,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, create_model, model_validator
 
 from components.core.section import (
@@ -16,6 +15,7 @@ from components.core.section import (
     SettingsError,
     flat_params,
     load_section,
+    parse_override,
     read_yaml_mapping,
     resolve_relative_paths,
     unknown_key_message,
@@ -146,10 +146,7 @@ class Config(Section):
                 node = node[part]
             if parts[-1] not in node:
                 raise ConfigError(unknown_key_message(key, sorted(node)))
-            try:
-                node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
-            except yaml.YAMLError:
-                node[parts[-1]] = value
+            node[parts[-1]] = parse_override(Config, key, value)
         return Config.from_dict(raw)
 
     # ---- views -----------------------------------------------------------

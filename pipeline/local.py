@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import sys
 import threading
@@ -131,7 +130,9 @@ def run_local(
         console.finish()
     summary = json.loads(_report_of(console.pipeline_run))
     if own_checkpoints := _checkpoints_of(console.pipeline_run):
-        shutil.rmtree(own_checkpoints, ignore_errors=True)
+        from components.training.checkpoints import remove_unless_held
+
+        remove_unless_held(own_checkpoints)
     summary["pipeline_run_dir"] = str(console.pipeline_run)
     summary["config_name"] = cfg.name
     summary["run_dir"] = str(run_dir)
@@ -164,18 +165,22 @@ def _to_stderr(text: str) -> None:
 
 
 def _new_run_dir(out: Path, config_name: str) -> Path:
-    """``<out>/<config>-<YYYYmmdd-HHMMSS>`` (never an existing one), and ``<out>/latest``
-    pointing at it."""
+    """``<out>/<config>-<YYYYmmdd-HHMMSS>`` (never an existing one, nor one another run
+    started in the same second makes: mkdir is the claim), and ``<out>/latest`` pointing
+    at it."""
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run_dir = out / f"{config_name}-{stamp}"
     copy = 1
-    while run_dir.exists():
-        copy += 1
-        run_dir = out / f"{config_name}-{stamp}-{copy}"
-    run_dir.mkdir()
+    while True:
+        try:
+            run_dir.mkdir()
+            break
+        except FileExistsError:
+            copy += 1
+            run_dir = out / f"{config_name}-{stamp}-{copy}"
     latest = out / LATEST_LINK
-    partial = out / f".{LATEST_LINK}.partial"
+    partial = out / f".{LATEST_LINK}-{run_dir.name}.partial"  # this run's own: runs may link at once
     partial.unlink(missing_ok=True)
     partial.symlink_to(run_dir.name, target_is_directory=True)
     os.replace(partial, latest)  # the link moves in one step: readers never see none

@@ -108,3 +108,27 @@ def gcs_emulator(tmp_path_factory) -> str:
             os.environ.pop("STORAGE_EMULATOR_HOST", None)
         else:
             os.environ["STORAGE_EMULATOR_HOST"] = previous
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``make(kib) -> folder``: a real filesystem of ``kib`` KiB (a tmpfs), for what a full
+    disk does. Mounting needs root (CI runs as root); elsewhere the test is skipped."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def make(kib: int) -> Path:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        mount = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        if mount.returncode != 0:
+            pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+
+    yield make
+    for folder in mounted:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)

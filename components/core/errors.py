@@ -1,13 +1,16 @@
-"""How a step ends when it cannot do its work: a user's mistake (bad data, bad config) with
-one line, never a traceback; an outage of something it needs (the data source, the MLflow
-tracking server or registry) with one line and an exit status that says a later attempt
-may work, so that the cluster retries only those (pipeline/retries.py)."""
+"""How a step ends when it cannot do its work: a user's mistake (bad data, bad config) or a
+full disk with one line, never a traceback; an outage of something it needs (the data
+source, the MLflow tracking server or registry) with one line and an exit status that says
+a later attempt may work, so that the cluster retries only those (pipeline/retries.py)."""
 
 from __future__ import annotations
 
+import errno
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 # The step's process exit status: a permanent failure, which a retry would repeat ...
 EXIT_PERMANENT = 2
@@ -60,14 +63,57 @@ def last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
+class DiskFull(UserError):
+    """No space left where a step writes: where, and how much is free there."""
+
+    def __init__(self, where: str | Path):
+        super().__init__(disk_full_message(where))
+
+
+# TensorFlow's and h5py's errors carry the OS's words, not an errno.
+_DISK_FULL_WORDS = ("No space left on device", "Disk quota exceeded")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    return isinstance(exc, Exception) and any(words in str(exc) for words in _DISK_FULL_WORDS)
+
+
+def disk_full_message(where: str | Path) -> str:
+    """``the disk is full (no space left on device) writing <where>: 0 B free of 8 KiB``."""
+    folder = Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        usage = shutil.disk_usage(folder)
+        space = f": {_size(usage.free)} free of {_size(usage.total)} there"
+    except OSError:
+        space = ""
+    return f"the disk is full (no space left on device) writing {where}{space}; free some space or use a larger disk"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """A step's body: a UserError ends it with one line and EXIT_PERMANENT, an outage with
-    one line and EXIT_TRANSIENT; any other exception (a bug) keeps its traceback, exit 1,
-    and is not retried either."""
+def user_errors(writing: str | Path | None = None) -> Iterator[None]:
+    """A step's body: a UserError or a full disk (said to be ``writing`` when the error does
+    not name a file) ends it with one line and EXIT_PERMANENT, an outage with one line and
+    EXIT_TRANSIENT; any other exception (a bug) keeps its traceback, exit 1, and is not
+    retried either."""
     try:
         yield
     except Exception as exc:
+        if is_disk_full(exc) and not isinstance(exc, UserError):
+            where = writing or getattr(exc, "filename", None) or "this step's output"
+            print(f"error: {disk_full_message(where)}", file=sys.stderr, flush=True)
+            raise SystemExit(EXIT_PERMANENT) from None
         transient = is_transient(exc)
         if not transient and not isinstance(exc, UserError):
             raise

@@ -15,7 +15,7 @@ import difflib
 import json
 import os
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
@@ -74,8 +74,16 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise SettingsError(f"config file not found: {p}")
+    data = p.read_bytes()
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise SettingsError(
+            f"{p} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save it as UTF-8"
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"{p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
@@ -113,6 +121,39 @@ def resolve_relative_paths(raw: dict[str, Any], folder: Path) -> dict[str, Any]:
     if isinstance(uri, str) and uri.startswith(SQLITE) and _is_relative_local_path(uri.removeprefix(SQLITE)):
         mlflow["tracking_uri"] = SQLITE + _against(folder, uri.removeprefix(SQLITE))
     return raw
+
+
+def parse_override(cls: type[BaseModel], key: str, text: str) -> Any:
+    """A ``--set key=text`` value typed by the setting it sets: a text setting (a str, or
+    a choice of words) takes ``text`` as written, so a folder named ``2024-06-01``, ``null``
+    or ``yes`` stays that name; any other setting parses it as YAML (``3``, ``false``,
+    ``{mel: melanoma}``)."""
+    if _is_text(_declared_type(cls, key.split("."))):
+        return text
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def _declared_type(cls: type[BaseModel], parts: list[str]) -> Any:
+    """The annotation of the setting ``parts`` leads to in ``cls`` (None when unknown)."""
+    annotation: Any = cls
+    for part in parts:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(part)
+            annotation = field.annotation if field is not None else None
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    return annotation
+
+
+def _is_text(annotation: Any) -> bool:
+    if get_origin(annotation) is Literal:
+        return all(isinstance(choice, str) for choice in get_args(annotation))
+    return annotation is str
 
 
 def _key(loc: tuple, where: str) -> str:

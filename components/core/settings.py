@@ -80,6 +80,10 @@ class DataConfig(Section):
     # Images decoded (and downloaded) at once during ingest; 0 picks by source
     # (components.data.ingest.threads): one per CPU for local files, more for gs://.
     ingest_workers: int = Field(0, ge=0)
+    # Memory the decoding threads may hold together (MiB); a decode waits for its share
+    # (a 16-bit greyscale 8000x8000 PNG of ~100 KB needs ~1.7 GiB). One image larger than
+    # this decodes alone. Sized for the ingest pod's 4 GiB limit with room to spare.
+    decode_memory_mb: int = Field(1024, ge=16)
     # Parallel ingest tasks on the cluster, each decoding a partition (every ingest_shards-th
     # file) of the listing; a merge task then finds duplicates, conflicts, leaks and
     # near-duplicates across all of them. One-process ingest (the CLI, evaluate) is one.

@@ -171,7 +171,11 @@ def save_weights_atomically(model, path: Path) -> None:
     import os
 
     partial = path.with_name(f".partial-{path.name}")  # Keras wants the .weights.h5 suffix
-    model.save_weights(partial, overwrite=True)
+    try:
+        model.save_weights(partial, overwrite=True)
+    except BaseException:  # a full disk: no half file left behind
+        partial.unlink(missing_ok=True)
+        raise
     os.replace(partial, path)
 
 

@@ -1,8 +1,14 @@
 """Where a local run's train step keeps its checkpoints, so that the same run started
-again finds them and resumes, and what it finds there."""
+again finds them and resumes, and what it finds there. A training holds its folder
+locked: an identical run in the same output folder at the same time trains in a folder of
+its own (``<hash>-2``), and neither removes the other's."""
 
+import fcntl
 import hashlib
 import json
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from components.core import filenames
@@ -29,6 +35,48 @@ def checkpoint_dir(
     if augmented_dir and (Path(augmented_dir) / filenames.AUGMENT_POLICY).is_file():
         identity.append((Path(augmented_dir) / filenames.AUGMENT_POLICY).read_text())
     return Path(checkpoint_root) / hashlib.sha256("\n".join(identity).encode()).hexdigest()[:16]
+
+
+LOCK_FILE = ".lock"
+
+
+def _try_lock(folder: Path):
+    """An open lock file of ``folder`` held exclusively, or None when another process holds it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
+@contextmanager
+def claimed(folder: Path) -> Iterator[Path]:
+    """``folder`` (checkpoint_dir's), or ``<folder>-2``, ``-3``... the first that no live
+    training holds, locked for the block: a run killed earlier held none, so the same run
+    started again gets its own folder back and resumes."""
+    copy = 1
+    candidate = folder
+    while (handle := _try_lock(candidate)) is None:
+        copy += 1
+        candidate = folder.with_name(f"{folder.name}-{copy}")
+    try:
+        yield candidate
+    finally:
+        handle.close()
+
+
+def remove_unless_held(folder: Path) -> bool:
+    """Remove a finished run's checkpoint folder, unless a training holds it now (an
+    identical run that started after this one ended and is reusing it)."""
+    handle = _try_lock(folder) if folder.is_dir() else None
+    if handle is None:
+        return False
+    with handle:
+        shutil.rmtree(folder, ignore_errors=True)
+    return True
 
 
 def progress_so_far(out: Path) -> str:

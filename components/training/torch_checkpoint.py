@@ -137,20 +137,47 @@ def read_state_dict(path: str | Path) -> dict[str, np.ndarray]:
                 raise CheckpointError(f"{path}: truncated (storage {key!r})")
             storage.data = np.frombuffer(raw, storage.type.dtype)
 
+    return _tensors(state, path, file_size)
+
+
+# A state dict's tensors may share a storage (tied weights): together they may hold
+# this many times the file's size, and no more, whatever their shapes and strides say.
+MAX_TENSOR_BYTES_PER_FILE_BYTE = 2
+
+
+def _tensors(state: dict, path: Path, file_size: int) -> dict[str, np.ndarray]:
+    """The state dict's tensors as arrays, each checked against its storage before
+    anything is allocated: no negative size, within the storage, no more elements than
+    the storage holds (zero or overlapping strides would repeat them), and all together
+    bounded by the file's size."""
     out: dict[str, np.ndarray] = {}
+    total = 0
     for name, tensor in state.items():
         if not isinstance(tensor, _Tensor):
             raise CheckpointError(f"{path}: entry {name!r} is not a tensor")
         data = tensor.storage.data
         if data is None:
             raise CheckpointError(f"{path}: storage of {name!r} missing")
-        itemsize = data.dtype.itemsize
-        needed = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides)) + 1
-        if any(n == 0 for n in tensor.shape):
+        if any(n < 0 for n in tensor.shape):
+            raise CheckpointError(f"{path}: entry {name!r} has a negative size {tensor.shape}")
+        elements = int(np.prod(tensor.shape, dtype=object))
+        if elements > data.size:
+            raise CheckpointError(
+                f"{path}: entry {name!r} has {elements} elements, more than its storage holds ({data.size})"
+            )
+        total += elements * data.dtype.itemsize
+        if total > MAX_TENSOR_BYTES_PER_FILE_BYTE * file_size:
+            raise CheckpointError(
+                f"{path}: its tensors add up to {total} bytes or more, more than "
+                f"{MAX_TENSOR_BYTES_PER_FILE_BYTE} x the {file_size} bytes the file holds"
+            )
+        if elements == 0:
             out[str(name)] = np.zeros(tensor.shape, data.dtype.newbyteorder("="))
             continue
+        needed = tensor.offset + sum((n - 1) * s for n, s in zip(tensor.shape, tensor.strides)) + 1
         if tensor.offset < 0 or any(s < 0 for s in tensor.strides) or needed > data.size:
             raise CheckpointError(f"{path}: entry {name!r} lies outside its storage")
+        itemsize = data.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             data[tensor.offset :], tensor.shape, tuple(s * itemsize for s in tensor.strides), writeable=False
         )

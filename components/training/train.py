@@ -148,6 +148,7 @@ def train_step(
     """KFP wrapper: the train step. Returns the MLflow model URI. With ``checkpoint_root``
     (a local run's output folder) it trains in a folder there that the same run started
     again finds, and resumes from its last completed epoch."""
+    from contextlib import nullcontext
     from pathlib import Path
 
     from components.core import tracking
@@ -155,24 +156,24 @@ def train_step(
     from components.core.run_status import failure_recorded
     from components.core.section import load_section
     from components.core.settings import TrainConfig
-    from components.training.checkpoints import checkpoint_dir, progress_so_far
+    from components.training.checkpoints import checkpoint_dir, claimed, progress_so_far
     from components.training.train import train as train_model
     from components.training.trained_model import keep_model, log_trained_model
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
-    with user_errors(), failure_recorded(tracking_uri, run_id, "train"):
+    with user_errors(writing=checkpoint_root or model.path), failure_recorded(tracking_uri, run_id, "train"):
         tc = load_section(TrainConfig, train, "train.")
-        work = (
-            checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint)
+        with (
+            claimed(checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint))
             if checkpoint_root
-            else Path(model.path)
-        )
-        if progress := progress_so_far(work):
-            print(progress, flush=True)
-        result = train_model(
-            normalized.path, augmented.path, tc, work, tracking_uri, run_id, melanoma_class=melanoma_class
-        )
-    keep_model(work, model.path)
+            else nullcontext(Path(model.path))
+        ) as work:
+            if progress := progress_so_far(work):
+                print(progress, flush=True)
+            result = train_model(
+                normalized.path, augmented.path, tc, work, tracking_uri, run_id, melanoma_class=melanoma_class
+            )
+            keep_model(work, model.path)
     model.metadata.update(
         {
             "framework": "keras",

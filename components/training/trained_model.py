@@ -13,13 +13,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from components.core import filenames
+from components.core import atomic, filenames
 from components.core.settings import TrainConfig
 from components.training.callbacks import EPOCH_LOG_FILE, read_epoch_log
 from components.training.decision_offsets import balance_decisions
 from components.training.train_input import TrainingData
 
-# Written last: a folder holding it has a finished model.
+# Written last, whole or not at all (atomic): a folder holding it has a finished model.
 HISTORY_FILE = "history.json"
 
 
@@ -45,7 +45,7 @@ def save_finished(
     write_model_info(out, data.meta)
     if tc.balance_decisions:
         balance_decisions(model, data, tc.batch_size, out, tracking_uri, mlflow_run_id)
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    atomic.write_text(out / HISTORY_FILE, json.dumps(history, indent=1))  # whole or absent: a cut one read as finished
     return str(model_path)
 
 

@@ -49,3 +49,21 @@ def test_gather_refuses_a_missing_or_unfinished_shard(shard_tasks, tmp_path):
     (unfinished / STATS_FILE).unlink()  # the stats file is written last
     with pytest.raises(UserError, match="got \\[0, 1\\]"):
         gather_shards([*folders[:2], unfinished], root / "splits", cfg, tmp_path / "b")
+
+
+def test_a_full_disk_is_one_line_naming_the_folder_and_leaves_no_partial_output(shard_tasks, small_disk, capsys):
+    """Was: TensorFlow's traceback, the run saying only "it ended with an error", and a
+    shard .partial folder left on the full disk."""
+    from types import SimpleNamespace
+
+    from components.data.normalize import normalize_shard_step
+
+    root, cfg, _ = shard_tasks
+    disk = small_disk(8)
+    shard = SimpleNamespace(path=str(disk / "shard"), metadata={})
+    with pytest.raises(SystemExit) as ended:
+        normalize_shard_step(SimpleNamespace(path=str(root / "splits")), cfg.to_dict(), 0, shard)
+    assert ended.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: the disk is full (no space left on device) writing {disk / 'shard'}")
+    assert list(disk.iterdir()) == []

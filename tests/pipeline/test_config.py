@@ -174,3 +174,30 @@ def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path
         .startswith(f"Error: weights file not found: rel.h5 (relative to the working folder: {elsewhere / 'rel.h5'})")
     )
     assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "out").exists()  # stopped before anything
+
+
+@pytest.mark.parametrize("text", ["2024-06-01", "null", "yes", "1e5", "[a]", "a b", "ü", "'quoted'", "{a: 1}", "~"])
+def test_a_text_setting_takes_the_set_value_as_written(text):
+    """A str setting's --set value is the text as written, whatever YAML would make of it
+    (was: 2024-06-01 a date, yes a boolean, null the empty default, [a] a list)."""
+    cfg = Config.load(None, [f"data.source={text}", f"mlflow.experiment={text}", f"train.weights={text}"])
+    assert (cfg.data.source, cfg.mlflow.experiment, cfg.train.weights) == (text, text, text)
+    assert Config.load(None, [f"cluster.resources.train.cpu_limit={text}"]).cluster.resources.train.cpu_limit == text
+
+
+def test_settings_that_are_not_text_still_parse_yaml():
+    cfg = Config.load(
+        None, ["train.epochs=5", "augment.enabled=no", "data.class_map={mel: melanoma}", "data.val_fraction=1e-1"]
+    )
+    assert (cfg.train.epochs, cfg.augment.enabled, cfg.data.val_fraction) == (5, False, 0.1)
+    assert cfg.data.class_map == {"mel": "melanoma"}
+    assert Config.load(None, ["data.resize_mode=crop"]).data.resize_mode == "crop"
+    with pytest.raises(ConfigError, match="data.resize_mode must be pad or crop, not 'yes'"):
+        Config.load(None, ["data.resize_mode=yes"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
+    latin1 = tmp_path / "run.yaml"
+    latin1.write_bytes("name: dermatologie\ndata:\n  source: /données\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"run\.yaml is not UTF-8 text \(byte 0xe9 on line 3\)"):
+        Config.load(latin1)

@@ -425,3 +425,35 @@ def test_ctrl_c_or_sigterm_ends_a_silent_step_within_seconds_and_its_mlflow_run_
     assert MlflowClient(store).get_run(other_run_id).info.status == "RUNNING"
     said = "Terminated (SIGTERM)" if sent == signal.SIGTERM else "Interrupted (Ctrl-C)"
     assert cli.stderr.read().strip().splitlines()[-1].startswith(f"{said}: the MLflow run is marked KILLED")
+
+
+def test_runs_of_one_config_started_in_the_same_second_get_folders_of_their_own(tmp_path):
+    """Was: two runs that both found <config>-<time> free both made it, and the second
+    failed with FileExistsError (a traceback)."""
+    import threading
+
+    from pipeline.local import _new_run_dir
+
+    starts = threading.Barrier(8)
+    made: list[Path] = []
+    failed: list[BaseException] = []
+
+    def start_a_run() -> None:
+        starts.wait()
+        for _ in range(50):
+            try:
+                made.append(_new_run_dir(tmp_path, "demo"))
+            except OSError as exc:
+                failed.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between any two steps, as processes do
+    try:
+        threads = [threading.Thread(target=start_a_run) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert failed == [] and len(set(made)) == 8 * 50 and all(folder.is_dir() for folder in made)

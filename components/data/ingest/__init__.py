@@ -26,7 +26,7 @@ from kfp import dsl
 from components.core import filenames
 from components.core.settings import DataConfig
 from components.data.data_report import build_report, preview_jpeg, shown_uris, write_outputs
-from components.data.imaging import ImageError, decode_rgb_reduced
+from components.data.imaging import DecodeBudget, ImageError, decode_rgb_reduced
 from components.data.ingest.duplicates import mark_near_duplicates, resolve_duplicates
 from components.data.ingest.labelling import IngestError
 from components.data.ingest.partitions import IngestPartition, MergedThumbnails, ingest_partition
@@ -74,13 +74,14 @@ def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[s
     the ones not started are not tried."""
     rows = df.loc[df.uri.isin(uris) & (df.phash != ""), ["uri", "md5"]]
     stop = threading.Event()
+    budget = DecodeBudget(cfg.decode_memory_mb * 2**20)  # as validation's decodes
 
     def preview(uri: str, md5: str) -> bytes:
         if stop.is_set():
             return b""
         try:
             data = read_as_ingested(uri, md5, cfg.max_file_bytes, stop)
-            return preview_jpeg(decode_rgb_reduced(data, DECODE_MIN_SIDE, cfg.max_image_pixels)[0])
+            return preview_jpeg(decode_rgb_reduced(data, DECODE_MIN_SIDE, cfg.max_image_pixels, budget)[0])
         except SourceError:  # SourceUnavailable too: the source, not this file
             stop.set()
         except (OSError, ImageError):  # FileChanged and FileTooLarge too

@@ -16,6 +16,7 @@ from components.core import filenames
 from components.core.settings import DataConfig
 from components.data.imaging import (
     STACK_MAX_PIXELS,
+    DecodeBudget,
     ImageError,
     decode_rgb_reduced,
     phash_hex_batch,
@@ -38,13 +39,20 @@ DECODE_MIN_SIDE = 72
 VALIDATE_BATCH = 16
 
 
-def inspect_images(uris: list[str], max_pixels: int, max_bytes: int, stop: threading.Event | None = None) -> list[dict]:
+def inspect_images(
+    uris: list[str],
+    max_pixels: int,
+    max_bytes: int,
+    stop: threading.Event | None = None,
+    budget: DecodeBudget | None = None,
+) -> list[dict]:
     """inspect_image of each of ``uris``, their thumbnails and pHashes made together
     (imaging.phash_pixels_and_thumbs); a decode of more than imaging.STACK_MAX_PIXELS
-    (a large image that is not a JPEG) is done with at once, never held for the others."""
+    (a large image that is not a JPEG) is done with at once, never held for the others.
+    Decodes stay within ``budget``, shared with the other decoding threads."""
     found = []
     for uri in uris:
-        found.append(_inspect(uri, max_pixels, max_bytes, stop))
+        found.append(_inspect(uri, max_pixels, max_bytes, stop, budget))
         if "image" in found[-1] and found[-1]["image"].width * found[-1]["image"].height > STACK_MAX_PIXELS:
             _hash_and_thumb(found[-1:])
     _hash_and_thumb([f for f in found if "image" in f])
@@ -67,7 +75,9 @@ def inspect_image(uri: str, max_pixels: int, max_bytes: int, stop: threading.Eve
     return inspect_images([uri], max_pixels, max_bytes, stop)[0]
 
 
-def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None) -> dict:
+def _inspect(
+    uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | None, budget: DecodeBudget | None
+) -> dict:
     """inspect_image, with the decoded image in place of its pHash and thumbnail."""
     try:
         data = read_bytes(uri, max_bytes, stop)
@@ -79,7 +89,7 @@ def _inspect(uri: str, max_pixels: int, max_bytes: int, stop: threading.Event | 
         return {"md5": "", "error_code": "unreadable", "error": f"unreadable: {exc}"}
     md5 = hashlib.md5(data).hexdigest()
     try:
-        img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels)
+        img, width, height, fmt = decode_rgb_reduced(data, DECODE_MIN_SIDE, max_pixels, budget)
     except ImageError as exc:
         return {"md5": md5, "error_code": exc.code, "error": str(exc)}
     return {
@@ -128,10 +138,11 @@ def validate(df: pd.DataFrame, cfg: DataConfig, thumbnails: PartitionThumbnails)
     todo = df.index[df.status == ""]
     stop = threading.Event()
     failures: list[SourceUnavailable] = []
+    budget = DecodeBudget(cfg.decode_memory_mb * 2**20)
 
     def inspect(uris: list[str]) -> list[dict]:
         try:
-            return inspect_images(uris, cfg.max_image_pixels, cfg.max_file_bytes, stop)
+            return inspect_images(uris, cfg.max_image_pixels, cfg.max_file_bytes, stop, budget)
         except SourceUnavailable as exc:
             failures.append(exc)
             stop.set()

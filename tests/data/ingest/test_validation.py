@@ -281,3 +281,37 @@ def test_thumbnails_and_phashes_made_together_are_each_images_own(tmp_path):
         decoded = decode_rgb_reduced((tmp_path / name).read_bytes(), 72)[0]
         assert f["phash"] == str(imagehash.phash(decoded)) and "image" not in f, name
         assert np.array_equal(f["thumb"], np.asarray(decoded.resize((THUMB_SIDE, THUMB_SIDE), Image.Resampling.BOX)))
+
+
+PEAK_RSS_OF_INGEST = """
+import resource, sys
+from components.core.settings import DataConfig
+from components.data.ingest import ingest
+cfg = DataConfig(ingest_workers=8, decode_memory_mb=int(sys.argv[3]), min_image_size=16)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ingest(sys.argv[1], cfg, sys.argv[2])
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_decoding_threads_share_a_memory_budget(tmp_path):
+    """A 16-bit greyscale PNG of 2000x2000 is a few KB on disk and over 100 MB while it is
+    decoded (the 8-bit conversion works in float64). Eight threads decoding eight at once
+    held them all (was: ~8 x 110 MB whatever the pod's memory); within
+    data.decode_memory_mb=128 one decodes at a time."""
+    import subprocess
+    import sys
+
+    for c, cls in enumerate(("melanoma", "nevus")):
+        (tmp_path / "data" / cls).mkdir(parents=True)
+        for k in range(4):  # flat, each its own grey: small files, no duplicates
+            grey = np.full((2000, 2000), 20_000 + 5_000 * k + 2_500 * c, dtype=np.uint16)
+            Image.fromarray(grey).save(tmp_path / "data" / cls / f"{k}.png")
+    assert (tmp_path / "data" / "nevus" / "0.png").stat().st_size < 50_000
+    grown_mb = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_OF_INGEST, str(tmp_path / "data"), str(tmp_path / "out"), "128"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()[-1]
+    assert int(grown_mb) < 300
