@@ -20,7 +20,6 @@ from components.core.tracking import (
     client,
     ensure_experiment,
     experiment_url,
-    log_model,
     pipeline_run,
     run_url,
 )
@@ -29,6 +28,7 @@ from components.evaluation.evaluate import evaluate, log_to_mlflow
 from components.evaluation.report_html import PIPELINE_REPORT_TITLE, write_report
 from components.registry.register import register
 from components.training.models import build_model
+from tests.helpers.models import log_keras_model
 from tests.helpers.servers import free_port, running_server
 from tests.helpers.tiny_data import make_tiny_shards, tiny_config
 
@@ -76,7 +76,7 @@ def store(tmp_path_factory) -> dict:
     for epoch in range(2):
         client(uri).log_metric(run_id, "accuracy", 0.5 + epoch / 10, step=epoch)
         client(uri).log_metric(run_id, "loss", 1.0 - epoch / 10, step=epoch)
-    model_uri = log_model(str(root / "model.keras"), 32, uri, run_id, meta["classes"], synthetic=True)
+    model_uri = log_keras_model(str(root / "model.keras"), 32, uri, run_id, meta["classes"], synthetic=True)
     ev = evaluate(root / "model.keras", normalized, cfg.evaluate, root / "evaluation")
     write_report(ev, root / "evaluation", PIPELINE_REPORT_TITLE, synthetic=True)
     log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
