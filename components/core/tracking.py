@@ -262,3 +262,16 @@ def ui_command(tracking_uri: str) -> str:
     if urlparse(tracking_uri).scheme in ("http", "https"):
         return f"open {tracking_uri}"
     return f"lesionpipe ui --tracking-uri {tracking_uri}"
+
+
+def logged_model_id(tracking_uri: str, run_id: str) -> str | None:
+    """The id of the model the run ``run_id`` logged last (MLflow 3's LoggedModel), or None."""
+    store = client(tracking_uri)
+    experiment_id = store.get_run(run_id).info.experiment_id
+    found = store.search_logged_models(
+        [experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1,
+    )
+    return found[0].model_id if found else None
