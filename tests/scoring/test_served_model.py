@@ -165,3 +165,35 @@ def test_the_served_champion_answers_jpegs_and_bad_rows_get_their_error(champion
     local = pyfunc_answers(champion, pd.DataFrame({IMAGE: [f.read_bytes() for f in files]}))
     expected = [answer | {"model_version": champion["version"]} for answer in local.to_dict("records")]
     assert again == expected  # the same answers, to the last bit; the version as lesionpipe serve resolved it
+
+
+def test_a_restart_resolves_the_alias_anew(champion):
+    """What a rolling restart of the model server does (docs/cluster.md): the alias is read
+    when the model is loaded, so a moved alias names the new version."""
+    store = champion["store"]
+    use_store(store)
+    moved = mlflow.register_model(f"models:/{champion['model_id']}", NAME).version
+    try:
+        client(store).set_registered_model_alias(NAME, "champion", moved)
+        assert load_model(champion["uri"], store).version == f"models:/{NAME}/{moved}"
+    finally:
+        client(store).set_registered_model_alias(NAME, "champion", champion["version"].rpartition("/")[2])
+
+
+def test_a_model_logged_before_it_took_images_still_loads(champion):
+    """Versions registered by mlflow.tensorflow (the Keras model, its metadata in MLmodel)
+    load as before for evaluate, predict and the champion gate."""
+    import keras
+
+    current = load_model(champion["uri"], champion["store"])
+    metadata = {"classes": current.classes, "image_size": current.image_size, "resize_mode": "pad", "synthetic": True}
+    store = champion["store"]
+    use_store(store)
+    run_id = pipeline_run(store, "served", "legacy-run", "kfp-legacy", {})
+    keras_model = keras.models.load_model(champion["photos"].parent / "model" / "model.keras", compile=False)
+    with mlflow.start_run(run_id=run_id):
+        uri = mlflow.tensorflow.log_model(keras_model, name="model", metadata=metadata).model_uri
+    legacy = load_model(uri, store)
+    assert legacy.classes == current.classes and legacy.synthetic and legacy.version == uri  # models:/m-...
+    files = list(map(str, photo_files(champion)))
+    assert np.array_equal(legacy.probabilities_of_files(files)[0], current.probabilities_of_files(files)[0])
