@@ -27,10 +27,14 @@ image-gpu:
 image-mlflow:
 	$(DOCKER) build $(BUILD_FLAGS) -f docker/Dockerfile.mlflow -t $(MLFLOW_IMAGE) .
 
+# Each pushed image's digest goes to build/image-digests.json (git-ignored), which
+# compile, submit and schedule read: steps then run image@sha256:..., not a tag that can move.
 push: images
-	$(DOCKER) push $(CPU_IMAGE)
-	$(DOCKER) push $(GPU_IMAGE)
-	$(DOCKER) push $(MLFLOW_IMAGE)
+	for image in $(CPU_IMAGE) $(GPU_IMAGE) $(MLFLOW_IMAGE); do \
+	  $(DOCKER) push $$image && \
+	  python -m pipeline.images record $$image "$$($(DOCKER) image inspect --format '{{index .RepoDigests 0}}' $$image)" \
+	  || exit 1; \
+	done
 
 # The --set overrides that point a compiled pipeline at these images.
 print-images:

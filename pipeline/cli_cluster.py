@@ -74,7 +74,7 @@ def submit(config_path, overrides, host, token, namespace, experiment, run_name,
     kfp_client.check_ready_for_cluster(cfg)  # before connecting: a config mistake should not wait on the network
     conn = kfp_client.connect(host, token, namespace)
     run = kfp_client.submit(conn, cfg, experiment or cfg.mlflow.experiment, namespace, run_name, force_retrain)
-    click.echo(f"run {run.run_id} started: {run.url}")
+    click.echo(f"run {run.run_id} of {kfp_client.PIPELINE_NAME} version {run.version} started: {run.url}")
 
 
 @click.group(cls=LesionCLI, invoke_without_command=True)
@@ -84,23 +84,37 @@ def submit(config_path, overrides, host, token, namespace, experiment, run_name,
 @click.option("--cron", help='Six fields, seconds first: "0 0 3 * * 0" is Sundays at 03:00.')
 @click.option("--name", "schedule_name", help="Schedule name (default: lesion-pipeline-<config name>-retrain).")
 @click.option("--no-cache", is_flag=True, help="Scheduled runs run every step even where KFP has cached outputs.")
+@click.option(
+    "--update", is_flag=True, help="Move the schedule named --name to the current pipeline version (same cron)."
+)
 @click.pass_context
-def schedule(ctx, config_path, overrides, host, token, namespace, experiment, cron, schedule_name, no_cache):
-    """Schedule retraining (a recurring run, one at a time, no catch-up); or list, pause, resume, delete."""
-    from pipeline import kfp_client
+def schedule(ctx, config_path, overrides, host, token, namespace, experiment, cron, schedule_name, no_cache, update):
+    """Schedule retraining (a recurring run of the current pipeline version, one at a time, no
+    catch-up); --update moves a schedule to the current version; or list, pause, resume, delete."""
+    from pipeline import kfp_client, kfp_schedules
 
     ctx.obj = {"host": host, "token": token, "namespace": namespace}
     if ctx.invoked_subcommand is not None:
         return
-    if not cron:
+    if not cron and not update:
         raise UserError('--cron is required to create a schedule, e.g. --cron "0 0 3 * * 0"')
-    kfp_client.validate_cron(cron)  # before connecting: a typo should not wait on the network
+    if cron:
+        kfp_schedules.validate_cron(cron)  # before connecting: a typo should not wait on the network
     cfg = load_config(config_path, overrides)
     cfg = kfp_client.without_caching(cfg) if no_cache else cfg
     kfp_client.check_ready_for_cluster(cfg)
     conn = kfp_client.connect(host, token, namespace)
-    created = kfp_client.create_schedule(conn, cfg, cron, experiment or cfg.mlflow.experiment, namespace, schedule_name)
-    click.echo(f"schedule {created.recurring_run_id} ({created.name}) created, cron {created.cron!r}: {created.url}")
+    experiment = experiment or cfg.mlflow.experiment
+    if update:
+        old, new = kfp_schedules.update_schedule(conn, cfg, experiment, namespace, schedule_name)
+        moved = "already on" if new is old else f"moved from {old.version or old.version_id or 'its own package'} to"
+        click.echo(f"schedule {new.recurring_run_id} ({new.name}) {moved} version {new.version}: {new.url}")
+        return
+    created = kfp_schedules.create_schedule(conn, cfg, cron, experiment, namespace, schedule_name)
+    click.echo(
+        f"schedule {created.recurring_run_id} ({created.name}) created, cron {created.cron!r}, "
+        f"version {created.version}: {created.url}"
+    )
 
 
 def schedule_connection(ctx: click.Context, host, token, namespace):
@@ -117,15 +131,15 @@ def schedule_connection(ctx: click.Context, host, token, namespace):
 @cluster_options
 @click.pass_context
 def schedule_list(ctx, host, token, namespace):
-    """List recurring runs."""
-    from pipeline import kfp_client
+    """List recurring runs, each with the pipeline version it runs."""
+    from pipeline import kfp_schedules
 
     conn = schedule_connection(ctx, host, token, namespace)
-    schedules = kfp_client.list_schedules(conn, namespace=namespace or (ctx.obj or {}).get("namespace"))
+    schedules = kfp_schedules.list_schedules(conn, namespace=namespace or (ctx.obj or {}).get("namespace"))
     if not schedules:
         click.echo("no schedules")
-    for s in schedules:
-        click.echo(f"{s.recurring_run_id}  {s.status:<9} {s.cron!r:<18} {s.name}")
+    for s in kfp_schedules.with_version_names(conn, schedules):
+        click.echo(f"{s.recurring_run_id}  {s.status:<9} {s.cron!r:<18} {s.version or '(own package)':<22} {s.name}")
 
 
 def _schedule_action(verb: str, help_text: str, act: Callable) -> None:
@@ -139,19 +153,19 @@ def _schedule_action(verb: str, help_text: str, act: Callable) -> None:
 
 
 def _register_schedule_actions() -> None:
-    from pipeline import kfp_client
+    from pipeline import kfp_schedules
 
     _schedule_action(
         "pause",
         "Stop starting runs (the schedule is kept).",
-        lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, False),
+        lambda conn, rid: kfp_schedules.set_schedule_enabled(conn, rid, False),
     )
     _schedule_action(
         "resume",
         "Start runs again; missed times are not caught up.",
-        lambda conn, rid: kfp_client.set_schedule_enabled(conn, rid, True),
+        lambda conn, rid: kfp_schedules.set_schedule_enabled(conn, rid, True),
     )
-    _schedule_action("delete", "Delete the schedule (runs it started are kept).", kfp_client.delete_schedule)
+    _schedule_action("delete", "Delete the schedule (runs it started are kept).", kfp_schedules.delete_schedule)
 
 
 _register_schedule_actions()

@@ -193,6 +193,12 @@ class RunConsole(io.TextIOBase):
         """The first failed task's cause in words, and where its whole log is."""
         if not self.failures:
             return ""
+        task, cause = self.failed_task()
+        return f"{task} failed: {cause} (full log: {self.logs / (task + '.log')})"
+
+    def failed_task(self) -> tuple[str, str]:
+        """The first failed task's name and its cause ("", "" when none failed)."""
+        if not self.failures:
+            return "", ""
         uid = self.failures[0]
-        cause = self._causes.get(uid, "it ended with an error (see its log)")
-        return f"{self._log_name(uid)} failed: {cause} (full log: {self.logs / (self._log_name(uid) + '.log')})"
+        return self._log_name(uid), self._causes.get(uid, "it ended with an error (see its log)")

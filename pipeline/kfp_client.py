@@ -4,37 +4,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import os
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 from components.core.errors import UserError
 from pipeline.config import Config
-from pipeline.pipeline import PIPELINE_NAME, create_pipeline
+from pipeline.pipeline import PIPELINE_DESCRIPTION, PIPELINE_NAME, create_pipeline
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
 UI_ENDPOINT_ENV = "KF_PIPELINES_UI_ENDPOINT"
 TOKEN_ENV = "KF_PIPELINES_TOKEN"
-# KFP's cron: six fields, seconds first (github.com/robfig/cron), e.g. "0 0 3 * * 0".
-CRON_FIELDS = (
-    ("second", 0, 59),
-    ("minute", 0, 59),
-    ("hour", 0, 23),
-    ("day of month", 1, 31),
-    ("month", 1, 12),
-    ("day of week", 0, 6),
-)
-CRON_NAMES = {
-    "month": {"JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"},
-    "day of week": {"SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"},
-}
-
 T = TypeVar("T")
 
 
@@ -60,47 +47,14 @@ class SubmittedRun:
     run_id: str
     experiment_id: str
     url: str
+    version: str = ""  # the pipeline version it runs
 
 
 @dataclass(frozen=True)
-class Schedule:
-    recurring_run_id: str
+class PipelineVersion:
+    pipeline_id: str
+    version_id: str
     name: str
-    cron: str
-    status: str
-    url: str
-
-
-def validate_cron(expression: str) -> str:
-    """The expression with single spaces; a UserError naming the bad field otherwise."""
-    parts = expression.split()
-    example = 'e.g. "0 0 3 * * 0" (Sundays 03:00:00)'
-    if len(parts) != len(CRON_FIELDS):
-        raise UserError(
-            f"cron {expression!r} has {len(parts)} fields; KFP needs 6, seconds first: "
-            f"second minute hour day-of-month month day-of-week, {example}"
-        )
-    for value, (name, low, high) in zip(parts, CRON_FIELDS):
-        if not _cron_field_ok(value, name, low, high):
-            raise UserError(
-                f"cron {expression!r}: bad {name} field {value!r} (allowed {low}-{high}, *, ?, lists, "
-                f"ranges and /steps), {example}"
-            )
-    return " ".join(parts)
-
-
-def _cron_field_ok(field: str, name: str, low: int, high: int) -> bool:
-    for item in field.split(","):
-        base, slash, step = item.partition("/")
-        if slash and not (step.isdigit() and int(step) > 0):
-            return False
-        if base in ("*", "?"):
-            continue
-        for bound in base.split("-", 1):
-            named = bound.upper() in CRON_NAMES.get(name, ())
-            if not named and not (bound.isdigit() and low <= int(bound) <= high):
-                return False
-    return True
 
 
 def pipeline_arguments(cfg: Config, force_retrain: bool = False, kfp_ui_url: str = "") -> dict[str, Any]:
@@ -182,7 +136,7 @@ def connect(host: str | None, token: str | None = None, namespace: str | None = 
     return Connection(client, host or "the in-cluster endpoint")
 
 
-def _experiment_id(conn: Connection, name: str, namespace: str | None) -> str:
+def experiment_id_of(conn: Connection, name: str, namespace: str | None) -> str:
     """The experiment's id; kfp's create_experiment looks it up by name first."""
     return conn.call(lambda: conn.client.create_experiment(name=name, namespace=namespace)).experiment_id
 
@@ -193,6 +147,48 @@ def without_caching(cfg: Config) -> Config:
     return cfg.with_overrides(["cluster.caching=false"])
 
 
+def version_name(package: str) -> str:
+    """Our package version and the compiled package's content hash: the same package is the
+    same version, and a version's name says which release it came from."""
+    from importlib.metadata import version
+
+    digest = hashlib.sha256(Path(package).read_bytes()).hexdigest()[:12]
+    return f"{version('lesion-pipeline')}-{digest}"
+
+
+def _equals(key: str, value: str) -> str:
+    """KFP's JSON filter of one EQUALS predicate (operation 1), as kfp.Client writes its own."""
+    return json.dumps({"predicates": [{"operation": 1, "key": key, "stringValue": value}]})
+
+
+def upload_version(conn: Connection, package: str, namespace: str | None = None) -> PipelineVersion:
+    """The compiled package as a version of the one pipeline named PIPELINE_NAME (created on
+    first use): found by name when this package was uploaded before, uploaded otherwise."""
+    name = version_name(package)
+    pipeline_id = conn.call(lambda: conn.client.get_pipeline_id(PIPELINE_NAME))
+    if pipeline_id is None:
+        created = conn.call(
+            lambda: conn.client.upload_pipeline(
+                package, pipeline_name=PIPELINE_NAME, description=PIPELINE_DESCRIPTION, namespace=namespace
+            )
+        )
+        pipeline_id = created.pipeline_id
+    found = conn.call(
+        lambda: conn.client.list_pipeline_versions(pipeline_id, page_size=1, filter=_equals("display_name", name))
+    )
+    if found.pipeline_versions:
+        return PipelineVersion(pipeline_id, found.pipeline_versions[0].pipeline_version_id, name)
+    uploaded = conn.call(
+        lambda: conn.client.upload_pipeline_version(package, pipeline_version_name=name, pipeline_id=pipeline_id)
+    )
+    return PipelineVersion(pipeline_id, uploaded.pipeline_version_id, name)
+
+
+def current_version(conn: Connection, cfg: Config, namespace: str | None = None) -> PipelineVersion:
+    with compiled_package(cfg) as package:
+        return upload_version(conn, package, namespace)
+
+
 def submit(
     conn: Connection,
     cfg: Config,
@@ -201,86 +197,19 @@ def submit(
     run_name: str | None = None,
     force_retrain: bool = False,
 ) -> SubmittedRun:
-    """Compile, create or reuse the experiment, start one run."""
+    """Compile, upload as a pipeline version (or find it), create or reuse the experiment,
+    start one run of that version."""
     check_ready_for_cluster(cfg)
-    experiment_id = _experiment_id(conn, experiment, namespace)
-    with compiled_package(cfg) as package:
-        result = conn.call(
-            lambda: conn.client.create_run_from_pipeline_package(
-                package,
-                arguments=pipeline_arguments(cfg, force_retrain, conn.ui_base),
-                run_name=run_name or f"{PIPELINE_NAME}-{cfg.name}",
-                experiment_id=experiment_id,
-                service_account=cfg.cluster.service_account or None,
-            )
+    experiment_id = experiment_id_of(conn, experiment, namespace)
+    version = current_version(conn, cfg, namespace)
+    result = conn.call(
+        lambda: conn.client.run_pipeline(
+            experiment_id=experiment_id,
+            job_name=run_name or f"{PIPELINE_NAME}-{cfg.name}",
+            params=pipeline_arguments(cfg, force_retrain, conn.ui_base),
+            pipeline_id=version.pipeline_id,
+            version_id=version.version_id,
+            service_account=cfg.cluster.service_account or None,
         )
-    return SubmittedRun(result.run_id, experiment_id, f"{conn.ui_base}/#/runs/details/{result.run_id}")
-
-
-def create_schedule(
-    conn: Connection, cfg: Config, cron: str, experiment: str, namespace: str | None = None, name: str | None = None
-) -> Schedule:
-    """A recurring run: at most one run at a time, and no backfill of missed times."""
-    cron = validate_cron(cron)
-    check_ready_for_cluster(cfg)
-    name = name or f"{PIPELINE_NAME}-{cfg.name}-retrain"
-    experiment_id = _experiment_id(conn, experiment, namespace)
-    clash = [s for s in list_schedules(conn, experiment_id) if s.name == name]
-    if clash:
-        raise UserError(
-            f"a schedule named {name!r} already exists ({clash[0].recurring_run_id}): delete it first or pass --name"
-        )
-    with compiled_package(cfg) as package:
-        created = conn.call(
-            lambda: conn.client.create_recurring_run(
-                experiment_id=experiment_id,
-                job_name=name,
-                cron_expression=cron,
-                max_concurrency=1,
-                no_catchup=True,
-                params=pipeline_arguments(cfg, kfp_ui_url=conn.ui_base),
-                pipeline_package_path=package,
-                service_account=cfg.cluster.service_account or None,
-            )
-        )
-    return _schedule(conn, created)
-
-
-def _schedule(conn: Connection, recurring_run) -> Schedule:
-    trigger = recurring_run.trigger
-    cron = trigger.cron_schedule.cron if trigger and trigger.cron_schedule else ""
-    return Schedule(
-        recurring_run.recurring_run_id,
-        recurring_run.display_name or "",
-        cron,
-        str(recurring_run.status or recurring_run.mode or ""),
-        f"{conn.ui_base}/#/recurringrun/details/{recurring_run.recurring_run_id}",
     )
-
-
-def list_schedules(conn: Connection, experiment_id: str | None = None, namespace: str | None = None) -> list[Schedule]:
-    schedules: list[Schedule] = []
-    page_token = ""
-    while True:
-        page = conn.call(
-            partial(
-                conn.client.list_recurring_runs,
-                page_token=page_token,
-                page_size=100,
-                experiment_id=experiment_id,
-                namespace=namespace,
-            )
-        )
-        schedules += [_schedule(conn, r) for r in page.recurring_runs or []]
-        page_token = page.next_page_token or ""
-        if not page_token:
-            return schedules
-
-
-def set_schedule_enabled(conn: Connection, recurring_run_id: str, enabled: bool) -> None:
-    action = conn.client.enable_recurring_run if enabled else conn.client.disable_recurring_run
-    conn.call(lambda: action(recurring_run_id=recurring_run_id))
-
-
-def delete_schedule(conn: Connection, recurring_run_id: str) -> None:
-    conn.call(lambda: conn.client.delete_recurring_run(recurring_run_id=recurring_run_id))
+    return SubmittedRun(result.run_id, experiment_id, f"{conn.ui_base}/#/runs/details/{result.run_id}", version.name)

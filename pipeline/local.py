@@ -98,7 +98,7 @@ def run_local(
     # folder), so the same command started again resumes; a finished run removes its own.
     checkpoints = out / CHECKPOINTS_DIR
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
-    lesion_pipeline = create_pipeline(cfg)
+    lesion_pipeline = create_pipeline(cfg, note_unpinned=False)
     console = RunConsole(
         run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout, pipeline_root=pipeline_root
     )
@@ -106,7 +106,7 @@ def run_local(
     previous = {signum: signal.signal(signum, stopper) for signum in _stop_signals()}
     try:
         with contextlib.redirect_stdout(console):
-            task = lesion_pipeline(
+            lesion_pipeline(
                 data_uri=data_uri,
                 tracking_uri=tracking_uri,
                 force_retrain=force_retrain,
@@ -115,19 +115,21 @@ def run_local(
             )
     except RuntimeError as exc:
         cause = console.failure() or str(exc).strip().splitlines()[0]
-        _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "FAILED", cause)
+        # The exit task has ended the MLflow run FAILED; kfp.local's final status named only
+        # the exit handler's group, and the console knows the failed task and its cause.
+        _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "FAILED", *console.failed_task())
         raise PipelineFailed(cause) from None
     except KeyboardInterrupt as exc:
         stopper.stop()
         reason = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted (Ctrl-C)"
-        _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "KILLED", reason)
+        _end_mlflow_run(tracking_uri, cfg, console.pipeline_run, "KILLED", "", reason)
         raise
     finally:
         stopper.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         console.finish()
-    summary = json.loads(task.output)
+    summary = json.loads(_report_of(console.pipeline_run))
     if own_checkpoints := _checkpoints_of(console.pipeline_run):
         shutil.rmtree(own_checkpoints, ignore_errors=True)
     summary["pipeline_run_dir"] = str(console.pipeline_run)
@@ -141,8 +143,17 @@ def run_local(
 
 def expected_tasks(cfg: Config) -> int:
     """Tasks of a run that trains: list, the ingest shards, merge, gate, split, the
-    normalize shards, gather, augment, train, evaluate, register, report."""
-    return 10 + cfg.data.ingest_shards + cfg.data.num_shards
+    normalize shards, gather, augment, train, evaluate, register, report, finish_run."""
+    return 11 + cfg.data.ingest_shards + cfg.data.num_shards
+
+
+def _report_of(run_folder: Path | None) -> str:
+    """The report task's JSON (the trained or the data-unchanged branch's): the summary. Not
+    the pipeline's output: KFP takes a pipeline's outputs only from outside its exit handler."""
+    reports = sorted(run_folder.glob("report-step*/executor_output.json")) if run_folder else []
+    if len(reports) != 1:
+        raise PipelineFailed(f"expected one report task's output in {run_folder}, found {len(reports)}")
+    return json.loads(reports[0].read_text())["parameterValues"]["Output"]
 
 
 def _to_stderr(text: str) -> None:
@@ -189,15 +200,21 @@ def _checkpoints_of(run_folder: Path | None) -> Path | None:
     return Path(folder) if folder else None
 
 
-def _end_mlflow_run(tracking_uri: str, cfg: Config, run_folder: Path | None, status: str, reason: str) -> None:
-    """Mark this run's MLflow run (named after its pipeline folder) FAILED or KILLED with
-    the reason, so it does not stay RUNNING; best effort (the store may be what failed)."""
-    from components.core import tracking
+def _end_mlflow_run(
+    tracking_uri: str, cfg: Config, run_folder: Path | None, status: str, failed_task: str, reason: str
+) -> None:
+    """Mark this run's MLflow run (named after its pipeline folder) FAILED or KILLED with the
+    failed task and the reason, as the exit task does (components.core.run_status), so it
+    does not stay RUNNING: an interrupted run's exit task never runs, and a failed run's
+    knew only kfp.local's final status. Best effort (the store may be what failed)."""
+    from components.core.run_status import finish_pipeline_run
 
     if run_folder is None:  # no task started: no MLflow run either
         return
     try:
-        tracking.end_pipeline_run(tracking_uri, cfg.mlflow.experiment, run_folder.name, status, reason)
+        finish_pipeline_run(
+            tracking_uri, cfg.mlflow.experiment, run_folder.name, status=status, failed_task=failed_task, error=reason
+        )
     except Exception as exc:  # noqa: BLE001 - reporting the run's own failure matters more
         _to_stderr(f"(could not mark the MLflow run {status}: {str(exc).splitlines()[0]})")
 

@@ -5,7 +5,9 @@ that runs on the cluster.
 Shape: list the source -> ingest (N shard tasks, merged) -> retraining gate; then, only when the data changed
 since the champion (or the run is forced): split -> normalize (N shard tasks, gathered)
 -> augment -> train (GPU) -> evaluate -> register. Either branch ends in a ``report``
-task whose JSON string is the pipeline's output.
+task whose JSON string is the run's summary. All of it runs inside an exit handler whose
+task, ``finish_run``, runs last however the others ended and ends the MLflow run FINISHED,
+FAILED or KILLED (components/registry/run_end.py).
 
 Each task receives only the config section it reads, as a constant of the compiled
 pipeline: a task's KFP cache key covers its inputs, so a change to ``train.*`` or
@@ -24,38 +26,45 @@ from kfp.dsl import PipelineTask
 
 from components.registry.retrain_gate import TRAIN
 from pipeline.config import ClusterConfig, Config, GpuConfig
+from pipeline.images import pinned_images
+from pipeline.retries import retry_transient
 from pipeline.steps import STEPS
 
 PIPELINE_NAME = "lesion-pipeline"
+PIPELINE_DESCRIPTION = "Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)"
 GCS_KEY_MOUNT = "/var/secrets/gcs"
 GCS_KEY_FILE = "key.json"
 # Secret key -> environment variable MLflow's client reads for basic auth.
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
-def component_ops(cfg: Config) -> dict[str, Callable]:
-    """Every step (pipeline.steps.STEPS) as a KFP component on our images (kfp is already in them)."""
+def component_ops(cfg: Config, note_unpinned: bool = True) -> dict[str, Callable]:
+    """Every step (pipeline.steps.STEPS) as a KFP component on our images (kfp is already in
+    them), by digest where one is recorded (pipeline.images); a step that touches the network
+    retries its transient failures (pipeline.retries)."""
+    images = pinned_images(cfg.images, warn=None if note_unpinned else lambda line: None)
     ops = {}
     for name, step in STEPS.items():
         module, _, function = step.component.rpartition(".")
-        ops[name] = dsl.component(
+        component = dsl.component(
             getattr(importlib.import_module(module), function),
-            base_image=cfg.images.gpu if step.gpu else cfg.images.cpu,
+            base_image=images.gpu if step.gpu else images.cpu,
             install_kfp_package=False,
         )
+        retries = cfg.cluster.retries if step.network else 0
+        ops[name] = retry_transient(component, retries, cfg.cluster.retry_backoff)
     return ops
 
 
 def configure_task(task: PipelineTask, step: str, cluster: ClusterConfig) -> PipelineTask:
-    """Pod resources, caching, retries, credentials and GPU of one step (pipeline.steps.STEPS), from the config."""
+    """Pod resources, caching, credentials and GPU of one step (pipeline.steps.STEPS), from the
+    config. No KFP retry policy: it would retry permanent failures too (pipeline.retries)."""
     policy = STEPS[step]
     res = getattr(cluster.resources, step)
     task.set_display_name(step.replace("_", "-"))
     task.set_cpu_request(res.cpu_request).set_cpu_limit(res.cpu_limit)
     task.set_memory_request(res.memory_request).set_memory_limit(res.memory_limit)
     task.set_caching_options(cluster.caching and policy.cacheable)
-    if policy.network and cluster.retries:
-        task.set_retry(cluster.retries, backoff_duration=cluster.retry_backoff, backoff_factor=2.0)
     if cluster.secrets.gcs:
         # Every pod: its step may read gs:// data, and KFP's launcher in the same pod moves
         # the step's artifacts to and from the GCS pipeline_root.
@@ -78,8 +87,9 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
     return task
 
 
-def create_pipeline(cfg: Config) -> Callable:
-    ops = component_ops(cfg)
+def create_pipeline(cfg: Config, note_unpinned: bool = True) -> Callable:
+    """``note_unpinned``: say on stderr which images run by tag (not for the local runner, which runs no image)."""
+    ops = component_ops(cfg, note_unpinned)
     data, augment, train, evaluate = (
         cfg.data.to_dict(),
         cfg.augment.to_dict(),
@@ -91,11 +101,7 @@ def create_pipeline(cfg: Config) -> Callable:
     def step(name: str, **kwargs) -> PipelineTask:
         return configure_task(ops[name](**kwargs), name, cfg.cluster)
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        pipeline_root=cfg.cluster.pipeline_root or None,
-        description="Dermoscopic images -> trained, evaluated, registered skin-lesion classifier (MLflow)",
-    )
+    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=cfg.cluster.pipeline_root or None, description=PIPELINE_DESCRIPTION)
     def lesion_pipeline(
         data_uri: str = cfg.data.source,
         tracking_uri: str = cfg.mlflow.tracking_uri,
@@ -103,7 +109,7 @@ def create_pipeline(cfg: Config) -> Callable:
         checkpoint_root: str = "",
         kfp_ui_url: str = "",
         local_run_dir: str = "",
-    ) -> str:
+    ) -> None:
         run = {
             "tracking_uri": tracking_uri,
             "kfp_run_name": dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
@@ -111,87 +117,96 @@ def create_pipeline(cfg: Config) -> Callable:
         }
         # Where a reviewer finds the run besides MLflow: its KFP page, or its local folder.
         origin = {"kfp_ui_url": kfp_ui_url, "local_run_dir": local_run_dir}
-        listing = step("list_source", data_uri=data_uri, data=data)
-        with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
-            ingest_shard = step(
-                "ingest_shard", data_uri=data_uri, data=data, shard_index=ingest_index, source_listing=listing.output
-            )
-        manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]), data=data).outputs[
-            "manifest"
-        ]
-        gate = step(
-            "retrain_gate",
-            manifest=manifest,
-            model_name=model_name,
-            experiment=experiment,
-            run_params=cfg.flat_params(),
-            force_retrain=force_retrain,
-            **run,
-        )
-
-        with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
-            splits = step("split", manifest=manifest, data=data).outputs["splits"]
-            with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
-                shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
-            normalized = step(
-                "normalize_gather",
-                shards=dsl.Collected(shard.outputs["shard"]),
-                splits=splits,
+        # The exit handler's task runs last, however the others ended: it ends the MLflow run
+        # FINISHED, FAILED or KILLED (the steps leave it RUNNING).
+        finish = step("finish_run", experiment=experiment, **run)
+        with dsl.ExitHandler(finish, name="run"):
+            listing = step("list_source", data_uri=data_uri, data=data)
+            with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
+                ingest_shard = step(
+                    "ingest_shard",
+                    data_uri=data_uri,
+                    data=data,
+                    shard_index=ingest_index,
+                    source_listing=listing.output,
+                )
+            manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]), data=data).outputs[
+                "manifest"
+            ]
+            gate = step(
+                "retrain_gate",
                 manifest=manifest,
-                data=data,
-            ).outputs["normalized"]
-            augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs["augmented"]
-            trained = step(
-                "train",
-                normalized=normalized,
-                augmented=augmented,
-                train=train,
-                melanoma_class=cfg.evaluate.melanoma_class,
-                data_fingerprint=gate.outputs["fingerprint"],
-                checkpoint_root=checkpoint_root,
-                experiment=experiment,
-                **run,
-            )
-            evaluation = step(
-                "evaluate",
-                model=trained.outputs["model"],
-                normalized=normalized,
-                evaluate=evaluate,
-                experiment=experiment,
-                **run,
-            ).outputs["evaluation"]
-            registered = step(
-                "register",
-                evaluation=evaluation,
-                normalized=normalized,
-                evaluate=evaluate,
                 model_name=model_name,
-                model_uri=trained.outputs["Output"],
-                data_fingerprint=gate.outputs["fingerprint"],
                 experiment=experiment,
+                run_params=cfg.flat_params(),
+                force_retrain=force_retrain,
                 **run,
-                **origin,
             )
-            trained_report = step(
-                "report",
-                gate_details=gate.outputs["details"],
-                manifest=manifest,
-                splits=splits,
-                augmented=augmented,
-                evaluation=evaluation,
-                registration=registered.outputs["registration"],
-                model_uri=trained.outputs["Output"],
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                **origin,
-            )
-        with dsl.Else(name="data-unchanged"):
-            skipped_report = step(
-                "report",
-                gate_details=gate.outputs["details"],
-                manifest=manifest,
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                **origin,
-            )
-        return dsl.OneOf(trained_report.outputs["Output"], skipped_report.outputs["Output"])
+
+            with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
+                splits = step("split", manifest=manifest, data=data).outputs["splits"]
+                with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
+                    shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
+                normalized = step(
+                    "normalize_gather",
+                    shards=dsl.Collected(shard.outputs["shard"]),
+                    splits=splits,
+                    manifest=manifest,
+                    data=data,
+                ).outputs["normalized"]
+                augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs[
+                    "augmented"
+                ]
+                trained = step(
+                    "train",
+                    normalized=normalized,
+                    augmented=augmented,
+                    train=train,
+                    melanoma_class=cfg.evaluate.melanoma_class,
+                    data_fingerprint=gate.outputs["fingerprint"],
+                    checkpoint_root=checkpoint_root,
+                    experiment=experiment,
+                    **run,
+                )
+                evaluation = step(
+                    "evaluate",
+                    model=trained.outputs["model"],
+                    normalized=normalized,
+                    evaluate=evaluate,
+                    experiment=experiment,
+                    **run,
+                ).outputs["evaluation"]
+                registered = step(
+                    "register",
+                    evaluation=evaluation,
+                    normalized=normalized,
+                    evaluate=evaluate,
+                    model_name=model_name,
+                    model_uri=trained.outputs["Output"],
+                    data_fingerprint=gate.outputs["fingerprint"],
+                    experiment=experiment,
+                    **run,
+                    **origin,
+                )
+                step(
+                    "report",
+                    gate_details=gate.outputs["details"],
+                    manifest=manifest,
+                    splits=splits,
+                    augmented=augmented,
+                    evaluation=evaluation,
+                    registration=registered.outputs["registration"],
+                    model_uri=trained.outputs["Output"],
+                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    **origin,
+                )
+            with dsl.Else(name="data-unchanged"):
+                step(
+                    "report",
+                    gate_details=gate.outputs["details"],
+                    manifest=manifest,
+                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                    **origin,
+                )
 
     return lesion_pipeline

@@ -33,7 +33,7 @@ def _resources(cpu_request: str, cpu_limit: str, memory_request: str, memory_lim
 @dataclass(frozen=True)
 class Step:
     component: str  # the @dsl.component function, as module.function
-    network: bool  # reads the data source or talks to MLflow: retried with backoff
+    network: bool  # reads the data source or talks to MLflow: transient failures retried with backoff
     cacheable: bool  # outputs depend only on its inputs, so KFP may reuse them
     mlflow: bool  # needs the MLflow credentials
     # Defaults of cluster.resources.<step>, sized for HAM10000-scale data at 128 px.
@@ -44,7 +44,7 @@ class Step:
 
 # In the order data flows. Never cached: list_source (its job is to look at the source
 # now), the gate (the champion moves between runs), train and evaluate (each run logs in
-# MLflow), register (the champion moves) and report (it logs the data reports). Ingest
+# MLflow), register (the champion moves), report (it logs the data reports) and finish_run. Ingest
 # shards are cached only while the source lists the same files. ingest_merge reads the
 # source for the report's previews only, and a failed read there is a "[no preview]",
 # never a failure of the step: nothing for a retry to fix.
@@ -127,6 +127,14 @@ STEPS: dict[str, Step] = {
     ),
     "report": Step(
         "components.registry.run_summary.report_step",
+        network=True,
+        cacheable=False,
+        mlflow=True,
+        resources=_resources("100m", "500m", "256Mi", "512Mi"),
+    ),
+    # The exit handler: ends the MLflow run FINISHED, FAILED or KILLED, after every other task.
+    "finish_run": Step(
+        "components.registry.run_end.finish_run_step",
         network=True,
         cacheable=False,
         mlflow=True,

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
-from components.core.errors import UserError
+from components.core.errors import Unavailable
 
 DEFAULT_DB_NAME = "mlflow.db"
 KFP_RUN_ID_TAG = "kfp.run_id"
@@ -62,12 +62,24 @@ def use_store(tracking_uri: str) -> None:
 
 @contextmanager
 def logging_into(tracking_uri: str, run_id: str) -> Iterator[None]:
-    """mlflow's fluent API (log_metrics, log_artifact, ...) writing into one run of one store."""
+    """mlflow's fluent API (log_metrics, log_artifact, ...) writing into one run of one store.
+    The run stays RUNNING when the block ends, whichever way: the pipeline's final task
+    ends it (finish_pipeline_run), FINISHED only when every step did (mlflow.start_run's
+    context would end it FINISHED after each step, and FAILED after any exception)."""
     import mlflow
+    from mlflow.tracking import fluent
 
     use_store(tracking_uri)
-    with mlflow.start_run(run_id=run_id):
+    mlflow.start_run(run_id=run_id)
+    try:
         yield
+    finally:
+        # mlflow.end_run() without set_terminated: the fluent API's own stack of active runs
+        # (mlflow 3.17), checked by tests/core/test_tracking.py.
+        stack = fluent._active_run_stack.get()
+        if stack and stack[-1].info.run_id == run_id:
+            stack.pop()
+            fluent.MLFLOW_RUN_ID.unset()
 
 
 def resolve_tracking_uri(explicit: str | None = None, configured: str = "") -> str:
@@ -84,7 +96,7 @@ def resolve_tracking_uri(explicit: str | None = None, configured: str = "") -> s
 HEALTH_TIMEOUT_S = 5.0
 
 
-class TrackingUnavailable(UserError):
+class TrackingUnavailable(Unavailable):
     """The MLflow tracking server does not answer: one line, before any step starts."""
 
 
@@ -195,26 +207,6 @@ def pipeline_run(
     if params:
         store.log_batch(run.info.run_id, params=[Param(k, v[:6000]) for k, v in params.items()])
     return run.info.run_id
-
-
-def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_name: str, status: str, reason: str) -> None:
-    """End a pipeline's MLflow run that is still RUNNING as ``status`` (FAILED, KILLED),
-    with the reason as the tag ``lesion.end_reason`` and on top of its description."""
-    from components.core.run_descriptions import NOTE_TAG, failed_description
-
-    store = client(tracking_uri)
-    found = store.get_experiment_by_name(experiment)
-    if found is None:
-        return
-    for run in store.search_runs([found.experiment_id], filter_string=f"tags.`{KFP_RUN_NAME_TAG}` = '{kfp_run_name}'"):
-        if run.info.status == "RUNNING":
-            store.set_tag(run.info.run_id, "lesion.end_reason", reason[:5000])
-            store.set_tag(
-                run.info.run_id,
-                NOTE_TAG,
-                failed_description(status, reason[:5000], run.data.tags.get(NOTE_TAG, ""))[:60000],
-            )
-            store.set_terminated(run.info.run_id, status)
 
 
 def set_description(tracking_uri: str, run_id: str, text: str) -> None:

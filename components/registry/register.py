@@ -93,12 +93,13 @@ def register_step(
     from components.core import filenames, tracking
     from components.core.errors import user_errors
     from components.core.run_descriptions import kfp_run_url
+    from components.core.run_status import failure_recorded
     from components.core.section import load_section
     from components.core.settings import EvaluateConfig
     from components.registry.register import register
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
-    with user_errors():
+    with user_errors(), failure_recorded(tracking_uri, run_id, "register"):
         gate = register(
             evaluation.path,
             normalized.path,

@@ -152,6 +152,7 @@ def train_step(
 
     from components.core import tracking
     from components.core.errors import user_errors
+    from components.core.run_status import failure_recorded
     from components.core.section import load_section
     from components.core.settings import TrainConfig
     from components.training.checkpoints import checkpoint_dir, progress_so_far
@@ -159,7 +160,7 @@ def train_step(
     from components.training.trained_model import keep_model, log_trained_model
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
-    with user_errors():
+    with user_errors(), failure_recorded(tracking_uri, run_id, "train"):
         tc = load_section(TrainConfig, train, "train.")
         work = (
             checkpoint_dir(checkpoint_root, normalized.path, augmented.path, tc, data_fingerprint)

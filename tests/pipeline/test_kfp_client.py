@@ -11,7 +11,8 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.config import Config
-from pipeline.kfp_client import validate_cron
+from pipeline.kfp_client import version_name
+from pipeline.kfp_schedules import validate_cron
 from tests.helpers.kfp_stub import API, KfpStub
 
 CONFIG = "configs/cluster.yaml"
@@ -42,12 +43,17 @@ def lesionpipe(*args: str):
     return result
 
 
-def compiled(tmp_path, *overrides: str) -> dict:
-    """What `lesionpipe compile` writes, as kfp.Client sends it: {pipeline_spec, platform_spec}."""
+def compiled_package(tmp_path, *overrides: str):
+    """The file `lesionpipe compile` writes."""
     path = tmp_path / "compiled.yaml"
     result = lesionpipe("compile", "--config", CONFIG, *sum((["--set", o] for o in overrides), []), "-o", str(path))
     assert result.exit_code == 0, result.output
-    spec, platform = yaml.safe_load_all(path.read_text())
+    return path
+
+
+def compiled(tmp_path, *overrides: str) -> dict:
+    """What `lesionpipe compile` writes, as kfp.Client sends it: {pipeline_spec, platform_spec}."""
+    spec, platform = yaml.safe_load_all(compiled_package(tmp_path, *overrides).read_text())
     return {"pipeline_spec": spec, "platform_spec": platform}
 
 
@@ -78,13 +84,26 @@ def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_paramet
         "submit", "--host", stub.url, "--config", CONFIG, "--experiment", "lesion-weekly", "--token", "secret-token"
     )
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == f"run run-1 started: {stub.url}/#/runs/details/run-1"
+    package = compiled_package(tmp_path)
+    version = version_name(str(package))
+    assert (
+        result.stdout.strip()
+        == f"run run-1 of lesion-pipeline version {version} started: {stub.url}/#/runs/details/run-1"
+    )
     assert stub.calls() == [
         ("GET", f"{API}/healthz"),
         ("GET", f"{API}/experiments"),
         ("POST", f"{API}/experiments"),
+        ("GET", f"{API}/pipelines"),
+        ("POST", f"{API}/pipelines/upload"),
+        ("GET", f"{API}/pipelines/pl-1/versions"),
+        ("POST", f"{API}/pipelines/upload_version"),
         ("POST", f"{API}/runs"),
     ]
+    assert stub.only("POST", f"{API}/pipelines/upload").query["name"] == "lesion-pipeline"
+    upload = stub.only("POST", f"{API}/pipelines/upload_version")
+    assert upload.query == {"name": version, "pipelineid": "pl-1"}
+    assert upload.body["uploadfile"] == package.read_text()  # the compiled pipeline, byte for byte
     assert all(r.headers["authorization"] == "Bearer secret-token" for r in stub.requests)
     lookup = stub.only("GET", f"{API}/experiments")
     assert json.loads(lookup.query["filter"])["predicates"] == [
@@ -97,9 +116,17 @@ def test_submit_creates_the_experiment_and_starts_a_run_with_the_configs_paramet
     assert run["display_name"] == "lesion-pipeline-cluster"
     assert run["service_account"] == "lesion-pipeline-runner"  # the one manifests/ binds to its Role
     assert run["runtime_config"] == {"parameters": expected_parameters(stub.url)}
-    # The spec sent is the compiled pipeline, byte for byte, Kubernetes platform spec included.
-    assert run["pipeline_spec"] == compiled(tmp_path)
-    assert run["pipeline_spec"]["pipeline_spec"]["defaultPipelineRoot"] == "gs://BUCKET_NAME/pipeline-root"
+    # The run references the uploaded version; it carries no spec of its own (was: the whole package).
+    assert run["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-2"}
+    assert "pipeline_spec" not in run
+
+    # The same package again is the same version: looked up, not uploaded.
+    stub.requests.clear()
+    again = lesionpipe("submit", "--host", stub.url, "--config", CONFIG, "--experiment", "lesion-weekly")
+    assert again.exit_code == 0, again.output
+    assert ("POST", f"{API}/pipelines/upload_version") not in stub.calls()
+    assert stub.only("POST", f"{API}/runs").body["pipeline_version_reference"]["pipeline_version_id"] == "pv-2"
+    assert len(stub.versions) == 2  # KFP's first version of a new pipeline, and ours
 
 
 def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_for_the_run(stub, tmp_path):
@@ -115,7 +142,11 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
     assert run["experiment_id"] == "exp-7"
     assert run["runtime_config"]["parameters"]["force_retrain"] is True
     # Every task, those inside the If branch and the ParallelFor included.
-    sent = caching_of(run["pipeline_spec"]["pipeline_spec"])
+    # --no-cache is compiled in: the uploaded version is another package, another version.
+    (version,) = [
+        v for v in stub.versions if v["pipeline_version_id"] == run["pipeline_version_reference"]["pipeline_version_id"]
+    ]
+    sent = caching_of(yaml.safe_load_all(stub.packages[version["pipeline_version_id"]]).__next__())
     assert set(sent) >= {"ingest-shard-step", "ingest-merge-step", "split-step", "train-step", "normalize-shard-step"}
     assert not any(sent.values())
     # Without --no-cache the compiled per-step choice stands: deterministic steps cached, not train.
@@ -131,8 +162,9 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
 def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp_path):
     result = lesionpipe("schedule", "--host", stub.url, "--config", CONFIG, "--cron", "0  0 3 * * 0")
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == (
-        f"schedule rr-1 (lesion-pipeline-cluster-retrain) created, cron '0 0 3 * * 0': "
+    version = version_name(str(compiled_package(tmp_path)))
+    assert result.stdout.strip() == (
+        f"schedule rr-1 (lesion-pipeline-cluster-retrain) created, cron '0 0 3 * * 0', version {version}: "
         f"{stub.url}/#/recurringrun/details/rr-1"
     )
     assert stub.calls() == [
@@ -140,6 +172,10 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp
         ("GET", f"{API}/experiments"),
         ("POST", f"{API}/experiments"),
         ("GET", f"{API}/recurringruns"),
+        ("GET", f"{API}/pipelines"),
+        ("POST", f"{API}/pipelines/upload"),
+        ("GET", f"{API}/pipelines/pl-1/versions"),
+        ("POST", f"{API}/pipelines/upload_version"),
         ("POST", f"{API}/recurringruns"),
     ]
     assert stub.only("GET", f"{API}/recurringruns").query["experiment_id"] == "exp-1"
@@ -152,11 +188,63 @@ def test_schedule_creates_one_recurring_run_at_a_time_without_catch_up(stub, tmp
     assert body["display_name"] == "lesion-pipeline-cluster-retrain"
     assert body["service_account"] == "lesion-pipeline-runner"
     assert body["runtime_config"] == {"parameters": expected_parameters(stub.url, force_retrain=False)}
-    assert body["pipeline_spec"] == compiled(tmp_path)
+    # Was: the schedule's own copy of the package ("pipeline_spec"), run for ever after an upgrade.
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-2"}
+    assert "pipeline_spec" not in body
 
     again = lesionpipe("schedule", "--host", stub.url, "--config", CONFIG, "--cron", "0 0 3 * * 0")
     assert again.exit_code == 1 and "already exists (rr-1)" in again.output
     assert len(stub.recurring_runs) == 1
+
+
+def test_schedule_update_moves_the_schedule_to_the_current_version_and_list_shows_it(stub, tmp_path):
+    created = lesionpipe("schedule", "--host", stub.url, "--config", CONFIG, "--cron", "0 0 3 * * 0")
+    assert created.exit_code == 0, created.output
+    lesionpipe("schedule", "pause", "rr-1", "--host", stub.url)
+    old, new = (
+        version_name(str(compiled_package(tmp_path))),
+        version_name(str(compiled_package(tmp_path, "train.epochs=3"))),
+    )
+    stub.requests.clear()
+    moved = lesionpipe("schedule", "--update", "--host", stub.url, "--config", CONFIG, "--set", "train.epochs=3")
+    assert moved.exit_code == 0, moved.output
+    assert moved.stdout.strip() == (
+        f"schedule rr-2 (lesion-pipeline-cluster-retrain) moved from {old} to version {new}: "
+        f"{stub.url}/#/recurringrun/details/rr-2"
+    )
+    assert stub.calls() == [
+        ("GET", f"{API}/healthz"),
+        ("GET", f"{API}/experiments"),
+        ("GET", f"{API}/recurringruns"),
+        ("GET", f"{API}/pipelines/pl-1/versions/pv-2"),
+        ("GET", f"{API}/pipelines"),
+        ("GET", f"{API}/pipelines/pl-1/versions"),
+        ("POST", f"{API}/pipelines/upload_version"),
+        ("POST", f"{API}/recurringruns"),
+        ("DELETE", f"{API}/recurringruns/rr-1"),
+    ]
+    body = stub.only("POST", f"{API}/recurringruns").body
+    assert body["pipeline_version_reference"] == {"pipeline_id": "pl-1", "pipeline_version_id": "pv-3"}
+    assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 0"}}  # the old schedule's cron
+    assert body["mode"] == "DISABLE"  # paused stays paused
+    assert body["display_name"] == "lesion-pipeline-cluster-retrain"
+
+    listed = lesionpipe("schedule", "list", "--host", stub.url)
+    assert listed.stdout.split() == [
+        "rr-2",
+        "DISABLED",
+        "'0",
+        "0",
+        "3",
+        "*",
+        "*",
+        "0'",
+        new,
+        "lesion-pipeline-cluster-retrain",
+    ]
+
+    same = lesionpipe("schedule", "--update", "--host", stub.url, "--config", CONFIG, "--set", "train.epochs=3")
+    assert "already on version" in same.stdout and len(stub.recurring_runs) == 1
 
 
 def test_schedule_list_pause_resume_delete(stub):
@@ -170,7 +258,7 @@ def test_schedule_list_pause_resume_delete(stub):
     )
     listed = lesionpipe("schedule", "list", "--host", stub.url)
     assert listed.exit_code == 0, listed.output
-    assert listed.output.split() == ["rr-9", "ENABLED", "'0", "0", "3", "*", "*", "0'", "weekly"]
+    assert listed.output.split() == ["rr-9", "ENABLED", "'0", "0", "3", "*", "*", "0'", "(own", "package)", "weekly"]
 
     for verb, call in [
         ("pause", ("POST", f"{API}/recurringruns/rr-9:disable")),

@@ -320,6 +320,7 @@ def test_a_failed_step_ends_its_mlflow_run_failed_and_the_cause_is_the_last_line
     assert "| error: mobilenet_v2 has no alpha 0.3" in proc.stderr  # the end of the failed task's log
     run = _mlflow_run_of(store, "lesion-demo")
     assert run.info.status == "FAILED" and "no alpha 0.3" in run.data.tags["lesion.end_reason"]
+    assert run.data.tags["lesion.failed_task"] == "train"  # the train step's own record, kept by the exit task
     other = MlflowClient(store).get_run(other_run_id)
     assert other.info.status == "RUNNING" and "lesion.end_reason" not in other.data.tags
     assert (other_checkpoints / "epochs.jsonl").is_file()

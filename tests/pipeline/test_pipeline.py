@@ -109,37 +109,60 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
         ), name
 
 
-def test_retries_on_network_steps_caching_on_deterministic_steps(compiled):
+def test_transient_failures_retried_on_network_steps_caching_on_deterministic_steps(compiled):
+    """No KFP retry policy anywhere (Argo would retry a user's mistake too); a network step's
+    command runs its executor again only after exit 75, with the config's backoff."""
     spec, _, _ = compiled
     tasks = all_tasks(spec)
     assert set(tasks) == {n.removeprefix("exec-") for n in EXECUTORS}
+    executors = spec["deploymentSpec"]["executors"]
     for name, task in tasks.items():
         policy = STEPS[EXECUTORS[f"exec-{name}"]]
-        assert ("retryPolicy" in task) == policy.network, name
-        if policy.network:
-            assert task["retryPolicy"]["maxRetryCount"] == 3 and task["retryPolicy"]["backoffDuration"] == "30s"
+        assert "retryPolicy" not in task, name
+        script = executors[f"exec-{name}"]["container"]["command"][2]
+        assert ('if [ "$status" -ne 75 ] || [ "$attempt" -ge 3 ]' in script) == policy.network, name
+        assert ("delay=30\n" in script) == policy.network, name
         assert task["cachingOptions"].get("enableCache", False) == policy.cacheable, name
     assert not STEPS["retrain_gate"].cacheable and not STEPS["train"].cacheable
+
+
+def test_the_exit_handler_ends_the_mlflow_run_after_every_other_task(compiled):
+    spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "finish-run-step"}
+    finish = root["finish-run-step"]
+    assert finish["triggerPolicy"] == {"strategy": "ALL_UPSTREAM_TASKS_COMPLETED"}
+    assert finish["dependentTasks"] == ["exit-handler-1"]
+    inputs = finish["inputs"]["parameters"]
+    assert inputs["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert inputs["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    assert inputs["kfp_run_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
+    assert inputs["tracking_uri"] == {"componentInputParameter": "tracking_uri"}
+    assert inputs["experiment"]["runtimeValue"]["constant"] == Config.load(CONFIG).mlflow.experiment
+    # Every other task is inside the exit handler's group.
+    body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert {"list-source-step", "retrain-gate-step", "ingest-merge-step"} <= set(body)
 
 
 def test_gate_fan_out_and_pipeline_root(compiled):
     spec, _, _ = compiled
     assert spec["defaultPipelineRoot"] == "gs://BUCKET_NAME/pipeline-root"
-    ingest_loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
+    body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    ingest_loop = body["for-loop-3"]
     assert ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.ingest_shards: 4 in cluster.yaml
-    merge = spec["root"]["dag"]["tasks"]["ingest-merge-step"]
-    assert merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
-    loop = spec["components"]["comp-condition-6"]["dag"]["tasks"]["for-loop-5"]
+    merge = body["ingest-merge-step"]
+    assert merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-3"
+    loop = spec["components"]["comp-condition-7"]["dag"]["tasks"]["for-loop-6"]
     assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.num_shards: 4 in cluster.yaml
-    gather = spec["components"]["comp-condition-6"]["dag"]["tasks"]["normalize-gather-step"]
-    assert gather["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-5"
-    branches = spec["components"]["comp-condition-branches-3"]["dag"]["tasks"]
+    gather = spec["components"]["comp-condition-7"]["dag"]["tasks"]["normalize-gather-step"]
+    assert gather["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-6"
+    branches = spec["components"]["comp-condition-branches-4"]["dag"]["tasks"]
     assert (
-        branches["condition-6"]["triggerPolicy"]["condition"]
+        branches["condition-7"]["triggerPolicy"]["condition"]
         == "inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train'"
     )
     assert (
-        branches["condition-7"]["triggerPolicy"]["condition"]
+        branches["condition-8"]["triggerPolicy"]["condition"]
         == "!(inputs.parameter_values['pipelinechannel--retrain-gate-step-decision'] == 'train')"
     )
 
@@ -155,7 +178,7 @@ def test_config_switches_change_the_spec(tmp_path):
         "cluster.resources.train.memory_limit=64Gi",
     )
     assert not any(t["cachingOptions"].get("enableCache") for t in all_tasks(spec).values())
-    assert not any("retryPolicy" in t for t in all_tasks(spec).values())
+    assert not any("attempt=0" in e["container"]["command"][2] for e in spec["deploymentSpec"]["executors"].values())
     train = spec["deploymentSpec"]["executors"]["exec-train-step"]["container"]
     assert "accelerator" not in train["resources"] and train["resources"]["resourceMemoryLimit"] == "64Gi"
     assert "tolerations" not in k8s["exec-train-step"]

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from components.core.errors import UserError
+from components.core.errors import Unavailable, UserError
 
 # Bounded reads go by chunks of this size (see bounded_read).
 READ_CHUNK = 2**20
@@ -46,7 +46,7 @@ class SourceError(UserError):
     """The source cannot be read at all (missing, empty, unsupported): one line for the user."""
 
 
-class SourceUnavailable(SourceError):
+class SourceUnavailable(SourceError, Unavailable):
     """The source failed, not a file: it did not answer within gcs.SOURCE_RETRY_SECONDS, or
     refused us, or its filesystem gave an I/O error (STORAGE_ERRNOS). The step fails; no
     file may be quarantined for it, since the file may be fine."""
