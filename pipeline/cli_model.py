@@ -1,5 +1,5 @@
-"""``lesionpipe predict`` (score image files with a model) and ``lesionpipe ui`` (review
-runs and models in the MLflow UI)."""
+"""``lesionpipe predict`` (score image files with a model), ``lesionpipe serve`` (answer
+images over HTTP) and ``lesionpipe ui`` (review runs and models in the MLflow UI)."""
 
 from __future__ import annotations
 
@@ -71,6 +71,38 @@ def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, track
     )
     if lesions_csv:
         click.echo(write_lesions(rows, loaded, lesions_csv, out_path, melanoma_class))
+
+
+@click.command()
+@click.option("--model", "model_uri", required=True, help=MODEL_URI_HELP)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8080, show_default=True, help="Port of POST /invocations and GET /health.")
+@click.option("--workers", default=1, show_default=True, help="Server processes (each holds the model).")
+@click.option(
+    "--tracking-uri",
+    help="MLflow tracking URI for models:/ and runs:/ URIs (default: $MLFLOW_TRACKING_URI, else mlflow.db "
+    "in the working folder).",
+)
+def serve(model_uri, host, port, workers, tracking_uri):
+    """Answer images over HTTP: `mlflow models serve` of MODEL, its alias resolved once, at
+    start (restart to serve a new champion); each answer names the version."""
+    from components.scoring.inference import registered_version
+    from components.scoring.served_model import VERSION
+
+    uri = resolve_tracking_uri(tracking_uri)
+    version = registered_version(model_uri, uri) if model_uri.startswith("models:/") else ""
+    served = version or model_uri
+    config = json.loads(os.environ.get("SERVING_MODEL_CONFIG") or "{}") | ({VERSION: version} if version else {})
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": uri,
+        "SERVING_MODEL_CONFIG": json.dumps(config),  # read by MLflow's scoring server as the model_config
+        # MLflow starts `uvicorn` from PATH: this environment's, even when it is not activated.
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", served, "--env-manager", "local"]
+    cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
+    click.echo(f"serving {served} ({model_uri}) on http://{host}:{port}/invocations; Ctrl-C to stop", err=True)
+    os.execve(sys.executable, cmd, env)
 
 
 def recorded_store(output_dir: str | Path) -> tuple[str, Path] | None:

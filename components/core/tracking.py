@@ -1,5 +1,5 @@
-"""MLflow helpers: where the tracking store is, the one MLflow run of a pipeline run, and
-logging a Keras model into it.
+"""MLflow helpers: where the tracking store is, and the one MLflow run of a pipeline run
+(the model is logged by components.scoring.served_model).
 
 Steps find the pipeline's MLflow run by the KFP run id tag (creating it on first use),
 so no step needs another's output to log, and a cached step never points at a stale run.
@@ -256,40 +256,14 @@ def ui_command(tracking_uri: str) -> str:
     return f"lesionpipe ui --tracking-uri {tracking_uri}"
 
 
-def log_model(
-    model_path: str,
-    image_size: int,
-    tracking_uri: str,
-    run_id: str,
-    classes: list[str],
-    resize_mode: str = "pad",
-    synthetic: bool = False,
-    decision_bias: dict[str, float] | None = None,
-) -> str:
-    """Log the Keras model to the MLflow run with signature and input example; return its URI.
-    Its metadata says whether it was trained on synthetic data, so every later use of it
-    (predict, evaluate) can say so, and carries its decision offsets by class
-    (components.scoring.decisions), if it has them."""
-    import keras
-    import mlflow
-    import numpy as np
-    from mlflow.models import infer_signature
-
-    model = keras.models.load_model(model_path, compile=False)
-    example = np.full((1, image_size, image_size, 3), 128.0, dtype=np.float32)
-    signature = infer_signature(example, model.predict(example, verbose=0))
-    with logging_into(tracking_uri, run_id):
-        info = mlflow.tensorflow.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            metadata={
-                "classes": classes,
-                "image_size": image_size,
-                "resize_mode": resize_mode,
-                "synthetic": synthetic,
-                **({"decision_bias": decision_bias} if decision_bias else {}),
-            },
-        )
-    return info.model_uri
+def logged_model_id(tracking_uri: str, run_id: str) -> str | None:
+    """The id of the model the run ``run_id`` logged last (MLflow 3's LoggedModel), or None."""
+    store = client(tracking_uri)
+    experiment_id = store.get_run(run_id).info.experiment_id
+    found = store.search_logged_models(
+        [experiment_id],
+        filter_string=f"source_run_id = '{run_id}'",
+        order_by=[{"field_name": "creation_time", "ascending": False}],
+        max_results=1,
+    )
+    return found[0].model_id if found else None

@@ -304,6 +304,6 @@ def fit_square(img: Image.Image, size: int, mode: str = "pad") -> np.ndarray:
     return np.asarray(canvas, dtype=np.uint8)
 
 
-def load_for_model(data: bytes, size: int, mode: str = "pad") -> np.ndarray:
+def load_for_model(data: bytes, size: int, mode: str = "pad", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Bytes of any supported image -> ``(size, size, 3)`` uint8, as the shards hold."""
-    return fit_square(decode_rgb(data), size, mode)
+    return fit_square(decode_rgb(data, max_pixels), size, mode)

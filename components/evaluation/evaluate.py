@@ -272,13 +272,15 @@ def thinned_roc(
 
 
 def log_to_mlflow(tracking_uri: str, run_id: str, metrics: dict, eval_dir: Path) -> None:
-    """Test metrics (``test_*``) and the evaluation folder (report, pictures) into the run."""
+    """Test metrics (``test_*``) and the evaluation folder (report, pictures) into the run;
+    the metrics also against the model the run logged, so that its page in MLflow shows them."""
     import mlflow
 
     from components.core import tracking
 
+    model_id = tracking.logged_model_id(tracking_uri, run_id)
     with tracking.logging_into(tracking_uri, run_id):
-        mlflow.log_metrics({f"test_{k}": v for k, v in headline_metrics(metrics).items()})
+        mlflow.log_metrics({f"test_{k}": v for k, v in headline_metrics(metrics).items()}, model_id=model_id)
         mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from components.core.errors import UserError
 from components.data.imaging import IMAGE_EXTENSIONS
+from components.scoring.answers import image_answers
 from components.scoring.inference import LoadedModel
 from components.scoring.lesions import lesion_means
 
@@ -38,17 +39,15 @@ def find_images(paths: list[str]) -> list[str]:
 def predict_files(
     loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64, tta: bool = False
 ) -> list[dict]:
-    """One row per file: path, predicted class, every class's probability, the melanoma
-    probability, the reason when the file could not be read as an image, and whether the
+    """One row per file: its path, the model's answer about it (components.scoring.answers:
+    the same as the served model's, probabilities rounded to 6 decimals; '' where the file
+    could not be read as an image, with the reason in the error column), and whether the
     model was trained on synthetic data."""
     probs, errors = loaded.probabilities_of_files(files, batch_size, tta)
     rows = []
-    for path, p, error, predicted in zip(files, probs, errors, loaded.predicted_classes(probs)):
-        row: dict = {"path": path, "predicted_class": "" if error else predicted}
-        row.update({f"p_{c}": ("" if error else round(float(v), 6)) for c, v in zip(loaded.classes, p)})
-        if melanoma_class in loaded.classes:
-            row["melanoma_probability"] = "" if error else round(float(p[loaded.classes.index(melanoma_class)]), 6)
-        row["error"] = error
+    for path, answer in zip(files, image_answers(loaded, probs, errors, melanoma_class)):
+        row: dict = {"path": path}
+        row.update({k: "" if v is None else round(v, 6) if isinstance(v, float) else v for k, v in answer.items()})
         row["synthetic_model"] = loaded.synthetic
         rows.append(row)
     return rows

@@ -15,9 +15,16 @@ import yaml
 
 from components.core import filenames
 from components.core.errors import UserError
-from components.data.imaging import ImageError, load_for_model
+from components.data.imaging import MAX_PIXELS, ImageError, load_for_model
 from components.data.sources import read_bytes
+from components.data.sources.base import FileTooLarge
 from components.scoring.decisions import decide, in_class_order, saved_decision_bias
+
+# The class whose probability and operating point a model's answers single out.
+MELANOMA = "melanoma"
+# The folder inside a logged MLflow model that holds the whole train output folder
+# (components.scoring.served_model): every file the train step leaves travels with it.
+TRAIN_OUTPUT_ARTIFACT = "train_output"
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "gs://", "s3://", "http://", "https://")
 
@@ -45,6 +52,14 @@ class LoadedModel:
     synthetic: bool = False
     # Per-class offsets of the decision, fitted on validation (components.scoring.decisions).
     decision_bias: list[float] | None = None
+    # Which model this is, as its answers name it: models:/<name>/<version> when loaded from
+    # the registry, else the MLflow model id (models:/m-...) when known, else the URI.
+    version: str = ""
+    # Calibration, the melanoma operating point and the referral threshold fitted at
+    # training (1.0 and None: the model has none).
+    temperature: float = 1.0
+    melanoma_threshold: float | None = None
+    refer_threshold: float | None = None
 
     def synthetic_warning(self) -> str:
         """The line every command that uses a synthetic model shows ('' otherwise)."""
@@ -63,18 +78,40 @@ class LoadedModel:
         """The class each row of ``probs`` (this model's) is predicted to be."""
         return [self.classes[i] for i in decide(probs, self.decision_bias)]
 
+    def melanoma_flags(self, probs: np.ndarray) -> np.ndarray | None:
+        """Whether each row's melanoma probability reaches the model's operating point
+        (None: the model has none)."""
+        if self.melanoma_threshold is None or MELANOMA not in self.classes:
+            return None
+        return probs[:, self.classes.index(MELANOMA)] >= self.melanoma_threshold
+
+    def uncertainty(self, probs: np.ndarray, view_probs: np.ndarray | None = None) -> np.ndarray:
+        """How unsure the model is of each row: 1 - its highest class probability."""
+        return 1.0 - probs.max(axis=1)
+
+    def refer_flags(self, uncertainty: np.ndarray) -> np.ndarray | None:
+        """Whether each row is unsure enough to refer to a person (None: the model has no threshold)."""
+        return None if self.refer_threshold is None else uncertainty >= self.refer_threshold
+
     def probabilities_of_files(
-        self, uris: list[str], batch_size: int = 64, tta: bool = False
+        self,
+        sources: list[str | bytes],
+        batch_size: int = 64,
+        tta: bool = False,
+        max_bytes: int | None = None,
+        max_pixels: int = MAX_PIXELS,
     ) -> tuple[np.ndarray, list[str]]:
-        """(class probabilities, error per URI, '' when fine) of image files, read with the
-        model's preprocessing ``FILE_CHUNK_BATCHES`` batches at a time: memory bounded by
-        the batch size, not by the number of files. An unreadable file is scored as a
-        blank image; its error says so."""
+        """(class probabilities, error per source, '' when fine) of image files, given by
+        URI or as their bytes, read with the model's preprocessing ``FILE_CHUNK_BATCHES``
+        batches at a time: memory bounded by the batch size, not by the number of files.
+        An unreadable file is scored as a blank image; its error says so."""
         chunk = FILE_CHUNK_BATCHES * batch_size
         probs = [np.zeros((0, int(self.model.output_shape[-1])))]
         errors: list[str] = []
-        for start in range(0, len(uris), chunk):
-            images, chunk_errors = load_images(uris[start : start + chunk], self.image_size, self.resize_mode)
+        for start in range(0, len(sources), chunk):
+            images, chunk_errors = load_images(
+                sources[start : start + chunk], self.image_size, self.resize_mode, max_bytes, max_pixels
+            )
             probs.append(self.predict(images, batch_size, tta))
             errors += chunk_errors
         return np.concatenate(probs), errors
@@ -125,10 +162,16 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
         return path, metadata
     if (path / "MLmodel").is_file():
         mlmodel = yaml.safe_load((path / "MLmodel").read_text())
+        logged = {"mlflow_run_id": mlmodel.get("run_id") or "", "mlflow_model_id": mlmodel.get("model_id") or ""}
+        train_output = path / "artifacts" / TRAIN_OUTPUT_ARTIFACT
+        if (train_output / filenames.MODEL).is_file():  # the image-taking model (served_model.py)
+            keras_file, metadata = _local_model_files(train_output)
+            return keras_file, {**metadata, **logged}
+        # Logged by mlflow.tensorflow before the model took images: its metadata is in MLmodel.
         found = sorted(path.rglob("*.keras"))
         if not found:
             raise ModelLoadError(f"{path} is an MLflow model without a Keras model file")
-        return found[0], {**(mlmodel.get("metadata") or {}), "mlflow_run_id": mlmodel.get("run_id") or ""}
+        return found[0], {**(mlmodel.get("metadata") or {}), **logged}
     if (path / filenames.MODEL).is_file():
         return _local_model_files(path / filenames.MODEL)
     raise ModelLoadError(f"no model at {path} (a .keras file, a train output folder, or an MLflow model folder)")
@@ -169,7 +212,9 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
 
     if not uri:
         raise ModelLoadError("no model URI given")
-    path = _download(uri, tracking_uri) if uri.startswith(MLFLOW_SCHEMES) else Path(uri).expanduser()
+    # An alias is resolved once, here: the files and the version the answers name are the same.
+    version = registered_version(uri, tracking_uri) if uri.startswith("models:/") else ""
+    path = _download(version or uri, tracking_uri) if uri.startswith(MLFLOW_SCHEMES) else Path(uri).expanduser()
     if not path.exists():
         raise ModelLoadError(f"model not found: {uri}")
     keras_file, metadata = _local_model_files(path)
@@ -192,20 +237,49 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         str(metadata.get("mlflow_run_id") or ""),
         bool(metadata.get("synthetic")),
         decision_bias,
+        version or (f"models:/{metadata['mlflow_model_id']}" if metadata.get("mlflow_model_id") else uri),
     )
 
 
-def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
-    """Decode and resize images by URI in parallel; (images, error per URI, '' when fine)."""
+def registered_version(uri: str, tracking_uri: str | None) -> str:
+    """``models:/<name>/<version>`` that ``models:/<name>@<alias>`` or ``models:/<name>/<version>``
+    names now; '' for other models:/ URIs (a logged model's id)."""
+    from mlflow.exceptions import MlflowException
 
-    def one(uri: str) -> tuple[np.ndarray | None, str]:
+    from components.core import tracking
+
+    name, at, alias = uri.removeprefix("models:/").partition("@")
+    if not at:
+        name, _, number = name.partition("/")
+        return uri if number.isdigit() else ""
+    try:
+        found = tracking.client(tracking_uri or tracking.resolve_tracking_uri()).get_model_version_by_alias(name, alias)
+    except (MlflowException, OSError) as exc:
+        first_line = (str(getattr(exc, "message", "")) or str(exc) or type(exc).__name__).splitlines()[0]
+        if not _is_missing(exc):
+            raise ModelUnavailable(f"cannot resolve {uri} now: {first_line}") from None
+        raise ModelLoadError(f"cannot load model {uri}: {first_line}") from None
+    return f"models:/{name}/{found.version}"
+
+
+def load_images(
+    sources: list[str | bytes], size: int, mode: str, max_bytes: int | None = None, max_pixels: int = MAX_PIXELS
+) -> tuple[np.ndarray, list[str]]:
+    """Decode and resize images, given by URI or as their bytes, in parallel; (images, error
+    per source, '' when fine). A file over ``max_bytes`` or ``max_pixels`` is refused
+    before it is decoded."""
+
+    def one(source: str | bytes) -> tuple[np.ndarray | None, str]:
         try:
-            return load_for_model(read_bytes(uri), size, mode), ""
+            data = read_bytes(source, max_bytes) if isinstance(source, str) else source
+            if max_bytes is not None and len(data) > max_bytes:
+                raise FileTooLarge(f"image file over {max_bytes} bytes ({len(data)}), refused before decoding")
+            return load_for_model(data, size, mode, max_pixels), ""
         except (ImageError, OSError) as exc:
             return None, str(exc)
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(one, uris))
+        results = list(pool.map(one, sources))
     blank = np.zeros((size, size, 3), np.uint8)
     images = (
         np.stack([image if image is not None else blank for image, _ in results])

@@ -91,21 +91,12 @@ def write_model_info(folder: str | Path, normalized_meta: dict) -> None:
 
 def log_trained_model(model_dir: str | Path, tracking_uri: str, run_id: str) -> str:
     """Log the model in ``model_dir`` (a finished train output folder) to the MLflow run
-    ``run_id``, with its classes, model info and decision offsets in its metadata; returns
-    its model URI."""
-    from components.core import tracking
-    from components.scoring.decisions import saved_decision_bias
+    ``run_id`` as the model that takes images (components.scoring.served_model), with the
+    files keep_model keeps (not the checkpoints a folder may also hold); returns its model URI."""
+    import tempfile
 
-    folder = Path(model_dir)
-    classes = json.loads((folder / filenames.CLASSES).read_text())
-    info = json.loads((folder / filenames.MODEL_INFO).read_text())
-    return tracking.log_model(
-        str(folder / filenames.MODEL),
-        int(info["image_size"]),
-        tracking_uri,
-        run_id,
-        classes,
-        info.get("resize_mode", "pad"),
-        bool(info.get("synthetic")),
-        saved_decision_bias(folder),
-    )
+    from components.scoring.served_model import log_served_model
+
+    with tempfile.TemporaryDirectory(prefix="lesion-model-") as scratch:
+        keep_model(model_dir, Path(scratch, "model"))
+        return log_served_model(Path(scratch, "model"), tracking_uri, run_id)

@@ -230,7 +230,7 @@ def test_every_core_kind_has_a_schema():
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_workloads_run_non_root_read_only_with_resources_and_pinned_images(name):
     templates = pod_templates(name)
-    assert len(templates) == 3, [w for w, _ in templates]  # MLflow, PostgreSQL, TFJob worker
+    assert len(templates) == 4, [w for w, _ in templates]  # MLflow, PostgreSQL, TFJob worker, model server
     for where, spec in templates:
         pod = spec.get("securityContext", {})
         assert pod.get("runAsNonRoot") is True, f"{where}: runAsNonRoot"
@@ -470,6 +470,66 @@ def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(
     worker = one(name, "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]
     gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 1))
     replica_batch_size(train.batch_size, worker["replicas"] * gpus)  # raises if it does not split evenly
+
+
+# ---- the model server ------------------------------------------------------------
+
+
+def serving_container(name: str) -> dict:
+    [container] = one(name, "Deployment", "lesion-serving")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+@pytest.mark.parametrize(
+    "name, config", [("base", "cluster.yaml"), ("overlays/gke", "cluster.yaml"), ("overlays/local", "kind.yaml")]
+)
+def test_the_model_server_serves_the_run_configs_champion(name, config):
+    """`lesionpipe serve` of the alias (resolved when a pod starts, so a restart brings a new
+    champion) of the model the overlay's run config registers, from the CPU steps' image,
+    through the tracking server the run logs to, as its client user."""
+    from pipeline.config import Config
+
+    cfg = Config.load(ROOT / "configs" / config)
+    deployment = one(name, "Deployment", "lesion-serving")
+    container = serving_container(name)
+    assert container["image"].split("/")[-1].startswith("lesion-pipeline:")
+    assert container["command"] == ["lesionpipe", "serve"]
+    args = dict(arg.partition("=")[::2] for arg in container["args"])
+    assert args["--model"] == "$(MODEL_URI)" and args["--host"] == "0.0.0.0"
+    settings = one(name, "ConfigMap", "lesion-serving")["data"]
+    assert env_source(container, "MODEL_URI")["valueFrom"]["configMapKeyRef"] == {
+        "name": "lesion-serving",
+        "key": "model-uri",
+    }
+    assert settings["model-uri"] == f"models:/{cfg.mlflow.model_name}@champion"
+    assert settings["tracking-uri"] == cfg.mlflow.tracking_uri
+    assert env_source(container, "MLFLOW_TRACKING_PASSWORD")["valueFrom"]["secretKeyRef"]["name"] == "mlflow-client"
+    # A rolling restart keeps the old pods answering until the new ones are ready.
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert deployment["spec"]["replicas"] >= 2
+    port = container["ports"][0]
+    assert int(args["--port"]) == port["containerPort"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health", "port": port["name"]}
+    service = one(name, "Service", "lesion-serving")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == port["name"]
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_only_labelled_clients_reach_the_model_server_and_it_reaches_mlflow(name):
+    policy = one(name, "NetworkPolicy", "lesion-serving")["spec"]
+    pod = one(name, "Deployment", "lesion-serving")["spec"]["template"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["ingress"] == [
+        {
+            "from": [{"podSelector": {"matchLabels": {"lesion-pipeline/serving-client": "true"}}}],
+            "ports": [{"protocol": "TCP", "port": serving_container(name)["ports"][0]["containerPort"]}],
+        }
+    ]
+    assert pod["metadata"]["labels"]["lesion-pipeline/mlflow-client"] == "true"
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert one(name, "ServiceAccount", "lesion-serving")["automountServiceAccountToken"] is False
 
 
 # ---- secrets -----------------------------------------------------------------------

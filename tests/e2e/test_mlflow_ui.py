@@ -20,7 +20,7 @@ from components.core.tracking import (
     client,
     ensure_experiment,
     experiment_url,
-    log_model,
+    logged_model_id,
     pipeline_run,
     run_url,
 )
@@ -29,6 +29,7 @@ from components.evaluation.evaluate import evaluate, log_to_mlflow
 from components.evaluation.report_html import PIPELINE_REPORT_TITLE, write_report
 from components.registry.register import register
 from components.training.models import build_model
+from tests.helpers.models import log_keras_model
 from tests.helpers.servers import free_port, running_server
 from tests.helpers.tiny_data import make_tiny_shards, tiny_config
 
@@ -76,7 +77,7 @@ def store(tmp_path_factory) -> dict:
     for epoch in range(2):
         client(uri).log_metric(run_id, "accuracy", 0.5 + epoch / 10, step=epoch)
         client(uri).log_metric(run_id, "loss", 1.0 - epoch / 10, step=epoch)
-    model_uri = log_model(str(root / "model.keras"), 32, uri, run_id, meta["classes"], synthetic=True)
+    model_uri = log_keras_model(str(root / "model.keras"), 32, uri, run_id, meta["classes"], synthetic=True)
     ev = evaluate(root / "model.keras", normalized, cfg.evaluate, root / "evaluation")
     write_report(ev, root / "evaluation", PIPELINE_REPORT_TITLE, synthetic=True)
     log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
@@ -99,6 +100,7 @@ def store(tmp_path_factory) -> dict:
         "gate": gate,
         "metrics": ev.metrics,
         "root": root,
+        "model_id": logged_model_id(uri, run_id),
     }
 
 
@@ -166,6 +168,11 @@ def test_run_description_and_registered_version_carry_the_verdict(store):
     assert version.run_id == store["run_id"]  # the run page lists it under "Registered models"
     assert version.tags["data.synthetic"] == "true"
     assert version.description.startswith("**SYNTHETIC data**") and "@champion" in version.description
+    # The test metrics are the logged model's too: its page lists them.
+    logged = client(store["uri"]).get_logged_model(store["model_id"])
+    assert logged.source_run_id == store["run_id"]
+    by_name = {metric.key: metric.value for metric in logged.metrics}
+    assert by_name["test_balanced_accuracy"] == pytest.approx(store["metrics"]["balanced_accuracy"])
 
 
 def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
@@ -222,8 +229,15 @@ def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
         body = _wait_for_text(driver, [MODEL_NAME, "Version 1", "@", "champion"])
         assert store["gate"]["alias"] == "champion"
         driver.save_screenshot(str(tmp_path / "registered_model.png"))
+
+        driver.get(
+            f"{ui}/#/experiments/{store['experiment_id']}/models/{store['model_id']}?workflowType=machine_learning"
+        )
+        _wait_for_text(driver, ["test_balanced_accuracy", "test_melanoma_auc"])
+        driver.save_screenshot(str(tmp_path / "logged_model.png"))
     finally:
         driver.quit()
-    for name in ("experiment.png", "run.png", "run_description.png", "report_artifact.png", "registered_model.png"):
+    pictures = ("experiment.png", "run.png", "run_description.png", "report_artifact.png", "registered_model.png")
+    for name in (*pictures, "logged_model.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert "champion" in body

@@ -12,12 +12,13 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from components.core.tracking import log_model, pipeline_run
+from components.core.tracking import pipeline_run
 from components.data import tfrecords
 from components.scoring.inference import load_images, load_model
 from components.training.train import train
 from pipeline.cli import main
 from tests.helpers import write_class_folder
+from tests.helpers.models import log_keras_model
 from tests.helpers.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -31,7 +32,7 @@ def logged(tmp_path_factory) -> dict:
     meta = tfrecords.read_meta(normalized)
     store = f"sqlite:///{root / 'mlflow.db'}"
     run_id = pipeline_run(store, "evaluate-cli", "evaluate-cli-run", "kfp-evaluate-cli", cfg.flat_params())
-    uri = log_model(result.model_path, meta["image_size"], store, run_id, meta["classes"])
+    uri = log_keras_model(result.model_path, meta["image_size"], store, run_id, meta["classes"])
     images = write_class_folder(root / "images", per_class=3, size=48, seed=5)
     return {"store": store, "uri": uri, "run_id": run_id, "images": images, "model": Path(result.model_path)}
 
@@ -103,7 +104,7 @@ def test_evaluate_of_a_local_model_file_uses_the_defaults_or_config(logged, tmp_
 def test_an_mlflow_model_trained_on_synthetic_data_is_flagged(logged, tmp_path):
     """The model's MLflow metadata carries the flag (the train step logs it from the data)."""
     run_id = pipeline_run(logged["store"], "evaluate-cli", "synthetic-run", "kfp-synthetic", {})
-    uri = log_model(
+    uri = log_keras_model(
         str(logged["model"]),
         32,
         logged["store"],
@@ -143,7 +144,7 @@ def test_a_models_decision_offsets_travel_with_it_through_mlflow_to_evaluate_and
     forced = classes[1]
     offsets = {c: (30.0 if c == forced else -10.0) for c in classes}  # overrides any probability
     run_id = pipeline_run(logged["store"], "evaluate-cli", "offsets-run", "kfp-offsets", {"evaluate.tta": "True"})
-    uri = log_model(str(logged["model"]), 32, logged["store"], run_id, classes, decision_bias=offsets)
+    uri = log_keras_model(str(logged["model"]), 32, logged["store"], run_id, classes, decision_bias=offsets)
     assert load_model(uri, logged["store"]).decision_bias == [offsets[c] for c in classes]
     assert load_model(logged["uri"], logged["store"]).decision_bias is None
 

@@ -49,9 +49,11 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
         "predicted_class",
         *[f"p_{c}" for c in classes],
         "melanoma_probability",
+        "model_version",
         "error",
         "synthetic_model",
     ]
+    assert {r["model_version"] for r in rows} == {str(model_dir)}  # a local folder: its path
     # Trained on the generated shards: train() says so in model_info.json.
     assert {r["synthetic_model"] for r in rows} == {"True"}
     good = [r for r in rows if not r["error"]]

@@ -13,12 +13,14 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import Config
 from pipeline.local import run_local
 from tests.helpers import write_class_folder
+from tests.helpers.images import jpeg_bytes, lesion
 
 LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 TINY = [
@@ -69,10 +71,10 @@ def check_run(summary: dict, n_classes: int) -> None:
 
     mlflow.set_tracking_uri(summary["tracking_uri"])
     model = mlflow.pyfunc.load_model(summary["model_uri"])
-    assert model.metadata.signature is not None
-    size = model.metadata.get_input_schema().inputs[0].shape[1]
-    probs = np.asarray(model.predict(np.random.default_rng(0).uniform(0, 255, (3, size, size, 3)).astype(np.float32)))
-    assert probs.shape == (3, n_classes)
+    assert model.metadata.get_input_schema().input_names() == ["image", "uri"]  # it takes images
+    answers = model.predict(pd.DataFrame({"image": [jpeg_bytes(lesion(i)) for i in range(3)]}))
+    probs = answers[[c for c in answers.columns if c.startswith("p_")]].to_numpy(dtype=float)
+    assert probs.shape == (3, n_classes) and list(answers["error"]) == [""] * 3
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-4)
 
 

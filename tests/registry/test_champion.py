@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from components.core.settings import EvaluateConfig
-from components.core.tracking import log_model, pipeline_run
+from components.core.tracking import pipeline_run
 from components.data import tfrecords
 from components.evaluation.evaluate import evaluate, load_scored
 from components.registry.champion import (
@@ -32,6 +32,7 @@ from components.scoring.intervals import paired_difference, resampling
 from components.scoring.metrics import Scored, classification_metrics
 from components.training.train import train
 from tests.helpers.fault_proxy import FaultProxy
+from tests.helpers.models import log_keras_model
 from tests.helpers.tiny_data import make_tiny_shards, tiny_config
 
 
@@ -113,7 +114,7 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
         evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}")
         scored = load_scored(root / f"eval-{name}")
         out[name] = {
-            "uri": log_model(result.model_path, 32, mlflow_server, run_id, classes),
+            "uri": log_keras_model(result.model_path, 32, mlflow_server, run_id, classes),
             "scored": scored,
             "metrics": scored.metrics,
             "evaluation": str(root / f"eval-{name}"),
@@ -126,7 +127,7 @@ def _retrained(two_models: dict, which: str, tracking_uri: str) -> dict:
     """The same model logged again, as another run that trained it would: a new model URI."""
     model = two_models[which]
     run_id = pipeline_run(tracking_uri, "registry-test", "again", f"kfp-again-{time.time_ns()}")
-    return {**model, "uri": log_model(model["path"], 32, tracking_uri, run_id, two_models["classes"])}
+    return {**model, "uri": log_keras_model(model["path"], 32, tracking_uri, run_id, two_models["classes"])}
 
 
 def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_server, tmp_path):

@@ -230,9 +230,10 @@ def test_stochastic_depth_drops_whole_residual_branches_per_image_while_training
 
 
 def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server):
-    from components.core.tracking import log_model, pipeline_run
+    from components.core.tracking import pipeline_run
     from components.scoring.inference import load_model
     from components.training.train import train
+    from tests.helpers.models import log_keras_model
 
     cfg = tiny_config(model="efficientnet_lite0", weights="imagenet", epochs=1, batch_size=16, stochastic_depth=0.2)
     normalized = make_tiny_shards(tmp_path / "data", cfg)
@@ -241,7 +242,7 @@ def test_lite_model_trains_logs_to_mlflow_and_loads_back(tmp_path, mlflow_server
     meta = tfrecords.read_meta(normalized)
 
     run_id = pipeline_run(mlflow_server, "lite-test", "lite-test-run", "kfp-lite-test", cfg.flat_params())
-    uri = log_model(result.model_path, meta["image_size"], mlflow_server, run_id, meta["classes"])
+    uri = log_keras_model(result.model_path, meta["image_size"], mlflow_server, run_id, meta["classes"])
     loaded = load_model(uri, mlflow_server)
     assert loaded.classes == meta["classes"] and loaded.image_size == 32
 
