@@ -273,11 +273,13 @@ def log_model(
     resize_mode: str = "pad",
     synthetic: bool = False,
     decision_bias: dict[str, float] | None = None,
+    fitted_on_validation: dict[str, dict] | None = None,
 ) -> str:
     """Log the Keras model to the MLflow run with signature and input example; return its URI.
     Its metadata says whether it was trained on synthetic data, so every later use of it
     (predict, evaluate) can say so, and carries its decision offsets by class
-    (components.scoring.decisions), if it has them."""
+    (components.scoring.decisions), if it has them, and what else was fitted on
+    validation (file name -> content: filenames.FITTED_ON_VALIDATION)."""
     import keras
     import mlflow
     import numpy as np
@@ -298,6 +300,7 @@ def log_model(
                 "resize_mode": resize_mode,
                 "synthetic": synthetic,
                 **({"decision_bias": decision_bias} if decision_bias else {}),
+                **({"fitted_on_validation": fitted_on_validation} if fitted_on_validation else {}),
             },
         )
     return info.model_uri
