@@ -38,16 +38,26 @@ def find_images(paths: list[str]) -> list[str]:
 def predict_files(
     loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64, tta: bool = False
 ) -> list[dict]:
-    """One row per file: path, predicted class, every class's probability, the melanoma
-    probability, the reason when the file could not be read as an image, and whether the
-    model was trained on synthetic data."""
-    probs, errors = loaded.probabilities_of_files(files, batch_size, tta)
+    """One row per file: path, predicted class, every class's (calibrated) probability, the
+    melanoma probability and, where the model stores an operating point, the melanoma flag
+    at it; the uncertainty and, where the model stores a referral threshold, whether to
+    refer the image to a person instead; the reason when the file could not be read as an
+    image, and whether the model was trained on synthetic data."""
+    probs, views, errors = loaded.scores_of_files(files, batch_size, tta)
+    flags = loaded.melanoma_flags(probs)
+    uncertainty = loaded.uncertainty(probs, views if tta else None)
+    refer = loaded.refer_flags(uncertainty)
     rows = []
-    for path, p, error, predicted in zip(files, probs, errors, loaded.predicted_classes(probs)):
+    for i, (path, p, error, predicted) in enumerate(zip(files, probs, errors, loaded.predicted_classes(probs))):
         row: dict = {"path": path, "predicted_class": "" if error else predicted}
         row.update({f"p_{c}": ("" if error else round(float(v), 6)) for c, v in zip(loaded.classes, p)})
         if melanoma_class in loaded.classes:
             row["melanoma_probability"] = "" if error else round(float(p[loaded.classes.index(melanoma_class)]), 6)
+        if flags is not None:
+            row["melanoma_flag"] = "" if error else bool(flags[i])
+        row["uncertainty"] = "" if error else round(float(uncertainty[i]), 6)
+        if refer is not None:
+            row["refer"] = "" if error else bool(refer[i])
         row["error"] = error
         row["synthetic_model"] = loaded.synthetic
         rows.append(row)
@@ -94,11 +104,14 @@ def lesion_rows(
     probs = np.array([[float(r[f"p_{c}"]) for c in loaded.classes] for r in named])
     names, means, images = lesion_means(probs, [lesions[Path(r["path"]).stem] for r in named])
     out = []
-    for name, p, count, predicted in zip(names, means, images, loaded.predicted_classes(means)):
+    flags = loaded.melanoma_flags(means)
+    for i, (name, p, count, predicted) in enumerate(zip(names, means, images, loaded.predicted_classes(means))):
         row: dict = {"lesion": name, "images": int(count), "predicted_class": predicted}
         row.update({f"p_{c}": round(float(v), 6) for c, v in zip(loaded.classes, p)})
         if melanoma_class in loaded.classes:
             row["melanoma_probability"] = round(float(p[loaded.classes.index(melanoma_class)]), 6)
+        if flags is not None:
+            row["melanoma_flag"] = bool(flags[i])
         row["synthetic_model"] = loaded.synthetic
         out.append(row)
     return out, len(readable) - len(named)
