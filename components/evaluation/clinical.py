@@ -53,7 +53,7 @@ def clinical_metrics(
         out["operating_points"] = {
             "melanoma_class": cfg.melanoma_class,
             "flag": loaded.operating_points.get("flag"),
-            "points": operating_points.test_rates(loaded.operating_points, probs[:, melanoma], positive, plan),
+            "points": operating_points.rates_on_test(loaded.operating_points, probs[:, melanoma], positive, plan),
         }
     scores = loaded.uncertainty(probs, view_probs)
     correct = decide(probs, loaded.decision_bias) == y_true

@@ -6,7 +6,7 @@ beside the model (filenames.OPERATING_POINTS) with the one the melanoma flag use
 or above the threshold, whatever class the decision picks: a clinic runs a melanoma
 classifier at a chosen sensitivity, not at the argmax's.
 
-Chosen on validation, the test split then says what they hold (test_rates, with 95 %
+Chosen on validation, the test split then says what they hold (rates_on_test, with 95 %
 intervals by the same bootstrap over lesions as every other metric)."""
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def resampled_rates(plan: Resampling, positive: np.ndarray, flagged: np.ndarray)
     return {k: percentile_interval(np.concatenate(v)) if v else None for k, v in found.items()}
 
 
-def test_rates(saved: dict | None, scores: np.ndarray, positive: np.ndarray, plan: Resampling) -> dict:
+def rates_on_test(saved: dict | None, scores: np.ndarray, positive: np.ndarray, plan: Resampling) -> dict:
     """Per stored point: its target, threshold, validation rates, and the test rates with
     their 95 % intervals (``<rate>_ci``)."""
     out = {}
