@@ -22,8 +22,8 @@ from components.data.sources import read_bytes
 from components.data.sources.base import FileTooLarge, SourceError
 from components.data.sources.local import LocalFolderSource
 from pipeline.cli import main
-from tests.helpers.images import jpeg_bytes, lesion
 from tests.helpers import write_class_folder
+from tests.helpers.images import jpeg_bytes, lesion
 from tests.helpers.sources import csv_source, kaggle_files
 
 
