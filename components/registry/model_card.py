@@ -197,10 +197,10 @@ def card_of_model(model_uri: str, tracking_uri: str, as_json: bool = False) -> s
     from components.core import tracking
     from components.core.errors import UserError
 
-    name = filenames.MODEL_CARD_JSON if as_json else filenames.MODEL_CARD_MD
+    file_name = filenames.MODEL_CARD_JSON if as_json else filenames.MODEL_CARD_MD
     local = Path(model_uri).expanduser()
     if not model_uri.startswith(("models:/", "runs:/")):
-        path = local / name if local.is_dir() else local
+        path = local / file_name if local.is_dir() else local
         if not path.is_file():
             raise UserError(f"no model card at {model_uri}")
         return path.read_text()
@@ -217,7 +217,7 @@ def card_of_model(model_uri: str, tracking_uri: str, as_json: bool = False) -> s
                 version = client.get_model_version(name, number)
             run_id = version.run_id
         path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=f"{MODEL_CARD_ARTIFACTS}/{name}", tracking_uri=tracking_uri
+            run_id=run_id, artifact_path=f"{MODEL_CARD_ARTIFACTS}/{file_name}", tracking_uri=tracking_uri
         )
     except mlflow.exceptions.MlflowException as exc:
         raise UserError(f"no model card for {model_uri}: {exc.message.splitlines()[0]}") from None
