@@ -16,8 +16,10 @@ from components.scoring.lesions import lesion_labels, lesion_means
 ATTRIBUTES = ("sex", "age_band", "body_site", "confirmation")
 AGE_BANDS = ((30, "<30"), (50, "30-49"), (70, "50-69"), (float("inf"), ">=70"))
 UNKNOWN = "unknown"
-# Fewer images than this, or fewer melanomas than MIN_MELANOMAS (for the melanoma
-# figures), and a subgroup is marked small: its interval is too wide to act on.
+# Fewer images than this, or some melanomas but fewer than MIN_MELANOMAS (its melanoma
+# sensitivity then rests on a handful), and a subgroup is marked small: its intervals are
+# too wide to act on. A subgroup with no melanoma has no melanoma sensitivity or AUC at
+# all (HAM10000's follow-up cases), and is small only by its number of images.
 MIN_IMAGES = 30
 MIN_MELANOMAS = 5
 FIGURES = ("balanced_accuracy", "melanoma_auc", "melanoma_sensitivity", "melanoma_specificity")
@@ -61,7 +63,7 @@ def _row(y, probs, predicted, classes, melanoma_class, threshold, ids, unit, res
     melanoma = classes.index(melanoma_class) if melanoma_class in classes else None
     flagged = probs[:, melanoma] >= threshold if melanoma is not None and threshold is not None else None
     melanomas = int((y == melanoma).sum()) if melanoma is not None else 0
-    row = {"n": int(len(y)), "melanomas": melanomas, "small": len(y) < MIN_IMAGES or melanomas < MIN_MELANOMAS}
+    row = {"n": int(len(y)), "melanomas": melanomas, "small": len(y) < MIN_IMAGES or 0 < melanomas < MIN_MELANOMAS}
     point = _figures(np.ones((len(y), 1)), y, probs, predicted, classes, melanoma_class, flagged)
     plan = resampling(ids, len(y), unit or "images", resamples, seed)
     drawn = [_figures(w, y, probs, predicted, classes, melanoma_class, flagged) for w in plan.weights()]

@@ -73,7 +73,10 @@ def performance_metrics(metrics: dict) -> list[dict]:
         for k in ("accuracy", "melanoma_sensitivity"):
             found.append(_metric(k, f.get(k), slice_=f"{coverage} % coverage (referral)"))
     for r in metrics.get("subgroups") or []:
-        where = f"{r['attribute']}={r['value']} ({r['level']}s, n={r['n']}{', small' if r['small'] else ''})"
+        where = (
+            f"{r['attribute']}={r['value']} ({r['level']}s, n={r['n']}, {r['melanomas']} melanomas"
+            f"{', small' if r['small'] else ''})"
+        )
         for k in ("balanced_accuracy", "melanoma_auc", "melanoma_sensitivity", "melanoma_specificity"):
             if r.get(k) is not None:
                 found.append(_metric(k, r[k], r.get(f"{k}_ci"), where))

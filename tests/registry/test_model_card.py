@@ -47,12 +47,12 @@ def test_the_card_holds_every_part_of_the_evaluation():
     assert {("balanced_accuracy", ""), ("balanced_accuracy", "per lesion"), ("ece_after", "calibration")} <= slices
     assert ("melanoma_sensitivity", "target sensitivity 0.95") in slices
     assert ("accuracy", "90 % coverage (referral)") in slices
-    assert ("melanoma_sensitivity", "body_site=back (lesions, n=12, small)") in slices
+    assert ("melanoma_sensitivity", "body_site=back (lesions, n=12, 2 melanomas, small)") in slices
     md = card_markdown(card)
     for part in ("## Intended use", "## Out of scope", "## Training data", "## Champion gate", "## Limitations"):
         assert part in md
     assert "0.700 [0.600, 0.800]" in md and "0.930 [0.880, 0.970]" in md and "skin-tone" in md
-    assert "body_site=back (lesions, n=12, small)" in md
+    assert "body_site=back (lesions, n=12, 2 melanomas, small)" in md
 
 
 def test_register_logs_the_card_with_the_version_and_card_prints_it(tmp_path, mlflow_server):
