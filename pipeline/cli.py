@@ -18,7 +18,7 @@ from components.core.settings import DATA_FORMATS
 from components.core.tracking import resolve_tracking_uri, ui_command
 from pipeline.cli_cluster import compile_, schedule, submit
 from pipeline.cli_config import config
-from pipeline.cli_model import MODEL_URI_HELP, predict, serve, ui
+from pipeline.cli_model import MODEL_URI_HELP, card, predict, serve, ui
 from pipeline.cli_options import (
     DEFAULT_OUTPUT_DIR,
     TRACKING_PRECEDENCE,
@@ -243,7 +243,7 @@ def evaluate(config_path, overrides, model_uri, data, out_path, tracking_uri):
     click.echo(f"report:  {result['report']}")
 
 
-for command in (compile_, submit, schedule, predict, serve, ui, config):
+for command in (compile_, submit, schedule, predict, serve, card, ui, config):
     main.add_command(command)
 
 

@@ -28,8 +28,9 @@ MODEL_URI_HELP = "Model URI: models:/<name>@champion, models:/<name>/<version>, 
     default="predictions.csv",
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="CSV: one row per image, every class's probability, the melanoma probability, errors, and "
-    "synthetic_model (true: trained on synthetic data).",
+    help="CSV: one row per image, every class's (calibrated) probability, the melanoma probability, "
+    "melanoma_flag (at the model's stored operating point), uncertainty, refer (above the model's "
+    "referral threshold, fitted with --tta), errors, and synthetic_model (true: trained on synthetic data).",
 )
 @click.option(
     "--melanoma-class",
@@ -61,6 +62,8 @@ def predict(model_uri, images, out_path, melanoma_class, tta, lesions_csv, track
     loaded = load_model(model_uri, resolve_tracking_uri(tracking_uri))
     if loaded.synthetic:
         click.echo(loaded.synthetic_warning(), err=True)
+    if loaded.refer_threshold is not None and (loaded.referral or {}).get("tta_views") and not tta:
+        click.echo("note: the referral threshold was fitted with 8 flips/turns: use --tta for refer", err=True)
     rows = predict_files(loaded, find_images(list(images)), melanoma_class, tta=tta)
     write_csv(rows, out_path)
     failed = sum(1 for r in rows if r["error"])
@@ -103,6 +106,19 @@ def serve(model_uri, host, port, workers, tracking_uri):
     cmd += ["--host", host, "--port", str(port), "--workers", str(workers)]
     click.echo(f"serving {served} ({model_uri}) on http://{host}:{port}/invocations; Ctrl-C to stop", err=True)
     os.execve(sys.executable, cmd, env)
+
+
+@click.command()
+@click.option("--model", "model_uri", required=True, help=MODEL_URI_HELP + " (or a folder holding model_card.md)")
+@click.option("--json", "as_json", is_flag=True, help="Print the card's JSON instead of its Markdown.")
+@click.option(
+    "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else mlflow.db in the working folder)."
+)
+def card(model_uri, as_json, tracking_uri):
+    """Print the model card of a registered version (Markdown)."""
+    from components.registry.model_card import card_of_model
+
+    click.echo(card_of_model(model_uri, resolve_tracking_uri(tracking_uri), as_json), nl=False)
 
 
 def recorded_store(output_dir: str | Path) -> tuple[str, Path] | None:

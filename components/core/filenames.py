@@ -24,10 +24,22 @@ CLASSES = "classes.json"
 DECISION_BIAS = "decision_bias.json"
 # what a model was trained on, beside it: {"synthetic": true} for the generated demo data
 MODEL_INFO = "model_info.json"
+# fitted on the validation split when training ends, applied by every user of the model
+# (components.scoring.inference.LoadedModel): the temperature (components.scoring.calibration),
+# the melanoma operating points (components.scoring.operating_points), the referral
+# threshold (components.scoring.referral)
+CALIBRATION = "calibration.json"
+OPERATING_POINTS = "operating_points.json"
+REFERRAL = "referral.json"
+FITTED_ON_VALIDATION = (DECISION_BIAS, CALIBRATION, OPERATING_POINTS, REFERRAL)
 # evaluate
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.npz"
 EVALUATION_REPORT = "report.html"
+SUBGROUPS_TABLE = "subgroups.csv"
+# register: the registered version's model card (components.registry.model_card)
+MODEL_CARD_MD = "model_card.md"
+MODEL_CARD_JSON = "model_card.json"
 # register
 GATE = "gate.json"
 # the run

@@ -180,6 +180,19 @@ class TrainConfig(Section):
     # evaluate, predict and the champion gate; the probabilities (and AUCs) stay as they
     # are. Off: plain argmax.
     balance_decisions: bool = False
+    # When training ends, fit on the validation split (8 flips/turns averaged) and save
+    # with the model, for evaluate, predict and the champion gate: one temperature for
+    # the probabilities (components.scoring.calibration), the melanoma operating points
+    # below, and the referral threshold. Off: none of them.
+    calibrate: bool = True
+    # Melanoma thresholds chosen on validation for this sensitivity and this specificity
+    # (components.scoring.operating_points); the melanoma flag of predict uses melanoma_flag's.
+    melanoma_target_sensitivity: float = Field(0.95, gt=0, le=1)
+    melanoma_target_specificity: float = Field(0.90, gt=0, le=1)  # see melanoma_target_sensitivity
+    melanoma_flag: Literal["sensitivity", "specificity"] = "sensitivity"  # see melanoma_target_sensitivity
+    # Fraction of images answered; the rest, the most uncertain on validation, are
+    # flagged "refer" (components.scoring.referral).
+    refer_coverage: float = Field(0.9, gt=0, le=1)
     # Wall-clock budget for training (0: none): no new epoch starts after it is spent.
     max_train_minutes: float = Field(0.0, ge=0)
     # Keep the decoded training images between epochs: in memory when they fit in
@@ -248,6 +261,11 @@ class EvaluateConfig(Section):
     min_balanced_accuracy: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
     min_melanoma_auc: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
     min_macro_auc: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
+    # Floors per subgroup (components.evaluation.subgroups), e.g. {melanoma_sensitivity:
+    # 0.8}: the gate keeps a model a challenger when a subgroup large enough to say
+    # anything is below one, per lesion where the source names lesions. Keys:
+    # balanced_accuracy, melanoma_auc, melanoma_sensitivity, melanoma_specificity. Empty: off.
+    subgroup_floors: dict[str, float] = Field(default_factory=dict)
 
 
 class MlflowConfig(Section):

@@ -5,7 +5,7 @@ format names an image's label and group (lesion or patient)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
@@ -72,6 +72,16 @@ FORMAT_COLUMNS: dict[str, set[str]] = {
 }
 
 
+# The metadata ingest keeps per image (components.evaluation.subgroups reports by them), and
+# each format's column for it; ISIC 2019's are in its metadata CSV (with the lesion ids).
+# A value the source lacks is ''. docs/data.md lists them per format.
+METADATA_COLUMNS = ("sex", "age", "body_site", "confirmation")
+SOURCE_METADATA: dict[str, dict[str, str]] = {
+    "ham10000": {"sex": "sex", "age": "age", "body_site": "localization", "confirmation": "dx_type"},
+    "isic2019": {"sex": "sex", "age": "age_approx", "body_site": "anatom_site_general"},
+    "siim2020": {"sex": "sex", "age": "age_approx", "body_site": "anatom_site_general_challenge"},
+}
+
 # What a label file's group id names, plural: evaluation resamples these, and scores
 # lesions as well as images where they are lesions.
 GROUP_UNITS = {"ham10000": "lesions", "isic2019": "lesions", "siim2020": "patients"}
@@ -87,6 +97,8 @@ class LabelTable:
     group_ids: dict[str, str]
     # Other CSVs that were read for group ids (ISIC 2019 metadata with lesion_id).
     metadata_files: tuple[str, ...] = ()
+    # image id -> {metadata column: value} (METADATA_COLUMNS), for the images the source describes
+    metadata: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
 def csv_format(columns: list[str]) -> str | None:
@@ -141,10 +153,23 @@ def label_table(fmt: str, csvs: dict[str, pd.DataFrame]) -> LabelTable:
     source_labels = {i: label for i, label in zip(ids, labels) if i}
     group_ids = {i: g for i, g in zip(ids, groups) if i and g}
     metadata_files: list[str] = []
+    metadata = _metadata(ids, frame, fmt)
     if fmt == "isic2019":
-        # ISIC_2019_Training_Metadata.csv carries the lesion ids the ground truth lacks.
+        # ISIC_2019_Training_Metadata.csv carries the lesion ids (and the patients' sex,
+        # age and body site) the ground truth lacks.
         for other, meta in csvs.items():
             if other != path and {"image", "lesion_id"} <= set(meta.columns):
                 metadata_files.append(other)
-                group_ids.update({i: g for i, g in zip(_texts(meta["image"]), _texts(meta["lesion_id"])) if i and g})
-    return LabelTable(fmt, path, source_labels, group_ids, tuple(metadata_files))
+                meta_ids = _texts(meta["image"])
+                group_ids.update({i: g for i, g in zip(meta_ids, _texts(meta["lesion_id"])) if i and g})
+                metadata.update(_metadata(meta_ids, meta, fmt))
+    return LabelTable(fmt, path, source_labels, group_ids, tuple(metadata_files), metadata)
+
+
+def _metadata(ids: list[str], frame: pd.DataFrame, fmt: str) -> dict[str, dict[str, str]]:
+    """image id -> the METADATA_COLUMNS ``frame`` has (SOURCE_METADATA), for ids with any."""
+    present = {ours: _texts(frame[theirs]) for ours, theirs in SOURCE_METADATA[fmt].items() if theirs in frame}
+    if not present:
+        return {}
+    rows = ({ours: values[n] for ours, values in present.items() if values[n]} for n in range(len(ids)))
+    return {i: row for i, row in zip(ids, rows) if i and row}

@@ -69,6 +69,16 @@ def _read_splits(splits_dir: str | Path) -> pd.DataFrame:
     return pd.read_parquet(Path(splits_dir) / filenames.SPLITS)
 
 
+def test_metadata(test: pd.DataFrame) -> dict[str, dict[str, str]]:
+    """URI -> the source's metadata of each image that has any (splits written before
+    ingest kept metadata have none)."""
+    from components.data.labels import METADATA_COLUMNS
+
+    columns = [c for c in METADATA_COLUMNS if c in test.columns]
+    values = test[columns].fillna("").astype(str).to_dict("records")
+    return {u: {k: v for k, v in row.items() if v} for u, row in zip(test.uri, values) if any(row.values())}
+
+
 def shard_name(subset: str, index: int, count: int) -> str:
     return f"{subset}-{index:05d}-of-{count:05d}.tfrecord"
 
@@ -159,6 +169,7 @@ def gather_shards(
                 shutil.copyfile(shard, out / shard.name)
     test = _read_splits(splits_dir).query("subset == 'test'")
     tfrecords.write_test_groups(out, group_unit, {u: g for u, g in zip(test.uri, test.group_id.fillna("")) if g})
+    tfrecords.write_test_metadata(out, test_metadata(test))
     meta = dataset_meta(splits_dir, cfg, stats, synthetic)
     tfrecords.write_meta(out, meta)
     return meta

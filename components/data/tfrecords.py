@@ -18,6 +18,8 @@ META_FILE = "dataset.json"
 # The test split's group ids (lesion or patient) by URI, for the bootstrap of the test
 # metrics (components.scoring.intervals); absent from folders made before it existed.
 TEST_GROUPS_FILE = "test_groups.json"
+# The test images' source metadata (components.data.labels.METADATA_COLUMNS), by URI.
+TEST_METADATA_FILE = "test_metadata.json"
 
 
 def _tf():
@@ -87,6 +89,22 @@ def read_test_groups(folder: str | Path, uris: list[str]) -> tuple[list[str] | N
         return None, ""
     saved = json.loads(path.read_text())
     return [saved["groups"].get(u, "") for u in uris], saved["unit"]
+
+
+def write_test_metadata(folder: str | Path, metadata: dict[str, dict[str, str]]) -> None:
+    """``metadata``: URI -> {column: value} of each test image the source describes."""
+    from components.core import atomic
+
+    atomic.write_text(Path(folder) / TEST_METADATA_FILE, json.dumps(metadata))
+
+
+def read_test_metadata(folder: str | Path, uris: list[str]) -> list[dict[str, str]] | None:
+    """The metadata of each of ``uris`` ({} for none), or None when the folder has none."""
+    path = Path(folder) / TEST_METADATA_FILE
+    if not path.is_file():
+        return None
+    saved = json.loads(path.read_text())
+    return [saved.get(u, {}) for u in uris] if saved else None
 
 
 def parse_fn(image_size: int):

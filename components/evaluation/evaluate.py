@@ -15,15 +15,19 @@ from kfp import dsl
 from components.core import filenames
 from components.core.settings import DataConfig, EvaluateConfig
 from components.data import tfrecords
+from components.evaluation.clinical import clinical_headline
 from components.evaluation.gradcam import gradcam
 from components.evaluation.plots import (
     plot_confusion_matrices,
     plot_image_grid,
     plot_reliability,
+    plot_risk_coverage,
     plot_roc_curves,
     worst_misclassified,
 )
 from components.evaluation.report_html import HEADLINE, PICTURES_FILE, write_report
+from components.evaluation.subgroups import subgroup_table
+from components.scoring.calibration import apply_temperature
 from components.scoring.decisions import decide
 from components.scoring.intervals import intervals, resampling
 from components.scoring.lesions import lesion_labels, lesion_means
@@ -59,8 +63,13 @@ def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: Eva
         plot_roc_curves(ev.y_true, ev.probs, classes, m, out / "roc_curves.png")
         ev.pictures.append(("ROC curves", "roc_curves.png"))
     if m["ece"] is not None:
-        plot_reliability(ev.y_true, ev.probs, m["ece"], out / "reliability.png")
-        ev.pictures.append(("Reliability diagram", "reliability.png"))
+        temperature = m.get("calibration", {}).get("temperature", 1.0)
+        before = apply_temperature(ev.probs, 1.0 / temperature) if temperature != 1.0 else None
+        plot_reliability(ev.y_true, ev.probs, m["ece"], out / "reliability.png", before)
+        ev.pictures.append((f"Reliability diagram (temperature {temperature:.2f})", "reliability.png"))
+    if m.get("referral", {}).get("curve"):
+        plot_risk_coverage(m["referral"]["curve"], out / "risk_coverage.png")
+        ev.pictures.append(("Risk-coverage curve", "risk_coverage.png"))
     predicted = ev.predicted
     worst = worst_misclassified(ev.y_true, ev.probs, cfg.worst_images, predicted)
     mel = classes.index(cfg.melanoma_class) if cfg.melanoma_class in classes else None
@@ -120,34 +129,39 @@ def metrics_with_intervals(
 
 
 def evaluate_predictions(
-    model,
-    classes: list[str],
+    loaded,
     y_true: np.ndarray,
     probs: np.ndarray,
     images_at,
     cfg: EvaluateConfig,
     output_dir: str | Path,
     synthetic: bool = False,
-    model_synthetic: bool = False,
-    decision_bias: list[float] | None = None,
     groups: list[str] | None = None,
     unit: str = "",
+    view_probs: np.ndarray | None = None,
+    metadata: list[dict[str, str]] | None = None,
 ) -> Evaluation:
-    """Metrics and pictures of ``model``'s probabilities ``probs`` (with ``cfg.tta`` if
-    made so) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
+    """Metrics and pictures of a loaded model's (components.scoring.inference.LoadedModel)
+    calibrated probabilities ``probs`` (with ``cfg.tta`` if made so; ``view_probs``: each
+    view's) on labelled images, whose uint8 pixels ``images_at(indices)`` gives for the
     pictures as {position: image} (see make_pictures); writes metrics.json,
     predictions.npz and the PNGs to ``output_dir``. ``synthetic``: the images are;
-    ``model_synthetic``: the model was trained on synthetic images; ``decision_bias``: the
-    model's offsets of its decision (components.scoring.decisions); ``groups``, ``unit``:
-    what the intervals resample (see metrics_with_intervals)."""
+    ``groups``, ``unit``: what the intervals resample (see metrics_with_intervals);
+    ``metadata``: each image's source metadata, for the subgroups (components.evaluation.clinical)."""
+    from components.evaluation.clinical import clinical_metrics
+
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    classes, decision_bias = loaded.classes, loaded.decision_bias
     metrics = metrics_with_intervals(y_true, probs, classes, cfg, decision_bias, groups, unit)
-    metrics.update(tta=cfg.tta, synthetic=synthetic, model_synthetic=model_synthetic)
+    metrics.update(tta=cfg.tta, synthetic=synthetic, model_synthetic=loaded.synthetic)
+    metrics.update(clinical_metrics(loaded, y_true, probs, view_probs, cfg, groups, unit, metadata))
     ev = Evaluation(metrics, np.asarray(y_true, dtype=int), probs, decision_bias=decision_bias)
     (out / filenames.METRICS).write_text(json.dumps(metrics, indent=2))
     np.savez_compressed(out / filenames.PREDICTIONS, y_true=ev.y_true, probs=probs)
-    make_pictures(model, images_at, ev, classes, cfg, out)
+    if metrics.get("subgroups"):
+        (out / filenames.SUBGROUPS_TABLE).write_text(subgroup_table(metrics["subgroups"]))
+    make_pictures(loaded.model, images_at, ev, classes, cfg, out)
     (out / PICTURES_FILE).write_text(json.dumps(ev.pictures))
     return ev
 
@@ -155,34 +169,31 @@ def evaluate_predictions(
 def evaluate(
     model_path: str | Path, normalized_dir: str | Path, cfg: EvaluateConfig, output_dir: str | Path
 ) -> Evaluation:
-    """The pipeline's evaluation: the model on the normalized test split, streamed from
+    """The pipeline's evaluation: the model (with what was fitted with it on validation:
+    components.scoring.inference.load_model) on the normalized test split, streamed from
     its shards in batches (labels and probabilities are what it holds of the split)."""
-    import keras
+    from components.scoring.inference import load_model
 
-    from components.scoring.decisions import in_class_order, saved_decision_bias
-    from components.scoring.inference import predict_probabilities
-
-    model = keras.models.load_model(model_path, compile=False)
+    loaded = load_model(str(model_path))
     meta = tfrecords.read_meta(normalized_dir)
-    decision_bias = in_class_order(saved_decision_bias(Path(model_path).parent), meta["classes"])
+    if loaded.classes != meta["classes"]:
+        loaded.classes = list(meta["classes"])  # a bare .keras file names no classes
     paths, size = tfrecords.shard_paths(normalized_dir, "test"), meta["image_size"]
     labels, uris = tfrecords.read_labels(paths)
     groups, unit = tfrecords.read_test_groups(normalized_dir, uris)
-    probs = predict_probabilities(model, tfrecords.image_dataset(paths, size, len(labels)), cfg.batch_size, cfg.tta)
-    synthetic = bool(meta.get("synthetic", False))  # the model was trained on the same data
+    probs, views = loaded.predict_with_views(tfrecords.image_dataset(paths, size, len(labels)), cfg.batch_size, cfg.tta)
     return evaluate_predictions(
-        model,
-        meta["classes"],
+        loaded,
         labels,
         probs,
         lambda indices: dict(tfrecords.images_at(paths, size, indices)),
         cfg,
         output_dir,
-        synthetic,
-        synthetic,
-        decision_bias,
+        bool(meta.get("synthetic", False)),  # the model was trained on the same data
         groups,
         unit,
+        views,
+        tfrecords.read_test_metadata(normalized_dir, uris),
     )
 
 
@@ -211,7 +222,7 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     if known.empty:
         raise UserError(f"no image of {source_uri} has a class the model knows ({', '.join(loaded.classes)})")
     uris = known.uri.tolist()
-    probs, errors = loaded.probabilities_of_files(uris, cfg.batch_size, cfg.tta)
+    probs, views, errors = loaded.scores_of_files(uris, cfg.batch_size, cfg.tta)
     if any(errors):
         raise UserError(f"unreadable image: {next(e for e in errors if e)}")
     labels = known.label.map({c: i for i, c in enumerate(loaded.classes)}).to_numpy()
@@ -222,18 +233,17 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
         return dict(zip(indices, load_images([uris[i] for i in indices], loaded.image_size, loaded.resize_mode)[0]))
 
     ev = evaluate_predictions(
-        loaded.model,
-        loaded.classes,
+        loaded,
         labels,
         probs,
         images_at,
         cfg,
         folder,
         synthetic=source_uri == "",
-        model_synthetic=loaded.synthetic,
-        decision_bias=loaded.decision_bias,
         groups=known.group_id.fillna("").tolist(),
         unit=GROUP_UNITS.get(ingested.report["format"], "groups"),
+        view_probs=views,
+        metadata=source_metadata(known),
     )
     ev.metrics["model_uri"] = loaded.uri
     ev.metrics["data"] = source_uri
@@ -248,11 +258,21 @@ def evaluate_source(loaded, source_uri: str, data: DataConfig, cfg: EvaluateConf
     }
 
 
+def source_metadata(manifest) -> list[dict[str, str]]:
+    """Each manifest row's source metadata (components.data.labels.METADATA_COLUMNS it has)."""
+    from components.data.labels import METADATA_COLUMNS
+
+    columns = [c for c in METADATA_COLUMNS if c in manifest.columns]
+    rows = manifest[columns].fillna("").astype(str).to_dict("records")
+    return [{k: v for k, v in row.items() if v} for row in rows]
+
+
 def headline_metrics(metrics: dict) -> dict[str, float]:
     """Flat name -> value for MLflow and KFP Metrics (undefined values left out): each
     metric, its interval as ``<name>_ci_low`` and ``<name>_ci_high``, and the per-lesion
     ones prefixed ``lesion_``."""
     flat = {k: metrics[k] for k in HEADLINE if metrics.get(k) is not None}
+    flat.update(clinical_headline(metrics))
     flat.update({f"recall_{c}": r for c, r in metrics["per_class_recall"].items()})
     flat.update({f"auc_{c}": v["auc"] for c, v in metrics["per_class"].items() if v["auc"] is not None})
     for name, (low, high) in metrics.get("intervals", {}).get("values", {}).items():

@@ -71,10 +71,17 @@ def plot_roc_curves(y_true: np.ndarray, probs: np.ndarray, classes: list[str], m
     plt.close(fig)
 
 
-def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float, path: Path) -> None:
+def plot_reliability(
+    y_true: np.ndarray, probs: np.ndarray, ece: float, path: Path, before: np.ndarray | None = None
+) -> None:
+    """Accuracy per confidence bin; with ``before`` (the probabilities before temperature
+    scaling) its bins as a line beside the bars."""
     plt = _pyplot()
     bins = reliability_bins(y_true, probs)
     fig, ax = plt.subplots(figsize=(6, 6))
+    if before is not None:
+        raw = [b for b in reliability_bins(y_true, before) if b["count"]]
+        ax.plot([b["confidence"] for b in raw], [b["accuracy"] for b in raw], "ko-", label="before temperature")
     centres = [(b["low"] + b["high"]) / 2 for b in bins]
     ax.bar(centres, [b["accuracy"] or 0 for b in bins], width=0.09, edgecolor="k", label="accuracy in bin")
     ax.plot([0, 1], [0, 1], "r--", label="perfect calibration")
@@ -85,6 +92,21 @@ def plot_reliability(y_true: np.ndarray, probs: np.ndarray, ece: float, path: Pa
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability diagram (ECE {ece:.3f}); numbers: images per bin")
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_risk_coverage(curve: list[dict], path: Path) -> None:
+    """Accuracy of the images kept against the fraction kept, most certain first."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p["coverage"] for p in curve], [p["accuracy"] for p in curve], "b-")
+    for coverage in (0.8, 0.9):
+        ax.axvline(coverage, color="grey", linestyle=":")
+    ax.set_xlabel("coverage (fraction of test images answered, least uncertain first)")
+    ax.set_ylabel("accuracy of the answered images")
+    ax.set_title("Risk-coverage: the rest are referred")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

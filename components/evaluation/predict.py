@@ -40,12 +40,14 @@ def predict_files(
     loaded: LoadedModel, files: list[str], melanoma_class: str = "melanoma", batch_size: int = 64, tta: bool = False
 ) -> list[dict]:
     """One row per file: its path, the model's answer about it (components.scoring.answers:
-    the same as the served model's, probabilities rounded to 6 decimals; '' where the file
-    could not be read as an image, with the reason in the error column), and whether the
-    model was trained on synthetic data."""
-    probs, errors = loaded.probabilities_of_files(files, batch_size, tta)
+    the same as the served model's: (calibrated) probabilities rounded to 6 decimals, the
+    melanoma flag and the refer flag where the model stores an operating point and a
+    referral threshold; '' where the file could not be read as an image, with the reason in
+    the error column), and whether the model was trained on synthetic data."""
+    probs, views, errors = loaded.scores_of_files(files, batch_size, tta)
     rows = []
-    for path, answer in zip(files, image_answers(loaded, probs, errors, melanoma_class)):
+    answers = image_answers(loaded, probs, errors, melanoma_class, views if tta else None)
+    for path, answer in zip(files, answers):
         row: dict = {"path": path}
         row.update({k: "" if v is None else round(v, 6) if isinstance(v, float) else v for k, v in answer.items()})
         row["synthetic_model"] = loaded.synthetic
@@ -93,11 +95,14 @@ def lesion_rows(
     probs = np.array([[float(r[f"p_{c}"]) for c in loaded.classes] for r in named])
     names, means, images = lesion_means(probs, [lesions[Path(r["path"]).stem] for r in named])
     out = []
-    for name, p, count, predicted in zip(names, means, images, loaded.predicted_classes(means)):
+    flags = loaded.melanoma_flags(means)
+    for i, (name, p, count, predicted) in enumerate(zip(names, means, images, loaded.predicted_classes(means))):
         row: dict = {"lesion": name, "images": int(count), "predicted_class": predicted}
         row.update({f"p_{c}": round(float(v), 6) for c, v in zip(loaded.classes, p)})
         if melanoma_class in loaded.classes:
             row["melanoma_probability"] = round(float(p[loaded.classes.index(melanoma_class)]), 6)
+        if flags is not None:
+            row["melanoma_flag"] = bool(flags[i])
         row["synthetic_model"] = loaded.synthetic
         out.append(row)
     return out, len(readable) - len(named)

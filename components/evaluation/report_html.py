@@ -100,6 +100,82 @@ def _per_lesion_section(metrics: dict) -> str:
     )
 
 
+def _ci(values: list[float] | None) -> str:
+    return f"[{values[0]:.3f}, {values[1]:.3f}]" if values else ""
+
+
+def _clinical_sections(metrics: dict) -> str:
+    """Calibration, operating points, referral and subgroups (components.evaluation.clinical)."""
+    out = ""
+    cal = metrics.get("calibration")
+    if cal:
+        out += (
+            f"<h2>Calibration (temperature {cal['temperature']:.3f}, fitted on validation)</h2><table>"
+            "<tr><th></th><th>ECE</th><th>Brier score</th></tr>"
+            + "".join(
+                f"<tr><td>{when} temperature</td><td>{_fmt(cal['ece_' + when])}</td>"
+                f"<td>{_fmt(cal['brier_' + when])}</td></tr>"
+                for when in ("before", "after")
+            )
+            + "</table>"
+        )
+    points = metrics.get("operating_points")
+    if points:
+        rows = "".join(
+            f"<tr><td>{'<b>flag</b> ' if name == points['flag'] else ''}target {name} {p['target']:.2f}</td>"
+            f"<td>{p['threshold']:.4f}</td>"
+            + "".join(
+                f"<td>{_fmt(p['test'][r])} {_ci(p['test'].get(r + '_ci'))}</td>" for r in ("sensitivity", "specificity")
+            )
+            + "</tr>"
+            for name, p in points["points"].items()
+        )
+        out += (
+            f"<h2>Melanoma operating points (chosen on validation)</h2><table><tr><th>point</th>"
+            f"<th>threshold on p({html.escape(points['melanoma_class'])})</th><th>test sensitivity [95 %]</th>"
+            f"<th>test specificity [95 %]</th></tr>{rows}</table>"
+        )
+    ref = metrics.get("referral")
+    if ref and ref.get("at"):
+        rows = "".join(
+            f"<tr><td>{c} %</td><td>{f['kept']}</td><td>{_fmt(f['accuracy'])}</td>"
+            f"<td>{_fmt(f.get('melanoma_sensitivity'))}</td><td>{f.get('melanomas_referred', '')}</td></tr>"
+            for c, f in ref["at"].items()
+        )
+        fitted = (
+            f"<p>predict refers images with uncertainty above {ref['threshold']:.4f} (fitted on validation for "
+            f"{ref['coverage_fitted']:.0%} coverage; {_fmt(ref['coverage_on_test'])} of test images kept).</p>"
+            if ref.get("threshold") is not None
+            else ""
+        )
+        out += (
+            "<h2>Referral (the most uncertain images referred)</h2><table><tr><th>coverage</th><th>kept</th>"
+            f"<th>accuracy</th><th>melanoma sensitivity (flag)</th><th>melanomas referred</th></tr>{rows}</table>"
+            + fitted
+        )
+    return out + _subgroup_section(metrics.get("subgroups"))
+
+
+def _subgroup_section(rows: list[dict] | None) -> str:
+    if not rows:
+        return ""
+    names = ("balanced_accuracy", "melanoma_auc", "melanoma_sensitivity", "melanoma_specificity")
+    body = "".join(
+        f"<tr{' class=small' if r['small'] else ''}><td>{html.escape(r['attribute'])}</td>"
+        f"<td>{html.escape(r['value'])}</td><td>{r['level']}</td><td>{r['n']}</td><td>{r['melanomas']}</td>"
+        + "".join(f"<td>{_fmt(r.get(n))} {_ci(r.get(n + '_ci'))}</td>" for n in names)
+        + f"<td>{'small' if r['small'] else ''}</td></tr>"
+        for r in rows
+    )
+    return (
+        "<h2>Subgroups</h2><p>Per subgroup of the test split, 95 % intervals by bootstrap within it; sensitivity "
+        "and specificity of the melanoma flag at the stored operating point. <i>small</i>: too few images or "
+        "melanomas to act on (shown, not hidden).</p><table><tr><th>attribute</th><th>value</th><th>level</th>"
+        "<th>n</th><th>melanomas</th><th>balanced accuracy</th><th>melanoma AUC</th><th>melanoma sensitivity</th>"
+        f"<th>melanoma specificity</th><th></th></tr>{body}</table>"
+    )
+
+
 def render_report(
     metrics: dict, pictures: list[tuple[str, str]], folder: Path, title: str, synthetic: bool, gate: dict | None = None
 ) -> str:
@@ -131,10 +207,11 @@ def render_report(
         "<style>body{font-family:sans-serif;max-width:1200px}td,th{border:1px solid #ccc;padding:2px 6px}"
         "table{border-collapse:collapse}.warn{color:#b00;font-weight:bold}.banner{border:3px solid #b00;padding:8px;"
         "font-size:1.4em}.champion{color:#070}"
-        ".challenger{color:#b60}img{max-width:100%}</style></head><body>"
+        ".challenger{color:#b60}.small{color:#888}img{max-width:100%}</style></head><body>"
         f"<h1>{html.escape(title)} ({metrics['n']} images{tta})</h1>{warning}{_gate_section(gate)}"
         f"<h2>Metrics</h2>{_headline_table(metrics)}{decision}"
-        f"<h2>Per class</h2>{_per_class_table(metrics)}{_per_lesion_section(metrics)}{images}</body></html>"
+        f"<h2>Per class</h2>{_per_class_table(metrics)}{_per_lesion_section(metrics)}{_clinical_sections(metrics)}"
+        f"{images}</body></html>"
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from components.core.settings import EvaluateConfig
+from components.evaluation.subgroups import floor_failures
 from components.scoring.intervals import Difference
 
 CHAMPION = "champion"
@@ -59,7 +60,7 @@ def decide(
         f"{k} {_fmt(new.get(k))} < minimum {floor:.3f}"
         for k, floor in floors.items()
         if new.get(k) is None or new[k] < floor
-    ]
+    ] + floor_failures(new.get("subgroups") or [], cfg.subgroup_floors)
     if failures:
         return GateDecision(CHALLENGER, "below the absolute thresholds: " + "; ".join(failures), comparison)
     if champion_problem:

@@ -34,6 +34,7 @@ def register(
     from components.evaluation.evaluate import load_scored
     from components.evaluation.report_html import report_with_gate
     from components.registry import champion
+    from components.registry.model_card import publish_card
 
     new = load_scored(evaluation_dir)
     new_metrics = new.metrics
@@ -46,6 +47,11 @@ def register(
         mlflow_run_id,
         run_descriptions.trained_description(new_metrics, gate, synthetic, kfp_url, local_run_dir),
     )
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    card_line = publish_card(
+        tracking_uri, mlflow_run_id, model_name, gate, new_metrics, normalized_dir, data_fingerprint, out
+    )
     tracking.client(tracking_uri).update_model_version(
         model_name,
         gate["version"],
@@ -53,10 +59,9 @@ def register(
             run_descriptions.model_version_description(
                 gate, new_metrics, synthetic, tracking.run_url(tracking_uri, mlflow_run_id)
             )
+            + f"\n{card_line}\n"
         ),
     )
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     (out / filenames.GATE).write_text(json.dumps(gate, indent=2))
     report = report_with_gate(evaluation_dir, gate, out / filenames.EVALUATION_REPORT)
     log_gate(tracking_uri, mlflow_run_id, gate)

@@ -18,7 +18,10 @@ from components.core.errors import UserError
 from components.data.imaging import MAX_PIXELS, ImageError, load_for_model
 from components.data.sources import read_bytes
 from components.data.sources.base import FileTooLarge
+from components.scoring.calibration import apply_temperature
 from components.scoring.decisions import decide, in_class_order, saved_decision_bias
+from components.scoring.operating_points import flag_threshold
+from components.scoring.referral import uncertainty as uncertainty_score
 
 # The class whose probability and operating point a model's answers single out.
 MELANOMA = "melanoma"
@@ -55,11 +58,17 @@ class LoadedModel:
     # Which model this is, as its answers name it: models:/<name>/<version> when loaded from
     # the registry, else the MLflow model id (models:/m-...) when known, else the URI.
     version: str = ""
-    # Calibration, the melanoma operating point and the referral threshold fitted at
-    # training (1.0 and None: the model has none).
+    # Fitted on validation when training ended (filenames.FITTED_ON_VALIDATION): the
+    # temperature of its probabilities (components.scoring.calibration), the threshold on
+    # the melanoma probability of the melanoma flag (components.scoring.operating_points;
+    # operating_points holds both points), the uncertainty above which an image is
+    # referred (components.scoring.referral).
     temperature: float = 1.0
+    melanoma_class: str = "melanoma"
     melanoma_threshold: float | None = None
     refer_threshold: float | None = None
+    operating_points: dict | None = None
+    referral: dict | None = None
 
     def synthetic_warning(self) -> str:
         """The line every command that uses a synthetic model shows ('' otherwise)."""
@@ -71,27 +80,34 @@ class LoadedModel:
         )
 
     def predict(self, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-        """Class probabilities of images in [0, 255] (see predict_probabilities)."""
-        return predict_probabilities(self.model, images, batch_size, tta)
+        """Calibrated class probabilities of images in [0, 255] (see predict_views)."""
+        return self.predict_with_views(images, batch_size, tta)[0]
+
+    def predict_with_views(self, images, batch_size: int = 64, tta: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated probabilities, each view's calibrated probabilities: images x views x classes)."""
+        views = predict_views(self.model, images, batch_size, tta)
+        return apply_temperature(views.mean(axis=1), self.temperature), apply_temperature(views, self.temperature)
 
     def predicted_classes(self, probs: np.ndarray) -> list[str]:
         """The class each row of ``probs`` (this model's) is predicted to be."""
         return [self.classes[i] for i in decide(probs, self.decision_bias)]
 
     def melanoma_flags(self, probs: np.ndarray) -> np.ndarray | None:
-        """Whether each row's melanoma probability reaches the model's operating point
-        (None: the model has none)."""
-        if self.melanoma_threshold is None or MELANOMA not in self.classes:
+        """Per row of ``probs``: melanoma probability at or above the stored operating
+        point's threshold (None: the model has none)."""
+        if self.melanoma_threshold is None or self.melanoma_class not in self.classes:
             return None
-        return probs[:, self.classes.index(MELANOMA)] >= self.melanoma_threshold
+        return np.asarray(probs)[:, self.classes.index(self.melanoma_class)] >= self.melanoma_threshold
 
     def uncertainty(self, probs: np.ndarray, view_probs: np.ndarray | None = None) -> np.ndarray:
-        """How unsure the model is of each row: 1 - its highest class probability."""
-        return 1.0 - probs.max(axis=1)
+        """Per image: components.scoring.referral.uncertainty."""
+        return uncertainty_score(probs, view_probs)
 
     def refer_flags(self, uncertainty: np.ndarray) -> np.ndarray | None:
-        """Whether each row is unsure enough to refer to a person (None: the model has no threshold)."""
-        return None if self.refer_threshold is None else uncertainty >= self.refer_threshold
+        """Per image: uncertainty above the stored referral threshold (None: none stored)."""
+        if self.refer_threshold is None:
+            return None
+        return np.asarray(uncertainty) > self.refer_threshold
 
     def probabilities_of_files(
         self,
@@ -101,20 +117,37 @@ class LoadedModel:
         max_bytes: int | None = None,
         max_pixels: int = MAX_PIXELS,
     ) -> tuple[np.ndarray, list[str]]:
-        """(class probabilities, error per source, '' when fine) of image files, given by
-        URI or as their bytes, read with the model's preprocessing ``FILE_CHUNK_BATCHES``
+        """(calibrated class probabilities, error per source, '' when fine) of image files,
+        given by URI or as their bytes (see scores_of_files)."""
+        probs, _, errors = self.scores_of_files(sources, batch_size, tta, max_bytes, max_pixels)
+        return probs, errors
+
+    def scores_of_files(
+        self,
+        sources: list[str | bytes],
+        batch_size: int = 64,
+        tta: bool = False,
+        max_bytes: int | None = None,
+        max_pixels: int = MAX_PIXELS,
+    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """(calibrated class probabilities, the views' probabilities, error per source, ''
+        when fine) of image files, given by URI or as their bytes, read with the model's
+        preprocessing ``FILE_CHUNK_BATCHES``
         batches at a time: memory bounded by the batch size, not by the number of files.
         An unreadable file is scored as a blank image; its error says so."""
         chunk = FILE_CHUNK_BATCHES * batch_size
-        probs = [np.zeros((0, int(self.model.output_shape[-1])))]
+        k = int(self.model.output_shape[-1])
+        probs, views = [np.zeros((0, k))], [np.zeros((0, 8 if tta else 1, k))]
         errors: list[str] = []
         for start in range(0, len(sources), chunk):
             images, chunk_errors = load_images(
                 sources[start : start + chunk], self.image_size, self.resize_mode, max_bytes, max_pixels
             )
-            probs.append(self.predict(images, batch_size, tta))
+            chunk_probs, chunk_views = self.predict_with_views(images, batch_size, tta)
+            probs.append(chunk_probs)
+            views.append(chunk_views)
             errors += chunk_errors
-        return np.concatenate(probs), errors
+        return np.concatenate(probs), np.concatenate(views), errors
 
 
 # Image files LoadedModel.probabilities_of_files holds at once, in batches: a whole number of
@@ -123,16 +156,22 @@ FILE_CHUNK_BATCHES = 16
 
 
 def predict_probabilities(model, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
-    """Class probabilities of images in [0, 255], shape (size, size, 3) each: an array of
-    them, or a tf.data.Dataset of single images of known length (a split streamed from
-    its shards, components.data.tfrecords.image_dataset), in batches of ``batch_size``, in order.
-    With ``tta`` averaged over the 8 flips and 90-degree turns of each image (a lesion
-    has no up or left), made on the fly in the same pass."""
+    """Class probabilities of images in [0, 255] (see predict_views), averaged over the
+    views when ``tta``."""
+    return predict_views(model, images, batch_size, tta).mean(axis=1)
+
+
+def predict_views(model, images, batch_size: int = 64, tta: bool = False) -> np.ndarray:
+    """Class probabilities, (images, views, classes), of images in [0, 255], shape (size,
+    size, 3) each: an array of them, or a tf.data.Dataset of single images of known length
+    (a split streamed from its shards, components.data.tfrecords.image_dataset), in batches
+    of ``batch_size``, in order. One view, or with ``tta`` the 8 flips and 90-degree turns
+    of each image (a lesion has no up or left), made on the fly in the same pass."""
     import tensorflow as tf
 
     dataset = images if isinstance(images, tf.data.Dataset) else tf.data.Dataset.from_tensor_slices(images)
     if dataset.cardinality() == 0:
-        return np.zeros((0, int(model.output_shape[-1])))
+        return np.zeros((0, 8 if tta else 1, int(model.output_shape[-1])))
     dataset = dataset.map(lambda x: tf.cast(x, tf.float32), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
     def views(image):
@@ -147,7 +186,7 @@ def predict_probabilities(model, images, batch_size: int = 64, tta: bool = False
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     dataset = dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
     probs = np.asarray(model.predict(dataset, verbose=0), dtype=np.float64)
-    return probs.reshape(-1, 8, probs.shape[-1]).mean(axis=1) if tta else probs
+    return probs.reshape(-1, 8 if tta else 1, probs.shape[-1])
 
 
 def _local_model_files(path: Path) -> tuple[Path, dict]:
@@ -159,12 +198,20 @@ def _local_model_files(path: Path) -> tuple[Path, dict]:
         if classes_file.is_file():
             metadata["classes"] = json.loads(classes_file.read_text())
         metadata["decision_bias"] = saved_decision_bias(path.parent)
+        metadata["fitted_on_validation"] = {
+            name: json.loads((path.parent / name).read_text())
+            for name in filenames.FITTED_ON_VALIDATION[1:]
+            if (path.parent / name).is_file()
+        }
         return path, metadata
     if (path / "MLmodel").is_file():
         mlmodel = yaml.safe_load((path / "MLmodel").read_text())
         logged = {"mlflow_run_id": mlmodel.get("run_id") or "", "mlflow_model_id": mlmodel.get("model_id") or ""}
-        train_output = path / "artifacts" / TRAIN_OUTPUT_ARTIFACT
-        if (train_output / filenames.MODEL).is_file():  # the image-taking model (served_model.py)
+        # The image-taking model (served_model.py): MLflow keeps the artifact under its source
+        # folder's name, and its MLmodel says where.
+        artifacts = (mlmodel.get("flavors", {}).get("python_function", {}) or {}).get("artifacts") or {}
+        train_output = path / ((artifacts.get(TRAIN_OUTPUT_ARTIFACT) or {}).get("path") or "artifacts/train_output")
+        if (train_output / filenames.MODEL).is_file():
             keras_file, metadata = _local_model_files(train_output)
             return keras_file, {**metadata, **logged}
         # Logged by mlflow.tensorflow before the model took images: its metadata is in MLmodel.
@@ -228,6 +275,8 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         decision_bias = in_class_order(metadata.get("decision_bias"), classes)
     except ValueError as exc:
         raise ModelLoadError(f"cannot load model {uri}: {exc}") from None
+    fitted = metadata.get("fitted_on_validation") or {}
+    points, referral = fitted.get(filenames.OPERATING_POINTS), fitted.get(filenames.REFERRAL)
     return LoadedModel(
         model,
         classes,
@@ -238,6 +287,12 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
         bool(metadata.get("synthetic")),
         decision_bias,
         version or (f"models:/{metadata['mlflow_model_id']}" if metadata.get("mlflow_model_id") else uri),
+        temperature=float((fitted.get(filenames.CALIBRATION) or {}).get("temperature", 1.0)),
+        melanoma_class=str((points or {}).get("melanoma_class", "melanoma")),
+        melanoma_threshold=flag_threshold(points),
+        refer_threshold=None if not referral or referral.get("threshold") is None else float(referral["threshold"]),
+        operating_points=points,
+        referral=referral,
     )
 
 

@@ -63,17 +63,19 @@ class ImageClassifier(mlflow.pyfunc.PythonModel):
         frame = pd.DataFrame(model_input)
         sources, errors = self._sources(frame)
         readable = [i for i, error in enumerate(errors) if not error]
+        tta = bool((params or {}).get(TTA, False))
         probs = np.zeros((len(frame), len(self.loaded.classes)))
+        views = np.zeros((len(frame), 8 if tta else 1, len(self.loaded.classes)))
         if readable:
-            probs[readable], read_errors = self.loaded.probabilities_of_files(
+            probs[readable], views[readable], read_errors = self.loaded.scores_of_files(
                 [sources[i] for i in readable],
-                tta=bool((params or {}).get(TTA, False)),
+                tta=tta,
                 max_bytes=int(self.config[MAX_IMAGE_BYTES]),
                 max_pixels=int(self.config[MAX_IMAGE_PIXELS]),
             )
             for i, error in zip(readable, read_errors):
                 errors[i] = error
-        return pd.DataFrame(image_answers(self.loaded, probs, errors), dtype=object)
+        return pd.DataFrame(image_answers(self.loaded, probs, errors, views=views if tta else None), dtype=object)
 
     def _sources(self, frame: pd.DataFrame) -> tuple[list, list[str]]:
         """Each row's image (bytes or a URI) and its error ('' when it has one to read)."""

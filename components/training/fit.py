@@ -205,5 +205,6 @@ def train_one_model(
             "keep": tc.keep,
             "device": devices.description,
         },
+        melanoma_class,
     )
     return TrainResult(model_path, history, len(epochs), kept_epoch, devices.description)

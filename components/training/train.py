@@ -67,7 +67,9 @@ def train(
     started = time.monotonic()
     results = []
     for i, member in enumerate(members):
-        member = member.model_copy(update={"balance_decisions": False})  # fitted once, on the ensemble
+        member = member.model_copy(
+            update={"balance_decisions": False, "calibrate": False}
+        )  # fitted once, on the ensemble
         if tc.max_train_minutes:  # the whole ensemble's budget: what is left, shared by the members to come
             left = tc.max_train_minutes - (time.monotonic() - started) / 60
             member = member.model_copy(update={"max_train_minutes": max(left, 0.01) / (len(members) - i)})
@@ -121,6 +123,7 @@ def train(
             "ensemble_validation": val_metrics,
             "device": devices.description,
         },
+        melanoma_class,
     )
     return TrainResult(
         model_path,

@@ -16,7 +16,7 @@ from pathlib import Path
 from components.core import atomic, filenames
 from components.core.settings import TrainConfig
 from components.training.callbacks import EPOCH_LOG_FILE, read_epoch_log
-from components.training.decision_offsets import balance_decisions
+from components.training.decision_offsets import fit_on_validation
 from components.training.train_input import TrainingData
 
 # Written last, whole or not at all (atomic): a folder holding it has a finished model.
@@ -34,17 +34,24 @@ class TrainResult:
 
 
 def save_finished(
-    model, data: TrainingData, tc: TrainConfig, out: Path, tracking_uri: str, mlflow_run_id: str, history: dict
+    model,
+    data: TrainingData,
+    tc: TrainConfig,
+    out: Path,
+    tracking_uri: str,
+    mlflow_run_id: str,
+    history: dict,
+    melanoma_class: str = "melanoma",
 ) -> str:
     """Save the trained ``model`` in ``out`` with what makes it a finished train output
     (components.training.trained_model): its classes, its model info, its decision offsets
-    (train.balance_decisions), and ``history`` last (HISTORY_FILE). Returns the model's path."""
+    (train.balance_decisions), its temperature, melanoma operating points and referral
+    threshold (train.calibrate), and ``history`` last (HISTORY_FILE). Returns the model's path."""
     model_path = out / filenames.MODEL
     model.save(model_path)
     (out / filenames.CLASSES).write_text(json.dumps(data.meta["classes"]))
     write_model_info(out, data.meta)
-    if tc.balance_decisions:
-        balance_decisions(model, data, tc.batch_size, out, tracking_uri, mlflow_run_id)
+    fit_on_validation(model, data, tc, out, melanoma_class, tracking_uri, mlflow_run_id)
     atomic.write_text(out / HISTORY_FILE, json.dumps(history, indent=1))  # whole or absent: a cut one read as finished
     return str(model_path)
 
@@ -67,7 +74,7 @@ def keep_model(work: str | Path, output_dir: str | Path) -> str:
             filenames.MODEL,
             filenames.CLASSES,
             filenames.MODEL_INFO,
-            filenames.DECISION_BIAS,
+            *filenames.FITTED_ON_VALIDATION,
             HISTORY_FILE,
             EPOCH_LOG_FILE,
         ):

@@ -14,7 +14,8 @@ from components.evaluation.evaluate import Evaluation, evaluate, make_pictures, 
 from components.evaluation.gradcam import gradcam
 from components.evaluation.plots import worst_misclassified
 from components.evaluation.report_html import write_report
-from components.scoring.inference import predict_probabilities
+from components.scoring.calibration import apply_temperature
+from components.scoring.inference import load_model, predict_probabilities
 from components.scoring.metrics import classification_metrics, expected_calibration_error, sensitivity_at_specificity
 from components.training.train import train
 from tests.helpers.tiny_data import make_tiny_shards, tiny_config
@@ -171,6 +172,8 @@ def test_evaluation_streams_the_test_split_with_the_in_memory_results(trained, t
         if tta
         else np.asarray(model.predict(images.astype(np.float32), batch_size=8, verbose=0), dtype=np.float64)
     )
+    # with the temperature fitted on validation when training ended (train.calibrate)
+    probs = apply_temperature(probs, load_model(str(model_path)).temperature)
     expected = classification_metrics(labels, probs, classes, cfg.melanoma_class)
 
     read_back: list[int] = []
@@ -188,7 +191,9 @@ def test_evaluation_streams_the_test_split_with_the_in_memory_results(trained, t
     # Only the images the pictures show are read back, and they are the right ones: the
     # same pictures as from the split in memory.
     assert 0 < len(read_back) <= cfg.worst_images + cfg.gradcam_images
-    reference = Evaluation(expected, labels, probs)
+    reference = Evaluation(
+        {**expected, "calibration": ev.metrics["calibration"], "referral": ev.metrics["referral"]}, labels, probs
+    )
     (tmp_path / "reference").mkdir()
     make_pictures(
         model, lambda indices: {i: images[i] for i in indices}, reference, classes, cfg, tmp_path / "reference"

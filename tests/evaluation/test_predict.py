@@ -49,6 +49,9 @@ def test_predict_writes_every_class_probability_and_melanoma(model_dir, images, 
         "predicted_class",
         *[f"p_{c}" for c in classes],
         "melanoma_probability",
+        "melanoma_flag",
+        "uncertainty",
+        "refer",
         "model_version",
         "error",
         "synthetic_model",
@@ -314,6 +317,7 @@ def test_predict_with_lesions_writes_one_row_per_lesion(model_dir, ham_source, t
         "predicted_class",
         *[f"p_{c}" for c in classes],
         "melanoma_probability",
+        "melanoma_flag",
         "synthetic_model",
     ]
     assert [r["lesion"] for r in lesions] == [f"HAM_{i:07d}" for i in range(8)]

@@ -23,7 +23,10 @@ CLASSES = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal_cell_carcinoma"}
 
 def csv_source(root: Path, fmt: str) -> Path:
     """Nine images of three classes plus the label file of ``fmt``; image 0 has no row,
-    and the label file names one image that is not there."""
+    and the label file names one image that is not there. Each row's patient metadata in
+    the format's own columns: sex alternating female/male, age 20 + 10 * i (ISIC 2019,
+    SIIM 2020: in age_approx), body site "back" or "face" by i % 2 (HAM10000 also dx_type
+    histo; ISIC 2019's in its metadata CSV)."""
     rows = []
     for i in range(9):
         code = list(CLASSES)[i % 3]
@@ -41,7 +44,10 @@ def csv_source(root: Path, fmt: str) -> Path:
                 "lesion_id": [r[2] for r in rows],
                 "image_id": [r[0] for r in rows],
                 "dx": [r[1].lower() for r in rows],
-                "age": 50,
+                "age": [20 + 10 * int(r[0][-4:]) for r in rows],
+                "sex": [("female", "male")[int(r[0][-4:]) % 2] for r in rows],
+                "localization": [("back", "face")[int(r[0][-4:]) % 2] for r in rows],
+                "dx_type": "histo",
             }
         )
         frame.to_csv(root / "HAM10000_metadata.csv", index=False)
@@ -50,9 +56,15 @@ def csv_source(root: Path, fmt: str) -> Path:
         for code in ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"):
             frame[code] = [1.0 if r[1] == code else 0.0 for r in rows]
         frame.to_csv(root / "ISIC_2019_Training_GroundTruth.csv", index=False)
-        pd.DataFrame({"image": [r[0] for r in rows], "lesion_id": [r[2] for r in rows]}).to_csv(
-            root / "ISIC_2019_Training_Metadata.csv", index=False
-        )
+        pd.DataFrame(
+            {
+                "image": [r[0] for r in rows],
+                "lesion_id": [r[2] for r in rows],
+                "age_approx": [20 + 10 * int(r[0][-4:]) for r in rows],
+                "sex": [("female", "male")[int(r[0][-4:]) % 2] for r in rows],
+                "anatom_site_general": [("back", "face")[int(r[0][-4:]) % 2] for r in rows],
+            }
+        ).to_csv(root / "ISIC_2019_Training_Metadata.csv", index=False)
     else:
         names = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal cell carcinoma"}
         frame = pd.DataFrame(
@@ -62,6 +74,9 @@ def csv_source(root: Path, fmt: str) -> Path:
                 "diagnosis": [names[r[1]] for r in rows],
                 "benign_malignant": ["malignant" if r[1] == "MEL" else "benign" for r in rows],
                 "target": [int(r[1] == "MEL") for r in rows],
+                "age_approx": [20 + 10 * int(r[0][-4:]) for r in rows],
+                "sex": [("female", "male")[int(r[0][-4:]) % 2] for r in rows],
+                "anatom_site_general_challenge": [("back", "face")[int(r[0][-4:]) % 2] for r in rows],
             }
         )
         frame.to_csv(root / "train.csv", index=False)

@@ -446,13 +446,15 @@ def test_a_killed_backup_write_leaves_the_previous_backup_whole(normalized, tmp_
 def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_step(
     normalized, tmp_path, capsys, monkeypatch
 ):
-    """train.balance_decisions: offsets fitted on the validation split's TTA probabilities,
-    saved beside the model, and the pipeline's evaluate step decides with them."""
+    """train.balance_decisions: offsets fitted on the validation split's TTA probabilities
+    (after the temperature fitted on them, train.calibrate), saved beside the model, and the
+    pipeline's evaluate step decides with them."""
     import keras
 
     from components.core.settings import EvaluateConfig
     from components.evaluation.evaluate import evaluate
     from components.scoring import decisions
+    from components.scoring.calibration import apply_temperature
     from components.scoring.decisions import decide, fit_balanced_bias, in_class_order, saved_decision_bias
     from components.scoring.inference import predict_probabilities
 
@@ -469,6 +471,8 @@ def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_st
     val_paths = tfrecords.shard_paths(normalized, "val")
     val_labels, _ = tfrecords.read_labels(val_paths)
     val_probs = predict_probabilities(model, tfrecords.image_dataset(val_paths, 32, len(val_labels)), tta=True)
+    temperature = json.loads((tmp_path / "model" / "calibration.json").read_text())["temperature"]
+    val_probs = apply_temperature(val_probs, temperature)
     np.testing.assert_allclose(saved, fit_balanced_bias(val_probs, val_labels, len(classes)), atol=1e-5)
 
     ev = evaluate(result.model_path, normalized, EvaluateConfig(tta=True), tmp_path / "eval")

@@ -32,6 +32,7 @@ from components.data.ingest.labelling import IngestError
 from components.data.ingest.partitions import IngestPartition, MergedThumbnails, ingest_partition
 from components.data.ingest.threads import ingest_threads
 from components.data.ingest.validation import DECODE_MIN_SIDE
+from components.data.labels import METADATA_COLUMNS
 from components.data.sources import read_as_ingested
 from components.data.sources.base import SourceError
 
@@ -53,6 +54,7 @@ MANIFEST_COLUMNS = [
     "reason",
     "duplicate_of",
     "near_duplicate_group",
+    *METADATA_COLUMNS,  # the source's metadata of the image ('' where it has none): components.data.labels
 ]
 
 

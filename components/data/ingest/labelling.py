@@ -12,7 +12,7 @@ import pandas as pd
 
 from components.core.errors import UserError
 from components.data.imaging import IMAGE_EXTENSIONS
-from components.data.labels import LabelTable, canonical_label, csv_format, label_table
+from components.data.labels import METADATA_COLUMNS, LabelTable, canonical_label, csv_format, label_table
 from components.data.sources import read_bytes
 from components.data.sources.base import SourceFile, SourceUnavailable
 
@@ -134,7 +134,19 @@ def label_files(
     )
     images = [f.relpath for f in files if _suffix(f.relpath) in IMAGE_EXTENSIONS and not _is_system_file(f.relpath)]
     root_depth = _layout_root(images)
-    keys = ("uri", "relpath", "bytes", "split", "source_label", "label", "group_id", "status", "reason_code", "reason")
+    keys = (
+        "uri",
+        "relpath",
+        "bytes",
+        "split",
+        "source_label",
+        "label",
+        "group_id",
+        "status",
+        "reason_code",
+        "reason",
+        *METADATA_COLUMNS,
+    )
     columns: dict[str, list] = {k: [] for k in keys}  # by column: a dict per row would cost ~1 kB a file
     matched_ids = set()
     for f in files:
@@ -150,6 +162,7 @@ def label_files(
             "status": "",
             "reason_code": "",
             "reason": "",
+            **dict.fromkeys(METADATA_COLUMNS, ""),
         }
         name = _name(f.relpath)
         if f.refused_code:
@@ -172,6 +185,7 @@ def label_files(
             else:
                 matched_ids.add(image_id)
                 row.update(source_label=table.source_labels[image_id], group_id=table.group_ids.get(image_id, ""))
+                row.update(table.metadata.get(image_id, {}))
         elif len(rest) < 2:
             row.update(status="quarantined", reason_code="no_label", reason="image outside any class folder")
         else:

@@ -22,6 +22,7 @@ from components.data.sources import read_bytes
 from components.data.sources.base import FileTooLarge, SourceError
 from components.data.sources.local import LocalFolderSource
 from pipeline.cli import main
+from tests.helpers import write_class_folder
 from tests.helpers.images import jpeg_bytes, lesion
 from tests.helpers.sources import csv_source, kaggle_files
 
@@ -197,6 +198,24 @@ def test_csv_formats_are_detected_and_labelled(tmp_path, fmt):
     assert m.loc["other.csv", "reason_code"] == "not_image_file"
     assert (m[m.reason_code == "label_file"].shape[0]) == (2 if fmt == "isic2019" else 1)
     assert r["files_found"] == r["ingested"] + r["quarantined"] + r["ignored"]
+
+
+@pytest.mark.parametrize("fmt", ["ham10000", "isic2019", "siim2020"])
+def test_ingest_keeps_each_formats_patient_metadata(tmp_path, fmt):
+    """sex, age, body site (and HAM10000's dx_type as confirmation) from the format's own
+    columns, carried through the split; a source without them has the columns empty."""
+    from components.data.split import split_manifest
+
+    root = csv_source(tmp_path / "src", fmt)
+    manifest = ingest(str(root), DataConfig()).manifest
+    m = manifest.set_index("relpath")
+    row = m.loc["images/ISIC_0000003.jpg"]
+    assert [row.sex, float(row.age), row.body_site] == ["male", 50.0, "face"]
+    assert row.confirmation == ("histo" if fmt == "ham10000" else "")
+    splits, _ = split_manifest(manifest, DataConfig(val_fraction=0, test_fraction=0))
+    assert set(splits.body_site) == {"back", "face"}
+    folders = ingest(str(write_class_folder(tmp_path / "folders", ["melanoma", "nevus"], 2)), DataConfig()).manifest
+    assert (folders[["sex", "age", "body_site", "confirmation"]] == "").all().all()
 
 
 def test_named_format_must_match_the_files(tmp_path):
