@@ -419,7 +419,7 @@ def compiled_platform_settings(config: str, tmp_path: Path) -> set[str]:
 
 def test_no_step_calls_the_kubernetes_api():
     # A step that imported the Kubernetes client would call the API with the runner's
-    # token: its rules would belong in the Role and in KFP_RUNTIME_RULES' neighbour here.
+    # token: the rules it needs would have to be listed here and granted by the Role.
     import ast
 
     clients = []
