@@ -3,83 +3,34 @@ constraints.txt at the version installed: components/ and pipeline/ in install_r
 (TensorFlow in the cpu/gpu extras), bench/ and tests/ there or in the dev extra. A package
 that the code only gets as another's dependency leaves when a constraints bump drops it.
 
-Import names map to distributions through importlib.metadata.packages_distributions();
-a namespace shared by several distributions (google.*, kfp.kubernetes) is resolved by
-which distribution ships the imported module's files."""
+Imports map to distributions by the files each installed distribution ships
+(tests/helpers/imports.py): google.api_core is google-api-core, kfp.kubernetes is
+kfp-kubernetes."""
 
 from __future__ import annotations
 
-import ast
 import configparser
-import sys
-from functools import cache
 from importlib import metadata
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from tests.helpers.imports import providers, third_party_imports
+
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"components", "pipeline", "tests", "bench"}
 # Imported only under a Keras backend that the project does not install
 # (bench/train_step_precision.py, with KERAS_BACKEND=jax or torch).
 OTHER_KERAS_BACKENDS = {"jax", "torch"}
-
-
-def imported_modules(files: list[Path]) -> dict[str, str]:
-    """Every absolute import of ``files`` that is not ours or the standard library, as
-    dotted module (``from a.b import c`` gives ``a.b.c``) -> the first file importing it."""
-    found: dict[str, str] = {}
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [f"{node.module}.{a.name}" for a in node.names]
-            else:
-                continue
-            for name in names:
-                top = name.split(".")[0]
-                if top not in OURS and top not in sys.stdlib_module_names:
-                    found.setdefault(name, str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path))
-    return found
+# The runtime is install_requires plus TensorFlow, from the cpu extra or the gpu extra
+# (the same modules); tests and bench run with the dev extra.
+RUNTIME = ("cpu",)
+DEV = ("cpu", "dev")
 
 
 def python_files(*folders: str) -> list[Path]:
     return sorted(p for folder in folders for p in (ROOT / folder).rglob("*.py"))
-
-
-@cache
-def import_names() -> dict[str, list[str]]:
-    return metadata.packages_distributions()
-
-
-@cache
-def shipped_paths(distribution: str) -> frozenset[PurePosixPath]:
-    return frozenset(PurePosixPath(str(f)) for f in metadata.files(distribution) or [])
-
-
-def distribution_of(module: str) -> str:
-    """The installed distribution that provides ``module`` (canonical name)."""
-    parts = module.split(".")
-    candidates = sorted(set(import_names().get(parts[0], [])))
-    if not candidates:
-        raise LookupError(f"{module}: no installed distribution provides {parts[0]!r}")
-    if len(candidates) == 1:
-        return canonicalize_name(candidates[0])
-    # The deepest package or module of the import that exactly one candidate ships.
-    for depth in range(len(parts), 0, -1):
-        stem = PurePosixPath(*parts[:depth])
-        owners = [
-            d for d in candidates if any(p.parent == stem or p == stem.with_suffix(".py") for p in shipped_paths(d))
-        ]
-        if len(owners) == 1:
-            return canonicalize_name(owners[0])
-    named = [d for d in candidates if canonicalize_name(d) == canonicalize_name(parts[0])]
-    if len(named) == 1:
-        return canonicalize_name(named[0])
-    raise LookupError(f"{module}: provided by {candidates}")
 
 
 def declared(*extras: str) -> set[str]:
@@ -101,33 +52,26 @@ def pins() -> dict[str, str]:
     return out
 
 
-def undeclared(imports: dict[str, str], allowed: set[str]) -> dict[str, str]:
-    """Each distribution imported but not allowed -> its first import (``module in file``)."""
+def undeclared(files: list[Path], allowed: set[str], ignore: set[str] = frozenset()) -> dict[str, str]:
+    """Each imported distribution that is not allowed -> its first import (``module in file``).
+    A module that several distributions ship (mlflow, mlflow-skinny) needs one of them."""
     out: dict[str, str] = {}
-    for module, where in sorted(imports.items()):
-        distribution = distribution_of(module)
-        if distribution not in allowed:
-            out.setdefault(distribution, f"{module} in {where}")
+    for module, path in sorted(third_party_imports(files).items()):
+        if module.split(".")[0] in ignore:
+            continue
+        dists = providers(module)
+        if not dists & allowed:
+            where = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name
+            out.setdefault(", ".join(sorted(dists)), f"{module} in {where}")
     return out
 
 
-# The runtime is install_requires plus TensorFlow, from the cpu extra or the gpu extra
-# (the same modules); tests and bench run with the dev extra.
-RUNTIME = ("cpu",)
-DEV = ("cpu", "dev")
-
-
 def test_components_and_pipeline_import_only_declared_packages():
-    assert undeclared(imported_modules(python_files("components", "pipeline")), declared(*RUNTIME)) == {}
+    assert undeclared(python_files("components", "pipeline"), declared(*RUNTIME)) == {}
 
 
 def test_tests_and_bench_import_only_declared_packages():
-    imports = {
-        m: w
-        for m, w in imported_modules(python_files("tests", "bench")).items()
-        if m.split(".")[0] not in OTHER_KERAS_BACKENDS
-    }
-    assert undeclared(imports, declared(*DEV)) == {}
+    assert undeclared(python_files("tests", "bench"), declared(*DEV), OTHER_KERAS_BACKENDS) == {}
 
 
 @pytest.mark.parametrize("extras", [RUNTIME, DEV], ids=["runtime", "dev"])
@@ -135,9 +79,8 @@ def test_every_declared_package_is_pinned_at_the_installed_version(extras):
     pinned = pins()
     for name in declared(*extras):
         assert name in pinned, f"{name} is declared in setup.cfg but not pinned in constraints.txt"
-        assert pinned[name] == metadata.version(name), (
-            f"{name}: pinned {pinned[name]}, installed {metadata.version(name)}"
-        )
+        installed = metadata.version(name)
+        assert pinned[name] == installed, f"{name}: pinned {pinned[name]}, installed {installed}"
 
 
 def test_an_undeclared_import_is_caught(tmp_path):
@@ -147,6 +90,7 @@ def test_an_undeclared_import_is_caught(tmp_path):
     planted.write_text(
         "import cloudpickle\nfrom google.protobuf import json_format\nfrom google.cloud import storage\n"
     )
-    imports = imported_modules([planted])
-    found = undeclared(imports, declared(*RUNTIME))
-    assert sorted(found) == ["cloudpickle", "protobuf"], found
+    assert undeclared([planted], declared(*RUNTIME)) == {
+        "cloudpickle": "cloudpickle in step.py",
+        "protobuf": "google.protobuf.json_format in step.py",
+    }
