@@ -49,8 +49,12 @@ def data_fingerprint(manifest_dir: str | Path) -> str:
     import pandas as pd
 
     df = pd.read_parquet(Path(manifest_dir) / filenames.MANIFEST, columns=["md5", "label", "status"])
-    ingested = df[df.status == "ingested"]
-    return _digest([f"{md5}\t{label}" for md5, label in zip(ingested.md5, ingested.label)])
+    return content_fingerprint(df[df.status == "ingested"])
+
+
+def content_fingerprint(rows) -> str:
+    """data_fingerprint of some ingested rows (a DataFrame with md5 and label): a split's."""
+    return _digest([f"{md5}\t{label}" for md5, label in zip(rows.md5, rows.label)])
 
 
 def list_source_step(data_uri: str, data: dict) -> str:

@@ -59,13 +59,15 @@ def run_summary(
 
 
 def log_data_reports(summary: dict, data_dirs: dict[str, Path]) -> None:
-    """Data counts (``data_*``), the synthetic and class-size warning tags and the data
-    steps' reports into the run."""
+    """Data counts (``data_*``), the synthetic and class-size warning tags, the data
+    steps' reports, and the source and its subsets as dataset inputs into the run."""
     import mlflow
 
     from components.core import tracking
+    from components.data.dataset_inputs import log_data_inputs
 
     with tracking.logging_into(summary["tracking_uri"], summary["mlflow_run_id"]):
+        log_data_inputs(data_dirs["data"], data_dirs.get("split"))
         mlflow.log_metrics({f"data_{k}": float(v) for k, v in summary["data"].items()})
         mlflow.set_tag("data.synthetic", str(bool(summary["data"].get("synthetic"))).lower())
         if summary.get("warnings"):

@@ -8,14 +8,12 @@ import is what the image's `pip install '.[extra]'` installs, at locked versions
 
 from __future__ import annotations
 
-import ast
 import configparser
 import importlib.metadata as md
 import re
 import shutil
 import subprocess
 import sys
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from pipeline.config import ImagesConfig
+from tests.helpers.imports import providers, third_party_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -194,57 +193,10 @@ def test_dockerignore_keeps_every_copied_path(name):
 
 
 def imported_modules() -> set[str]:
-    """Dotted names of every absolute third-party import in components/ and pipeline/,
-    module-level or inside a function (component bodies import inside themselves)."""
-    found: set[str] = set()
-    stdlib = set(sys.stdlib_module_names)
-    for package in sorted(FIRST_PARTY):
-        for path in sorted((ROOT / package).rglob("*.py")):
-            for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.Import):
-                    names = [alias.name for alias in node.names]
-                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                    # `from kfp import kubernetes` needs kfp-kubernetes, not kfp: keep the name.
-                    names = [f"{node.module}.{alias.name}" for alias in node.names]
-                else:
-                    continue
-                for name in names:
-                    top = name.split(".")[0]
-                    if top not in stdlib and top not in FIRST_PARTY and top != "__future__":
-                        found.add(name)
-    return found
-
-
-@cache
-def module_owners() -> dict[str, frozenset[str]]:
-    """Dotted package/module path (up to 4 levels) -> the distributions that ship files in it."""
-    owners: dict[str, set[str]] = {}
-    for dist in md.distributions():
-        name = canonicalize_name(dist.metadata["Name"])
-        for file in dist.files or ():
-            if file.suffix not in (".py", ".so", ".pyi") or ".." in file.parts:
-                continue
-            parts = list(file.parts[:-1])
-            stem = file.name.split(".")[0]
-            if stem != "__init__":
-                parts.append(stem)
-            for depth in range(1, min(4, len(parts)) + 1):
-                owners.setdefault(".".join(parts[:depth]), set()).add(name)
-    return {k: frozenset(v) for k, v in owners.items()}
-
-
-def providers(module: str) -> frozenset[str]:
-    """The distributions that ship `module`, by its longest prefix that any ships:
-    google.cloud.storage -> google-cloud-storage, kfp.kubernetes -> kfp-kubernetes.
-    Several for one module (mlflow, mlflow-skinny, mlflow-tracing all ship `mlflow`):
-    any one of them installed provides it."""
-    owners = module_owners()
-    parts = module.split(".")
-    for depth in range(len(parts), 0, -1):
-        found = owners.get(".".join(parts[:depth]))
-        if found:
-            return found
-    raise AssertionError(f"no installed distribution provides {module!r}")
+    """Dotted names of every absolute third-party import in components/ and pipeline/."""
+    return set(
+        third_party_imports(p for package in sorted(FIRST_PARTY) for p in sorted((ROOT / package).rglob("*.py")))
+    )
 
 
 def setup_cfg() -> configparser.ConfigParser:

@@ -372,14 +372,82 @@ def test_workload_identity_only_on_gke(name):
             assert re.fullmatch(r"[a-z0-9-]+@[A-Z_a-z0-9-]+\.iam\.gserviceaccount\.com", annotations[WORKLOAD_IDENTITY])
 
 
+# What the runner's token is used for. A rule is (apiGroup, resource, verb, resourceName;
+# "" = any). No step calls the API itself (test_no_step_calls_the_kubernetes_api); KFP v2
+# does, in every pod of a run (kubeflow/pipelines backend/src/v2, Argo's workflow-rbac.md):
+KFP_RUNTIME_RULES = {
+    ("argoproj.io", "workflowtaskresults", "create", ""),  # Argo >= 3.4's executor reports outputs
+    ("argoproj.io", "workflowtaskresults", "patch", ""),
+    ("", "configmaps", "get", "kfp-launcher"),  # the driver's and launcher's settings
+    ("", "pods", "get", ""),  # the launcher reads its own pod when its step fails
+}
+# The launcher's object-store credentials, by the pipeline_root's scheme: gs:// uses the
+# pod's Google identity, minio:// reads KFP's MinIO keys from a Secret through the API.
+PIPELINE_ROOT_RULES = {"gs": set(), "minio": {("", "secrets", "get", "mlpipeline-minio-artifact")}}
+# kfp-kubernetes settings of a compiled task, and what each asks the API for: the driver
+# writes them into the pod spec and the kubelet applies them (a PVC that KFP creates, or a
+# Secret read by the driver, would add rules here).
+PLATFORM_SETTING_RULES = {"secretAsEnv": set(), "secretAsVolume": set(), "nodeSelector": set(), "tolerations": set()}
+# The run config each rendering is deployed with (docs/cluster.md).
+RUN_CONFIGS = {"base": "cluster.yaml", "overlays/gke": "cluster.yaml", "overlays/local": "kind.yaml"}
+
+
+def granted(role: dict) -> set[tuple[str, str, str, str]]:
+    return {
+        (group, resource, verb, name)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        for name in rule.get("resourceNames") or [""]
+    }
+
+
+def compiled_platform_settings(config: str, tmp_path: Path) -> set[str]:
+    """The kfp-kubernetes settings any task of the pipeline, compiled with ``config``, has."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    out = tmp_path / "pipeline.yaml"
+    result = CliRunner().invoke(main, ["compile", "--config", str(ROOT / "configs" / config), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    _, platform = yaml.safe_load_all(out.read_text())
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    return {setting for executor in executors.values() for setting in executor}
+
+
+def test_no_step_calls_the_kubernetes_api():
+    # A step that imported the Kubernetes client would call the API with the runner's
+    # token: the rules it needs would have to be listed here and granted by the Role.
+    import ast
+
+    clients = []
+    for path in sorted([*(ROOT / "components").rglob("*.py"), *(ROOT / "pipeline").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module] if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 else []
+            clients += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] == "kubernetes"]
+    assert not clients, clients
+
+
 @pytest.mark.parametrize("name", RENDERINGS)
-def test_runner_rbac_is_least_privilege(name):
-    role = one(name, "Role", "lesion-pipeline-runner")
+def test_runner_role_holds_exactly_what_kfp_and_the_steps_call(name, tmp_path):
+    from pipeline.config import Config
+
+    config = RUN_CONFIGS[name]
+    settings = compiled_platform_settings(config, tmp_path)
+    assert settings <= set(PLATFORM_SETTING_RULES), f"what do {settings - set(PLATFORM_SETTING_RULES)} need?"
+    scheme = Config.load(ROOT / "configs" / config).cluster.pipeline_root.split("://")[0]
+    needed = KFP_RUNTIME_RULES | PIPELINE_ROOT_RULES[scheme]
+    needed |= {rule for setting in settings for rule in PLATFORM_SETTING_RULES[setting]}
+    have = granted(one(name, "Role", "lesion-pipeline-runner"))
+    assert (sorted(have - needed), sorted(needed - have)) == ([], []), "(granted, not needed), (needed, missing)"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_runner_rbac_is_namespaced_and_bound_to_the_runner_only(name):
     assert not objects_of(name, "ClusterRole") and not objects_of(name, "ClusterRoleBinding")
-    for rule in role["rules"]:
-        assert "*" not in rule["verbs"] and "*" not in rule["resources"] and "*" not in rule["apiGroups"], rule
-        assert "secrets" not in rule["resources"], "steps get secrets mounted, never through the API"
-        assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"])
     binding = one(name, "RoleBinding", "lesion-pipeline-runner")
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -387,8 +455,32 @@ def test_runner_rbac_is_least_privilege(name):
         "name": "lesion-pipeline-runner",
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "lesion-pipeline-runner", "namespace": NAMESPACE}]
+    assert [r["metadata"]["name"] for r in objects_of(name, "Role")] == ["lesion-pipeline-runner"]
     # Servers that never call the API get no token.
     assert one(name, "ServiceAccount", "mlflow")["automountServiceAccountToken"] is False
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_only_the_tfjobs_workers_reach_its_workers(name):
+    template = one(name, "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]
+    labels = template["metadata"]["labels"]
+    policies = [
+        p["spec"]
+        for p in objects_of(name, "NetworkPolicy")
+        if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    ]
+    assert len(policies) == 1, f"{name}: {len(policies)} NetworkPolicies select the TFJob's pods"
+    [policy] = policies
+    assert policy["policyTypes"] == ["Ingress"]
+    [rule] = policy["ingress"]
+    assert rule["from"] == [{"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}]
+    [container] = template["spec"]["containers"]
+    [port] = [p["containerPort"] for p in container["ports"] if p["name"] == "tfjob-port"]
+    if "nvidia.com/gpu" in container["resources"]["limits"]:
+        # NCCL's all-reduce sockets take ephemeral ports, negotiated over the tfjob-port.
+        assert rule["ports"] == [{"protocol": "TCP"}]
+    else:
+        assert rule["ports"] == [{"protocol": "TCP", "port": port}]
 
 
 # ---- the TFJob (a CRD: checked by hand) -----------------------------------------

@@ -2,8 +2,10 @@
 in headless Chromium (Debian's chromium + chromedriver, driven by Selenium). Checks what
 a reviewer sees: the experiment opens on its runs table (not the GenAI overview), the
 run page says the verdict on top (test metrics, champion decision, registered version
-and alias, the KFP run's link) and links the registered version, the evaluation report
-and the registered model's alias show up; screenshots go to the test's tmp folder."""
+and alias, the KFP run's link) and links the registered version, its Datasets panel lists
+the source and the train/val/test subsets (digests, contexts, counts, source URL), the
+evaluation report and the registered model's alias show up; screenshots go to the test's
+tmp folder."""
 
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from components.core.tracking import (
     ensure_experiment,
     experiment_url,
     logged_model_id,
+    logging_into,
     pipeline_run,
     run_url,
 )
 from components.data import tfrecords
+from components.data.dataset_inputs import data_inputs, log_data_inputs
 from components.evaluation.evaluate import evaluate, log_to_mlflow
 from components.evaluation.report_html import PIPELINE_REPORT_TITLE, write_report
 from components.registry.register import register
@@ -64,7 +68,8 @@ def _chromium():
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> dict:
-    """An SQLite store holding one evaluated pipeline run and its registered champion."""
+    """An SQLite store holding one evaluated pipeline run, its dataset inputs and its
+    registered champion."""
     root = tmp_path_factory.mktemp("ui_store")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     cfg = tiny_config()
@@ -78,6 +83,9 @@ def store(tmp_path_factory) -> dict:
         client(uri).log_metric(run_id, "accuracy", 0.5 + epoch / 10, step=epoch)
         client(uri).log_metric(run_id, "loss", 1.0 - epoch / 10, step=epoch)
     model_uri = log_keras_model(str(root / "model.keras"), 32, uri, run_id, meta["classes"], synthetic=True)
+    # As the report step does: the source and its subsets (make_tiny_shards' ingest and split).
+    with logging_into(uri, run_id):
+        log_data_inputs(root / "ingest", root / "split")
     ev = evaluate(root / "model.keras", normalized, cfg.evaluate, root / "evaluation")
     write_report(ev, root / "evaluation", PIPELINE_REPORT_TITLE, synthetic=True)
     log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
@@ -101,6 +109,7 @@ def store(tmp_path_factory) -> dict:
         "metrics": ev.metrics,
         "root": root,
         "model_id": logged_model_id(uri, run_id),
+        "datasets": {context: d for d, context in data_inputs(root / "ingest", root / "split")},
     }
 
 
@@ -221,6 +230,30 @@ def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
         registered = body[body.index("Registered models") :]
         assert registered.startswith("Registered models") and MODEL_NAME in registered[:200], registered[:200]
 
+        # The Datasets panel: the source (name, digest, context) and "+3", which lists the
+        # subsets; a subset opens the drawer with all four, its counts, fingerprint and source.
+        datasets = store["datasets"]
+        source = datasets.pop("source")
+        assert f"Datasets\n{source.name} ({source.digest})\nSource\n+3\n" in body, body[body.index("Datasets") :][:300]
+        driver.find_element(By.XPATH, "//button[normalize-space()='+3']").click()
+        _wait_for_text(driver, [f"{d.name} ({d.digest})\n{context.capitalize()}" for context, d in datasets.items()])
+        train = datasets["train"]
+        driver.find_element(By.XPATH, f"//*[contains(text(), '{train.name}')]").click()
+        drawer = _wait_for_text(
+            driver,
+            [
+                "4 datasets used",
+                f"images: {train.profile['images']}",
+                f"fingerprint: {train.fingerprint}",
+                f"Digest: {train.digest}",
+                f"URL:\n{source.source.uri}",
+            ],
+        )
+        listed = drawer[drawer.index("4 datasets used") :]
+        for context, dataset in {"source": source, **datasets}.items():
+            assert f"{dataset.name} ({dataset.digest})\n{context.capitalize()}" in listed, listed[:500]
+        driver.save_screenshot(str(tmp_path / "datasets.png"))
+
         driver.get(f"{run_page}/artifacts/evaluation/report.html")
         _wait_for_text(driver, ["evaluation", "report.html", "confusion_matrix.png"])
         driver.save_screenshot(str(tmp_path / "report_artifact.png"))
@@ -237,7 +270,7 @@ def test_mlflow_ui_shows_run_metrics_report_and_champion(store, ui, tmp_path):
         driver.save_screenshot(str(tmp_path / "logged_model.png"))
     finally:
         driver.quit()
-    pictures = ("experiment.png", "run.png", "run_description.png", "report_artifact.png", "registered_model.png")
-    for name in (*pictures, "logged_model.png"):
+    pictures = ("experiment.png", "run.png", "run_description.png", "datasets.png", "report_artifact.png")
+    for name in (*pictures, "registered_model.png", "logged_model.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     assert "champion" in body

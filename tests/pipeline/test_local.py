@@ -169,6 +169,11 @@ def test_pipeline_evaluates_registers_and_gates_the_model_on_a_real_mlflow_serve
     assert run.data.tags["gate.alias"] == "champion"
     assert run.data.metrics["test_balanced_accuracy"] == summary["metrics"]["balanced_accuracy"]
     assert "val_balanced_accuracy" in run.data.metrics  # per-epoch training logs in the same run
+    # The report step's dataset inputs: the source (the gate's fingerprint) and its subsets.
+    inputs = {t.value: i.dataset for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert sorted(inputs) == ["source", "test", "train", "validation"]
+    assert inputs["source"].digest == summary["retrain"]["fingerprint"][:12]
+    assert json.loads(inputs["source"].profile)["images"] == summary["data"]["ingested"]
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert {"evaluation/report.html", "evaluation/gate.json", "evaluation/gradcam_melanoma.png"} <= artifacts
     assert client.get_model_version_by_alias(model_name, "champion").version == "1"
