@@ -10,6 +10,9 @@ from components.data.normalize import normalize
 from components.data.split import split
 from pipeline.config import Config
 
+# A model's baked-in per-channel mean and std where no shards give them.
+MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
+
 
 def tiny_config(**train) -> Config:
     """A config for seconds-long CPU runs; ``train`` overrides train.* values."""
