@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from components.core import filenames  # noqa: E402
-from components.scoring.decisions import decide, fit_balanced_bias  # noqa: E402
+from components.scoring.decisions import decide_classes, fit_balanced_bias  # noqa: E402
 from components.scoring.inference import load_model  # noqa: E402
 
 
@@ -54,8 +54,8 @@ def scores(val: tuple, test: tuple, classes: list[str], melanoma_class: str) -> 
     bias = fit_balanced_bias(val[0], val[1], len(classes))
     mel = classes.index(melanoma_class)
     return {
-        "test_balanced_accuracy_argmax": round(balanced_accuracy_score(test[1], decide(test[0])), 4),
-        "test_balanced_accuracy_offsets": round(balanced_accuracy_score(test[1], decide(test[0], bias)), 4),
+        "test_balanced_accuracy_argmax": round(balanced_accuracy_score(test[1], decide_classes(test[0])), 4),
+        "test_balanced_accuracy_offsets": round(balanced_accuracy_score(test[1], decide_classes(test[0], bias)), 4),
         "test_melanoma_auc": round(roc_auc_score(test[1] == mel, test[0][:, mel]), 4),
         "offsets": dict(zip(classes, np.round(bias, 3).tolist())),
     }

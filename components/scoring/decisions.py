@@ -32,7 +32,7 @@ _LOG_FLOOR = 1e-12
 MIN_IMAGES_TO_FIT = 10
 
 
-def decide(probs: np.ndarray, decision_bias: list[float] | np.ndarray | None = None) -> np.ndarray:
+def decide_classes(probs: np.ndarray, decision_bias: list[float] | np.ndarray | None = None) -> np.ndarray:
     """The predicted class index of each row of ``probs``: argmax, after adding
     ``decision_bias`` to the log probabilities when given."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -17,7 +17,7 @@ from components.core import filenames
 from components.core.errors import UserError
 from components.data.imaging import ImageError, load_for_model
 from components.data.sources import read_bytes
-from components.scoring.decisions import decide, in_class_order, saved_decision_bias
+from components.scoring.decisions import decide_classes, in_class_order, saved_decision_bias
 
 MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/", "gs://", "s3://", "http://", "https://")
 
@@ -61,7 +61,7 @@ class LoadedModel:
 
     def predicted_classes(self, probs: np.ndarray) -> list[str]:
         """The class each row of ``probs`` (this model's) is predicted to be."""
-        return [self.classes[i] for i in decide(probs, self.decision_bias)]
+        return [self.classes[i] for i in decide_classes(probs, self.decision_bias)]
 
     def probabilities_of_files(
         self, uris: list[str], batch_size: int = 64, tta: bool = False

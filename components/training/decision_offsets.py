@@ -20,7 +20,7 @@ def balance_decisions(
 
     from components.scoring.decisions import (
         MIN_IMAGES_TO_FIT,
-        decide,
+        decide_classes,
         fit_balanced_bias,
         too_few_to_fit,
         write_decision_bias,
@@ -37,8 +37,8 @@ def balance_decisions(
             flush=True,
         )
     write_decision_bias(out, classes, bias, f"validation split ({len(labels)} images, 8 flips/turns averaged)")
-    before = balanced_accuracy_score(labels, decide(probs))
-    after = balanced_accuracy_score(labels, decide(probs, bias))
+    before = balanced_accuracy_score(labels, decide_classes(probs))
+    after = balanced_accuracy_score(labels, decide_classes(probs, bias))
     print(
         f"decision offsets fitted on the validation split: its balanced accuracy {before:.3f} -> {after:.3f} "
         f"(fitted on these images, so optimistic; the test split says what holds)",

@@ -19,7 +19,7 @@ def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_st
     from components.core.settings import EvaluateConfig
     from components.evaluation.evaluate import evaluate
     from components.scoring import decisions
-    from components.scoring.decisions import decide, fit_balanced_bias, in_class_order, saved_decision_bias
+    from components.scoring.decisions import decide_classes, fit_balanced_bias, in_class_order, saved_decision_bias
     from components.scoring.inference import predict_probabilities
 
     # The tiny set has 4 validation images a class: below the floor, every offset would be 0.
@@ -41,5 +41,5 @@ def test_balanced_decisions_are_fitted_on_validation_and_used_by_the_evaluate_st
     assert ev.metrics["decision_bias"] == dict(zip(classes, saved))
     assert (
         np.asarray(ev.metrics["confusion_matrix"]).sum(0).tolist()
-        == np.bincount(decide(ev.probs, saved), minlength=len(classes)).tolist()
+        == np.bincount(decide_classes(ev.probs, saved), minlength=len(classes)).tolist()
     )
