@@ -4,6 +4,8 @@ and logged to MLflow as flat params. Each step receives only its own section."""
 
 from __future__ import annotations
 
+import copy
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -104,6 +106,39 @@ class ClusterConfig(Section):
         return self
 
 
+# Config keys renamed, old -> new. The old key still works, with a one-line notice.
+RENAMED_KEYS = {
+    # "shard" is a TFRecord file of normalize's (data.num_shards); ingest's tasks read partitions.
+    "data.ingest_shards": "data.ingest_partitions",
+    "cluster.resources.ingest_shard": "cluster.resources.ingest_partition",
+}
+
+
+def current_key(key: str) -> str:
+    """``key`` under its current name; an old name prints a one-line notice."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    print(f"warning: config key {key} is now {new}; the old name will stop working", file=sys.stderr, flush=True)
+    return new
+
+
+def with_current_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a config's sections) with renamed keys under their current names."""
+    raw = copy.deepcopy(raw)
+    for old in RENAMED_KEYS:
+        *parents, name = old.split(".")
+        node: Any = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and name in node:
+            new = current_key(old)
+            if new.rsplit(".", 1)[1] in node:
+                raise SettingsError(f"config key {old} is the old name of {new}: give only {new}")
+            node[new.rsplit(".", 1)[1]] = node.pop(name)
+    return raw
+
+
 class Config(Section):
     name: str = "demo"
     data: DataConfig = Field(default_factory=DataConfig)
@@ -122,7 +157,7 @@ class Config(Section):
     # ---- construction ----------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Config:
-        return load_section(cls, raw or {}, "")
+        return load_section(cls, with_current_keys(raw) if isinstance(raw, dict) else raw or {}, "")
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -135,7 +170,7 @@ class Config(Section):
         raw = self.to_dict()
         for item in overrides:
             key, sep, value = item.partition("=")
-            key = key.strip()
+            key = current_key(key.strip())
             if not sep or not key:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
             node = raw

@@ -142,7 +142,7 @@ def run_local(
 def expected_tasks(cfg: Config) -> int:
     """Tasks of a run that trains: list, the ingest shards, merge, gate, split, the
     normalize shards, gather, augment, train, evaluate, register, report."""
-    return 10 + cfg.data.ingest_shards + cfg.data.num_shards
+    return 10 + cfg.data.ingest_partitions + cfg.data.num_shards
 
 
 def _to_stderr(text: str) -> None:

@@ -2,7 +2,7 @@
 (local, compile, submit, schedule), so the pipeline that runs on a laptop is the one
 that runs on the cluster.
 
-Shape: list the source -> ingest (N shard tasks, merged) -> retraining gate; then, only when the data changed
+Shape: list the source -> ingest (N partition tasks, merged) -> retraining gate; then, only when the data changed
 since the champion (or the run is forced): split -> normalize (N shard tasks, gathered)
 -> augment -> train (GPU) -> evaluate -> register. Either branch ends in a ``report``
 task whose JSON string is the pipeline's output.
@@ -112,11 +112,15 @@ def create_pipeline(cfg: Config) -> Callable:
         # Where a reviewer finds the run besides MLflow: its KFP page, or its local folder.
         origin = {"kfp_ui_url": kfp_ui_url, "local_run_dir": local_run_dir}
         listing = step("list_source", data_uri=data_uri, data=data)
-        with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
-            ingest_shard = step(
-                "ingest_shard", data_uri=data_uri, data=data, shard_index=ingest_index, source_listing=listing.output
+        with dsl.ParallelFor(items=list(range(cfg.data.ingest_partitions)), name="ingest-partitions") as ingest_index:
+            partition = step(
+                "ingest_partition",
+                data_uri=data_uri,
+                data=data,
+                partition_index=ingest_index,
+                source_listing=listing.output,
             )
-        manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]), data=data).outputs[
+        manifest = step("ingest_merge", partitions=dsl.Collected(partition.outputs["partition"]), data=data).outputs[
             "manifest"
         ]
         gate = step(

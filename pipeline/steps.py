@@ -56,8 +56,8 @@ STEPS: dict[str, Step] = {
         mlflow=False,
         resources=_resources("250m", "1", "512Mi", "1Gi"),
     ),
-    "ingest_shard": Step(
-        "components.data.ingest.ingest_shard_step",
+    "ingest_partition": Step(
+        "components.data.ingest.ingest_partition_step",
         network=True,
         cacheable=True,
         mlflow=False,

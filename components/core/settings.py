@@ -80,10 +80,10 @@ class DataConfig(Section):
     # Images decoded (and downloaded) at once during ingest; 0 picks by source
     # (components.data.ingest.threads): one per CPU for local files, more for gs://.
     ingest_workers: int = Field(0, ge=0)
-    # Parallel ingest tasks on the cluster, each decoding a partition (every ingest_shards-th
+    # Parallel ingest tasks on the cluster, each decoding a partition (every ingest_partitions-th
     # file) of the listing; a merge task then finds duplicates, conflicts, leaks and
     # near-duplicates across all of them. One-process ingest (the CLI, evaluate) is one.
-    ingest_shards: int = Field(2, ge=1)
+    ingest_partitions: int = Field(2, ge=1)
     synthetic_images_per_class: int = Field(60, ge=1)  # the synthetic demo data (source "")
     synthetic_image_size: int = Field(96, ge=16)  # the synthetic images' side in pixels
 

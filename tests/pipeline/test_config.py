@@ -174,3 +174,22 @@ def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path
         .startswith(f"Error: weights file not found: rel.h5 (relative to the working folder: {elsewhere / 'rel.h5'})")
     )
     assert not (elsewhere / "mlflow.db").exists() and not (elsewhere / "out").exists()  # stopped before anything
+
+
+def test_the_old_name_of_a_renamed_key_still_works_with_a_one_line_notice(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("data:\n  ingest_shards: 3\ncluster:\n  resources:\n    ingest_shard: {cpu_request: '2'}\n")
+    cfg = Config.load(path)
+    assert cfg.data.ingest_partitions == 3 and cfg.cluster.resources.ingest_partition.cpu_request == "2"
+    assert Config.load(None, ["data.ingest_shards=5"]).data.ingest_partitions == 5
+    notices = capsys.readouterr().err.splitlines()
+    assert notices == [
+        "warning: config key data.ingest_shards is now data.ingest_partitions; the old name will stop working",
+        "warning: config key cluster.resources.ingest_shard is now cluster.resources.ingest_partition; "
+        "the old name will stop working",
+        "warning: config key data.ingest_shards is now data.ingest_partitions; the old name will stop working",
+    ]
+    # Shards are normalize's TFRecord files: data.num_shards is not renamed.
+    assert "num_shards" in cfg.data.to_dict() and "ingest_shards" not in cfg.data.to_dict()
+    with pytest.raises(ConfigError, match="data.ingest_shards is the old name of data.ingest_partitions"):
+        Config.from_dict({"data": {"ingest_shards": 2, "ingest_partitions": 2}})

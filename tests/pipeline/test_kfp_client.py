@@ -116,12 +116,18 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
     assert run["runtime_config"]["parameters"]["force_retrain"] is True
     # Every task, those inside the If branch and the ParallelFor included.
     sent = caching_of(run["pipeline_spec"]["pipeline_spec"])
-    assert set(sent) >= {"ingest-shard-step", "ingest-merge-step", "split-step", "train-step", "normalize-shard-step"}
+    assert set(sent) >= {
+        "ingest-partition-step",
+        "ingest-merge-step",
+        "split-step",
+        "train-step",
+        "normalize-shard-step",
+    }
     assert not any(sent.values())
     # Without --no-cache the compiled per-step choice stands: deterministic steps cached, not train.
     default = caching_of(compiled(tmp_path)["pipeline_spec"])
     assert (
-        default["ingest-shard-step"]
+        default["ingest-partition-step"]
         and default["ingest-merge-step"]
         and default["split-step"]
         and not default["train-step"]

@@ -28,7 +28,7 @@ TINY = [
     "train.epochs=1",
     "train.batch_size=8",
     "data.num_shards=1",
-    "data.ingest_shards=1",
+    "data.ingest_partitions=1",
 ]
 
 

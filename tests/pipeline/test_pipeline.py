@@ -126,9 +126,11 @@ def test_gate_fan_out_and_pipeline_root(compiled):
     spec, _, _ = compiled
     assert spec["defaultPipelineRoot"] == "gs://BUCKET_NAME/pipeline-root"
     ingest_loop = spec["root"]["dag"]["tasks"]["for-loop-2"]
-    assert ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.ingest_shards: 4 in cluster.yaml
+    assert (
+        ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
+    )  # data.ingest_partitions: 4 in cluster.yaml
     merge = spec["root"]["dag"]["tasks"]["ingest-merge-step"]
-    assert merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
+    assert merge["inputs"]["artifacts"]["partitions"]["taskOutputArtifact"]["producerTask"] == "for-loop-2"
     loop = spec["components"]["comp-condition-6"]["dag"]["tasks"]["for-loop-5"]
     assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.num_shards: 4 in cluster.yaml
     gather = spec["components"]["comp-condition-6"]["dag"]["tasks"]["normalize-gather-step"]
@@ -161,7 +163,7 @@ def test_config_switches_change_the_spec(tmp_path):
     assert "tolerations" not in k8s["exec-train-step"]
     assert not any("secretAsVolume" in e for e in k8s.values())
     assert (
-        spec["deploymentSpec"]["executors"]["exec-ingest-shard-step"]["container"]["image"]
+        spec["deploymentSpec"]["executors"]["exec-ingest-partition-step"]["container"]["image"]
         == "registry.example/lesion:9"
     )
 
@@ -187,7 +189,7 @@ def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_ke
 
 DATA_TASKS = (
     "list-source-step",
-    "ingest-shard-step",
+    "ingest-partition-step",
     "ingest-merge-step",
     "split-step",
     "normalize-shard-step",
@@ -228,8 +230,8 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
         assert yaml.safe_dump(before[name]) == yaml.safe_dump(after[name]), name
     # Their inputs are the data section and upstream outputs only; no pipeline parameter
     # (those carry only the data URI, the tracking URI and force_retrain).
-    ingest = before["ingest-shard-step"][0]["inputs"]["parameters"]
-    assert set(ingest) == {"data_uri", "data", "shard_index", "source_listing"}
+    ingest = before["ingest-partition-step"][0]["inputs"]["parameters"]
+    assert set(ingest) == {"data_uri", "data", "partition_index", "source_listing"}
     assert set(before["ingest-merge-step"][0]["inputs"]["parameters"]) == {"data"}
     assert ingest["data"]["runtimeValue"]["constant"] == Config.load(CONFIG).data.to_dict()
     # ... while the train task does see the change.
