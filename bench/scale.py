@@ -101,9 +101,9 @@ def planted_found(planted: dict, report: dict) -> tuple[int, int]:
 
 
 def configs():
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    return Config.from_dict(
+    return RunConfig.from_dict(
         {
             "data": {"image_size": IMAGE_SIZE, "num_shards": 2, "ingest_workers": 4, "format": "folders"},
             "augment": {"max_factor": 2.0},

@@ -13,9 +13,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, create_model, model_validator
 
-from components.core.section import (
+from components.core.config_base import (
+    ConfigError,
     Section,
-    SettingsError,
     flat_params,
     load_section,
     read_yaml_mapping,
@@ -24,8 +24,6 @@ from components.core.section import (
 )
 from components.core.settings import AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig
 from pipeline.steps import STEPS, StepResources
-
-ConfigError = SettingsError
 
 
 class ImagesConfig(Section):
@@ -106,7 +104,7 @@ class ClusterConfig(Section):
         return self
 
 
-# Config keys renamed, old -> new. The old key still works, with a one-line notice.
+# RunConfig keys renamed, old -> new. The old key still works, with a one-line notice.
 RENAMED_KEYS = {
     # "shard" is a TFRecord file of normalize's (data.num_shards); ingest's tasks read partitions.
     "data.ingest_shards": "data.ingest_partitions",
@@ -134,12 +132,12 @@ def with_current_keys(raw: dict[str, Any]) -> dict[str, Any]:
         if isinstance(node, dict) and name in node:
             new = current_key(old)
             if new.rsplit(".", 1)[1] in node:
-                raise SettingsError(f"config key {old} is the old name of {new}: give only {new}")
+                raise ConfigError(f"config key {old} is the old name of {new}: give only {new}")
             node[new.rsplit(".", 1)[1]] = node.pop(name)
     return raw
 
 
-class Config(Section):
+class RunConfig(Section):
     name: str = "demo"
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -150,23 +148,23 @@ class Config(Section):
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
     @model_validator(mode="after")
-    def _ensemble_members_are_valid(self) -> Config:
+    def _ensemble_members_are_valid(self) -> RunConfig:
         self.train.members()  # every member checked like the train section, with its own key
         return self
 
     # ---- construction ----------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
+    def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
         return load_section(cls, with_current_keys(raw) if isinstance(raw, dict) else raw or {}, "")
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
         """A config file's values (its relative paths resolved against its own folder), then
         ``--set`` overrides (taken as given: relative to the working folder)."""
         raw = resolve_relative_paths(read_yaml_mapping(path), Path(path).parent) if path else {}
         return cls.from_dict(raw).with_overrides(overrides)
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Config:
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
         raw = self.to_dict()
         for item in overrides:
             key, sep, value = item.partition("=")
@@ -185,7 +183,7 @@ class Config(Section):
                 node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
             except yaml.YAMLError:
                 node[parts[-1]] = value
-        return Config.from_dict(raw)
+        return RunConfig.from_dict(raw)
 
     # ---- views -----------------------------------------------------------
     def flat_params(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import Config
+from pipeline.config import RunConfig
 
 HEADER = """# Configuration reference
 
@@ -89,10 +89,10 @@ def _is_uniform(cls: type[BaseModel], annotation: type) -> bool:
 
 def markdown() -> str:
     out = [HEADER]
-    for section, field in Config.model_fields.items():
+    for section, field in RunConfig.model_fields.items():
         annotation = field.annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            text = field_comments(Config).get(section) or NAME_HELP
+            text = field_comments(RunConfig).get(section) or NAME_HELP
             out.append(f"## `{section}`\n\n{text} Default: `{json.dumps(field.default)}`.\n")
             continue
         out.append(f"## `{section}`\n\n{inspect.cleandoc(annotation.__doc__ or '')}\n")
@@ -135,4 +135,4 @@ def all_keys() -> set[str]:
             if isinstance(value, BaseModel):
                 yield from walk(value, f"{prefix}{name}.")
 
-    return set(walk(Config(), ""))
+    return set(walk(RunConfig(), ""))

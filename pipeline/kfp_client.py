@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from components.core.errors import UserError
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.pipeline import PIPELINE_NAME, create_pipeline
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
@@ -103,7 +103,7 @@ def _cron_field_ok(field: str, name: str, low: int, high: int) -> bool:
     return True
 
 
-def pipeline_arguments(cfg: Config, force_retrain: bool = False, kfp_ui_url: str = "") -> dict[str, Any]:
+def pipeline_arguments(cfg: RunConfig, force_retrain: bool = False, kfp_ui_url: str = "") -> dict[str, Any]:
     """The run's parameters, all from the config (the compiled defaults say the same; sending
     them makes the run's page show what it ran with), and the KFP UI the run is submitted
     to, from which the MLflow run's description links back to the run's page."""
@@ -115,7 +115,7 @@ def pipeline_arguments(cfg: Config, force_retrain: bool = False, kfp_ui_url: str
     }
 
 
-def check_ready_for_cluster(cfg: Config) -> None:
+def check_ready_for_cluster(cfg: RunConfig) -> None:
     """Settings without which a cluster run would fail late or lose its results."""
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
         raise UserError(
@@ -129,7 +129,7 @@ def check_ready_for_cluster(cfg: Config) -> None:
 
 
 @contextlib.contextmanager
-def compiled_package(cfg: Config) -> Iterator[str]:
+def compiled_package(cfg: RunConfig) -> Iterator[str]:
     from kfp import compiler
 
     with tempfile.TemporaryDirectory(prefix="lesionpipe-") as tmp:
@@ -187,7 +187,7 @@ def _experiment_id(conn: Connection, name: str, namespace: str | None) -> str:
     return conn.call(lambda: conn.client.create_experiment(name=name, namespace=namespace)).experiment_id
 
 
-def without_caching(cfg: Config) -> Config:
+def without_caching(cfg: RunConfig) -> RunConfig:
     """The per-run switch. Compiled in rather than kfp.Client's enable_caching, which only
     reaches the tasks of the pipeline's top level, not those inside its If branch."""
     return cfg.with_overrides(["cluster.caching=false"])
@@ -195,7 +195,7 @@ def without_caching(cfg: Config) -> Config:
 
 def submit(
     conn: Connection,
-    cfg: Config,
+    cfg: RunConfig,
     experiment: str,
     namespace: str | None = None,
     run_name: str | None = None,
@@ -218,7 +218,7 @@ def submit(
 
 
 def create_schedule(
-    conn: Connection, cfg: Config, cron: str, experiment: str, namespace: str | None = None, name: str | None = None
+    conn: Connection, cfg: RunConfig, cron: str, experiment: str, namespace: str | None = None, name: str | None = None
 ) -> Schedule:
     """A recurring run: at most one run at a time, and no backfill of missed times."""
     cron = validate_cron(cron)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.core import filenames
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.console import RunConsole
 from pipeline.pipeline import create_pipeline
 
@@ -73,7 +73,7 @@ class _Stopper:
 
 
 def run_local(
-    cfg: Config,
+    cfg: RunConfig,
     data_uri: str,
     output_dir: str | Path,
     tracking_uri: str,
@@ -139,7 +139,7 @@ def run_local(
     return summary
 
 
-def expected_tasks(cfg: Config) -> int:
+def expected_tasks(cfg: RunConfig) -> int:
     """Tasks of a run that trains: list, the ingest shards, merge, gate, split, the
     normalize shards, gather, augment, train, evaluate, register, report."""
     return 10 + cfg.data.ingest_partitions + cfg.data.num_shards
@@ -189,7 +189,7 @@ def _checkpoints_of(run_folder: Path | None) -> Path | None:
     return Path(folder) if folder else None
 
 
-def _end_mlflow_run(tracking_uri: str, cfg: Config, run_folder: Path | None, status: str, reason: str) -> None:
+def _end_mlflow_run(tracking_uri: str, cfg: RunConfig, run_folder: Path | None, status: str, reason: str) -> None:
     """Mark this run's MLflow run (named after its pipeline folder) FAILED or KILLED with
     the reason, so it does not stay RUNNING; best effort (the store may be what failed)."""
     from components.core import tracking

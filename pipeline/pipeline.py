@@ -23,7 +23,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
 from components.registry.retrain_gate import TRAIN
-from pipeline.config import ClusterConfig, Config, GpuConfig
+from pipeline.config import ClusterConfig, GpuConfig, RunConfig
 from pipeline.steps import STEPS
 
 PIPELINE_NAME = "lesion-pipeline"
@@ -33,7 +33,7 @@ GCS_KEY_FILE = "key.json"
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
-def component_ops(cfg: Config) -> dict[str, Callable]:
+def component_ops(cfg: RunConfig) -> dict[str, Callable]:
     """Every step (pipeline.steps.STEPS) as a KFP component on our images (kfp is already in them)."""
     ops = {}
     for name, step in STEPS.items():
@@ -78,7 +78,7 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
     return task
 
 
-def create_pipeline(cfg: Config) -> Callable:
+def create_pipeline(cfg: RunConfig) -> Callable:
     ops = component_ops(cfg)
     data, augment, train, evaluate = (
         cfg.data.to_dict(),

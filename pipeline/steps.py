@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.core.section import Section
+from components.core.config_base import Section
 
 
 class StepResources(Section):

@@ -5,7 +5,7 @@ A step receives only its own section (``data``, ``augment``, ``train``, ``evalua
 as a plain dict, so a change to one section never changes another step's inputs, nor
 its cache key on a cluster. ``pipeline.config`` composes these sections (with the
 cluster settings) into the one run configuration. How a section is loaded, checked and
-reported (one line naming the key) is ``components.core.section``.
+reported (one line naming the key) is ``components.core.config_base``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from components.core.section import Section, load_section
+from components.core.config_base import Section, load_section
 
 SourceFormat = Literal["auto", "folders", "ham10000", "isic2019", "siim2020"]
 ImbalanceMethod = Literal["none", "class_weight", "focal", "balanced_sampling", "logit_adjusted"]

@@ -135,8 +135,8 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
 def augment_step(normalized: dsl.Input[dsl.Dataset], augment: dict, seed: int, augmented: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the augment step; ``seed`` is the run's data seed."""
     from components.core import atomic
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import AugmentConfig
     from components.data.augment import augment as oversample
 

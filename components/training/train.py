@@ -151,8 +151,8 @@ def train_step(
     from pathlib import Path
 
     from components.core import tracking
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import TrainConfig
     from components.training.checkpoints import checkpoint_dir, progress_so_far
     from components.training.train import train as train_model

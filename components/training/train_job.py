@@ -55,7 +55,7 @@ def run(
     wait_for_workers_minutes: float = 15.0,
 ) -> dict:
     from components.core import tracking
-    from components.core.section import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
+    from components.core.config_base import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
     from components.core.settings import EvaluateConfig, MlflowConfig, TrainConfig
     from components.data.sources.gcs_folders import download_folder, upload_folder
     from components.training.devices import tf_config_workers

@@ -435,13 +435,13 @@ def test_tfjob_structure(name):
 def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
     """The pipeline's train step (configs/cluster.yaml, the default) and the GKE overlay's
     TFJob must land on the same node pool: one accelerator, named alike."""
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
     pod = one("overlays/gke", "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
     assert (
         pod["nodeSelector"]
-        == Config.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector
-        == Config().cluster.gpu.node_selector
+        == RunConfig.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector
+        == RunConfig().cluster.gpu.node_selector
     )
 
 
@@ -449,9 +449,9 @@ def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
 def test_each_overlays_run_config_logs_to_the_mlflow_it_deploys(overlay, config):
     from urllib.parse import urlparse
 
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    host = urlparse(Config.load(ROOT / "configs" / config).mlflow.tracking_uri).netloc
+    host = urlparse(RunConfig.load(ROOT / "configs" / config).mlflow.tracking_uri).netloc
     assert host in one(overlay, "ConfigMap", "mlflow-settings")["data"]["allowed-hosts"].split(",")
     service = one(overlay, "Service", "mlflow")
     assert (
@@ -463,9 +463,11 @@ def test_each_overlays_run_config_logs_to_the_mlflow_it_deploys(overlay, config)
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(name):
     from components.training.distributed import replica_batch_size
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    train = Config.from_dict(yaml.safe_load(one(name, "ConfigMap", "lesion-train-config")["data"]["config.yaml"])).train
+    train = RunConfig.from_dict(
+        yaml.safe_load(one(name, "ConfigMap", "lesion-train-config")["data"]["config.yaml"])
+    ).train
     assert train.epochs >= 1
     worker = one(name, "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]
     gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 1))

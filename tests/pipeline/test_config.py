@@ -3,13 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError
+from components.core.config_base import ConfigError
+from pipeline.config import RunConfig
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("name: x\ndata:\n  image_size: 96\ntrain:\n  epochs: 3\n")
-    cfg = Config.load(path, ["train.epochs=5", "data.class_map={mel: melanoma}", "augment.enabled=false"])
+    cfg = RunConfig.load(path, ["train.epochs=5", "data.class_map={mel: melanoma}", "augment.enabled=false"])
     assert cfg.name == "x"
     assert cfg.data.image_size == 96
     assert cfg.train.epochs == 5
@@ -19,9 +20,9 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_round_trip_through_kfp_struct_floats():
     # KFP hands a dict parameter over as a protobuf Struct: every number becomes a float.
-    raw = Config().to_dict()
+    raw = RunConfig().to_dict()
     raw["train"]["epochs"] = 7.0
-    assert Config.from_dict(raw).train.epochs == 7
+    assert RunConfig.from_dict(raw).train.epochs == 7
 
 
 @pytest.mark.parametrize(
@@ -44,20 +45,20 @@ def test_round_trip_through_kfp_struct_floats():
 )
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        Config.load(None, [override])
+        RunConfig.load(None, [override])
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        Config.load(tmp_path / "nope.yaml")
+        RunConfig.load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        Config.load(bad)
+        RunConfig.load(bad)
 
 
 def test_flat_params_for_mlflow():
-    params = Config().flat_params()
+    params = RunConfig().flat_params()
     assert params["train.model"] == "seed_cnn"
     assert params["data.class_map"] == "{}"
     assert all(isinstance(v, str) for v in params.values())
@@ -65,13 +66,13 @@ def test_flat_params_for_mlflow():
 
 @pytest.mark.parametrize("name", ["demo", "isic9", "ham10000", "cluster", "kind"])
 def test_shipped_configs_load(name):
-    cfg = Config.load(f"configs/{name}.yaml")
+    cfg = RunConfig.load(f"configs/{name}.yaml")
     assert cfg.name == name
 
 
 def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
     # As KFP hands it back: numbers as floats.
-    cfg = Config.from_dict(
+    cfg = RunConfig.from_dict(
         {
             "train": {
                 "model": "mobilenet_v2",
@@ -89,7 +90,7 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
         ("mobilenet", 0.25, 1, 9),
     ]
     assert all(m.ensemble == [] for m in members[1:])
-    assert Config.load(None, ["train.ensemble=[{seed: 5}]"]).train.members()[1].seed == 5
+    assert RunConfig.load(None, ["train.ensemble=[{seed: 5}]"]).train.members()[1].seed == 5
     assert '"alpha": 0.35' in cfg.flat_params()["train.ensemble"]
 
 
@@ -105,7 +106,7 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
 )
 def test_bad_ensemble_members_are_one_line_errors(ensemble, message):
     with pytest.raises(ConfigError, match=message):
-        Config.from_dict({"train": {"ensemble": ensemble}})
+        RunConfig.from_dict({"train": {"ensemble": ensemble}})
 
 
 def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_against_the_working_one(tmp_path):
@@ -117,16 +118,16 @@ def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_aga
         "  ensemble: [{weights: imagenet}, {weights: other.h5}, {weights: gs://b/w.h5}]\n"
         "mlflow:\n  tracking_uri: sqlite:///../mlflow.db\n"
     )
-    cfg = Config.load(path)
+    cfg = RunConfig.load(path)
     assert cfg.data.source == str(tmp_path / "project" / "data" / "isic")
     assert cfg.train.weights == str(tmp_path / "w" / "m.h5")
     assert [m["weights"] for m in cfg.train.ensemble] == ["imagenet", str(folder / "other.h5"), "gs://b/w.h5"]
     assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
     # Command-line values are the user's, relative to where they run lesionpipe.
-    cfg = Config.load(path, ["train.weights=here.h5", "data.source=gs://bucket/x"])
+    cfg = RunConfig.load(path, ["train.weights=here.h5", "data.source=gs://bucket/x"])
     assert (cfg.train.weights, cfg.data.source) == ("here.h5", "gs://bucket/x")
     # A relative config path resolves against the config's folder too.
-    assert Config.load(os.path.relpath(path)).train.weights == str(tmp_path / "w" / "m.h5")
+    assert RunConfig.load(os.path.relpath(path)).train.weights == str(tmp_path / "w" / "m.h5")
 
 
 @pytest.mark.parametrize("config", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -140,7 +141,7 @@ def test_shipped_configs_weights_are_names_or_the_shared_folders_files_from_any_
 
     config = config.absolute()
     monkeypatch.chdir(tmp_path)
-    for member in Config.load(config).train.members():
+    for member in RunConfig.load(config).train.members():
         if member.weights == "imagenet":
             assert member.model in LITE_MODELS, f"{member.model} would download its ImageNet weights at run time"
         elif member.weights not in ("", "none"):
@@ -179,9 +180,9 @@ def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path
 def test_the_old_name_of_a_renamed_key_still_works_with_a_one_line_notice(tmp_path, capsys):
     path = tmp_path / "old.yaml"
     path.write_text("data:\n  ingest_shards: 3\ncluster:\n  resources:\n    ingest_shard: {cpu_request: '2'}\n")
-    cfg = Config.load(path)
+    cfg = RunConfig.load(path)
     assert cfg.data.ingest_partitions == 3 and cfg.cluster.resources.ingest_partition.cpu_request == "2"
-    assert Config.load(None, ["data.ingest_shards=5"]).data.ingest_partitions == 5
+    assert RunConfig.load(None, ["data.ingest_shards=5"]).data.ingest_partitions == 5
     notices = capsys.readouterr().err.splitlines()
     assert notices == [
         "warning: config key data.ingest_shards is now data.ingest_partitions; the old name will stop working",
@@ -192,4 +193,4 @@ def test_the_old_name_of_a_renamed_key_still_works_with_a_one_line_notice(tmp_pa
     # Shards are normalize's TFRecord files: data.num_shards is not renamed.
     assert "num_shards" in cfg.data.to_dict() and "ingest_shards" not in cfg.data.to_dict()
     with pytest.raises(ConfigError, match="data.ingest_shards is the old name of data.ingest_partitions"):
-        Config.from_dict({"data": {"ingest_shards": 2, "ingest_partitions": 2}})
+        RunConfig.from_dict({"data": {"ingest_shards": 2, "ingest_partitions": 2}})

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.kfp_client import validate_cron
 from tests.helpers.kfp_stub import API, KfpStub
 
@@ -53,7 +53,7 @@ def compiled(tmp_path, *overrides: str) -> dict:
 
 def expected_parameters(ui: str, force_retrain: bool = False) -> dict:
     """The config's values, and the KFP UI that the MLflow run's description links the run to."""
-    cfg = Config.load(CONFIG)
+    cfg = RunConfig.load(CONFIG)
     return {
         "data_uri": cfg.data.source,
         "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000",

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from kfp import components
 
 from pipeline.cli import main
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.steps import STEPS
 
 CONFIG = "configs/cluster.yaml"
@@ -53,7 +53,7 @@ def test_loads_back_as_a_component(compiled):
 
 def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
     spec, _, _ = compiled
-    cfg = Config.load(CONFIG)
+    cfg = RunConfig.load(CONFIG)
     executors = spec["deploymentSpec"]["executors"]
     assert set(executors) == set(EXECUTORS)
     for name, step in EXECUTORS.items():
@@ -88,7 +88,7 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
     others = [k8s.get(e, {}) for e in EXECUTORS if e != "exec-train-step"]
     assert not any("tolerations" in e or "nodeSelector" in e for e in others)
     # The default is Workload Identity: no pod waits on a key secret that such a setup never creates.
-    assert Config.load(CONFIG).cluster.secrets.gcs == Config().cluster.secrets.gcs == ""
+    assert RunConfig.load(CONFIG).cluster.secrets.gcs == RunConfig().cluster.secrets.gcs == ""
     key_spec, key_k8s, _ = compiled_with_key_file
     for name, step in EXECUTORS.items():
         container = spec["deploymentSpec"]["executors"][name]["container"]
@@ -169,7 +169,7 @@ def test_config_switches_change_the_spec(tmp_path):
 
 
 def test_resources_config_covers_every_step():
-    assert set(type(Config().cluster.resources).model_fields) == set(STEPS)
+    assert set(type(RunConfig().cluster.resources).model_fields) == set(STEPS)
 
 
 def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_key_file):
@@ -233,7 +233,7 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
     ingest = before["ingest-partition-step"][0]["inputs"]["parameters"]
     assert set(ingest) == {"data_uri", "data", "partition_index", "source_listing"}
     assert set(before["ingest-merge-step"][0]["inputs"]["parameters"]) == {"data"}
-    assert ingest["data"]["runtimeValue"]["constant"] == Config.load(CONFIG).data.to_dict()
+    assert ingest["data"]["runtimeValue"]["constant"] == RunConfig.load(CONFIG).data.to_dict()
     # ... while the train task does see the change.
     train = [
         t
@@ -248,7 +248,7 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
 def test_the_kind_config_is_ready_for_a_cluster_without_google_cloud_or_gpu(tmp_path):
     from pipeline.kfp_client import check_ready_for_cluster
 
-    check_ready_for_cluster(Config.load("configs/kind.yaml"))
+    check_ready_for_cluster(RunConfig.load("configs/kind.yaml"))
     out = tmp_path / "kind.yaml"
     result = CliRunner().invoke(main, ["compile", "--config", "configs/kind.yaml", "-o", str(out)])
     assert result.exit_code == 0, result.output

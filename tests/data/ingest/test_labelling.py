@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.core.section import SettingsError, load_section
+from components.core.config_base import ConfigError, load_section
 from components.core.settings import DataConfig
 from components.data.ingest import IngestError, ingest
 from tests.helpers.sources import csv_source
@@ -30,7 +30,7 @@ def test_named_format_must_match_the_files(tmp_path):
     assert ingest(str(root), DataConfig(format="ham10000")).report["format"] == "ham10000"
     with pytest.raises(IngestError, match="siim2020 needs a CSV with columns"):
         ingest(str(root), DataConfig(format="siim2020"))
-    with pytest.raises(SettingsError, match="data.format must be auto, folders, ham10000, isic2019 or siim2020"):
+    with pytest.raises(ConfigError, match="data.format must be auto, folders, ham10000, isic2019 or siim2020"):
         load_section(DataConfig, {"format": "dicom"}, "data.")
 
 
