@@ -126,7 +126,7 @@ STEPS: dict[str, Step] = {
         resources=_resources("1", "2", "4Gi", "8Gi"),
     ),
     "report": Step(
-        "components.registry.run_summary.report_step",
+        "components.evaluation.run_summary.report_step",
         network=True,
         cacheable=False,
         mlflow=True,
