@@ -28,7 +28,7 @@ class TrainResult:
     model_path: str
     history: dict
     epochs_run: int
-    best_epoch: int  # -1 for an ensemble: see members
+    best_epoch: int | None  # None for an ensemble: see members
     device: str
     members: list[TrainResult] = field(default_factory=list)
 

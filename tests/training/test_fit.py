@@ -89,8 +89,7 @@ RESUMABLE_TRAINING = textwrap.dedent("""
     from pathlib import Path
     import keras
     from components.training.train import train
-    sys.path.insert(0, "tests")
-    from tiny_data import tiny_config
+    from tests.helpers.tiny_data import tiny_config
 
     normalized, out, kill_epoch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 
