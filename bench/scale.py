@@ -130,7 +130,7 @@ def run_step(step: str, source: str, work: Path) -> int:
     elif step == "augment":
         from components.data.augment import augment
 
-        augment(work / "normalized", cfg.augment, work / "augmented", cfg.data.seed)
+        augment(work / "normalized", cfg.augment, work / "augmented")
     elif step == "train":
         from components.training.train import train
 

@@ -109,7 +109,11 @@ RENAMED_KEYS = {
     # "shard" is a TFRecord file of normalize's (data.num_shards); ingest's tasks read partitions.
     "data.ingest_shards": "data.ingest_partitions",
     "cluster.resources.ingest_shard": "cluster.resources.ingest_partition",
+    # Training's validation reads it too: one key the train and evaluate sections both get.
+    "evaluate.melanoma_class": "melanoma_class",
 }
+# The sections that get the run config's melanoma_class; not a key of theirs in a config.
+MELANOMA_CLASS_SECTIONS = ("train", "evaluate")
 
 
 def current_key(key: str) -> str:
@@ -124,21 +128,32 @@ def current_key(key: str) -> str:
 def with_current_keys(raw: dict[str, Any]) -> dict[str, Any]:
     """``raw`` (a config's sections) with renamed keys under their current names."""
     raw = copy.deepcopy(raw)
-    for old in RENAMED_KEYS:
-        *parents, name = old.split(".")
-        node: Any = raw
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, dict) and name in node:
-            new = current_key(old)
-            if new.rsplit(".", 1)[1] in node:
-                raise ConfigError(f"config key {old} is the old name of {new}: give only {new}")
-            node[new.rsplit(".", 1)[1]] = node.pop(name)
+    for old, new in RENAMED_KEYS.items():
+        old_parent, old_name = _parent(raw, old)
+        if old_parent is None or old_name not in old_parent:
+            continue
+        new_parent, new_name = _parent(raw, current_key(old))
+        if new_parent is None or new_name in new_parent:
+            raise ConfigError(f"config key {old} is the old name of {new}: give only {new}")
+        new_parent[new_name] = old_parent.pop(old_name)
     return raw
+
+
+def _parent(raw: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds ``key`` (dotted) in ``raw``, or None, and its last part."""
+    *parents, name = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), name
 
 
 class RunConfig(Section):
     name: str = "demo"
+    # The class whose one-vs-rest AUC is reported as melanoma_auc: in training's validation
+    # (train.monitor val_melanoma_auc) and in evaluation. The train and evaluate sections
+    # both get it from here, so that each step still receives only its own section.
+    melanoma_class: str = "melanoma"
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -146,6 +161,29 @@ class RunConfig(Section):
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_get_melanoma_class(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for name in MELANOMA_CLASS_SECTIONS:
+            section = raw.get(name)
+            if isinstance(section, dict) and "melanoma_class" in section:
+                raise ConfigError(f"config key {name}.melanoma_class is the run's melanoma_class: set that one")
+            if section is None or isinstance(section, dict):
+                raw[name] = {
+                    **(section or {}),
+                    "melanoma_class": raw.get("melanoma_class", cls.model_fields["melanoma_class"].default),
+                }
+        return raw
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = super().to_dict()
+        for name in MELANOMA_CLASS_SECTIONS:
+            del raw[name]["melanoma_class"]  # the sections' copy of the run's
+        return raw
 
     @model_validator(mode="after")
     def _ensemble_members_are_valid(self) -> RunConfig:

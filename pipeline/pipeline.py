@@ -144,13 +144,12 @@ def create_pipeline(cfg: RunConfig) -> Callable:
                 manifest=manifest,
                 data=data,
             ).outputs["normalized"]
-            augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs["augmented"]
+            augmented = step("augment", normalized=normalized, augment=augment).outputs["augmented"]
             trained = step(
                 "train",
                 normalized=normalized,
                 augmented=augmented,
                 train=train,
-                melanoma_class=cfg.evaluate.melanoma_class,
                 data_fingerprint=gate.outputs["fingerprint"],
                 checkpoint_root=checkpoint_root,
                 experiment=experiment,

@@ -109,6 +109,7 @@ class AugmentConfig(Section):
     contrast: float = 0.1  # largest change, as a fraction
     saturation: float = 0.1  # largest change, as a fraction
     hue: float = 0.02  # largest shift, as a fraction of the colour circle
+    seed: int = 123  # of the drawn plan: which images are copied, and each copy's transform
 
 
 class TrainConfig(Section):
@@ -187,6 +188,8 @@ class TrainConfig(Section):
     # 224 px is ~1.5 GB; ISIC 2024 (400,000 images) at 224 px would be ~60 GB.
     cache_memory_mb: int = Field(8192, ge=0)
     seed: int = 123  # weights, shuffling and online augmentation
+    # Given by the run config's melanoma_class: val_melanoma_auc's class.
+    melanoma_class: str = "melanoma"
     # More members for an ensemble, each a mapping of the settings above that differ
     # from this section's (e.g. {alpha: 0.35, weights: ..., seed: 7}). Every member
     # trains in turn with its own early stopping, max_train_minutes is shared among them,
@@ -222,7 +225,7 @@ class TrainConfig(Section):
 class EvaluateConfig(Section):
     """Evaluate and register: test metrics, the report's pictures and the champion gate."""
 
-    # Class whose one-vs-rest AUC is reported as melanoma_auc.
+    # Given by the run config's melanoma_class: the class whose AUC is melanoma_auc.
     melanoma_class: str = "melanoma"
     batch_size: int = Field(64, ge=1)  # images scored at once
     # Test-time augmentation: average the probabilities over flips and 90-degree turns.

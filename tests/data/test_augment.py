@@ -12,7 +12,7 @@ from components.data.augment import Transform, augment, plan_counts
 def test_augment_balances_train_only_and_records_policy(normalized, tmp_path):
     root, _, meta = normalized
     before = meta["class_counts"]["train"]
-    report = augment(root / "normalized", AugmentConfig(), tmp_path / "aug", seed=5)
+    report = augment(root / "normalized", AugmentConfig(seed=5), tmp_path / "aug")
     assert report["train_counts_before"] == before
     assert max(report["train_counts_after"]) == max(before)
     assert report["train_counts_after"][0] > before[0]  # the minority class grew
@@ -23,7 +23,7 @@ def test_augment_balances_train_only_and_records_policy(normalized, tmp_path):
     assert len(policy["samples"]) == len(images)
     assert {"source_uri", "rotation_degrees", "zoom", "hue_shift"} <= set(policy["samples"][0])
     assert not tfrecords.shard_paths(tmp_path / "aug", "val") and not tfrecords.shard_paths(tmp_path / "aug", "test")
-    again = augment(root / "normalized", AugmentConfig(), tmp_path / "aug2", seed=5)
+    again = augment(root / "normalized", AugmentConfig(seed=5), tmp_path / "aug2")
     assert again == report
     images2, _, _ = tfrecords.read_all(tfrecords.shard_paths(tmp_path / "aug2", "train"), 32)
     np.testing.assert_array_equal(images, images2)
@@ -34,9 +34,9 @@ def test_augment_streams_the_split_and_each_image_is_its_policy_transform_of_its
 ):
     root, _, meta = normalized
     # Over every class's training count: sources used more than once.
-    cfg = AugmentConfig(target_per_class=2 * max(meta["class_counts"]["train"]) + 1)
+    cfg = AugmentConfig(target_per_class=2 * max(meta["class_counts"]["train"]) + 1, seed=3)
     monkeypatch.setattr(tfrecords, "read_all", None)  # augment never holds the split
-    augment(root / "normalized", cfg, tmp_path, seed=3)
+    augment(root / "normalized", cfg, tmp_path)
     monkeypatch.undo()
     policy = json.loads((tmp_path / "policy.json").read_text())
     sources, source_labels, source_uris = tfrecords.read_all(tfrecords.shard_paths(root / "normalized", "train"), 32)
@@ -51,7 +51,7 @@ def test_augment_streams_the_split_and_each_image_is_its_policy_transform_of_its
         expected = Transform(**{k: v for k, v in sample.items() if k in fields}).apply(sources[source])
         np.testing.assert_array_equal(image, expected)
     # The same seed draws the same plan.
-    augment(root / "normalized", cfg, tmp_path / "again", seed=3)
+    augment(root / "normalized", cfg, tmp_path / "again")
     assert json.loads((tmp_path / "again" / "policy.json").read_text())["samples"] == policy["samples"]
 
 

@@ -194,3 +194,17 @@ def test_the_old_name_of_a_renamed_key_still_works_with_a_one_line_notice(tmp_pa
     assert "num_shards" in cfg.data.to_dict() and "ingest_shards" not in cfg.data.to_dict()
     with pytest.raises(ConfigError, match="data.ingest_shards is the old name of data.ingest_partitions"):
         RunConfig.from_dict({"data": {"ingest_shards": 2, "ingest_partitions": 2}})
+
+
+def test_the_train_and_evaluate_sections_get_the_runs_melanoma_class(capsys):
+    cfg = RunConfig.load(None, ["melanoma_class=mel"])
+    assert cfg.train.melanoma_class == cfg.evaluate.melanoma_class == "mel"
+    assert "melanoma_class" not in cfg.to_dict()["train"] and cfg.to_dict()["melanoma_class"] == "mel"
+    assert RunConfig.load(None, ["train.epochs=3"]).train.melanoma_class == "melanoma"
+    # evaluate.melanoma_class was its old place.
+    assert RunConfig.from_dict({"evaluate": {"melanoma_class": "mel"}}).train.melanoma_class == "mel"
+    assert capsys.readouterr().err == (
+        "warning: config key evaluate.melanoma_class is now melanoma_class; the old name will stop working\n"
+    )
+    with pytest.raises(ConfigError, match="train.melanoma_class is the run's melanoma_class: set that one"):
+        RunConfig.from_dict({"train": {"melanoma_class": "mel"}})

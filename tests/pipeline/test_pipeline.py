@@ -197,13 +197,14 @@ DATA_TASKS = (
 )
 
 
-def data_task_specs(spec: dict) -> dict[str, tuple]:
-    """Each data task as KFP sees it: its DAG entry (inputs: constants and upstream
-    outputs), its component's interface and its executor (image, command, code)."""
+def data_task_specs(spec: dict, names: tuple[str, ...] = DATA_TASKS) -> dict[str, tuple]:
+    """Each data task (or each of ``names``) as KFP sees it: its DAG entry (inputs:
+    constants and upstream outputs), its component's interface and its executor (image,
+    command, code)."""
     out = {}
     for dag in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]:
         for name, task in dag["tasks"].items():
-            if name in DATA_TASKS:
+            if name in names:
                 component = spec["components"][task["componentRef"]["name"]]
                 out[name] = (task, component, spec["deploymentSpec"]["executors"][component["executorLabel"]])
     return out
@@ -243,6 +244,36 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
         if n == "train-step"
     ][0]
     assert train["inputs"]["parameters"]["train"]["runtimeValue"]["constant"]["epochs"] == 99
+
+
+@pytest.mark.parametrize(
+    "overrides, unchanged_tasks",
+    [
+        # Settings only evaluate reads (and data.seed, which augment read): train and augment keep their keys.
+        (
+            ("evaluate.tta=true", "evaluate.bootstrap_resamples=200", "evaluate.worst_images=3", "data.seed=7"),
+            ("train-step", "augment-step"),
+        ),
+        # Settings only train and augment read: evaluate keeps its key.
+        (("train.epochs=99", "train.seed=5", "augment.seed=9", "augment.max_factor=2"), ("evaluate-step",)),
+    ],
+)
+def test_a_steps_cache_key_changes_only_with_its_own_section(tmp_path, overrides, unchanged_tasks):
+    """KFP's cache key covers a task's spec and inputs: a setting one step reads must not
+    reach another's (the train step read melanoma_class from the evaluate section, augment
+    the data section's seed)."""
+    spec, _, _ = compile_yaml(tmp_path)
+    changed, _, _ = compile_yaml(tmp_path, *overrides)
+    before, after = data_task_specs(spec, unchanged_tasks), data_task_specs(changed, unchanged_tasks)
+    assert sorted(before) == sorted(unchanged_tasks)
+    for name in unchanged_tasks:
+        assert yaml.safe_dump(before[name]) == yaml.safe_dump(after[name]), name
+    # The run's melanoma_class reaches both, inside their own sections.
+    shared, _, _ = compile_yaml(tmp_path, "melanoma_class=mel")
+    for name, section in (("train-step", "train"), ("evaluate-step", "evaluate")):
+        task = data_task_specs(shared, (name,))[name][0]
+        assert task["inputs"]["parameters"][section]["runtimeValue"]["constant"]["melanoma_class"] == "mel"
+        assert "melanoma_class" not in task["inputs"]["parameters"]
 
 
 def test_the_kind_config_is_ready_for_a_cluster_without_google_cloud_or_gpu(tmp_path):

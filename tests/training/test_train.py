@@ -38,7 +38,7 @@ def test_an_ensemble_trains_every_member_and_averages_their_probabilities(normal
         balance_decisions=True,
         ensemble=[{"model": "small_resnet", "seed": 7}, {"seed": 8, "epochs": 1}],
     )
-    result = train(normalized, None, cfg.train, tmp_path, mlflow_server, run_id)
+    result = train(normalized, None, cfg.train, tmp_path, tracking_uri=mlflow_server, mlflow_run_id=run_id)
     assert [m.epochs_run for m in result.members] == [2, 2, 1] and result.epochs_run == 5
 
     images, _, _ = tfrecords.read_all(tfrecords.shard_paths(normalized, "test"), 32)
