@@ -80,12 +80,7 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
 
 def create_pipeline(cfg: RunConfig) -> Callable:
     ops = component_ops(cfg)
-    data, augment, train, evaluate = (
-        cfg.data.to_dict(),
-        cfg.augment.to_dict(),
-        cfg.train.to_dict(),
-        cfg.evaluate.to_dict(),
-    )
+    data = cfg.data.to_dict()
     experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
 
     def step(name: str, **kwargs) -> PipelineTask:
@@ -134,58 +129,8 @@ def create_pipeline(cfg: RunConfig) -> Callable:
         )
 
         with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
-            splits = step("split", manifest=manifest, data=data).outputs["splits"]
-            with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
-                shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
-            normalized = step(
-                "normalize_gather",
-                shards=dsl.Collected(shard.outputs["shard"]),
-                splits=splits,
-                manifest=manifest,
-                data=data,
-            ).outputs["normalized"]
-            augmented = step("augment", normalized=normalized, augment=augment).outputs["augmented"]
-            trained = step(
-                "train",
-                normalized=normalized,
-                augmented=augmented,
-                train=train,
-                data_fingerprint=gate.outputs["fingerprint"],
-                checkpoint_root=checkpoint_root,
-                experiment=experiment,
-                **run,
-            )
-            evaluation = step(
-                "evaluate",
-                model=trained.outputs["model"],
-                normalized=normalized,
-                evaluate=evaluate,
-                experiment=experiment,
-                **run,
-            ).outputs["evaluation"]
-            registered = step(
-                "register",
-                evaluation=evaluation,
-                normalized=normalized,
-                evaluate=evaluate,
-                model_name=model_name,
-                model_uri=trained.outputs["Output"],
-                data_fingerprint=gate.outputs["fingerprint"],
-                experiment=experiment,
-                **run,
-                **origin,
-            )
-            trained_report = step(
-                "report",
-                gate_details=gate.outputs["details"],
-                manifest=manifest,
-                splits=splits,
-                augmented=augmented,
-                evaluation=evaluation,
-                registration=registered.outputs["registration"],
-                model_uri=trained.outputs["Output"],
-                kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                **origin,
+            trained_report = training_branch(
+                step, cfg, manifest=manifest, gate=gate, checkpoint_root=checkpoint_root, run=run, origin=origin
             )
         with dsl.Else(name="data-unchanged"):
             skipped_report = step(
@@ -198,3 +143,75 @@ def create_pipeline(cfg: RunConfig) -> Callable:
         return dsl.OneOf(trained_report.outputs["Output"], skipped_report.outputs["Output"])
 
     return lesion_pipeline
+
+
+def training_branch(
+    step: Callable[..., PipelineTask],
+    cfg: RunConfig,
+    *,
+    manifest,
+    gate: PipelineTask,
+    checkpoint_root,
+    run: dict,
+    origin: dict,
+) -> PipelineTask:
+    """The tasks of a run whose data changed since the champion (or that is forced):
+    split -> normalize (N shard tasks, gathered) -> augment -> train -> evaluate ->
+    register -> report; returns the report task. Each task gets its own section."""
+    data, augment, train, evaluate = (
+        cfg.data.to_dict(),
+        cfg.augment.to_dict(),
+        cfg.train.to_dict(),
+        cfg.evaluate.to_dict(),
+    )
+    experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
+    splits = step("split", manifest=manifest, data=data).outputs["splits"]
+    with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
+        shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
+    normalized = step(
+        "normalize_gather", shards=dsl.Collected(shard.outputs["shard"]), splits=splits, manifest=manifest, data=data
+    ).outputs["normalized"]
+    augmented = step("augment", normalized=normalized, augment=augment).outputs["augmented"]
+    trained = step(
+        "train",
+        normalized=normalized,
+        augmented=augmented,
+        train=train,
+        data_fingerprint=gate.outputs["fingerprint"],
+        checkpoint_root=checkpoint_root,
+        experiment=experiment,
+        **run,
+    )
+    evaluation = step(
+        "evaluate",
+        model=trained.outputs["model"],
+        normalized=normalized,
+        evaluate=evaluate,
+        experiment=experiment,
+        **run,
+    ).outputs["evaluation"]
+    registered = step(
+        "register",
+        evaluation=evaluation,
+        normalized=normalized,
+        evaluate=evaluate,
+        model_name=model_name,
+        model_uri=trained.outputs["Output"],
+        data_fingerprint=gate.outputs["fingerprint"],
+        experiment=experiment,
+        **run,
+        **origin,
+    )
+    trained_report = step(
+        "report",
+        gate_details=gate.outputs["details"],
+        manifest=manifest,
+        splits=splits,
+        augmented=augmented,
+        evaluation=evaluation,
+        registration=registered.outputs["registration"],
+        model_uri=trained.outputs["Output"],
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **origin,
+    )
+    return trained_report
