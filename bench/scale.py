@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 STEPS = ("ingest", "split", "normalize", "augment", "train")
 IMAGE_SIDE = 64  # ~2 kB JPEGs
 IMAGE_SIZE = 32  # data.image_size: what normalize stores and the model sees

@@ -169,8 +169,7 @@ class TrainConfig(Section):
     # "last", the end of the schedule (no early stopping). A cosine schedule anneals to
     # its best weights at the end, and the best epoch by a small validation split's
     # metric is often a one-epoch spike at a high learning rate that does not hold on
-    # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
-    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; docs/results.md).
+    # held-out data (docs/results.md).
     keep: Literal["best", "last"] = "best"
     # Decide by argmax after per-class offsets fitted on the validation split for
     # balanced accuracy (components.scoring.decisions), saved with the model and used by

@@ -14,8 +14,7 @@ def balance_decisions(
     with them. Fitted on probabilities averaged over the 8 flips and turns, as evaluate
     scores with evaluate.tta (on in the HAM10000 configs; the train step does not read
     evaluate.*): averaged probabilities are less extreme than single views', so offsets
-    fitted on single views over-correct them (HAM10000 at b84ee3b, test balanced accuracy
-    0.748 against 0.755 fitted on TTA probabilities)."""
+    fitted on single views over-correct them (docs/results.md, Decision offsets)."""
     from sklearn.metrics import balanced_accuracy_score
 
     from components.scoring.decisions import (
