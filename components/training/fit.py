@@ -178,11 +178,11 @@ class ModelTraining:
 
         initial_rate, schedule = learning_rate(
             self.tc,
-            phase.peak_rate,
-            phase.first_epoch,
-            phase.last_epoch - phase.first_epoch,
-            self.steps_per_epoch,
-            self._deadline(phase),
+            peak=phase.peak_rate,
+            first_epoch=phase.first_epoch,
+            phase_epochs=phase.last_epoch - phase.first_epoch,
+            steps_per_epoch=self.steps_per_epoch,
+            deadline=self._deadline(phase),
         )
         self.model.compile(
             optimizer=keras.optimizers.Adam(initial_rate),
