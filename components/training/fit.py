@@ -36,7 +36,7 @@ from components.training.trained_model import TrainResult, save_finished
 FROZEN_DONE_FILE = "frozen_phase.weights.h5"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class EpochReporting:
     """Where a model's epochs are reported: ``melanoma_class`` names the class whose
     validation AUC is computed, ``metric_prefix`` the model's MLflow metrics (an ensemble's

@@ -59,7 +59,12 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if devices.workers > 1:
         distributed.copy_folder_from_chief(devices.strategy, out)
-    reporting = EpochReporting(tc.melanoma_class, tracking_uri, mlflow_run_id, extra_callbacks=tuple(extra_callbacks))
+    reporting = EpochReporting(
+        melanoma_class=tc.melanoma_class,
+        tracking_uri=tracking_uri,
+        mlflow_run_id=mlflow_run_id,
+        extra_callbacks=tuple(extra_callbacks),
+    )
     if len(members) == 1:
         return train_one_model(tc, data, devices, out, reporting)
     return train_ensemble(tc, data, devices, out, reporting)
