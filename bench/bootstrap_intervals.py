@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from components.scoring.intervals import intervals, paired_difference, resampling  # noqa: E402
-from components.scoring.metrics import Scored, classification_metrics  # noqa: E402
+from components.scoring.intervals import intervals, paired_difference, resampling
+from components.scoring.metrics import Scored, classification_metrics
 
 
 def planted(n: int, classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

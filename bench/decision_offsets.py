@@ -17,17 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from components.core import filenames  # noqa: E402
-from components.scoring.decisions import decide, fit_balanced_bias  # noqa: E402
+from components.core import filenames  # noqa: E402  (after TF's log level)
+from components.scoring.decisions import fit_balanced_bias  # noqa: E402
 from components.scoring.inference import load_model  # noqa: E402
+from components.scoring.metrics import classification_metrics  # noqa: E402
 
 
 def split_probabilities(output_dir: Path) -> dict:
@@ -49,14 +48,15 @@ def split_probabilities(output_dir: Path) -> dict:
 
 
 def scores(val: tuple, test: tuple, classes: list[str], melanoma_class: str) -> dict:
-    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
-
+    """The test metrics as evaluate computes them (components.scoring.metrics), by plain
+    argmax and with offsets fitted on the validation split."""
     bias = fit_balanced_bias(val[0], val[1], len(classes))
-    mel = classes.index(melanoma_class)
+    argmax = classification_metrics(test[1], test[0], classes, melanoma_class)
+    shifted = classification_metrics(test[1], test[0], classes, melanoma_class, bias.tolist())
     return {
-        "test_balanced_accuracy_argmax": round(balanced_accuracy_score(test[1], decide(test[0])), 4),
-        "test_balanced_accuracy_offsets": round(balanced_accuracy_score(test[1], decide(test[0], bias)), 4),
-        "test_melanoma_auc": round(roc_auc_score(test[1] == mel, test[0][:, mel]), 4),
+        "test_balanced_accuracy_argmax": round(argmax["balanced_accuracy"], 4),
+        "test_balanced_accuracy_offsets": round(shifted["balanced_accuracy"], 4),
+        "test_melanoma_auc": round(argmax["melanoma_auc"], 4),
         "offsets": dict(zip(classes, np.round(bias, 3).tolist())),
     }
 

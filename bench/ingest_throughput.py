@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import json
 import os
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,16 +29,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from components.core.settings import DataConfig  # noqa: E402
-from components.data.data_report import shown_uris, write_outputs  # noqa: E402
-from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs  # noqa: E402
-from components.data.ingest import merge_partitions, report_previews  # noqa: E402
-from components.data.ingest.duplicates import near_duplicate_edges  # noqa: E402
-from components.data.ingest.partitions import ingest_partition  # noqa: E402
-from components.data.ingest.threads import ingest_threads  # noqa: E402
-from components.data.ingest.validation import DECODE_MIN_SIDE, THUMB_SIDE, VALIDATE_BATCH  # noqa: E402
+from components.core.settings import DataConfig
+from components.data.data_report import shown_uris, write_outputs
+from components.data.imaging import decode_rgb_reduced, phash_hex, phash_hex_batch, phash_pixels_and_thumbs
+from components.data.ingest import merge_partitions, report_previews
+from components.data.ingest.duplicates import near_duplicate_edges
+from components.data.ingest.partitions import ingest_partition
+from components.data.ingest.threads import ingest_threads
+from components.data.ingest.validation import DECODE_MIN_SIDE, THUMB_SIDE, VALIDATE_BATCH
 
 
 def decode_file(path: Path) -> None:

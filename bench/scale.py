@@ -32,8 +32,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 STEPS = ("ingest", "split", "normalize", "augment", "train")
 IMAGE_SIDE = 64  # ~2 kB JPEGs
 IMAGE_SIZE = 32  # data.image_size: what normalize stores and the model sees
@@ -101,9 +99,9 @@ def planted_found(planted: dict, report: dict) -> tuple[int, int]:
 
 
 def configs():
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    return Config.from_dict(
+    return RunConfig.from_dict(
         {
             "data": {"image_size": IMAGE_SIZE, "num_shards": 2, "ingest_workers": 4, "format": "folders"},
             "augment": {"max_factor": 2.0},
@@ -130,7 +128,7 @@ def run_step(step: str, source: str, work: Path) -> int:
     elif step == "augment":
         from components.data.augment import augment
 
-        augment(work / "normalized", cfg.augment, work / "augmented", cfg.data.seed)
+        augment(work / "normalized", cfg.augment, work / "augmented")
     elif step == "train":
         from components.training.train import train
 

@@ -18,12 +18,9 @@ import argparse
 import json
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def accelerator() -> str:

@@ -9,7 +9,7 @@ import sys
 import click
 
 from components.core.errors import UserError
-from pipeline.config import Config
+from pipeline.config import RunConfig
 
 DEFAULT_OUTPUT_DIR = "lesion_outputs"
 TRACKING_PRECEDENCE = (
@@ -70,8 +70,8 @@ def config_options(
     return decorate
 
 
-def load_config(config_path: str | None, overrides: tuple[str, ...], data: str | None = None) -> Config:
-    cfg = Config.load(config_path, overrides)
+def load_config(config_path: str | None, overrides: tuple[str, ...], data: str | None = None) -> RunConfig:
+    cfg = RunConfig.load(config_path, overrides)
     if data is not None:
         cfg = cfg.with_overrides([f"data.source={data}"])
     return cfg

@@ -4,15 +4,17 @@ and logged to MLflow as flat params. Each step receives only its own section."""
 
 from __future__ import annotations
 
+import copy
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, create_model, model_validator
 
-from components.core.section import (
+from components.core.config_base import (
+    ConfigError,
     Section,
-    SettingsError,
     flat_params,
     load_section,
     parse_override,
@@ -22,8 +24,6 @@ from components.core.section import (
 )
 from components.core.settings import AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig
 from pipeline.steps import STEPS, StepResources
-
-ConfigError = SettingsError
 
 
 class ImagesConfig(Section):
@@ -104,8 +104,56 @@ class ClusterConfig(Section):
         return self
 
 
-class Config(Section):
+# RunConfig keys renamed, old -> new. The old key still works, with a one-line notice.
+RENAMED_KEYS = {
+    # "shard" is a TFRecord file of normalize's (data.num_shards); ingest's tasks read partitions.
+    "data.ingest_shards": "data.ingest_partitions",
+    "cluster.resources.ingest_shard": "cluster.resources.ingest_partition",
+    # Training's validation reads it too: one key the train and evaluate sections both get.
+    "evaluate.melanoma_class": "melanoma_class",
+}
+# The sections that get the run config's melanoma_class; not a key of theirs in a config.
+MELANOMA_CLASS_SECTIONS = ("train", "evaluate")
+
+
+def current_key(key: str) -> str:
+    """``key`` under its current name; an old name prints a one-line notice."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    print(f"warning: config key {key} is now {new}; the old name will stop working", file=sys.stderr, flush=True)
+    return new
+
+
+def with_current_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` (a config's sections) with renamed keys under their current names."""
+    raw = copy.deepcopy(raw)
+    for old, new in RENAMED_KEYS.items():
+        old_parent, old_name = _parent(raw, old)
+        if old_parent is None or old_name not in old_parent:
+            continue
+        new_parent, new_name = _parent(raw, current_key(old))
+        if new_parent is None or new_name in new_parent:
+            raise ConfigError(f"config key {old} is the old name of {new}: give only {new}")
+        new_parent[new_name] = old_parent.pop(old_name)
+    return raw
+
+
+def _parent(raw: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds ``key`` (dotted) in ``raw``, or None, and its last part."""
+    *parents, name = key.split(".")
+    node: Any = raw
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), name
+
+
+class RunConfig(Section):
     name: str = "demo"
+    # The class whose one-vs-rest AUC is reported as melanoma_auc: in training's validation
+    # (train.monitor val_melanoma_auc) and in evaluation. The train and evaluate sections
+    # both get it from here, so that each step still receives only its own section.
+    melanoma_class: str = "melanoma"
     data: DataConfig = Field(default_factory=DataConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -114,28 +162,51 @@ class Config(Section):
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _sections_get_melanoma_class(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        raw = dict(raw)
+        for name in MELANOMA_CLASS_SECTIONS:
+            section = raw.get(name)
+            if isinstance(section, dict) and "melanoma_class" in section:
+                raise ConfigError(f"config key {name}.melanoma_class is the run's melanoma_class: set that one")
+            if section is None or isinstance(section, dict):
+                raw[name] = {
+                    **(section or {}),
+                    "melanoma_class": raw.get("melanoma_class", cls.model_fields["melanoma_class"].default),
+                }
+        return raw
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = super().to_dict()
+        for name in MELANOMA_CLASS_SECTIONS:
+            del raw[name]["melanoma_class"]  # the sections' copy of the run's
+        return raw
+
     @model_validator(mode="after")
-    def _ensemble_members_are_valid(self) -> Config:
+    def _ensemble_members_are_valid(self) -> RunConfig:
         self.train.members()  # every member checked like the train section, with its own key
         return self
 
     # ---- construction ----------------------------------------------------
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> Config:
-        return load_section(cls, raw or {}, "")
+    def from_dict(cls, raw: dict[str, Any] | None) -> RunConfig:
+        return load_section(cls, with_current_keys(raw) if isinstance(raw, dict) else raw or {}, "")
 
     @classmethod
-    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
         """A config file's values (its relative paths resolved against its own folder), then
         ``--set`` overrides (taken as given: relative to the working folder)."""
         raw = resolve_relative_paths(read_yaml_mapping(path), Path(path).parent) if path else {}
         return cls.from_dict(raw).with_overrides(overrides)
 
-    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> Config:
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> RunConfig:
         raw = self.to_dict()
         for item in overrides:
             key, sep, value = item.partition("=")
-            key = key.strip()
+            key = current_key(key.strip())
             if not sep or not key:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
             node = raw
@@ -146,8 +217,8 @@ class Config(Section):
                 node = node[part]
             if parts[-1] not in node:
                 raise ConfigError(unknown_key_message(key, sorted(node)))
-            node[parts[-1]] = parse_override(Config, key, value)
-        return Config.from_dict(raw)
+            node[parts[-1]] = parse_override(RunConfig, key, value)
+        return RunConfig.from_dict(raw)
 
     # ---- views -----------------------------------------------------------
     def flat_params(self) -> dict[str, str]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from pipeline.config import Config
+from pipeline.config import MELANOMA_CLASS_SECTIONS, RunConfig
 
 HEADER = """# Configuration reference
 
@@ -58,6 +58,10 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
+# Fields the run config fills in (its melanoma_class), not keys of a config file.
+GIVEN_KEYS = {f"{section}.melanoma_class" for section in MELANOMA_CLASS_SECTIONS}
+
+
 def type_name(annotation: Any) -> str:
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Literal:
@@ -89,15 +93,17 @@ def _is_uniform(cls: type[BaseModel], annotation: type) -> bool:
 
 def markdown() -> str:
     out = [HEADER]
-    for section, field in Config.model_fields.items():
+    for section, field in RunConfig.model_fields.items():
         annotation = field.annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            text = field_comments(Config).get(section) or NAME_HELP
+            text = field_comments(RunConfig).get(section) or NAME_HELP
             out.append(f"## `{section}`\n\n{text} Default: `{json.dumps(field.default)}`.\n")
             continue
         out.append(f"## `{section}`\n\n{inspect.cleandoc(annotation.__doc__ or '')}\n")
         out.append("| key | type | default | what it does |\n|---|---|---|---|")
         for key, kind, default, text in rows(annotation, f"{section}."):
+            if key in GIVEN_KEYS:
+                continue
             out.append(f"| `{key}` | {kind} | `{default}` | {text.replace('|', chr(92) + '|')} |")
         if section == "cluster":
             out.append(_resources_table())
@@ -135,4 +141,4 @@ def all_keys() -> set[str]:
             if isinstance(value, BaseModel):
                 yield from walk(value, f"{prefix}{name}.")
 
-    return set(walk(Config(), ""))
+    return set(walk(RunConfig(), "")) - GIVEN_KEYS

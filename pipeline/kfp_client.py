@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from components.core.errors import UserError
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.pipeline import PIPELINE_DESCRIPTION, PIPELINE_NAME, create_pipeline
 
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"
@@ -57,7 +57,7 @@ class PipelineVersion:
     name: str
 
 
-def pipeline_arguments(cfg: Config, force_retrain: bool = False, kfp_ui_url: str = "") -> dict[str, Any]:
+def pipeline_arguments(cfg: RunConfig, force_retrain: bool = False, kfp_ui_url: str = "") -> dict[str, Any]:
     """The run's parameters, all from the config (the compiled defaults say the same; sending
     them makes the run's page show what it ran with), and the KFP UI the run is submitted
     to, from which the MLflow run's description links back to the run's page."""
@@ -69,7 +69,7 @@ def pipeline_arguments(cfg: Config, force_retrain: bool = False, kfp_ui_url: str
     }
 
 
-def check_ready_for_cluster(cfg: Config) -> None:
+def check_ready_for_cluster(cfg: RunConfig) -> None:
     """Settings without which a cluster run would fail late or lose its results."""
     if not cfg.mlflow.tracking_uri.startswith(("http://", "https://")):
         raise UserError(
@@ -83,7 +83,7 @@ def check_ready_for_cluster(cfg: Config) -> None:
 
 
 @contextlib.contextmanager
-def compiled_package(cfg: Config) -> Iterator[str]:
+def compiled_package(cfg: RunConfig) -> Iterator[str]:
     from kfp import compiler
 
     with tempfile.TemporaryDirectory(prefix="lesionpipe-") as tmp:
@@ -141,7 +141,7 @@ def experiment_id_of(conn: Connection, name: str, namespace: str | None) -> str:
     return conn.call(lambda: conn.client.create_experiment(name=name, namespace=namespace)).experiment_id
 
 
-def without_caching(cfg: Config) -> Config:
+def without_caching(cfg: RunConfig) -> RunConfig:
     """The per-run switch. Compiled in rather than kfp.Client's enable_caching, which only
     reaches the tasks of the pipeline's top level, not those inside its If branch."""
     return cfg.with_overrides(["cluster.caching=false"])
@@ -184,14 +184,14 @@ def upload_version(conn: Connection, package: str, namespace: str | None = None)
     return PipelineVersion(pipeline_id, uploaded.pipeline_version_id, name)
 
 
-def current_version(conn: Connection, cfg: Config, namespace: str | None = None) -> PipelineVersion:
+def current_version(conn: Connection, cfg: RunConfig, namespace: str | None = None) -> PipelineVersion:
     with compiled_package(cfg) as package:
         return upload_version(conn, package, namespace)
 
 
 def submit(
     conn: Connection,
-    cfg: Config,
+    cfg: RunConfig,
     experiment: str,
     namespace: str | None = None,
     run_name: str | None = None,

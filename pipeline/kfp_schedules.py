@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from components.core.errors import UserError
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.kfp_client import (
     Connection,
     PipelineVersion,
@@ -79,7 +79,7 @@ def _cron_field_ok(field: str, name: str, low: int, high: int) -> bool:
 
 
 def create_schedule(
-    conn: Connection, cfg: Config, cron: str, experiment: str, namespace: str | None = None, name: str | None = None
+    conn: Connection, cfg: RunConfig, cron: str, experiment: str, namespace: str | None = None, name: str | None = None
 ) -> Schedule:
     """A recurring run of the current pipeline version: at most one run at a time, and no
     backfill of missed times."""
@@ -98,7 +98,7 @@ def create_schedule(
 
 
 def _create_recurring_run(
-    conn: Connection, cfg: Config, experiment_id: str, name: str, cron: str, version: PipelineVersion, enabled: bool
+    conn: Connection, cfg: RunConfig, experiment_id: str, name: str, cron: str, version: PipelineVersion, enabled: bool
 ) -> Schedule:
     created = conn.call(
         lambda: conn.client.create_recurring_run(
@@ -118,7 +118,7 @@ def _create_recurring_run(
 
 
 def update_schedule(
-    conn: Connection, cfg: Config, experiment: str, namespace: str | None = None, name: str | None = None
+    conn: Connection, cfg: RunConfig, experiment: str, namespace: str | None = None, name: str | None = None
 ) -> tuple[Schedule, Schedule]:
     """Move the schedule named ``name`` to the current pipeline version: (old, new). KFP's
     v2beta1 API cannot change a recurring run, so a new one is created with the same name,

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components.core import filenames
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.console import RunConsole
 from pipeline.pipeline import create_pipeline
 
@@ -72,7 +72,7 @@ class _Stopper:
 
 
 def run_local(
-    cfg: Config,
+    cfg: RunConfig,
     data_uri: str,
     output_dir: str | Path,
     tracking_uri: str,
@@ -142,10 +142,10 @@ def run_local(
     return summary
 
 
-def expected_tasks(cfg: Config) -> int:
+def expected_tasks(cfg: RunConfig) -> int:
     """Tasks of a run that trains: list, the ingest shards, merge, gate, split, the
     normalize shards, gather, augment, train, evaluate, register, report, finish_run."""
-    return 11 + cfg.data.ingest_shards + cfg.data.num_shards
+    return 11 + cfg.data.ingest_partitions + cfg.data.num_shards
 
 
 def _report_of(run_folder: Path | None) -> str:
@@ -206,7 +206,7 @@ def _checkpoints_of(run_folder: Path | None) -> Path | None:
 
 
 def _end_mlflow_run(
-    tracking_uri: str, cfg: Config, run_folder: Path | None, status: str, failed_task: str, reason: str
+    tracking_uri: str, cfg: RunConfig, run_folder: Path | None, status: str, failed_task: str, reason: str
 ) -> None:
     """Mark this run's MLflow run (named after its pipeline folder) FAILED or KILLED with the
     failed task and the reason, as the exit task does (components.core.run_status), so it

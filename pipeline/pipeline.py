@@ -2,7 +2,7 @@
 (local, compile, submit, schedule), so the pipeline that runs on a laptop is the one
 that runs on the cluster.
 
-Shape: list the source -> ingest (N shard tasks, merged) -> retraining gate; then, only when the data changed
+Shape: list the source -> ingest (N partition tasks, merged) -> retraining gate; then, only when the data changed
 since the champion (or the run is forced): split -> normalize (N shard tasks, gathered)
 -> augment -> train (GPU) -> evaluate -> register. Either branch ends in a ``report``
 task whose JSON string is the run's summary. All of it runs inside an exit handler whose
@@ -25,7 +25,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import PipelineTask
 
 from components.registry.retrain_gate import TRAIN
-from pipeline.config import ClusterConfig, Config, GpuConfig
+from pipeline.config import ClusterConfig, GpuConfig, RunConfig
 from pipeline.images import pinned_images
 from pipeline.retries import retry_transient
 from pipeline.steps import STEPS
@@ -38,7 +38,7 @@ GCS_KEY_FILE = "key.json"
 MLFLOW_SECRET_KEYS = {"username": "MLFLOW_TRACKING_USERNAME", "password": "MLFLOW_TRACKING_PASSWORD"}
 
 
-def component_ops(cfg: Config, note_unpinned: bool = True) -> dict[str, Callable]:
+def component_ops(cfg: RunConfig, note_unpinned: bool = True) -> dict[str, Callable]:
     """Every step (pipeline.steps.STEPS) as a KFP component on our images (kfp is already in
     them), by digest where one is recorded (pipeline.images); a step that touches the network
     retries its transient failures (pipeline.retries)."""
@@ -87,15 +87,10 @@ def request_gpu(task: PipelineTask, gpu: GpuConfig) -> PipelineTask:
     return task
 
 
-def create_pipeline(cfg: Config, note_unpinned: bool = True) -> Callable:
+def create_pipeline(cfg: RunConfig, note_unpinned: bool = True) -> Callable:
     """``note_unpinned``: say on stderr which images run by tag (not for the local runner, which runs no image)."""
     ops = component_ops(cfg, note_unpinned)
-    data, augment, train, evaluate = (
-        cfg.data.to_dict(),
-        cfg.augment.to_dict(),
-        cfg.train.to_dict(),
-        cfg.evaluate.to_dict(),
-    )
+    data = cfg.data.to_dict()
     experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
 
     def step(name: str, **kwargs) -> PipelineTask:
@@ -122,17 +117,19 @@ def create_pipeline(cfg: Config, note_unpinned: bool = True) -> Callable:
         finish = step("finish_run", experiment=experiment, **run)
         with dsl.ExitHandler(finish, name="run"):
             listing = step("list_source", data_uri=data_uri, data=data)
-            with dsl.ParallelFor(items=list(range(cfg.data.ingest_shards)), name="ingest-shards") as ingest_index:
-                ingest_shard = step(
-                    "ingest_shard",
+            with dsl.ParallelFor(
+                items=list(range(cfg.data.ingest_partitions)), name="ingest-partitions"
+            ) as ingest_index:
+                partition = step(
+                    "ingest_partition",
                     data_uri=data_uri,
                     data=data,
-                    shard_index=ingest_index,
+                    partition_index=ingest_index,
                     source_listing=listing.output,
                 )
-            manifest = step("ingest_merge", shards=dsl.Collected(ingest_shard.outputs["shard"]), data=data).outputs[
-                "manifest"
-            ]
+            manifest = step(
+                "ingest_merge", partitions=dsl.Collected(partition.outputs["partition"]), data=data
+            ).outputs["manifest"]
             gate = step(
                 "retrain_gate",
                 manifest=manifest,
@@ -144,61 +141,8 @@ def create_pipeline(cfg: Config, note_unpinned: bool = True) -> Callable:
             )
 
             with dsl.If(gate.outputs["decision"] == TRAIN, name="retrain"):
-                splits = step("split", manifest=manifest, data=data).outputs["splits"]
-                with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
-                    shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
-                normalized = step(
-                    "normalize_gather",
-                    shards=dsl.Collected(shard.outputs["shard"]),
-                    splits=splits,
-                    manifest=manifest,
-                    data=data,
-                ).outputs["normalized"]
-                augmented = step("augment", normalized=normalized, augment=augment, seed=cfg.data.seed).outputs[
-                    "augmented"
-                ]
-                trained = step(
-                    "train",
-                    normalized=normalized,
-                    augmented=augmented,
-                    train=train,
-                    melanoma_class=cfg.evaluate.melanoma_class,
-                    data_fingerprint=gate.outputs["fingerprint"],
-                    checkpoint_root=checkpoint_root,
-                    experiment=experiment,
-                    **run,
-                )
-                evaluation = step(
-                    "evaluate",
-                    model=trained.outputs["model"],
-                    normalized=normalized,
-                    evaluate=evaluate,
-                    experiment=experiment,
-                    **run,
-                ).outputs["evaluation"]
-                registered = step(
-                    "register",
-                    evaluation=evaluation,
-                    normalized=normalized,
-                    evaluate=evaluate,
-                    model_name=model_name,
-                    model_uri=trained.outputs["Output"],
-                    data_fingerprint=gate.outputs["fingerprint"],
-                    experiment=experiment,
-                    **run,
-                    **origin,
-                )
-                step(
-                    "report",
-                    gate_details=gate.outputs["details"],
-                    manifest=manifest,
-                    splits=splits,
-                    augmented=augmented,
-                    evaluation=evaluation,
-                    registration=registered.outputs["registration"],
-                    model_uri=trained.outputs["Output"],
-                    kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-                    **origin,
+                training_branch(
+                    step, cfg, manifest=manifest, gate=gate, checkpoint_root=checkpoint_root, run=run, origin=origin
                 )
             with dsl.Else(name="data-unchanged"):
                 step(
@@ -210,3 +154,74 @@ def create_pipeline(cfg: Config, note_unpinned: bool = True) -> Callable:
                 )
 
     return lesion_pipeline
+
+
+def training_branch(
+    step: Callable[..., PipelineTask],
+    cfg: RunConfig,
+    *,
+    manifest,
+    gate: PipelineTask,
+    checkpoint_root,
+    run: dict,
+    origin: dict,
+) -> None:
+    """The tasks of a run whose data changed since the champion (or that is forced):
+    split -> normalize (N shard tasks, gathered) -> augment -> train -> evaluate ->
+    register -> report. Each task gets its own section."""
+    data, augment, train, evaluate = (
+        cfg.data.to_dict(),
+        cfg.augment.to_dict(),
+        cfg.train.to_dict(),
+        cfg.evaluate.to_dict(),
+    )
+    experiment, model_name = cfg.mlflow.experiment, cfg.mlflow.model_name
+    splits = step("split", manifest=manifest, data=data).outputs["splits"]
+    with dsl.ParallelFor(items=list(range(cfg.data.num_shards)), name="normalize-shards") as shard_index:
+        shard = step("normalize_shard", splits=splits, data=data, shard_index=shard_index)
+    normalized = step(
+        "normalize_gather", shards=dsl.Collected(shard.outputs["shard"]), splits=splits, manifest=manifest, data=data
+    ).outputs["normalized"]
+    augmented = step("augment", normalized=normalized, augment=augment).outputs["augmented"]
+    trained = step(
+        "train",
+        normalized=normalized,
+        augmented=augmented,
+        train=train,
+        data_fingerprint=gate.outputs["fingerprint"],
+        checkpoint_root=checkpoint_root,
+        experiment=experiment,
+        **run,
+    )
+    evaluation = step(
+        "evaluate",
+        model=trained.outputs["model"],
+        normalized=normalized,
+        evaluate=evaluate,
+        experiment=experiment,
+        **run,
+    ).outputs["evaluation"]
+    registered = step(
+        "register",
+        evaluation=evaluation,
+        normalized=normalized,
+        evaluate=evaluate,
+        model_name=model_name,
+        model_uri=trained.outputs["Output"],
+        data_fingerprint=gate.outputs["fingerprint"],
+        experiment=experiment,
+        **run,
+        **origin,
+    )
+    step(
+        "report",
+        gate_details=gate.outputs["details"],
+        manifest=manifest,
+        splits=splits,
+        augmented=augmented,
+        evaluation=evaluation,
+        registration=registered.outputs["registration"],
+        model_uri=trained.outputs["Output"],
+        kfp_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        **origin,
+    )

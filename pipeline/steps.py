@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from components.core.section import Section
+from components.core.config_base import Section
 
 
 class StepResources(Section):
@@ -56,8 +56,8 @@ STEPS: dict[str, Step] = {
         mlflow=False,
         resources=_resources("250m", "1", "512Mi", "1Gi"),
     ),
-    "ingest_shard": Step(
-        "components.data.ingest.ingest_shard_step",
+    "ingest_partition": Step(
+        "components.data.ingest.ingest_partition_step",
         network=True,
         cacheable=True,
         mlflow=False,
@@ -126,7 +126,7 @@ STEPS: dict[str, Step] = {
         resources=_resources("1", "2", "4Gi", "8Gi"),
     ),
     "report": Step(
-        "components.registry.run_summary.report_step",
+        "components.evaluation.run_summary.report_step",
         network=True,
         cacheable=False,
         mlflow=True,

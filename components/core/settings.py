@@ -5,7 +5,7 @@ A step receives only its own section (``data``, ``augment``, ``train``, ``evalua
 as a plain dict, so a change to one section never changes another step's inputs, nor
 its cache key on a cluster. ``pipeline.config`` composes these sections (with the
 cluster settings) into the one run configuration. How a section is loaded, checked and
-reported (one line naming the key) is ``components.core.section``.
+reported (one line naming the key) is ``components.core.config_base``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import Field, field_validator, model_validator
 
-from components.core.section import Section, load_section
+from components.core.config_base import Section, load_section
 
 SourceFormat = Literal["auto", "folders", "ham10000", "isic2019", "siim2020"]
 ImbalanceMethod = Literal["none", "class_weight", "focal", "balanced_sampling", "logit_adjusted"]
@@ -84,10 +84,10 @@ class DataConfig(Section):
     # (a 16-bit greyscale 8000x8000 PNG of ~100 KB needs ~1.7 GiB). One image larger than
     # this decodes alone. Sized for the ingest pod's 4 GiB limit with room to spare.
     decode_memory_mb: int = Field(1024, ge=16)
-    # Parallel ingest tasks on the cluster, each decoding a partition (every ingest_shards-th
+    # Parallel ingest tasks on the cluster, each decoding a partition (every ingest_partitions-th
     # file) of the listing; a merge task then finds duplicates, conflicts, leaks and
     # near-duplicates across all of them. One-process ingest (the CLI, evaluate) is one.
-    ingest_shards: int = Field(2, ge=1)
+    ingest_partitions: int = Field(2, ge=1)
     synthetic_images_per_class: int = Field(60, ge=1)  # the synthetic demo data (source "")
     synthetic_image_size: int = Field(96, ge=16)  # the synthetic images' side in pixels
 
@@ -113,6 +113,7 @@ class AugmentConfig(Section):
     contrast: float = 0.1  # largest change, as a fraction
     saturation: float = 0.1  # largest change, as a fraction
     hue: float = 0.02  # largest shift, as a fraction of the colour circle
+    seed: int = 123  # of the drawn plan: which images are copied, and each copy's transform
 
 
 class TrainConfig(Section):
@@ -172,8 +173,7 @@ class TrainConfig(Section):
     # "last", the end of the schedule (no early stopping). A cosine schedule anneals to
     # its best weights at the end, and the best epoch by a small validation split's
     # metric is often a one-epoch spike at a high learning rate that does not hold on
-    # held-out data (HAM10000: test balanced accuracy 0.653 for the best epoch by
-    # validation macro AUC, epoch 4 of 10 run, at 9d487b1; docs/results.md).
+    # held-out data (docs/results.md).
     keep: Literal["best", "last"] = "best"
     # Decide by argmax after per-class offsets fitted on the validation split for
     # balanced accuracy (components.scoring.decisions), saved with the model and used by
@@ -204,6 +204,8 @@ class TrainConfig(Section):
     # 224 px is ~1.5 GB; ISIC 2024 (400,000 images) at 224 px would be ~60 GB.
     cache_memory_mb: int = Field(8192, ge=0)
     seed: int = 123  # weights, shuffling and online augmentation
+    # Given by the run config's melanoma_class: val_melanoma_auc's class.
+    melanoma_class: str = "melanoma"
     # More members for an ensemble, each a mapping of the settings above that differ
     # from this section's (e.g. {alpha: 0.35, weights: ..., seed: 7}). Every member
     # trains in turn with its own early stopping, max_train_minutes is shared among them,
@@ -239,7 +241,7 @@ class TrainConfig(Section):
 class EvaluateConfig(Section):
     """Evaluate and register: test metrics, the report's pictures and the champion gate."""
 
-    # Class whose one-vs-rest AUC is reported as melanoma_auc.
+    # Given by the run config's melanoma_class: the class whose AUC is melanoma_auc.
     melanoma_class: str = "melanoma"
     batch_size: int = Field(64, ge=1)  # images scored at once
     # Test-time augmentation: average the probabilities over flips and 90-degree turns.

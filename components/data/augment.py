@@ -82,13 +82,13 @@ def plan_counts(class_counts: list[int], cfg: AugmentConfig) -> list[int]:
     return [0 if n == 0 else max(0, min(target, int(n * cfg.max_factor)) - n) for n in class_counts]
 
 
-def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Path, seed: int) -> dict:
+def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Path) -> dict:
     meta = tfrecords.read_meta(normalized_dir)
     paths = tfrecords.shard_paths(normalized_dir, "train")
     labels, uris = tfrecords.read_labels(paths)
     counts = np.bincount(labels, minlength=len(meta["classes"])).tolist()
     extra = plan_counts(counts, cfg)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(cfg.seed)
     # The plan first, from the labels alone: source record position -> (transform, label,
     # uri) of every extra image made from it, in the plan's order.
     planned: dict[int, list[tuple[Transform, int, str]]] = defaultdict(list)
@@ -121,7 +121,7 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
             ),
         )
     report = {
-        "seed": seed,
+        "seed": cfg.seed,
         "policy": cfg.to_dict(),
         "classes": meta["classes"],
         "train_counts_before": counts,
@@ -132,14 +132,14 @@ def augment(normalized_dir: str | Path, cfg: AugmentConfig, output_dir: str | Pa
     return report
 
 
-def augment_step(normalized: dsl.Input[dsl.Dataset], augment: dict, seed: int, augmented: dsl.Output[dsl.Dataset]):
-    """KFP wrapper: the augment step; ``seed`` is the run's data seed."""
+def augment_step(normalized: dsl.Input[dsl.Dataset], augment: dict, augmented: dsl.Output[dsl.Dataset]):
+    """KFP wrapper: the augment step."""
     from components.core import atomic
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import AugmentConfig
     from components.data.augment import augment as oversample
 
     with user_errors(), atomic.output_dir(augmented.path) as partial:
-        report = oversample(normalized.path, load_section(AugmentConfig, augment, "augment."), partial, seed=seed)
+        report = oversample(normalized.path, load_section(AugmentConfig, augment, "augment."), partial)
     augmented.metadata["added"] = sum(report["added"])

@@ -59,8 +59,8 @@ def content_fingerprint(rows) -> str:
 
 def list_source_step(data_uri: str, data: dict) -> str:
     """KFP wrapper: the source listing's digest (never cached; ingest's cache key)."""
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import DataConfig
     from components.data.listing import source_listing_digest
 

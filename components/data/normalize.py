@@ -191,8 +191,8 @@ def normalize(
 def normalize_shard_step(splits: dsl.Input[dsl.Dataset], data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset]):
     """KFP wrapper: one shard of every split (the pipeline fans out over data.num_shards of these)."""
     from components.core import atomic
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import DataConfig
     from components.data.normalize import normalize_shard
 
@@ -213,8 +213,8 @@ def normalize_gather_step(
     from pathlib import Path
 
     from components.core import atomic, filenames
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import DataConfig
     from components.data.labels import GROUP_UNITS
     from components.data.normalize import gather_shards

@@ -192,8 +192,8 @@ def split(manifest_dir: str | Path, cfg: DataConfig, output_dir: str | Path) -> 
 def split_step(manifest: dsl.Input[dsl.Dataset], data: dict, splits: dsl.Output[dsl.Dataset]):
     """KFP wrapper: the split step."""
     from components.core import atomic
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
-    from components.core.section import load_section
     from components.core.settings import DataConfig
     from components.data.split import split
 

@@ -13,7 +13,7 @@ from components.core.settings import EvaluateConfig
 from components.evaluation.subgroups import FIGURES, subgroup_results
 from components.scoring import operating_points, referral
 from components.scoring.calibration import apply_temperature, brier_score
-from components.scoring.decisions import decide
+from components.scoring.decisions import decide_classes
 from components.scoring.intervals import resampling
 from components.scoring.metrics import expected_calibration_error
 
@@ -56,7 +56,7 @@ def clinical_metrics(
             "points": operating_points.rates_on_test(loaded.operating_points, probs[:, melanoma], positive, plan),
         }
     scores = loaded.uncertainty(probs, view_probs)
-    correct = decide(probs, loaded.decision_bias) == y_true
+    correct = decide_classes(probs, loaded.decision_bias) == y_true
     out["referral"] = {
         "threshold": loaded.refer_threshold,
         "coverage_fitted": (loaded.referral or {}).get("coverage"),

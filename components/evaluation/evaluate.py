@@ -28,7 +28,7 @@ from components.evaluation.plots import (
 from components.evaluation.report_html import HEADLINE, PICTURES_FILE, write_report
 from components.evaluation.subgroups import subgroup_table
 from components.scoring.calibration import apply_temperature
-from components.scoring.decisions import decide
+from components.scoring.decisions import decide_classes
 from components.scoring.intervals import intervals, resampling
 from components.scoring.lesions import lesion_labels, lesion_means
 from components.scoring.metrics import Scored, classification_metrics, roc_points
@@ -49,7 +49,7 @@ class Evaluation:
 
     @property
     def predicted(self) -> np.ndarray:
-        return decide(self.probs, self.decision_bias)
+        return decide_classes(self.probs, self.decision_bias)
 
 
 def make_pictures(model, images_at, ev: Evaluation, classes: list[str], cfg: EvaluateConfig, out: Path) -> None:

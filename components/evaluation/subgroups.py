@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from components.scoring.decisions import decide
+from components.scoring.decisions import decide_classes
 from components.scoring.intervals import percentile_interval, resampled_metrics, resampling
 from components.scoring.lesions import lesion_labels, lesion_means
 
@@ -94,7 +94,7 @@ def subgroup_results(
     per_lesion = unit == "lesions" and any(ids)
 
     def row(y, p, group_ids, what) -> dict:
-        predicted = decide(p, decision_bias)
+        predicted = decide_classes(p, decision_bias)
         return _row(y, p, predicted, classes, melanoma_class, melanoma_threshold, group_ids, what, resamples, seed)
 
     rows = []

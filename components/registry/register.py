@@ -96,10 +96,10 @@ def register_step(
     from pathlib import Path
 
     from components.core import filenames, tracking
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
     from components.core.run_descriptions import kfp_run_url
     from components.core.run_status import failure_recorded
-    from components.core.section import load_section
     from components.core.settings import EvaluateConfig
     from components.registry.register import register
 

@@ -25,14 +25,12 @@ from components.core import filenames
 _LOG_FLOOR = 1e-12
 # Fewer validation images of a class than this, and its offset is not fitted: the
 # balanced loss gives the few images a whole class's weight, and the fit pushes the
-# offset until they are right. Kaggle ISIC 9-class: seborrheic keratosis has one
-# validation image; its offset went to +5 to +6 and test balanced accuracy fell below
-# plain argmax in both runs (0.568 -> 0.535, 0.551 -> 0.527), and back to 0.574 / 0.551
-# with this floor. HAM10000's smallest validation class has 12 images.
+# offset until they are right (Kaggle ISIC 9-class's one validation image of seborrheic
+# keratosis: docs/results.md, Decision offsets).
 MIN_IMAGES_TO_FIT = 10
 
 
-def decide(probs: np.ndarray, decision_bias: list[float] | np.ndarray | None = None) -> np.ndarray:
+def decide_classes(probs: np.ndarray, decision_bias: list[float] | np.ndarray | None = None) -> np.ndarray:
     """The predicted class index of each row of ``probs``: argmax, after adding
     ``decision_bias`` to the log probabilities when given."""
     probs = np.asarray(probs, dtype=np.float64)

@@ -19,7 +19,7 @@ from components.data.imaging import MAX_PIXELS, ImageError, load_for_model
 from components.data.sources import read_bytes
 from components.data.sources.base import FileTooLarge
 from components.scoring.calibration import apply_temperature
-from components.scoring.decisions import decide, in_class_order, saved_decision_bias
+from components.scoring.decisions import decide_classes, in_class_order, saved_decision_bias
 from components.scoring.operating_points import flag_threshold
 from components.scoring.referral import uncertainty as uncertainty_score
 
@@ -90,7 +90,7 @@ class LoadedModel:
 
     def predicted_classes(self, probs: np.ndarray) -> list[str]:
         """The class each row of ``probs`` (this model's) is predicted to be."""
-        return [self.classes[i] for i in decide(probs, self.decision_bias)]
+        return [self.classes[i] for i in decide_classes(probs, self.decision_bias)]
 
     def melanoma_flags(self, probs: np.ndarray) -> np.ndarray | None:
         """Per row of ``probs``: melanoma probability at or above the stored operating

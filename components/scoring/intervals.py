@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from components.scoring.decisions import decide
+from components.scoring.decisions import decide_classes
 from components.scoring.lesions import group_index
 from components.scoring.metrics import Scored
 
@@ -188,7 +188,7 @@ def bootstrap(
     """Every headline metric (or ``only`` that one) of every resample: name -> (resamples,) array."""
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
-    predicted = decide(probs, decision_bias)
+    predicted = decide_classes(probs, decision_bias)
     blocks = [resampled_metrics(w, y_true, probs, predicted, classes, melanoma_class, only) for w in resample.weights()]
     return {name: np.concatenate([b[name] for b in blocks]) for name in blocks[0]} if blocks else {}
 

@@ -15,7 +15,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from components.scoring.decisions import decide
+from components.scoring.decisions import decide_classes
 
 
 def _auc(y_binary: np.ndarray, scores: np.ndarray) -> float | None:
@@ -35,7 +35,7 @@ def classification_metrics(
     model has one: components.scoring.decisions) and of the probabilities (AUCs, calibration)."""
     y_true = np.asarray(y_true, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
-    y_pred = decide(probs, decision_bias)
+    y_pred = decide_classes(probs, decision_bias)
     labels = list(range(len(classes)))
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     aucs = {c: _auc((y_true == i).astype(int), probs[:, i]) for i, c in enumerate(classes)}

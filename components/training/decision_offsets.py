@@ -81,7 +81,7 @@ def balance_decisions(probs: np.ndarray, labels: np.ndarray, classes: list[str],
 
     from components.scoring.decisions import (
         MIN_IMAGES_TO_FIT,
-        decide,
+        decide_classes,
         fit_balanced_bias,
         too_few_to_fit,
         write_decision_bias,
@@ -95,8 +95,8 @@ def balance_decisions(probs: np.ndarray, labels: np.ndarray, classes: list[str],
             flush=True,
         )
     write_decision_bias(out, classes, bias, fitted_on)
-    before = balanced_accuracy_score(labels, decide(probs))
-    after = balanced_accuracy_score(labels, decide(probs, bias))
+    before = balanced_accuracy_score(labels, decide_classes(probs))
+    after = balanced_accuracy_score(labels, decide_classes(probs, bias))
     print(
         f"decision offsets fitted on the validation split: its balanced accuracy {before:.3f} -> {after:.3f} "
         f"(fitted on these images, so optimistic; the test split says what holds)",

@@ -225,6 +225,7 @@ def _average_moving_statistics(model):
 def fit_phase(
     model,
     train_ds,
+    *,
     steps_per_epoch: int,
     first_epoch: int,
     last_epoch: int,

@@ -31,6 +31,7 @@ def cosine_rate(progress: float, peak: float, warmup: float) -> float:
 
 def learning_rate(
     tc: TrainConfig,
+    *,
     peak: float,
     first_epoch: int,
     phase_epochs: int,

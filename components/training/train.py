@@ -18,6 +18,7 @@ components.training.checkpoints.
 
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from kfp import dsl
@@ -25,9 +26,9 @@ from kfp import dsl
 from components.core.settings import TrainConfig
 from components.training import distributed
 from components.training.callbacks import validation_metrics
-from components.training.devices import configure_devices
+from components.training.devices import Devices, configure_devices
 from components.training.ensemble import ensemble_model
-from components.training.fit import train_one_model
+from components.training.fit import EpochReporting, train_one_model
 from components.training.train_input import TrainingData
 from components.training.trained_model import HISTORY_FILE, TrainResult, finished_model, save_finished
 
@@ -37,21 +38,18 @@ def train(
     augmented_dir: str | Path | None,
     tc: TrainConfig,
     output_dir: str | Path,
+    *,
     tracking_uri: str = "",
     mlflow_run_id: str = "",
     extra_callbacks: Sequence = (),
-    melanoma_class: str = "melanoma",
 ) -> TrainResult:
     """Train ``tc.model`` and save the best epoch's model to ``output_dir``; with
     ``tc.ensemble``, train every member in turn (in ``output_dir/members/<i>``) and save
-    a model that averages their probabilities. ``melanoma_class`` names the class whose
-    validation AUC is reported each epoch.
+    a model that averages their probabilities.
 
     Started again on the same ``output_dir`` after being killed, it resumes from the last
     completed epoch (and skips a finished frozen phase, or a finished ensemble member).
     ``extra_callbacks`` run after ours at every epoch end."""
-    import keras
-
     members = tc.members()
     out = Path(output_dir)
     if len(members) == 1 and (out / HISTORY_FILE).is_file():
@@ -61,9 +59,25 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     if devices.workers > 1:
         distributed.copy_folder_from_chief(devices.strategy, out)
+    reporting = EpochReporting(
+        melanoma_class=tc.melanoma_class,
+        tracking_uri=tracking_uri,
+        mlflow_run_id=mlflow_run_id,
+        extra_callbacks=tuple(extra_callbacks),
+    )
     if len(members) == 1:
-        return train_one_model(tc, data, melanoma_class, devices, out, tracking_uri, mlflow_run_id, extra_callbacks)
+        return train_one_model(tc, data, devices, out, reporting)
+    return train_ensemble(tc, data, devices, out, reporting)
 
+
+def train_ensemble(
+    tc: TrainConfig, data: TrainingData, devices: Devices, out: Path, reporting: EpochReporting
+) -> TrainResult:
+    """Every member of ``tc.members()`` in turn, in ``out/members/<i>`` (a finished one is
+    not trained again), then one model averaging their probabilities in ``out``."""
+    import keras
+
+    members = tc.members()
     started = time.monotonic()
     results = []
     for i, member in enumerate(members):
@@ -82,56 +96,37 @@ def train(
             f"{f' alpha {member.alpha}' if member.model.startswith('mobilenet') else ''}, seed {member.seed}",
             flush=True,
         )
-        results.append(
-            train_one_model(
-                member,
-                data,
-                melanoma_class,
-                devices,
-                member_out,
-                tracking_uri,
-                mlflow_run_id,
-                extra_callbacks,
-                metric_prefix=f"member{i}_",
-            )
-        )
+        member_reporting = replace(reporting, metric_prefix=f"member{i}_")
+        results.append(train_one_model(member, data, devices, member_out, member_reporting))
 
     with devices.strategy.scope():
         model = ensemble_model(
             [keras.models.load_model(r.model_path, compile=False) for r in results], data.meta["image_size"]
         )
     val_metrics = validation_metrics(
-        model, data.val_images, data.val_labels, data.meta["classes"], tc.batch_size, melanoma_class
+        model, data.val_images, data.val_labels, data.meta["classes"], tc.batch_size, reporting.melanoma_class
     )
-    if mlflow_run_id:
+    if reporting.mlflow_run_id:
         from components.core import tracking
 
-        tracking.client(tracking_uri).log_batch(
-            mlflow_run_id, metrics=tracking.metrics_at({f"ensemble_{k}": v for k, v in val_metrics.items()})
+        tracking.client(reporting.tracking_uri).log_batch(
+            reporting.mlflow_run_id, metrics=tracking.metrics_at({f"ensemble_{k}": v for k, v in val_metrics.items()})
         )
-    model_path = save_finished(
-        model,
-        data,
-        tc,
-        out,
-        tracking_uri,
-        mlflow_run_id,
-        {
-            "members": [
-                {"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run} for r in results
-            ],
-            "ensemble_validation": val_metrics,
-            "device": devices.description,
-        },
-        melanoma_class,
-    )
+    summary = {
+        "members": [
+            {"model_path": r.model_path, "best_epoch": r.best_epoch, "epochs_run": r.epochs_run} for r in results
+        ],
+        "ensemble_validation": val_metrics,
+        "device": devices.description,
+    }
+    model_path = save_finished(model, data, tc, out, reporting.tracking_uri, reporting.mlflow_run_id, summary)
     return TrainResult(
         model_path,
         {f"ensemble_{k}": [v] for k, v in val_metrics.items()},
-        sum(r.epochs_run for r in results),
-        -1,
-        devices.description,
-        results,
+        epochs_run=sum(r.epochs_run for r in results),
+        best_epoch=None,
+        device=devices.description,
+        members=results,
     )
 
 
@@ -139,7 +134,6 @@ def train_step(
     normalized: dsl.Input[dsl.Dataset],
     augmented: dsl.Input[dsl.Dataset],
     train: dict,
-    melanoma_class: str,
     data_fingerprint: str,
     checkpoint_root: str,
     experiment: str,
@@ -155,9 +149,9 @@ def train_step(
     from pathlib import Path
 
     from components.core import tracking
+    from components.core.config_base import load_section
     from components.core.errors import user_errors
     from components.core.run_status import failure_recorded
-    from components.core.section import load_section
     from components.core.settings import TrainConfig
     from components.training.checkpoints import checkpoint_dir, claimed, progress_so_far
     from components.training.train import train as train_model
@@ -174,7 +168,7 @@ def train_step(
             if progress := progress_so_far(work):
                 print(progress, flush=True)
             result = train_model(
-                normalized.path, augmented.path, tc, work, tracking_uri, run_id, melanoma_class=melanoma_class
+                normalized.path, augmented.path, tc, work, tracking_uri=tracking_uri, mlflow_run_id=run_id
             )
             keep_model(work, model.path)
     model.metadata.update(

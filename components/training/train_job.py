@@ -55,8 +55,8 @@ def run(
     wait_for_workers_minutes: float = 15.0,
 ) -> dict:
     from components.core import tracking
-    from components.core.section import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
-    from components.core.settings import EvaluateConfig, MlflowConfig, TrainConfig
+    from components.core.config_base import flat_params, load_section, read_yaml_mapping, resolve_relative_paths
+    from components.core.settings import MlflowConfig, TrainConfig
     from components.data.sources.gcs_folders import download_folder, upload_folder
     from components.training.devices import tf_config_workers
     from components.training.distributed import wait_for_workers
@@ -65,9 +65,12 @@ def run(
 
     # The run config's sections this job reads; the others belong to the pipeline's steps.
     sections = resolve_relative_paths(read_yaml_mapping(config_path), Path(config_path).parent)
-    train_settings = load_section(TrainConfig, sections.get("train") or {}, "train.")
+    # The train section gets the run's melanoma_class, as pipeline.config.RunConfig gives it.
+    melanoma_class = sections.get("melanoma_class", TrainConfig().melanoma_class)
+    train_settings = load_section(
+        TrainConfig, {**(sections.get("train") or {}), "melanoma_class": melanoma_class}, "train."
+    )
     mlflow_settings = load_section(MlflowConfig, sections.get("mlflow") or {}, "mlflow.")
-    melanoma_class = load_section(EvaluateConfig, sections.get("evaluate") or {}, "evaluate.").melanoma_class
     chief = is_chief()
     with tempfile.TemporaryDirectory(prefix="lesion-train-job-") as scratch:
         normalized_dir = download_folder(normalized, Path(scratch, "normalized"))
@@ -92,9 +95,8 @@ def run(
             augmented_dir,
             train_settings,
             out,
-            tracking_uri if run_id else "",
-            run_id,
-            melanoma_class=melanoma_class,
+            tracking_uri=tracking_uri if run_id else "",
+            mlflow_run_id=run_id,
         )
         summary = {
             "chief": chief,

@@ -28,20 +28,13 @@ class TrainResult:
     model_path: str
     history: dict
     epochs_run: int
-    best_epoch: int  # -1 for an ensemble: see members
+    best_epoch: int | None  # None for an ensemble: see members
     device: str
     members: list[TrainResult] = field(default_factory=list)
 
 
 def save_finished(
-    model,
-    data: TrainingData,
-    tc: TrainConfig,
-    out: Path,
-    tracking_uri: str,
-    mlflow_run_id: str,
-    history: dict,
-    melanoma_class: str = "melanoma",
+    model, data: TrainingData, tc: TrainConfig, out: Path, tracking_uri: str, mlflow_run_id: str, history: dict
 ) -> str:
     """Save the trained ``model`` in ``out`` with what makes it a finished train output
     (components.training.trained_model): its classes, its model info, its decision offsets
@@ -51,7 +44,7 @@ def save_finished(
     model.save(model_path)
     (out / filenames.CLASSES).write_text(json.dumps(data.meta["classes"]))
     write_model_info(out, data.meta)
-    fit_on_validation(model, data, tc, out, melanoma_class, tracking_uri, mlflow_run_id)
+    fit_on_validation(model, data, tc, out, tc.melanoma_class, tracking_uri, mlflow_run_id)
     atomic.write_text(out / HISTORY_FILE, json.dumps(history, indent=1))  # whole or absent: a cut one read as finished
     return str(model_path)
 

@@ -14,7 +14,7 @@ from components.data.dataset_inputs import source_name
 from components.data.ingest import ingest
 from components.data.listing import data_fingerprint
 from components.data.split import split
-from components.registry.run_summary import log_data_reports
+from components.evaluation.run_summary import log_data_reports
 from tests.helpers.tiny_data import tiny_config
 
 

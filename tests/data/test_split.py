@@ -170,7 +170,7 @@ def test_the_stop_threshold_ends_the_run_before_training_with_one_line(tmp_path)
             "--set",
             "data.num_shards=1",
             "--set",
-            "data.ingest_shards=1",
+            "data.ingest_partitions=1",
             "--set",
             "data.min_images_per_class_split=2",
         ],

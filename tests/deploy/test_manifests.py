@@ -433,12 +433,12 @@ def test_no_step_calls_the_kubernetes_api():
 
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_runner_role_holds_exactly_what_kfp_and_the_steps_call(name, tmp_path):
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
     config = RUN_CONFIGS[name]
     settings = compiled_platform_settings(config, tmp_path)
     assert settings <= set(PLATFORM_SETTING_RULES), f"what do {settings - set(PLATFORM_SETTING_RULES)} need?"
-    scheme = Config.load(ROOT / "configs" / config).cluster.pipeline_root.split("://")[0]
+    scheme = RunConfig.load(ROOT / "configs" / config).cluster.pipeline_root.split("://")[0]
     needed = KFP_RUNTIME_RULES | PIPELINE_ROOT_RULES[scheme]
     needed |= {rule for setting in settings for rule in PLATFORM_SETTING_RULES[setting]}
     have = granted(one(name, "Role", "lesion-pipeline-runner"))
@@ -527,13 +527,13 @@ def test_tfjob_structure(name):
 def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
     """The pipeline's train step (configs/cluster.yaml, the default) and the GKE overlay's
     TFJob must land on the same node pool: one accelerator, named alike."""
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
     pod = one("overlays/gke", "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]["template"]["spec"]
     assert (
         pod["nodeSelector"]
-        == Config.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector
-        == Config().cluster.gpu.node_selector
+        == RunConfig.load(ROOT / "configs/cluster.yaml").cluster.gpu.node_selector
+        == RunConfig().cluster.gpu.node_selector
     )
 
 
@@ -541,9 +541,9 @@ def test_the_gke_tfjob_and_the_cluster_config_select_one_gpu_type():
 def test_each_overlays_run_config_logs_to_the_mlflow_it_deploys(overlay, config):
     from urllib.parse import urlparse
 
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    host = urlparse(Config.load(ROOT / "configs" / config).mlflow.tracking_uri).netloc
+    host = urlparse(RunConfig.load(ROOT / "configs" / config).mlflow.tracking_uri).netloc
     assert host in one(overlay, "ConfigMap", "mlflow-settings")["data"]["allowed-hosts"].split(",")
     service = one(overlay, "Service", "mlflow")
     assert (
@@ -555,9 +555,11 @@ def test_each_overlays_run_config_logs_to_the_mlflow_it_deploys(overlay, config)
 @pytest.mark.parametrize("name", RENDERINGS)
 def test_tfjob_config_is_a_valid_run_config_whose_batch_splits_over_the_workers(name):
     from components.training.distributed import replica_batch_size
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    train = Config.from_dict(yaml.safe_load(one(name, "ConfigMap", "lesion-train-config")["data"]["config.yaml"])).train
+    train = RunConfig.from_dict(
+        yaml.safe_load(one(name, "ConfigMap", "lesion-train-config")["data"]["config.yaml"])
+    ).train
     assert train.epochs >= 1
     worker = one(name, "TFJob", "lesion-train-tfjob")["spec"]["tfReplicaSpecs"]["Worker"]
     gpus = int(worker["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 1))
@@ -579,9 +581,9 @@ def test_the_model_server_serves_the_run_configs_champion(name, config):
     """`lesionpipe serve` of the alias (resolved when a pod starts, so a restart brings a new
     champion) of the model the overlay's run config registers, from the CPU steps' image,
     through the tracking server the run logs to, as its client user."""
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    cfg = Config.load(ROOT / "configs" / config)
+    cfg = RunConfig.load(ROOT / "configs" / config)
     deployment = one(name, "Deployment", "lesion-serving")
     container = serving_container(name)
     assert container["image"].split("/")[-1].startswith("lesion-pipeline:")

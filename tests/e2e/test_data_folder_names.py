@@ -41,7 +41,13 @@ def test_ingest_and_run_read_the_folder_as_named(tmp_path, monkeypatch, name):
 
 def test_run_with_data_null_trains_on_the_folder_named_null_not_the_synthetic_demo(tmp_path):
     write_class_folder(tmp_path / "null", per_class=PER_CLASS, size=40)
-    tiny = ["data.image_size=32", "train.epochs=1", "train.batch_size=8", "data.num_shards=1", "data.ingest_shards=1"]
+    tiny = [
+        "data.image_size=32",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "data.num_shards=1",
+        "data.ingest_partitions=1",
+    ]
     proc = subprocess.run(
         [LESIONPIPE, "run", "--data", "null", *sum((["--set", s] for s in tiny), []), "--output-dir", "out"],
         cwd=tmp_path,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +18,20 @@ def kaggle_files(per_class: int = 3) -> dict[str, bytes]:
             for i in range(per_class):
                 files[f"{split}/{cls}/{cls[:3]}_{i}.jpg"] = jpeg_bytes(lesion(offset + i, cls))
     return files
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """A zip archive of ``files`` (member name -> content), in memory."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    path.write_bytes(zip_bytes(files))
+    return path
 
 
 CLASSES = {"MEL": "melanoma", "NV": "nevus", "BCC": "basal_cell_carcinoma"}

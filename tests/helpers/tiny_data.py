@@ -8,12 +8,15 @@ from pathlib import Path
 from components.data.ingest import ingest
 from components.data.normalize import normalize
 from components.data.split import split
-from pipeline.config import Config
+from pipeline.config import RunConfig
+
+# A model's baked-in per-channel mean and std where no shards give them.
+MEAN, STD = [120.0, 110.0, 100.0], [50.0, 50.0, 50.0]
 
 
-def tiny_config(**train) -> Config:
+def tiny_config(**train) -> RunConfig:
     """A config for seconds-long CPU runs; ``train`` overrides train.* values."""
-    return Config.from_dict(
+    return RunConfig.from_dict(
         {
             "data": {
                 "image_size": 32,
@@ -29,7 +32,7 @@ def tiny_config(**train) -> Config:
     )
 
 
-def make_tiny_shards(root: Path, cfg: Config | None = None) -> Path:
+def make_tiny_shards(root: Path, cfg: RunConfig | None = None) -> Path:
     """Normalized TFRecord shards (train/val/test) of the synthetic 4-class set."""
     cfg = cfg or tiny_config()
     ingest("", cfg.data, root / "ingest")

@@ -3,13 +3,14 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Config, ConfigError
+from components.core.config_base import ConfigError
+from pipeline.config import RunConfig
 
 
 def test_yaml_then_overrides(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("name: x\ndata:\n  image_size: 96\ntrain:\n  epochs: 3\n")
-    cfg = Config.load(path, ["train.epochs=5", "data.class_map={mel: melanoma}", "augment.enabled=false"])
+    cfg = RunConfig.load(path, ["train.epochs=5", "data.class_map={mel: melanoma}", "augment.enabled=false"])
     assert cfg.name == "x"
     assert cfg.data.image_size == 96
     assert cfg.train.epochs == 5
@@ -19,9 +20,9 @@ def test_yaml_then_overrides(tmp_path):
 
 def test_round_trip_through_kfp_struct_floats():
     # KFP hands a dict parameter over as a protobuf Struct: every number becomes a float.
-    raw = Config().to_dict()
+    raw = RunConfig().to_dict()
     raw["train"]["epochs"] = 7.0
-    assert Config.from_dict(raw).train.epochs == 7
+    assert RunConfig.from_dict(raw).train.epochs == 7
 
 
 @pytest.mark.parametrize(
@@ -44,20 +45,20 @@ def test_round_trip_through_kfp_struct_floats():
 )
 def test_bad_overrides_are_one_line_errors(override, message):
     with pytest.raises(ConfigError, match=message):
-        Config.load(None, [override])
+        RunConfig.load(None, [override])
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        Config.load(tmp_path / "nope.yaml")
+        RunConfig.load(tmp_path / "nope.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
-        Config.load(bad)
+        RunConfig.load(bad)
 
 
 def test_flat_params_for_mlflow():
-    params = Config().flat_params()
+    params = RunConfig().flat_params()
     assert params["train.model"] == "seed_cnn"
     assert params["data.class_map"] == "{}"
     assert all(isinstance(v, str) for v in params.values())
@@ -65,13 +66,13 @@ def test_flat_params_for_mlflow():
 
 @pytest.mark.parametrize("name", ["demo", "isic9", "ham10000", "cluster", "kind"])
 def test_shipped_configs_load(name):
-    cfg = Config.load(f"configs/{name}.yaml")
+    cfg = RunConfig.load(f"configs/{name}.yaml")
     assert cfg.name == name
 
 
 def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
     # As KFP hands it back: numbers as floats.
-    cfg = Config.from_dict(
+    cfg = RunConfig.from_dict(
         {
             "train": {
                 "model": "mobilenet_v2",
@@ -89,7 +90,7 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
         ("mobilenet", 0.25, 1, 9),
     ]
     assert all(m.ensemble == [] for m in members[1:])
-    assert Config.load(None, ["train.ensemble=[{seed: 5}]"]).train.members()[1].seed == 5
+    assert RunConfig.load(None, ["train.ensemble=[{seed: 5}]"]).train.members()[1].seed == 5
     assert '"alpha": 0.35' in cfg.flat_params()["train.ensemble"]
 
 
@@ -105,7 +106,7 @@ def test_ensemble_members_inherit_the_train_section_and_are_checked_like_it():
 )
 def test_bad_ensemble_members_are_one_line_errors(ensemble, message):
     with pytest.raises(ConfigError, match=message):
-        Config.from_dict({"train": {"ensemble": ensemble}})
+        RunConfig.from_dict({"train": {"ensemble": ensemble}})
 
 
 def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_against_the_working_one(tmp_path):
@@ -117,16 +118,16 @@ def test_relative_paths_in_a_config_resolve_against_its_folder_and_overrides_aga
         "  ensemble: [{weights: imagenet}, {weights: other.h5}, {weights: gs://b/w.h5}]\n"
         "mlflow:\n  tracking_uri: sqlite:///../mlflow.db\n"
     )
-    cfg = Config.load(path)
+    cfg = RunConfig.load(path)
     assert cfg.data.source == str(tmp_path / "project" / "data" / "isic")
     assert cfg.train.weights == str(tmp_path / "w" / "m.h5")
     assert [m["weights"] for m in cfg.train.ensemble] == ["imagenet", str(folder / "other.h5"), "gs://b/w.h5"]
     assert cfg.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'project' / 'mlflow.db'}"
     # Command-line values are the user's, relative to where they run lesionpipe.
-    cfg = Config.load(path, ["train.weights=here.h5", "data.source=gs://bucket/x"])
+    cfg = RunConfig.load(path, ["train.weights=here.h5", "data.source=gs://bucket/x"])
     assert (cfg.train.weights, cfg.data.source) == ("here.h5", "gs://bucket/x")
     # A relative config path resolves against the config's folder too.
-    assert Config.load(os.path.relpath(path)).train.weights == str(tmp_path / "w" / "m.h5")
+    assert RunConfig.load(os.path.relpath(path)).train.weights == str(tmp_path / "w" / "m.h5")
 
 
 @pytest.mark.parametrize("config", sorted(Path("configs").glob("*.yaml")), ids=lambda p: p.stem)
@@ -140,7 +141,7 @@ def test_shipped_configs_weights_are_names_or_the_shared_folders_files_from_any_
 
     config = config.absolute()
     monkeypatch.chdir(tmp_path)
-    for member in Config.load(config).train.members():
+    for member in RunConfig.load(config).train.members():
         if member.weights == "imagenet":
             assert member.model in LITE_MODELS, f"{member.model} would download its ImageNet weights at run time"
         elif member.weights not in ("", "none"):
@@ -180,24 +181,57 @@ def test_a_missing_weights_file_of_a_config_is_one_line_naming_the_resolved_path
 def test_a_text_setting_takes_the_set_value_as_written(text):
     """A str setting's --set value is the text as written, whatever YAML would make of it
     (was: 2024-06-01 a date, yes a boolean, null the empty default, [a] a list)."""
-    cfg = Config.load(None, [f"data.source={text}", f"mlflow.experiment={text}", f"train.weights={text}"])
+    cfg = RunConfig.load(None, [f"data.source={text}", f"mlflow.experiment={text}", f"train.weights={text}"])
     assert (cfg.data.source, cfg.mlflow.experiment, cfg.train.weights) == (text, text, text)
-    assert Config.load(None, [f"cluster.resources.train.cpu_limit={text}"]).cluster.resources.train.cpu_limit == text
+    assert RunConfig.load(None, [f"cluster.resources.train.cpu_limit={text}"]).cluster.resources.train.cpu_limit == text
 
 
 def test_settings_that_are_not_text_still_parse_yaml():
-    cfg = Config.load(
+    cfg = RunConfig.load(
         None, ["train.epochs=5", "augment.enabled=no", "data.class_map={mel: melanoma}", "data.val_fraction=1e-1"]
     )
     assert (cfg.train.epochs, cfg.augment.enabled, cfg.data.val_fraction) == (5, False, 0.1)
     assert cfg.data.class_map == {"mel": "melanoma"}
-    assert Config.load(None, ["data.resize_mode=crop"]).data.resize_mode == "crop"
+    assert RunConfig.load(None, ["data.resize_mode=crop"]).data.resize_mode == "crop"
     with pytest.raises(ConfigError, match="data.resize_mode must be pad or crop, not 'yes'"):
-        Config.load(None, ["data.resize_mode=yes"])
+        RunConfig.load(None, ["data.resize_mode=yes"])
 
 
 def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path):
     latin1 = tmp_path / "run.yaml"
     latin1.write_bytes("name: dermatologie\ndata:\n  source: /données\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"run\.yaml is not UTF-8 text \(byte 0xe9 on line 3\)"):
-        Config.load(latin1)
+        RunConfig.load(latin1)
+
+
+def test_the_old_name_of_a_renamed_key_still_works_with_a_one_line_notice(tmp_path, capsys):
+    path = tmp_path / "old.yaml"
+    path.write_text("data:\n  ingest_shards: 3\ncluster:\n  resources:\n    ingest_shard: {cpu_request: '2'}\n")
+    cfg = RunConfig.load(path)
+    assert cfg.data.ingest_partitions == 3 and cfg.cluster.resources.ingest_partition.cpu_request == "2"
+    assert RunConfig.load(None, ["data.ingest_shards=5"]).data.ingest_partitions == 5
+    notices = capsys.readouterr().err.splitlines()
+    assert notices == [
+        "warning: config key data.ingest_shards is now data.ingest_partitions; the old name will stop working",
+        "warning: config key cluster.resources.ingest_shard is now cluster.resources.ingest_partition; "
+        "the old name will stop working",
+        "warning: config key data.ingest_shards is now data.ingest_partitions; the old name will stop working",
+    ]
+    # Shards are normalize's TFRecord files: data.num_shards is not renamed.
+    assert "num_shards" in cfg.data.to_dict() and "ingest_shards" not in cfg.data.to_dict()
+    with pytest.raises(ConfigError, match="data.ingest_shards is the old name of data.ingest_partitions"):
+        RunConfig.from_dict({"data": {"ingest_shards": 2, "ingest_partitions": 2}})
+
+
+def test_the_train_and_evaluate_sections_get_the_runs_melanoma_class(capsys):
+    cfg = RunConfig.load(None, ["melanoma_class=mel"])
+    assert cfg.train.melanoma_class == cfg.evaluate.melanoma_class == "mel"
+    assert "melanoma_class" not in cfg.to_dict()["train"] and cfg.to_dict()["melanoma_class"] == "mel"
+    assert RunConfig.load(None, ["train.epochs=3"]).train.melanoma_class == "melanoma"
+    # evaluate.melanoma_class was its old place.
+    assert RunConfig.from_dict({"evaluate": {"melanoma_class": "mel"}}).train.melanoma_class == "mel"
+    assert capsys.readouterr().err == (
+        "warning: config key evaluate.melanoma_class is now melanoma_class; the old name will stop working\n"
+    )
+    with pytest.raises(ConfigError, match="train.melanoma_class is the run's melanoma_class: set that one"):
+        RunConfig.from_dict({"train": {"melanoma_class": "mel"}})

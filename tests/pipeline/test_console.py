@@ -21,28 +21,28 @@ def test_a_shard_whose_finished_line_the_runner_dropped_ends_when_the_next_step_
     barrier = threading.Barrier(2)
 
     def shard(finished: bool) -> None:
-        console.write("12:00:00.000 - INFO - Executing task 'ingest-shard-step'\n")
+        console.write("12:00:00.000 - INFO - Executing task 'ingest-partition-step'\n")
         barrier.wait()  # both shards run at once, each in its thread
         console.write("ingesting shard\n")
         barrier.wait()
         if finished:
-            console.write("12:00:01.000 - INFO - Task 'ingest-shard-step' finished with status SUCCESS\n")
+            console.write("12:00:01.000 - INFO - Task 'ingest-partition-step' finished with status SUCCESS\n")
 
     runners = [threading.Thread(target=shard, args=(finished,)) for finished in (True, False)]
     for runner in runners:
         runner.start()
     for runner in runners:
         runner.join()
-    assert sum(1 for line in shown if re.fullmatch(r"\[\d/3\] ingest_shard  \d+\.\d s", line)) == 1
+    assert sum(1 for line in shown if re.fullmatch(r"\[\d/3\] ingest_partition  \d+\.\d s", line)) == 1
 
     write_from_thread(console, "12:00:02.000 - INFO - Executing task 'ingest-merge-step'\n")
-    ends = [line for line in shown if re.fullmatch(r"\[\d/3\] ingest_shard  \d+\.\d s", line)]
+    ends = [line for line in shown if re.fullmatch(r"\[\d/3\] ingest_partition  \d+\.\d s", line)]
     assert sorted(line[:5] for line in ends) == ["[1/3]", "[2/3]"]
     assert shown[-1] == "[3/3] ingest_merge ..."
     # Each shard's own lines went to its own log.
     console.finish()
-    assert (tmp_path / "logs" / "ingest_shard.log").read_text().count("ingesting shard") == 1
-    assert (tmp_path / "logs" / "ingest_shard_2.log").read_text().count("ingesting shard") == 1
+    assert (tmp_path / "logs" / "ingest_partition.log").read_text().count("ingesting shard") == 1
+    assert (tmp_path / "logs" / "ingest_partition_2.log").read_text().count("ingesting shard") == 1
 
 
 def test_a_step_that_has_not_finished_stays_open_when_its_own_shard_starts(tmp_path):

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.kfp_client import version_name
 from pipeline.kfp_schedules import validate_cron
 from tests.helpers.kfp_stub import API, KfpStub
@@ -59,7 +59,7 @@ def compiled(tmp_path, *overrides: str) -> dict:
 
 def expected_parameters(ui: str, force_retrain: bool = False) -> dict:
     """The config's values, and the KFP UI that the MLflow run's description links the run to."""
-    cfg = Config.load(CONFIG)
+    cfg = RunConfig.load(CONFIG)
     return {
         "data_uri": cfg.data.source,
         "tracking_uri": "http://mlflow.lesion-pipeline.svc.cluster.local:5000",
@@ -147,12 +147,18 @@ def test_submit_reuses_the_experiment_in_the_namespace_and_switches_caching_off_
         v for v in stub.versions if v["pipeline_version_id"] == run["pipeline_version_reference"]["pipeline_version_id"]
     ]
     sent = caching_of(yaml.safe_load_all(stub.packages[version["pipeline_version_id"]]).__next__())
-    assert set(sent) >= {"ingest-shard-step", "ingest-merge-step", "split-step", "train-step", "normalize-shard-step"}
+    assert set(sent) >= {
+        "ingest-partition-step",
+        "ingest-merge-step",
+        "split-step",
+        "train-step",
+        "normalize-shard-step",
+    }
     assert not any(sent.values())
     # Without --no-cache the compiled per-step choice stands: deterministic steps cached, not train.
     default = caching_of(compiled(tmp_path)["pipeline_spec"])
     assert (
-        default["ingest-shard-step"]
+        default["ingest-partition-step"]
         and default["ingest-merge-step"]
         and default["split-step"]
         and not default["train-step"]

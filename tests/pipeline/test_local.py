@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.local import run_local
 from tests.helpers import write_class_folder
 from tests.helpers.images import jpeg_bytes, lesion
@@ -30,7 +30,7 @@ TINY = [
     "train.epochs=1",
     "train.batch_size=8",
     "data.num_shards=1",
-    "data.ingest_shards=1",
+    "data.ingest_partitions=1",
 ]
 
 
@@ -134,7 +134,7 @@ def test_pipeline_evaluates_registers_and_gates_the_model_on_a_real_mlflow_serve
     registered with its alias."""
     data = write_class_folder(tmp_path / "data", classes=("melanoma", "nevus", "vascular_lesion"), per_class=8, size=40)
     model_name = f"pipeline-gate-{tmp_path.name}"
-    cfg = Config.load(
+    cfg = RunConfig.load(
         "configs/demo.yaml", [*TINY, f"mlflow.model_name={model_name}", "mlflow.experiment=pipeline-evaluate-test"]
     )
     # A process of the caller's own (as the MLflow server beside a notebook, or this test

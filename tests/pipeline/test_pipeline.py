@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from kfp import components
 
 from pipeline.cli import main
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.steps import STEPS
 
 CONFIG = "configs/cluster.yaml"
@@ -53,7 +53,7 @@ def test_loads_back_as_a_component(compiled):
 
 def test_every_task_has_the_configs_requests_and_limits_and_image(compiled):
     spec, _, _ = compiled
-    cfg = Config.load(CONFIG)
+    cfg = RunConfig.load(CONFIG)
     executors = spec["deploymentSpec"]["executors"]
     assert set(executors) == set(EXECUTORS)
     for name, step in EXECUTORS.items():
@@ -88,7 +88,7 @@ def test_train_tolerates_and_selects_gpu_nodes_and_credentials_come_from_secrets
     others = [k8s.get(e, {}) for e in EXECUTORS if e != "exec-train-step"]
     assert not any("tolerations" in e or "nodeSelector" in e for e in others)
     # The default is Workload Identity: no pod waits on a key secret that such a setup never creates.
-    assert Config.load(CONFIG).cluster.secrets.gcs == Config().cluster.secrets.gcs == ""
+    assert RunConfig.load(CONFIG).cluster.secrets.gcs == RunConfig().cluster.secrets.gcs == ""
     key_spec, key_k8s, _ = compiled_with_key_file
     for name, step in EXECUTORS.items():
         container = spec["deploymentSpec"]["executors"][name]["container"]
@@ -138,7 +138,7 @@ def test_the_exit_handler_ends_the_mlflow_run_after_every_other_task(compiled):
     assert inputs["kfp_run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
     assert inputs["kfp_run_name"]["runtimeValue"]["constant"] == "{{$.pipeline_job_name}}"
     assert inputs["tracking_uri"] == {"componentInputParameter": "tracking_uri"}
-    assert inputs["experiment"]["runtimeValue"]["constant"] == Config.load(CONFIG).mlflow.experiment
+    assert inputs["experiment"]["runtimeValue"]["constant"] == RunConfig.load(CONFIG).mlflow.experiment
     # Every other task is inside the exit handler's group.
     body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     assert {"list-source-step", "retrain-gate-step", "ingest-merge-step"} <= set(body)
@@ -149,9 +149,10 @@ def test_gate_fan_out_and_pipeline_root(compiled):
     assert spec["defaultPipelineRoot"] == "gs://BUCKET_NAME/pipeline-root"
     body = spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
     ingest_loop = body["for-loop-3"]
-    assert ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.ingest_shards: 4 in cluster.yaml
+    # data.ingest_partitions: 4 in cluster.yaml
+    assert ingest_loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"
     merge = body["ingest-merge-step"]
-    assert merge["inputs"]["artifacts"]["shards"]["taskOutputArtifact"]["producerTask"] == "for-loop-3"
+    assert merge["inputs"]["artifacts"]["partitions"]["taskOutputArtifact"]["producerTask"] == "for-loop-3"
     loop = spec["components"]["comp-condition-7"]["dag"]["tasks"]["for-loop-6"]
     assert loop["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # data.num_shards: 4 in cluster.yaml
     gather = spec["components"]["comp-condition-7"]["dag"]["tasks"]["normalize-gather-step"]
@@ -184,13 +185,13 @@ def test_config_switches_change_the_spec(tmp_path):
     assert "tolerations" not in k8s["exec-train-step"]
     assert not any("secretAsVolume" in e for e in k8s.values())
     assert (
-        spec["deploymentSpec"]["executors"]["exec-ingest-shard-step"]["container"]["image"]
+        spec["deploymentSpec"]["executors"]["exec-ingest-partition-step"]["container"]["image"]
         == "registry.example/lesion:9"
     )
 
 
 def test_resources_config_covers_every_step():
-    assert set(type(Config().cluster.resources).model_fields) == set(STEPS)
+    assert set(type(RunConfig().cluster.resources).model_fields) == set(STEPS)
 
 
 def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_key_file):
@@ -210,7 +211,7 @@ def test_secrets_the_pipeline_reads_are_the_ones_manifests_ship(compiled_with_ke
 
 DATA_TASKS = (
     "list-source-step",
-    "ingest-shard-step",
+    "ingest-partition-step",
     "ingest-merge-step",
     "split-step",
     "normalize-shard-step",
@@ -218,13 +219,14 @@ DATA_TASKS = (
 )
 
 
-def data_task_specs(spec: dict) -> dict[str, tuple]:
-    """Each data task as KFP sees it: its DAG entry (inputs: constants and upstream
-    outputs), its component's interface and its executor (image, command, code)."""
+def data_task_specs(spec: dict, names: tuple[str, ...] = DATA_TASKS) -> dict[str, tuple]:
+    """Each data task (or each of ``names``) as KFP sees it: its DAG entry (inputs:
+    constants and upstream outputs), its component's interface and its executor (image,
+    command, code)."""
     out = {}
     for dag in [spec["root"]["dag"]] + [c["dag"] for c in spec["components"].values() if "dag" in c]:
         for name, task in dag["tasks"].items():
-            if name in DATA_TASKS:
+            if name in names:
                 component = spec["components"][task["componentRef"]["name"]]
                 out[name] = (task, component, spec["deploymentSpec"]["executors"][component["executorLabel"]])
     return out
@@ -251,10 +253,10 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
         assert yaml.safe_dump(before[name]) == yaml.safe_dump(after[name]), name
     # Their inputs are the data section and upstream outputs only; no pipeline parameter
     # (those carry only the data URI, the tracking URI and force_retrain).
-    ingest = before["ingest-shard-step"][0]["inputs"]["parameters"]
-    assert set(ingest) == {"data_uri", "data", "shard_index", "source_listing"}
+    ingest = before["ingest-partition-step"][0]["inputs"]["parameters"]
+    assert set(ingest) == {"data_uri", "data", "partition_index", "source_listing"}
     assert set(before["ingest-merge-step"][0]["inputs"]["parameters"]) == {"data"}
-    assert ingest["data"]["runtimeValue"]["constant"] == Config.load(CONFIG).data.to_dict()
+    assert ingest["data"]["runtimeValue"]["constant"] == RunConfig.load(CONFIG).data.to_dict()
     # ... while the train task does see the change.
     train = [
         t
@@ -266,10 +268,40 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
     assert train["inputs"]["parameters"]["train"]["runtimeValue"]["constant"]["epochs"] == 99
 
 
+@pytest.mark.parametrize(
+    "overrides, unchanged_tasks",
+    [
+        # Settings only evaluate reads (and data.seed, which augment read): train and augment keep their keys.
+        (
+            ("evaluate.tta=true", "evaluate.bootstrap_resamples=200", "evaluate.worst_images=3", "data.seed=7"),
+            ("train-step", "augment-step"),
+        ),
+        # Settings only train and augment read: evaluate keeps its key.
+        (("train.epochs=99", "train.seed=5", "augment.seed=9", "augment.max_factor=2"), ("evaluate-step",)),
+    ],
+)
+def test_a_steps_cache_key_changes_only_with_its_own_section(tmp_path, overrides, unchanged_tasks):
+    """KFP's cache key covers a task's spec and inputs: a setting one step reads must not
+    reach another's (the train step read melanoma_class from the evaluate section, augment
+    the data section's seed)."""
+    spec, _, _ = compile_yaml(tmp_path)
+    changed, _, _ = compile_yaml(tmp_path, *overrides)
+    before, after = data_task_specs(spec, unchanged_tasks), data_task_specs(changed, unchanged_tasks)
+    assert sorted(before) == sorted(unchanged_tasks)
+    for name in unchanged_tasks:
+        assert yaml.safe_dump(before[name]) == yaml.safe_dump(after[name]), name
+    # The run's melanoma_class reaches both, inside their own sections.
+    shared, _, _ = compile_yaml(tmp_path, "melanoma_class=mel")
+    for name, section in (("train-step", "train"), ("evaluate-step", "evaluate")):
+        task = data_task_specs(shared, (name,))[name][0]
+        assert task["inputs"]["parameters"][section]["runtimeValue"]["constant"]["melanoma_class"] == "mel"
+        assert "melanoma_class" not in task["inputs"]["parameters"]
+
+
 def test_the_kind_config_is_ready_for_a_cluster_without_google_cloud_or_gpu(tmp_path):
     from pipeline.kfp_client import check_ready_for_cluster
 
-    check_ready_for_cluster(Config.load("configs/kind.yaml"))
+    check_ready_for_cluster(RunConfig.load("configs/kind.yaml"))
     out = tmp_path / "kind.yaml"
     result = CliRunner().invoke(main, ["compile", "--config", "configs/kind.yaml", "-o", str(out)])
     assert result.exit_code == 0, result.output

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.config_docs import all_keys, markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-SECTIONS = tuple(Config.model_fields)
+SECTIONS = tuple(RunConfig.model_fields)
 # Dotted names in the docs that are MLflow tags, not config keys (each must appear in the code).
 MLFLOW_TAGS = {"data.synthetic", "data.class_size_warnings", "mlflow.experimentKind"}
 FILE_NAMES = {"mlflow.db"}

@@ -16,7 +16,7 @@ from components.registry.champion import FINGERPRINT_TAG, Champion, find_champio
 from components.registry.gate import CHAMPION as CHAMPION_ALIAS
 from components.registry.retrain_gate import SKIP, TRAIN, decide
 from pipeline.cli import main
-from pipeline.config import Config
+from pipeline.config import RunConfig
 from pipeline.local import run_local
 from tests.helpers import write_class_folder
 
@@ -90,7 +90,7 @@ def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, m
     data = write_class_folder(
         tmp_path / "data", classes=("melanoma", "nevus", "basal_cell_carcinoma"), per_class=6, size=40
     )
-    cfg = Config.load(DEMO_CONFIG, TINY)
+    cfg = RunConfig.load(DEMO_CONFIG, TINY)
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ingest(str(data), cfg.data, tmp_path / "ingested")
     fingerprint = data_fingerprint(tmp_path / "ingested")

@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import balanced_accuracy_score
 
-from components.scoring.decisions import MIN_IMAGES_TO_FIT, decide, fit_balanced_bias, in_class_order, too_few_to_fit
+from components.scoring.decisions import (
+    MIN_IMAGES_TO_FIT,
+    decide_classes,
+    fit_balanced_bias,
+    in_class_order,
+    too_few_to_fit,
+)
 from components.scoring.metrics import classification_metrics
 
 PRIOR = np.array([0.80, 0.12, 0.05, 0.03])
@@ -31,12 +37,12 @@ def test_offsets_fitted_on_validation_raise_balanced_accuracy_on_other_images():
 
     assert bias.mean() == pytest.approx(0.0, abs=1e-9)
     assert bias[0] < 0 < bias[3]  # the frequent class loses, the rarest gains
-    plain = balanced_accuracy_score(test_labels, decide(test_probs))
-    balanced = balanced_accuracy_score(test_labels, decide(test_probs, bias))
+    plain = balanced_accuracy_score(test_labels, decide_classes(test_probs))
+    balanced = balanced_accuracy_score(test_labels, decide_classes(test_probs, bias))
     assert balanced > plain + 0.05, (plain, balanced)
     # Without offsets the decision is the plain argmax.
-    np.testing.assert_array_equal(decide(test_probs, None), test_probs.argmax(1))
-    np.testing.assert_array_equal(decide(test_probs, np.zeros(len(PRIOR))), test_probs.argmax(1))
+    np.testing.assert_array_equal(decide_classes(test_probs, None), test_probs.argmax(1))
+    np.testing.assert_array_equal(decide_classes(test_probs, np.zeros(len(PRIOR))), test_probs.argmax(1))
 
 
 def test_a_class_absent_from_validation_keeps_a_zero_offset():
@@ -76,11 +82,11 @@ def test_metrics_count_the_offset_decisions_and_keep_the_aucs_of_the_probabiliti
     shifted = classification_metrics(labels, probs, classes, decision_bias=bias)
 
     assert plain["decision_bias"] is None and shifted["decision_bias"] == dict(zip(classes, bias))
-    assert shifted["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decide(probs, bias)))
+    assert shifted["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, decide_classes(probs, bias)))
     assert shifted["balanced_accuracy"] > plain["balanced_accuracy"]
     assert (
         np.asarray(shifted["confusion_matrix"]).sum(0).tolist()
-        == np.bincount(decide(probs, bias), minlength=4).tolist()
+        == np.bincount(decide_classes(probs, bias), minlength=4).tolist()
     )
     for key in ("melanoma_auc", "macro_auc", "ece", "melanoma_sensitivity_at_90_specificity"):
         assert shifted[key] == plain[key]

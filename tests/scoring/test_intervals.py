@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from components.scoring.decisions import decide
+from components.scoring.decisions import decide_classes
 from components.scoring.intervals import bootstrap, intervals, paired_difference, resampled_metrics, resampling
 from components.scoring.metrics import Scored, classification_metrics
 
@@ -44,7 +44,7 @@ def _headline(m: dict) -> dict:
 def test_weighted_metrics_equal_the_plain_ones_on_the_same_rows(bias):
     y, probs = _planted(300, 0.3, seed=1)
     predicted = classification_metrics(y, probs, CLASSES, decision_bias=bias)
-    labels = decide(probs, bias)
+    labels = decide_classes(probs, bias)
     # Weights of 1: the whole split; integer weights: the split with rows repeated.
     counts = np.random.default_rng(2).integers(0, 4, 300).astype(float)
     weights = np.stack([np.ones(300), counts], axis=1)

@@ -38,8 +38,7 @@ RESUMABLE_WORKER = textwrap.dedent("""
     import keras
     from components.training.train import train
     from components.training.train_job import is_chief, weights_checksum
-    sys.path.insert(0, "tests")
-    from tiny_data import tiny_config
+    from tests.helpers.tiny_data import tiny_config
 
     normalized, out, kill_epoch, chief_stops_epoch = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 

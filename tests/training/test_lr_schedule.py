@@ -25,7 +25,9 @@ def test_cosine_rate_warms_up_to_the_peak_then_decays_to_the_floor():
 
 
 def test_constant_schedule_sets_no_callbacks():
-    rate, callbacks = learning_rate(TrainConfig(lr_schedule="constant"), PEAK, 0, EPOCHS, STEPS)
+    rate, callbacks = learning_rate(
+        TrainConfig(lr_schedule="constant"), peak=PEAK, first_epoch=0, phase_epochs=EPOCHS, steps_per_epoch=STEPS
+    )
     assert rate == PEAK and callbacks == []
 
 
@@ -47,7 +49,15 @@ def rates_seen(deadline: float | None, clock=None) -> list[float]:
     tc = TrainConfig(lr_schedule="cosine")
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    initial, schedule = learning_rate(tc, PEAK, 0, EPOCHS, STEPS, deadline, clock or FakeClock())
+    initial, schedule = learning_rate(
+        tc,
+        peak=PEAK,
+        first_epoch=0,
+        phase_epochs=EPOCHS,
+        steps_per_epoch=STEPS,
+        deadline=deadline,
+        clock=clock or FakeClock(),
+    )
     model.compile(optimizer=keras.optimizers.Adam(initial), loss="mse")
     seen: list[float] = []
 

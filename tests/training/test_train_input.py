@@ -2,7 +2,9 @@
 train.cache_memory_mb, in a file under the step's working folder when they do not, and
 the choice printed; the validation images in memory only within what the training cache
 leaves of that budget, else read from the shards at every validation. Real tf.data on a
-tiny shard."""
+tiny shard.
+
+Also: online augmentation's zoom crops part of the image; the dataset knows its epoch length."""
 
 from __future__ import annotations
 
@@ -12,7 +14,13 @@ import numpy as np
 import pytest
 
 from components.data import tfrecords
-from components.training.train_input import cache_plan, input_cache_folder, training_dataset, validation_images
+from components.training.train_input import (
+    cache_plan,
+    input_cache_folder,
+    training_class_counts,
+    training_dataset,
+    validation_images,
+)
 from tests.helpers.tiny_data import tiny_config
 
 LABELS = [0, 1, 2, 0, 1, 2, 0, 1, 2, 0]  # 10 images of 32x32x3: 0.03 MB decoded
@@ -129,3 +137,34 @@ def test_validation_reads_the_shards_at_every_validation_unless_cached(tmp_path,
     else:
         with pytest.raises(Exception, match="No such file|NotFound|not found"):
             validation_metrics(model, images, labels, ["a", "b", "c"], 4, "b")
+
+
+def test_online_zoom_crops_a_random_part_of_the_image_at_full_size():
+    import tensorflow as tf
+
+    from components.training.train_input import online_augment_fn
+
+    gradient = tf.constant(np.tile(np.linspace(0, 255, 64, dtype=np.float32), (64, 1))[..., None].repeat(3, -1))
+
+    def value_ranges(zoom: float) -> np.ndarray:
+        augment = online_augment_fn(zoom)
+        outputs = [augment(gradient, 0, tf.constant([i, 7], tf.int64))[0].numpy() for i in range(24)]
+        assert all(o.shape == (64, 64, 3) for o in outputs)
+        return np.array([o.max() - o.min() for o in outputs])
+
+    # Flips, turns, brightness and contrast keep the whole 0-255 ramp in view; a crop of
+    # 50-100 % of the side shows only part of it.
+    whole, zoomed = value_ranges(0.0), value_ranges(0.5)
+    assert np.median(zoomed) < 0.85 * np.median(whole), (whole, zoomed)
+
+
+def test_the_training_dataset_knows_its_epoch_length(normalized):
+    import tensorflow as tf
+
+    cfg = tiny_config(online_augment=True, batch_size=8).train
+    paths = tfrecords.shard_paths(normalized, "train")
+    count = int(training_class_counts(normalized, None).sum())
+    dataset = training_dataset(paths, 32, cfg, 4, count)
+    assert int(dataset.cardinality()) == -(-count // 8) == sum(1 for _ in dataset)
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+        sum(1 for _ in training_dataset(paths, 32, cfg, 4, count + 5))

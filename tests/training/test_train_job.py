@@ -171,7 +171,7 @@ def test_the_chief_logs_the_decision_offsets_that_evaluate_then_decides_with(tmp
     from click.testing import CliRunner
 
     from components.core.tracking import use_store
-    from components.scoring.decisions import decide, in_class_order, saved_decision_bias
+    from components.scoring.decisions import decide_classes, in_class_order, saved_decision_bias
     from pipeline.cli import main
 
     # 48 images a class: 12 validation images each, enough to fit every class's offset
@@ -218,7 +218,7 @@ def test_the_chief_logs_the_decision_offsets_that_evaluate_then_decides_with(tmp
     metrics = json.loads(metrics_path.read_text())
     assert metrics["decision_bias"] == saved
     scored = np.load(tmp_path / "metrics_report" / "predictions.npz")
-    decided = decide(scored["probs"], in_class_order(saved, metrics["classes"]))
+    decided = decide_classes(scored["probs"], in_class_order(saved, metrics["classes"]))
     expected = np.zeros((len(metrics["classes"]),) * 2, int)
     np.add.at(expected, (scored["y_true"], decided), 1)
     assert metrics["confusion_matrix"] == expected.tolist()

@@ -7,8 +7,8 @@ and ``report.html`` (see components.data.data_report).
 A source that fails (SourceUnavailable) fails the step: only a file's own content or
 listing can quarantine it, never a network fault.
 
-On a cluster ingest runs as data.ingest_shards partition tasks (the KFP step
-``ingest_shard``: components.data.ingest.partitions), each decoding every N-th file,
+On a cluster ingest runs as data.ingest_partitions partition tasks (the KFP step
+``ingest_partition``: components.data.ingest.partitions), each decoding every N-th file,
 and one merge task (merge_partitions) that finds duplicates across all of them. The
 modules: labelling (split, label and group of each file), validation (decode and check),
 threads, duplicates (exact and near), partitions (one task's share, saved and loaded).
@@ -181,25 +181,25 @@ def check_usable(report: dict, cfg: DataConfig, report_path: Path | None = None)
         )
 
 
-def ingest_shard_step(
-    data_uri: str, data: dict, shard_index: int, shard: dsl.Output[dsl.Dataset], source_listing: str = ""
+def ingest_partition_step(
+    data_uri: str, data: dict, partition_index: int, partition: dsl.Output[dsl.Dataset], source_listing: str = ""
 ):
-    """KFP wrapper: ingest partition ``shard_index`` of ``data.ingest_shards`` (the step,
-    its parameters and the config key keep the word "shard" that run folders and configs
-    already hold). ``source_listing`` (a digest of the source's file list) is not read: it
-    is there so that KFP's cache key changes whenever the source does."""
+    """KFP wrapper: ingest partition ``partition_index`` of ``data.ingest_partitions`` (a
+    "shard" is a TFRecord file of normalize's: data.num_shards). ``source_listing`` (a
+    digest of the source's file list) is not read: it is there so that KFP's cache key
+    changes whenever the source does."""
     from components.core import atomic
     from components.core.errors import user_errors
     from components.core.settings import DataConfig, load_section
     from components.data.ingest.partitions import ingest_partition, save_partition
 
-    with user_errors(), atomic.output_dir(shard.path) as partial:
+    with user_errors(), atomic.output_dir(partition.path) as partial:
         cfg = load_section(DataConfig, data, "data.")
-        save_partition(ingest_partition(data_uri, cfg, shard_index, cfg.ingest_shards, partial), partial)
+        save_partition(ingest_partition(data_uri, cfg, partition_index, cfg.ingest_partitions, partial), partial)
 
 
 def ingest_merge_step(
-    shards: dsl.Input[list[dsl.Dataset]],
+    partitions: dsl.Input[list[dsl.Dataset]],
     data: dict,
     manifest: dsl.Output[dsl.Dataset],
     report_md: dsl.Output[dsl.Markdown],
@@ -219,7 +219,7 @@ def ingest_merge_step(
 
     with user_errors(), atomic.output_dir(manifest.path) as partial:
         cfg = load_section(DataConfig, data, "data.")
-        result = merge_partitions([load_partition(s.path) for s in shards], cfg, partial)
+        result = merge_partitions([load_partition(p.path) for p in partitions], cfg, partial)
     out = Path(manifest.path)
     shutil.copyfile(out / filenames.INGEST_REPORT_MD, report_md.path)
     shutil.copyfile(out / filenames.INGEST_REPORT_HTML, report_html.path)

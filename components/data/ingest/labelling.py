@@ -148,62 +148,72 @@ def label_files(
         *METADATA_COLUMNS,
     )
     columns: dict[str, list] = {k: [] for k in keys}  # by column: a dict per row would cost ~1 kB a file
-    matched_ids = set()
+    matched_ids: set[str] = set()
     for f in files:
-        split, rest = _split_and_rest(f.relpath, root_depth)
-        row = {
-            "uri": f.uri,
-            "relpath": f.relpath,
-            "bytes": f.size,
-            "split": split,
-            "source_label": "",
-            "label": "",
-            "group_id": "",
-            "status": "",
-            "reason_code": "",
-            "reason": "",
-            **dict.fromkeys(METADATA_COLUMNS, ""),
-        }
-        name = _name(f.relpath)
-        if f.refused_code:
-            row.update(status="quarantined", reason_code=f.refused_code, reason=f.refused_reason)
-        elif _is_system_file(f.relpath):
-            row.update(
-                status="ignored", reason_code="system_file", reason=f"operating-system or archiver file ({name})"
-            )
-        elif f.relpath in used_csvs:
-            row.update(status="ignored", reason_code="label_file", reason=used_csvs[f.relpath])
-        elif _suffix(f.relpath) not in IMAGE_EXTENSIONS:
-            kind = "a CSV that is not the label file" if _suffix(f.relpath) == ".csv" else "no image extension"
-            row.update(status="ignored", reason_code="not_image_file", reason=f"not an image file: {kind} ({name})")
-        elif table is not None:
-            image_id = _stem(f.relpath)
-            if image_id not in table.source_labels:
-                row.update(
-                    status="quarantined", reason_code="no_label", reason=f"no row for {image_id} in {table.label_file}"
-                )
-            else:
-                matched_ids.add(image_id)
-                row.update(source_label=table.source_labels[image_id], group_id=table.group_ids.get(image_id, ""))
-                row.update(table.metadata.get(image_id, {}))
-        elif len(rest) < 2:
-            row.update(status="quarantined", reason_code="no_label", reason="image outside any class folder")
-        else:
-            row["source_label"] = rest[0]
-        if row["status"] == "":
-            label = canonical_label(row["source_label"], class_map)
-            if label is None:
-                row.update(
-                    status="quarantined",
-                    reason_code="no_label",
-                    reason=f"unknown or missing label {row['source_label']!r}",
-                )
-            else:
-                row["label"] = label
+        row = _file_row(f, root_depth, table, used_csvs, class_map, matched_ids)
         for k in keys:
             columns[k].append(row[k])
     missing_images = len(set(table.source_labels) - matched_ids) if table else 0
     return pd.DataFrame(columns), missing_images
+
+
+def _file_row(
+    f: SourceFile,
+    root_depth: int,
+    table: LabelTable | None,
+    used_csvs: dict[str, str],
+    class_map: dict[str, str],
+    matched_ids: set[str],
+) -> dict:
+    """``f``'s row: its split, labels, group and metadata, or the status and reason of a file
+    that needs no decoding; the label table's image ids it matches go into ``matched_ids``."""
+    split, rest = _split_and_rest(f.relpath, root_depth)
+    row = {
+        "uri": f.uri,
+        "relpath": f.relpath,
+        "bytes": f.size,
+        "split": split,
+        "source_label": "",
+        "label": "",
+        "group_id": "",
+        "status": "",
+        "reason_code": "",
+        "reason": "",
+        **dict.fromkeys(METADATA_COLUMNS, ""),
+    }
+    name = _name(f.relpath)
+    if f.refused_code:
+        row.update(status="quarantined", reason_code=f.refused_code, reason=f.refused_reason)
+    elif _is_system_file(f.relpath):
+        row.update(status="ignored", reason_code="system_file", reason=f"operating-system or archiver file ({name})")
+    elif f.relpath in used_csvs:
+        row.update(status="ignored", reason_code="label_file", reason=used_csvs[f.relpath])
+    elif _suffix(f.relpath) not in IMAGE_EXTENSIONS:
+        kind = "a CSV that is not the label file" if _suffix(f.relpath) == ".csv" else "no image extension"
+        row.update(status="ignored", reason_code="not_image_file", reason=f"not an image file: {kind} ({name})")
+    elif table is not None:
+        image_id = _stem(f.relpath)
+        if image_id not in table.source_labels:
+            row.update(
+                status="quarantined", reason_code="no_label", reason=f"no row for {image_id} in {table.label_file}"
+            )
+        else:
+            matched_ids.add(image_id)
+            row.update(source_label=table.source_labels[image_id], group_id=table.group_ids.get(image_id, ""))
+            row.update(table.metadata.get(image_id, {}))
+    elif len(rest) < 2:
+        row.update(status="quarantined", reason_code="no_label", reason="image outside any class folder")
+    else:
+        row["source_label"] = rest[0]
+    if row["status"] == "":
+        label = canonical_label(row["source_label"], class_map)
+        if label is None:
+            row.update(
+                status="quarantined", reason_code="no_label", reason=f"unknown or missing label {row['source_label']!r}"
+            )
+        else:
+            row["label"] = label
+    return row
 
 
 def refuse_too_large(df: pd.DataFrame, max_file_bytes: int) -> None:

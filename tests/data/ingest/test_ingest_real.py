@@ -59,9 +59,9 @@ def test_isic9_small_classes_after_quarantine_are_warned_and_can_stop_the_run(le
     """Issue 12: label-conflict quarantine leaves isic9's seborrheic keratosis with a
     handful of images per subset; the split says so, and the stop threshold refuses it."""
     from components.data.split import SplitError, split
-    from pipeline.config import Config
+    from pipeline.config import RunConfig
 
-    cfg = Config.load("configs/isic9.yaml").data
+    cfg = RunConfig.load("configs/isic9.yaml").data
     ingest(str(lesion_data / "isic9"), cfg, tmp_path / "manifest")
     report = split(tmp_path / "manifest", cfg, tmp_path / "splits")
     counts = report["class_counts"]

@@ -1,5 +1,5 @@
-"""A config section and the machinery every section shares: the pydantic base class
-(unknown keys refused), loading a section with any problem as one line naming the config
+"""What every config section shares: the pydantic base class Section (unknown keys
+refused), loading a section with any problem as one ConfigError line naming the config
 key (``train.epochs must be an integer, got 'three'``), reading a config file and making
 its relative paths absolute, and the flat ``section.key`` params logged to MLflow. The
 sections themselves are in ``components.core.settings``.
@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from components.core.errors import UserError
 
 
-class SettingsError(UserError):
+class ConfigError(UserError):
     """A user mistake in a config file, an override or a step's settings: one line."""
 
 
@@ -59,35 +59,35 @@ S = TypeVar("S", bound=Section)
 
 
 def load_section(cls: type[S], raw: Any, where: str = "") -> S:
-    """``cls`` from a mapping; any problem as one SettingsError line keyed by ``where``
+    """``cls`` from a mapping; any problem as one ConfigError line keyed by ``where``
     (the section's prefix, e.g. ``"train."``)."""
     if not isinstance(raw, dict):
-        raise SettingsError(f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {raw!r}")
+        raise ConfigError(f"config section {where.rstrip('.') or 'root'!r} must be a mapping, got {raw!r}")
     try:
         return cls.model_validate(raw)
     except ValidationError as exc:
-        raise SettingsError(describe_error(exc.errors()[0], cls, where)) from None
+        raise ConfigError(describe_error(exc.errors()[0], cls, where)) from None
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """A config file's sections (a YAML mapping; ``safe_load``, so no Python tags)."""
     p = Path(path)
     if not p.is_file():
-        raise SettingsError(f"config file not found: {p}")
+        raise ConfigError(f"config file not found: {p}")
     data = p.read_bytes()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise SettingsError(
+        raise ConfigError(
             f"{p} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}): save it as UTF-8"
         ) from None
     try:
         raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise SettingsError(f"{p} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
-        raise SettingsError(f"{p} must hold a mapping of sections")
+        raise ConfigError(f"{p} must hold a mapping of sections")
     return raw
 
 

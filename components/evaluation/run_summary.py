@@ -131,7 +131,7 @@ def report_step(
     from pathlib import Path
 
     from components.core.run_descriptions import kfp_run_url
-    from components.registry.run_summary import log_data_reports, mlflow_run_markdown, run_summary, write_description
+    from components.evaluation.run_summary import log_data_reports, mlflow_run_markdown, run_summary, write_description
 
     def path(artifact) -> Path | None:
         return Path(artifact.path) if artifact is not None else None

@@ -1,7 +1,8 @@
-"""Only a file's own content quarantines it. An I/O error of the storage (EIO, ESTALE,
-ETIMEDOUT on an NFS or gcsfuse mount) fails the step in one line, so that KFP retries it
-and an outage never becomes a smaller, cached dataset; a MemoryError while decoding is
-the machine's, not the file's, and propagates."""
+"""What a read's failure means (components.data.sources.base): only a file's own content
+quarantines it. An I/O error of the storage (EIO, ESTALE, ETIMEDOUT on an NFS or gcsfuse
+mount) fails the step in one line, so that KFP retries it and an outage never becomes a
+smaller, cached dataset; a MemoryError while decoding is the machine's, not the file's,
+and propagates. Reads never go past their bound."""
 
 from __future__ import annotations
 
@@ -15,9 +16,22 @@ import pytest
 from components.core.errors import UserError
 from components.data.ingest.validation import inspect_images
 from components.data.sources import read_bytes
-from components.data.sources.base import SourceUnavailable
+from components.data.sources.base import FileTooLarge, SourceUnavailable
+from tests.helpers.sources import write_zip
+
+
+def test_reads_never_go_past_max_bytes(tmp_path):
+    (tmp_path / "grown.jpg").write_bytes(b"x" * 5000)  # listed small, then grew
+    archive = write_zip(tmp_path / "data.zip", {"a/grown.jpg": b"x" * 5000})
+    for uri in (str(tmp_path / "grown.jpg"), f"zip://{archive}!/a/grown.jpg"):
+        assert read_bytes(uri, 5000) == b"x" * 5000
+        with pytest.raises(FileTooLarge, match="more than 4999 bytes"):
+            read_bytes(uri, 4999)
+
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
 # A real file whose read fails with EIO, the error an NFS or gcsfuse mount gives when its
 # server is gone: reading a process's memory at address 0.
 EIO_FILE = "/proc/self/mem"

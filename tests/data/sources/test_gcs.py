@@ -1,10 +1,13 @@
-"""A source that fails must fail ingest, in one line and within a bounded time, and never
-quarantine the files it could not read: the real gcp-storage-emulator behind a
-FaultProxy that breaks the way networks do (refused, reset, no answer, 503, 429)."""
+"""gs:// sources on the real gcp-storage-emulator: a prefix listed and read, objects over the
+size limit quarantined unread, errors as one line. A source that fails must fail ingest, in
+one line and within a bounded time, and never quarantine the files it could not read: the
+emulator behind a FaultProxy that breaks the way networks do (refused, reset, no answer,
+503, 429), which gcs.py's retries and deadline meet."""
 
 from __future__ import annotations
 
 import io
+import os
 import re
 import signal
 import subprocess
@@ -17,24 +20,40 @@ from urllib.parse import urlsplit
 import pytest
 from click.testing import CliRunner
 
-from components.data.ingest import ingest, merge_partitions
+from components.core.settings import DataConfig
+from components.data import sources
+from components.data.ingest import IngestError, ingest, merge_partitions
 from components.data.ingest.partitions import ingest_partition
-from components.data.sources import gcs
-from components.data.sources.base import SourceUnavailable
+from components.data.sources import gcs, read_bytes
+from components.data.sources.base import FileTooLarge, SourceError, SourceUnavailable
 from pipeline.cli import main
-from pipeline.config import DataConfig
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.images import jpeg_bytes, lesion
+from tests.helpers.sources import kaggle_files
 
 BUCKET = "faults"
+
+
 CLASSES = ("melanoma", "nevus", "basal_cell_carcinoma")
+
+
 PER_CLASS = 4
+
+
 SOURCE = f"gs://{BUCKET}/three"
+
+
 DOWNLOAD = "alt=media"  # in the request line of every object download
+
+
 # The tests' SOURCE_RETRY_SECONDS, and how far past it a failure may come: the reads in
 # flight finish their current try, and this machine's CPUs are shared.
 RETRY_SECONDS = 3.0
+
+
 SLACK_SECONDS = 20.0
+
+
 LESIONPIPE = str(Path(sys.executable).parent / "lesionpipe")
 
 
@@ -227,3 +246,35 @@ def test_ctrl_c_or_sigterm_ends_an_ingest_of_a_slow_source_within_seconds(faulty
         assert stderr.strip().splitlines()[-1] == "Interrupted (Ctrl-C)." and "Traceback" not in stderr
     assert len(proxy.delayed) < PER_CLASS * len(CLASSES)  # the ingest did not finish
     assert not out.exists()
+
+
+def test_gcs_prefix_is_listed_and_read(bucket, tmp_path):
+    result = ingest("gs://lesions/kaggle", DataConfig(), tmp_path)
+    r, m = result.report, result.manifest
+    assert (r["files_found"], r["ingested"], r["ignored"]) == (13, 12, 1)
+    assert r["source_splits"] == {"test": 6, "train": 6}
+    uri = m[m.relpath == "Train/nevus/nev_2.jpg"].uri.iloc[0]
+    assert uri == "gs://lesions/kaggle/Train/nevus/nev_2.jpg"
+    assert read_bytes(uri) == kaggle_files()["Train/nevus/nev_2.jpg"]
+
+
+def test_gcs_objects_over_max_file_bytes_are_quarantined_unread(bucket):
+    for name, data in kaggle_files().items():
+        bucket.blob(f"sized/{name}").upload_from_string(data)
+    bucket.blob("sized/Train/nevus/big.jpg").upload_from_string(os.urandom(50_000))
+    result = ingest("gs://lesions/sized", DataConfig(max_file_bytes=20_000))
+    row = result.manifest.set_index("relpath").loc["Train/nevus/big.jpg"]
+    assert (row.bytes, row.status, row.reason_code, row.md5) == (50_000, "quarantined", "too_large", "")
+    assert result.report["ingested"] == 12
+    assert read_bytes("gs://lesions/sized/Train/nevus/big.jpg", 50_000)[:1]
+    with pytest.raises(FileTooLarge):  # a download stops at the limit
+        read_bytes("gs://lesions/sized/Train/nevus/big.jpg", 49_999)
+
+
+def test_gcs_errors_are_user_errors(bucket):
+    with pytest.raises(SourceError, match="cannot list gs://no-such-bucket/"):
+        ingest("gs://no-such-bucket/x", DataConfig())
+    with pytest.raises(IngestError, match="no files found"):
+        ingest("gs://lesions/empty-prefix", DataConfig())
+    with pytest.raises(FileNotFoundError):
+        sources.read_bytes("gs://lesions/kaggle/missing.jpg")
