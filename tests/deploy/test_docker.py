@@ -373,16 +373,24 @@ def test_mlflow_server_image_matches_the_lock():
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_builds_the_names_the_config_uses():
     def dry_run(*args: str) -> str:
+        # DRY_RUN=1: docker/build.sh prints the engine's commands instead of running them.
         return subprocess.run(
-            ["make", "-n", "push", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+            ["make", "-s", "push", "DRY_RUN=1", "DOCKER=docker", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout
 
     defaults = ImagesConfig()
     out = dry_run()
     assert f"-f docker/Dockerfile -t {defaults.cpu} ." in out
     assert f"-f docker/Dockerfile.gpu -t {defaults.gpu} ." in out
+    assert f"-f docker/Dockerfile.mlflow -t {defaults.mlflow} ." in out
     assert f"docker push {defaults.cpu}" in out and f"docker push {defaults.gpu}" in out
-    out = dry_run("REGISTRY=europe-docker.pkg.dev/p/lesion", "TAG=2024.1")
+    out = dry_run("REGISTRY=europe-docker.pkg.dev/p/lesion", "TAG=2024.1", "BUILD_FLAGS=--platform linux/amd64")
+    assert "--platform linux/amd64 --build-arg PYTHON_IMAGE=python:3.11" in out
     assert "-t europe-docker.pkg.dev/p/lesion/lesion-pipeline:2024.1 ." in out
     assert "-t europe-docker.pkg.dev/p/lesion/lesion-pipeline-gpu:2024.1 ." in out
     assert "-t europe-docker.pkg.dev/p/lesion/lesion-mlflow:2024.1 ." in out
