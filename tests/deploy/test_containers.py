@@ -9,6 +9,7 @@ instead of skipping them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -110,16 +111,26 @@ def test_a_step_that_fails_in_its_container_fails_the_run(tmp_path, engine):
     assert result["exit_code"] == 3 and result["image"] == IMAGES.cpu
 
 
-def test_the_demo_runs_in_the_images_end_to_end_and_predict_in_the_image_reads_its_model(tmp_path, engine):
+@pytest.fixture
+def output_dir(tmp_path, engine):
+    """The run's --output-dir; the MLflow server container its run starts is removed after."""
+    from pipeline.containers import SERVER_DIR, server_name
+
+    yield tmp_path / "out"
+    with contextlib.suppress(Exception):
+        engine.containers.get(server_name((tmp_path / "out" / SERVER_DIR).resolve())).remove(force=True)
+
+
+def test_the_demo_runs_in_the_images_end_to_end_and_predict_in_the_image_reads_its_model(tmp_path, engine, output_dir):
     from mlflow.tracking import MlflowClient
 
     data = write_class_folder(tmp_path / "images", classes=("MEL", "NV", "BCC", "BKL"), per_class=8)
     started = time.monotonic()
-    args = ["run", "--runner", "container", "--data", str(data), *sets(TINY), "--output-dir", "out"]
+    args = ["run", "--runner", "container", "--data", str(data), *sets(TINY), "--output-dir", str(output_dir)]
     proc = lesionpipe(*args, cwd=tmp_path)
     seconds = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    summary = json.loads((tmp_path / "out" / "latest" / "summary.json").read_text())
+    summary = json.loads((output_dir / "latest" / "summary.json").read_text())
     # Every step ran in the CPU image, and its container exited 0.
     containers = json.loads((Path(summary["run_dir"]) / "containers.json").read_text())
     assert len(containers) == TASKS, containers
