@@ -161,6 +161,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     click.echo(f"logs:          {Path(summary['run_dir']) / 'logs'}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")
+    if containers and containers.server:
+        click.echo(f"mlflow server: container {containers.server}, left running (`docker rm -f` stops it)")
 
 
 @main.command()

@@ -80,6 +80,7 @@ class ContainerRun:
 
     client: Any
     mounts: dict[str, dict[str, str]]
+    server: str = ""  # the tracking server's container, when this run started or reused one
     results: list[dict] = field(default_factory=list)
     _running: set = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -166,8 +167,10 @@ def prepare(cfg: Config, output_dir: Path, tracking_uri: str | None) -> tuple[Co
     for path in local_paths.values():
         mounts[str(path)] = {"bind": str(path), "mode": "ro"}
     cfg = cfg.with_overrides([f"{key}={path}" for key, path in local_paths.items()])
-    uri = tracking_uri or start_tracking_server(client, out / SERVER_DIR, cfg.images.mlflow)
-    return cfg, ContainerRun(client, mounts), uri
+    if tracking_uri:
+        return cfg, ContainerRun(client, mounts), tracking_uri
+    uri = start_tracking_server(client, out / SERVER_DIR, cfg.images.mlflow)
+    return cfg, ContainerRun(client, mounts, server=server_name(out / SERVER_DIR)), uri
 
 
 def shared_folder(folder: Path) -> None:
