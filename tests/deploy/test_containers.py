@@ -99,7 +99,7 @@ def test_a_step_that_fails_in_its_container_fails_the_run(tmp_path, engine):
     from pipeline.containers import CONTAINERS_FILE, prepare
 
     @dsl.component(base_image=IMAGES.cpu, install_kfp_package=False)
-    def exits_3() -> str:
+    def exits_3():
         raise SystemExit(3)
 
     cfg = Config().with_overrides([f"images.gpu={IMAGES.cpu}"])
