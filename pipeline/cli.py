@@ -79,10 +79,20 @@ def main() -> None:
     "--force-retrain", is_flag=True, help="Train even when the data is the data the current champion was trained on."
 )
 @click.option("--verbose", "-v", is_flag=True, help="Show every line the steps print (always in the run's logs/).")
-def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, verbose):
+@click.option(
+    "--runner",
+    type=click.Choice(["subprocess", "container"]),
+    default="subprocess",
+    show_default=True,
+    help="subprocess: every step in this Python environment; container: every step in its image "
+    "(images.cpu, images.gpu) over Docker or Podman, logging to an MLflow server from images.mlflow "
+    "(docs/containers.md).",
+)
+def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, verbose, runner):
     """Run the whole pipeline on this machine (KFP local runner)."""
     from components.core.tracking import check_reachable, ensure_store
     from components.data.sources import open_source
+    from pipeline.containers import prepare
     from pipeline.local import PipelineFailed, Terminated, run_local
 
     with native_stderr_silenced():  # TensorFlow's C++ start-up lines, printed whatever the log level
@@ -91,6 +101,9 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     check_model_name(cfg.train.model, cfg.train.stochastic_depth)
     check_weights(cfg.train.model, cfg.train.weights)  # missing weights fail here, before any step starts
     open_source(cfg.data.source, cfg.data)  # a missing folder fails here, before any step starts
+    containers = None
+    if runner == "container":  # no engine, no image: one line now, before any step starts
+        cfg, containers, tracking_uri = prepare(cfg, Path(output_dir), tracking_uri or cfg.mlflow.tracking_uri)
     uri = resolve_tracking_uri(tracking_uri, cfg.mlflow.tracking_uri)
     check_reachable(uri)  # a server that is down is found now, not after minutes of retries in a step
     ensure_store(uri)
@@ -105,6 +118,7 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
             force_retrain,
             echo=lambda line: click.echo(line, err=True),
             verbose=verbose,
+            containers=containers,
         )
     except PipelineFailed as exc:
         raise click.ClickException(str(exc)) from None
@@ -147,6 +161,8 @@ def run(config_path, overrides, data, output_dir, tracking_uri, force_retrain, v
     click.echo(f"logs:          {Path(summary['run_dir']) / 'logs'}")
     click.echo(f"mlflow run:    {summary['mlflow_run_url']}")
     click.echo(f"open the UI:   {ui_command(uri)}")
+    if containers and containers.server:
+        click.echo(f"mlflow server: container {containers.server}, left running (`docker rm -f` stops it)")
 
 
 @main.command()

@@ -30,6 +30,8 @@ class ImagesConfig(Section):
     # The components' base_image: every step but training, and training (CUDA).
     cpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline:0.1.0"
     gpu: str = "ghcr.io/lesion-pipeline/lesion-pipeline-gpu:0.1.0"  # see cpu
+    # The tracking server `lesionpipe run --runner container` starts (docker/Dockerfile.mlflow).
+    mlflow: str = "ghcr.io/lesion-pipeline/lesion-mlflow:0.1.0"
 
 
 # BaseModel's metaclass (ABCMeta) has a register() classmethod; a field of that name only

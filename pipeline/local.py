@@ -16,6 +16,7 @@ from pathlib import Path
 from components.core import filenames
 from pipeline.config import RunConfig
 from pipeline.console import RunConsole
+from pipeline.containers import ContainerRun
 from pipeline.pipeline import create_pipeline
 
 # Cluster settings that would change what a local run does: retries would repeat a
@@ -79,8 +80,10 @@ def run_local(
     force_retrain: bool = False,
     echo: Callable[[str], None] | None = None,
     verbose: bool = False,
+    containers: ContainerRun | None = None,
 ) -> dict:
-    """Run every step through ``kfp.local.SubprocessRunner`` in a folder of its own,
+    """Run every step through ``kfp.local.SubprocessRunner``, or in its image with
+    ``containers`` (pipeline.containers.prepare), in a folder of its own,
     ``<output_dir>/<config name>-<time>/`` (``<output_dir>/latest`` points at the newest):
     summary.json, pipeline.log and each task's log. ``echo`` shows the progress lines
     (default: stderr); ``verbose`` shows every line the tasks print instead."""
@@ -96,15 +99,17 @@ def run_local(
     # Training checkpoints outlive a killed run (each run has its own pipeline_root
     # folder), so the same command started again resumes; a finished run removes its own.
     checkpoints = out / CHECKPOINTS_DIR
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    runner = containers.runner() if containers else local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(pipeline_root), raise_on_error=True)
     lesion_pipeline = create_pipeline(cfg, note_unpinned=False)
     console = RunConsole(
         run_dir, expected_tasks(cfg), echo or _to_stderr, verbose, terminal=sys.stdout, pipeline_root=pipeline_root
     )
     stopper = _Stopper()
     previous = {signum: signal.signal(signum, stopper) for signum in _stop_signals()}
+    in_images = containers.active(run_dir) if containers else contextlib.nullcontext()
     try:
-        with contextlib.redirect_stdout(console):
+        with contextlib.redirect_stdout(console), in_images:
             lesion_pipeline(
                 data_uri=data_uri,
                 tracking_uri=tracking_uri,

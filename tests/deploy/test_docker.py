@@ -125,12 +125,16 @@ def test_multi_stage_and_runtime_stage_is_lean_and_non_root(name):
 @pytest.mark.parametrize("name, extra", PIPELINE_IMAGES.items())
 def test_pipeline_image_installs_the_package_with_its_extra_and_the_lock(name, extra):
     text = re.sub(r"\\\n", " ", (DOCKER / name).read_text())
-    installs = [line for line in text.splitlines() if re.search(r"\bpip install\b.*'\.\[", line)]
-    assert len(installs) == 1, f"{name}: one `pip install '.[extra]'`"
-    assert f"'.[{extra}]'" in installs[0]
-    assert "--constraint constraints.txt" in installs[0]
-    if extra.startswith("gpu"):
-        assert "--constraint constraints-gpu.txt" in installs[0]
+    # The dependencies' wheels go to a wheelhouse (a build cache), then are installed from it alone.
+    (install,) = [line for line in text.splitlines() if re.search(r"\bpip wheel\b.*'\.\[", line)]
+    wheel = re.search(r"pip wheel ([^']*)'\.\[([^']+)\]'", install)
+    pip_install = re.search(r"pip install ([^']*)'lesion-pipeline\[([^']+)\]'", install)
+    assert wheel and pip_install and wheel.group(2) == pip_install.group(2) == extra, install
+    assert "--no-index" in pip_install.group(1)
+    for flags in (wheel.group(1), pip_install.group(1)):
+        assert "--constraint constraints.txt" in flags
+        if extra.startswith("gpu"):
+            assert "--constraint constraints-gpu.txt" in flags
     # The package itself goes in from its wheel, without touching the locked venv.
     assert "pip install --no-deps --no-index /wheels/*.whl" in text
 
@@ -325,16 +329,24 @@ def test_mlflow_server_image_matches_the_lock():
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_make_builds_the_names_the_config_uses():
     def dry_run(*args: str) -> str:
+        # DRY_RUN=1: docker/build.sh prints the engine's commands instead of running them.
         return subprocess.run(
-            ["make", "-n", "push", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30
+            ["make", "-s", "push", "DRY_RUN=1", "DOCKER=docker", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         ).stdout
 
     defaults = ImagesConfig()
     out = dry_run()
     assert f"-f docker/Dockerfile -t {defaults.cpu} ." in out
     assert f"-f docker/Dockerfile.gpu -t {defaults.gpu} ." in out
+    assert f"-f docker/Dockerfile.mlflow -t {defaults.mlflow} ." in out
     assert f"docker push {defaults.cpu}" in out and f"docker push {defaults.gpu}" in out
-    out = dry_run("REGISTRY=europe-docker.pkg.dev/p/lesion", "TAG=2024.1")
+    out = dry_run("REGISTRY=europe-docker.pkg.dev/p/lesion", "TAG=2024.1", "BUILD_FLAGS=--platform linux/amd64")
+    assert "--platform linux/amd64 --build-arg PYTHON_IMAGE=python:3.11" in out
     assert "-t europe-docker.pkg.dev/p/lesion/lesion-pipeline:2024.1 ." in out
     assert "-t europe-docker.pkg.dev/p/lesion/lesion-pipeline-gpu:2024.1 ." in out
     assert "-t europe-docker.pkg.dev/p/lesion/lesion-mlflow:2024.1 ." in out
