@@ -4,6 +4,7 @@ and logged to MLflow as flat params. Each step receives only its own section."""
 
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -20,10 +21,47 @@ from components.core.section import (
     resolve_relative_paths,
     unknown_key_message,
 )
-from components.core.settings import AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig
+from components.core.settings import (
+    AugmentConfig,
+    ChampionGateConfig,
+    DataConfig,
+    EvaluateConfig,
+    MlflowConfig,
+    TrainConfig,
+)
 from pipeline.steps import STEPS, StepResources
 
 ConfigError = SettingsError
+
+# Keys that moved: old -> new; the old name still works, with one line on stderr.
+RENAMED_KEYS = {
+    "evaluate.champion_metric": "champion_gate.metric",
+    "evaluate.champion_margin": "champion_gate.margin",
+    "evaluate.min_balanced_accuracy": "champion_gate.min_balanced_accuracy",
+    "evaluate.min_melanoma_auc": "champion_gate.min_melanoma_auc",
+    "evaluate.min_macro_auc": "champion_gate.min_macro_auc",
+}
+
+
+def renamed_key(key: str) -> str:
+    """The current name of a config key (``section.key``), with one line on stderr for an old one."""
+    new = RENAMED_KEYS.get(key)
+    if new is None:
+        return key
+    sys.stderr.write(f"warning: config key {key} is deprecated, use {new}\n")
+    return new
+
+
+def move_renamed_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with every old key (RENAMED_KEYS) moved to its new place; a new key given too wins."""
+    moved = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for old in RENAMED_KEYS:
+        section, name = old.split(".")
+        if isinstance(moved.get(section), dict) and name in moved[section]:
+            value = moved[section].pop(name)
+            new_section, new_name = renamed_key(old).split(".")
+            moved.setdefault(new_section, {}).setdefault(new_name, value)
+    return moved
 
 
 class ImagesConfig(Section):
@@ -110,6 +148,7 @@ class Config(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    champion_gate: ChampionGateConfig = Field(default_factory=ChampionGateConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)
@@ -122,7 +161,7 @@ class Config(Section):
     # ---- construction ----------------------------------------------------
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Config:
-        return load_section(cls, raw or {}, "")
+        return load_section(cls, move_renamed_keys(raw or {}), "")
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -135,7 +174,7 @@ class Config(Section):
         raw = self.to_dict()
         for item in overrides:
             key, sep, value = item.partition("=")
-            key = key.strip()
+            key = renamed_key(key.strip())
             if not sep or not key:
                 raise ConfigError(f"override {item!r} is not key=value (e.g. train.epochs=3)")
             node = raw

@@ -165,6 +165,7 @@ def create_pipeline(cfg: Config) -> Callable:
                 evaluation=evaluation,
                 normalized=normalized,
                 evaluate=evaluate,
+                champion_gate=cfg.champion_gate.to_dict(),
                 model_name=model_name,
                 model_uri=trained.outputs["Output"],
                 data_fingerprint=gate.outputs["fingerprint"],

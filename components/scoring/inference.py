@@ -6,6 +6,7 @@ champion gate."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,17 +65,18 @@ class LoadedModel:
         return [self.classes[i] for i in decide(probs, self.decision_bias)]
 
     def probabilities_of_files(
-        self, uris: list[str], batch_size: int = 64, tta: bool = False
+        self, uris: list[str], batch_size: int = 64, tta: bool = False, read: Callable[[str], bytes] = read_bytes
     ) -> tuple[np.ndarray, list[str]]:
         """(class probabilities, error per URI, '' when fine) of image files, read with the
         model's preprocessing ``FILE_CHUNK_BATCHES`` batches at a time: memory bounded by
         the batch size, not by the number of files. An unreadable file is scored as a
-        blank image; its error says so."""
+        blank image; its error says so. ``read``: URI -> bytes (sources.read_as_ingested
+        to hold each file to what ingest recorded)."""
         chunk = FILE_CHUNK_BATCHES * batch_size
         probs = [np.zeros((0, int(self.model.output_shape[-1])))]
         errors: list[str] = []
         for start in range(0, len(uris), chunk):
-            images, chunk_errors = load_images(uris[start : start + chunk], self.image_size, self.resize_mode)
+            images, chunk_errors = load_images(uris[start : start + chunk], self.image_size, self.resize_mode, read)
             probs.append(self.predict(images, batch_size, tta))
             errors += chunk_errors
         return np.concatenate(probs), errors
@@ -195,12 +197,14 @@ def load_model(uri: str, tracking_uri: str | None = None) -> LoadedModel:
     )
 
 
-def load_images(uris: list[str], size: int, mode: str) -> tuple[np.ndarray, list[str]]:
-    """Decode and resize images by URI in parallel; (images, error per URI, '' when fine)."""
+def load_images(
+    uris: list[str], size: int, mode: str, read: Callable[[str], bytes] = read_bytes
+) -> tuple[np.ndarray, list[str]]:
+    """Decode and resize images by URI (read with ``read``) in parallel; (images, error per URI, '' when fine)."""
 
     def one(uri: str) -> tuple[np.ndarray | None, str]:
         try:
-            return load_for_model(read_bytes(uri), size, mode), ""
+            return load_for_model(read(uri), size, mode), ""
         except (ImageError, OSError) as exc:
             return None, str(exc)
 
