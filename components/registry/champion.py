@@ -33,6 +33,7 @@ from components.core.errors import UserError
 from components.core.settings import ChampionGateConfig
 from components.registry.champion_gate import CHALLENGER, CHAMPION, GateDecision
 from components.registry.rescoring import Candidate
+from components.registry.training_record import log_record_of_version
 
 FINGERPRINT_TAG = "data_fingerprint"
 # "true" on a version trained on the generated demo data (components.data.synthetic).
@@ -156,6 +157,13 @@ def register_and_promote(
         if earlier is not None
         else _register(tracking_uri, model_name, model_uri, decision, compared_with, data_fingerprint, new)
     )
+    if new.record is not None:
+        try:  # into the run that logged the model, where a later gate reads it (Champion.run_id)
+            log_record_of_version(tracking_uri, model_name, version, new.record)
+        except MlflowException as exc:
+            raise RegistryUnavailable(
+                f"cannot log the training record of {model_name} version {version}: {exc.message.splitlines()[0]}"
+            ) from None
     promotion = Promotion(
         tracking_uri, model_name, version, _baseline(compared_with), decision, new.gate, data_fingerprint
     )

@@ -28,9 +28,9 @@ def register(
     local_run_dir: str = "",
 ) -> dict:
     """Register and gate the evaluated model; write gate.json and the report with the
-    decision to ``output_dir`` and log both into the pipeline's MLflow run (the run that
-    logged the model), with the record of the images it trained and validated on. The
-    run's description (and the new version's) then carries the verdict in words."""
+    decision to ``output_dir`` and log both into the pipeline's MLflow run, whose
+    description (and the new version's) then carries the verdict in words. The run that
+    logged the model gets the record of the images it trained and validated on."""
     import mlflow
 
     from components.core import run_descriptions, tracking
@@ -38,11 +38,9 @@ def register(
     from components.evaluation.report_html import report_with_gate
     from components.registry import champion
     from components.registry.rescoring import Candidate
-    from components.registry.training_record import TrainingRecord, log_record
+    from components.registry.training_record import TrainingRecord
 
     record = TrainingRecord.of(normalized_dir)
-    if record is not None:
-        log_record(tracking_uri, mlflow_run_id, record)
     new = Candidate(load_scored(evaluation_dir), Path(normalized_dir), record, evaluate, champion_gate)
     new_metrics = new.scored.metrics
     synthetic = bool(new_metrics.get("synthetic"))

@@ -57,6 +57,15 @@ def log_record(tracking_uri: str, run_id: str, record: TrainingRecord) -> None:
         tracking.client(tracking_uri).log_artifact(run_id, str(path))
 
 
+def log_record_of_version(tracking_uri: str, model_name: str, version: str, record: TrainingRecord) -> None:
+    """The record into the run that logged version ``version`` of ``model_name`` (none: nothing)."""
+    from components.core import tracking
+
+    run_id = tracking.client(tracking_uri).get_model_version(model_name, version).run_id
+    if run_id:
+        log_record(tracking_uri, run_id, record)
+
+
 def load_record(tracking_uri: str, run_id: str) -> tuple[TrainingRecord | None, str]:
     """(the record logged in ``run_id``, ''), or (None, why there is none): no run, a
     deleted or purged run, a run logged before records existed."""

@@ -8,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from components.registry.gate import CHAMPION as CHAMPION_ALIAS
 from mlflow.tracking import MlflowClient
 
 from components.data.ingest import ingest
 from components.data.listing import data_fingerprint
 from components.registry.champion import FINGERPRINT_TAG, Champion, find_champion
-from components.registry.gate import CHAMPION as CHAMPION_ALIAS
 from components.registry.retrain_gate import SKIP, TRAIN, decide
 from pipeline.cli import main
 from pipeline.config import Config
