@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, replace
 
 from components.core.errors import UserError
 from components.core.settings import ChampionGateConfig
-from components.registry.champion_gate import CHALLENGER, CHAMPION, GateDecision
+from components.registry.champion_gate import CHALLENGER, CHAMPION, Champion, GateDecision
 from components.registry.rescoring import Candidate
 from components.registry.training_record import log_record_of_version
 
@@ -50,14 +50,6 @@ PROMOTED_AT_TAG = "gate.promoted_at"
 # A promotion re-reads the alias before moving it; if another run moved it meanwhile,
 # the decision is made again against the new champion, at most this many times.
 MAX_PROMOTION_ATTEMPTS = 3
-
-
-@dataclass(frozen=True)
-class Champion:
-    version: str
-    fingerprint: str  # empty when the version was registered without one
-    run_id: str = ""  # the MLflow run that logged it (empty for a version made without one)
-    synthetic: bool = False  # its SYNTHETIC_TAG: trained on the generated demo data
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,14 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 
 
+@dataclass(frozen=True)
+class Champion:
+    version: str
+    fingerprint: str  # empty when the version was registered without one
+    run_id: str = ""  # the MLflow run that logged it (empty for a version made without one)
+    synthetic: bool = False  # its SYNTHETIC_TAG: trained on the generated demo data
+
+
 @dataclass
 class GateDecision:
     alias: str

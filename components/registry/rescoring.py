@@ -7,18 +7,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from components.core.settings import ChampionGateConfig, EvaluateConfig
-from components.registry.champion_gate import GateDecision, decide_across_data, decide_promotion, incompatibility
+from components.registry.champion_gate import (
+    Champion,
+    GateDecision,
+    decide_across_data,
+    decide_promotion,
+    incompatibility,
+)
 from components.registry.training_record import TrainingRecord
 from components.scoring.intervals import Difference
 from components.scoring.metrics import Scored
-
-if TYPE_CHECKING:
-    from components.registry.champion import Champion
 
 
 @dataclass(frozen=True)
