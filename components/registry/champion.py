@@ -33,7 +33,7 @@ from components.core.errors import UserError
 from components.core.settings import ChampionGateConfig
 from components.registry.champion_gate import CHALLENGER, CHAMPION, Champion, GateDecision
 from components.registry.rescoring import Candidate
-from components.registry.training_record import log_record_of_version
+from components.registry.training_record import RecordUnavailable, log_record_of_version
 
 FINGERPRINT_TAG = "data_fingerprint"
 # "true" on a version trained on the generated demo data (components.data.synthetic).
@@ -99,7 +99,7 @@ def _decide_against(champion: Champion | None, model_name: str, tracking_uri: st
 
     try:
         return decide_against(champion, model_name, tracking_uri, new)
-    except ModelUnavailable as exc:
+    except (ModelUnavailable, RecordUnavailable) as exc:
         raise RegistryUnavailable(f"cannot compare with the champion: {exc}") from None
 
 

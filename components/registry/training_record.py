@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from components.core.errors import UserError
+
 ARTIFACT = "training_record.json"
 LEARNED_FROM = ("train", "val")
 
@@ -66,28 +68,47 @@ def log_record_of_version(tracking_uri: str, model_name: str, version: str, reco
         log_record(tracking_uri, run_id, record)
 
 
+class RecordUnavailable(UserError):
+    """The champion's run or its record could not be read now (a timeout, a server error,
+    a refusal): not the same as having none, so the comparison cannot be made yet."""
+
+
 def load_record(tracking_uri: str, run_id: str) -> tuple[TrainingRecord | None, str]:
     """(the record logged in ``run_id``, ''), or (None, why there is none): no run, a
-    deleted or purged run, a run logged before records existed."""
+    deleted or purged run, a run logged before records. Any other failure to read it
+    raises RecordUnavailable.
+
+    The record is listed, then downloaded, through the run's own artifact repository:
+    MlflowClient.download_artifacts (a runs:/ URI) reports every failure, timeouts and
+    server errors included, as RESOURCE_DOES_NOT_EXIST (mlflow 3.17), so "not there" is
+    read from the listing, where a missing file is simply absent."""
     from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
     from components.core import tracking
 
     if not run_id:
         return None, "it was registered without an MLflow run"
-    client = tracking.client(tracking_uri)
     try:
-        if client.get_run(run_id).info.lifecycle_stage == "deleted":
-            return None, f"its MLflow run {run_id} was deleted"
-        with tempfile.TemporaryDirectory() as folder:
-            path = client.download_artifacts(run_id, ARTIFACT, folder)
-            return TrainingRecord(**json.loads(Path(path).read_text())), ""
+        run = tracking.client(tracking_uri).get_run(run_id)
     except MlflowException as exc:
         if tracking.is_not_found(exc):
-            return None, f"its MLflow run {run_id} has no {ARTIFACT} (purged, or logged before records)"
-        raise
-    except OSError:
-        return None, f"its MLflow run {run_id} has no {ARTIFACT} (logged before records)"
+            return None, f"its MLflow run {run_id} was purged"
+        raise RecordUnavailable(f"cannot read its MLflow run {run_id} now: {_first_line(exc)}") from None
+    if run.info.lifecycle_stage == "deleted":
+        return None, f"its MLflow run {run_id} was deleted"
+    try:
+        repo = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
+        if ARTIFACT not in {f.path for f in repo.list_artifacts()}:
+            return None, f"its MLflow run {run_id} has no {ARTIFACT} (logged before records)"
+        with tempfile.TemporaryDirectory() as folder:
+            return TrainingRecord(**json.loads(Path(repo.download_artifacts(ARTIFACT, folder)).read_text())), ""
+    except (MlflowException, OSError) as exc:  # requests' errors are OSErrors
+        raise RecordUnavailable(f"cannot read {ARTIFACT} of its MLflow run {run_id} now: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (getattr(exc, "message", "") or str(exc) or type(exc).__name__).splitlines()[0]
 
 
 @dataclass(frozen=True)

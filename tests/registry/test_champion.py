@@ -293,29 +293,41 @@ def test_a_retried_registration_reuses_its_version_and_never_compares_a_model_wi
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"
 
 
-@pytest.mark.parametrize("fault", ["timeout", "500", "403"])
+# The champion's record is read first (listed, then downloaded), then its model: a fault in either fails the step.
+DOWNLOADS = "GET /api/2.0/mlflow-artifacts/artifacts"
+CHAMPION_DOWNLOADS = {
+    "record": (DOWNLOADS, "cannot read training_record.json of its MLflow run"),
+    "model": ("/models/m-", "cannot download model models:/{name}/1 now: "),  # a logged model's files
+}
+
+
+@pytest.mark.parametrize(
+    "fault, what", [("timeout", "record"), ("500", "record"), ("403", "record"), ("timeout", "model"), ("500", "model")]
+)
 def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(
-    two_models, mlflow_server, quick_mlflow_failures, monkeypatch, fault
+    two_models, mlflow_server, quick_mlflow_failures, monkeypatch, fault, what
 ):
     """Was: any error while loading the champion (a timeout, a 500, a 403) made the new
     model a "not compared" challenger and the step succeeded, so KFP never retried it.
-    The timeout hits the champion's download alone (the registry answers)."""
+    Then (h27): a timeout while reading the champion's training record read as "it has
+    no record" (MLflow reports every failed runs:/ download as RESOURCE_DOES_NOT_EXIST,
+    and requests' timeouts are OSErrors): "DID NOT RAISE RegistryUnavailable". The
+    timeout hits the artifact downloads alone (the registry answers)."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    name = f"download-fault-{fault}-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    name = f"download-fault-{fault}-{what}-{abs(hash(str(two_models['normalized']))) % 10**6}"
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
     promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
-    downloads, server = "GET /api/2.0/mlflow-artifacts/artifacts", _server_address(mlflow_server)
+    requests, message = CHAMPION_DOWNLOADS[what]
+    server = _server_address(mlflow_server)
     proxy = (
-        FaultProxy(server, delaying=downloads, delay_s=5.0)
+        FaultProxy(server, delaying=requests, delay_s=5.0)
         if fault == "timeout"
-        else FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=downloads)
+        else FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=requests)
     )
     with proxy:
-        with pytest.raises(
-            RegistryUnavailable, match=f"cannot compare with the champion: cannot download model models:/{name}/1 now: "
-        ):
+        with pytest.raises(RegistryUnavailable, match=f"cannot compare with the champion: {message.format(name=name)}"):
             promote(proxy.url, name, bad["uri"], bad["scored"], normalized, _cfg(), "e" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     assert _versions(client, name) == ["1"]
