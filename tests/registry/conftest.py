@@ -32,3 +32,10 @@ def two_models(tmp_path_factory, mlflow_server) -> dict:
             "path": result.model_path,
         }
     return out
+
+
+@pytest.fixture
+def quick_mlflow_failures(monkeypatch):
+    """The MLflow client gives up on a failing server at once instead of its 7 retries."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")

@@ -117,13 +117,6 @@ def _server_address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@pytest.fixture
-def quick_mlflow_failures(monkeypatch):
-    """The MLflow client gives up on a failing server at once instead of its 7 retries."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-
-
 @pytest.mark.parametrize("status", [403, 500])
 def test_a_registry_error_while_looking_up_the_champion_fails_the_step(
     two_models, mlflow_server, status, quick_mlflow_failures

@@ -86,7 +86,7 @@ def test_find_champion_on_a_real_store(tmp_path):
     assert find_champion(uri, "with-alias") == Champion(version, "f" * 64)
 
 
-@pytest.mark.parametrize("gone", ["deleted"])  # purged (mlflow gc): not-found, the same branch
+@pytest.mark.parametrize("gone", ["deleted", "purged"])
 def test_a_champion_whose_run_was_deleted_or_purged_means_retraining_with_the_reason(tmp_path, gone):
     r"""Was: get_run on the champion's run, unguarded: after \`mlflow gc\` purged it, every
     scheduled run failed with a traceback (RESOURCE_DOES_NOT_EXIST)."""
@@ -101,8 +101,9 @@ def test_a_champion_whose_run_was_deleted_or_purged_means_retraining_with_the_re
     version = plant_champion(uri, "gone", data_fingerprint(tmp_path / "ingested"), str(tmp_path), run_id)
     client.delete_run(run_id)
     if gone == "purged":
-        gc = [sys.executable, "-m", "mlflow", "gc", "--backend-store-uri", uri, "--run-ids", run_id]
-        subprocess.run(gc, check=True, capture_output=True, timeout=120)
+        # mlflow 3.17's gc exits 1 ("Tracking URL is not set") without --tracking-uri
+        gc = ["gc", "--backend-store-uri", uri, "--tracking-uri", uri, "--run-ids", run_id]
+        subprocess.run([sys.executable, "-m", "mlflow", *gc], check=True, capture_output=True, timeout=120)
     details = check_retraining(
         tmp_path / "ingested",
         model_name="gone",
