@@ -7,7 +7,6 @@ champion. Tiny seed CNN, 32 px, one epoch: the models are poor, the loop is real
 
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -161,7 +160,7 @@ def test_retraining_keeps_lesions_in_place_and_compares_only_on_unseen_images(
             _logged(v2_path, f"synthetic-{allow}", mlflow_server, classes),
             synthetic_scores,
             synthetic_dir,
-            dataclasses.replace(gate, allow_incompatible_data=allow),
+            gate_config(min_test_images=20, allow_incompatible_data=allow),
             "3" * 64,
         )
         assert synthetic["alias"] == CHALLENGER and "never replaces a real champion" in synthetic["reason"]
