@@ -15,9 +15,16 @@ import pytest
 from PIL import Image
 
 from components.core.tracking import log_model, pipeline_run
-from components.registry.champion import FINGERPRINT_TAG, PROMOTED_AT_TAG, RegistryUnavailable, find_champion
+from components.registry.champion import (
+    FINGERPRINT_TAG,
+    PROMOTED_AT_TAG,
+    SYNTHETIC_TAG,
+    RegistryUnavailable,
+    find_champion,
+)
 from components.registry.champion_gate import CHALLENGER, CHAMPION
 from components.registry.register import log_gate
+from components.registry.training_record import TrainingRecord, log_record
 from components.scoring.inference import ModelLoadError, load_model
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.registry import gate_config, promote
@@ -326,18 +333,36 @@ def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(
     assert _versions(client, name) == ["1"]
 
 
-def test_a_champion_that_is_not_a_model_leaves_the_new_one_a_challenger(two_models, mlflow_server, tmp_path):
-    """Only a champion that cannot be read as a model makes a "not compared" challenger."""
+@pytest.mark.parametrize(
+    "with_record, why",
+    [
+        # A version registered by hand or before records: no fair comparison is possible, whatever it is;
+        # the reason names the override, which promotes the new model on the floors alone.
+        (False, "no record of the images the champion trained on (its MLflow run {run_id} has no training_record.json"),
+        (True, "no model at"),  # what the gate finds once it has a record to compare on
+    ],
+)
+def test_a_champion_that_is_not_a_model_leaves_the_new_one_a_challenger(
+    two_models, mlflow_server, tmp_path, with_record, why
+):
+    """Only a champion that cannot be read (its record, then its model) makes a "not compared"
+    challenger. The record is read first: it is a few KB against a model download, and
+    without it the comparison cannot be fair whatever the champion is."""
     from mlflow.tracking import MlflowClient
 
-    name = f"not-a-model-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    name = f"not-a-model-{with_record}-{abs(hash(str(two_models['normalized']))) % 10**6}"
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     run_id = pipeline_run(mlflow_server, "registry-test", "notes", f"kfp-notes-{name}")
     (tmp_path / "notes.txt").write_text("not a model")
     client.log_artifact(run_id, str(tmp_path / "notes.txt"), "notes")
+    if with_record:
+        log_record(mlflow_server, run_id, TrainingRecord.of(two_models["normalized"]))
     client.create_registered_model(name)
     version = client.create_model_version(name, f"{client.get_run(run_id).info.artifact_uri}/notes", run_id=run_id)
+    # Trained, as the new model, on the synthetic tiny set: an untagged version reads as real (never replaced).
+    client.set_model_version_tag(name, version.version, SYNTHETIC_TAG, "true")
     client.set_registered_model_alias(name, CHAMPION, version.version)
     good = two_models["good"]
     gate = promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "f" * 64)
-    assert gate["alias"] == CHALLENGER and "not compared with the current champion: no model at" in gate["reason"]
+    assert gate["alias"] == CHALLENGER
+    assert f"not compared with the current champion: {why.format(run_id=run_id)}" in gate["reason"]
