@@ -95,11 +95,11 @@ def _clearly_better(scored: Scored, classes: list[str]) -> Scored:
     return Scored(scored.y_true, probs, classification_metrics(scored.y_true, probs, classes, "melanoma"))
 
 
-def _unseen_test_images(normalized: Path, splits_v1: pd.DataFrame) -> tuple[int, int]:
-    """(test images of ``normalized``, those whose content and lesion v1's train and
-    validation splits do not hold), counted from the split files, apart from the gate's code."""
+def _unseen_test_images(normalized: Path, champion_splits: pd.DataFrame) -> tuple[int, int]:
+    """(test images of ``normalized``, those whose content and lesion the champion's train
+    and validation splits do not hold), counted from the split files, apart from the gate's code."""
     images = tfrecords.read_images(normalized)["subsets"]["test"]
-    learned = splits_v1[splits_v1.subset.isin(["train", "val"])]
+    learned = champion_splits[champion_splits.subset.isin(["train", "val"])]
     seen_md5, seen_lesions = set(learned.md5), set(learned.group_id)
     unseen = [m not in seen_md5 and g not in seen_lesions for m, g in zip(images["md5"], images["group_id"])]
     return len(unseen), sum(unseen)
@@ -179,6 +179,26 @@ def test_retraining_keeps_lesions_in_place_and_compares_only_on_unseen_images(
     assert better["alias"] == CHAMPION, better["reason"]
     assert better["previous_champion"] == f"version {champion.version}"
     assert find_champion(mlflow_server, name).version == better["version"]
+
+    # v2 split with another seed, as a run whose data.seed changed: part of its test split is
+    # what the champion (trained on v2) learned from. The gate leaves exactly those images out.
+    reseeded, _ = _prepare(lesion_data, rows, tmp_path / "reseeded", cfg.with_overrides(["data.seed=7"]))
+    moved_split = promote(
+        mlflow_server,
+        name,
+        _logged(v2_path, "reseeded", mlflow_server, classes),
+        _perfect_scores_of(reseeded, classes),
+        reseeded,
+        gate,
+        "4" * 64,
+    )
+    total, unseen = _unseen_test_images(reseeded, splits_v2)
+    images = moved_split["test_images"]
+    assert (images["total"], images["compared"]) == (total, unseen) and 0 < unseen < total
+    assert images["left_out"]["the champion trained or validated on (the image or its lesion)"] == total - unseen
+    assert f"{unseen} of {total} test images compared, left out: {total - unseen} the champion" in moved_split["reason"]
+    with capsys.disabled():
+        print(f"another split seed: the gate compared {unseen} of {total} test images, left out {images['left_out']}")
 
 
 def _perfect_scores_of(normalized: Path, classes: list[str]) -> Scored:
