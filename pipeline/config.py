@@ -22,7 +22,14 @@ from components.core.config_base import (
     resolve_relative_paths,
     unknown_key_message,
 )
-from components.core.settings import AugmentConfig, DataConfig, EvaluateConfig, MlflowConfig, TrainConfig
+from components.core.settings import (
+    AugmentConfig,
+    ChampionGateConfig,
+    DataConfig,
+    EvaluateConfig,
+    MlflowConfig,
+    TrainConfig,
+)
 from pipeline.steps import STEPS, StepResources
 
 
@@ -113,6 +120,13 @@ RENAMED_KEYS = {
     "cluster.resources.ingest_shard": "cluster.resources.ingest_partition",
     # Training's validation reads it too: one key the train and evaluate sections both get.
     "evaluate.melanoma_class": "melanoma_class",
+    # The champion gate is the register step's: its own section, so evaluate's cache key
+    # does not change with it.
+    "evaluate.champion_metric": "champion_gate.metric",
+    "evaluate.champion_margin": "champion_gate.margin",
+    "evaluate.min_balanced_accuracy": "champion_gate.min_balanced_accuracy",
+    "evaluate.min_melanoma_auc": "champion_gate.min_melanoma_auc",
+    "evaluate.min_macro_auc": "champion_gate.min_macro_auc",
 }
 # The sections that get the run config's melanoma_class; not a key of theirs in a config.
 MELANOMA_CLASS_SECTIONS = ("train", "evaluate")
@@ -160,6 +174,7 @@ class RunConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    champion_gate: ChampionGateConfig = Field(default_factory=ChampionGateConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     cluster: ClusterConfig = Field(default_factory=ClusterConfig)

@@ -206,6 +206,7 @@ def training_branch(
         evaluation=evaluation,
         normalized=normalized,
         evaluate=evaluate,
+        champion_gate=cfg.champion_gate.to_dict(),
         model_name=model_name,
         model_uri=trained.outputs["Output"],
         data_fingerprint=gate.outputs["fingerprint"],

@@ -239,7 +239,7 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    """Evaluate and register: test metrics, the report's pictures and the champion gate."""
+    """Evaluate, and register's scoring of the champion: test metrics, the report's pictures."""
 
     # Given by the run config's melanoma_class: the class whose AUC is melanoma_auc.
     melanoma_class: str = "melanoma"
@@ -253,16 +253,30 @@ class EvaluateConfig(Section):
     # has no lesion ids), this many resamples, drawn from this seed (docs/metrics.md).
     bootstrap_resamples: int = Field(1000, ge=100)
     bootstrap_seed: int = 0  # see bootstrap_resamples
-    # Champion gate: a new model gets the champion alias only if every metric reaches
-    # its minimum and the lower end of the 95 % interval of its difference from the
-    # current champion on champion_metric (paired bootstrap, both scored on this test
-    # split) is above champion_margin: it is better beyond the test split's noise.
-    # Else challenger. A negative margin promotes a model that may be that much worse.
-    champion_metric: GateMetric = "balanced_accuracy"
-    champion_margin: float = Field(0.0, ge=-1, le=1)  # see champion_metric
-    min_balanced_accuracy: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
-    min_melanoma_auc: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
-    min_macro_auc: float = Field(0.0, ge=0, le=1)  # see champion_metric (0: no floor)
+
+
+class ChampionGateConfig(Section):
+    """The register step's champion gate: whether a new model takes ``@champion``.
+
+    A new model gets the champion alias only if every metric reaches its minimum and the
+    lower end of the 95 % interval of its difference from the current champion on
+    ``metric`` (paired bootstrap, both scored on the test images neither trained or
+    validated on) is above ``margin``: better beyond the test split's noise. Else challenger."""
+
+    metric: GateMetric = "balanced_accuracy"  # see the section's description
+    # A negative margin promotes a model that may be that much worse.
+    margin: float = Field(0.0, ge=-1, le=1)
+    min_balanced_accuracy: float = Field(0.0, ge=0, le=1)  # floor (0: none)
+    min_melanoma_auc: float = Field(0.0, ge=0, le=1)  # floor (0: none)
+    min_macro_auc: float = Field(0.0, ge=0, le=1)  # floor (0: none)
+    # Fewest test images left once those either model trained or validated on are left
+    # out; below it the new model stays challenger (at ~50 images the interval of a
+    # balanced-accuracy difference is already wider than +-0.1).
+    min_test_images: int = Field(50, ge=1)
+    # Promote across incompatible data (a champion trained on synthetic images, other
+    # classes, or with no record of its training images): the new model is then judged by
+    # the floors alone. A model trained on synthetic data never replaces a real champion.
+    allow_incompatible_data: bool = False
     # Floors per subgroup (components.evaluation.subgroups), e.g. {melanoma_sensitivity:
     # 0.8}: the gate keeps a model a challenger when a subgroup large enough to say
     # anything is below one, per lesion where the source names lesions. Keys:

@@ -167,7 +167,9 @@ def gather_shards(
                 os.link(shard, out / shard.name)
             except OSError:
                 shutil.copyfile(shard, out / shard.name)
-    test = _read_splits(splits_dir).query("subset == 'test'")
+    splits = _read_splits(splits_dir)
+    tfrecords.write_images(out, splits, cfg.max_file_bytes)
+    test = splits.query("subset == 'test'")
     tfrecords.write_test_groups(out, group_unit, {u: g for u, g in zip(test.uri, test.group_id.fillna("")) if g})
     tfrecords.write_test_metadata(out, test_metadata(test))
     meta = dataset_meta(splits_dir, cfg, stats, synthetic)

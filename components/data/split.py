@@ -1,15 +1,26 @@
 """Split: ingested files -> train / val / test.
 
-Stratified by class, grouped so that no lesion (or patient, or identical-content
-group) spans two subsets, deterministic for a seed. A Test split that the source
-already has is kept as the test subset.
+Grouped so that no lesion (or patient, or identical-content group) spans two subsets,
+and stable as data grows: a group's subset is a function of its own keys and the seed
+alone, never of the other groups, so adding, removing or editing other images never
+moves an existing lesion (docs/data.md, "How the split holds as data grows").
+
+Each unit (a lesion/patient id; an image's md5 where the source has no id) gets a keyed
+hash in [0, 1), compared with the cumulative fractions train | val | test: the same
+fractions for every class, so each class is stratified in expectation. A group of several
+units (a shared image, near-duplicates) takes the highest of its units' subsets, test
+over val over train: a group that held test images keeps them held out. The source's own
+Test split is kept: a group with any image in it goes to test whole. The one exception:
+a class left with no group in some subset gets its group nearest to that subset in hash
+order moved there (``groups_placed_by_minimum`` in the report), which can move again when
+that class grows.
 """
 
+import hashlib
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 from kfp import dsl
 
@@ -27,14 +38,41 @@ class SplitError(UserError):
     """The requested split cannot be made from this data: one line for the user."""
 
 
+def unit_key(group_id: str, md5: str) -> str:
+    """What a file's place is drawn for: its lesion/patient id, else its content."""
+    return f"group:{group_id}" if group_id else f"md5:{md5}"
+
+
+def unit_hash(key: str, seed: int) -> float:
+    """A keyed hash of ``key`` in [0, 1): the same for a key and seed on every run."""
+    digest = hashlib.blake2b(key.encode(), key=str(seed).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def subset_of(u: float, fractions: dict[str, float]) -> str:
+    """The subset whose interval of the cumulative ``fractions`` (in SUBSETS order) holds ``u``."""
+    edge = 0.0
+    names = [s for s in SUBSETS if fractions.get(s, 0) > 0]
+    for name in names:
+        edge += fractions[name]
+        if u < edge:
+            return name
+    return names[-1]
+
+
+def _linked_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    return manifest[(manifest.status == "ingested") | manifest.reason_code.isin(LINKING_REASONS)]
+
+
 def group_keys(manifest: pd.DataFrame, link_near_duplicates: bool) -> pd.Series:
-    """One key per ingested row: rows that share a lesion/patient id, identical content or
-    (optionally) a near-duplicate group share a key.
+    """One key per linked row (ingested, or a copy ingest set aside as a duplicate): rows
+    that share a lesion/patient id, identical content or (optionally) a near-duplicate
+    group share a key.
 
     Copies that ingest set aside as duplicates still link their lesion id to the kept
     copy's, so two lesion ids that share an image stay on one side.
     """
-    linked = manifest[(manifest.status == "ingested") | manifest.reason_code.isin(LINKING_REASONS)]
+    linked = _linked_rows(manifest)
     sets = UnionFind()
     near = linked.near_duplicate_group if link_near_duplicates else pd.Series("", index=linked.index)
     for uri, gid, md5, near_group in zip(linked.uri, linked.group_id, linked.md5, near):
@@ -42,76 +80,83 @@ def group_keys(manifest: pd.DataFrame, link_near_duplicates: bool) -> pd.Series:
         for key, prefix in ((gid, "group"), (md5, "md5"), (near_group, "near")):
             if key:
                 sets.union(node, f"{prefix}:{key}")
-    ingested = manifest[manifest.status == "ingested"]
-    return pd.Series([sets.find(f"file:{u}") for u in ingested.uri], index=ingested.index)
+    return pd.Series([sets.find(f"file:{u}") for u in linked.uri], index=linked.index)
 
 
-def _assign(groups: pd.DataFrame, fractions: dict[str, float], rng: np.random.Generator) -> dict[str, str]:
-    """Greedy stratified assignment of whole groups to subsets, per class.
+def _interval(name: str, fractions: dict[str, float]) -> tuple[float, float]:
+    names = [s for s in SUBSETS if fractions.get(s, 0) > 0]
+    start = sum(fractions[s] for s in names[: names.index(name)])
+    return start, start + fractions[name]
 
-    ``groups`` has one row per group: key, label, size. Within each class the largest
-    groups go first (ties in seeded random order) to the subset furthest below its
-    target share, so each subset gets its share of every class.
-    """
-    assignment: dict[str, str] = {}
-    names = [s for s, f in fractions.items() if f > 0]
+
+def _distance(u: float, interval: tuple[float, float]) -> float:
+    low, high = interval
+    return max(low - u, u - high, 0.0)
+
+
+def _place_minimum(groups: pd.DataFrame, fractions: dict[str, float]) -> list[str]:
+    """Give every class a group in every subset of ``fractions``: for a subset a class has
+    none in, its group nearest to that subset in hash order moves there, taken from a subset
+    with two or more of that class's groups. Returns the keys it moved."""
+    names = [s for s in SUBSETS if fractions.get(s, 0) > 0]
+    moved: list[str] = []
     for label, members in groups.groupby("label", sort=True):
         if len(members) < len(names):
             raise SplitError(
                 f"class {label!r} has {len(members)} independent groups (lesions/patients/images); "
                 f"splitting it into {'/'.join(names)} needs at least {len(names)}"
             )
-        order = members.assign(tiebreak=rng.permutation(len(members))).sort_values(
-            ["size", "tiebreak"], ascending=[False, True]
-        )
-        total = order["size"].sum()
-        filled = dict.fromkeys(names, 0)
-        # Every subset first gets one group, so small classes still appear everywhere.
-        for name, (_, row) in zip(sorted(names, key=lambda n: fractions[n]), order.iloc[::-1].iterrows()):
-            assignment[row.key] = name
-            filled[name] += row["size"]
-        for _, row in order.iterrows():
-            if row.key in assignment:
+        for name in names:
+            counts = groups.loc[members.index, "subset"].value_counts()
+            if counts.get(name, 0):
                 continue
-            name = max(names, key=lambda n: (fractions[n] * total - filled[n]) / fractions[n])
-            assignment[row.key] = name
-            filled[name] += row["size"]
-    return assignment
+            spare = members[groups.loc[members.index, "subset"].map(counts) > 1]
+            nearest = min(spare.itertuples(), key=lambda g: (_distance(g.u, _interval(name, fractions)), g.key))
+            groups.loc[nearest.Index, "subset"] = name
+            moved.append(nearest.name)
+    return moved
 
 
-def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
-    """Return the ingested rows with a ``subset`` column, and the split report."""
-    df = manifest[manifest.status == "ingested"].copy()
-    df["group_key"] = group_keys(manifest, cfg.split_near_duplicates)
-    rng = np.random.default_rng(cfg.seed)
-    # A group with any member in the source's Test split goes to test whole.
-    has_source_test = bool((df.split == "test").any())
-
-    groups = (
+def _groups(df: pd.DataFrame, linked: pd.DataFrame, seed: int) -> pd.DataFrame:
+    """One row per group: key, label (its images' most common), size, whether it has
+    source-Test images, u: the highest keyed hash of its units (a merged group goes where
+    its highest unit would: test over val over train), and name: its smallest unit key."""
+    keys = [unit_key(g, m) for g, m in zip(linked.group_id, linked.md5)]
+    units = linked.assign(unit=keys, u=[unit_hash(k, seed) for k in keys])
+    return (
         df.groupby("group_key")
         .agg(
             label=("label", lambda s: s.mode().sort_values().iloc[0]),
             size=("uri", "size"),
             source_test=("split", lambda s: (s == "test").any()),
         )
+        .join(units.groupby("group_key").agg(u=("u", "max"), name=("unit", "min")))
         .reset_index()
         .rename(columns={"group_key": "key"})
     )
+
+
+def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
+    """Return the ingested rows with a ``subset`` column, and the split report."""
+    linked = _linked_rows(manifest).assign(group_key=group_keys(manifest, cfg.split_near_duplicates))
+    df = linked[linked.status == "ingested"].copy()
+    groups = _groups(df, linked, cfg.seed)
+    # A group with any member in the source's Test split goes to test whole.
+    has_source_test = bool(groups.source_test.any())
     if has_source_test:
-        assignment = {k: "test" for k in groups.key[groups.source_test]}
-        rest = groups[~groups.source_test]
         val = cfg.val_fraction / max(1e-9, 1 - cfg.test_fraction)
-        assignment.update(_assign(rest, {"train": 1 - val, "val": val}, rng))
+        fractions = {"train": 1 - val, "val": val}
     else:
-        fractions = {
-            "train": 1 - cfg.val_fraction - cfg.test_fraction,
-            "val": cfg.val_fraction,
-            "test": cfg.test_fraction,
-        }
+        fractions = {"train": 1 - cfg.val_fraction - cfg.test_fraction, "val": cfg.val_fraction}
+        fractions["test"] = cfg.test_fraction
         if fractions["train"] <= 0:
             raise SplitError("data.val_fraction + data.test_fraction must be below 1")
-        assignment = _assign(groups, fractions, rng)
-    df["subset"] = df.group_key.map(assignment)
+    groups["subset"] = [subset_of(u, fractions) for u in groups.u]
+    groups.loc[groups.source_test, "subset"] = "test"
+    hashed = groups[~groups.source_test].copy()
+    moved = _place_minimum(hashed, fractions)
+    groups.loc[hashed.index, "subset"] = hashed.subset
+    df["subset"] = df.group_key.map(groups.set_index("key").subset)
 
     spanning = df.groupby("group_key").subset.nunique()
     assert (spanning == 1).all(), "a group spans two subsets"
@@ -123,6 +168,8 @@ def split_manifest(manifest: pd.DataFrame, cfg: DataConfig) -> tuple[pd.DataFram
         "class_counts": {s: {c: int(v) for c, v in counts.loc[s].items()} for s in SUBSETS},
         "groups_spanning_subsets": 0,
         "near_duplicates_grouped": cfg.split_near_duplicates,
+        "assignment": "keyed hash of each group's units and data.seed (stable as data grows)",
+        "groups_placed_by_minimum": sorted(moved),
     }
     return df.drop(columns=["group_key"]), report
 

@@ -20,6 +20,9 @@ META_FILE = "dataset.json"
 TEST_GROUPS_FILE = "test_groups.json"
 # The test images' source metadata (components.data.labels.METADATA_COLUMNS), by URI.
 TEST_METADATA_FILE = "test_metadata.json"
+# Every split image's md5 and group id by subset, and the file size limit it was ingested
+# under: what a model trained and validated on, and how to re-read a test image as ingested.
+IMAGES_FILE = "images.json"
 
 
 def _tf():
@@ -105,6 +108,23 @@ def read_test_metadata(folder: str | Path, uris: list[str]) -> list[dict[str, st
         return None
     saved = json.loads(path.read_text())
     return [saved.get(u, {}) for u in uris] if saved else None
+
+
+def write_images(folder: str | Path, splits, max_file_bytes: int) -> None:
+    """``splits``: the split step's rows (uri, md5, group_id, subset)."""
+    from components.core import atomic
+
+    subsets = {
+        subset: {"uri": rows.uri.tolist(), "md5": rows.md5.tolist(), "group_id": rows.group_id.fillna("").tolist()}
+        for subset, rows in splits.groupby("subset")
+    }
+    atomic.write_text(Path(folder) / IMAGES_FILE, json.dumps({"max_file_bytes": max_file_bytes, "subsets": subsets}))
+
+
+def read_images(folder: str | Path) -> dict | None:
+    """What write_images wrote, or None for a folder written before it existed."""
+    path = Path(folder) / IMAGES_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def parse_fn(image_size: int):

@@ -121,7 +121,7 @@ def subgroup_results(
 
 
 def floor_failures(rows: list[dict], floors: dict[str, float]) -> list[str]:
-    """The gate's subgroup floors (evaluate.subgroup_floors): each subgroup, not small, whose
+    """The gate's subgroup floors (champion_gate.subgroup_floors): each subgroup, not small, whose
     figure is below its floor, per lesion where there are lesion rows, else per image."""
     if not floors or not rows:
         return []

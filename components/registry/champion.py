@@ -1,15 +1,19 @@
 """The champion: the one module that finds, registers and promotes models in the MLflow
-model registry (the comparison: components.registry.rescoring and .gate), and tags each
-version with the data it was trained on.
+model registry (the comparison: components.registry.rescoring and .champion_gate), and
+tags each version with the data it was trained on.
 
 The champion is ``models:/<model_name>@champion``. Every trained model is registered as
 a new version, carrying its gate decision and its data fingerprint from the moment it
 exists (tags are set at registration, so no version is ever left untagged). It gets the
 ``champion`` alias only if it reaches the configured minimum metrics and is better than
 the current champion beyond the test split's noise: the champion is re-scored on the
-same test split in the same step, and the lower end of the 95 % interval of the
-difference on the chosen metric (paired bootstrap over lesions,
-components.scoring.intervals) must be above the margin; otherwise ``challenger``.
+same test split in the same step, on the test images neither model trained or validated on
+(each model's run carries the record of those: components.registry.training_record), and
+the lower end of the 95 % interval of the difference on the chosen metric (paired
+bootstrap over lesions, components.scoring.intervals) must be above the margin; otherwise
+``challenger``. Models trained on incompatible data (synthetic against real images, other
+classes) are not compared: the new one stays challenger unless
+``champion_gate.allow_incompatible_data``; a synthetic one never replaces a real champion.
 
 One error policy: only "not found" (no such model, or no champion alias yet) means
 there is no champion, and only a champion that cannot be read as a model leaves the new
@@ -23,14 +27,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, replace
 
 from components.core.errors import UserError
-from components.core.settings import EvaluateConfig
-from components.registry.gate import CHALLENGER, CHAMPION, GateDecision, decide
-from components.registry.rescoring import compare, score_champion_on_test_split
-from components.scoring.metrics import Scored
+from components.core.settings import ChampionGateConfig
+from components.registry.champion_gate import CHALLENGER, CHAMPION, Champion, GateDecision
+from components.registry.rescoring import Candidate
+from components.registry.training_record import RecordUnavailable, log_record_of_version
 
 FINGERPRINT_TAG = "data_fingerprint"
 # "true" on a version trained on the generated demo data (components.data.synthetic).
@@ -50,10 +53,16 @@ MAX_PROMOTION_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
-class Champion:
+class Promotion:
+    """One version on its way to an alias: what its registry writes need, together."""
+
+    tracking_uri: str
+    model_name: str
     version: str
-    fingerprint: str  # empty when the version was registered without one
-    run_id: str = ""  # the MLflow run that logged it (empty for a version made without one)
+    baseline: str  # the champion version it was compared with, "none" when there was none
+    decision: GateDecision
+    gate: ChampionGateConfig
+    fingerprint: str  # of the data it was trained on
 
 
 def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
@@ -71,7 +80,12 @@ def find_champion(tracking_uri: str, model_name: str) -> Champion | None:
             f"cannot look up {model_name}@{CHAMPION} in {tracking_uri}: "
             f"{exc.message.splitlines()[0] if exc.message else exc}"
         ) from None
-    return Champion(str(version.version), version.tags.get(FINGERPRINT_TAG, ""), str(version.run_id or ""))
+    return Champion(
+        str(version.version),
+        version.tags.get(FINGERPRINT_TAG, ""),
+        str(version.run_id or ""),
+        version.tags.get(SYNTHETIC_TAG) == "true",
+    )
 
 
 class RegistryUnavailable(UserError):
@@ -79,113 +93,123 @@ class RegistryUnavailable(UserError):
     KFP retries it) rather than decide without the champion."""
 
 
-def _decide_against(
-    champion: Champion | None,
-    model_name: str,
-    tracking_uri: str,
-    new: Scored,
-    normalized_dir: str | Path,
-    cfg: EvaluateConfig,
-) -> GateDecision:
-    if champion is None:
-        return decide(new.metrics, None, cfg)
+def _decide_against(champion: Champion | None, model_name: str, tracking_uri: str, new: Candidate) -> GateDecision:
+    from components.registry.rescoring import decide_against
     from components.scoring.inference import ModelUnavailable
 
     try:
-        scored, problem = score_champion_on_test_split(
-            f"models:/{model_name}/{champion.version}", tracking_uri, normalized_dir, cfg
-        )
-    except ModelUnavailable as exc:
+        return decide_against(champion, model_name, tracking_uri, new)
+    except (ModelUnavailable, RecordUnavailable) as exc:
         raise RegistryUnavailable(f"cannot compare with the champion: {exc}") from None
-    if scored is None:
-        return decide(new.metrics, None, cfg, problem)
-    return decide(new.metrics, scored.metrics, cfg, difference=compare(new, scored, normalized_dir, cfg))
 
 
 # ---- registering and promoting ----------------------------------------------------
 
 
 def register_and_promote(
-    tracking_uri: str,
-    model_name: str,
-    model_uri: str,
-    new: Scored,
-    normalized_dir: str | Path,
-    cfg: EvaluateConfig,
-    data_fingerprint: str,
-    synthetic: bool = False,
+    *, tracking_uri: str, model_name: str, model_uri: str, new: Candidate, data_fingerprint: str
 ) -> dict:
     """Register ``model_uri`` as a new version of ``model_name`` (tagged with its decision,
-    data fingerprint and whether that data was synthetic) and give it the alias the gate
-    decides on ``new``, its scores on the test split of ``normalized_dir``; returns the decision
-    with version, URIs and the champion it was compared with.
+    data fingerprint and whether that data was synthetic) and give it the alias the champion
+    gate decides on ``new``; returns the decision with version, URIs and the champion it
+    was compared with.
 
     Safe against a concurrent run: right before moving ``@champion`` the alias is read
     again, and if another run moved it meanwhile the decision is made again against the
     new champion. (Between that read and the move there remains a window of one registry
     call; docs/reliability.md says how schedules avoid it.) Safe to retry: a version registered
     from ``model_uri`` is reused; once promoted, it keeps its recorded decision."""
-    import mlflow
     from mlflow.exceptions import MlflowException
-
-    from components.core import tracking
 
     earlier = _registered_before(tracking_uri, model_name, model_uri)
     if earlier is not None and PROMOTED_AT_TAG in earlier.tags:
-        return _result(_recorded(earlier), model_name, earlier.version, earlier.tags[COMPARED_WITH_TAG], cfg)
+        return _result(_recorded(earlier), model_name, earlier.version, earlier.tags[COMPARED_WITH_TAG], new.gate)
     compared_with = find_champion(tracking_uri, model_name)
     if earlier is not None and compared_with is not None and compared_with.version == earlier.version:
         # The earlier try's alias write landed, then it failed: finish that promotion.
-        baseline = earlier.tags[COMPARED_WITH_TAG]
+        promotion = Promotion(
+            tracking_uri,
+            model_name,
+            earlier.version,
+            earlier.tags[COMPARED_WITH_TAG],
+            _recorded(earlier),
+            new.gate,
+            data_fingerprint,
+        )
         try:
-            decision = _after_alias_write(
-                tracking_uri,
-                model_name,
-                earlier.version,
-                baseline,
-                _recorded(earlier),
-                cfg,
-                data_fingerprint,
-                int(earlier.tags[CHECKED_AT_TAG]),
-            )
+            decision = _after_alias_write(promotion, int(earlier.tags[CHECKED_AT_TAG]))
         except MlflowException as exc:
             raise RegistryUnavailable(
                 f"cannot finish promoting version {earlier.version} of {model_name}: {exc.message.splitlines()[0]}"
             ) from None
-        return _result(decision, model_name, earlier.version, baseline, cfg)
-    decision = _decide_against(compared_with, model_name, tracking_uri, new, normalized_dir, cfg)
-    if earlier is not None:
-        version = earlier.version
-    else:
-        tracking.use_store(tracking_uri)
-        try:
-            version = str(
-                mlflow.register_model(
-                    model_uri,
-                    model_name,
-                    tags={
-                        **_decision_tags(decision, _baseline(compared_with)),
-                        FINGERPRINT_TAG: data_fingerprint,
-                        SYNTHETIC_TAG: str(synthetic).lower(),
-                        REGISTERED_FROM_TAG: model_uri,
-                    },
-                ).version
-            )
-        except MlflowException as exc:
-            raise RegistryUnavailable(
-                f"cannot register {model_uri} as {model_name}: {exc.message.splitlines()[0]}"
-            ) from None
-
+        return _result(decision, model_name, earlier.version, promotion.baseline, new.gate)
+    decision = _decide_against(compared_with, model_name, tracking_uri, new)
+    version = (
+        earlier.version
+        if earlier is not None
+        else _register(tracking_uri, model_name, model_uri, decision, compared_with, data_fingerprint, new)
+    )
+    if new.record is not None:
+        _log_record(tracking_uri, model_name, version, new.record)
+    promotion = Promotion(
+        tracking_uri, model_name, version, _baseline(compared_with), decision, new.gate, data_fingerprint
+    )
     try:
-        decision, compared_with = _promote(
-            tracking_uri, model_name, version, compared_with, decision, new, normalized_dir, cfg, data_fingerprint
-        )
+        promotion = _promote(promotion, compared_with, new)
     except MlflowException as exc:
         raise RegistryUnavailable(
             f"version {version} of {model_name} is registered with its decision and data "
             f"fingerprint, but giving it an alias failed: {exc.message.splitlines()[0]}"
         ) from None
-    return _result(decision, model_name, version, _baseline(compared_with), cfg)
+    return _result(promotion.decision, model_name, version, promotion.baseline, new.gate)
+
+
+def _log_record(tracking_uri: str, model_name: str, version: str, record) -> None:
+    """The version's training record, into the run that logged the model, where a later
+    gate reads it (Champion.run_id)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        log_record_of_version(tracking_uri, model_name, version, record)
+    except MlflowException as exc:
+        raise RegistryUnavailable(
+            f"cannot log the training record of {model_name} version {version}: {exc.message.splitlines()[0]}"
+        ) from None
+
+
+def _register(
+    tracking_uri: str,
+    model_name: str,
+    model_uri: str,
+    decision: GateDecision,
+    compared_with: Champion | None,
+    data_fingerprint: str,
+    new: Candidate,
+) -> str:
+    """A new version of ``model_name`` from ``model_uri``, born with every tag."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from components.core import tracking
+
+    synthetic = new.record.synthetic if new.record is not None else bool(new.scored.metrics.get("synthetic"))
+    tracking.use_store(tracking_uri)
+    try:
+        return str(
+            mlflow.register_model(
+                model_uri,
+                model_name,
+                tags={
+                    **_decision_tags(decision, _baseline(compared_with)),
+                    FINGERPRINT_TAG: data_fingerprint,
+                    SYNTHETIC_TAG: str(synthetic).lower(),
+                    REGISTERED_FROM_TAG: model_uri,
+                },
+            ).version
+        )
+    except MlflowException as exc:
+        reason = exc.message.splitlines()[0]
+        raise RegistryUnavailable(f"cannot register {model_uri} as {model_name}: {reason}") from None
 
 
 def _registered_before(tracking_uri: str, model_name: str, model_uri: str):
@@ -208,127 +232,100 @@ def _recorded(version) -> GateDecision:
     return GateDecision(**json.loads(version.tags[DECISION_TAG]))
 
 
-def _result(decision: GateDecision, model_name: str, version: str, baseline: str, cfg: EvaluateConfig) -> dict:
+def _result(decision: GateDecision, model_name: str, version: str, baseline: str, gate: ChampionGateConfig) -> dict:
     return {
         **asdict(decision),
         "model_name": model_name,
         "version": version,
         "model_uri": f"models:/{model_name}/{version}",
         "previous_champion": None if baseline == "none" else f"version {baseline}",
-        "metric": cfg.champion_metric,
-        "margin": cfg.champion_margin,
+        "metric": gate.metric,
+        "margin": gate.margin,
     }
 
 
-def _promote(
-    tracking_uri: str,
-    model_name: str,
-    version: str,
-    compared_with: Champion | None,
-    decision: GateDecision,
-    new: Scored,
-    normalized_dir: str | Path,
-    cfg: EvaluateConfig,
-    data_fingerprint: str,
-) -> tuple[GateDecision, Champion | None]:
-    """Give ``version`` the decided alias, deciding again if the champion moved since the
-    comparison; returns the final decision and the champion it was made against."""
+def _promote(promotion: Promotion, compared_with: Champion | None, new: Candidate) -> Promotion:
+    """Give the version the decided alias, deciding again if the champion moved since the
+    comparison; returns the promotion as it ended (final decision, the champion it was made against)."""
     from components.core import tracking
 
-    client = tracking.client(tracking_uri)
+    client = tracking.client(promotion.tracking_uri)
+    decision = promotion.decision
     for _ in range(MAX_PROMOTION_ATTEMPTS):
         checked_at = int(time.time() * 1000)
-        current = find_champion(tracking_uri, model_name)
+        current = find_champion(promotion.tracking_uri, promotion.model_name)
         if current == compared_with:
             break
         compared_with = current
-        decision = _decide_against(current, model_name, tracking_uri, new, normalized_dir, cfg)
+        decision = _decide_against(current, promotion.model_name, promotion.tracking_uri, new)
         decision.reason += " (re-decided: another run moved the champion meanwhile)"
     else:
         raise RegistryUnavailable(
-            f"{model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
-            f"compare with it: version {version} registered without an alias"
+            f"{promotion.model_name}@{CHAMPION} kept moving during {MAX_PROMOTION_ATTEMPTS} attempts to "
+            f"compare with it: version {promotion.version} registered without an alias"
         )
-    for key, value in {**_decision_tags(decision, _baseline(compared_with)), CHECKED_AT_TAG: str(checked_at)}.items():
-        client.set_model_version_tag(model_name, version, key, value)
-    client.set_registered_model_alias(model_name, decision.alias, version)
-    return _after_alias_write(
-        tracking_uri, model_name, version, _baseline(compared_with), decision, cfg, data_fingerprint, checked_at
-    ), compared_with
+    promotion = replace(promotion, decision=decision, baseline=_baseline(compared_with))
+    for key, value in {**_decision_tags(decision, promotion.baseline), CHECKED_AT_TAG: str(checked_at)}.items():
+        client.set_model_version_tag(promotion.model_name, promotion.version, key, value)
+    client.set_registered_model_alias(promotion.model_name, decision.alias, promotion.version)
+    return replace(promotion, decision=_after_alias_write(promotion, checked_at))
 
 
-def _after_alias_write(
-    tracking_uri: str,
-    model_name: str,
-    version: str,
-    baseline: str,
-    decision: GateDecision,
-    cfg: EvaluateConfig,
-    data_fingerprint: str,
-    checked_at: int,
-) -> GateDecision:
+def _after_alias_write(promotion: Promotion, checked_at: int) -> GateDecision:
     """Record that the alias write ended, then settle a race for ``@champion``."""
     from components.core import tracking
 
     promoted_at = int(time.time() * 1000)
-    tracking.client(tracking_uri).set_model_version_tag(model_name, version, PROMOTED_AT_TAG, str(promoted_at))
-    if decision.alias != CHAMPION:
-        return decision
-    return _settle_concurrent_promotions(
-        tracking_uri, model_name, version, baseline, decision, cfg, data_fingerprint, (checked_at, promoted_at)
+    tracking.client(promotion.tracking_uri).set_model_version_tag(
+        promotion.model_name, promotion.version, PROMOTED_AT_TAG, str(promoted_at)
     )
+    if promotion.decision.alias != CHAMPION:
+        return promotion.decision
+    return _settle_concurrent_promotions(promotion, (checked_at, promoted_at))
 
 
-def _settle_concurrent_promotions(
-    tracking_uri: str,
-    model_name: str,
-    version: str,
-    baseline: str,
-    decision: GateDecision,
-    cfg: EvaluateConfig,
-    data_fingerprint: str,
-    window: tuple[int, int],
-) -> GateDecision:
-    """After moving ``@champion`` to ``version``: if runs on the same data promoted their
-    own versions at the same time (each compared with the same old champion, and each
-    read ``@champion`` before the other's alias write ended: neither saw the other),
-    leave the alias on the best of them on ``cfg.champion_metric`` (same data, so the
-    same test split), whichever write landed last. ``window``: this promotion's last
-    read of the alias and the end of its write. A version promoted before that read is
-    no rival (so a rollback by hand after it stands), nor one whose write never ended
-    (its retry finishes it). A champion that no run of this set chose is left alone: it
-    was decided later, knowing ours. Returns this version's decision, changed if it lost."""
+def _settle_concurrent_promotions(promotion: Promotion, window: tuple[int, int]) -> GateDecision:
+    """After moving ``@champion`` to the promotion's version: if runs on the same data
+    promoted their own versions at the same time (each compared with the same old champion,
+    and each read ``@champion`` before the other's alias write ended: neither saw the other),
+    leave the alias on the best of them on the gate's metric (same data, so the same test
+    split), whichever write landed last. ``window``: this promotion's last read of the alias
+    and the end of its write. A version promoted before that read is no rival (so a rollback
+    by hand after it stands), nor one whose write never ended (its retry finishes it). A
+    champion that no run of this set chose is left alone: it was decided later, knowing
+    ours. Returns this version's decision, changed if it lost."""
     from components.core import tracking
 
-    client = tracking.client(tracking_uri)
-    current = find_champion(tracking_uri, model_name)
-    metric_tag = f"test.{cfg.champion_metric}"
+    p = promotion
+    client = tracking.client(p.tracking_uri)
+    current = find_champion(p.tracking_uri, p.model_name)
+    metric_tag = f"test.{p.gate.metric}"
     rivals = {
         str(v.version): float(v.tags[metric_tag])
-        for v in client.search_model_versions(f"name='{model_name}'")
-        if v.tags.get(COMPARED_WITH_TAG) == baseline
+        for v in client.search_model_versions(f"name='{p.model_name}'")
+        if v.tags.get(COMPARED_WITH_TAG) == p.baseline
         and v.tags.get("gate.alias") == CHAMPION
         and metric_tag in v.tags
-        and v.tags.get(FINGERPRINT_TAG) == data_fingerprint
-        and (str(v.version) == version or _overlaps(v.tags, window))
+        and v.tags.get(FINGERPRINT_TAG) == p.fingerprint
+        and (str(v.version) == p.version or _overlaps(v.tags, window))
     }
-    if current is None or current.version not in rivals or version not in rivals:
-        return decision
+    if current is None or current.version not in rivals or p.version not in rivals:
+        return p.decision
     best = max(rivals, key=lambda v: (rivals[v], int(v)))
     if best != current.version:
-        client.set_registered_model_alias(model_name, CHAMPION, best)
-    if best == version:
-        return decision
+        client.set_registered_model_alias(p.model_name, CHAMPION, best)
+    if best == p.version:
+        return p.decision
     lost = GateDecision(
         CHALLENGER,
         f"promoted at the same time as version {best} of the same data, which has the "
-        f"better {cfg.champion_metric} ({rivals[best]:.4f} vs {rivals[version]:.4f}): "
-        f"{decision.reason}",
-        decision.comparison,
+        f"better {p.gate.metric} ({rivals[best]:.4f} vs {rivals[p.version]:.4f}): "
+        f"{p.decision.reason}",
+        p.decision.comparison,
     )
-    for key, value in _decision_tags(lost, baseline).items():
-        client.set_model_version_tag(model_name, version, key, value)
-    client.set_registered_model_alias(model_name, CHALLENGER, version)
+    for key, value in _decision_tags(lost, p.baseline).items():
+        client.set_model_version_tag(p.model_name, p.version, key, value)
+    client.set_registered_model_alias(p.model_name, CHALLENGER, p.version)
     return lost
 
 

@@ -9,13 +9,15 @@ from pathlib import Path
 from kfp import dsl
 
 from components.core import filenames
-from components.core.settings import EvaluateConfig
+from components.core.settings import ChampionGateConfig, EvaluateConfig
 
 
 def register(
+    *,
     evaluation_dir: str | Path,
     normalized_dir: str | Path,
-    cfg: EvaluateConfig,
+    evaluate: EvaluateConfig,
+    champion_gate: ChampionGateConfig,
     model_name: str,
     model_uri: str,
     data_fingerprint: str,
@@ -27,7 +29,8 @@ def register(
 ) -> dict:
     """Register and gate the evaluated model; write gate.json and the report with the
     decision to ``output_dir`` and log both into the pipeline's MLflow run, whose
-    description (and the new version's) then carries the verdict in words."""
+    description (and the new version's) then carries the verdict in words. The run that
+    logged the model gets the record of the images it trained and validated on."""
     import mlflow
 
     from components.core import run_descriptions, tracking
@@ -35,12 +38,19 @@ def register(
     from components.evaluation.report_html import report_with_gate
     from components.registry import champion
     from components.registry.model_card import publish_card
+    from components.registry.rescoring import Candidate
+    from components.registry.training_record import TrainingRecord
 
-    new = load_scored(evaluation_dir)
-    new_metrics = new.metrics
+    record = TrainingRecord.of(normalized_dir)
+    new = Candidate(load_scored(evaluation_dir), Path(normalized_dir), record, evaluate, champion_gate)
+    new_metrics = new.scored.metrics
     synthetic = bool(new_metrics.get("synthetic"))
     gate = champion.register_and_promote(
-        tracking_uri, model_name, model_uri, new, normalized_dir, cfg, data_fingerprint, synthetic=synthetic
+        tracking_uri=tracking_uri,
+        model_name=model_name,
+        model_uri=model_uri,
+        new=new,
+        data_fingerprint=data_fingerprint,
     )
     tracking.set_description(
         tracking_uri,
@@ -76,6 +86,7 @@ def register_step(
     evaluation: dsl.Input[dsl.Dataset],
     normalized: dsl.Input[dsl.Dataset],
     evaluate: dict,
+    champion_gate: dict,
     model_name: str,
     model_uri: str,
     data_fingerprint: str,
@@ -100,23 +111,24 @@ def register_step(
     from components.core.errors import user_errors
     from components.core.run_descriptions import kfp_run_url
     from components.core.run_status import failure_recorded
-    from components.core.settings import EvaluateConfig
+    from components.core.settings import ChampionGateConfig, EvaluateConfig
     from components.registry.register import register
 
     run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id)
     with user_errors(), failure_recorded(tracking_uri, run_id, "register"):
         gate = register(
-            evaluation.path,
-            normalized.path,
-            load_section(EvaluateConfig, evaluate, "evaluate."),
-            model_name,
-            model_uri,
-            data_fingerprint,
-            tracking_uri,
-            run_id,
-            registration.path,
-            kfp_run_url(kfp_ui_url, kfp_run_id),
-            local_run_dir,
+            evaluation_dir=evaluation.path,
+            normalized_dir=normalized.path,
+            evaluate=load_section(EvaluateConfig, evaluate, "evaluate."),
+            champion_gate=load_section(ChampionGateConfig, champion_gate, "champion_gate."),
+            model_name=model_name,
+            model_uri=model_uri,
+            data_fingerprint=data_fingerprint,
+            tracking_uri=tracking_uri,
+            mlflow_run_id=run_id,
+            output_dir=registration.path,
+            kfp_url=kfp_run_url(kfp_ui_url, kfp_run_id),
+            local_run_dir=local_run_dir,
         )
     shutil.copyfile(Path(registration.path) / filenames.EVALUATION_REPORT, report.path)
     registration.metadata.update({"version": gate["version"], "alias": gate["alias"], "model_uri": gate["model_uri"]})

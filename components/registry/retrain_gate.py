@@ -1,9 +1,12 @@
-"""The retraining gate: a run whose ingested data is the data the current champion was
-trained on stops after ingest, so a scheduled retraining never spends a GPU on nothing.
+"""The retraining gate (not the champion gate: components.registry.champion_gate): a run
+whose ingested data is the data the current champion was trained on stops after ingest,
+so a scheduled retraining never spends a GPU on nothing.
 
 It is the first step that talks to MLflow: it creates the pipeline's MLflow run, with
-the run's settings as params. The champion and its data fingerprint come from
-``components.registry.champion``.
+the run's settings as params. It reads the model registry (the champion and its data
+fingerprint, from ``components.registry.champion``) and the champion's run, so it
+belongs to the registry stage. A champion whose run was deleted or purged has no metrics
+to keep: the run retrains, and says why.
 """
 
 import json
@@ -20,25 +23,51 @@ SKIP = "skip"
 
 
 @dataclass(frozen=True)
-class Decision:
+class RetrainDecision:
     action: str  # TRAIN or SKIP
     reason: str
 
 
-def decide(fingerprint: str, champion: Champion | None, force: bool) -> Decision:
+def decide_retraining(
+    fingerprint: str, champion: Champion | None, force: bool, champion_run_problem: str = ""
+) -> RetrainDecision:
+    """Train or skip; ``champion_run_problem``: why the champion's run cannot be read ('' when it can)."""
     if force:
-        return Decision(TRAIN, "forced (force_retrain)")
+        return RetrainDecision(TRAIN, "forced (force_retrain)")
     if champion is None:
-        return Decision(TRAIN, "no champion yet")
+        return RetrainDecision(TRAIN, "no champion yet")
+    if champion_run_problem:
+        return RetrainDecision(TRAIN, f"champion v{champion.version}: {champion_run_problem}, so retraining")
     if not champion.fingerprint:
-        return Decision(TRAIN, f"champion v{champion.version} has no data fingerprint")
+        return RetrainDecision(TRAIN, f"champion v{champion.version} has no data fingerprint")
     if champion.fingerprint == fingerprint:
-        return Decision(SKIP, f"data unchanged since champion v{champion.version}")
-    return Decision(TRAIN, f"data changed since champion v{champion.version}")
+        return RetrainDecision(SKIP, f"data unchanged since champion v{champion.version}")
+    return RetrainDecision(TRAIN, f"data changed since champion v{champion.version}")
 
 
-def gate(
+def champion_test_metrics(client, champion: Champion | None) -> tuple[dict[str, float], str]:
+    """(the champion run's test metrics, ''), or ({}, why there are none: a deleted or purged run)."""
+    from mlflow.exceptions import MlflowException
+
+    from components.core import tracking
+
+    if champion is None or not champion.run_id:
+        return {}, ""
+    try:
+        run = client.get_run(champion.run_id)
+    except MlflowException as exc:
+        if tracking.is_not_found(exc):
+            return {}, f"its MLflow run {champion.run_id} was purged (no metrics)"
+        raise
+    if run.info.lifecycle_stage == "deleted":
+        return {}, f"its MLflow run {champion.run_id} was deleted (no metrics)"
+    metrics = run.data.metrics
+    return {k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")}, ""
+
+
+def check_retraining(
     manifest_dir: str | Path,
+    *,
     model_name: str,
     experiment: str,
     run_params: dict[str, str],
@@ -54,9 +83,10 @@ def gate(
 
     fingerprint = data_fingerprint(manifest_dir)
     champion = find_champion(tracking_uri, model_name)
-    decision = decide(fingerprint, champion, force)
-    run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id, run_params)
     client = tracking.client(tracking_uri)
+    test_metrics, run_problem = champion_test_metrics(client, champion)
+    decision = decide_retraining(fingerprint, champion, force, run_problem)
+    run_id = tracking.pipeline_run(tracking_uri, experiment, kfp_run_name, kfp_run_id, run_params)
     for key, value in {
         FINGERPRINT_TAG: fingerprint,
         "retrain.decision": decision.action,
@@ -66,11 +96,10 @@ def gate(
     report = json.loads((Path(manifest_dir) / filenames.INGEST_REPORT).read_text())
     kept = {}
     if champion is not None:
-        metrics = client.get_run(champion.run_id).data.metrics if champion.run_id else {}
         kept = {
             "version": champion.version,
             "model_uri": f"models:/{model_name}/{champion.version}",
-            "test_metrics": {k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")},
+            "test_metrics": test_metrics,
         }
     return {
         "decision": decision.action,
@@ -100,11 +129,18 @@ def retrain_gate_step(
     import json
 
     from components.core.errors import user_errors
-    from components.registry.retrain_gate import gate
+    from components.registry.retrain_gate import check_retraining
 
     with user_errors():
-        details = gate(
-            manifest.path, model_name, experiment, run_params, tracking_uri, force_retrain, kfp_run_name, kfp_run_id
+        details = check_retraining(
+            manifest.path,
+            model_name=model_name,
+            experiment=experiment,
+            run_params=run_params,
+            tracking_uri=tracking_uri,
+            force=force_retrain,
+            kfp_run_name=kfp_run_name,
+            kfp_run_id=kfp_run_id,
         )
     print(
         f"retraining gate: {details['decision']}: {details['reason']} (data fingerprint {details['fingerprint'][:12]})"

@@ -6,6 +6,7 @@ champion gate."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,10 +117,11 @@ class LoadedModel:
         tta: bool = False,
         max_bytes: int | None = None,
         max_pixels: int = MAX_PIXELS,
+        read: Callable[[str], bytes] | None = None,
     ) -> tuple[np.ndarray, list[str]]:
         """(calibrated class probabilities, error per source, '' when fine) of image files,
         given by URI or as their bytes (see scores_of_files)."""
-        probs, _, errors = self.scores_of_files(sources, batch_size, tta, max_bytes, max_pixels)
+        probs, _, errors = self.scores_of_files(sources, batch_size, tta, max_bytes, max_pixels, read)
         return probs, errors
 
     def scores_of_files(
@@ -129,19 +131,21 @@ class LoadedModel:
         tta: bool = False,
         max_bytes: int | None = None,
         max_pixels: int = MAX_PIXELS,
+        read: Callable[[str], bytes] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
         """(calibrated class probabilities, the views' probabilities, error per source, ''
         when fine) of image files, given by URI or as their bytes, read with the model's
         preprocessing ``FILE_CHUNK_BATCHES``
         batches at a time: memory bounded by the batch size, not by the number of files.
-        An unreadable file is scored as a blank image; its error says so."""
+        An unreadable file is scored as a blank image; its error says so. ``read``: URI ->
+        bytes (sources.read_as_ingested holds each file to what ingest recorded)."""
         chunk = FILE_CHUNK_BATCHES * batch_size
         k = int(self.model.output_shape[-1])
         probs, views = [np.zeros((0, k))], [np.zeros((0, 8 if tta else 1, k))]
         errors: list[str] = []
         for start in range(0, len(sources), chunk):
             images, chunk_errors = load_images(
-                sources[start : start + chunk], self.image_size, self.resize_mode, max_bytes, max_pixels
+                sources[start : start + chunk], self.image_size, self.resize_mode, max_bytes, max_pixels, read
             )
             chunk_probs, chunk_views = self.predict_with_views(images, batch_size, tta)
             probs.append(chunk_probs)
@@ -318,15 +322,20 @@ def registered_version(uri: str, tracking_uri: str | None) -> str:
 
 
 def load_images(
-    sources: list[str | bytes], size: int, mode: str, max_bytes: int | None = None, max_pixels: int = MAX_PIXELS
+    sources: list[str | bytes],
+    size: int,
+    mode: str,
+    max_bytes: int | None = None,
+    max_pixels: int = MAX_PIXELS,
+    read: Callable[[str], bytes] | None = None,
 ) -> tuple[np.ndarray, list[str]]:
-    """Decode and resize images, given by URI or as their bytes, in parallel; (images, error
-    per source, '' when fine). A file over ``max_bytes`` or ``max_pixels`` is refused
-    before it is decoded."""
+    """Decode and resize images, given by URI (read with ``read``, else read_bytes) or as
+    their bytes, in parallel; (images, error per source, '' when fine). A file over
+    ``max_bytes`` or ``max_pixels`` is refused before it is decoded."""
 
     def one(source: str | bytes) -> tuple[np.ndarray | None, str]:
         try:
-            data = read_bytes(source, max_bytes) if isinstance(source, str) else source
+            data = (read(source) if read else read_bytes(source, max_bytes)) if isinstance(source, str) else source
             if max_bytes is not None and len(data) > max_bytes:
                 raise FileTooLarge(f"image file over {max_bytes} bytes ({len(data)}), refused before decoding")
             return load_for_model(data, size, mode, max_pixels), ""

@@ -48,10 +48,78 @@ def subsets_of(df: pd.DataFrame, column: str) -> pd.Series:
 
 
 def test_lesions_never_span_subsets_and_classes_are_stratified():
-    df, report = split_manifest(manifest(lesions()), DataConfig(val_fraction=0.2, test_fraction=0.2))
+    df, report = split_manifest(manifest(lesions(per_class=300)), DataConfig(val_fraction=0.2, test_fraction=0.2))
     assert (subsets_of(df, "group_id") == 1).all()
-    for subset, expected in (("train", 36), ("val", 12), ("test", 12)):
-        assert report["class_counts"][subset] == {"melanoma": expected, "nevus": expected}
+    for subset, target in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+        for label in ("melanoma", "nevus"):
+            # 300 lesions a class: the binomial spread of a share is ~0.03
+            assert report["class_counts"][subset][label] / 900 == pytest.approx(target, abs=0.08)
+
+
+def _subset_by_lesion(rows: list[dict], cfg: DataConfig) -> dict[str, str]:
+    df, _ = split_manifest(manifest(rows), cfg)
+    return dict(zip(df.group_id, df.subset))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 123])
+def test_ten_percent_more_lesions_moves_no_existing_lesion(seed):
+    cfg = DataConfig(seed=seed, val_fraction=0.15, test_fraction=0.15)
+    first = lesions(per_class=60, images_per_lesion=2)
+    grown = lesions(per_class=66, images_per_lesion=2)
+    before, after = _subset_by_lesion(first, cfg), _subset_by_lesion(grown, cfg)
+    assert {g: after[g] for g in before} == before
+
+
+def test_removing_or_editing_other_images_moves_no_lesion():
+    cfg = DataConfig(val_fraction=0.2, test_fraction=0.2)
+    rows = lesions(per_class=40, images_per_lesion=2)
+    before = _subset_by_lesion(rows, cfg)
+    fewer = [r for r in rows if not r["group_id"].endswith(("-3", "-17"))]
+    edited = [{**r, "md5": f"edited-{r['uri']}"} if r["uri"].endswith("/1.jpg") else r for r in fewer]
+    after = _subset_by_lesion(edited, cfg)
+    assert {g: before[g] for g in after} == after
+
+
+def test_a_rare_class_has_a_group_in_every_subset_and_the_report_names_the_ones_placed():
+    rows = lesions(per_class=40, images_per_lesion=1) + [
+        {"uri": f"rare/{i}.jpg", "label": "dermatofibroma", "group_id": f"rare-{i}"} for i in range(3)
+    ]
+    placed = set()
+    for seed in range(10):
+        _, report = split_manifest(manifest(rows), DataConfig(seed=seed, val_fraction=0.2, test_fraction=0.2))
+        placed.update(report["groups_placed_by_minimum"])
+        assert {s: report["class_counts"][s]["dermatofibroma"] for s in ("train", "val", "test")} == {
+            "train": 1,
+            "val": 1,
+            "test": 1,
+        }
+    # three groups fall in three different subsets by hash alone in 14 % of seeds
+    assert placed & {f"group:rare-{i}" for i in range(3)}
+
+
+def test_an_image_joining_two_lesions_puts_both_in_the_higher_subset():
+    cfg = DataConfig(val_fraction=0.2, test_fraction=0.2)
+    rows = lesions(per_class=40, images_per_lesion=1)
+    before = _subset_by_lesion(rows, cfg)
+    train = next(g for g, s in before.items() if s == "train" and g.startswith("melanoma"))
+    test = next(g for g, s in before.items() if s == "test" and g.startswith("melanoma"))
+    # the same image arrives again under the test lesion's id: ingest keeps one copy
+    copy_of = next(r for r in rows if r["group_id"] == train)
+    rows.append(
+        {
+            **copy_of,
+            "uri": "again.jpg",
+            "group_id": test,
+            "md5": f"md5-{copy_of['uri']}",
+            "status": "ignored",
+            "reason_code": "duplicate",
+        }
+    )
+    after = _subset_by_lesion(rows, cfg)
+    assert after[train] == after[test] == "test"
+    assert {g: s for g, s in after.items() if g not in (train, test)} == {
+        g: s for g, s in before.items() if g not in (train, test)
+    }
 
 
 def test_duplicates_and_near_duplicates_link_lesions():
@@ -113,10 +181,10 @@ def test_too_few_groups_is_a_clear_error():
 
 
 def _uneven_source(root):
-    """Real image files: two classes of 12 images, melanoma with 3 (distinct drawings)."""
+    """Real image files: two classes of 40 images, melanoma with 3 (distinct drawings)."""
     from tests.helpers import write_class_folder
 
-    write_class_folder(root, classes=("nevus", "basal_cell_carcinoma"), per_class=12, size=40)
+    write_class_folder(root, classes=("nevus", "basal_cell_carcinoma"), per_class=40, size=40)
     write_class_folder(root, classes=("melanoma",), per_class=3, size=40, seed=11)
     return root
 

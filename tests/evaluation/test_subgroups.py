@@ -61,12 +61,12 @@ def test_age_bands(age, band):
 
 
 def test_the_gate_keeps_a_model_that_fails_a_subgroup_floor_a_challenger():
-    from components.core.settings import EvaluateConfig
-    from components.registry.gate import CHALLENGER, CHAMPION, decide
+    from components.core.settings import ChampionGateConfig
+    from components.registry.champion_gate import CHALLENGER, CHAMPION, decide_promotion
 
     y, probs, metadata, groups = _planted()
     rows = subgroup_results(y, probs, CLASSES, "melanoma", None, 0.5, metadata, groups, "lesions", 100, 0)
     new = {"balanced_accuracy": 0.9, "subgroups": rows}
-    assert decide(new, None, EvaluateConfig()).alias == CHAMPION  # floors off by default
-    gated = decide(new, None, EvaluateConfig(subgroup_floors={"melanoma_sensitivity": 0.8}))
+    assert decide_promotion(new, None, ChampionGateConfig()).alias == CHAMPION  # floors off by default
+    gated = decide_promotion(new, None, ChampionGateConfig(subgroup_floors={"melanoma_sensitivity": 0.8}))
     assert gated.alias == CHALLENGER and "body_site=back" in gated.reason

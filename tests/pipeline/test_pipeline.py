@@ -17,12 +17,14 @@ CONFIG = "configs/cluster.yaml"
 EXECUTORS = {f"exec-{step.replace('_', '-')}-step": step for step in STEPS} | {"exec-report-step-2": "report"}
 
 
-def compile_yaml(tmp_path, *overrides: str) -> tuple[dict, dict, str]:
+def compile_yaml(tmp_path, *overrides: str, says: str = "") -> tuple[dict, dict, str]:
+    """The compiled spec, its Kubernetes executors and the file; ``says``: a line compile must print."""
     out = tmp_path / "pipeline.yaml"
     result = CliRunner().invoke(
         main, ["compile", "--config", CONFIG, *sum((["--set", o] for o in overrides), []), "-o", str(out)]
     )
     assert result.exit_code == 0, result.output
+    assert says in result.output
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"], str(out)
 
@@ -243,7 +245,7 @@ def test_train_and_evaluate_settings_never_reach_the_data_tasks(tmp_path):
         "train.model=mobilenet_v2",
         "train.learning_rate=0.5",
         "evaluate.tta=true",
-        "evaluate.champion_margin=0.2",
+        "champion_gate.margin=0.2",
         "augment.max_factor=2",
         "mlflow.model_name=another",
     )
@@ -296,6 +298,31 @@ def test_a_steps_cache_key_changes_only_with_its_own_section(tmp_path, overrides
         task = data_task_specs(shared, (name,))[name][0]
         assert task["inputs"]["parameters"][section]["runtimeValue"]["constant"]["melanoma_class"] == "mel"
         assert "melanoma_class" not in task["inputs"]["parameters"]
+
+
+def test_the_champion_gate_settings_reach_register_alone(tmp_path):
+    """Was (issue 33): the gate's settings were evaluate.champion_*, in the section the
+    evaluate task receives, so a new margin changed evaluate's cache key and re-ran it.
+    Now champion_gate.* (or the deprecated evaluate.champion_margin, moved there with one
+    line) leaves the evaluate task byte for byte as it was, and only register's input changes."""
+    tasks = ("evaluate-step", "register-step")
+    before = data_task_specs(compile_yaml(tmp_path)[0], tasks)
+    for override, margin, says in (
+        ("champion_gate.margin=0.2", 0.2, ""),
+        (
+            "evaluate.champion_margin=0.3",
+            0.3,
+            "config key evaluate.champion_margin is now champion_gate.margin; the old name will stop working",
+        ),
+    ):
+        after = data_task_specs(
+            compile_yaml(tmp_path, override, "champion_gate.min_test_images=7", says=says)[0], tasks
+        )
+        assert yaml.safe_dump(before["evaluate-step"]) == yaml.safe_dump(after["evaluate-step"]), override
+        assert "champion_margin" not in yaml.safe_dump(after["evaluate-step"])
+        gate = after["register-step"][0]["inputs"]["parameters"]["champion_gate"]["runtimeValue"]["constant"]
+        assert (gate["margin"], gate["min_test_images"]) == (margin, 7)
+        assert yaml.safe_dump(before["register-step"]) != yaml.safe_dump(after["register-step"])
 
 
 def test_the_kind_config_is_ready_for_a_cluster_without_google_cloud_or_gpu(tmp_path):

@@ -14,113 +14,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from components.core.settings import EvaluateConfig
 from components.core.tracking import pipeline_run
-from components.data import tfrecords
-from components.evaluation.evaluate import evaluate, load_scored
 from components.registry.champion import (
     FINGERPRINT_TAG,
     PROMOTED_AT_TAG,
+    SYNTHETIC_TAG,
     RegistryUnavailable,
     find_champion,
-    register_and_promote,
 )
-from components.registry.gate import CHALLENGER, CHAMPION, decide
+from components.registry.champion_gate import CHALLENGER, CHAMPION
 from components.registry.register import log_gate
+from components.registry.training_record import TrainingRecord, log_record
 from components.scoring.inference import ModelLoadError, load_model
-from components.scoring.intervals import paired_difference, resampling
-from components.scoring.metrics import Scored, classification_metrics
-from components.training.train import train
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.models import log_keras_model
-from tests.helpers.tiny_data import make_tiny_shards, tiny_config
+from tests.helpers.registry import gate_config, promote
 
 
-def _cfg(**kwargs) -> EvaluateConfig:
-    return EvaluateConfig(champion_metric="balanced_accuracy", champion_margin=0.02, **kwargs)
-
-
-def test_gate_floors_and_the_first_champion():
-    new = {"balanced_accuracy": 0.70, "melanoma_auc": 0.90, "macro_auc": 0.9}
-    assert decide(new, None, _cfg()).alias == CHAMPION
-    below = decide(new, None, _cfg(min_melanoma_auc=0.93))
-    assert below.alias == CHALLENGER and "melanoma_auc 0.900 < minimum 0.930" in below.reason
-    assert below.comparison["melanoma_auc"] == {"new": 0.9, "champion": None, "minimum": 0.93}
-    assert decide(new, None, _cfg(), champion_problem="it predicts other classes").alias == CHALLENGER
-    # A champion, but the metric is undefined on this split: no difference to decide on.
-    assert "cannot compare" in decide(new, {"balanced_accuracy": 0.6}, _cfg(), difference=None).reason
-
-
-GATE_CLASSES = ["nevus", "melanoma", "benign_keratosis", "basal_cell_carcinoma"]
-
-
-def _planted_scores(y: np.ndarray, right: np.ndarray) -> Scored:
-    """Probabilities that put 0.7 on the true class where ``right``, else on the next class."""
-    k = len(GATE_CLASSES)
-    probs = np.full((len(y), k), 0.1)
-    probs[np.arange(len(y)), np.where(right, y, (y + 1) % k)] = 0.7
-    return Scored(y, probs, classification_metrics(y, probs, GATE_CLASSES))
-
-
-@pytest.mark.parametrize("gained, lost, alias", [(250, 50, CHAMPION), (72, 60, CHALLENGER), (40, 100, CHALLENGER)])
-def test_the_gate_promotes_only_beyond_the_noise(gained, lost, alias):
-    """1,130 test images in 800 lesions, as HAM10000's test split: the champion gets 700
-    images right; a challenger also gets ``gained`` of its wrong ones right and ``lost``
-    of its right ones wrong. +200 images (balanced accuracy about +0.18) clears the
-    noise; +12 (about +0.01, the old fixed margin) is within it, so the champion stays;
-    -60 is worse."""
-    rng = np.random.default_rng(0)
-    n = 1130
-    lesions = np.r_[np.arange(800), rng.integers(0, 800, n - 800)]
-    y = rng.integers(0, len(GATE_CLASSES), 800)[lesions]
-    champion_right = np.zeros(n, bool)
-    champion_right[rng.permutation(n)[:700]] = True
-    challenger_right = champion_right.copy()
-    challenger_right[rng.permutation(np.flatnonzero(~champion_right))[:gained]] = True
-    challenger_right[rng.permutation(np.flatnonzero(champion_right))[:lost]] = False
-    new, old = _planted_scores(y, challenger_right), _planted_scores(y, champion_right)
-    plan = resampling([f"L{i}" for i in lesions], n, "lesions")
-    cfg = EvaluateConfig(champion_metric="balanced_accuracy")
-    difference = paired_difference(cfg.champion_metric, plan, new, old)
-    decision = decide(new.metrics, old.metrics, cfg, difference=difference)
-    assert decision.alias == alias, decision.reason
-    assert difference.estimate == pytest.approx(new.metrics["balanced_accuracy"] - old.metrics["balanced_accuracy"])
-    assert f"[{difference.low:+.4f}, {difference.high:+.4f}]" in decision.reason
-    assert "1000 resamples of 800 lesions" in decision.reason
-    assert decision.difference["low"] == difference.low
-    if gained - lost == 12:
-        assert 0 < difference.estimate < 0.02 and difference.low < 0 < difference.high
-        assert "not shown better than the champion" in decision.reason
-        # A negative margin accepts a challenger that may be that much worse.
-        assert (
-            decide(new.metrics, old.metrics, EvaluateConfig(champion_margin=-0.05), difference=difference).alias
-            == CHAMPION
-        )
-    if gained < lost:
-        assert "worse than the champion" in decision.reason
-
-
-@pytest.fixture(scope="module")
-def two_models(tmp_path_factory, mlflow_server) -> dict:
-    """A trained model and an untrained one, both logged to one MLflow run each."""
-    root = tmp_path_factory.mktemp("registry")
-    normalized = make_tiny_shards(root)
-    classes = tfrecords.read_meta(normalized)["classes"]
-    out = {"normalized": normalized, "classes": classes}
-    for name, epochs, lr in (("good", 3, 0.003), ("bad", 1, 1e-7)):
-        cfg = tiny_config(epochs=epochs, learning_rate=lr)
-        run_id = pipeline_run(mlflow_server, "registry-test", name, f"kfp-{name}-{root.name}")
-        result = train(normalized, None, cfg.train, root / name)
-        evaluate(result.model_path, normalized, cfg.evaluate, root / f"eval-{name}")
-        scored = load_scored(root / f"eval-{name}")
-        out[name] = {
-            "uri": log_keras_model(result.model_path, 32, mlflow_server, run_id, classes),
-            "scored": scored,
-            "metrics": scored.metrics,
-            "evaluation": str(root / f"eval-{name}"),
-            "path": result.model_path,
-        }
-    return out
+def _cfg(**kwargs):
+    return gate_config(metric="balanced_accuracy", margin=0.02, **kwargs)
 
 
 def _retrained(two_models: dict, which: str, tracking_uri: str) -> dict:
@@ -136,16 +48,12 @@ def test_first_model_becomes_champion_a_worse_one_challenger(two_models, mlflow_
     name = f"gate-test-{abs(hash(str(two_models['normalized']))) % 10**6}"
     cfg = _cfg(min_balanced_accuracy=0.1)
     good, bad = two_models["good"], two_models["bad"]
-    assert good["metrics"]["balanced_accuracy"] > bad["metrics"]["balanced_accuracy"] + cfg.champion_margin
+    assert good["metrics"]["balanced_accuracy"] > bad["metrics"]["balanced_accuracy"] + cfg.margin
 
-    first = register_and_promote(
-        mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64
-    )
+    first = promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64)
     assert (first["alias"], first["version"], first["previous_champion"]) == (CHAMPION, "1", None)
 
-    second = register_and_promote(
-        mlflow_server, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64
-    )
+    second = promote(mlflow_server, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64)
     assert second["alias"] == CHALLENGER and second["version"] == "2"
     # The champion was re-scored on the same test split: the same numbers it got when evaluated.
     assert second["comparison"]["balanced_accuracy"]["champion"] == pytest.approx(good["metrics"]["balanced_accuracy"])
@@ -217,13 +125,6 @@ def _server_address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-@pytest.fixture
-def quick_mlflow_failures(monkeypatch):
-    """The MLflow client gives up on a failing server at once instead of its 7 retries."""
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
-
-
 @pytest.mark.parametrize("status", [403, 500])
 def test_a_registry_error_while_looking_up_the_champion_fails_the_step(
     two_models, mlflow_server, status, quick_mlflow_failures
@@ -234,12 +135,12 @@ def test_a_registry_error_while_looking_up_the_champion_fails_the_step(
     name = f"registry-fault-{status}-{abs(hash(str(two_models['normalized']))) % 10**6}"
     cfg = _cfg()
     good, bad = two_models["good"], two_models["bad"]
-    register_and_promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64)
+    promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], cfg, "f" * 64)
     with FaultProxy(
         _server_address(mlflow_server), "status", status=status, fail_after_requests=0, counting=f"GET {ALIAS_PATH}"
     ) as proxy:
         with pytest.raises(RegistryUnavailable, match=f"cannot look up {name}@champion in {proxy.url}"):
-            register_and_promote(proxy.url, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64)
+            promote(proxy.url, name, bad["uri"], bad["scored"], two_models["normalized"], cfg, "e" * 64)
         with pytest.raises(RegistryUnavailable):  # the retraining gate's lookup: the same policy
             find_champion(proxy.url, name)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
@@ -258,9 +159,7 @@ def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_f
         _server_address(mlflow_server), "status", status=500, fail_after_requests=0, counting=f"POST {ALIAS_PATH}"
     ) as proxy:
         with pytest.raises(RegistryUnavailable, match="registered with its decision and data fingerprint, but"):
-            register_and_promote(
-                proxy.url, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "d" * 64
-            )
+            promote(proxy.url, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "d" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     tags = client.get_model_version(name, "1").tags
     assert tags[FINGERPRINT_TAG] == "d" * 64 and tags["gate.alias"] == CHAMPION and "gate.reason" in tags
@@ -269,11 +168,9 @@ def test_a_version_whose_alias_could_not_be_set_still_carries_its_decision_and_f
 PROMOTE_IN_A_SUBPROCESS = """
 import json, sys
 from components.evaluation.evaluate import load_scored
-from components.registry.champion import register_and_promote
-from components.core.settings import EvaluateConfig
+from tests.helpers.registry import gate_config, promote
 tracking_uri, name, uri, evaluation, normalized, fingerprint = sys.argv[1:]
-gate = register_and_promote(tracking_uri, name, uri, load_scored(evaluation), normalized,
-                            EvaluateConfig(champion_margin=-1.0), fingerprint)
+gate = promote(tracking_uri, name, uri, load_scored(evaluation), normalized, gate_config(margin=-1.0), fingerprint)
 print(json.dumps(gate))
 """
 
@@ -285,9 +182,9 @@ def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, 
     from mlflow.tracking import MlflowClient
 
     name = f"concurrent-{abs(hash(str(two_models['normalized']))) % 10**6}"
-    cfg = EvaluateConfig(champion_margin=-1.0)
+    cfg = gate_config(margin=-1.0)
     good, bad, normalized = two_models["good"], two_models["bad"], str(two_models["normalized"])
-    register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "c" * 64)  # v1
+    promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "c" * 64)  # v1
     worse_uri = _retrained(two_models, "bad", mlflow_server)["uri"]  # the worse run's own upload of its model
     script = tmp_path / "promote.py"
     script.write_text(PROMOTE_IN_A_SUBPROCESS)
@@ -304,7 +201,7 @@ def test_two_runs_promoting_at_once_leave_the_better_model_champion(two_models, 
         while not slow.delayed:  # the worse run has compared with v1 and is moving the alias
             assert worse.poll() is None and time.time() < deadline, "the worse run never reached its alias write"
             time.sleep(0.1)
-        better = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "c" * 64)
+        better = promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "c" * 64)
         out, _ = worse.communicate(timeout=120)
     assert worse.returncode == 0
     late = json.loads(out.splitlines()[-1])
@@ -326,13 +223,13 @@ def test_a_champion_rolled_back_by_hand_stays_rolled_back(two_models, mlflow_ser
     from mlflow.tracking import MlflowClient
 
     name = f"rollback-{abs(hash(str(two_models['normalized']))) % 10**6}"
-    cfg = EvaluateConfig(champion_margin=-1.0)  # each run's own gate says champion
+    cfg = gate_config(margin=-1.0)  # each run's own gate says champion
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
-    register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "a" * 64)
-    register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "b" * 64)
+    promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "a" * 64)
+    promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "b" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     client.set_registered_model_alias(name, CHAMPION, "1")  # the rollback, with plain MLflow
-    third = register_and_promote(
+    third = promote(
         mlflow_server,
         name,
         _retrained(two_models, "bad", mlflow_server)["uri"],
@@ -355,19 +252,19 @@ def test_a_version_left_without_its_alias_is_no_rival_and_its_retry_finishes_it(
     from mlflow.tracking import MlflowClient
 
     name = f"orphan-{abs(hash(str(two_models['normalized']))) % 10**6}"
-    cfg = EvaluateConfig(champion_margin=-1.0)
+    cfg = gate_config(margin=-1.0)
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
     with FaultProxy(
         _server_address(mlflow_server), "status", status=500, fail_after_requests=0, counting=f"POST {ALIAS_PATH}"
     ) as proxy:
         with pytest.raises(RegistryUnavailable, match="giving it an alias failed"):
-            register_and_promote(proxy.url, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
-    other = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "o" * 64)
+            promote(proxy.url, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
+    other = promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, cfg, "o" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     assert (other["version"], other["alias"]) == ("2", CHAMPION)
     assert client.get_model_version_by_alias(name, CHAMPION).version == "2"
     # KFP retries the failed step: it finishes version 1, compared with version 2.
-    retry = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
+    retry = promote(mlflow_server, name, good["uri"], good["scored"], normalized, cfg, "o" * 64)
     assert (retry["version"], retry["previous_champion"], retry["alias"]) == ("1", "version 2", CHAMPION)
     assert client.get_model_version_by_alias(name, CHAMPION).version == "1"
     assert _versions(client, name) == ["1", "2"]
@@ -380,16 +277,16 @@ def test_a_retried_registration_reuses_its_version_and_never_compares_a_model_wi
 
     name = f"retry-{abs(hash(str(two_models['normalized']))) % 10**6}"
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
-    first = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
-    second = register_and_promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, _cfg(), "f" * 64)
+    first = promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
+    second = promote(mlflow_server, name, bad["uri"], bad["scored"], normalized, _cfg(), "f" * 64)
     assert (first["alias"], second["alias"]) == (CHAMPION, CHALLENGER)
     for gate, model in ((second, bad), (first, good)):
-        retry = register_and_promote(mlflow_server, name, model["uri"], model["scored"], normalized, _cfg(), "f" * 64)
+        retry = promote(mlflow_server, name, model["uri"], model["scored"], normalized, _cfg(), "f" * 64)
         assert retry == gate
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     # A try that failed right after its alias write landed (no gate.promoted_at yet): finished, not re-compared.
     client.delete_model_version_tag(name, "1", PROMOTED_AT_TAG)
-    again = register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
+    again = promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
     assert again == first
     assert PROMOTED_AT_TAG in client.get_model_version(name, "1").tags
     assert _versions(client, name) == ["1", "2"]
@@ -397,48 +294,76 @@ def test_a_retried_registration_reuses_its_version_and_never_compares_a_model_wi
     assert client.get_model_version_by_alias(name, CHALLENGER).version == "2"
 
 
-@pytest.mark.parametrize("fault", ["timeout", "500", "403"])
+# The champion's record is read first (listed, then downloaded), then its model: a fault in either fails the step.
+DOWNLOADS = "GET /api/2.0/mlflow-artifacts/artifacts"
+CHAMPION_DOWNLOADS = {
+    "record": (DOWNLOADS, "cannot read training_record.json of its MLflow run"),
+    "model": ("/models/m-", "cannot download model models:/{name}/1 now: "),  # a logged model's files
+}
+
+
+@pytest.mark.parametrize(
+    "fault, what", [("timeout", "record"), ("500", "record"), ("403", "record"), ("timeout", "model"), ("500", "model")]
+)
 def test_a_champion_that_cannot_be_downloaded_now_fails_the_step(
-    two_models, mlflow_server, quick_mlflow_failures, monkeypatch, fault
+    two_models, mlflow_server, quick_mlflow_failures, monkeypatch, fault, what
 ):
     """Was: any error while loading the champion (a timeout, a 500, a 403) made the new
     model a "not compared" challenger and the step succeeded, so KFP never retried it.
-    The timeout hits the champion's download alone (the registry answers)."""
+    Then (h27): a timeout while reading the champion's training record read as "it has
+    no record" (MLflow reports every failed runs:/ download as RESOURCE_DOES_NOT_EXIST,
+    and requests' timeouts are OSErrors): "DID NOT RAISE RegistryUnavailable". The
+    timeout hits the artifact downloads alone (the registry answers)."""
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    name = f"download-fault-{fault}-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    name = f"download-fault-{fault}-{what}-{abs(hash(str(two_models['normalized']))) % 10**6}"
     good, bad, normalized = two_models["good"], two_models["bad"], two_models["normalized"]
-    register_and_promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
-    downloads, server = "GET /api/2.0/mlflow-artifacts/artifacts", _server_address(mlflow_server)
+    promote(mlflow_server, name, good["uri"], good["scored"], normalized, _cfg(), "f" * 64)
+    requests, message = CHAMPION_DOWNLOADS[what]
+    server = _server_address(mlflow_server)
     proxy = (
-        FaultProxy(server, delaying=downloads, delay_s=5.0)
+        FaultProxy(server, delaying=requests, delay_s=5.0)
         if fault == "timeout"
-        else FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=downloads)
+        else FaultProxy(server, "status", status=int(fault), fail_after_requests=0, counting=requests)
     )
     with proxy:
-        with pytest.raises(
-            RegistryUnavailable, match=f"cannot compare with the champion: cannot download model models:/{name}/1 now: "
-        ):
-            register_and_promote(proxy.url, name, bad["uri"], bad["scored"], normalized, _cfg(), "e" * 64)
+        with pytest.raises(RegistryUnavailable, match=f"cannot compare with the champion: {message.format(name=name)}"):
+            promote(proxy.url, name, bad["uri"], bad["scored"], normalized, _cfg(), "e" * 64)
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     assert _versions(client, name) == ["1"]
 
 
-def test_a_champion_that_is_not_a_model_leaves_the_new_one_a_challenger(two_models, mlflow_server, tmp_path):
-    """Only a champion that cannot be read as a model makes a "not compared" challenger."""
+@pytest.mark.parametrize(
+    "with_record, why",
+    [
+        # A version registered by hand or before records: no fair comparison is possible, whatever it is;
+        # the reason names the override, which promotes the new model on the floors alone.
+        (False, "no record of the images the champion trained on (its MLflow run {run_id} has no training_record.json"),
+        (True, "no model at"),  # what the gate finds once it has a record to compare on
+    ],
+)
+def test_a_champion_that_is_not_a_model_leaves_the_new_one_a_challenger(
+    two_models, mlflow_server, tmp_path, with_record, why
+):
+    """Only a champion that cannot be read (its record, then its model) makes a "not compared"
+    challenger. The record is read first: it is a few KB against a model download, and
+    without it the comparison cannot be fair whatever the champion is."""
     from mlflow.tracking import MlflowClient
 
-    name = f"not-a-model-{abs(hash(str(two_models['normalized']))) % 10**6}"
+    name = f"not-a-model-{with_record}-{abs(hash(str(two_models['normalized']))) % 10**6}"
     client = MlflowClient(mlflow_server, registry_uri=mlflow_server)
     run_id = pipeline_run(mlflow_server, "registry-test", "notes", f"kfp-notes-{name}")
     (tmp_path / "notes.txt").write_text("not a model")
     client.log_artifact(run_id, str(tmp_path / "notes.txt"), "notes")
+    if with_record:
+        log_record(mlflow_server, run_id, TrainingRecord.of(two_models["normalized"]))
     client.create_registered_model(name)
     version = client.create_model_version(name, f"{client.get_run(run_id).info.artifact_uri}/notes", run_id=run_id)
+    # Trained, as the new model, on the synthetic tiny set: an untagged version reads as real (never replaced).
+    client.set_model_version_tag(name, version.version, SYNTHETIC_TAG, "true")
     client.set_registered_model_alias(name, CHAMPION, version.version)
     good = two_models["good"]
-    gate = register_and_promote(
-        mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "f" * 64
-    )
-    assert gate["alias"] == CHALLENGER and "not compared with the current champion: no model at" in gate["reason"]
+    gate = promote(mlflow_server, name, good["uri"], good["scored"], two_models["normalized"], _cfg(), "f" * 64)
+    assert gate["alias"] == CHALLENGER
+    assert f"not compared with the current champion: {why.format(run_id=run_id)}" in gate["reason"]

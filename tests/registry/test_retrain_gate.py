@@ -13,8 +13,8 @@ from mlflow.tracking import MlflowClient
 from components.data.ingest import ingest
 from components.data.listing import data_fingerprint
 from components.registry.champion import FINGERPRINT_TAG, Champion, find_champion
-from components.registry.gate import CHAMPION as CHAMPION_ALIAS
-from components.registry.retrain_gate import SKIP, TRAIN, decide
+from components.registry.champion_gate import CHAMPION as CHAMPION_ALIAS
+from components.registry.retrain_gate import SKIP, TRAIN, check_retraining, decide_retraining
 from pipeline.cli import main
 from pipeline.config import RunConfig
 from pipeline.local import run_local
@@ -63,16 +63,16 @@ def test_fingerprint_is_content_and_labels_only(tmp_path):
         (Champion("3", ""), False, TRAIN, "champion v3 has no data fingerprint"),
     ],
 )
-def test_decide(champion, force, action, reason):
-    decision = decide("abc", champion, force)
+def test_decide_retraining(champion, force, action, reason):
+    decision = decide_retraining("abc", champion, force)
     assert (decision.action, decision.reason) == (action, reason)
 
 
-def plant_champion(tracking_uri: str, name: str, fingerprint: str, source: str) -> str:
+def plant_champion(tracking_uri: str, name: str, fingerprint: str, source: str, run_id: str | None = None) -> str:
     """A registered version behind @champion, tagged like evaluate tags the versions it registers."""
     client = MlflowClient(tracking_uri)
     client.create_registered_model(name)
-    version = client.create_model_version(name, source, tags={FINGERPRINT_TAG: fingerprint}).version
+    version = client.create_model_version(name, source, run_id=run_id, tags={FINGERPRINT_TAG: fingerprint}).version
     client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
     return str(version)
 
@@ -84,6 +84,41 @@ def test_find_champion_on_a_real_store(tmp_path):
     assert find_champion(uri, "no-alias") is None
     version = plant_champion(uri, "with-alias", "f" * 64, str(tmp_path))
     assert find_champion(uri, "with-alias") == Champion(version, "f" * 64)
+
+
+# purged: mlflow gc exits 1 on this store while a model version names the run (to find out why);
+# test_training_record purges a run with gc, and get_run then says not found, the same branch.
+@pytest.mark.parametrize("gone", ["deleted"])
+def test_a_champion_whose_run_was_deleted_or_purged_means_retraining_with_the_reason(tmp_path, gone):
+    r"""Was: get_run on the champion's run, unguarded: after \`mlflow gc\` purged it, every
+    scheduled run failed with a traceback (RESOURCE_DOES_NOT_EXIST)."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("old")).info.run_id
+    data = write_class_folder(tmp_path / "data", classes=("melanoma", "nevus"), per_class=2, size=40)
+    ingest(str(data), RunConfig().data, tmp_path / "ingested")
+    version = plant_champion(uri, "gone", data_fingerprint(tmp_path / "ingested"), str(tmp_path), run_id)
+    client.delete_run(run_id)
+    if gone == "purged":
+        # mlflow 3.17's gc exits 1 ("Tracking URL is not set") without --tracking-uri
+        gc = ["gc", "--backend-store-uri", uri, "--tracking-uri", uri, "--run-ids", run_id]
+        subprocess.run([sys.executable, "-m", "mlflow", *gc], check=True, capture_output=True, timeout=120)
+    details = check_retraining(
+        tmp_path / "ingested",
+        model_name="gone",
+        experiment="retrain",
+        run_params={},
+        tracking_uri=uri,
+        force=False,
+        kfp_run_name="r",
+        kfp_run_id=f"kfp-{gone}",
+    )
+    assert details["decision"] == TRAIN
+    assert details["reason"] == f"champion v{version}: its MLflow run {run_id} was {gone} (no metrics), so retraining"
+    assert details["champion"]["test_metrics"] == {}
 
 
 def test_pipeline_skips_training_on_the_champions_data_unless_forced(tmp_path, monkeypatch):
