@@ -102,7 +102,8 @@ def rank_metrics(
         fits = at_or_above <= (1.0 - specificity + 1e-12) * n_neg
         # The lowest allowed threshold lies just above the highest negative score that
         # does not fit: every positive above that score is caught.
-        first = np.where(fits.any(0), fits.argmax(0), len(negatives))
+        # (No negatives: every threshold fits; argmax of an empty column would raise.)
+        first = np.where(fits.any(0), fits.argmax(0), len(negatives)) if len(negatives) else np.zeros(len(columns), int)
         cut = neg_scores[np.maximum(first - 1, 0)] if len(negatives) else np.zeros(len(columns))
         caught = n_pos - pos_cum[np.searchsorted(pos_sorted, cut, "right"), columns]
         with np.errstate(invalid="ignore", divide="ignore"):

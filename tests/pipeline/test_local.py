@@ -97,7 +97,7 @@ def check_demo_cli_run(proc: subprocess.CompletedProcess, tmp_path: Path, epochs
     # rest in the run's logs.
     console = proc.stderr.splitlines()
     assert len(console) + len(proc.stdout.splitlines()) <= 100
-    assert "[1/12] list_source ..." in console and any(re.match(r"\[5/12\] split  \d+\.\d s$", c) for c in console)
+    assert "[1/13] list_source ..." in console and any(re.match(r"\[5/13\] split  \d+\.\d s$", c) for c in console)
     assert any(re.match(rf" +epoch {epochs}/{epochs}  loss [\d.]+  val_loss", c) for c in console)
     run_dir = Path(summary["run_dir"])
     assert run_dir.parent == tmp_path / "out" and (run_dir / "logs" / "train.log").is_file()

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from components.scoring.decisions import decide_classes
-from components.scoring.intervals import bootstrap, intervals, paired_difference, resampled_metrics, resampling
+from components.scoring.intervals import (
+    bootstrap,
+    intervals,
+    paired_difference,
+    rank_metrics,
+    resampled_metrics,
+    resampling,
+)
 from components.scoring.metrics import Scored, classification_metrics
 
 CLASSES = ["nevus", "melanoma", "benign_keratosis"]
@@ -126,3 +133,13 @@ def test_paired_difference_is_sharper_than_two_separate_intervals():
     assert diff.low < diff.estimate < diff.high
     assert diff.high - diff.low < 0.5 * (np.ptp(np.percentile(separate[0], [2.5, 97.5])))
     assert "paired bootstrap, 1000 resamples of 1000 images" in diff.describe()
+
+
+@pytest.mark.parametrize("all_positive", [True, False])
+def test_a_resample_of_one_class_only_has_no_auc_and_no_error(all_positive):
+    """A subgroup whose images are all melanomas (or none): the AUC and the sensitivity at
+    a specificity are undefined, not an error (was: argmax of an empty sequence, which
+    ended the evaluate step on a small body-site subgroup)."""
+    positive = np.full(5, all_positive)
+    auc, [sensitivity] = rank_metrics(positive, np.linspace(0.1, 0.9, 5), np.ones((5, 3)), (0.9,))
+    assert np.isnan(auc).all() and np.isnan(sensitivity).all()

@@ -18,7 +18,7 @@ from components.training.train import train_step
 root, cfg = sys.argv[1], json.loads(sys.argv[2])
 model = SimpleNamespace(path=f"{root}/model-{sys.argv[3]}", metadata={})
 shards = SimpleNamespace(path=f"{root}/normalized")
-train_step(shards, SimpleNamespace(path=f"{root}/no-augment"), cfg, "melanoma", "same-data",
+train_step(shards, SimpleNamespace(path=f"{root}/no-augment"), cfg, "same-data",
            f"{root}/out/checkpoints", "checkpoints-test", f"sqlite:///{root}/mlflow-{sys.argv[3]}.db",
            f"run-{sys.argv[3]}", f"kfp-{sys.argv[3]}", model)
 print(json.dumps(model.metadata))

@@ -97,14 +97,15 @@ def report_previews(df: pd.DataFrame, uris: set[str], cfg: DataConfig) -> dict[s
 
 
 def merge_partitions(
-    partitions: list[IngestPartition], cfg: DataConfig, output_dir: str | Path | None = None
+    partitions: list[IngestPartition], cfg: DataConfig, output_dir: str | Path | None = None, check: bool = True
 ) -> IngestResult:
     """The whole ingest from its partitions: exact duplicates, label conflicts and
     Train/Test leaks (md5), the per-class cap and near-duplicates (pHash + thumbnail)
     across every partition, then the manifest and reports, the same as one partition over
     the whole listing. Thumbnails stay in the partitions' files: only those of images equal
     or close in pHash are read. The report's previews are made here, for the few hundred
-    files it shows only, read again from the source (report_previews)."""
+    files it shows only, read again from the source (report_previews). ``check``: refuse
+    unusable data here (check_usable); the step checks after its outputs are in place."""
     if not partitions:
         raise IngestError("ingest: no partitions to merge")
     first = partitions[0].meta
@@ -139,7 +140,8 @@ def merge_partitions(
     if output_dir is not None:
         # Written first: when the data is unusable, the per-file reasons are what the user reads.
         write_outputs(df, report, Path(output_dir), report_previews(df, shown_uris(df, report), cfg))
-    check_usable(report, cfg, Path(output_dir) / filenames.INGEST_REPORT_HTML if output_dir is not None else None)
+    if check:
+        check_usable(report, cfg, Path(output_dir) / filenames.INGEST_REPORT_HTML if output_dir is not None else None)
     return IngestResult(df, report)
 
 
@@ -214,13 +216,16 @@ def ingest_merge_step(
     from components.core import atomic, filenames
     from components.core.errors import user_errors
     from components.core.settings import DataConfig, load_section
-    from components.data.ingest import merge_partitions
+    from components.data.ingest import check_usable, merge_partitions
     from components.data.ingest.partitions import load_partition
 
-    with user_errors(), atomic.output_dir(manifest.path) as partial:
+    with user_errors():
         cfg = load_section(DataConfig, data, "data.")
-        result = merge_partitions([load_partition(p.path) for p in partitions], cfg, partial)
-    out = Path(manifest.path)
-    shutil.copyfile(out / filenames.INGEST_REPORT_MD, report_md.path)
-    shutil.copyfile(out / filenames.INGEST_REPORT_HTML, report_html.path)
+        with atomic.output_dir(manifest.path) as partial:
+            result = merge_partitions([load_partition(p.path) for p in partitions], cfg, partial, check=False)
+        out = Path(manifest.path)
+        shutil.copyfile(out / filenames.INGEST_REPORT_MD, report_md.path)
+        shutil.copyfile(out / filenames.INGEST_REPORT_HTML, report_html.path)
+        # After the outputs are in place: when the data is unusable, its report is what the user reads.
+        check_usable(result.report, cfg, out / filenames.INGEST_REPORT_HTML)
     manifest.metadata.update({k: result.report[k] for k in ("files_found", "ingested", "quarantined", "ignored")})
