@@ -6,7 +6,7 @@ import json
 from click.testing import CliRunner
 
 from components.core import filenames
-from components.core.settings import EvaluateConfig
+from components.core.settings import ChampionGateConfig, EvaluateConfig
 from components.core.tracking import pipeline_run
 from components.evaluation.evaluate import evaluate
 from components.registry.model_card import build_card, card_markdown, card_of_model
@@ -68,7 +68,16 @@ def test_register_logs_the_card_with_the_version_and_card_prints_it(tmp_path, ml
     uri = log_trained_model(tmp_path / "model", mlflow_server, run_id)
     name = f"card-test-{tmp_path.name}"[-60:]
     gate = register(
-        tmp_path / "eval", normalized, EvaluateConfig(), name, uri, "a" * 64, mlflow_server, run_id, tmp_path / "reg"
+        evaluation_dir=tmp_path / "eval",
+        normalized_dir=normalized,
+        evaluate=EvaluateConfig(),
+        champion_gate=ChampionGateConfig(),
+        model_name=name,
+        model_uri=uri,
+        data_fingerprint="a" * 64,
+        tracking_uri=mlflow_server,
+        mlflow_run_id=run_id,
+        output_dir=tmp_path / "reg",
     )
     version = MlflowClient(mlflow_server, registry_uri=mlflow_server).get_model_version(name, gate["version"])
     assert version.tags["model_card"] == f"runs:/{run_id}/model_card/{filenames.MODEL_CARD_MD}"
