@@ -125,7 +125,7 @@ build_one() {
         local start=$SECONDS
         "$ENGINE" build "${ENGINE_FLAGS[@]}" "${EXTRA_FLAGS[@]}" \
             --secret "id=pip_conf,src=$SECRETS/pip.conf" --secret "id=pip_ca,src=$SECRETS/ca.crt" \
-            --build-arg "PYTHON_IMAGE=$base" --label "$HASH_LABEL=$hash" \
+            --build-arg "PYTHON_IMAGE=$base" --build-arg "SOURCE_HASH=$hash" --label "$HASH_LABEL=$hash" \
             -f "$(dockerfile "$which")" -t "$name" .
         echo "build.sh: built $name in $((SECONDS - start)) s" >&2
     fi

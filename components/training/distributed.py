@@ -256,7 +256,11 @@ def fit_phase(
     options = tf.data.Options()
     # By element, not by file: every worker reads every shard and keeps its share of each batch.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    batches = iter(strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options)))
+    # Full global batches only: a pass's last, short batch could leave a replica no image,
+    # and batch normalization in training fails on an empty batch. Repeated first, so no
+    # image is dropped: the next pass fills the batch.
+    full = train_ds.unbatch().repeat().batch(global_batch_size, drop_remainder=True)
+    batches = iter(strategy.experimental_distribute_dataset(full.with_options(options)))
     step = _step_function(model, class_weight, global_batch_size)
     average_moving_statistics = _average_moving_statistics(model)
     # No Keras progress bar, as in components.training.train: epoch_log_callback prints each epoch's line.

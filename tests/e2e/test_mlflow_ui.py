@@ -90,16 +90,17 @@ def store(tmp_path_factory) -> dict:
     write_report(ev, root / "evaluation", PIPELINE_REPORT_TITLE, synthetic=True)
     log_to_mlflow(uri, run_id, ev.metrics, root / "evaluation")
     gate = register(
-        root / "evaluation",
-        normalized,
-        cfg.evaluate,
-        MODEL_NAME,
-        model_uri,
-        "f" * 64,
-        uri,
-        run_id,
-        root / "registration",
-        run_descriptions.kfp_run_url(KFP_UI, "kfp-ui-test"),
+        evaluation_dir=root / "evaluation",
+        normalized_dir=normalized,
+        evaluate=cfg.evaluate,
+        champion_gate=cfg.champion_gate,
+        model_name=MODEL_NAME,
+        model_uri=model_uri,
+        data_fingerprint="f" * 64,
+        tracking_uri=uri,
+        mlflow_run_id=run_id,
+        output_dir=root / "registration",
+        kfp_url=run_descriptions.kfp_run_url(KFP_UI, "kfp-ui-test"),
     )
     return {
         "uri": uri,
