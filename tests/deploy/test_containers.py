@@ -34,8 +34,9 @@ TINY = [
     "data.ingest_partitions=1",
     f"images.gpu={IMAGES.cpu}",
 ]
-# list, ingest shard, merge, gate, split, normalize shard, gather, augment, train, evaluate, register, report
-TASKS = 12
+# list, ingest partition, merge, gate, split, normalize shard, gather, augment, train, evaluate, register,
+# report, and the exit handler's finish_run
+TASKS = 13
 
 
 def sets(overrides: list[str]) -> list[str]:
